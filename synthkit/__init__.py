@@ -1,0 +1,8 @@
+"""synthkit: make synthetic training images useful (Diffusion Inversion and the study around it)."""
+
+__version__ = "0.1.0"
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)

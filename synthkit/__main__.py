@@ -1,0 +1,5 @@
+"""`python -m synthkit` runs the CLI."""
+
+from .cli import main
+
+main()

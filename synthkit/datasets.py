@@ -1,0 +1,220 @@
+"""Import CIFAR-10 into a store from an image-folder tree or archive, the python batches, or a download."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import re
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import CIFAR10_CLASSES
+from .errors import UserError
+from .meta import provenance
+from .progress import progress
+from .store import StoreWriter, balanced_subset
+
+SPLITS = ("train", "test")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+_BATCH_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+@dataclass
+class Source:
+    """A split of CIFAR-10 in source order: labels, names, and a way to decode any subset."""
+
+    labels: np.ndarray
+    names: list[str]
+    decode: Callable[[np.ndarray], np.ndarray]
+    image_shape: tuple[int, int]
+
+
+def import_cifar10(
+    out: str | Path,
+    *,
+    source: str | Path | None = None,
+    split: str = "train",
+    per_class: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+    download_root: str | Path = "data/downloads",
+    batch_size: int = 2000,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> Path:
+    """Write CIFAR-10's `split` (or a seeded class-balanced subset of it) to the store `out`."""
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    if source is None and not download:
+        raise UserError("give --source (an image-folder tree, an archive or cifar-10-batches-py) or --download")
+    if source is not None and download:
+        raise UserError("give either --source or --download, not both")
+    out = Path(out)
+    params = {"source": str(source) if source else "torchvision-download", "split": split,
+              "per_class": per_class, "seed": seed}
+    if out.exists() and resume:
+        return out
+    src = download_cifar10(download_root, split) if download else open_source(Path(source), split)
+    index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(CIFAR10_CLASSES))
+    meta = provenance("real", params, [_describe(Path(source)) if source else {"path": str(download_root)}])
+    with StoreWriter(out, classes=CIFAR10_CLASSES, image_shape=src.image_shape, meta=meta,
+                     columns={"source_index": "int", "source_name": "str"}, total=len(index),
+                     overwrite=overwrite, resume=resume) as writer, progress() as bar:
+        task = bar.add_task(f"import {split}", total=len(index), completed=writer.done)
+        for start in range(writer.done, len(index), batch_size):
+            rows = index[start : start + batch_size]
+            writer.append(src.decode(rows), src.labels[rows], source_index=rows,
+                          source_name=[src.names[i] for i in rows])
+            bar.advance(task, len(rows))
+    return out
+
+
+def _describe(path: Path) -> dict:
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"path": str(path), "sha256": digest.hexdigest()}
+    return {"path": str(path)}
+
+
+def open_source(path: Path, split: str) -> Source:
+    """Recognise the layout at `path` and return the split's images in a fixed, documented order."""
+    if not path.exists():
+        raise UserError(f"source {path} does not exist")
+    if path.is_dir():
+        batches = _find_batch_dir(path)
+        if batches is not None:
+            return _batches_source({name: (batches / name).read_bytes for name in _BATCH_FILES[split]}, split)
+        return _folder_source({str(p.relative_to(path)): p.read_bytes for p in path.rglob("*") if p.is_file()}, split, path)
+    members = _archive_members(path)
+    batch_names = {name.rsplit("/", 1)[-1]: name for name in members}
+    if "data_batch_1" in batch_names or "test_batch" in batch_names:
+        return _batches_source({name: members[batch_names[name]] for name in _BATCH_FILES[split] if name in batch_names}, split)
+    return _folder_source(members, split, path)
+
+
+def _find_batch_dir(path: Path) -> Path | None:
+    for candidate in (path, path / "cifar-10-batches-py"):
+        if (candidate / "data_batch_1").exists() or (candidate / "test_batch").exists():
+            return candidate
+    return None
+
+
+def _archive_members(path: Path) -> dict[str, Callable[[], bytes]]:
+    """Member name -> a function that returns its bytes, for .tar, .tar.gz, .tgz and .zip files."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".zip"):
+            archive = zipfile.ZipFile(path)
+            return {i.filename: (lambda i=i: archive.read(i)) for i in archive.infolist() if not i.is_dir()}
+        if name.endswith((".tar", ".tar.gz", ".tgz")):
+            data: dict[str, bytes] = {}
+            with tarfile.open(path, "r:*") as archive:
+                for member in archive:
+                    if member.isfile():
+                        data[member.name] = archive.extractfile(member).read()
+            return {k: (lambda v=v: v) for k, v in data.items()}
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        raise UserError(f"cannot read archive {path}: {err}") from None
+    raise UserError(f"{path}: unknown source type (expected a folder, .tar, .tar.gz, .tgz or .zip)")
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _folder_source(files: dict[str, Callable[[], bytes]], split: str, where: Path) -> Source:
+    """Images laid out as .../<split>/<class>/<image>, ordered by class (CIFAR-10 order) then file name."""
+    entries = []
+    unknown = set()
+    for name in files:
+        parts = name.replace("\\", "/").split("/")
+        if len(parts) < 3 or parts[-3] != split or not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+            continue
+        cls = parts[-2]
+        if cls not in CIFAR10_CLASSES:
+            unknown.add(cls)
+            continue
+        entries.append((CIFAR10_CLASSES.index(cls), _natural_key(parts[-1]), name))
+    if unknown:
+        raise UserError(f"{where}: unknown class folder(s) {', '.join(sorted(unknown))}; CIFAR-10's classes are {', '.join(CIFAR10_CLASSES)}")
+    if not entries:
+        raise UserError(f"{where}: no images in <{split}>/<class>/ folders (expected e.g. cifar10/{split}/airplane/0000.jpg)")
+    missing = set(range(len(CIFAR10_CLASSES))) - {e[0] for e in entries}
+    if missing:
+        raise UserError(f"{where}: no {split} images for class(es) {', '.join(CIFAR10_CLASSES[c] for c in sorted(missing))}")
+    entries.sort()
+    names = [e[2] for e in entries]
+    first = _decode_image(files[names[0]](), names[0])
+
+    def decode(rows: np.ndarray) -> np.ndarray:
+        images = [_decode_image(files[names[i]](), names[i]) for i in rows]
+        for i, image in zip(rows, images):
+            if image.shape != first.shape:
+                raise UserError(f"{names[i]} is {image.shape[1]}x{image.shape[0]}, but the images before it are {first.shape[1]}x{first.shape[0]}")
+        return np.stack(images) if images else np.zeros((0, *first.shape), np.uint8)
+
+    return Source(np.array([e[0] for e in entries], dtype=np.int64), names, decode, first.shape[:2])
+
+
+def _decode_image(data: bytes, name: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise UserError(f"{name} is not a readable image: remove it or fix the archive") from None
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles; this reader admits numpy arrays and plain data, nothing executable."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch")
+
+
+def _batches_source(files: dict[str, Callable[[], bytes]], split: str) -> Source:
+    """CIFAR-10's python batches (as torchvision downloads them), in their original order."""
+    missing = [name for name in _BATCH_FILES[split] if name not in files]
+    if missing:
+        raise UserError(f"the CIFAR-10 batches lack {', '.join(missing)} for the {split} split")
+    images, labels, names = [], [], []
+    for name in _BATCH_FILES[split]:
+        try:
+            batch = _BatchUnpickler(io.BytesIO(files[name]()), encoding="bytes").load()
+            batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            batch_labels = np.asarray(batch["labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError, AttributeError) as err:
+            raise UserError(f"{name} is not a CIFAR-10 batch: {err}") from None
+        images.append(data)
+        labels.append(batch_labels)
+        names.extend(f"{name}:{i}" for i in range(len(data)))
+    all_images = np.ascontiguousarray(np.concatenate(images))
+    return Source(np.concatenate(labels), names, lambda rows: all_images[rows], (32, 32))
+
+
+def download_cifar10(root: str | Path, split: str) -> Source:
+    """Fetch CIFAR-10 with torchvision's downloader (needs internet) and read its batches."""
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root)
+    try:
+        CIFAR10(str(root), train=split == "train", download=True)
+    except Exception as err:  # torchvision raises URLError, RuntimeError, ... when offline
+        raise UserError(f"could not download CIFAR-10 ({type(err).__name__}: {err}); on a machine without internet pass --source with a local copy") from None
+    return open_source(root / "cifar-10-batches-py", split)

@@ -1,0 +1,52 @@
+"""Pictures people would rather look at than read: image grids with row labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def image_grid(rows: Sequence[np.ndarray], labels: Sequence[str], cell: int = 64, pad: int = 2,
+               label_width: int = 110, title: str = "") -> Image.Image:
+    """One row of images (B, H, W, 3 uint8) per label, each scaled to `cell` pixels, labels on the left."""
+    cols = max((len(r) for r in rows), default=0)
+    top = 24 if title else 0
+    width = label_width + cols * (cell + pad) + pad
+    height = top + len(rows) * (cell + pad) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=14)
+    if title:
+        draw.text((pad, 4), title, fill="black", font=font)
+    for r, (images, label) in enumerate(zip(rows, labels)):
+        y = top + pad + r * (cell + pad)
+        draw.text((pad, y + cell // 2 - 8), label, fill="black", font=font)
+        for c, image in enumerate(images):
+            resample = Image.NEAREST if image.shape[0] < cell else Image.LANCZOS
+            tile = Image.fromarray(image).resize((cell, cell), resample)
+            canvas.paste(tile, (label_width + pad + c * (cell + pad), y))
+    return canvas
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Save a PIL image, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def store_grid(store, per_row: int = 10, seed: int = 0, cell: int = 64) -> Image.Image:
+    """A grid of a store's images: a row per class, `per_row` seeded random picks in each."""
+    rng = np.random.default_rng(seed)
+    labels = store.labels
+    rows = []
+    for c in range(len(store.classes)):
+        members = np.flatnonzero(labels == c)
+        pick = np.sort(rng.choice(members, size=min(per_row, len(members)), replace=False))
+        rows.append(store.images(pick))
+    kind = store.meta.get("kind", "?")
+    return image_grid(rows, store.classes, cell=cell, title=f"{store.path.name} ({kind}, {len(store)} images)")

@@ -1,0 +1,79 @@
+"""`synthkit info`: what a store or safetensors file holds and how it was made, as rich tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from .checkpoint import read_meta, tensor_shapes
+from .errors import UserError
+from .store import Store
+
+
+def describe(path: str | Path) -> Group:
+    """Tables for a store (.h5) or a safetensors file, chosen by content, not by name."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic == b"\x89HDF\r\n\x1a\n":
+        return _describe_store(path)
+    return _describe_safetensors(path)
+
+
+def _provenance_table(meta: dict[str, Any]) -> Table:
+    table = Table(title="how it was made", show_header=False)
+    for key in ("kind", "command", "synthkit_version", "created"):
+        if key in meta:
+            table.add_row(key, str(meta[key]))
+    for key, value in meta.get("params", {}).items():
+        table.add_row(f"param {key}", json.dumps(value))
+    for source in meta.get("sources", []):
+        table.add_row("from", json.dumps(source))
+    for key, value in meta.items():
+        if key not in ("kind", "command", "synthkit_version", "created", "params", "sources"):
+            text = json.dumps(value)
+            table.add_row(key, text if len(text) < 200 else text[:197] + "...")
+    return table
+
+
+def _describe_store(path: Path) -> Group:
+    with Store(path) as store:
+        counts = store.counts()
+        summary = Table(title=f"{path}: {len(store)} images of {'x'.join(map(str, store.image_shape))}", show_header=True)
+        summary.add_column("label", justify="right")
+        summary.add_column("class")
+        summary.add_column("images", justify="right")
+        for i, (name, n) in enumerate(zip(store.classes, counts)):
+            summary.add_row(str(i), name, str(n))
+        summary.add_row("", "[bold]total", f"[bold]{len(store)}")
+        extra = Table(show_header=False)
+        extra.add_row("columns", ", ".join(store.column_names) or "none")
+        extra.add_row("fingerprint", store.fingerprint)
+        if store.shard:
+            extra.add_row("shard", store.shard)
+        return Group(summary, extra, _provenance_table(store.meta))
+
+
+def _describe_safetensors(path: Path) -> Group:
+    meta = read_meta(path)
+    tensors = Table(title=f"{path}: tensors")
+    tensors.add_column("name")
+    tensors.add_column("shape")
+    tensors.add_column("dtype")
+    shapes = tensor_shapes(path)
+    for name, (shape, dtype) in list(shapes.items())[:40]:
+        tensors.add_row(name, "x".join(map(str, shape)) or "scalar", dtype)
+    if len(shapes) > 40:
+        tensors.add_row(f"... {len(shapes) - 40} more", "", "")
+    return Group(tensors, _provenance_table(meta))
+
+
+def print_info(path: str | Path, console: Console | None = None) -> None:
+    """Print `describe(path)`."""
+    (console or Console()).print(describe(path))

@@ -1,0 +1,26 @@
+"""The study's working layout: stores in data/, classifiers and embeddings in models/, results in results/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA_DIR = Path("data")
+MODELS_DIR = Path("models")
+RESULTS_DIR = Path("results")
+
+
+def store_path(name: str | Path) -> Path:
+    """A bare name means data/NAME.h5; anything with a slash or a suffix is a path as given."""
+    text = str(name)
+    if "/" in text or "\\" in text or Path(text).suffix:
+        return Path(text)
+    return DATA_DIR / f"{text}.h5"
+
+
+def store_paths(names: str | list[str]) -> list[Path]:
+    """Resolve a comma-separated list (or a list of such lists) of store names or paths."""
+    items = [names] if isinstance(names, str) else list(names)
+    out = []
+    for item in items:
+        out.extend(store_path(part.strip()) for part in str(item).split(",") if part.strip())
+    return out

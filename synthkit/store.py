@@ -1,0 +1,331 @@
+"""The HDF5 image store: uint8 images (N, H, W, 3), integer labels, class names, per-image columns
+and provenance, written under a temporary name so that only finished stores carry the final name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from .errors import UserError
+
+FORMAT = "synthkit-store"
+FORMAT_VERSION = 1
+COLUMN_KINDS = {"int": np.int64, "float": np.float64, "str": h5py.string_dtype()}
+_CHUNK_BYTES = 256 * 1024
+
+
+def partial_path(path: Path) -> Path:
+    """Where a store lives while it is being written; renamed to `path` only when complete."""
+    return path.with_name(path.name + ".partial")
+
+
+def _chunk_rows(height: int, width: int) -> int:
+    return max(1, min(1024, _CHUNK_BYTES // (height * width * 3)))
+
+
+def _json_attr(f: h5py.File, name: str, default: Any = None) -> Any:
+    return json.loads(f.attrs[name]) if name in f.attrs else default
+
+
+class Store:
+    """A finished store opened for reading; every read loads only the rows asked for."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            hint = " (an unfinished job left a .partial file: rerun it with --resume)" if partial_path(self.path).exists() else ""
+            raise UserError(f"store {self.path} does not exist{hint}")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError:
+            raise UserError(f"{self.path} is not an HDF5 file: give a store written by synthkit") from None
+        if self._file.attrs.get("format") != FORMAT:
+            self._file.close()
+            raise UserError(f"{self.path} is not a synthkit store (no synthkit format tag)")
+        self.classes: list[str] = _json_attr(self._file, "classes")
+        self.meta: dict[str, Any] = _json_attr(self._file, "meta", {})
+        self.fingerprint: str = str(self._file.attrs.get("fingerprint", ""))
+        self.shard: str = str(self._file.attrs.get("shard", ""))
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __len__(self) -> int:
+        return int(self._file["labels"].shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self._file["images"].shape[1:])
+
+    @property
+    def column_names(self) -> list[str]:
+        return sorted(self._file["columns"].keys())
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._file["labels"][...]
+
+    def counts(self) -> np.ndarray:
+        """Images per class, in class order."""
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+    def images(self, index: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
+        """Images at `index` (any order, repeats allowed), or all of them when `index` is None."""
+        return _read_rows(self._file["images"], index)
+
+    def column(self, name: str, index: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
+        """A per-image column (strings come back as Python str)."""
+        if name not in self._file["columns"]:
+            raise UserError(f"store {self.path} has no column '{name}' (it has: {', '.join(self.column_names) or 'none'})")
+        ds = self._file["columns"][name]
+        values = _read_rows(ds, index)
+        if h5py.check_string_dtype(ds.dtype):
+            values = np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
+        return values
+
+    def column_kind(self, name: str) -> str:
+        dtype = self._file["columns"][name].dtype
+        if h5py.check_string_dtype(dtype):
+            return "str"
+        return "float" if np.issubdtype(dtype, np.floating) else "int"
+
+
+def _read_rows(ds: h5py.Dataset, index: Sequence[int] | np.ndarray | slice | None) -> np.ndarray:
+    if index is None:
+        return ds[...]
+    if isinstance(index, slice):
+        return ds[index]
+    index = np.asarray(index, dtype=np.int64)
+    if index.size == 0:
+        return np.zeros((0,) + ds.shape[1:], dtype=ds.dtype)
+    if index.min() < 0 or index.max() >= ds.shape[0]:
+        raise IndexError(f"row index out of range for {ds.shape[0]} rows")
+    unique, inverse = np.unique(index, return_inverse=True)
+    if unique[-1] - unique[0] + 1 == unique.size:
+        rows = ds[int(unique[0]) : int(unique[-1]) + 1]
+    else:
+        rows = ds[unique]
+    return rows[inverse]
+
+
+class StoreWriter:
+    """Writes a store batch by batch into NAME.partial and renames it to NAME once complete.
+
+    With `resume=True` an existing .partial written with the same parameters is continued from
+    its last flushed batch, so the finished file has the same content as an uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        classes: Sequence[str],
+        image_shape: tuple[int, int],
+        meta: dict[str, Any],
+        columns: dict[str, str] | None = None,
+        total: int | None = None,
+        shard: str = "",
+        overwrite: bool = False,
+        resume: bool = False,
+    ):
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.total = total
+        self.complete = False
+        self._file: h5py.File | None = None
+        if self.path.exists() and not (overwrite or resume):
+            raise UserError(f"{self.path} already exists: pass --overwrite to replace it or --resume to continue it")
+        if resume and self.path.exists():
+            self.complete = True
+            self.done = total if total is not None else 0
+            return
+        columns = dict(columns or {})
+        for name, kind in columns.items():
+            if kind not in COLUMN_KINDS:
+                raise ValueError(f"column {name}: kind must be one of {sorted(COLUMN_KINDS)}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.partial.exists():
+            self._reopen(meta, classes)
+        else:
+            self._create(classes, image_shape, meta, columns, shard)
+
+    def _create(self, classes, image_shape, meta, columns, shard) -> None:
+        height, width = image_shape
+        f = h5py.File(self.partial, "w")
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["classes"] = json.dumps(list(classes))
+        f.attrs["meta"] = json.dumps(meta)
+        f.attrs["shard"] = shard
+        f.attrs["done"] = 0
+        rows = _chunk_rows(height, width)
+        f.create_dataset("images", shape=(0, height, width, 3), maxshape=(None, height, width, 3),
+                         dtype=np.uint8, chunks=(rows, height, width, 3))
+        f.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+        group = f.create_group("columns")
+        for name, kind in columns.items():
+            group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=COLUMN_KINDS[kind], chunks=(4096,))
+        f.flush()
+        self._file = f
+        self.done = 0
+
+    def _reopen(self, meta, classes) -> None:
+        try:
+            f = h5py.File(self.partial, "a")
+        except OSError:
+            raise UserError(f"{self.partial} is damaged and cannot be resumed: start again with --overwrite") from None
+        old = _json_attr(f, "meta", {})
+        if f.attrs.get("format") != FORMAT or old.get("params") != meta.get("params") or _json_attr(f, "classes") != list(classes):
+            f.close()
+            raise UserError(f"{self.partial} was started with other parameters: rerun with the same options, or use --overwrite to start again")
+        self.done = int(f.attrs["done"])
+        for ds in self._datasets(f):
+            ds.resize(self.done, axis=0)
+        self._file = f
+
+    @staticmethod
+    def _datasets(f: h5py.File) -> list[h5py.Dataset]:
+        return [f["images"], f["labels"], *f["columns"].values()]
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._file is None:
+            return
+        if exc_type is None:
+            self.finish()
+            return
+        self._file.close()
+        self._file = None
+        if issubclass(exc_type, UserError):
+            self.partial.unlink(missing_ok=True)  # bad input is not an interruption: nothing to resume
+
+    def append(self, images: np.ndarray, labels: Iterable[int], **columns: Any) -> None:
+        """Append a batch of uint8 images (B, H, W, 3), their labels and every column's values."""
+        f = self._file
+        assert f is not None, "writer is closed"
+        images = np.asarray(images)
+        labels = np.asarray(labels, dtype=np.int64)
+        if images.dtype != np.uint8 or images.shape[1:] != f["images"].shape[1:]:
+            raise ValueError(f"images must be uint8 {f['images'].shape[1:]}, got {images.dtype} {images.shape[1:]}")
+        expected = set(f["columns"].keys())
+        if set(columns) != expected:
+            raise ValueError(f"columns must be exactly {sorted(expected)}, got {sorted(columns)}")
+        n = len(images)
+        if len(labels) != n:
+            raise ValueError("one label per image")
+        start = self.done
+        for ds, values in ((f["images"], images), (f["labels"], labels)):
+            ds.resize(start + n, axis=0)
+            ds[start:] = values
+        for name, values in columns.items():
+            ds = f["columns"][name]
+            values = list(values) if h5py.check_string_dtype(ds.dtype) else np.asarray(values)
+            if len(values) != n:
+                raise ValueError(f"column {name}: one value per image")
+            ds.resize(start + n, axis=0)
+            ds[start:] = values
+        self.done = start + n
+        f.attrs["done"] = self.done
+        f.flush()
+
+    def finish(self) -> Path:
+        """Check the row count, stamp the content fingerprint and give the file its final name."""
+        f = self._file
+        assert f is not None
+        if self.total is not None and self.done != self.total:
+            f.close()
+            self._file = None
+            raise RuntimeError(f"store {self.path}: wrote {self.done} of {self.total} images")
+        f.attrs["fingerprint"] = _fingerprint(f)
+        f.close()
+        self._file = None
+        os.replace(self.partial, self.path)
+        self.complete = True
+        return self.path
+
+
+def _fingerprint(f: h5py.File) -> str:
+    """sha256 over images and labels: two stores with the same pixels and labels share it."""
+    digest = hashlib.sha256()
+    images = f["images"]
+    step = images.chunks[0] * max(1, 4096 // images.chunks[0])
+    for start in range(0, images.shape[0], step):
+        digest.update(np.ascontiguousarray(images[start : start + step]).tobytes())
+    digest.update(f["labels"][...].astype("<i8").tobytes())
+    return digest.hexdigest()[:16]
+
+
+def balanced_subset(labels: np.ndarray, per_class: int, seed: int, n_classes: int | None = None) -> np.ndarray:
+    """Sorted indices of a seeded, class-balanced subset: `per_class` images of every class."""
+    labels = np.asarray(labels)
+    n_classes = n_classes or int(labels.max()) + 1
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in range(n_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise UserError(f"class {c} has only {len(members)} images, fewer than --per-class {per_class}")
+        picked.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def shard_range(total: int, shard: str | None) -> tuple[int, int]:
+    """The contiguous slice [start, stop) of `total` work items that shard 'i/n' does (i from 0)."""
+    if not shard:
+        return 0, total
+    try:
+        i, n = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like i/n (for example 0/4), got '{shard}'") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {shard}: need 0 <= i < n")
+    return total * i // n, total * (i + 1) // n
+
+
+def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, Any], overwrite: bool = False) -> Path:
+    """Concatenate stores of the same classes into one; shards are put back in shard order."""
+    stores = [Store(p) for p in inputs]
+    try:
+        if not stores:
+            raise UserError("merge needs at least one store")
+        first = stores[0]
+        for s in stores[1:]:
+            if s.classes != first.classes:
+                raise UserError(f"cannot merge {s.path}: its classes differ from those of {first.path}")
+            if s.image_shape != first.image_shape:
+                raise UserError(f"cannot merge {s.path}: images are {s.image_shape}, not {first.image_shape}")
+            if s.column_names != first.column_names:
+                raise UserError(f"cannot merge {s.path}: its columns differ from those of {first.path}")
+        if all(s.shard for s in stores):
+            stores.sort(key=lambda s: int(s.shard.split("/")[0]))
+            shards = [s.shard for s in stores]
+            n = int(shards[0].split("/")[1])
+            if shards != [f"{i}/{n}" for i in range(n)]:
+                raise UserError(f"the shards given are {', '.join(shards)}: all of 0/{n} .. {n - 1}/{n} are needed, once each")
+        kinds = {name: first.column_kind(name) for name in first.column_names}
+        meta = dict(meta, sources=[{"path": str(s.path), "fingerprint": s.fingerprint, "shard": s.shard} for s in stores])
+        total = sum(len(s) for s in stores)
+        with StoreWriter(out, classes=first.classes, image_shape=first.image_shape[:2], meta=meta,
+                         columns=kinds, total=total, overwrite=overwrite) as writer:
+            for s in stores:
+                for start in range(0, len(s), 4096):
+                    rows = slice(start, min(start + 4096, len(s)))
+                    writer.append(s.images(rows), s.labels[rows], **{name: s.column(name, rows) for name in kinds})
+        return Path(out)
+    finally:
+        for s in stores:
+            s.close()

@@ -1,0 +1,84 @@
+"""Shared fixtures: small real inputs built from ../shared/data, and a CLI runner."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from synthkit import CIFAR10_CLASSES
+
+os.environ["SYNTHKIT_QUIET"] = "1"  # progress bars would interleave with the messages the tests read
+SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def run(*args: str):
+    """Run the synthkit CLI in-process; returns Typer's Result (exit_code, stdout, stderr)."""
+    from synthkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> Path:
+    if not SHARED_ARCHIVE.exists():
+        pytest.skip(f"shared CIFAR-10 archive not found at {SHARED_ARCHIVE}")
+    return SHARED_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def cifar_small_archive(tmp_path_factory, shared_archive) -> Path:
+    """A .tar.gz in the shared layout with the first 12 train and 6 test images of every class."""
+    out = tmp_path_factory.mktemp("cifar") / "cifar-small.tar.gz"
+    keep = {"train": 12, "test": 6}
+    with tarfile.open(shared_archive, "r:gz") as src, tarfile.open(out, "w:gz") as dst:
+        for member in src:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 4 and int(parts[3].split(".")[0]) < keep[parts[1]]:
+                dst.addfile(member, src.extractfile(member))
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory, cifar_small_archive) -> Path:
+    """A store of 12 real CIFAR-10 training images per class."""
+    from synthkit.datasets import import_cifar10
+
+    return import_cifar10(tmp_path_factory.mktemp("stores") / "real.h5", source=cifar_small_archive, split="train")
+
+
+@pytest.fixture(scope="session")
+def test_store(tmp_path_factory, cifar_small_archive) -> Path:
+    """A store of 6 real CIFAR-10 test images per class."""
+    from synthkit.datasets import import_cifar10
+
+    return import_cifar10(tmp_path_factory.mktemp("stores") / "test.h5", source=cifar_small_archive, split="test")
+
+
+def make_image_folder(root: Path, split: str = "train", per_class: int = 3, classes=CIFAR10_CLASSES, fmt="PNG") -> Path:
+    """Write random 32x32 images as root/cifar10/<split>/<class>/<i>.<fmt>; returns root/cifar10."""
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        folder = root / "cifar10" / split / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.{fmt.lower()}", fmt)
+    return root / "cifar10"
+
+
+def tar_folder(folder: Path, out: Path) -> Path:
+    with tarfile.open(out, "w:gz" if out.name.endswith("gz") else "w") as tar:
+        tar.add(folder, arcname=folder.name)
+    return out
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    return buf.getvalue()

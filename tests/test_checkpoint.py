@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from synthkit.checkpoint import load_checkpoint, read_meta, save_checkpoint, tensor_shapes
+from synthkit.errors import UserError
+from synthkit.meta import provenance
+
+
+def test_round_trip_tensors_and_metadata(tmp_path):
+    tensors = {"w": torch.randn(3, 4), "i": torch.arange(5)}
+    meta = provenance("classifier", {"lr": 0.1, "classes": ("a", "b")}, [{"path": "data/real.h5"}])
+    path = save_checkpoint(tmp_path / "m.safetensors", tensors, meta)
+    loaded, meta2 = load_checkpoint(path)
+    assert torch.equal(loaded["w"], tensors["w"]) and torch.equal(loaded["i"], tensors["i"])
+    assert meta2 == meta and meta2["params"]["classes"] == ["a", "b"]
+    assert read_meta(path) == meta
+    assert tensor_shapes(path)["w"] == ([3, 4], "F32")
+    assert not (tmp_path / "m.safetensors.partial").exists()
+
+
+def test_foreign_files_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    (tmp_path / "text.safetensors").write_text("not a safetensors file at all")
+    for name in ("plain.safetensors", "text.safetensors"):
+        with pytest.raises(UserError, match="not a synthkit safetensors"):
+            read_meta(tmp_path / name)
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.safetensors")

@@ -1,0 +1,54 @@
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from conftest import run
+
+
+def test_help_explains_the_pipeline_and_answers_fast():
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "synthkit", "--help"], capture_output=True, text=True, check=True).stdout
+    assert time.perf_counter() - start < 5, "--help must not import torch"
+    assert "invert" in out and "evaluate" in out
+    for command in ("data", "info", "show", "merge"):
+        assert command in out
+
+
+def test_info_on_store_and_checkpoint(tmp_path, real_store):
+    result = run("info", real_store)
+    assert result.exit_code == 0, result.output
+    assert "airplane" in result.output and "120" in result.output and "real" in result.output
+    import torch
+    from synthkit.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.safetensors", {"emb": torch.zeros(2, 5, 8)}, {"kind": "embeddings", "params": {"lr": 0.03}})
+    result = run("info", tmp_path / "m.safetensors")
+    assert result.exit_code == 0 and "emb" in result.output and "2x5x8" in result.output and "0.03" in result.output
+
+
+def test_show_draws_a_row_per_class(tmp_path, real_store):
+    result = run("show", real_store, "--out", tmp_path / "grid.png", "--per-row", 4, "--cell", 32)
+    assert result.exit_code == 0, result.output
+    image = Image.open(tmp_path / "grid.png")
+    assert image.height >= 10 * 32 and image.width >= 4 * 32
+
+
+def test_merge_command(tmp_path, real_store):
+    result = run("merge", real_store, real_store, "--out", tmp_path / "double.h5")
+    assert result.exit_code == 0, result.output
+    assert "240 images" in result.stdout
+
+
+def test_not_a_store_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(2)
+    for args in (("info", path), ("show", path, "--out", tmp_path / "g.png"), ("info", tmp_path / "nope.h5")):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "g.png").exists()

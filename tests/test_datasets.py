@@ -1,0 +1,152 @@
+import pickle
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import make_image_folder, png_bytes, run, tar_folder
+from synthkit import CIFAR10_CLASSES
+from synthkit.datasets import import_cifar10
+from synthkit.errors import UserError
+from synthkit.store import Store, StoreWriter
+
+
+def read(path):
+    with Store(path) as s:
+        return s.images(), s.labels, list(s.column("source_name"))
+
+
+def test_image_folder_tree_and_its_archives_agree(tmp_path):
+    folder = make_image_folder(tmp_path / "tree", per_class=3)
+    from_dir = read(import_cifar10(tmp_path / "a.h5", source=folder))
+    tar = tar_folder(folder, tmp_path / "c.tar")
+    tgz = tar_folder(folder, tmp_path / "c.tar.gz")
+    zpath = tmp_path / "c.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for p in sorted(folder.rglob("*.png")):
+            z.write(p, p.relative_to(folder.parent))
+    for i, src in enumerate((tar, tgz, zpath)):
+        images, labels, _ = read(import_cifar10(tmp_path / f"{i}.h5", source=src))
+        np.testing.assert_array_equal(images, from_dir[0])
+        np.testing.assert_array_equal(labels, from_dir[1])
+    assert list(from_dir[1]) == [c for c in range(10) for _ in range(3)]
+    assert from_dir[2][0].endswith("train/airplane/0.png")
+
+
+def write_batches(folder, n_per_batch=4):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    expected = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        labels = [int(x) for x in rng.integers(0, 10, n_per_batch)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": b"x"}, f, protocol=2)
+        expected.append((data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels))
+    return expected
+
+
+def test_python_batches_folder_and_tarball(tmp_path):
+    expected = write_batches(tmp_path / "cifar-10-batches-py")
+    images, labels, names = read(import_cifar10(tmp_path / "a.h5", source=tmp_path, split="train"))
+    np.testing.assert_array_equal(images, np.concatenate([e[0] for e in expected[:5]]))
+    assert list(labels) == sum((e[1] for e in expected[:5]), [])
+    assert names[0] == "data_batch_1:0"
+    tgz = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(tmp_path / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    test_images, test_labels, _ = read(import_cifar10(tmp_path / "b.h5", source=tgz, split="test"))
+    np.testing.assert_array_equal(test_images, expected[5][0])
+    assert list(test_labels) == expected[5][1]
+
+
+def test_batches_that_execute_code_are_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_batches(folder)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(UserError, match="not a CIFAR-10 batch"):
+        import_cifar10(tmp_path / "x.h5", source=folder, split="test")
+
+
+def test_shared_archive_test_split_and_seeded_subset(tmp_path, shared_archive):
+    result = run("data", "cifar10", "--source", shared_archive, "--split", "test", "--out", tmp_path / "test.h5")
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "test.h5") as s:
+        assert len(s) == 10_000 and list(s.counts()) == [1000] * 10 and s.image_shape == (32, 32, 3)
+    fingerprints = []
+    for name in ("a", "b"):
+        result = run("data", "cifar10", "--source", shared_archive, "--per-class", 500, "--seed", 0, "--out", tmp_path / f"{name}.h5")
+        assert result.exit_code == 0, result.output
+        with Store(tmp_path / f"{name}.h5") as s:
+            assert len(s) == 5000 and list(s.counts()) == [500] * 10
+            fingerprints.append((s.fingerprint, tuple(s.column("source_index"))))
+    assert fingerprints[0] == fingerprints[1]
+
+
+def test_killed_import_leaves_no_store_and_resume_completes_it(tmp_path, cifar_small_archive, monkeypatch):
+    ref = import_cifar10(tmp_path / "ref.h5", source=cifar_small_archive, batch_size=16)
+    calls = {"n": 0}
+    original = StoreWriter.append
+
+    def dying_append(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # what Ctrl-C or a kill between batches looks like to the writer
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StoreWriter, "append", dying_append)
+    out = tmp_path / "real.h5"
+    with pytest.raises(KeyboardInterrupt):
+        import_cifar10(out, source=cifar_small_archive, batch_size=16)
+    assert not out.exists()
+    monkeypatch.setattr(StoreWriter, "append", original)
+    result = run("data", "cifar10", "--source", cifar_small_archive, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    with Store(out) as a, Store(ref) as b:
+        np.testing.assert_array_equal(a.images(), b.images())
+        assert a.fingerprint == b.fingerprint and len(a) == 120
+
+
+@pytest.mark.parametrize("case", ["missing", "no_classes", "corrupt", "unknown_class", "exists", "no_source"])
+def test_bad_input_one_line_exit_2_no_output(tmp_path, case):
+    out = tmp_path / "out.h5"
+    source = tmp_path / "src"
+    if case == "no_classes":
+        source = tmp_path / "empty.tar.gz"
+        (tmp_path / "readme.txt").write_text("nothing here")
+        with tarfile.open(source, "w:gz") as tar:
+            tar.add(tmp_path / "readme.txt", arcname="data/readme.txt")
+    elif case == "corrupt":
+        folder = make_image_folder(tmp_path / "tree", per_class=2)
+        (folder / "train" / "cat" / "1.png").write_bytes(b"this is not a png")
+        source = folder
+    elif case == "unknown_class":
+        source = make_image_folder(tmp_path / "tree", per_class=1, classes=list(CIFAR10_CLASSES) + ["unicorn"])
+    elif case == "exists":
+        source = make_image_folder(tmp_path / "tree", per_class=1)
+        out.write_bytes(b"previous")
+    args = ["data", "cifar10", "--out", out] + ([] if case == "no_source" else ["--source", source])
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error:") and "Traceback" not in result.output
+    assert len(message.splitlines()) == 1, message
+    assert not (tmp_path / "out.h5.partial").exists()
+    assert (out.read_bytes() == b"previous") if case == "exists" else not out.exists()
+    expected = {"missing": "does not exist", "no_classes": "no images", "corrupt": "1.png is not a readable image",
+                "unknown_class": "unicorn", "exists": "--overwrite", "no_source": "--source"}[case]
+    assert expected in message
+
+
+def test_images_of_another_size_are_refused(tmp_path):
+    folder = make_image_folder(tmp_path / "tree", per_class=1)
+    (folder / "train" / "dog" / "0.png").write_bytes(png_bytes(np.zeros((16, 16, 3), np.uint8)))
+    with pytest.raises(UserError, match="16x16"):
+        import_cifar10(tmp_path / "x.h5", source=folder)

@@ -82,3 +82,24 @@ def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG")
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, real_store) -> Path:
+    """A ResNet-18 trained for a handful of steps on the small real store."""
+    from synthkit.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "resnet18-real.safetensors"
+    train([real_store], out, TrainConfig(steps=6, batch_size=40, lr=0.05, seed=0), device="cpu")
+    return out
+
+
+def copy_store_as(src: Path, out: Path, kind: str, classes=None) -> Path:
+    """A copy of a store relabelled with another kind (and optionally other class names)."""
+    from synthkit.meta import provenance
+    from synthkit.store import Store, StoreWriter
+
+    with Store(src) as s, StoreWriter(out, classes=classes or s.classes, image_shape=s.image_shape[:2],
+                                      meta=provenance(kind, {"from": str(src)}), total=len(s)) as w:
+        w.append(s.images(), s.labels)
+    return out

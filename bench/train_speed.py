@@ -1,0 +1,136 @@
+"""Training throughput: synthkit's on-device loop against a typical DataLoader + PIL loop.
+
+Both train the same CIFAR ResNet-18 with the same batch size, threads, number format and memory
+layout; only the data pipeline differs. Prints img/s for each (median over timed windows) and
+the ratio. Usage: python bench/train_speed.py [--batch-size 512] [--windows 5] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import cifar_store, machine
+from synthkit.device import autocast, configure_threads, memory_format, pick_device
+from synthkit.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18
+from synthkit.store import Store
+from synthkit.training import TrainConfig, augment, epoch_batches, load_stores
+
+
+def step(model, optimizer, x, y, device):
+    with autocast(device):
+        loss = F.cross_entropy(model(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def synthkit_windows(path, device, batch, steps, windows):
+    """img/s of each window of `steps` steps, data and augmentation on the device (synthkit.training)."""
+    data = load_stores([path], device)
+    model = CifarResNet18(10).to(device, memory_format=memory_format(device))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    config = TrainConfig(batch_size=batch)
+    generator = torch.Generator(device=device).manual_seed(0)
+    batches = iter(())
+    rates = []
+    for w in range(windows + 1):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            rows = next(batches, None)
+            if rows is None:
+                batches = iter(epoch_batches(data, config, generator))
+                rows = next(batches)
+            x = augment(data.images[rows], generator).float().div_(255).contiguous(memory_format=memory_format(device))
+            step(model, optimizer, x, data.labels[rows], device)
+        sync(device)
+        if w:  # the first window warms up kernels and caches
+            rates.append(steps * batch / (time.perf_counter() - start))
+    return rates
+
+
+class PilDataset(torch.utils.data.Dataset):
+    """The usual way: PIL images and torchvision transforms, one image at a time in workers."""
+
+    def __init__(self, images, labels):
+        from torchvision import transforms
+
+        self.images, self.labels = images, labels
+        self.transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                             transforms.ToTensor()])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def dataloader_windows(path, device, batch, steps, windows, workers):
+    """img/s of each window for torchvision's DataLoader with `workers` workers and PIL transforms."""
+    with Store(path) as store:
+        dataset = PilDataset(store.images(), store.labels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    model = CifarResNet18(10).to(device, memory_format=memory_format(device))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    batches = iter(loader)
+    rates = []
+    for w in range(windows + 1):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            item = next(batches, None)
+            if item is None:
+                batches = iter(loader)
+                item = next(batches)
+            x, y = item
+            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
+            step(model, optimizer, x, y.to(device, non_blocking=True), device)
+        sync(device)
+        if w:
+            rates.append(steps * batch / (time.perf_counter() - start))
+    return rates
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows (after one warm-up window)")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the CPU count)")
+    parser.add_argument("--per-class", type=int, default=None, help="training images per class (default: all)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    configure_threads()
+    device = pick_device(args.device)
+    workers = args.workers if args.workers is not None else len(__import__("os").sched_getaffinity(0))
+    path = cifar_store("train", args.per_class)
+    torch.manual_seed(0)
+    ours = synthkit_windows(path, device, args.batch_size, args.steps, args.windows)
+    torch.manual_seed(0)
+    theirs = dataloader_windows(path, device, args.batch_size, args.steps, args.windows, workers)
+    a, b = statistics.median(ours), statistics.median(theirs)
+    print(f"machine: {machine()}; batch {args.batch_size}; {args.windows} windows of {args.steps} steps; "
+          f"{torch.get_num_threads()} torch threads; DataLoader workers {workers}")
+    print(f"synthkit (on-device data + augmentation): {a:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in ours)})")
+    print(f"DataLoader + PIL transforms:              {b:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in theirs)})")
+    print(f"ratio synthkit / DataLoader: {a / b:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import copy_store_as, run
+from synthkit.checkpoint import read_meta, save_checkpoint
+from synthkit.device import pick_device
+from synthkit.evaluation import predict
+from synthkit.store import Store
+from synthkit.training import (TrainConfig, augment, epoch_batches, load_classifier, load_stores, log_path,
+                               state_path, train)
+
+CPU = torch.device("cpu")
+
+
+def test_a_few_steps_lower_the_loss(tmp_path, real_store):
+    out = tmp_path / "m.safetensors"
+    train([real_store], out, TrainConfig(steps=12, batch_size=30, lr=0.05, seed=0), device="cpu")
+    log = [json.loads(line) for line in log_path(out).read_text().splitlines()]
+    assert len(log) == 3 and log[-1]["loss"] < log[0]["loss"]
+
+
+def test_overfits_twenty_images(tmp_path, real_store):
+    out = tmp_path / "m.safetensors"
+    train([real_store], out, TrainConfig(steps=40, batch_size=20, lr=0.05, per_class=2, seed=1, warmup=0.1), device="cpu")
+    model, meta = load_classifier(out, CPU)
+    data = load_stores([real_store], CPU, per_class=2, seed=1)
+    assert len(data) == 20
+    preds = predict(model, data.images, CPU)
+    assert (preds == data.labels).float().mean() >= 0.9
+    assert meta["final_train_acc"] > 0.5
+
+
+def test_balanced_batches_are_half_real_half_synthetic(tmp_path, real_store):
+    synthetic = copy_store_as(real_store, tmp_path / "inv.h5", "inv")
+    data = load_stores([real_store, synthetic], CPU, per_class=3, seed=0)
+    data.images = data.images[:, :, :1, :1]
+    config = TrainConfig(batch_size=8, mix="balanced")
+    batches = epoch_batches(data, config, torch.Generator().manual_seed(0))
+    assert len(batches) == 30 // 4
+    for rows in batches:
+        assert data.is_real[rows].sum() == 4 and len(rows) == 8
+    assert len(set(torch.cat(batches).tolist())) == 56  # each part is covered without repeats in an epoch
+    only_real = load_stores([real_store], CPU, per_class=1)
+    with pytest.raises(Exception, match="balanced needs"):
+        epoch_batches(only_real, config, torch.Generator().manual_seed(0))
+
+
+def test_augment_crops_and_flips_within_the_padded_image():
+    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.int64).view(2, 3, 6, 6).to(torch.uint8)
+    out = augment(images, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    same = augment(images, torch.Generator().manual_seed(0), pad=2)
+    assert torch.equal(out, same)
+    centre = augment(images, torch.Generator().manual_seed(0), pad=0)
+    assert all(torch.equal(c, i) or torch.equal(c, i.flip(-1)) for c, i in zip(centre, images))
+
+
+def test_resume_after_interrupted_epoch_gives_the_same_weights(tmp_path, real_store, monkeypatch):
+    config = TrainConfig(epochs=3, batch_size=20, lr=0.05, per_class=2, seed=3)
+    ref = tmp_path / "ref.safetensors"
+    train([real_store], ref, config, device="cpu")
+    import synthkit.training as training
+
+    calls = {"n": 0}
+    original = training.augment
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first step of epoch 2
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "augment", interrupted)
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train([real_store], out, config, device="cpu")
+    assert not out.exists() and state_path(out).exists()
+    monkeypatch.setattr(training, "augment", original)
+    result = run("train", "--data", real_store, "--out", out, "--epochs", 3, "--batch-size", 20, "--lr", 0.05,
+                 "--per-class", 2, "--seed", 3, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    a, _ = load_classifier(out, CPU)
+    b, _ = load_classifier(ref, CPU)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert not state_path(out).exists()
+    assert len(log_path(out).read_text().splitlines()) == 3
+
+
+def test_checkpoint_metadata_round_trips(tiny_classifier, real_store):
+    meta = read_meta(tiny_classifier)
+    assert meta["kind"] == "classifier" and meta["arch"] == "resnet18-cifar"
+    assert meta["classes"][0] == "airplane" and len(meta["classes"]) == 10
+    with Store(real_store) as s:
+        assert meta["sources"] == [{"path": str(real_store), "kind": "real", "count": 120, "fingerprint": s.fingerprint, "image_size": 32}]
+    assert meta["params"]["lr"] == 0.05 and meta["params"]["seed"] == 0 and meta["steps"] == 6
+    assert meta["versions"]["torch"] and meta["seconds"] >= 0 and np.isfinite(meta["final_loss"])
+
+
+def test_stores_of_other_sizes_are_resized_and_classes_matched_by_name(tmp_path, real_store):
+    from synthkit.meta import provenance
+    from synthkit.store import StoreWriter
+
+    with Store(real_store) as s:
+        classes = list(reversed(s.classes))
+        big = np.repeat(np.repeat(s.images(slice(0, 4)), 2, axis=1), 2, axis=2)
+        labels = 9 - s.labels[:4]
+    with StoreWriter(tmp_path / "big.h5", classes=classes, image_shape=(64, 64), meta=provenance("sd", {}), total=4) as w:
+        w.append(big, labels)
+    data = load_stores([real_store, tmp_path / "big.h5"], CPU)
+    assert data.images.shape == (124, 3, 32, 32)
+    with Store(real_store) as s:
+        assert torch.equal(data.labels[120:], torch.from_numpy(s.labels[:4]))
+        diff = (data.images[120:].float() - torch.from_numpy(s.images(slice(0, 4))).permute(0, 3, 1, 2).float()).abs().mean()
+    assert diff < 8  # antialiased resizing blurs a little; a wrong image or label order differs by ~50
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, real_store):
+    out = tmp_path / "m.safetensors"
+    result = run("train", "--data", real_store, "--out", out, "--epochs", 5, "--batch-size", 40, "--lr", 1e30,
+                 "--per-class", 4, "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    assert "loss became" in result.stderr and "lower --lr" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "classes", "not_store", "not_classifier"])
+def test_bad_input_one_line_exit_2(tmp_path, real_store, case):
+    out = tmp_path / "m.safetensors"
+    if case == "missing":
+        args = ["train", "--data", tmp_path / "nope.h5", "--out", out]
+    elif case == "classes":
+        other = copy_store_as(real_store, tmp_path / "other.h5", "sd", classes=[f"c{i}" for i in range(10)])
+        args = ["train", "--data", f"{real_store},{other}", "--out", out]
+    elif case == "not_store":
+        (tmp_path / "x.h5").write_text("text")
+        args = ["train", "--data", tmp_path / "x.h5", "--out", out]
+    else:
+        save_checkpoint(tmp_path / "emb.safetensors", {"e": torch.zeros(2)}, {"kind": "embeddings"})
+        args = ["evaluate", "--model", tmp_path / "emb.safetensors", "--test", real_store]
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_evaluate_matches_a_hand_count(tmp_path, tiny_classifier, test_store):
+    results = tmp_path / "results"
+    result = run("evaluate", "--model", tiny_classifier, "--test", test_store, "--results", results, "--device", "cpu",
+                 "--batch-size", 7)
+    assert result.exit_code == 0, result.output
+    model, _ = load_classifier(tiny_classifier, CPU)
+    with Store(test_store) as s:
+        correct = 0
+        for image, label in zip(s.images(), s.labels):
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+            with torch.no_grad():
+                correct += int(model(x).argmax(1).item() == label)
+    import csv
+
+    rows = list(csv.DictReader(open(results / "accuracy.csv")))
+    assert len(rows) == 1 and rows[0]["training_data"] == "real"
+    assert float(rows[0]["accuracy"]) == pytest.approx(correct / 60)
+    per_class = json.loads(rows[0]["per_class"])
+    assert np.mean(list(per_class.values())) == pytest.approx(correct / 60)
+    assert (results / "confusion" / f"{tiny_classifier.stem}.png").exists()
+    assert f"{100 * correct / 60:.2f}" in (results / "accuracy.md").read_text()
+    run("evaluate", "--model", tiny_classifier, "--test", test_store, "--results", results, "--device", "cpu")
+    assert len(list(csv.DictReader(open(results / "accuracy.csv")))) == 2
+    assert (results / "accuracy.md").read_text().count("| real |") == 1
+
+
+def test_evaluate_refuses_a_synthetic_test_store(tmp_path, tiny_classifier, test_store):
+    fake = copy_store_as(test_store, tmp_path / "sdtest.h5", "sd")
+    result = run("evaluate", "--model", tiny_classifier, "--test", fake, "--results", tmp_path)
+    assert result.exit_code == 2 and "real test images only" in result.stderr
+
+
+def test_device_choice():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        from synthkit.errors import UserError
+
+        with pytest.raises(UserError, match="no CUDA"):
+            pick_device("cuda")

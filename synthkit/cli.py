@@ -102,22 +102,26 @@ def show(
 @app.command()
 @user_errors
 def merge(
-    stores: List[str] = typer.Argument(..., help="Stores (names or paths) of the same classes, e.g. shards."),
-    out: Path = typer.Option(..., help="Store to write."),
-    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+    inputs: List[str] = typer.Argument(..., help="Stores (names or paths) of the same classes, or embeddings files of one inversion job."),
+    out: Path = typer.Option(..., help="Store or embeddings file to write."),
+    overwrite: bool = typer.Option(False, help="Replace an existing file."),
 ) -> None:
-    """Merge stores of the same classes into one (shards go back in shard order)."""
+    """Merge shards (or any stores of the same classes) into one; shards go back in shard order."""
+    if all(name.endswith(".safetensors") for name in inputs):
+        from .inversion import merge_embeddings
+
+        merge_embeddings([Path(p) for p in inputs], out, overwrite=overwrite)
+        typer.echo(f"wrote {out}")
+        return
     from .meta import provenance
     from .paths import store_paths
-    from .store import merge_stores
+    from .store import Store, merge_stores
 
-    inputs = store_paths(stores)
-    from .store import Store
-
-    with Store(inputs[0]) as first:
+    paths = store_paths(inputs)
+    with Store(paths[0]) as first:
         kind = first.meta.get("kind", "merged")
-        params = first.meta.get("params", {}) if first.shard else {}
-    merge_stores(inputs, out, provenance(kind, params), overwrite=overwrite)
+        params = {k: v for k, v in first.meta.get("params", {}).items() if k != "shard"} if first.shard else {}
+    merge_stores(paths, out, provenance(kind, params), overwrite=overwrite)
     _print_store_line(out)
 
 
@@ -176,6 +180,131 @@ def evaluate(
         table.add_row(row["training_data"], f"{100 * row['accuracy']:.2f}", str(row["train_images"]), row["model"])
     Console().print(table)
     typer.echo(f"appended to {results / 'accuracy.csv'}; table in {results / 'accuracy.md'}; figures in {results / 'confusion'}/")
+
+
+model_app = typer.Typer(help="Stable Diffusion checkpoints for testing and smoke tests.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("tiny")
+@user_errors
+def model_tiny(
+    out: Path = typer.Option(Path("models/tiny-sd"), help="Folder to write the diffusers pipeline to."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+) -> None:
+    """Build a small random-weight Stable Diffusion pipeline offline (for tests, demos and smoke tests)."""
+    from .diffusion import build_tiny_pipeline
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists: pass --overwrite to replace it")
+    build_tiny_pipeline(out, seed=seed)
+    typer.echo(f"wrote {out} (random weights: it makes noise, not pictures)")
+
+
+@app.command()
+@user_errors
+def invert(
+    class_: str = typer.Option(..., "--class", help="Class name, comma-separated names, or all."),
+    data: str = typer.Option("real", help="Real store to invert (name or path)."),
+    out: Path = typer.Option(..., help="Embeddings file to write, e.g. models/inv/airplane.safetensors."),
+    model: str = typer.Option("CompVis/stable-diffusion-v1-4", help="SD checkpoint: hub id or diffusers folder."),
+    tokens: int = typer.Option(5, min=1, help="Tokens per learned embedding."),
+    resolution: int = typer.Option(128, help="Images are upsampled (bicubic) to this size; a multiple of 8."),
+    lr: float = typer.Option(0.03, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay."),
+    group_size: int = typer.Option(100, min=1, help="Images per (class-pure) group."),
+    batch_size: int = typer.Option(50, min=1, help="Images per step; a batch spans the groups of a chunk."),
+    updates: int = typer.Option(3000, min=1, help="Gradient updates each embedding receives."),
+    chunk_groups: int = typer.Option(8, min=1, help="Groups optimised together (the unit of sharding)."),
+    seed: int = typer.Option(0, help="Seed of timesteps, noise and order."),
+    checkpoint_every: int = typer.Option(200, min=1, help="Save resumable state about every K steps."),
+    shard: str = typer.Option("", help="Do shard i/n of the work (chunks), e.g. 0/4; merge the outputs with synthkit merge."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace an existing file."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run."),
+) -> None:
+    """Diffusion Inversion: learn a conditioning embedding per real image with the diffusion model frozen."""
+    from .inversion import InversionConfig, invert as run_inversion
+    from .paths import store_path
+
+    config = InversionConfig(tokens=tokens, resolution=resolution, lr=lr, weight_decay=weight_decay, group_size=group_size,
+                             batch_size=batch_size, updates=updates, chunk_groups=chunk_groups, seed=seed)
+    meta = run_inversion(store_path(data), out, class_, model, config, device=device, shard=shard,
+                         checkpoint_every=checkpoint_every, overwrite=overwrite, resume=resume)
+    losses = list(meta["group_loss"].values())
+    first = sum(v[0] for v in losses) / len(losses)
+    final = sum(v[1] for v in losses) / len(losses)
+    typer.echo(f"{out}: {len(losses)} groups, loss {first:.4f} (first epoch) -> {final:.4f} (final), {meta['seconds']:.0f} s")
+
+
+@app.command()
+@user_errors
+def sample(
+    out: Path = typer.Option(..., help="Store to write, e.g. data/sd.h5 or data/inv.h5."),
+    prompt: List[str] = typer.Option([], help='Prompt template(s) with {class}, e.g. "a photo of a {class}" (repeatable).'),
+    prompt_file: Optional[Path] = typer.Option(None, help="File of templates, one per line."),
+    per_class: int = typer.Option(10, min=1, help="Prompt mode: images per class."),
+    classes: Optional[str] = typer.Option(None, help="Prompt mode: comma-separated class names, or a store whose classes to use (default: CIFAR-10's)."),
+    negative: str = typer.Option("", help="Prompt mode: negative prompt."),
+    init: Optional[str] = typer.Option(None, help="Prompt mode: img2img from this real store (name or path)."),
+    strength: float = typer.Option(0.75, help="img2img: share of the schedule re-noised (0-1]."),
+    embeddings: List[Path] = typer.Option([], help="DI mode: embeddings file(s) from synthkit invert (repeatable; shell globs work)."),
+    per_image: int = typer.Option(5, min=1, help="DI mode: samples per learned embedding."),
+    interp: float = typer.Option(0.1, help="DI mode: alpha, interpolation towards a random same-group partner."),
+    noise: float = typer.Option(0.1, help="DI mode: lambda, scale of the Gaussian perturbation."),
+    uncond: str = typer.Option("group-mean", help="DI mode: unconditional input of guidance: group-mean or empty."),
+    model: Optional[str] = typer.Option(None, help="SD checkpoint (default: CompVis/stable-diffusion-v1-4, or the embeddings' model)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance (default 7.5 for prompts, 2.0 for DI)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Sampling steps (default 50 for prompts, 100 for DI)."),
+    scheduler: str = typer.Option("model", help="model (the checkpoint's own), ddim, dpm++ or pndm."),
+    resolution: Optional[int] = typer.Option(None, help="Generation size (default: the model's, or the inversion's for DI)."),
+    save_size: Optional[int] = typer.Option(None, help="Store images resized (antialiased) to this size (default: prompts keep the generation size; DI 32)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per batch."),
+    seed: int = typer.Option(0, help="Seed of every random choice (each sample has its own, derived from it)."),
+    dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
+    shard: str = typer.Option("", help="Do shard i/n of the work, e.g. 0/4; merge the outputs with synthkit merge."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run."),
+) -> None:
+    """Generate images from class prompts (optionally img2img), or from learned DI embeddings (--embeddings)."""
+    from .paths import store_path
+    from .sampling import DIConfig, SamplingConfig, sample_embeddings, sample_prompts
+
+    templates = list(prompt)
+    if prompt_file is not None:
+        if not prompt_file.exists():
+            raise UserError(f"prompt file {prompt_file} does not exist")
+        templates += [line.strip() for line in prompt_file.read_text().splitlines() if line.strip()]
+    if embeddings and templates:
+        raise UserError("give either --embeddings (DI sampling) or --prompt/--prompt-file (prompt sampling), not both")
+    config = SamplingConfig(steps=steps or (100 if embeddings else 50), guidance=guidance if guidance is not None else (2.0 if embeddings else 7.5),
+                            scheduler=scheduler, resolution=resolution, save_size=save_size or (32 if embeddings else None),
+                            batch_size=batch_size, seed=seed, dtype=dtype)
+    if embeddings:
+        sample_embeddings(out, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond), config,
+                          model=model, device=device, shard=shard, overwrite=overwrite, resume=resume)
+    else:
+        sample_prompts(out, model or "CompVis/stable-diffusion-v1-4", templates, _class_list(classes), per_class, config,
+                       negative=negative, init=store_path(init) if init else None, strength=strength, device=device,
+                       shard=shard, overwrite=overwrite, resume=resume)
+    _print_store_line(out)
+
+
+def _class_list(classes: Optional[str]) -> list[str]:
+    from . import CIFAR10_CLASSES
+    from .paths import store_path
+
+    if classes is None:
+        return list(CIFAR10_CLASSES)
+    path = store_path(classes)
+    if "," not in classes and path.suffix == ".h5" and path.exists():
+        from .store import Store
+
+        with Store(path) as s:
+            return list(s.classes)
+    return [c.strip() for c in classes.split(",") if c.strip()]
 
 
 def main() -> None:

@@ -1,0 +1,216 @@
+"""Stable Diffusion pieces shared by inversion and sampling: loading, the tiny offline model,
+schedulers, prompt encoding, the guided denoising loop and VAE encode/decode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+SCHEDULERS = ("model", "ddim", "dpm++", "pndm")
+
+
+@dataclass
+class Diffusion:
+    """The frozen parts of a Stable Diffusion checkpoint, on one device and dtype."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    scheduler_class: str
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+
+def quiet_libraries() -> None:
+    """diffusers and transformers print loading bars and advice; synthkit shows its own progress."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+def load_diffusion(model: str, device: torch.device, dtype: torch.dtype) -> Diffusion:
+    """Load a diffusers-format SD 1.x/2.x checkpoint from a local folder or the hub (cache or download)."""
+    from diffusers import StableDiffusionPipeline
+
+    quiet_libraries()
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype, safety_checker=None,
+                                                       feature_extractor=None, requires_safety_checker=False)
+    except Exception as err:  # hub, network and format errors come in many types
+        if Path(model).exists():
+            raise UserError(f"{model} is not a diffusers Stable Diffusion folder ({type(err).__name__}): "
+                            "it needs model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/") from None
+        raise UserError(f"cannot load model '{model}': it is not a local folder and is not in the Hugging Face cache, "
+                        "and it could not be downloaded (offline?). Pass --model PATH to a diffusers folder, "
+                        "or make a test model with: synthkit model tiny --out models/tiny-sd") from None
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False)
+        part.to(device)
+        part.eval()
+    pipe.unet.to(memory_format=torch.channels_last)
+    return Diffusion(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config),
+                     type(pipe.scheduler).__name__, device, dtype, model)
+
+
+def make_scheduler(diffusion: Diffusion, name: str = "model"):
+    """A fresh sampling scheduler: the model's own, DDIM, DPM-Solver++ or PNDM, from the model's config."""
+    import diffusers
+
+    classes = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler",
+               "model": diffusion.scheduler_class}
+    if name not in classes:
+        raise UserError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got '{name}'")
+    cls = getattr(diffusers, classes[name])
+    if name == "dpm++":
+        return cls.from_config(diffusion.scheduler_config, algorithm_type="dpmsolver++")
+    return cls.from_config(diffusion.scheduler_config)
+
+
+def training_scheduler(diffusion: Diffusion):
+    """The DDPM noise schedule the model was trained with (for the inversion loss)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(diffusion.scheduler_config)
+
+
+@torch.no_grad()
+def encode_text(diffusion: Diffusion, prompts: list[str]) -> torch.Tensor:
+    """CLIP hidden states (B, 77, hidden) of prompts, as the UNet's conditioning."""
+    tok = diffusion.tokenizer(prompts, padding="max_length", max_length=diffusion.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt")
+    return diffusion.text_encoder(tok.input_ids.to(diffusion.device))[0].to(diffusion.dtype)
+
+
+def check_resolution(resolution: int, diffusion: Diffusion) -> None:
+    """Resolutions must be multiples of the VAE's downsampling factor (8 for SD)."""
+    if resolution <= 0 or resolution % diffusion.vae_scale:
+        raise UserError(f"--resolution {resolution} is not a multiple of {diffusion.vae_scale} (the VAE's downsampling factor)")
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One latent per seed, each from its own generator: a sample does not depend on its batch."""
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(noise).to(device, dtype)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of the sample at global position `index` of a job."""
+    return (int(seed) * 1_000_003 + int(index)) % (2**63)
+
+
+@torch.no_grad()
+def denoise(diffusion: Diffusion, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+            steps: int, guidance: float, start_step: int = 0) -> torch.Tensor:
+    """Run the sampler from `latents` with classifier-free guidance; cond and uncond may differ in length."""
+    scheduler.set_timesteps(steps, device=diffusion.device)
+    timesteps = scheduler.timesteps[start_step:]
+    latents = latents * scheduler.init_noise_sigma if start_step == 0 else latents
+    same_length = uncond is not None and uncond.shape[1] == cond.shape[1]
+    for t in timesteps:
+        x = scheduler.scale_model_input(latents, t)
+        if uncond is None or guidance == 1.0:
+            eps = diffusion.unet(x, t, encoder_hidden_states=cond).sample
+        elif same_length:
+            both = diffusion.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            eps_u, eps_c = both.chunk(2)
+            eps = eps_u + guidance * (eps_c - eps_u)
+        else:
+            eps_u = diffusion.unet(x, t, encoder_hidden_states=uncond).sample
+            eps_c = diffusion.unet(x, t, encoder_hidden_states=cond).sample
+            eps = eps_u + guidance * (eps_c - eps_u)
+        latents = scheduler.step(eps, t, latents).prev_sample
+    return latents
+
+
+@torch.no_grad()
+def decode(diffusion: Diffusion, latents: torch.Tensor, save_size: int | None = None) -> np.ndarray:
+    """VAE-decode latents to uint8 images (B, H, W, 3), resized with antialiasing to save_size if given."""
+    images = diffusion.vae.decode(latents.to(diffusion.dtype) / diffusion.latent_scale).sample.float()
+    images = (images.clamp(-1, 1) + 1) * 127.5
+    if save_size and images.shape[-1] != save_size:
+        images = F.interpolate(images, size=(save_size, save_size), mode="bicubic", antialias=True, align_corners=False)
+    return images.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_model_input(images: np.ndarray, resolution: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) to [-1, 1] tensors upsampled (bicubic) to resolution."""
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return x.to(dtype)
+
+
+@torch.no_grad()
+def encode_images(diffusion: Diffusion, images: np.ndarray, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's latent distribution (mean, std), already multiplied by the latent scale."""
+    dist = diffusion.vae.encode(to_model_input(images, resolution, diffusion.device, diffusion.dtype)).latent_dist
+    return dist.mean * diffusion.latent_scale, dist.std * diffusion.latent_scale
+
+
+def build_tiny_pipeline(out: str | Path, seed: int = 0, hidden: int = 32) -> Path:
+    """A small random-weight SD pipeline (UNet, VAE, CLIP text encoder and a locally built tokenizer), saved offline."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    quiet_libraries()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=hidden,
+                                attention_head_dim=8,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 32, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=1, norm_num_groups=8, sample_size=64)
+    tokenizer = CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=hidden, intermediate_size=64, num_attention_heads=4,
+                                                num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=77,
+                                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                                pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(out))
+    return Path(out)
+
+
+def _byte_vocab() -> dict[str, int]:
+    """A character-level CLIP vocabulary (GPT-2 byte alphabet, word-final forms, special tokens)."""
+    alphabet = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = [b for b in range(256) if b not in alphabet]
+    chars = [chr(b) for b in alphabet] + [chr(256 + i) for i in range(len(extra))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}
+

@@ -1,0 +1,228 @@
+"""`synthkit sample`: images from class prompts (optionally img2img from a real store), or from
+learned Diffusion Inversion embeddings perturbed and interpolated within their group.
+
+Every sample draws its randomness from its own seed (job seed, global sample index), and shards
+split the work at batch boundaries, so shards merged equal an unsharded run and a resumed run
+equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .device import configure_threads, diffusion_dtype, pick_device
+from .diffusion import (Diffusion, check_resolution, decode, denoise, encode_images, encode_text, initial_noise,
+                        load_diffusion, make_scheduler, sample_seed)
+from .errors import UserError
+from .inversion import load_embeddings
+from .meta import provenance
+from .progress import progress
+from .store import Store, StoreWriter, shard_range
+
+UNCONDS = ("group-mean", "empty")
+
+
+@dataclass
+class SamplingConfig:
+    """What both sampling modes share."""
+
+    steps: int = 50
+    guidance: float = 7.5
+    scheduler: str = "model"
+    resolution: int | None = None
+    save_size: int | None = None
+    batch_size: int = 16
+    seed: int = 0
+    dtype: str = "auto"
+
+
+def batch_slices(total: int, batch: int, shard: str) -> list[slice]:
+    """This shard's batches of the job's `total` samples; shards split at batch boundaries."""
+    n_batches = -(-total // batch)
+    first, stop = shard_range(n_batches, shard)
+    return [slice(b * batch, min((b + 1) * batch, total)) for b in range(first, stop)]
+
+
+def prompt_plan(templates: Sequence[str], classes: Sequence[str], per_class: int) -> tuple[list[str], np.ndarray]:
+    """Prompts and labels of every sample, class by class; templates take turns, '{class}' becomes the name."""
+    if not templates:
+        raise UserError("give at least one --prompt template (or --prompt-file)")
+    prompts, labels = [], []
+    for c, name in enumerate(classes):
+        for k in range(per_class):
+            prompts.append(templates[k % len(templates)].replace("{class}", name))
+            labels.append(c)
+    return prompts, np.array(labels, dtype=np.int64)
+
+
+def _open_generator(model: str, config: SamplingConfig, device: str | None) -> tuple[Diffusion, int]:
+    configure_threads()
+    dev = pick_device(device)
+    diffusion = load_diffusion(model, dev, diffusion_dtype(dev, config.dtype))
+    resolution = config.resolution or diffusion.native_resolution
+    check_resolution(resolution, diffusion)
+    make_scheduler(diffusion, config.scheduler)
+    return diffusion, resolution
+
+
+def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Sequence[str], per_class: int,
+                   config: SamplingConfig, negative: str = "", init: Path | None = None, strength: float = 0.75,
+                   device: str | None = None, shard: str = "", overwrite: bool = False, resume: bool = False) -> Path:
+    """Generate per_class images of every class from prompt templates (img2img from `init` if given)."""
+    out = Path(out)
+    prompts, labels = prompt_plan(templates, classes, per_class)
+    if init is not None and not 0 < strength <= 1:
+        raise UserError(f"--strength must be in (0, 1], got {strength}")
+    init_store = Store(init) if init is not None else None
+    try:
+        init_members = None
+        if init_store is not None:
+            missing = [c for c in classes if c not in init_store.classes]
+            if missing:
+                raise UserError(f"init store {init} has no class {', '.join(missing)}")
+            init_labels = init_store.labels
+            init_members = [np.flatnonzero(init_labels == init_store.classes.index(c)) for c in classes]
+        diffusion, resolution = _open_generator(model, config, device)
+        params = asdict(config) | {"model": model, "templates": list(templates), "classes": list(classes),
+                                   "per_class": per_class, "negative": negative, "init": str(init) if init else None,
+                                   "strength": strength if init else None, "resolution": resolution}
+        sources = [{"path": str(init), "fingerprint": init_store.fingerprint}] if init_store else []
+        meta = provenance("sd", params, sources) | {"model": model}
+        size = config.save_size or resolution
+        slices = batch_slices(len(prompts), config.batch_size, shard)
+        total = sum(s.stop - s.start for s in slices)
+        with StoreWriter(out, classes=classes, image_shape=(size, size), meta=meta, total=total, shard=shard,
+                         columns={"prompt": "str", "seed": "int", "source_index": "int"},
+                         overwrite=overwrite, resume=resume) as writer, progress() as bar:
+            if writer.complete:
+                return out
+            task = bar.add_task("sample", total=total, completed=writer.done)
+            uncond_one = encode_text(diffusion, [negative])
+            offset = 0
+            for part in slices:
+                count = part.stop - part.start
+                if offset + count <= writer.done:
+                    offset += count
+                    continue
+                index = np.arange(part.start, part.stop)
+                seeds = [sample_seed(config.seed, i) for i in index]
+                latent_shape = (diffusion.unet.config.in_channels, resolution // diffusion.vae_scale, resolution // diffusion.vae_scale)
+                noise = initial_noise(seeds, latent_shape, diffusion.device, diffusion.dtype)
+                cond = encode_text(diffusion, [prompts[i] for i in index])
+                uncond = uncond_one.expand(count, -1, -1)
+                scheduler = make_scheduler(diffusion, config.scheduler)
+                source_index = np.full(count, -1, dtype=np.int64)
+                if init_members is None:
+                    latents = denoise(diffusion, scheduler, noise, cond, uncond, config.steps, config.guidance)
+                else:
+                    for k, (i, s) in enumerate(zip(index, seeds)):
+                        members = init_members[labels[i]]
+                        source_index[k] = members[np.random.default_rng(s).integers(len(members))]
+                    start = config.steps - max(1, int(round(config.steps * strength)))
+                    scheduler.set_timesteps(config.steps, device=diffusion.device)
+                    clean, _ = encode_images(diffusion, init_store.images(source_index), resolution)
+                    t0 = scheduler.timesteps[start].repeat(count)
+                    latents = scheduler.add_noise(clean, noise, t0)
+                    latents = denoise(diffusion, scheduler, latents, cond, uncond, config.steps, config.guidance, start_step=start)
+                writer.append(decode(diffusion, latents, config.save_size), labels[index],
+                              prompt=[prompts[i] for i in index], seed=seeds, source_index=source_index)
+                offset += count
+                bar.advance(task, count)
+    finally:
+        if init_store is not None:
+            init_store.close()
+    return out
+
+
+@dataclass
+class DIConfig:
+    """Diffusion Inversion sampling: c = e_i + alpha (e_j - e_i) + lambda eps, guided by the group mean."""
+
+    per_image: int = 5
+    interp: float = 0.1
+    noise: float = 0.1
+    uncond: str = "group-mean"
+
+
+def perturb(embeddings: torch.Tensor, groups: torch.Tensor, index: np.ndarray, seeds: Sequence[int], interp: float,
+            noise: float) -> tuple[torch.Tensor, np.ndarray]:
+    """Perturbed embeddings for the rows `index`, each with a partner drawn from its own group (another
+    member when there is one), and those partners. Pure: the randomness comes from `seeds`."""
+    out, partners = [], []
+    groups_np = groups.numpy()
+    for i, s in zip(index, seeds):
+        generator = torch.Generator().manual_seed(int(s) ^ 0x5EED)
+        members = np.flatnonzero(groups_np == groups_np[i])
+        others = members[members != i]
+        j = int(others[torch.randint(len(others), (1,), generator=generator).item()]) if len(others) else int(i)
+        eps = torch.randn(embeddings.shape[1:], generator=generator)
+        out.append(embeddings[i] + interp * (embeddings[j] - embeddings[i]) + noise * eps)
+        partners.append(j)
+    return torch.stack(out), np.array(partners, dtype=np.int64)
+
+
+def group_means(embeddings: torch.Tensor, groups: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The mean embedding of every group: the unconditional input of group-mean guidance."""
+    return {int(g): embeddings[groups == g].mean(0) for g in torch.unique(groups)}
+
+
+def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig, config: SamplingConfig,
+                      model: str | None = None, device: str | None = None, shard: str = "", overwrite: bool = False,
+                      resume: bool = False) -> Path:
+    """Generate per_image samples from every learned embedding (Diffusion Inversion sampling)."""
+    if di.uncond not in UNCONDS:
+        raise UserError(f"--uncond must be one of {', '.join(UNCONDS)}, got '{di.uncond}'")
+    tensors, emb_meta = load_embeddings(embedding_files)
+    model = model or emb_meta["model"]
+    config = SamplingConfig(**(asdict(config) | {"resolution": config.resolution or emb_meta["resolution"]}))
+    diffusion, resolution = _open_generator(model, config, device)
+    if diffusion.hidden_size != emb_meta["hidden"]:
+        raise UserError(f"the embeddings have hidden size {emb_meta['hidden']} but model {model} expects {diffusion.hidden_size}: "
+                        "sample with the model they were inverted with")
+    embeddings, groups = tensors["embeddings"].float(), tensors["group"]
+    means = group_means(embeddings, groups)
+    empty = encode_text(diffusion, [""])
+    params = asdict(config) | asdict(di) | {"model": model, "embeddings": [str(p) for p in embedding_files],
+                                            "resolution": resolution}
+    meta = provenance("inv", params, emb_meta["sources"]) | {"model": model, "embeddings_model": emb_meta["model"]}
+    size = config.save_size or resolution
+    total_samples = len(embeddings) * di.per_image
+    slices = batch_slices(total_samples, config.batch_size, shard)
+    total = sum(s.stop - s.start for s in slices)
+    columns = {"source_index": "int", "partner": "int", "alpha": "float", "noise": "float", "seed": "int", "group": "int"}
+    with StoreWriter(out, classes=emb_meta["classes"], image_shape=(size, size), meta=meta, columns=columns, total=total,
+                     shard=shard, overwrite=overwrite, resume=resume) as writer, progress() as bar:
+        if writer.complete:
+            return Path(out)
+        task = bar.add_task("sample", total=total, completed=writer.done)
+        offset = 0
+        for part in slices:
+            count = part.stop - part.start
+            if offset + count <= writer.done:
+                offset += count
+                continue
+            sample_index = np.arange(part.start, part.stop)
+            rows = sample_index // di.per_image
+            seeds = [sample_seed(config.seed, g) for g in sample_index]
+            cond, partners = perturb(embeddings, groups, rows, seeds, di.interp, di.noise)
+            if di.uncond == "group-mean":
+                uncond = torch.stack([means[int(groups[r])] for r in rows])
+            else:
+                uncond = empty.expand(count, -1, -1)
+            latent_shape = (diffusion.unet.config.in_channels, resolution // diffusion.vae_scale, resolution // diffusion.vae_scale)
+            noise = initial_noise(seeds, latent_shape, diffusion.device, diffusion.dtype)
+            latents = denoise(diffusion, make_scheduler(diffusion, config.scheduler), noise,
+                              cond.to(diffusion.device, diffusion.dtype), uncond.to(diffusion.device, diffusion.dtype),
+                              config.steps, config.guidance)
+            source = tensors["source_index"].numpy()
+            writer.append(decode(diffusion, latents, config.save_size), tensors["label"].numpy()[rows],
+                          source_index=source[rows], partner=source[partners], alpha=np.full(count, di.interp),
+                          noise=np.full(count, di.noise), seed=seeds, group=groups.numpy()[rows])
+            offset += count
+            bar.advance(task, count)
+    return Path(out)

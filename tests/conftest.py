@@ -103,3 +103,27 @@ def copy_store_as(src: Path, out: Path, kind: str, classes=None) -> Path:
                                       meta=provenance(kind, {"from": str(src)}), total=len(s)) as w:
         w.append(s.images(), s.labels)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """The tiny random-weight Stable Diffusion pipeline, built offline through the CLI."""
+    out = tmp_path_factory.mktemp("models") / "tiny-sd"
+    result = run("model", "tiny", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_real(tmp_path_factory, real_store) -> Path:
+    """4 real images of each class (a seeded subset of real_store): enough for inversion tests."""
+    from synthkit.meta import provenance
+    from synthkit.store import Store, StoreWriter, balanced_subset
+
+    out = tmp_path_factory.mktemp("stores") / "real4.h5"
+    with Store(real_store) as s:
+        idx = balanced_subset(s.labels, 4, seed=0)
+        with StoreWriter(out, classes=s.classes, image_shape=(32, 32), meta=provenance("real", {"per_class": 4}),
+                         total=len(idx)) as w:
+            w.append(s.images(idx), s.labels[idx])
+    return out

@@ -1,0 +1,50 @@
+import os
+
+import torch
+
+from conftest import run
+from synthkit.diffusion import build_tiny_pipeline, check_resolution, encode_text, load_diffusion
+
+CPU = torch.device("cpu")
+
+
+def test_tiny_model_round_trips_offline(tiny_sd, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (tiny_sd / part).is_dir()
+    d = load_diffusion(str(tiny_sd), CPU, torch.float32)
+    assert d.hidden_size == 32 and d.vae_scale == 8 and d.native_resolution == 64
+    assert not any(p.requires_grad for p in d.unet.parameters())
+    hidden = encode_text(d, ["a photo of a cat", "a photo of a dog"])
+    assert hidden.shape == (2, 77, 32) and not torch.allclose(hidden[0], hidden[1])
+    again = load_diffusion(str(tiny_sd), CPU, torch.float32)
+    for a, b in zip(d.unet.parameters(), again.unet.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_tiny_model_refuses_to_overwrite(tiny_sd):
+    result = run("model", "tiny", "--out", tiny_sd)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+
+
+def test_missing_model_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run("sample", "--prompt", "a {class}", "--model", "nobody/no-such-model", "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2, result.output
+    assert "synthkit model tiny" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    (tmp_path / "folder").mkdir()
+    result = run("sample", "--prompt", "a {class}", "--model", tmp_path / "folder", "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "not a diffusers Stable Diffusion folder" in result.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_resolution_must_be_a_multiple_of_8(tiny_sd, tmp_path):
+    result = run("sample", "--prompt", "a {class}", "--model", tiny_sd, "--resolution", 60, "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "multiple of 8" in result.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_other_hidden_sizes_can_be_built(tmp_path):
+    d = load_diffusion(str(build_tiny_pipeline(tmp_path / "wide", hidden=48)), CPU, torch.float32)
+    assert d.hidden_size == 48
+    check_resolution(64, d)

@@ -307,6 +307,85 @@ def _class_list(classes: Optional[str]) -> list[str]:
     return [c.strip() for c in classes.split(",") if c.strip()]
 
 
+@app.command()
+@user_errors
+def gradcam(
+    model: List[Path] = typer.Option(..., help="Classifier(s) to explain (repeat --model)."),
+    data: str = typer.Option("test", help="Store of real images to explain them on (name or path)."),
+    out: Path = typer.Option(Path("results/gradcam"), help="Folder for gradcam_grid.png, per_image.csv and summary.json."),
+    n: int = typer.Option(64, min=1, help="Images (a seeded random pick, the same for every model)."),
+    layer: str = typer.Option("layer4", help="Target layer: layer4 (only 4x4 at 32 px: coarse maps) or layer3 (8x8)."),
+    target: str = typer.Option("true", help="Explain the true class or the predicted one."),
+    seed: int = typer.Option(0, help="Seed of the image pick."),
+    batch_size: int = typer.Option(64, min=1, help="Images per batch."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Grad-CAM maps of classifiers on the same real images, with measures of how concentrated they are."""
+    from rich.table import Table
+
+    from .gradcam import MEASURES, explain
+    from .paths import store_path
+
+    summary = explain(model, store_path(data), out, n=n, layer=layer, target=target, seed=seed, batch_size=batch_size, device=device)
+    table = Table(title=f"Grad-CAM ({layer}, {target} class) on {summary['images']} images of {summary['data']}: means")
+    table.add_column("model")
+    for key in MEASURES:
+        table.add_column(key, justify="right")
+    for name, stats in summary["models"].items():
+        table.add_row(name, *(f"{stats[k]['mean']:.3f}" for k in MEASURES))
+    Console().print(table)
+    for pair, values in summary["agreement"].items():
+        typer.echo(f"agreement {pair}: correlation {values['correlation']:.3f}, IoU of top 20% {values['top_iou']:.3f}")
+    typer.echo(f"wrote {out}/gradcam_grid.png, per_image.csv, summary.json")
+
+
+@app.command()
+@user_errors
+def vanish(
+    data: List[str] = typer.Option([], help="Store(s) to analyse (repeat --data)."),
+    gt: Optional[Path] = typer.Option(None, help="Score the detector on a folder like York Urban's (images/ and gt.json)."),
+    out: Path = typer.Option(Path("results/vanish"), help="Folder for the CSV, summary, predictions and figures."),
+    n: int = typer.Option(500, min=1, help="Images per store (a seeded random pick)."),
+    upsample: Optional[int] = typer.Option(None, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."),
+    focal: Optional[float] = typer.Option(None, help="Focal length in pixels (calibrated); default: estimated per image."),
+    limit: Optional[int] = typer.Option(None, min=1, help="--gt: score only the first N images."),
+    seed: int = typer.Option(0, help="Seed of the image pick and of RANSAC."),
+) -> None:
+    """Line segments and vanishing points: compare stores, or score the detector against ground truth."""
+    from rich.table import Table
+
+    from .paths import store_paths
+    from .vanish import MEASURES, analyse_stores, evaluate_ground_truth
+
+    if not data and gt is None:
+        raise UserError("give --data STORE (repeatable) or --gt FOLDER")
+    if gt is not None:
+        if not gt.is_dir():
+            raise UserError(f"--gt {gt} is not a folder")
+        scores = evaluate_ground_truth(gt, out, limit=limit, seed=seed)
+        table = Table(title=f"vanishing points on {scores['images']} images of {gt}")
+        table.add_column("mode")
+        for col in ("horizon AUC@0.25", "VP AUC@3", "VP AUC@5", "VP AUC@10", "s/image"):
+            table.add_column(col, justify="right")
+        for mode in ("calibrated", "uncalibrated"):
+            s = scores[mode]
+            table.add_row(mode, f"{s['horizon_auc_0.25']:.2f}", *(f"{s[k]:.2f}" if k in s else "-" for k in ("vp_auc_3deg", "vp_auc_5deg", "vp_auc_10deg")),
+                          f"{s['median_seconds_per_image']:.2f}")
+        Console().print(table)
+    if data:
+        summary = analyse_stores(store_paths(data), out, n=n, upsample=upsample, focal=focal, seed=seed)
+        table = Table(title=f"line geometry per store ({summary['mode']}): median [q1, q3]")
+        table.add_column("measure")
+        for name, st in summary["stores"].items():
+            table.add_column(f"{name} ({st['image_size'][0]} px, x{st['upsample']})", justify="right")
+        stores = list(summary["stores"].values())
+        table.add_row("images / with VPs / no lines", *(f"{st['images']} / {st['with_vps']} / {st['no_lines']}" for st in stores))
+        for key in MEASURES:
+            table.add_row(key, *(f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, {st['measures'][key]['q3']:.3g}]" for st in stores))
+        Console().print(table)
+    typer.echo(f"wrote {out}/")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

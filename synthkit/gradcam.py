@@ -1,0 +1,175 @@
+"""`synthkit gradcam`: where classifiers look, measured. Grad-CAM maps (pytorch-grad-cam) of every
+model on the same real images, how concentrated each map is, how much models agree, and
+pytorch-grad-cam's confidence-change metric, with a grid figure beside the numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .device import configure_threads, pick_device
+from .errors import UserError
+from .evaluation import training_data_name
+from .store import Store
+from .training import class_mapping, classifier_meta, load_classifier, resize_images
+
+LAYERS = ("layer4", "layer3")
+TARGETS = ("true", "predicted")
+MEASURES = ("entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change")
+
+
+def concentration(cam: np.ndarray) -> dict[str, float]:
+    """How concentrated a map (H, W, values >= 0) is: normalised entropy (1 = flat), Gini index
+    (0 = flat), share of mass in the top 10% of pixels, share of pixels above 0.5 of the maximum,
+    and spread around the centroid (RMS distance over the image diagonal)."""
+    cam = np.clip(np.asarray(cam, dtype=np.float64), 0, None)
+    total = cam.sum()
+    n = cam.size
+    if total <= 0:
+        return {"entropy": 1.0, "gini": 0.0, "top10_mass": 0.1, "area_above_half": 1.0, "spread": float("nan")}
+    p = cam.ravel() / total
+    entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum() / np.log(n))
+    sorted_p = np.sort(p)
+    gini = float(1 - 2 * np.sum(np.cumsum(sorted_p) - sorted_p / 2) / n)
+    k = max(1, int(round(0.1 * n)))
+    top10 = float(sorted_p[-k:].sum())
+    area = float((cam >= 0.5 * cam.max()).mean())
+    h, w = cam.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    pm = cam / total
+    cy, cx = (pm * ys).sum(), (pm * xs).sum()
+    spread = float(np.sqrt((pm * ((ys - cy) ** 2 + (xs - cx) ** 2)).sum()) / np.hypot(h, w))
+    return {"entropy": entropy, "gini": gini, "top10_mass": top10, "area_above_half": area, "spread": spread}
+
+
+def agreement(a: np.ndarray, b: np.ndarray, top: float = 0.2) -> dict[str, float]:
+    """Pearson correlation of two maps and IoU of their top `top` share of pixels."""
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+    k = max(1, int(round(top * a.size)))
+    ta, tb = set(np.argsort(a)[-k:]), set(np.argsort(b)[-k:])
+    return {"correlation": corr, "top_iou": len(ta & tb) / len(ta | tb)}
+
+
+def explain(models: Sequence[Path], data: Path, out: Path, n: int = 64, layer: str = "layer4", target: str = "true",
+            seed: int = 0, batch_size: int = 64, device: str | None = None, figure_rows: int = 8) -> dict[str, Any]:
+    """Grad-CAM of every model on the same n real images; writes the grid, per-image CSV and summary JSON."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    if not models:
+        raise UserError("no models given: pass --model PATH (repeatable)")
+    if layer not in LAYERS:
+        raise UserError(f"--layer must be one of {', '.join(LAYERS)}, got '{layer}'")
+    if target not in TARGETS:
+        raise UserError(f"--target must be one of {', '.join(TARGETS)}, got '{target}'")
+    metas = [classifier_meta(m) for m in models]
+    configure_threads()
+    dev = pick_device(device)
+    with Store(data) as store:
+        if len(store) == 0:
+            raise UserError(f"store {data} has no images")
+        pick = np.sort(np.random.default_rng(seed).choice(len(store), min(n, len(store)), replace=False))
+        images_np = store.images(pick)
+        labels_np, store_classes = store.labels[pick], store.classes
+    images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), 32).float() / 255
+    names = _unique_names([training_data_name(m) for m in metas])
+    cams: dict[str, np.ndarray] = {}
+    rows: list[dict[str, Any]] = []
+    metric = CamMultImageConfidenceChange()
+    for path, name, meta in zip(models, names, metas):
+        model, _ = load_classifier(path, dev)
+        model = model.to(memory_format=torch.contiguous_format)
+        truth = class_mapping(store_classes, meta["classes"], f"store {data}")[labels_np]
+        with torch.no_grad():
+            probs = torch.cat([model(images[s : s + batch_size].to(dev)).softmax(1).cpu() for s in range(0, len(images), batch_size)])
+        predicted = probs.argmax(1).numpy()
+        chosen = truth if target == "true" else predicted
+        maps, changes = [], []
+        with GradCAM(model=model, target_layers=[model.layer(layer)]) as cam:
+            for s in range(0, len(images), batch_size):
+                x = images[s : s + batch_size].to(dev)
+                classes = chosen[s : s + batch_size]
+                batch_maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+                maps.append(batch_maps)
+                changes.append(np.asarray(metric(x, batch_maps, [ClassifierOutputSoftmaxTarget(int(c)) for c in classes], model)).reshape(-1))
+        cams[name] = np.concatenate(maps)
+        change = np.concatenate(changes)
+        for k, index in enumerate(pick):
+            row = {"model": name, "image": int(index), "label": store_classes[labels_np[k]],
+                   "target": meta["classes"][chosen[k]], "predicted": meta["classes"][predicted[k]],
+                   "confidence": float(probs[k, chosen[k]])}
+            row |= concentration(cams[name][k]) | {"confidence_change": float(change[k])}
+            rows.append(row)
+    summary = summarise(rows, cams, names, models, layer, target, data, len(pick))
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "per_image.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_grid(images_np[:figure_rows], [store_classes[c] for c in labels_np[:figure_rows]],
+              {name: cams[name][:figure_rows] for name in names}, out / "gradcam_grid.png")
+    return summary
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
+def summarise(rows: list[dict[str, Any]], cams: dict[str, np.ndarray], names: list[str], models: Sequence[Path],
+              layer: str, target: str, data: Path, n: int) -> dict[str, Any]:
+    """Mean and median of each measure per model, and pairwise agreement of the models' maps."""
+    summary: dict[str, Any] = {"data": str(data), "images": n, "layer": layer, "target": target, "models": {}, "agreement": {}}
+    for name, path in zip(names, models):
+        mine = [r for r in rows if r["model"] == name]
+        stats = {"path": str(path), "accuracy_on_these_images": float(np.mean([r["target"] == r["predicted"] for r in mine]))
+                 if target == "true" else None}
+        for key in MEASURES:
+            values = np.array([r[key] for r in mine], dtype=float)
+            values = values[np.isfinite(values)]
+            stats[key] = {"mean": float(values.mean()) if len(values) else float("nan"),
+                          "median": float(np.median(values)) if len(values) else float("nan")}
+        summary["models"][name] = stats
+    for a, b in combinations(names, 2):
+        pairs = [agreement(x, y) for x, y in zip(cams[a], cams[b])]
+        summary["agreement"][f"{a} vs {b}"] = {k: float(np.nanmean([p[k] for p in pairs])) for k in ("correlation", "top_iou")}
+    return summary
+
+
+def save_grid(images: np.ndarray, labels: list[str], cams: dict[str, np.ndarray], path: Path, cell: int = 96) -> None:
+    """Rows: images; columns: the image, then each model's map overlaid on it."""
+    from PIL import Image, ImageDraw, ImageFont
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    columns = ["image"] + list(cams)
+    pad, top, left = 4, 22, 90
+    canvas = Image.new("RGB", (left + len(columns) * (cell + pad), top + len(images) * (cell + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=12)
+    for c, name in enumerate(columns):
+        draw.text((left + c * (cell + pad), 4), name[:16], fill="black", font=font)
+    for r, (image, label) in enumerate(zip(images, labels)):
+        y = top + r * (cell + pad)
+        draw.text((4, y + cell // 2 - 6), label, fill="black", font=font)
+        base = np.asarray(Image.fromarray(image).resize((cell, cell), Image.BICUBIC), dtype=np.float32) / 255
+        tiles = [(base * 255).astype(np.uint8)]
+        for name in cams:
+            heat = np.asarray(Image.fromarray((cams[name][r] * 255).astype(np.uint8)).resize((cell, cell), Image.BILINEAR)) / 255
+            tiles.append(show_cam_on_image(base, heat.astype(np.float32), use_rgb=True, image_weight=0.55))
+        for c, tile in enumerate(tiles):
+            canvas.paste(Image.fromarray(tile), (left + c * (cell + pad), y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)

@@ -1,0 +1,241 @@
+"""`synthkit vanish`: line and vanishing-point measures of stores compared side by side, and the
+detector scored against ground truth laid out like York Urban (images/ plus gt.json)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .geometry import (VPResult, auc, detect_segments, direction_errors, estimate_vps, estimate_vps_uncalibrated,
+                       horizon_error, measures)
+from .progress import progress
+from .store import Store
+
+MIN_LENGTH = 10 / 640  # shortest segment kept, as a share of the image's larger side...
+MIN_PIXELS = 4.0  # ...and in the image's own pixels: upsampling must not turn pixel stairs into lines
+MEASURES = ["n_segments", "mean_length", "total_length", "vp_share", "intersection_spread_deg", "orthogonality_deg", "focal"]
+COLOURS = [(230, 60, 60), (60, 200, 60), (60, 120, 255)]
+
+
+def auto_upsample(height: int, width: int, target: int = 256) -> int:
+    """Small images are upsampled (bicubic) so their shorter side is at least `target` before LSD."""
+    return max(1, math.ceil(target / min(height, width)))
+
+
+def analyse_image(image: np.ndarray, upsample: int, focal: float | None = None,
+                  principal_point: tuple[float, float] | None = None, seed: int = 0) -> VPResult:
+    """Segments and VPs of one image: calibrated when a focal length is given, else uncalibrated."""
+    h, w = image.shape[:2]
+    segments = detect_segments(image, upsample, max(MIN_LENGTH * max(h, w), MIN_PIXELS))
+    if focal is not None:
+        pp = principal_point or ((w - 1) / 2, (h - 1) / 2)
+        return estimate_vps(segments, focal, pp, seed=seed)[0]
+    return estimate_vps_uncalibrated(segments, w, h, seed=seed)
+
+
+def prediction_record(name: str, result: VPResult, mode: str) -> dict[str, Any]:
+    """The JSON-lines record any scorer can read: VPs as homogeneous pixel points, horizon as (a, b, c)."""
+    horizon = result.horizon()
+    return {"image": name, "mode": mode, "focal": result.focal, "focal_estimated": result.focal_estimated,
+            "principal_point": list(result.principal_point), "n_segments": int(len(result.segments)),
+            "vps": result.vps().tolist() if result.found else [], "vertical": result.vertical,
+            "horizon": horizon.tolist() if horizon is not None else None,
+            "status": "ok" if result.found else ("no lines" if len(result.segments) == 0 else "too few lines")}
+
+
+def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = 500, upsample: int | None = None,
+                   focal: float | None = None, seed: int = 0, overlays: int = 6) -> dict[str, Any]:
+    """Measures for up to n images of each store: per-image CSV, predictions, summary, histograms, overlays."""
+    if not paths:
+        raise UserError("no stores given: pass --data NAME (repeatable) or --gt FOLDER")
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {"stores": {}}
+    for path in paths:
+        with Store(path) as store:
+            if len(store) == 0:
+                raise UserError(f"store {path} has no images")
+            pick = np.arange(len(store)) if n is None or n >= len(store) else np.sort(
+                np.random.default_rng(seed).choice(len(store), n, replace=False))
+            h, w = store.image_shape[:2]
+            factor = upsample or auto_upsample(h, w)
+            name = path.stem
+            results = []
+            with progress() as bar, open(out / f"predictions_{name}.jsonl", "w") as jsonl:
+                task = bar.add_task(f"vanish {name}", total=len(pick))
+                for start in range(0, len(pick), 256):
+                    batch = pick[start : start + 256]
+                    for index, image, label in zip(batch, store.images(batch), store.labels[batch]):
+                        result = analyse_image(image, factor, focal, seed=seed)
+                        results.append((image, result))
+                        row = {"store": name, "index": int(index), "label": store.classes[label]} | measures(result, w, h)
+                        row["status"] = prediction_record(str(index), result, "")["status"]
+                        rows.append(row)
+                        jsonl.write(json.dumps(prediction_record(f"{name}:{index}", result,
+                                                                 "calibrated" if focal else "uncalibrated")) + "\n")
+                    bar.advance(task, len(batch))
+            store_rows = [r for r in rows if r["store"] == name]
+            summary["stores"][name] = {"path": str(path), "kind": store.meta.get("kind"), "images": len(pick),
+                                       "image_size": [h, w], "upsample": factor,
+                                       "with_vps": sum(r["status"] == "ok" for r in store_rows),
+                                       "no_lines": sum(r["status"] == "no lines" for r in store_rows),
+                                       "measures": summarise(store_rows)}
+            save_overlays(results[:overlays], factor, out / f"overlay_{name}.png", f"{name} ({h}x{w}, upsampled x{factor})")
+    write_csv(out / "per_image.csv", rows)
+    save_histograms(rows, out / "histograms.png")
+    summary["mode"] = "calibrated" if focal else "uncalibrated (principal point at the centre, focal length by search)"
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median and interquartile range of each measure over the images where it is defined."""
+    out = {}
+    for key in MEASURES:
+        values = np.array([r[key] for r in rows], dtype=float)
+        values = values[np.isfinite(values)]
+        if len(values):
+            q1, med, q3 = np.percentile(values, [25, 50, 75])
+            out[key] = {"median": float(med), "q1": float(q1), "q3": float(q3), "n": int(len(values))}
+        else:
+            out[key] = {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "n": 0}
+    return out
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Score the detector on a York-Urban-style folder, calibrated and uncalibrated; write predictions."""
+    from PIL import Image
+
+    gt_file = folder / "gt.json"
+    if not gt_file.exists():
+        raise UserError(f"{folder} has no gt.json: --gt needs a folder laid out like York Urban (images/ and gt.json)")
+    try:
+        entries = json.loads(gt_file.read_text())["images"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{gt_file} is not a ground-truth file like York Urban's (no 'images' list)") from None
+    entries = entries[:limit] if limit else entries
+    out.mkdir(parents=True, exist_ok=True)
+    errors: dict[str, Any] = {"calibrated": {"horizon": [], "vp": []}, "uncalibrated": {"horizon": [], "vp": []}}
+    seconds: dict[str, list[float]] = {"calibrated": [], "uncalibrated": []}
+    overlay = []
+    files = {mode: open(out / f"predictions_gt_{mode}.jsonl", "w") for mode in errors}
+    try:
+        with progress() as bar:
+            task = bar.add_task("vanish gt", total=len(entries))
+            for entry in entries:
+                path = folder / entry["file"]
+                if not path.exists():
+                    raise UserError(f"{path} (listed in gt.json) does not exist")
+                image = np.asarray(Image.open(path).convert("RGB"))
+                truth_h = np.array(entry["horizon"]["abc"])
+                truth_d = np.array([v["dir"] for v in entry["vps"]])
+                for mode in errors:
+                    start = time.perf_counter()
+                    if mode == "calibrated":
+                        result = analyse_image(image, 1, entry["focal_px"], (entry["cx"], entry["cy"]), seed=seed)
+                    else:
+                        result = analyse_image(image, 1, None, seed=seed)
+                    seconds[mode].append(time.perf_counter() - start)
+                    errors[mode]["horizon"].append(horizon_error(result.horizon(), truth_h, entry["width"], entry["height"]))
+                    if mode == "calibrated":
+                        errors[mode]["vp"].extend(direction_errors(result.directions, truth_d).tolist())
+                    files[mode].write(json.dumps(prediction_record(entry["name"], result, mode)) + "\n")
+                    if mode == "calibrated" and len(overlay) < 4:
+                        overlay.append((image, result))
+                bar.advance(task)
+    finally:
+        for f in files.values():
+            f.close()
+    scores = {"images": len(entries), "folder": str(folder)}
+    for mode, errs in errors.items():
+        scores[mode] = {"horizon_auc_0.25": 100 * auc(np.array(errs["horizon"]), 0.25),
+                        "median_seconds_per_image": float(np.median(seconds[mode]))}
+        if errs["vp"]:
+            scores[mode].update({f"vp_auc_{t}deg": 100 * auc(np.array(errs["vp"]), t) for t in (3, 5, 10)})
+    scores["uncalibrated"]["focal"] = "principal point at the image centre; focal length chosen by a grid search (0.45-2.5 x the larger side) maximising Manhattan support"
+    (out / "gt_scores.json").write_text(json.dumps(scores, indent=2))
+    save_overlays(overlay, 1, out / "overlay_gt.png", f"{folder.name}: calibrated detections")
+    return scores
+
+
+def draw_overlay(image: np.ndarray, result: VPResult, factor: int) -> np.ndarray:
+    """The image (upsampled) with segments coloured by the VP they support, VPs inside it, and the horizon."""
+    import cv2
+
+    canvas = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) if factor != 1 else image.copy()
+    canvas = np.ascontiguousarray((canvas * 0.6).astype(np.uint8))
+    scale = lambda x, y: (int(round((x + 0.5) * factor - 0.5)), int(round((y + 0.5) * factor - 0.5)))  # noqa: E731
+    for k, seg in enumerate(result.segments):
+        vp = result.assignment[k] if len(result.assignment) else -1
+        colour = COLOURS[vp] if vp >= 0 else (200, 200, 200)
+        cv2.line(canvas, scale(seg[0], seg[1]), scale(seg[2], seg[3]), colour, max(1, factor // 4 + 1), cv2.LINE_AA)
+    horizon = result.horizon()
+    h, w = image.shape[:2]
+    if horizon is not None and abs(horizon[1]) > 1e-9:
+        y0, y1 = (-(horizon[0] * x + horizon[2]) / horizon[1] for x in (0, w - 1))
+        if max(abs(y0), abs(y1)) < 1e5:
+            cv2.line(canvas, scale(0, y0), scale(w - 1, y1), (255, 220, 0), max(1, factor // 4 + 1), cv2.LINE_AA)
+    if result.found:
+        for k, v in enumerate(result.vps()):
+            if abs(v[2]) > 1e-9 and 0 <= v[0] / v[2] < w and 0 <= v[1] / v[2] < h:
+                cv2.circle(canvas, scale(v[0] / v[2], v[1] / v[2]), 4 + factor, COLOURS[k], -1)
+    return canvas
+
+
+def save_overlays(items: list[tuple[np.ndarray, VPResult]], factor: int, path: Path, title: str, height: int = 256) -> None:
+    """A row of overlays (see draw_overlay), each scaled to `height` pixels, keeping its aspect."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not items:
+        return
+    tiles = []
+    for image, result in items:
+        tile = Image.fromarray(draw_overlay(image, result, factor))
+        tiles.append(tile.resize((round(tile.width * height / tile.height), height), Image.LANCZOS))
+    canvas = Image.new("RGB", (sum(t.width + 4 for t in tiles) + 4, height + 28), "white")
+    ImageDraw.Draw(canvas).text((4, 4), title, fill="black", font=ImageFont.load_default(size=14))
+    x = 4
+    for tile in tiles:
+        canvas.paste(tile, (x, 24))
+        x += tile.width + 4
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def save_histograms(rows: list[dict[str, Any]], path: Path) -> None:
+    """One panel per measure, one histogram per store."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stores = list(dict.fromkeys(r["store"] for r in rows))
+    keys = MEASURES[:-1]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, key in zip(axes.flat, keys):
+        for store in stores:
+            values = np.array([r[key] for r in rows if r["store"] == store], dtype=float)
+            values = values[np.isfinite(values)]
+            if len(values):
+                ax.hist(values, bins=20, alpha=0.5, label=f"{store} (n={len(values)})", density=True)
+        ax.set_title(key)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+
+from conftest import run
+from synthkit.meta import provenance
+from synthkit.store import StoreWriter
+from test_geometry import F, H, W, render_box, rotation
+
+
+def make_gt_folder(root):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    entries = []
+    for k, (yaw, pitch) in enumerate([(30, 5), (-25, 8)]):
+        R = rotation(yaw, pitch)
+        Image.fromarray(render_box(R, seed=k)).save(root / "images" / f"P{k}.jpg", quality=95)
+        K = np.array([[F, 0, (W - 1) / 2], [0, F, (H - 1) / 2], [0, 0, 1]])
+        h = np.cross(K @ R[:, 0], K @ R[:, 2])
+        h = h / np.linalg.norm(h[:2])
+        h = -h if h[1] < 0 else h
+        entries.append({"name": f"P{k}", "file": f"images/P{k}.jpg", "width": W, "height": H, "focal_px": F,
+                        "cx": (W - 1) / 2, "cy": (H - 1) / 2, "vps": [{"dir": list(R[:, i])} for i in range(3)],
+                        "horizon": {"abc": list(h)}})
+    (root / "gt.json").write_text(json.dumps({"images": entries}))
+    return root
+
+
+def test_ground_truth_scoring_writes_predictions(tmp_path):
+    gt = make_gt_folder(tmp_path / "gt")
+    result = run("vanish", "--gt", gt, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "out" / "gt_scores.json").read_text())
+    assert scores["calibrated"]["horizon_auc_0.25"] > 95 and scores["calibrated"]["vp_auc_3deg"] > 70
+    assert scores["uncalibrated"]["horizon_auc_0.25"] > 90
+    lines = (tmp_path / "out" / "predictions_gt_calibrated.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    assert record["image"] == "P0" and len(record["vps"]) == 3 and len(record["horizon"]) == 3 and record["focal"] == F
+    assert (tmp_path / "out" / "overlay_gt.png").exists()
+
+
+def test_stores_are_compared(tmp_path, real_store):
+    blank = tmp_path / "blank.h5"
+    with StoreWriter(blank, classes=["a"], image_shape=(32, 32), meta=provenance("sd", {}), total=3) as w:
+        w.append(np.full((3, 32, 32, 3), 100, np.uint8), [0, 0, 0])
+    out = tmp_path / "vanish"
+    result = run("vanish", "--data", real_store, "--data", blank, "--n", 12, "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stores"]["blank"]["no_lines"] == 3 and summary["stores"]["real"]["upsample"] == 8
+    assert summary["stores"]["real"]["measures"]["n_segments"]["median"] > 0
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 1 + 12 + 3 and "no lines" in rows[-1]
+    for name in ("histograms.png", "overlay_real.png", "predictions_real.jsonl"):
+        assert (out / name).exists()
+
+
+def test_bad_input_is_one_line(tmp_path):
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
+    empty = tmp_path / "empty.h5"
+    with StoreWriter(empty, classes=["a"], image_shape=(8, 8), meta=provenance("sd", {})):
+        pass
+    for args, message in [(("--gt", tmp_path / "gt"), "no gt.json"), (("--data", tmp_path / "notes.txt"), "not an HDF5"),
+                          (("--data", empty), "no images"), ((), "--data")]:
+        result = run("vanish", *args, "--out", tmp_path / "out")
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,22 +1,74 @@
-# synthkit: set-up, tests, and the study's pipeline as file targets (a finished step is not redone).
+# synthkit: set-up, tests, and the whole study as a graph of files. A finished step is not redone;
+# `make -n reproduce` shows the plan; `make help` lists targets and variables.
 PYTHON ?= python3
 VENV   ?= .venv
 SK     := $(VENV)/bin/synthkit
-CIFAR  ?= ../shared/data/cifar10-jpeg.tar.gz
-PER_CLASS ?= 500
-SEED   ?= 0
 
+# ---- the study's variables (override on the command line: make reproduce MODEL=/path/to/sd PER_CLASS=100)
+MODEL        ?= CompVis/stable-diffusion-v1-4
+CIFAR        ?= ../shared/data/cifar10-jpeg.tar.gz
+YUD          ?= ../shared/data/yud-train
+PER_CLASS    ?= 500
+TEST_PER_CLASS ?=
+PER_IMAGE    ?= 5
+SD_PER_CLASS ?= 2500
+SD_PROMPT    ?= a photo of a {class}
+SD_INIT      ?= real
+SD_STRENGTH  ?= 0.75
+SD_STEPS     ?= 50
+SD_RESOLUTION ?= 512
+SD_SAVE_SIZE ?= 128
+RESOLUTION   ?= 128
+UPDATES      ?= 3000
+INV_BATCH    ?= 50
+DI_STEPS     ?= 100
+GEN_BATCH    ?= 16
+EPOCHS       ?= 30
+MIX          ?= balanced
+SEED         ?= 0
+DEVICE       ?= auto
+SHARDS       ?= 1
+GRADCAM_N    ?= 64
+VANISH_N     ?= 500
+
+CLASSES := airplane automobile bird cat deer dog frog horse ship truck
 ifeq ($(wildcard $(CIFAR)),)
 CIFAR_SOURCE := --download
 else
 CIFAR_SOURCE := --source $(CIFAR)
 endif
+TEST_SUBSET := $(if $(TEST_PER_CLASS),--per-class $(TEST_PER_CLASS) --seed $(SEED))
+SD_INIT_ARGS := $(if $(SD_INIT),--init data/$(SD_INIT).h5 --strength $(SD_STRENGTH))
+SD_SAVE_ARGS := $(if $(SD_SAVE_SIZE),--save-size $(SD_SAVE_SIZE))
+SHARD_IDS := $(shell seq 0 $$(( $(SHARDS) - 1 )))
 
-.PHONY: help install test data
+# Each stage's settings are kept in .make/STAGE; when they change, that stage and what follows are redone.
+# (Not for goals that only start another make or touch no study file: they must not reset the settings.)
+stamp = $(shell mkdir -p .make && (echo '$(2)' | cmp -s - .make/$(1) || echo '$(2)' > .make/$(1)))
+ifeq ($(filter demo help install test clean-study,$(MAKECMDGOALS)),)
+$(call stamp,data,$(CIFAR) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED))
+$(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
+$(call stamp,invert,$(MODEL) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
+$(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
+$(call stamp,train,$(EPOCHS) $(MIX) $(SEED))
+$(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(SEED))
+endif
+
+INV_FILES   := $(CLASSES:%=models/inv/%.safetensors)
+CLASSIFIERS := $(foreach d,real inv sd real+inv real+sd,models/resnet18-$(d).safetensors)
+GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png
+
+.PHONY: help install test data sd invert inv train evaluate analysis report reproduce demo demo-model clean-study
 
 help:  ## show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
-	@echo "variables: CIFAR=$(CIFAR) PER_CLASS=$(PER_CLASS) SEED=$(SEED)"
+	@echo
+	@echo "variables (now):"
+	@echo "  MODEL=$(MODEL)  (SD checkpoint: hub id or diffusers folder)"
+	@echo "  PER_CLASS=$(PER_CLASS)  (real training images per class)  TEST_PER_CLASS=$(TEST_PER_CLASS)  (empty: all 1,000)"
+	@echo "  PER_IMAGE=$(PER_IMAGE)  (DI samples per real image)  SD_PER_CLASS=$(SD_PER_CLASS)  (prompt images per class)"
+	@echo "  EPOCHS=$(EPOCHS)  MIX=$(MIX)  SEED=$(SEED)  DEVICE=$(DEVICE)  SHARDS=$(SHARDS)  (generation processes; use make -j)"
+	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS) SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
 
 install:  ## create .venv and install synthkit with its test tools
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +78,96 @@ install:  ## create .venv and install synthkit with its test tools
 test:  ## run the test suite
 	$(VENV)/bin/pytest
 
+# ---- the study
 data: data/real.h5 data/test.h5  ## real training subset (PER_CLASS per class) and the real test set
 
-data/real.h5:
+data/real.h5: .make/data
+	rm -f $@
 	$(SK) data cifar10 $(CIFAR_SOURCE) --split train --per-class $(PER_CLASS) --seed $(SEED) --out $@ --resume
 
-data/test.h5:
-	$(SK) data cifar10 $(CIFAR_SOURCE) --split test --out $@ --resume
+data/test.h5: .make/data
+	rm -f $@
+	$(SK) data cifar10 $(CIFAR_SOURCE) --split test $(TEST_SUBSET) --out $@ --resume
+
+sd: data/sd.h5  ## prompt generation (img2img from the real store by default, as the original study)
+
+data/sd.shard-%.h5: .make/sd $(if $(SD_INIT),data/$(SD_INIT).h5)
+	rm -f $@
+	$(SK) sample --prompt "$(SD_PROMPT)" --per-class $(SD_PER_CLASS) --model $(MODEL) $(SD_INIT_ARGS) \
+	  --steps $(SD_STEPS) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) --batch-size $(GEN_BATCH) --seed $(SEED) \
+	  --device $(DEVICE) --shard $*/$(SHARDS) --out $@ --resume
+
+invert: $(INV_FILES)  ## Diffusion Inversion: one embeddings file per class
+
+models/inv/%.safetensors: data/real.h5 .make/invert
+	rm -f $@
+	$(SK) invert --class $* --data data/real.h5 --model $(MODEL) --resolution $(RESOLUTION) --updates $(UPDATES) \
+	  --batch-size $(INV_BATCH) --seed $(SEED) --device $(DEVICE) --out $@ --resume
+
+inv: data/inv.h5  ## DI sampling from the learned embeddings
+
+data/inv.shard-%.h5: $(INV_FILES) .make/inv
+	rm -f $@
+	$(SK) sample $(INV_FILES:%=--embeddings %) --model $(MODEL) --per-image $(PER_IMAGE) --steps $(DI_STEPS) \
+	  --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) --shard $*/$(SHARDS) --out $@ --resume
+
+data/%.h5: $(foreach i,$(SHARD_IDS),data/%.shard-$(i).h5)
+	$(SK) merge $^ --out $@ --overwrite
+
+train: $(CLASSIFIERS)  ## five ResNet-18s: real, inv, sd, real+inv, real+sd
+
+models/resnet18-real.safetensors: data/real.h5 .make/train
+models/resnet18-inv.safetensors: data/inv.h5 .make/train
+models/resnet18-sd.safetensors: data/sd.h5 .make/train
+models/resnet18-real+inv.safetensors: data/real.h5 data/inv.h5 .make/train
+models/resnet18-real+sd.safetensors: data/real.h5 data/sd.h5 .make/train
+models/resnet18-%.safetensors:
+	rm -f $@
+	$(SK) train --data $(subst +,$(comma),$*) --out $@ --epochs $(EPOCHS) --seed $(SEED) --device $(DEVICE) \
+	  $(if $(findstring +,$*),--mix $(MIX)) --resume
+comma := ,
+
+evaluate: results/accuracy.md  ## test accuracy of the five on the real test set
+
+results/accuracy.md: $(CLASSIFIERS) data/test.h5
+	$(SK) evaluate $(CLASSIFIERS:%=--model %) --test data/test.h5 --device $(DEVICE)
+
+analysis: results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## Grad-CAM and geometry
+
+results/gradcam/summary.json: models/resnet18-real.safetensors models/resnet18-inv.safetensors models/resnet18-sd.safetensors data/test.h5 .make/analysis
+	$(SK) gradcam --model models/resnet18-real.safetensors --model models/resnet18-inv.safetensors \
+	  --model models/resnet18-sd.safetensors --data data/test.h5 --n $(GRADCAM_N) --seed $(SEED) --device $(DEVICE) --out results/gradcam
+
+results/vanish/summary.json: data/real.h5 data/sd.h5 data/inv.h5 .make/analysis
+	$(SK) vanish --data data/real.h5 --data data/sd.h5 --data data/inv.h5 --n $(VANISH_N) --seed $(SEED) --out results/vanish
+
+results/vanish-yud/gt_scores.json:
+	$(SK) vanish --gt $(YUD) --out results/vanish-yud
+
+results/grids/%.png: data/%.h5
+	$(SK) show data/$*.h5 --out $@ --per-row 10 --seed $(SEED)
+
+report: results/README.md  ## results/README.md from what is in results/ and models/
+
+results/README.md: results/accuracy.md results/gradcam/summary.json results/vanish/summary.json $(GRIDS) \
+  $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)
+	$(SK) report
+
+reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, train, evaluate, analysis, report
+
+# ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
+DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=50 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
+  SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 DI_STEPS=10 GEN_BATCH=40 EPOCHS=5 GRADCAM_N=32 VANISH_N=100
+
+demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
+	$(MAKE) --no-print-directory models/tiny-sd
+	$(MAKE) --no-print-directory reproduce $(DEMO_VARS)
+
+$(SK):
+	$(MAKE) install
+
+models/tiny-sd:
+	$(SK) model tiny --out $@
+
+clean-study:  ## delete data/, models/, results/ and the stage settings (keeps .venv)
+	rm -rf data models results .make

@@ -386,6 +386,19 @@ def vanish(
     typer.echo(f"wrote {out}/")
 
 
+@app.command()
+@user_errors
+def report(
+    results: Path = typer.Option(Path("results"), help="Results folder (accuracy.csv, gradcam/, vanish/, grids/)."),
+    models: Path = typer.Option(Path("models"), help="Models folder."),
+    data: Path = typer.Option(Path("data"), help="Stores folder."),
+) -> None:
+    """Write results/README.md: the accuracy table beside the original study's, provenance, samples, CAMs, geometry."""
+    from .report import write_report
+
+    typer.echo(f"wrote {write_report(results, models, data)}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

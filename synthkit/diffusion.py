@@ -3,6 +3,7 @@ schedulers, prompt encoding, the guided denoising loop and VAE encode/decode."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,8 @@ def build_tiny_pipeline(out: str | Path, seed: int = 0, hidden: int = 32) -> Pat
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(out))
+    (Path(out) / "synthkit.json").write_text(json.dumps({"kind": "tiny-random", "seed": seed, "hidden": hidden,
+                                                         "note": "random weights: it makes noise, not pictures"}))
     return Path(out)
 
 

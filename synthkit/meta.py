@@ -31,6 +31,14 @@ def provenance(kind: str, params: dict[str, Any], sources: list[Any] | None = No
     }
 
 
+def model_note(model: str) -> dict[str, Any]:
+    """What synthkit wrote about a model folder it built (synthkit.json, e.g. the tiny random pipeline), or {}."""
+    from pathlib import Path
+
+    path = Path(str(model)) / "synthkit.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def jsonable(value: Any) -> Any:
     """Turn paths, tuples and numpy scalars into plain JSON values (round-trips through json)."""
     return json.loads(json.dumps(value, default=_default))

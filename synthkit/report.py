@@ -1,0 +1,167 @@
+"""`synthkit report`: results/README.md, written only from what is in results/, models/ and data/."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .checkpoint import read_meta
+from .errors import UserError
+from .meta import model_note
+
+# The original study's reported test accuracies (CIFAR-10, ResNet-18), by synthkit's store names.
+STUDY = {"real": ("real", 81.80), "inv": ("Diffusion Inversion", 78.63), "sd": ("Stable Diffusion prompts", 52.57),
+         "real+inv": ("real + Diffusion Inversion", 86.14), "real+sd": ("real + Stable Diffusion", 83.94)}
+
+
+def _store_meta(path: Path) -> dict[str, Any] | None:
+    from .store import Store
+
+    if not path.exists():
+        return None
+    with Store(path) as store:
+        return {"meta": store.meta, "images": len(store), "size": store.image_shape[0], "fingerprint": store.fingerprint}
+
+
+def accuracy_section(results: Path, models: Path) -> list[str]:
+    """The study-shaped table: our accuracy beside the original study's, for models present in models/."""
+    from .evaluation import read_rows
+
+    csv_path = results / "accuracy.csv"
+    if not csv_path.exists():
+        return ["## Test accuracy", "", f"No evaluation yet ({csv_path} is missing): run `synthkit evaluate`.", ""]
+    rows = [r for r in read_rows(csv_path) if Path(r["model"]).exists() and Path(r["model"]).parent == models]
+    order = {name: i for i, name in enumerate(STUDY)}
+    rows.sort(key=lambda r: (order.get(r["training_data"], len(order)), r["training_data"]))
+    lines = ["## Test accuracy (ResNet-18, real CIFAR-10 test images)", "",
+             "| training data | this run: accuracy % | original study % | train images | epochs | test images | model |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        label, reference = STUDY.get(r["training_data"], (r["training_data"], None))
+        ref = f"{reference:.2f}" if reference is not None else "-"
+        lines.append(f"| {label} (`{r['training_data']}`) | {100 * float(r['accuracy']):.2f} | {ref} | {r['train_images']} | "
+                     f"{r['epochs']} | {r['test_images']} | `{r['model']}` |")
+    lines += ["", f"Rows are the latest evaluation of each model in `{models}/`, from `{csv_path}`; every model is "
+              "scored on the same real test store. The original study's figures are those it reported.", ""]
+    return lines
+
+
+def provenance_section(models: Path) -> list[str]:
+    """How each classifier and the stores it was trained on were made, from their metadata."""
+    lines = ["## How each row was made", ""]
+    for path in sorted(models.glob("resnet18-*.safetensors")):
+        meta = read_meta(path)
+        p = meta.get("params", {})
+        lines.append(f"- `{path}`: {meta.get('epochs')} epochs ({meta.get('steps')} steps), batch {p.get('batch_size')}, "
+                     f"lr {p.get('lr')}, mix {p.get('mix')}, seed {p.get('seed')}, {meta.get('seconds')} s on {meta.get('device')}, "
+                     f"final training loss {meta.get('final_loss')}")
+        for source in meta.get("sources", []):
+            lines.append(f"  - `{source['path']}`: {source['count']} images of kind `{source['kind']}`, fingerprint `{source['fingerprint']}`")
+    stores = [Path("data") / f"{name}.h5" for name in ("real", "test", "sd", "inv")]
+    lines += ["", "Stores:", ""]
+    for store in stores:
+        info = _store_meta(store)
+        if info is None:
+            continue
+        meta = info["meta"]
+        params = meta.get("params", {})
+        keys = [k for k in ("per_class", "seed", "model", "templates", "init", "strength", "steps", "guidance",
+                            "resolution", "save_size", "per_image", "interp", "noise", "uncond") if k in params]
+        detail = ", ".join(f"{k} {json.dumps(params[k])}" for k in keys)
+        lines.append(f"- `{store}` ({meta.get('kind')}): {info['images']} images of {info['size']} px; {detail}; made by `{meta.get('command')}`")
+    return lines + [""]
+
+
+def generator_warning(data: Path) -> list[str]:
+    """A plain statement when the synthetic stores came from a random-weight model."""
+    notes = []
+    for name in ("sd", "inv"):
+        info = _store_meta(data / f"{name}.h5")
+        if info is None:
+            continue
+        model = info["meta"].get("params", {}).get("model") or info["meta"].get("model", "")
+        if model_note(model).get("kind") == "tiny-random":
+            notes.append(f"`{data / name}.h5` (from `{model}`)")
+    if not notes:
+        return []
+    return ["> **These synthetic images are noise.** " + " and ".join(notes) + " came from synthkit's tiny "
+            "random-weight pipeline (`synthkit model tiny`), so the synthetic rows below mean nothing except that the "
+            "pipeline runs end to end. Run `make reproduce MODEL=...` with a real Stable Diffusion checkpoint for the study.", ""]
+
+
+def figures_section(results: Path) -> list[str]:
+    lines = ["## Samples", ""]
+    for name in ("real", "sd", "inv"):
+        grid = results / "grids" / f"{name}.png"
+        if grid.exists():
+            lines += [f"**{name}**", "", f"![{name} samples](grids/{name}.png)", ""]
+    return lines
+
+
+def gradcam_section(results: Path) -> list[str]:
+    path = results / "gradcam" / "summary.json"
+    if not path.exists():
+        return []
+    s = json.loads(path.read_text())
+    measures = ["entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change"]
+    lines = ["## Where the models look (Grad-CAM)", "",
+             f"{s['images']} real images of `{s['data']}`, target layer `{s['layer']}`, {s['target']} class; means over images "
+             "(lower entropy and spread, higher Gini and top-10% mass: more concentrated maps).", "",
+             "| model | " + " | ".join(measures) + " |", "|---|" + "---:|" * len(measures)]
+    for name, stats in s["models"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{stats[m]['mean']:.3f}" for m in measures) + " |")
+    lines += [""] + [f"- agreement {pair}: correlation {v['correlation']:.3f}, IoU of top 20% {v['top_iou']:.3f}"
+                     for pair, v in s["agreement"].items()]
+    return lines + ["", "![Grad-CAM grid](gradcam/gradcam_grid.png)", ""]
+
+
+def geometry_section(results: Path) -> list[str]:
+    path = results / "vanish" / "summary.json"
+    if not path.exists():
+        return []
+    s = json.loads(path.read_text())
+    stores = s["stores"]
+    names = list(stores)
+    lines = ["## Projective geometry (line segments and vanishing points)", "",
+             f"Mode: {s['mode']}. Median [q1, q3] per store; lengths are shares of the image diagonal.", "",
+             "| measure | " + " | ".join(f"{n} ({stores[n]['image_size'][0]} px, upsampled x{stores[n]['upsample']})" for n in names) + " |",
+             "|---|" + "---:|" * len(names),
+             "| images / with 3 VPs / no lines | " + " | ".join(f"{stores[n]['images']} / {stores[n]['with_vps']} / {stores[n]['no_lines']}" for n in names) + " |"]
+    for key in stores[names[0]]["measures"]:
+        lines.append(f"| {key} | " + " | ".join(
+            f"{stores[n]['measures'][key]['median']:.3g} [{stores[n]['measures'][key]['q1']:.3g}, {stores[n]['measures'][key]['q3']:.3g}]"
+            for n in names) + " |")
+    small = [n for n in names if stores[n]["image_size"][0] <= 64]
+    if small:
+        lines += ["", "How many lines a small image really yields: " + "; ".join(
+            f"`{n}` ({stores[n]['image_size'][0]} px) gives a median of {stores[n]['measures']['n_segments']['median']:.0f} "
+            f"segments (detected after upsampling x{stores[n]['upsample']}, kept if at least 4 of its own pixels long)" for n in small) + "."]
+    lines += ["", "![histograms](vanish/histograms.png)", ""] + [f"![{n} overlays](vanish/overlay_{n}.png)" for n in names]
+    yud = results / "vanish-yud" / "gt_scores.json"
+    if yud.exists():
+        g = json.loads(yud.read_text())
+        c, u = g["calibrated"], g["uncalibrated"]
+        lines += ["", f"The detector on {g['images']} ground-truth images of `{g['folder']}`: calibrated horizon AUC "
+                  f"{c['horizon_auc_0.25']:.2f}%, VP AUC@3/5/10 deg {c['vp_auc_3deg']:.2f} / {c['vp_auc_5deg']:.2f} / "
+                  f"{c['vp_auc_10deg']:.2f}%; uncalibrated horizon AUC {u['horizon_auc_0.25']:.2f}%."]
+    return lines + [""]
+
+
+def write_report(results: Path = Path("results"), models: Path = Path("models"), data: Path = Path("data")) -> Path:
+    """Write results/README.md from the evaluation CSV, the analysis summaries, figures and file metadata."""
+    if not results.exists():
+        raise UserError(f"{results}/ does not exist: run the pipeline first (make demo, or make reproduce)")
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    lines = ["# synthkit study results", "", f"Written by `synthkit report` (synthkit {__version__}) at {now} from "
+             f"`{results}/`, `{models}/` and `{data}/`.", ""]
+    lines += generator_warning(data) + accuracy_section(results, models) + provenance_section(models)
+    lines += figures_section(results) + gradcam_section(results) + geometry_section(results)
+    confusions = sorted((results / "confusion").glob("*.png"))
+    if confusions:
+        lines += ["## Confusion matrices", ""] + [f"![{p.stem}](confusion/{p.name})" for p in confusions] + [""]
+    out = results / "README.md"
+    out.write_text("\n".join(lines))
+    return out

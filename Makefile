@@ -41,10 +41,13 @@ TEST_SUBSET := $(if $(TEST_PER_CLASS),--per-class $(TEST_PER_CLASS) --seed $(SEE
 SD_INIT_ARGS := $(if $(SD_INIT),--init data/$(SD_INIT).h5 --strength $(SD_STRENGTH))
 SD_SAVE_ARGS := $(if $(SD_SAVE_SIZE),--save-size $(SD_SAVE_SIZE))
 SHARD_IDS := $(shell seq 0 $$(( $(SHARDS) - 1 )))
+# The tiny offline model is built on demand when it is the MODEL.
+MODEL_DEP := $(filter models/tiny-sd,$(MODEL))
 
 # Each stage's settings are kept in .make/STAGE; when they change, that stage and what follows are redone.
 # (Not for goals that only start another make or touch no study file: they must not reset the settings.)
-stamp = $(shell mkdir -p .make && (echo '$(2)' | cmp -s - .make/$(1) || echo '$(2)' > .make/$(1)))
+STAMPS ?= .make
+stamp = $(shell mkdir -p $(STAMPS) && (echo '$(2)' | cmp -s - $(STAMPS)/$(1) || echo '$(2)' > $(STAMPS)/$(1)))
 ifeq ($(filter demo help install test clean-study,$(MAKECMDGOALS)),)
 $(call stamp,data,$(CIFAR) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED))
 $(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
@@ -81,17 +84,17 @@ test:  ## run the test suite
 # ---- the study
 data: data/real.h5 data/test.h5  ## real training subset (PER_CLASS per class) and the real test set
 
-data/real.h5: .make/data
+data/real.h5: $(STAMPS)/data
 	rm -f $@
 	$(SK) data cifar10 $(CIFAR_SOURCE) --split train --per-class $(PER_CLASS) --seed $(SEED) --out $@ --resume
 
-data/test.h5: .make/data
+data/test.h5: $(STAMPS)/data
 	rm -f $@
 	$(SK) data cifar10 $(CIFAR_SOURCE) --split test $(TEST_SUBSET) --out $@ --resume
 
 sd: data/sd.h5  ## prompt generation (img2img from the real store by default, as the original study)
 
-data/sd.shard-%.h5: .make/sd $(if $(SD_INIT),data/$(SD_INIT).h5)
+data/sd.shard-%.h5: $(STAMPS)/sd $(if $(SD_INIT),data/$(SD_INIT).h5) | $(MODEL_DEP)
 	rm -f $@
 	$(SK) sample --prompt "$(SD_PROMPT)" --per-class $(SD_PER_CLASS) --model $(MODEL) $(SD_INIT_ARGS) \
 	  --steps $(SD_STEPS) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) --batch-size $(GEN_BATCH) --seed $(SEED) \
@@ -99,14 +102,14 @@ data/sd.shard-%.h5: .make/sd $(if $(SD_INIT),data/$(SD_INIT).h5)
 
 invert: $(INV_FILES)  ## Diffusion Inversion: one embeddings file per class
 
-models/inv/%.safetensors: data/real.h5 .make/invert
+models/inv/%.safetensors: data/real.h5 $(STAMPS)/invert | $(MODEL_DEP)
 	rm -f $@
 	$(SK) invert --class $* --data data/real.h5 --model $(MODEL) --resolution $(RESOLUTION) --updates $(UPDATES) \
 	  --batch-size $(INV_BATCH) --seed $(SEED) --device $(DEVICE) --out $@ --resume
 
 inv: data/inv.h5  ## DI sampling from the learned embeddings
 
-data/inv.shard-%.h5: $(INV_FILES) .make/inv
+data/inv.shard-%.h5: $(INV_FILES) $(STAMPS)/inv
 	rm -f $@
 	$(SK) sample $(INV_FILES:%=--embeddings %) --model $(MODEL) --per-image $(PER_IMAGE) --steps $(DI_STEPS) \
 	  --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) --shard $*/$(SHARDS) --out $@ --resume
@@ -116,11 +119,11 @@ data/%.h5: $(foreach i,$(SHARD_IDS),data/%.shard-$(i).h5)
 
 train: $(CLASSIFIERS)  ## five ResNet-18s: real, inv, sd, real+inv, real+sd
 
-models/resnet18-real.safetensors: data/real.h5 .make/train
-models/resnet18-inv.safetensors: data/inv.h5 .make/train
-models/resnet18-sd.safetensors: data/sd.h5 .make/train
-models/resnet18-real+inv.safetensors: data/real.h5 data/inv.h5 .make/train
-models/resnet18-real+sd.safetensors: data/real.h5 data/sd.h5 .make/train
+models/resnet18-real.safetensors: data/real.h5 $(STAMPS)/train
+models/resnet18-inv.safetensors: data/inv.h5 $(STAMPS)/train
+models/resnet18-sd.safetensors: data/sd.h5 $(STAMPS)/train
+models/resnet18-real+inv.safetensors: data/real.h5 data/inv.h5 $(STAMPS)/train
+models/resnet18-real+sd.safetensors: data/real.h5 data/sd.h5 $(STAMPS)/train
 models/resnet18-%.safetensors:
 	rm -f $@
 	$(SK) train --data $(subst +,$(comma),$*) --out $@ --epochs $(EPOCHS) --seed $(SEED) --device $(DEVICE) \
@@ -134,11 +137,11 @@ results/accuracy.md: $(CLASSIFIERS) data/test.h5
 
 analysis: results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## Grad-CAM and geometry
 
-results/gradcam/summary.json: models/resnet18-real.safetensors models/resnet18-inv.safetensors models/resnet18-sd.safetensors data/test.h5 .make/analysis
+results/gradcam/summary.json: models/resnet18-real.safetensors models/resnet18-inv.safetensors models/resnet18-sd.safetensors data/test.h5 $(STAMPS)/analysis
 	$(SK) gradcam --model models/resnet18-real.safetensors --model models/resnet18-inv.safetensors \
 	  --model models/resnet18-sd.safetensors --data data/test.h5 --n $(GRADCAM_N) --seed $(SEED) --device $(DEVICE) --out results/gradcam
 
-results/vanish/summary.json: data/real.h5 data/sd.h5 data/inv.h5 .make/analysis
+results/vanish/summary.json: data/real.h5 data/sd.h5 data/inv.h5 $(STAMPS)/analysis
 	$(SK) vanish --data data/real.h5 --data data/sd.h5 --data data/inv.h5 --n $(VANISH_N) --seed $(SEED) --out results/vanish
 
 results/vanish-yud/gt_scores.json:
@@ -160,7 +163,6 @@ DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=50 PER_IMAGE=2 SD_
   SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 DI_STEPS=10 GEN_BATCH=40 EPOCHS=5 GRADCAM_N=32 VANISH_N=100
 
 demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
-	$(MAKE) --no-print-directory models/tiny-sd
 	$(MAKE) --no-print-directory reproduce $(DEMO_VARS)
 
 $(SK):
@@ -170,4 +172,4 @@ models/tiny-sd:
 	$(SK) model tiny --out $@
 
 clean-study:  ## delete data/, models/, results/ and the stage settings (keeps .venv)
-	rm -rf data models results .make
+	rm -rf data models results $(STAMPS)

@@ -115,8 +115,9 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = 64, layer: s
         writer.writeheader()
         writer.writerows(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    save_grid(images_np[:figure_rows], [store_classes[c] for c in labels_np[:figure_rows]],
-              {name: cams[name][:figure_rows] for name in names}, out / "gradcam_grid.png")
+    shown = np.unique(np.linspace(0, len(pick) - 1, min(figure_rows, len(pick))).round().astype(int))  # across classes
+    save_grid(images_np[shown], [store_classes[c] for c in labels_np[shown]],
+              {name: cams[name][shown] for name in names}, out / "gradcam_grid.png")
     return summary
 
 

@@ -11,13 +11,12 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common import cifar_store, machine
 from synthkit.device import autocast, configure_threads, memory_format, pick_device
-from synthkit.model import CIFAR_MEAN, CIFAR_STD, CifarResNet18
+from synthkit.model import CifarResNet18
 from synthkit.store import Store
 from synthkit.training import TrainConfig, augment, epoch_batches, load_stores
 
@@ -36,29 +35,43 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def synthkit_windows(path, device, batch, steps, windows):
-    """img/s of each window of `steps` steps, data and augmentation on the device (synthkit.training)."""
-    data = load_stores([path], device)
-    model = CifarResNet18(10).to(device, memory_format=memory_format(device))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    config = TrainConfig(batch_size=batch)
-    generator = torch.Generator(device=device).manual_seed(0)
-    batches = iter(())
+def windows(next_batch, model, optimizer, device, batch, steps, count):
+    """img/s of each of `count` windows of `steps` steps, after one warm-up window."""
     rates = []
-    for w in range(windows + 1):
+    for w in range(count + 1):
         sync(device)
         start = time.perf_counter()
         for _ in range(steps):
-            rows = next(batches, None)
-            if rows is None:
-                batches = iter(epoch_batches(data, config, generator))
-                rows = next(batches)
-            x = augment(data.images[rows], generator).float().div_(255).contiguous(memory_format=memory_format(device))
-            step(model, optimizer, x, data.labels[rows], device)
+            x, y = next_batch()
+            step(model, optimizer, x, y, device)
         sync(device)
         if w:  # the first window warms up kernels and caches
             rates.append(steps * batch / (time.perf_counter() - start))
     return rates
+
+
+def fresh_model(device):
+    model = CifarResNet18(10).to(device, memory_format=memory_format(device))
+    return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+def synthkit_windows(path, device, batch, steps, count):
+    """Data and augmentation on the device, as synthkit.training does."""
+    data = load_stores([path], device)
+    config = TrainConfig(batch_size=batch)
+    generator = torch.Generator(device=device).manual_seed(0)
+    batches = iter(())
+
+    def next_batch():
+        nonlocal batches
+        rows = next(batches, None)
+        if rows is None:
+            batches = iter(epoch_batches(data, config, generator))
+            rows = next(batches)
+        x = augment(data.images[rows], generator).float().div_(255).contiguous(memory_format=memory_format(device))
+        return x, data.labels[rows]
+
+    return windows(next_batch, *fresh_model(device), device, batch, steps, count)
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -80,31 +93,25 @@ class PilDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def dataloader_windows(path, device, batch, steps, windows, workers):
-    """img/s of each window for torchvision's DataLoader with `workers` workers and PIL transforms."""
+def dataloader_windows(path, device, batch, steps, count, workers):
+    """torchvision's DataLoader with `workers` workers and PIL transforms."""
     with Store(path) as store:
         dataset = PilDataset(store.images(), store.labels)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                                          pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    model = CifarResNet18(10).to(device, memory_format=memory_format(device))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     batches = iter(loader)
-    rates = []
-    for w in range(windows + 1):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            item = next(batches, None)
-            if item is None:
-                batches = iter(loader)
-                item = next(batches)
-            x, y = item
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
-            step(model, optimizer, x, y.to(device, non_blocking=True), device)
-        sync(device)
-        if w:
-            rates.append(steps * batch / (time.perf_counter() - start))
-    return rates
+
+    def next_batch():
+        nonlocal batches
+        item = next(batches, None)
+        if item is None:
+            batches = iter(loader)
+            item = next(batches)
+        x, y = item
+        x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
+        return x, y.to(device, non_blocking=True)
+
+    return windows(next_batch, *fresh_model(device), device, batch, steps, count)
 
 
 def main():

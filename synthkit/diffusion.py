@@ -48,6 +48,11 @@ class Diffusion:
     def latent_scale(self) -> float:
         return float(self.vae.config.scaling_factor)
 
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """(channels, height, width) of the latent of a resolution x resolution image."""
+        side = resolution // self.vae_scale
+        return (int(self.unet.config.in_channels), side, side)
+
 
 def quiet_libraries() -> None:
     """diffusers and transformers print loading bars and advice; synthkit shows its own progress."""

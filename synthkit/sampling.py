@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,15 @@ def batch_slices(total: int, batch: int, shard: str) -> list[slice]:
     n_batches = -(-total // batch)
     first, stop = shard_range(n_batches, shard)
     return [slice(b * batch, min((b + 1) * batch, total)) for b in range(first, stop)]
+
+
+def pending(slices: list[slice], done: int) -> Iterator[slice]:
+    """The batches not yet in the store: a resumed job skips the first `done` samples."""
+    end = 0
+    for part in slices:
+        end += part.stop - part.start
+        if end > done:
+            yield part
 
 
 def prompt_plan(templates: Sequence[str], classes: Sequence[str], per_class: int) -> tuple[list[str], np.ndarray]:
@@ -103,16 +112,11 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
                 return out
             task = bar.add_task("sample", total=total, completed=writer.done)
             uncond_one = encode_text(diffusion, [negative])
-            offset = 0
-            for part in slices:
+            for part in pending(slices, writer.done):
                 count = part.stop - part.start
-                if offset + count <= writer.done:
-                    offset += count
-                    continue
                 index = np.arange(part.start, part.stop)
                 seeds = [sample_seed(config.seed, i) for i in index]
-                latent_shape = (diffusion.unet.config.in_channels, resolution // diffusion.vae_scale, resolution // diffusion.vae_scale)
-                noise = initial_noise(seeds, latent_shape, diffusion.device, diffusion.dtype)
+                noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
                 cond = encode_text(diffusion, [prompts[i] for i in index])
                 uncond = uncond_one.expand(count, -1, -1)
                 scheduler = make_scheduler(diffusion, config.scheduler)
@@ -131,7 +135,6 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
                     latents = denoise(diffusion, scheduler, latents, cond, uncond, config.steps, config.guidance, start_step=start)
                 writer.append(decode(diffusion, latents, config.save_size), labels[index],
                               prompt=[prompts[i] for i in index], seed=seeds, source_index=source_index)
-                offset += count
                 bar.advance(task, count)
     finally:
         if init_store is not None:
@@ -200,12 +203,8 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig, 
         if writer.complete:
             return Path(out)
         task = bar.add_task("sample", total=total, completed=writer.done)
-        offset = 0
-        for part in slices:
+        for part in pending(slices, writer.done):
             count = part.stop - part.start
-            if offset + count <= writer.done:
-                offset += count
-                continue
             sample_index = np.arange(part.start, part.stop)
             rows = sample_index // di.per_image
             seeds = [sample_seed(config.seed, g) for g in sample_index]
@@ -214,8 +213,7 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig, 
                 uncond = torch.stack([means[int(groups[r])] for r in rows])
             else:
                 uncond = empty.expand(count, -1, -1)
-            latent_shape = (diffusion.unet.config.in_channels, resolution // diffusion.vae_scale, resolution // diffusion.vae_scale)
-            noise = initial_noise(seeds, latent_shape, diffusion.device, diffusion.dtype)
+            noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
             latents = denoise(diffusion, make_scheduler(diffusion, config.scheduler), noise,
                               cond.to(diffusion.device, diffusion.dtype), uncond.to(diffusion.device, diffusion.dtype),
                               config.steps, config.guidance)
@@ -223,6 +221,5 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig, 
             writer.append(decode(diffusion, latents, config.save_size), tensors["label"].numpy()[rows],
                           source_index=source[rows], partner=source[partners], alpha=np.full(count, di.interp),
                           noise=np.full(count, di.noise), seed=seeds, group=groups.numpy()[rows])
-            offset += count
             bar.advance(task, count)
     return Path(out)

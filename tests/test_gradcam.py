@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import copy_store_as, run
+from conftest import run
 from synthkit.gradcam import agreement, concentration
 from synthkit.meta import provenance
 from synthkit.store import StoreWriter

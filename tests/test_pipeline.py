@@ -45,7 +45,7 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
     rows = {r["model"]: r for r in csv.DictReader(open("results/accuracy.csv"))}
     table = re.findall(r"^\| .*\(`(.+?)`\) \| ([\d.]+) \| ([\d.-]+) \| (\d+) \|.*\| `(.+?)` \|$", readme, re.M)
     assert [t[0] for t in table] == ["real", "inv", "sd", "real+inv", "real+sd"]
-    for name, ours, study, train_images, model in table:
+    for _, ours, _, train_images, model in table:
         assert ours == f"{100 * float(rows[model]['accuracy']):.2f}" and train_images == rows[model]["train_images"]
     assert [t[2] for t in table] == ["81.80", "78.63", "52.57", "86.14", "83.94"]
     assert "These synthetic images are noise" in readme

@@ -83,7 +83,7 @@ def test_interrupted_write_leaves_no_final_file_and_resume_matches(tmp_path):
 def test_resume_with_other_parameters_is_refused(tmp_path):
     out = tmp_path / "s.h5"
     with pytest.raises(KeyboardInterrupt):
-        with StoreWriter(out, classes=CLASSES, image_shape=(8, 8), meta=provenance("t", {"n": 1}), total=5) as w:
+        with StoreWriter(out, classes=CLASSES, image_shape=(8, 8), meta=provenance("t", {"n": 1}), total=5):
             raise KeyboardInterrupt
     with pytest.raises(UserError, match="other parameters"):
         StoreWriter(out, classes=CLASSES, image_shape=(8, 8), meta=provenance("t", {"n": 2}), total=5, resume=True)

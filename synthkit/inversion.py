@@ -96,9 +96,10 @@ def initial_embeddings(diffusion: Diffusion, n: int, tokens: int) -> torch.Tenso
     return empty.unsqueeze(0).repeat(n, 1, 1).contiguous()
 
 
-def state_path(out: Path) -> Path:
-    """Where the resumable inversion state of `out` lives until the job ends."""
-    return out.with_name(out.stem + ".invert-state.safetensors")
+def state_dir(out: Path) -> Path:
+    """Where the resumable state of `out` lives until the job ends: one file per finished chunk,
+    and current.safetensors for the chunk in progress (so a checkpoint never rewrites finished work)."""
+    return out.with_name(out.stem + ".invert-state")
 
 
 def resolve_classes(names: str, classes: Sequence[str]) -> list[int]:
@@ -116,6 +117,8 @@ def resolve_classes(names: str, classes: Sequence[str]) -> list[int]:
 def invert(data: Path, out: Path, class_names: str, model: str, config: InversionConfig, device: str | None = None,
            shard: str = "", checkpoint_every: int = 200, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Learn one embedding per real image of the chosen classes; write them (and provenance) to `out`."""
+    import shutil
+
     out = Path(out)
     if out.exists() and not (overwrite or resume):
         raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
@@ -125,94 +128,105 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
         raise UserError("--tokens, --group-size, --batch-size and --updates must be at least 1")
     with Store(data) as store:
         class_ids = resolve_classes(class_names, store.classes)
-        classes, labels, fingerprint = store.classes, store.labels, store.fingerprint
-        groups = plan_groups(labels, class_ids, config.group_size)
+        groups = plan_groups(store.labels, class_ids, config.group_size)
         chunks = [groups[k : k + config.chunk_groups] for k in range(0, len(groups), config.chunk_groups)]
         first_chunk, stop_chunk = shard_range(len(chunks), shard)
+        if first_chunk == stop_chunk:
+            raise UserError(f"nothing to invert: shard {shard} of {len(chunks)} chunk(s) is empty; use fewer shards")
         configure_threads()
         dev = pick_device(device)
         diffusion = load_diffusion(model, dev, torch.float32)
         check_resolution(config.resolution, diffusion)
         params = asdict(config) | {"model": model, "classes": class_names, "data": str(data), "shard": shard}
-        meta_base = {"params": params, "data_fingerprint": fingerprint}
-        done: dict[str, list] = {"embeddings": [], "source_index": [], "label": [], "group": []}
-        group_loss: dict[str, list[float]] = {}
-        start_chunk, state = first_chunk, None
-        if resume and state_path(out).exists():
-            tensors, smeta = load_checkpoint(state_path(out), dev)
-            if smeta.get("params") != params:
-                raise UserError(f"{state_path(out)} was started with other options: rerun with the same ones, or --overwrite")
-            state = (tensors, smeta)
-            start_chunk, group_loss = smeta["chunk"], smeta["group_loss"]
-            for key in done:
-                if f"done.{key}" in tensors:
-                    done[key] = [tensors[f"done.{key}"]]
-        schedule = training_scheduler(diffusion)
+        state = state_dir(out)
+        if state.exists() and not resume:
+            shutil.rmtree(state)
+        state.mkdir(parents=True, exist_ok=True)
         n_images = sum(len(rows) for chunk in chunks[first_chunk:stop_chunk] for _, rows in chunk)
-        steps_per_image = config.updates
         started = time.perf_counter()
+        parts, group_loss = [], {}
         with progress("loss") as bar:
-            task = bar.add_task("invert", total=n_images * steps_per_image, loss="")
-            bar.update(task, completed=sum(len(x) for x in done["source_index"]) * steps_per_image if done["source_index"] else 0)
-            for chunk_index in range(start_chunk, stop_chunk):
-                chunk = chunks[chunk_index]
-                rows_np = np.concatenate([rows for _, rows in chunk])
-                group_ids = np.concatenate([np.full(len(rows), chunk_index * config.chunk_groups + k, dtype=np.int64)
-                                            for k, (_, rows) in enumerate(chunk)])
-                images = store.images(rows_np)
-                mean, std = _encode_all(diffusion, images, config.resolution)
-                n = len(rows_np)
-                emb = initial_embeddings(diffusion, n, config.tokens)
-                m, v = torch.zeros_like(emb), torch.zeros_like(emb)
-                count = torch.zeros(n, dtype=torch.long, device=dev)
-                ema = torch.zeros(n, device=dev)
-                first_loss = torch.zeros(n, device=dev)
-                epoch0 = 0
-                if state is not None and state[1]["chunk"] == chunk_index and "emb" in state[0]:
-                    tensors, smeta = state
-                    emb, m, v, count, ema, first_loss = (tensors[k] for k in ("emb", "m", "v", "count", "ema", "first_loss"))
-                    epoch0 = smeta["epoch"]
-                    bar.advance(task, n * epoch0)
-                state = None
-                last_save = 0
-                for epoch in range(epoch0, config.updates):
-                    generator = torch.Generator(device=dev).manual_seed(_seed(config.seed, chunk_index, epoch))
-                    order = torch.randperm(n, generator=generator, device=dev)
-                    for rows in order.split(config.batch_size):
-                        batch_emb = emb[rows].clone().requires_grad_(True)
-                        losses = inversion_loss(diffusion, schedule, batch_emb, mean[rows], std[rows], generator)
-                        losses.mean().backward()
-                        with torch.no_grad():
-                            adamw_rows(emb, batch_emb.grad, rows, m, v, count, config.lr, config.weight_decay)
-                            ema[rows] = losses.detach() if epoch == 0 else 0.9 * ema[rows] + 0.1 * losses.detach()
-                            if epoch == 0:
-                                first_loss[rows] = losses.detach()
-                        last_save += 1
-                    bar.update(task, advance=n, loss=f"loss {ema.mean().item():.4f}")
-                    if last_save >= checkpoint_every and epoch + 1 < config.updates:
-                        last_save = 0
-                        _save_state(out, done, meta_base, group_loss, chunk_index, epoch + 1,
-                                    {"emb": emb, "m": m, "v": v, "count": count, "ema": ema, "first_loss": first_loss})
-                for gid in np.unique(group_ids):
-                    members = torch.from_numpy(np.flatnonzero(group_ids == gid)).to(dev)
-                    group_loss[str(int(gid))] = [round(first_loss[members].mean().item(), 6), round(ema[members].mean().item(), 6)]
-                done["embeddings"].append(emb.detach().cpu())
-                done["source_index"].append(torch.from_numpy(rows_np))
-                done["label"].append(torch.from_numpy(labels[rows_np]))
-                done["group"].append(torch.from_numpy(group_ids))
-                _save_state(out, done, meta_base, group_loss, chunk_index + 1, 0, {})
-    if not done["embeddings"]:
-        raise UserError(f"nothing to invert: shard {shard or '0/1'} of {len(chunks)} chunk(s) is empty")
-    tensors = {key: torch.cat([t.cpu() for t in parts]) for key, parts in done.items()}
+            task = bar.add_task("invert", total=n_images * config.updates, loss="")
+            for chunk_index in range(first_chunk, stop_chunk):
+                rows = np.concatenate([r for _, r in chunks[chunk_index]])
+                group_ids = np.concatenate([np.full(len(r), chunk_index * config.chunk_groups + k, dtype=np.int64)
+                                            for k, (_, r) in enumerate(chunks[chunk_index])])
+                finished = state / f"chunk-{chunk_index:05d}.safetensors"
+                if not finished.exists():
+                    images = store.images(rows)
+                    chunk_tensors, chunk_loss = invert_chunk(diffusion, images, group_ids, config, chunk_index, state,
+                                                             params, checkpoint_every, bar, task)
+                    chunk_tensors |= {"source_index": torch.from_numpy(rows), "label": torch.from_numpy(store.labels[rows]),
+                                      "group": torch.from_numpy(group_ids)}
+                    save_checkpoint(finished, chunk_tensors, {"kind": "invert-chunk", "params": params, "group_loss": chunk_loss})
+                    (state / "current.safetensors").unlink(missing_ok=True)
+                tensors, chunk_meta = load_checkpoint(finished)
+                if chunk_meta.get("params") != params:
+                    raise UserError(f"{state} was started with other options: rerun with the same ones, or --overwrite")
+                parts.append(tensors)
+                group_loss |= chunk_meta["group_loss"]
+                bar.update(task, completed=sum(len(p["label"]) for p in parts) * config.updates)
+        classes, fingerprint = store.classes, store.fingerprint
+    tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
     meta = provenance("embeddings", params, [{"path": str(data), "fingerprint": fingerprint}])
     meta.update({"model": model, "classes": list(classes), "tokens": config.tokens, "hidden": diffusion.hidden_size,
                  "resolution": config.resolution, "shard": shard,
                  "group_loss": group_loss, "group_loss_fields": ["first_epoch", "final_ema"],
-                 "prediction_type": schedule.config.prediction_type, "seconds": round(time.perf_counter() - started, 1),
-                 "image_steps": int(n_images * config.updates)})
+                 "prediction_type": training_scheduler(diffusion).config.prediction_type,
+                 "seconds": round(time.perf_counter() - started, 1), "image_steps": int(n_images * config.updates)})
     save_checkpoint(out, tensors, meta)
-    state_path(out).unlink(missing_ok=True)
+    shutil.rmtree(state)
     return meta
+
+
+def invert_chunk(diffusion: Diffusion, images: np.ndarray, group_ids: np.ndarray, config: InversionConfig,
+                 chunk_index: int, state: Path, params: dict, checkpoint_every: int, bar, task) -> tuple[dict, dict]:
+    """Optimise the embeddings of one chunk (several groups); each epoch updates every embedding once.
+
+    Saves current.safetensors about every `checkpoint_every` steps and continues from it if present."""
+    dev = diffusion.device
+    schedule = training_scheduler(diffusion)
+    mean, std = _encode_all(diffusion, images, config.resolution)
+    n = len(images)
+    emb = initial_embeddings(diffusion, n, config.tokens)
+    m, v = torch.zeros_like(emb), torch.zeros_like(emb)
+    count = torch.zeros(n, dtype=torch.long, device=dev)
+    ema = torch.zeros(n, device=dev)
+    first_loss = torch.zeros(n, device=dev)
+    epoch0 = 0
+    current = state / "current.safetensors"
+    if current.exists():
+        saved, saved_meta = load_checkpoint(current, dev)
+        if saved_meta.get("params") != params:
+            raise UserError(f"{state} was started with other options: rerun with the same ones, or --overwrite")
+        if saved_meta["chunk"] == chunk_index:
+            emb, m, v, count, ema, first_loss = (saved[k] for k in ("emb", "m", "v", "count", "ema", "first_loss"))
+            epoch0 = saved_meta["epoch"]
+            bar.advance(task, n * epoch0)
+    since_save = 0
+    for epoch in range(epoch0, config.updates):
+        generator = torch.Generator(device=dev).manual_seed(_seed(config.seed, chunk_index, epoch))
+        order = torch.randperm(n, generator=generator, device=dev)
+        for rows in order.split(config.batch_size):
+            batch_emb = emb[rows].clone().requires_grad_(True)
+            losses = inversion_loss(diffusion, schedule, batch_emb, mean[rows], std[rows], generator)
+            losses.mean().backward()
+            with torch.no_grad():
+                adamw_rows(emb, batch_emb.grad, rows, m, v, count, config.lr, config.weight_decay)
+                ema[rows] = losses.detach() if epoch == 0 else 0.9 * ema[rows] + 0.1 * losses.detach()
+                if epoch == 0:
+                    first_loss[rows] = losses.detach()
+            since_save += 1
+        bar.update(task, advance=n, loss=f"loss {ema.mean().item():.4f}")
+        if since_save >= checkpoint_every and epoch + 1 < config.updates:
+            since_save = 0
+            save_checkpoint(current, {"emb": emb, "m": m, "v": v, "count": count, "ema": ema, "first_loss": first_loss},
+                            {"kind": "invert-state", "params": params, "chunk": chunk_index, "epoch": epoch + 1})
+    group_loss = {}
+    for gid in np.unique(group_ids):
+        members = torch.from_numpy(np.flatnonzero(group_ids == gid)).to(dev)
+        group_loss[str(int(gid))] = [round(first_loss[members].mean().item(), 6), round(ema[members].mean().item(), 6)]
+    return {"embeddings": emb.detach().cpu()}, group_loss
 
 
 def _seed(seed: int, chunk: int, epoch: int) -> int:
@@ -222,13 +236,6 @@ def _seed(seed: int, chunk: int, epoch: int) -> int:
 def _encode_all(diffusion: Diffusion, images: np.ndarray, resolution: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     parts = [encode_images(diffusion, images[s : s + batch], resolution) for s in range(0, len(images), batch)]
     return torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float()
-
-
-def _save_state(out: Path, done: dict[str, list], meta_base: dict, group_loss: dict, chunk: int, epoch: int,
-                current: dict[str, torch.Tensor]) -> None:
-    tensors = {f"done.{k}": torch.cat([t.cpu() for t in v]) for k, v in done.items() if v} | current
-    save_checkpoint(state_path(out), tensors, meta_base | {"kind": "invert-state", "chunk": chunk, "epoch": epoch,
-                                                           "group_loss": group_loss})
 
 
 def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

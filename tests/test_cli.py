@@ -14,7 +14,7 @@ def test_help_explains_the_pipeline_and_answers_fast():
     out = subprocess.run([sys.executable, "-m", "synthkit", "--help"], capture_output=True, text=True, check=True).stdout
     assert time.perf_counter() - start < 5, "--help must not import torch"
     assert "invert" in out and "evaluate" in out
-    for command in ("data", "info", "show", "merge"):
+    for command in ("data", "info", "show", "merge", "model", "invert", "sample", "train", "evaluate", "gradcam", "vanish", "report"):
         assert command in out
 
 

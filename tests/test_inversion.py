@@ -7,7 +7,7 @@ from conftest import run
 from synthkit.checkpoint import load_checkpoint, read_meta
 from synthkit.diffusion import encode_images, load_diffusion, training_scheduler
 from synthkit.inversion import (InversionConfig, adamw_rows, fixed_loss, initial_embeddings, invert, inversion_loss,
-                                plan_groups, state_path)
+                                plan_groups, state_dir)
 from synthkit.store import Store
 
 CPU = torch.device("cpu")
@@ -96,14 +96,15 @@ def test_resume_equals_an_uninterrupted_run(tiny_sd, small_real, tmp_path, monke
     out = tmp_path / "x.safetensors"
     with pytest.raises(KeyboardInterrupt):
         invert(small_real, out, "frog,ship", str(tiny_sd), config, checkpoint_every=2)
-    assert state_path(out).exists() and not out.exists()
+    assert (state_dir(out) / "current.safetensors").exists() and not out.exists()
+    assert len(list(state_dir(out).glob("chunk-*.safetensors"))) == 2  # the finished chunks are kept
     monkeypatch.setattr(inversion, "adamw_rows", original)
     invert(small_real, out, "frog,ship", str(tiny_sd), config, checkpoint_every=2, resume=True)
     a, _ = load_checkpoint(tmp_path / "ref.safetensors")
     b, _ = load_checkpoint(out)
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert not state_path(out).exists()
+    assert not state_dir(out).exists()
 
 
 def test_unknown_class_is_one_line(tiny_sd, small_real, tmp_path):

@@ -35,19 +35,15 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def windows(next_batch, model, optimizer, device, batch, steps, count):
-    """img/s of each of `count` windows of `steps` steps, after one warm-up window."""
-    rates = []
-    for w in range(count + 1):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            x, y = next_batch()
-            step(model, optimizer, x, y, device)
-        sync(device)
-        if w:  # the first window warms up kernels and caches
-            rates.append(steps * batch / (time.perf_counter() - start))
-    return rates
+def window(next_batch, model, optimizer, device, batch, steps):
+    """img/s of one window of `steps` training steps."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        x, y = next_batch()
+        step(model, optimizer, x, y, device)
+    sync(device)
+    return steps * batch / (time.perf_counter() - start)
 
 
 def fresh_model(device):
@@ -55,8 +51,8 @@ def fresh_model(device):
     return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
-def synthkit_windows(path, device, batch, steps, count):
-    """Data and augmentation on the device, as synthkit.training does."""
+def synthkit_loop(path, device, batch):
+    """Data and augmentation on the device, as synthkit.training does: a next-batch function."""
     data = load_stores([path], device)
     config = TrainConfig(batch_size=batch)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -71,7 +67,7 @@ def synthkit_windows(path, device, batch, steps, count):
         x = augment(data.images[rows], generator).float().div_(255).contiguous(memory_format=memory_format(device))
         return x, data.labels[rows]
 
-    return windows(next_batch, *fresh_model(device), device, batch, steps, count)
+    return next_batch
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -93,8 +89,8 @@ class PilDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def dataloader_windows(path, device, batch, steps, count, workers):
-    """torchvision's DataLoader with `workers` workers and PIL transforms."""
+def dataloader_loop(path, device, batch, workers):
+    """torchvision's DataLoader with `workers` workers and PIL transforms: a next-batch function."""
     with Store(path) as store:
         dataset = PilDataset(store.images(), store.labels)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
@@ -111,7 +107,7 @@ def dataloader_windows(path, device, batch, steps, count, workers):
         x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format(device))
         return x, y.to(device, non_blocking=True)
 
-    return windows(next_batch, *fresh_model(device), device, batch, steps, count)
+    return next_batch
 
 
 def main():
@@ -127,12 +123,17 @@ def main():
     device = pick_device(args.device)
     workers = args.workers if args.workers is not None else len(__import__("os").sched_getaffinity(0))
     path = cifar_store("train", args.per_class)
-    torch.manual_seed(0)
-    ours = synthkit_windows(path, device, args.batch_size, args.steps, args.windows)
-    torch.manual_seed(0)
-    theirs = dataloader_windows(path, device, args.batch_size, args.steps, args.windows, workers)
+    loops = {"synthkit": synthkit_loop(path, device, args.batch_size), "dataloader": dataloader_loop(path, device, args.batch_size, workers)}
+    models = {name: fresh_model(device) for name in loops}
+    rates = {name: [] for name in loops}
+    for w in range(args.windows + 1):  # windows alternate, so drift in the machine's speed hits both alike
+        for name, next_batch in loops.items():
+            rate = window(next_batch, *models[name], device, args.batch_size, args.steps)
+            if w:  # the first window warms up kernels, caches and workers
+                rates[name].append(rate)
+    ours, theirs = rates["synthkit"], rates["dataloader"]
     a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"machine: {machine()}; batch {args.batch_size}; {args.windows} windows of {args.steps} steps; "
+    print(f"machine: {machine()}; batch {args.batch_size}; {args.windows} alternating windows of {args.steps} steps; "
           f"{torch.get_num_threads()} torch threads; DataLoader workers {workers}")
     print(f"synthkit (on-device data + augmentation): {a:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in ours)})")
     print(f"DataLoader + PIL transforms:              {b:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in theirs)})")

@@ -170,3 +170,15 @@ def test_shard_range_covers_everything_once():
         shard_range(10, "3/3")
     with pytest.raises(UserError):
         shard_range(10, "abc")
+
+
+def test_block_reads_match_for_dense_and_sparse_selections(tmp_path, monkeypatch):
+    import synthkit.store as store_module
+
+    images = fake_images(300)
+    path = write(tmp_path / "s.h5", images, np.zeros(300, int), batch=50)
+    monkeypatch.setattr(store_module, "_BLOCK_BYTES", 40 * 8 * 8 * 3)  # 40 rows a block
+    rng = np.random.default_rng(0)
+    with Store(path) as s:
+        for idx in (np.arange(0, 300, 2), rng.choice(300, 7, replace=False), rng.integers(0, 300, 500), np.array([299, 0])):
+            np.testing.assert_array_equal(s.images(idx), images[idx])

@@ -15,10 +15,12 @@ from .store import Store
 
 
 def describe(path: str | Path) -> Group:
-    """Tables for a store (.h5) or a safetensors file, chosen by content, not by name."""
+    """Tables for a store (.h5), a safetensors file or a diffusers model folder, chosen by content, not by name."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist")
+    if path.is_dir():
+        return _describe_model_folder(path)
     with open(path, "rb") as f:
         magic = f.read(8)
     if magic == b"\x89HDF\r\n\x1a\n":
@@ -72,6 +74,20 @@ def _describe_safetensors(path: Path) -> Group:
     if len(shapes) > 40:
         tensors.add_row(f"... {len(shapes) - 40} more", "", "")
     return Group(tensors, _provenance_table(meta))
+
+
+def _describe_model_folder(path: Path) -> Group:
+    index = path / "model_index.json"
+    if not index.exists():
+        raise UserError(f"{path} is a folder but not a diffusers model: give a store (.h5), a safetensors file or a model folder")
+    table = Table(title=f"{path}: diffusers pipeline", show_header=False)
+    for key, value in json.loads(index.read_text()).items():
+        table.add_row(key, json.dumps(value))
+    note = path / "synthkit.json"
+    if note.exists():
+        for key, value in json.loads(note.read_text()).items():
+            table.add_row(f"synthkit {key}", str(value))
+    return Group(table)
 
 
 def print_info(path: str | Path, console: Console | None = None) -> None:

@@ -52,3 +52,10 @@ def test_not_a_store_is_one_line_exit_2(tmp_path):
         assert result.exit_code == 2, result.output
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "g.png").exists()
+
+
+def test_info_on_a_model_folder_and_a_plain_folder(tmp_path, tiny_sd):
+    result = run("info", tiny_sd)
+    assert result.exit_code == 0 and "UNet2DConditionModel" in result.output and "tiny-random" in result.output
+    result = run("info", tmp_path)
+    assert result.exit_code == 2 and "not a diffusers model" in result.stderr

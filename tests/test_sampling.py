@@ -145,3 +145,11 @@ def test_not_embeddings_and_mixed_modes_are_refused(tiny_classifier, embeddings,
     assert result.exit_code == 2 and "not a synthkit embeddings file" in result.stderr
     result = run("sample", "--embeddings", embeddings, "--prompt", "a {class}", "--out", tmp_path / "x.h5")
     assert result.exit_code == 2 and "not both" in result.stderr
+
+
+def test_classes_can_come_from_a_store(tiny_sd, small_real, tmp_path):
+    result = run("sample", "--prompt", "{class}", "--classes", small_real, "--per-class", 1, "--model", tiny_sd,
+                 "--steps", 1, "--resolution", 64, "--batch-size", 10, "--out", tmp_path / "sd.h5")
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "sd.h5") as s, Store(small_real) as real:
+        assert s.classes == real.classes and list(s.column("prompt")) == real.classes

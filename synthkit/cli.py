@@ -113,15 +113,10 @@ def merge(
         merge_embeddings([Path(p) for p in inputs], out, overwrite=overwrite)
         typer.echo(f"wrote {out}")
         return
-    from .meta import provenance
     from .paths import store_paths
-    from .store import Store, merge_stores
+    from .store import merge_stores
 
-    paths = store_paths(inputs)
-    with Store(paths[0]) as first:
-        kind = first.meta.get("kind", "merged")
-        params = {k: v for k, v in first.meta.get("params", {}).items() if k != "shard"} if first.shard else {}
-    merge_stores(paths, out, provenance(kind, params), overwrite=overwrite)
+    merge_stores(store_paths(inputs), out, overwrite=overwrite)
     _print_store_line(out)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 def image_grid(rows: Sequence[np.ndarray], labels: Sequence[str], cell: int = 64, pad: int = 2,
@@ -39,7 +42,7 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def store_grid(store, per_row: int = 10, seed: int = 0, cell: int = 64) -> Image.Image:
+def store_grid(store: "Store", per_row: int = 10, seed: int = 0, cell: int = 64) -> Image.Image:
     """A grid of a store's images: a row per class, `per_row` seeded random picks in each."""
     rng = np.random.default_rng(seed)
     labels = store.labels

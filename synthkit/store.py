@@ -310,8 +310,13 @@ def shard_range(total: int, shard: str | None) -> tuple[int, int]:
     return total * i // n, total * (i + 1) // n
 
 
-def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, Any], overwrite: bool = False) -> Path:
-    """Concatenate stores of the same classes into one; shards are put back in shard order."""
+def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> Path:
+    """Concatenate stores of the same classes into one; shards are put back in shard order.
+
+    Without `meta`, the merged store keeps the first store's kind and, for shards, the job's parameters."""
+    from .meta import provenance
+
     stores = [Store(p) for p in inputs]
     try:
         if not stores:
@@ -331,6 +336,9 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, 
             if shards != [f"{i}/{n}" for i in range(n)]:
                 raise UserError(f"the shards given are {', '.join(shards)}: all of 0/{n} .. {n - 1}/{n} are needed, once each")
         kinds = {name: first.column_kind(name) for name in first.column_names}
+        if meta is None:
+            params = {k: v for k, v in first.meta.get("params", {}).items() if k != "shard"} if first.shard else {}
+            meta = provenance(first.meta.get("kind", "merged"), params)
         meta = dict(meta, sources=[{"path": str(s.path), "fingerprint": s.fingerprint, "shard": s.shard} for s in stores])
         total = sum(len(s) for s in stores)
         with StoreWriter(out, classes=first.classes, image_shape=first.image_shape[:2], meta=meta,

@@ -24,6 +24,8 @@ INV_BATCH    ?= 50
 DI_STEPS     ?= 100
 GEN_BATCH    ?= 16
 EPOCHS       ?= 30
+BATCH        ?= 128
+LR           ?= 0.1
 MIX          ?= balanced
 SEED         ?= 0
 DEVICE       ?= auto
@@ -53,7 +55,7 @@ $(call stamp,data,$(CIFAR) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED))
 $(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
 $(call stamp,invert,$(MODEL) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
 $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
-$(call stamp,train,$(EPOCHS) $(MIX) $(SEED))
+$(call stamp,train,$(EPOCHS) $(BATCH) $(LR) $(MIX) $(SEED))
 $(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(SEED))
 endif
 
@@ -70,7 +72,7 @@ help:  ## show targets and variables
 	@echo "  MODEL=$(MODEL)  (SD checkpoint: hub id or diffusers folder)"
 	@echo "  PER_CLASS=$(PER_CLASS)  (real training images per class)  TEST_PER_CLASS=$(TEST_PER_CLASS)  (empty: all 1,000)"
 	@echo "  PER_IMAGE=$(PER_IMAGE)  (DI samples per real image)  SD_PER_CLASS=$(SD_PER_CLASS)  (prompt images per class)"
-	@echo "  EPOCHS=$(EPOCHS)  MIX=$(MIX)  SEED=$(SEED)  DEVICE=$(DEVICE)  SHARDS=$(SHARDS)  (generation processes; use make -j)"
+	@echo "  EPOCHS=$(EPOCHS)  BATCH=$(BATCH)  LR=$(LR)  MIX=$(MIX)  SEED=$(SEED)  DEVICE=$(DEVICE)  SHARDS=$(SHARDS)  (generation processes; use make -j)"
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS) SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
 
 install:  ## create .venv and install synthkit with its test tools
@@ -126,7 +128,7 @@ models/resnet18-real+inv.safetensors: data/real.h5 data/inv.h5 $(STAMPS)/train
 models/resnet18-real+sd.safetensors: data/real.h5 data/sd.h5 $(STAMPS)/train
 models/resnet18-%.safetensors:
 	rm -f $@
-	$(SK) train --data $(subst +,$(comma),$*) --out $@ --epochs $(EPOCHS) --seed $(SEED) --device $(DEVICE) \
+	$(SK) train --data $(subst +,$(comma),$*) --out $@ --epochs $(EPOCHS) --batch-size $(BATCH) --lr $(LR) --seed $(SEED) --device $(DEVICE) \
 	  $(if $(findstring +,$*),--mix $(MIX)) --resume
 comma := ,
 
@@ -160,7 +162,7 @@ reproduce: report  ## the whole study (needs a GPU for full size): data, sd, inv
 
 # ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
 DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=50 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
-  SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 DI_STEPS=10 GEN_BATCH=40 EPOCHS=5 GRADCAM_N=32 VANISH_N=100
+  SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 DI_STEPS=10 GEN_BATCH=40 EPOCHS=8 BATCH=32 LR=0.025 GRADCAM_N=32 VANISH_N=100
 
 demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
 	$(MAKE) --no-print-directory reproduce $(DEMO_VARS)

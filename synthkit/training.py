@@ -130,10 +130,9 @@ def epoch_batches(data: TrainingSet, config: TrainConfig, generator: torch.Gener
         batch = min(config.batch_size, len(data))
         order = torch.randperm(len(data), generator=generator, device=dev)
         return list(order[: len(data) // batch * batch].view(-1, batch))
+    check_mix(data, config)
     real = torch.nonzero(data.is_real).flatten()
     synthetic = torch.nonzero(~data.is_real).flatten()
-    if len(real) == 0 or len(synthetic) == 0:
-        raise UserError("--mix balanced needs at least one real store (kind 'real') and one synthetic store")
     half = min(config.batch_size // 2, len(real), len(synthetic))
     steps = max(len(real), len(synthetic)) // half
 
@@ -143,6 +142,13 @@ def epoch_batches(data: TrainingSet, config: TrainConfig, generator: torch.Gener
         return torch.cat(perms)[:needed].view(steps, half)
 
     return list(torch.cat([cycled(real), cycled(synthetic)], dim=1))
+
+
+def check_mix(data: TrainingSet, config: TrainConfig) -> None:
+    """--mix balanced needs both real and synthetic images."""
+    n_real = int(data.is_real.sum())
+    if config.mix == "balanced" and (n_real == 0 or n_real == len(data)):
+        raise UserError("--mix balanced needs at least one real store (kind 'real') and one synthetic store")
 
 
 def steps_per_epoch(data: TrainingSet, config: TrainConfig) -> int:
@@ -200,12 +206,10 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
         raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
     if out.exists() and resume:
         return read_meta(out)
-    for path in data_paths:
-        if not Path(path).exists():
-            Store(path)  # raises the store's own clear message
     configure_threads()
     dev = pick_device(device)
     data = load_stores(data_paths, dev, config.per_class, config.seed)
+    check_mix(data, config)
     per_epoch = steps_per_epoch(data, config)
     total = config.steps if config.steps is not None else config.epochs * per_epoch
     epochs = math.ceil(total / per_epoch)

@@ -127,7 +127,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, real_store):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["missing", "classes", "not_store", "not_classifier"])
+@pytest.mark.parametrize("case", ["missing", "classes", "not_store", "not_classifier", "balanced_without_synthetic"])
 def test_bad_input_one_line_exit_2(tmp_path, real_store, case):
     out = tmp_path / "m.safetensors"
     if case == "missing":
@@ -138,6 +138,8 @@ def test_bad_input_one_line_exit_2(tmp_path, real_store, case):
     elif case == "not_store":
         (tmp_path / "x.h5").write_text("text")
         args = ["train", "--data", tmp_path / "x.h5", "--out", out]
+    elif case == "balanced_without_synthetic":
+        args = ["train", "--data", real_store, "--mix", "balanced", "--out", out]
     else:
         save_checkpoint(tmp_path / "emb.safetensors", {"e": torch.zeros(2)}, {"kind": "embeddings"})
         args = ["evaluate", "--model", tmp_path / "emb.safetensors", "--test", real_store]

@@ -152,16 +152,23 @@ class DIConfig:
     uncond: str = "group-mean"
 
 
-def perturb(embeddings: torch.Tensor, groups: torch.Tensor, index: np.ndarray, seeds: Sequence[int], interp: float,
-            noise: float) -> tuple[torch.Tensor, np.ndarray]:
+def group_members(groups: torch.Tensor) -> dict[int, np.ndarray]:
+    """Row indices of every group's members, computed once per job."""
+    groups_np = groups.numpy()
+    order = np.argsort(groups_np, kind="stable")
+    keys, starts = np.unique(groups_np[order], return_index=True)
+    return {int(k): rows for k, rows in zip(keys, np.split(order, starts[1:]))}
+
+
+def perturb(embeddings: torch.Tensor, groups: torch.Tensor, members: dict[int, np.ndarray], index: np.ndarray,
+            seeds: Sequence[int], interp: float, noise: float) -> tuple[torch.Tensor, np.ndarray]:
     """Perturbed embeddings for the rows `index`, each with a partner drawn from its own group (another
     member when there is one), and those partners. Pure: the randomness comes from `seeds`."""
     out, partners = [], []
-    groups_np = groups.numpy()
     for i, s in zip(index, seeds):
         generator = torch.Generator().manual_seed(int(s) ^ 0x5EED)
-        members = np.flatnonzero(groups_np == groups_np[i])
-        others = members[members != i]
+        mates = members[int(groups[i])]
+        others = mates[mates != i]
         j = int(others[torch.randint(len(others), (1,), generator=generator).item()]) if len(others) else int(i)
         eps = torch.randn(embeddings.shape[1:], generator=generator)
         out.append(embeddings[i] + interp * (embeddings[j] - embeddings[i]) + noise * eps)
@@ -189,6 +196,7 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig, 
                         "sample with the model they were inverted with")
     embeddings, groups = tensors["embeddings"].float(), tensors["group"]
     means = group_means(embeddings, groups)
+    members = group_members(groups)
     empty = encode_text(diffusion, [""])
     params = asdict(config) | asdict(di) | {"model": model, "embeddings": [str(p) for p in embedding_files],
                                             "resolution": resolution}
@@ -208,7 +216,7 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig, 
             sample_index = np.arange(part.start, part.stop)
             rows = sample_index // di.per_image
             seeds = [sample_seed(config.seed, g) for g in sample_index]
-            cond, partners = perturb(embeddings, groups, rows, seeds, di.interp, di.noise)
+            cond, partners = perturb(embeddings, groups, members, rows, seeds, di.interp, di.noise)
             if di.uncond == "group-mean":
                 uncond = torch.stack([means[int(groups[r])] for r in rows])
             else:

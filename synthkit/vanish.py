@@ -67,19 +67,20 @@ def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = 500, upsamp
             h, w = store.image_shape[:2]
             factor = upsample or auto_upsample(h, w)
             name = path.stem
-            results = []
+            shown = []  # the first few images and detections, for the overlay figure
+            labels = store.labels
             with progress() as bar, open(out / f"predictions_{name}.jsonl", "w") as jsonl:
                 task = bar.add_task(f"vanish {name}", total=len(pick))
                 for start in range(0, len(pick), 256):
                     batch = pick[start : start + 256]
-                    for index, image, label in zip(batch, store.images(batch), store.labels[batch]):
+                    for index, image, label in zip(batch, store.images(batch), labels[batch]):
                         result = analyse_image(image, factor, focal, seed=seed)
-                        results.append((image, result))
+                        if len(shown) < overlays:
+                            shown.append((image, result))
+                        record = prediction_record(f"{name}:{index}", result, "calibrated" if focal else "uncalibrated")
                         row = {"store": name, "index": int(index), "label": store.classes[label]} | measures(result, w, h)
-                        row["status"] = prediction_record(str(index), result, "")["status"]
-                        rows.append(row)
-                        jsonl.write(json.dumps(prediction_record(f"{name}:{index}", result,
-                                                                 "calibrated" if focal else "uncalibrated")) + "\n")
+                        rows.append(row | {"status": record["status"]})
+                        jsonl.write(json.dumps(record) + "\n")
                     bar.advance(task, len(batch))
             store_rows = [r for r in rows if r["store"] == name]
             summary["stores"][name] = {"path": str(path), "kind": store.meta.get("kind"), "images": len(pick),
@@ -87,7 +88,7 @@ def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = 500, upsamp
                                        "with_vps": sum(r["status"] == "ok" for r in store_rows),
                                        "no_lines": sum(r["status"] == "no lines" for r in store_rows),
                                        "measures": summarise(store_rows)}
-            save_overlays(results[:overlays], factor, out / f"overlay_{name}.png", f"{name} ({h}x{w}, upsampled x{factor})")
+            save_overlays(shown, factor, out / f"overlay_{name}.png", f"{name} ({h}x{w}, upsampled x{factor})")
     write_csv(out / "per_image.csv", rows)
     save_histograms(rows, out / "histograms.png")
     summary["mode"] = "calibrated" if focal else "uncalibrated (principal point at the centre, focal length by search)"

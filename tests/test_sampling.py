@@ -6,7 +6,7 @@ import synthkit.sampling as sampling
 from conftest import run
 from synthkit.diffusion import build_tiny_pipeline
 from synthkit.inversion import InversionConfig, invert
-from synthkit.sampling import group_means, perturb
+from synthkit.sampling import group_means, group_members, perturb
 from synthkit.store import Store, StoreWriter
 
 FAST = ["--steps", 3, "--resolution", 64]
@@ -53,12 +53,14 @@ def test_perturbation_honours_alpha_lambda_and_partners():
     groups = torch.tensor([0, 0, 0, 1, 1, 2])
     rows = np.array([0, 1, 3, 5])
     seeds = [11, 12, 13, 14]
-    same, partners = perturb(emb, groups, rows, seeds, interp=0.0, noise=0.0)
+    members = group_members(groups)
+    assert {g: list(m) for g, m in members.items()} == {0: [0, 1, 2], 1: [3, 4], 2: [5]}
+    same, partners = perturb(emb, groups, members, rows, seeds, interp=0.0, noise=0.0)
     assert torch.equal(same, emb[rows])
-    towards, partners = perturb(emb, groups, rows, seeds, interp=1.0, noise=0.0)
+    towards, partners = perturb(emb, groups, members, rows, seeds, interp=1.0, noise=0.0)
     assert torch.allclose(towards, emb[partners], atol=1e-6)
     assert all(groups[j] == groups[i] and (j != i or i == 5) for i, j in zip(rows, partners))
-    noisy, again = perturb(emb, groups, rows, seeds, interp=0.3, noise=0.5)
+    noisy, again = perturb(emb, groups, members, rows, seeds, interp=0.3, noise=0.5)
     assert np.array_equal(again, partners)
     base = emb[rows] + 0.3 * (emb[partners] - emb[rows])
     assert (noisy - base).std() == pytest.approx(0.5, rel=0.25)

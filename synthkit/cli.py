@@ -13,6 +13,7 @@ from typing import Callable, List, Optional
 import typer
 from rich.console import Console
 
+from . import DEFAULT_MODEL
 from .errors import UserError
 
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
@@ -203,7 +204,7 @@ def invert(
     class_: str = typer.Option(..., "--class", help="Class name, comma-separated names, or all."),
     data: str = typer.Option("real", help="Real store to invert (name or path)."),
     out: Path = typer.Option(..., help="Embeddings file to write, e.g. models/inv/airplane.safetensors."),
-    model: str = typer.Option("CompVis/stable-diffusion-v1-4", help="SD checkpoint: hub id or diffusers folder."),
+    model: str = typer.Option(DEFAULT_MODEL, help="SD checkpoint: hub id or diffusers folder."),
     tokens: int = typer.Option(5, min=1, help="Tokens per learned embedding."),
     resolution: int = typer.Option(128, help="Images are upsampled (bicubic) to this size; a multiple of 8."),
     lr: float = typer.Option(0.03, help="AdamW learning rate."),
@@ -249,7 +250,7 @@ def sample(
     interp: float = typer.Option(0.1, help="DI mode: alpha, interpolation towards a random same-group partner."),
     noise: float = typer.Option(0.1, help="DI mode: lambda, scale of the Gaussian perturbation."),
     uncond: str = typer.Option("group-mean", help="DI mode: unconditional input of guidance: group-mean or empty."),
-    model: Optional[str] = typer.Option(None, help="SD checkpoint (default: CompVis/stable-diffusion-v1-4, or the embeddings' model)."),
+    model: Optional[str] = typer.Option(None, help=f"SD checkpoint (default: {DEFAULT_MODEL}, or the embeddings' model)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance (default 7.5 for prompts, 2.0 for DI)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Sampling steps (default 50 for prompts, 100 for DI)."),
     scheduler: str = typer.Option("model", help="model (the checkpoint's own), ddim, dpm++ or pndm."),
@@ -265,7 +266,7 @@ def sample(
 ) -> None:
     """Generate images from class prompts (optionally img2img), or from learned DI embeddings (--embeddings)."""
     from .paths import store_path
-    from .sampling import DIConfig, SamplingConfig, sample_embeddings, sample_prompts
+    from .sampling import DIConfig, SamplingConfig, class_list, sample_embeddings, sample_prompts
 
     templates = list(prompt)
     if prompt_file is not None:
@@ -281,25 +282,10 @@ def sample(
         sample_embeddings(out, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond), config,
                           model=model, device=device, shard=shard, overwrite=overwrite, resume=resume)
     else:
-        sample_prompts(out, model or "CompVis/stable-diffusion-v1-4", templates, _class_list(classes), per_class, config,
+        sample_prompts(out, model or DEFAULT_MODEL, templates, class_list(classes), per_class, config,
                        negative=negative, init=store_path(init) if init else None, strength=strength, device=device,
                        shard=shard, overwrite=overwrite, resume=resume)
     _print_store_line(out)
-
-
-def _class_list(classes: Optional[str]) -> list[str]:
-    from . import CIFAR10_CLASSES
-    from .paths import store_path
-
-    if classes is None:
-        return list(CIFAR10_CLASSES)
-    path = store_path(classes)
-    if "," not in classes and path.suffix == ".h5" and path.exists():
-        from .store import Store
-
-        with Store(path) as s:
-            return list(s.classes)
-    return [c.strip() for c in classes.split(",") if c.strip()]
 
 
 @app.command()

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from .errors import UserError
 
-DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 SCHEDULERS = ("model", "ddim", "dpm++", "pndm")
 
 

@@ -57,6 +57,20 @@ def pending(slices: list[slice], done: int) -> Iterator[slice]:
             yield part
 
 
+def class_list(classes: str | None) -> list[str]:
+    """--classes: CIFAR-10's by default, the classes of a store (name or path), or comma-separated names."""
+    from . import CIFAR10_CLASSES
+    from .paths import store_path
+
+    if classes is None:
+        return list(CIFAR10_CLASSES)
+    path = store_path(classes)
+    if "," not in classes and path.suffix == ".h5" and path.exists():
+        with Store(path) as s:
+            return list(s.classes)
+    return [c.strip() for c in classes.split(",") if c.strip()]
+
+
 def prompt_plan(templates: Sequence[str], classes: Sequence[str], per_class: int) -> tuple[list[str], np.ndarray]:
     """Prompts and labels of every sample, class by class; templates take turns, '{class}' becomes the name."""
     if not templates:

@@ -33,7 +33,7 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
     csv_path = results / "accuracy.csv"
     if not csv_path.exists():
         return ["## Test accuracy", "", f"No evaluation yet ({csv_path} is missing): run `synthkit evaluate`.", ""]
-    rows = [r for r in read_rows(csv_path) if Path(r["model"]).exists() and Path(r["model"]).parent == models]
+    rows = [r for r in read_rows(csv_path) if Path(r["model"]).exists() and Path(r["model"]).resolve().parent == models.resolve()]
     order = {name: i for i, name in enumerate(STUDY)}
     rows.sort(key=lambda r: (order.get(r["training_data"], len(order)), r["training_data"]))
     lines = ["## Test accuracy (ResNet-18, real CIFAR-10 test images)", "",
@@ -49,7 +49,7 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
     return lines
 
 
-def provenance_section(models: Path) -> list[str]:
+def provenance_section(models: Path, data: Path) -> list[str]:
     """How each classifier and the stores it was trained on were made, from their metadata."""
     lines = ["## How each row was made", ""]
     for path in sorted(models.glob("resnet18-*.safetensors")):
@@ -60,7 +60,7 @@ def provenance_section(models: Path) -> list[str]:
                      f"final training loss {meta.get('final_loss')}")
         for source in meta.get("sources", []):
             lines.append(f"  - `{source['path']}`: {source['count']} images of kind `{source['kind']}`, fingerprint `{source['fingerprint']}`")
-    stores = [Path("data") / f"{name}.h5" for name in ("real", "test", "sd", "inv")]
+    stores = [data / f"{name}.h5" for name in ("real", "test", "sd", "inv")]
     lines += ["", "Stores:", ""]
     for store in stores:
         info = _store_meta(store)
@@ -157,7 +157,7 @@ def write_report(results: Path = Path("results"), models: Path = Path("models"),
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     lines = ["# synthkit study results", "", f"Written by `synthkit report` (synthkit {__version__}) at {now} from "
              f"`{results}/`, `{models}/` and `{data}/`.", ""]
-    lines += generator_warning(data) + accuracy_section(results, models) + provenance_section(models)
+    lines += generator_warning(data) + accuracy_section(results, models) + provenance_section(models, data)
     lines += figures_section(results) + gradcam_section(results) + geometry_section(results)
     confusions = sorted((results / "confusion").glob("*.png"))
     if confusions:

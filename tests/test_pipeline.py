@@ -53,6 +53,12 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
         assert f"]({figure})" in readme and (Path("results") / figure).exists()
     assert "| n_segments |" in readme and "How many lines a small image really yields" in readme
 
+    Path("elsewhere").mkdir()
+    Path("data").rename("elsewhere/data")
+    ok("report", "--models", Path("models").resolve(), "--data", "elsewhere/data")
+    again = Path("results/README.md").read_text()
+    assert again.count("models/resnet18-") >= 10 and "`elsewhere/data/sd.h5` (sd)" in again
+
 
 def test_report_without_results_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

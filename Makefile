@@ -154,7 +154,7 @@ results/grids/%.png: data/%.h5
 
 report: results/README.md  ## results/README.md from what is in results/ and models/
 
-results/README.md: results/accuracy.md results/gradcam/summary.json results/vanish/summary.json $(GRIDS) \
+results/README.md: results/accuracy.md results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
   $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)
 	$(SK) report
 

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from . import DEFAULT_MODEL
+from .config import DIConfig, InversionConfig, PROMPT_DEFAULTS, UNCONDS
 from .errors import UserError
 
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
@@ -27,6 +28,7 @@ app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_
 data_app = typer.Typer(help="Import real datasets into stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 err_console = Console(stderr=True)
+INV, DI = InversionConfig(), DIConfig()
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -198,40 +200,67 @@ def model_tiny(
     typer.echo(f"wrote {out} (random weights: it makes noise, not pictures)")
 
 
+@model_app.command("random")
+@user_errors
+def model_random(
+    out: Path = typer.Option(..., help="Folder to write the diffusers pipeline to (about 2 GB in fp16)."),
+    like: str = typer.Option("sd15", help="Architecture whose exact shapes to copy: sd15 (Stable Diffusion 1.5)."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+) -> None:
+    """Build a full-size random-weight Stable Diffusion pipeline offline (for smoke tests and benchmarks at real scale)."""
+    import time
+
+    from .diffusion import build_random_pipeline, folder_bytes, like_spec, parameter_counts
+
+    like_spec(like)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists: pass --overwrite to replace it")
+    started = time.perf_counter()
+    build_random_pipeline(out, like=like, seed=seed)
+    counts = {k: f"{v / 1e6:.1f}M" for k, v in parameter_counts(out).items()}
+    typer.echo(f"wrote {out}: {like}-shaped, UNet {counts['unet']}, text encoder {counts['text_encoder']}, "
+               f"VAE {counts['vae']} parameters, {folder_bytes(out) / 1e9:.2f} GB, {time.perf_counter() - started:.0f} s "
+               "(random weights: it makes noise, not pictures)")
+
+
 @app.command()
 @user_errors
 def invert(
     class_: str = typer.Option(..., "--class", help="Class name, comma-separated names, or all."),
     data: str = typer.Option("real", help="Real store to invert (name or path)."),
-    out: Path = typer.Option(..., help="Embeddings file to write, e.g. models/inv/airplane.safetensors."),
+    out: Path = typer.Option(..., help="Embeddings file to write, e.g. models/inv/airplane.safetensors (and its preview, models/inv/airplane.preview.png)."),
     model: str = typer.Option(DEFAULT_MODEL, help="SD checkpoint: hub id or diffusers folder."),
-    tokens: int = typer.Option(5, min=1, help="Tokens per learned embedding."),
-    resolution: int = typer.Option(128, help="Images are upsampled (bicubic) to this size; a multiple of 8."),
-    lr: float = typer.Option(0.03, help="AdamW learning rate."),
-    weight_decay: float = typer.Option(0.01, help="AdamW weight decay."),
-    group_size: int = typer.Option(100, min=1, help="Images per (class-pure) group."),
-    batch_size: int = typer.Option(50, min=1, help="Images per step; a batch spans the groups of a chunk."),
-    updates: int = typer.Option(3000, min=1, help="Gradient updates each embedding receives."),
-    chunk_groups: int = typer.Option(8, min=1, help="Groups optimised together (the unit of sharding)."),
-    seed: int = typer.Option(0, help="Seed of timesteps, noise and order."),
+    tokens: int = typer.Option(INV.tokens, min=1, help="Tokens per learned embedding."),
+    resolution: int = typer.Option(INV.resolution, help="Images are upsampled (bicubic) to this size; a multiple of 8."),
+    lr: float = typer.Option(INV.lr, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(INV.weight_decay, help="AdamW weight decay (applied to the whole group every step, as the official code)."),
+    group_size: int = typer.Option(INV.group_size, min=1, help="Images per (class-pure) group; each group has its own AdamW, and its table starts uniform in +-1/sqrt(group size)."),
+    batch_size: int = typer.Option(INV.batch_size, min=1, help="Images of a group per AdamW step (fixed, unshuffled batches as the official code)."),
+    updates: int = typer.Option(INV.updates, min=1, help=f"Gradient updates per image (epochs). The default {INV.updates} is the official CIFAR-10 setting: with groups of {INV.group_size} at batch {INV.batch_size} that is {INV.updates * INV.steps_per_update()} AdamW steps per group."),
+    chunk_groups: int = typer.Option(INV.chunk_groups, min=1, help="Groups stepped together in one forward pass (the unit of sharding); does not change the result."),
+    precision: str = typer.Option(INV.precision, help="fp32 (the official code's; TF32 matmuls on CUDA) or bf16 (UNet and VAE weights in bfloat16: faster on GPUs, embeddings and AdamW stay fp32)."),
+    seed: int = typer.Option(INV.seed, help="Seed of the initial tables, latent samples, noise and timesteps."),
     checkpoint_every: int = typer.Option(200, min=1, help="Save resumable state about every K steps."),
+    preview_every: int = typer.Option(500, min=0, help="Redraw OUT's .preview.png (real images beside DDIM samples of their embeddings, and the loss curve) every K updates; also drawn at the start and the end (0: no preview)."),
     shard: str = typer.Option("", help="Do shard i/n of the work (chunks), e.g. 0/4; merge the outputs with synthkit merge."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace an existing file."),
     resume: bool = typer.Option(False, help="Continue an interrupted run."),
 ) -> None:
-    """Diffusion Inversion: learn a conditioning embedding per real image with the diffusion model frozen."""
-    from .inversion import InversionConfig, invert as run_inversion
+    """Diffusion Inversion: learn a conditioning embedding per real image with the diffusion model frozen, as the official code."""
+    from .inversion import invert as run_inversion
     from .paths import store_path
 
     config = InversionConfig(tokens=tokens, resolution=resolution, lr=lr, weight_decay=weight_decay, group_size=group_size,
-                             batch_size=batch_size, updates=updates, chunk_groups=chunk_groups, seed=seed)
+                             batch_size=batch_size, updates=updates, chunk_groups=chunk_groups, precision=precision, seed=seed)
     meta = run_inversion(store_path(data), out, class_, model, config, device=device, shard=shard,
-                         checkpoint_every=checkpoint_every, overwrite=overwrite, resume=resume)
+                         checkpoint_every=checkpoint_every, preview_every=preview_every, overwrite=overwrite, resume=resume)
     losses = list(meta["group_loss"].values())
     first = sum(v[0] for v in losses) / len(losses)
     final = sum(v[1] for v in losses) / len(losses)
-    typer.echo(f"{out}: {len(losses)} groups, loss {first:.4f} (first epoch) -> {final:.4f} (final), {meta['seconds']:.0f} s")
+    typer.echo(f"{out}: {len(losses)} groups, loss {first:.4f} (first epoch) -> {final:.4f} (final), {meta['seconds']:.0f} s"
+               + (f"; preview {meta['preview']}" if meta["preview"] else ""))
 
 
 @app.command()
@@ -245,17 +274,17 @@ def sample(
     negative: str = typer.Option("", help="Prompt mode: negative prompt."),
     init: Optional[str] = typer.Option(None, help="Prompt mode: img2img from this real store (name or path)."),
     strength: float = typer.Option(0.75, help="img2img: share of the schedule re-noised (0-1]."),
-    embeddings: List[Path] = typer.Option([], help="DI mode: embeddings file(s) from synthkit invert (repeatable; shell globs work)."),
-    per_image: int = typer.Option(5, min=1, help="DI mode: samples per learned embedding."),
-    interp: float = typer.Option(0.1, help="DI mode: alpha, interpolation towards a random same-group partner."),
-    noise: float = typer.Option(0.1, help="DI mode: lambda, scale of the Gaussian perturbation."),
-    uncond: str = typer.Option("group-mean", help="DI mode: unconditional input of guidance: group-mean or empty."),
+    embeddings: List[Path] = typer.Option([], help="DI mode: embeddings file(s) from synthkit invert (repeatable; shell globs work). Give every class's file in one run: groups stay apart and the default unconditional input mixes the classes."),
+    per_image: int = typer.Option(DI.per_image, min=1, help="DI mode: samples per learned embedding."),
+    interp: float = typer.Option(DI.interp, help="DI mode: alpha, interpolation towards a partner drawn from the image's own group (same class)."),
+    noise: float = typer.Option(DI.noise, help="DI mode: lambda, scale of the Gaussian perturbation."),
+    uncond: str = typer.Option(DI.uncond, help=f"DI mode: unconditional input of guidance: {', '.join(UNCONDS)}. mixed = the mean of every loaded embedding, all classes (the official code's class-mixed group mean); group = the mean of the image's class-pure group; empty = the empty prompt."),
     model: Optional[str] = typer.Option(None, help=f"SD checkpoint (default: {DEFAULT_MODEL}, or the embeddings' model)."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance (default 7.5 for prompts, 2.0 for DI)."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Sampling steps (default 50 for prompts, 100 for DI)."),
-    scheduler: str = typer.Option("model", help="model (the checkpoint's own), ddim, dpm++ or pndm."),
+    guidance: Optional[float] = typer.Option(None, help=f"Classifier-free guidance (default {PROMPT_DEFAULTS['guidance']} for prompts, {DI.guidance} for DI)."),
+    steps: Optional[int] = typer.Option(None, min=1, help=f"Sampling steps (default {PROMPT_DEFAULTS['steps']} for prompts, {DI.steps} for DI)."),
+    scheduler: str = typer.Option("model", help="model (the checkpoint's own, as the official code), ddim, dpm++ or pndm."),
     resolution: Optional[int] = typer.Option(None, help="Generation size (default: the model's, or the inversion's for DI)."),
-    save_size: Optional[int] = typer.Option(None, help="Store images resized (antialiased) to this size (default: prompts keep the generation size; DI 32)."),
+    save_size: Optional[int] = typer.Option(None, help="Store images resized (PIL bicubic) to this size (default: prompts keep the generation size; DI the size of the images it inverted)."),
     batch_size: int = typer.Option(16, min=1, help="Images per batch."),
     seed: int = typer.Option(0, help="Seed of every random choice (each sample has its own, derived from it)."),
     dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
@@ -266,7 +295,7 @@ def sample(
 ) -> None:
     """Generate images from class prompts (optionally img2img), or from learned DI embeddings (--embeddings)."""
     from .paths import store_path
-    from .sampling import DIConfig, SamplingConfig, class_list, sample_embeddings, sample_prompts
+    from .sampling import SamplingConfig, class_list, sample_embeddings, sample_prompts
 
     templates = list(prompt)
     if prompt_file is not None:
@@ -275,8 +304,7 @@ def sample(
         templates += [line.strip() for line in prompt_file.read_text().splitlines() if line.strip()]
     if embeddings and templates:
         raise UserError("give either --embeddings (DI sampling) or --prompt/--prompt-file (prompt sampling), not both")
-    config = SamplingConfig(steps=steps or (100 if embeddings else 50), guidance=guidance if guidance is not None else (2.0 if embeddings else 7.5),
-                            scheduler=scheduler, resolution=resolution, save_size=save_size or (32 if embeddings else None),
+    config = SamplingConfig(steps=steps, guidance=guidance, scheduler=scheduler, resolution=resolution, save_size=save_size,
                             batch_size=batch_size, seed=seed, dtype=dtype)
     if embeddings:
         sample_embeddings(out, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond), config,

@@ -42,6 +42,19 @@ def diffusion_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     return table[name]
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def inversion_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype:
+    """Weights dtype of inversion: fp32 as the official code (with TF32 matmuls on CUDA), or bf16 when asked."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.float32 if precision == "fp32" else torch.bfloat16
+
+
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last: faster convolutions on CUDA and, measured here, on the CPU too."""
     return torch.channels_last

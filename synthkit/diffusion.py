@@ -3,16 +3,20 @@ schedulers, prompt encoding, the guided denoising loop and VAE encode/decode."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
 SCHEDULERS = ("model", "ddim", "dpm++", "pndm")
 
@@ -110,9 +114,10 @@ def training_scheduler(diffusion: Diffusion):
 
 
 @torch.no_grad()
-def encode_text(diffusion: Diffusion, prompts: list[str]) -> torch.Tensor:
-    """CLIP hidden states (B, 77, hidden) of prompts, as the UNet's conditioning."""
-    tok = diffusion.tokenizer(prompts, padding="max_length", max_length=diffusion.tokenizer.model_max_length,
+def encode_text(diffusion: Diffusion, prompts: list[str], length: int | None = None) -> torch.Tensor:
+    """CLIP hidden states (B, length, hidden) of prompts, as the UNet's conditioning; length defaults to the
+    tokenizer's 77 (the official DI code pads its empty prompt to the embeddings' token count instead)."""
+    tok = diffusion.tokenizer(prompts, padding="max_length", max_length=length or diffusion.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt")
     return diffusion.text_encoder(tok.input_ids.to(diffusion.device))[0].to(diffusion.dtype)
 
@@ -160,20 +165,26 @@ def denoise(diffusion: Diffusion, scheduler, latents: torch.Tensor, cond: torch.
 
 @torch.no_grad()
 def decode(diffusion: Diffusion, latents: torch.Tensor, save_size: int | None = None) -> np.ndarray:
-    """VAE-decode latents to uint8 images (B, H, W, 3), resized with antialiasing to save_size if given."""
+    """VAE-decode latents to uint8 images (B, H, W, 3); resized to save_size as the official DI code does
+    (PIL bicubic on the uint8 image, which antialiases when shrinking)."""
     images = diffusion.vae.decode(latents.to(diffusion.dtype) / diffusion.latent_scale).sample.float()
-    images = (images.clamp(-1, 1) + 1) * 127.5
-    if save_size and images.shape[-1] != save_size:
-        images = F.interpolate(images, size=(save_size, save_size), mode="bicubic", antialias=True, align_corners=False)
-    return images.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return pil_resize(images, save_size) if save_size else images
+
+
+def pil_resize(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images (B, H, W, 3) resized to size x size with PIL bicubic (the official DI code's resizing)."""
+    from PIL import Image
+
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images])
 
 
 def to_model_input(images: np.ndarray, resolution: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 images (B, H, W, 3) to [-1, 1] tensors upsampled (bicubic) to resolution."""
-    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-    if x.shape[-1] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False).clamp(-1, 1)
-    return x.to(dtype)
+    """uint8 images (B, H, W, 3) to [-1, 1] tensors, resized as the official DI code does: PIL bicubic on the
+    uint8 image, then scaled."""
+    return (torch.from_numpy(pil_resize(images, resolution)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1).to(dtype)
 
 
 @torch.no_grad()
@@ -183,34 +194,141 @@ def encode_images(diffusion: Diffusion, images: np.ndarray, resolution: int) -> 
     return dist.mean * diffusion.latent_scale, dist.std * diffusion.latent_scale
 
 
-def build_tiny_pipeline(out: str | Path, seed: int = 0, hidden: int = 32) -> Path:
-    """A small random-weight SD pipeline (UNet, VAE, CLIP text encoder and a locally built tokenizer), saved offline."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+               "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False}  # SD 1.x's scheduler_config.json
+NOISE_NOTE = "random weights: it makes noise, not pictures"
+
+SD15 = {  # Stable Diffusion 1.5's component configs (unet/, vae/, text_encoder/ and scheduler/ config.json)
+    "unet": {"sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+             "block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
+             "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+             "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+             "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
+             "downsample_padding": 1, "mid_block_scale_factor": 1, "center_input_sample": False},
+    "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (128, 256, 512, 512),
+            "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+            "layers_per_block": 2, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 512, "scaling_factor": 0.18215},
+    "text_encoder": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                     "vocab_size": 49408, "max_position_embeddings": 77, "projection_dim": 768, "hidden_act": "quick_gelu",
+                     "layer_norm_eps": 1e-5},
+    "scheduler": ("PNDMScheduler", {**SD_SCHEDULE, "skip_prk_steps": True}),
+}
+LIKES = {"sd15": SD15}
+
+
+def tiny_spec(hidden: int = 32) -> dict[str, Any]:
+    """Component configs of the tiny test model: SD's layout at a fraction of the size, with a DDIM scheduler."""
+    return {
+        "unet": {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "block_out_channels": (32, 64),
+                 "norm_num_groups": 8, "cross_attention_dim": hidden, "attention_head_dim": 8,
+                 "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                 "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")},
+        "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (16, 16, 32, 32),
+                "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+                "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64},
+        "text_encoder": {"hidden_size": hidden, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                         "max_position_embeddings": 77},
+        "scheduler": ("DDIMScheduler", SD_SCHEDULE),
+    }
+
+
+def like_spec(like: str) -> dict[str, Any]:
+    """The component configs of a full-size architecture by name (only sd15 for now)."""
+    if like not in LIKES:
+        raise UserError(f"--like must be one of {', '.join(LIKES)}, got '{like}'")
+    return LIKES[like]
+
+
+def build_components(spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Random-weight UNet, VAE and CLIP text encoder, an offline tokenizer and a scheduler, in the default dtype and device."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     quiet_libraries()
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=hidden,
-                                attention_head_dim=8,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 32, 32),
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        layers_per_block=1, norm_num_groups=8, sample_size=64)
-    tokenizer = CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=hidden, intermediate_size=64, num_attention_heads=4,
-                                                num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=77,
-                                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    unet = UNet2DConditionModel(**spec["unet"])
+    vae = AutoencoderKL(**spec["vae"])
+    tokenizer = offline_tokenizer()
+    text = {"vocab_size": len(tokenizer), **spec["text_encoder"]}
+    if len(tokenizer) > text["vocab_size"]:
+        raise ValueError(f"the offline tokenizer has {len(tokenizer)} tokens, more than the text encoder's {text['vocab_size']}")
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                 pad_token_id=tokenizer.pad_token_id))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    scheduler_class, schedule = spec["scheduler"]
+    scheduler = getattr(diffusers, scheduler_class).from_config(schedule)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def offline_tokenizer() -> CLIPTokenizer:
+    """A character-level CLIPTokenizer built without any download (ids 0-513; SD's real one has 49,408)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=77)
+
+
+def random_pipeline(like: str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float16) -> StableDiffusionPipeline:
+    """A full-size model's exact shapes with random weights, in memory; drawn in fp16 (2.5x faster on a CPU), cast to dtype."""
+    spec = like_spec(like)
+    with _default_dtype(torch.float16):
+        parts = build_components(spec, seed)
+    return _assemble(parts).to(dtype=dtype)
+
+
+def build_random_pipeline(out: str | Path, like: str = "sd15", seed: int = 0) -> Path:
+    """Save `random_pipeline(like, seed)` in fp16 (about 2 GB for sd15) as a diffusers folder, offline."""
+    return _save_pipeline(random_pipeline(like, seed, torch.float16), out, {"kind": "random", "like": like, "seed": seed})
+
+
+def build_tiny_pipeline(out: str | Path, seed: int = 0, hidden: int = 32) -> Path:
+    """A small random-weight SD pipeline (UNet, VAE, CLIP text encoder and a locally built tokenizer), saved offline."""
+    pipe = _assemble(build_components(tiny_spec(hidden), seed))
+    return _save_pipeline(pipe, out, {"kind": "tiny-random", "seed": seed, "hidden": hidden})
+
+
+def parameter_counts(folder: str | Path) -> dict[str, int]:
+    """Parameters of each weighted part (unet, text_encoder, vae) of a diffusers folder, read from the safetensors headers."""
+    from safetensors import safe_open
+
+    counts = {}
+    for part in ("unet", "text_encoder", "vae"):
+        total = 0
+        for path in sorted((Path(folder) / part).glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as f:
+                total += sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+        counts[part] = total
+    return counts
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Total size of the files under a folder."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def _assemble(parts: dict[str, Any]) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline of the parts, without safety checker or feature extractor."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _save_pipeline(pipe: StableDiffusionPipeline, out: str | Path, note: dict[str, Any]) -> Path:
+    """save_pretrained into `out` plus synthkit.json, which says how it was made and that its weights are random."""
+    out = Path(out)
     pipe.save_pretrained(str(out))
-    (Path(out) / "synthkit.json").write_text(json.dumps({"kind": "tiny-random", "seed": seed, "hidden": hidden,
-                                                         "note": "random weights: it makes noise, not pictures"}))
-    return Path(out)
+    (out / "synthkit.json").write_text(json.dumps({**note, "note": NOISE_NOTE}))
+    return out
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Create new tensors in `dtype` inside the block."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _byte_vocab() -> dict[str, int]:

@@ -1,26 +1,32 @@
-"""`synthkit invert`: Diffusion Inversion (Zhou, Sahak & Ba 2023).
+"""`synthkit invert`: Diffusion Inversion (Zhou, Sahak & Ba 2023), with the official code's update.
 
-For every real image a conditioning tensor (tokens x hidden) is learned and fed straight to the
-frozen UNet as encoder_hidden_states, minimising the noise-prediction loss at uniform random
-timesteps on the image's latent. Unlike the paper's code (one process per 100 consecutive,
-class-mixed images), groups are class-pure, each image is VAE-encoded once (its latent
-distribution is cached), one batch spans several groups (a chunk), and a row-wise AdamW updates
-only the embeddings in the batch, so each embedding is moved by its own image's gradient alone.
+Every real image gets a conditioning tensor (tokens x hidden), fed straight to the frozen UNet as
+encoder_hidden_states and trained on the noise-prediction loss. As in the official
+`src/diffuser_inversion.py`, each group of `group_size` images has its own embedding table,
+initialised as an `nn.Linear` (uniform in +-1/sqrt(group_size)) and stepped by AdamW over the
+whole group, so rows outside the batch still get their momentum and weight decay every step; the
+group's batches are fixed and unshuffled, and every step draws a fresh latent from each image's
+VAE distribution, fresh noise and a timestep. synthkit's departures (class-pure groups, cached
+latent distributions, several groups per forward pass, a random stream per group) leave that update
+unchanged: see the README, "Where synthkit departs from the official code".
 """
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .device import autocast, configure_threads, pick_device
-from .diffusion import Diffusion, check_resolution, encode_images, encode_text, load_diffusion, training_scheduler
+from .config import InversionConfig
+from .device import configure_threads, inversion_dtype, pick_device
+from .diffusion import Diffusion, check_resolution, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
 from .meta import provenance
 from .progress import progress
@@ -28,21 +34,7 @@ from .store import Store, shard_range
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
-
-
-@dataclass
-class InversionConfig:
-    """Defaults as the paper's code: AdamW lr 0.03, weight decay 0.01, groups of 100, batch 50, ~3000 updates per image."""
-
-    tokens: int = 5
-    resolution: int = 128
-    lr: float = 0.03
-    weight_decay: float = 0.01
-    group_size: int = 100
-    batch_size: int = 50
-    updates: int = 3000
-    chunk_groups: int = 8
-    seed: int = 0
+GROUP_IDS = "first-store-row"  # a group is named by the store row of its first member: unique across files
 
 
 def plan_groups(labels: np.ndarray, class_ids: Sequence[int], group_size: int) -> list[tuple[int, np.ndarray]]:
@@ -54,30 +46,37 @@ def plan_groups(labels: np.ndarray, class_ids: Sequence[int], group_size: int) -
     return groups
 
 
-def adamw_rows(param: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-               count: torch.Tensor, lr: float, weight_decay: float) -> None:
-    """AdamW on the given rows only: rows outside the batch keep their values and moments."""
-    count[rows] += 1
-    t = count[rows].to(param.dtype).view(-1, *([1] * (param.dim() - 1)))
-    m[rows] = BETAS[0] * m[rows] + (1 - BETAS[0]) * grad
-    v[rows] = BETAS[1] * v[rows] + (1 - BETAS[1]) * grad * grad
-    m_hat = m[rows] / (1 - BETAS[0] ** t)
-    v_hat = v[rows] / (1 - BETAS[1] ** t)
-    p = param[rows]
-    param[rows] = p - lr * (m_hat / (v_hat.sqrt() + EPS) + weight_decay * p)
+def epoch_steps(sizes: Sequence[int], batch_size: int) -> list[list[tuple[int, slice]]]:
+    """The AdamW steps of one epoch: at step s every group with more than s batches gives its s-th batch
+    (the official DataLoader's fixed, unshuffled batches); a group without one does not step."""
+    n_steps = max(math.ceil(n / batch_size) for n in sizes)
+    return [[(k, slice(s * batch_size, min((s + 1) * batch_size, n))) for k, n in enumerate(sizes) if s * batch_size < n]
+            for s in range(n_steps)]
+
+
+def initial_table(n: int, tokens: int, hidden: int, fan_in: int, generator: torch.Generator) -> torch.Tensor:
+    """The official one-hot table's start: nn.Linear's default init, uniform in +-1/sqrt(fan_in) (fan_in = group size)."""
+    bound = 1 / math.sqrt(fan_in)
+    return torch.empty(n, tokens, hidden).uniform_(-bound, bound, generator=generator)
+
+
+def draw(generator: torch.Generator, n: int, latent_shape: Sequence[int], timesteps: int,
+         device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step's randomness for n images: the standard-normal part of a fresh latent sample, noise, timesteps."""
+    eps = torch.randn((n, *latent_shape), generator=generator, device=device)
+    noise = torch.randn((n, *latent_shape), generator=generator, device=device)
+    t = torch.randint(0, timesteps, (n,), generator=generator, device=device)
+    return eps, noise, t
 
 
 def inversion_loss(diffusion: Diffusion, noise_schedule, embeddings: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
-    """Per-image noise-prediction MSE (B,) at uniform random timesteps, latents drawn from the cached distribution."""
-    dev = mean.device
-    latents = mean + std * torch.randn(mean.shape, generator=generator, device=dev, dtype=mean.dtype)
-    noise = torch.randn(mean.shape, generator=generator, device=dev, dtype=mean.dtype)
-    t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(mean),), generator=generator, device=dev)
+                   draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Per-image noise-prediction MSE (B,): latent = mean + std * eps from the cached VAE distribution, noised at t."""
+    eps, noise, t = draws
+    latents = mean + std * eps
     noisy = noise_schedule.add_noise(latents, noise, t)
     target = noise if noise_schedule.config.prediction_type == "epsilon" else noise_schedule.get_velocity(latents, noise, t)
-    with autocast(dev):
-        pred = diffusion.unet(noisy, t, encoder_hidden_states=embeddings.to(noisy.dtype)).sample
+    pred = diffusion.unet(noisy.to(diffusion.dtype), t, encoder_hidden_states=embeddings.to(diffusion.dtype)).sample
     return ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
 
 
@@ -87,13 +86,66 @@ def fixed_loss(diffusion: Diffusion, embeddings: torch.Tensor, mean: torch.Tenso
     """Per-image loss averaged over `draws` fixed draws of timestep and noise: comparable before and after."""
     schedule = training_scheduler(diffusion)
     generator = torch.Generator(device=mean.device).manual_seed(seed)
-    return torch.stack([inversion_loss(diffusion, schedule, embeddings, mean, std, generator) for _ in range(draws)]).mean(0)
+    steps = schedule.config.num_train_timesteps
+    return torch.stack([inversion_loss(diffusion, schedule, embeddings, mean, std,
+                                       draw(generator, len(mean), mean.shape[1:], steps, mean.device))
+                        for _ in range(draws)]).mean(0)
 
 
-def initial_embeddings(diffusion: Diffusion, n: int, tokens: int) -> torch.Tensor:
-    """Every embedding starts as the first `tokens` hidden states of the empty prompt (in the model's range)."""
-    empty = encode_text(diffusion, [""])[0, :tokens].float()
-    return empty.unsqueeze(0).repeat(n, 1, 1).contiguous()
+class GroupTables:
+    """The embeddings of a chunk's groups, one leaf tensor per group, and one AdamW over them.
+
+    A group whose gradient is None at a step is skipped by AdamW (no step, no decay), exactly as if
+    each group had its own optimiser as in the official one-process-per-group runs."""
+
+    def __init__(self, tables: list[torch.Tensor], config: InversionConfig):
+        self.tables = [t.detach().clone().requires_grad_(True) for t in tables]
+        self.sizes = [len(t) for t in self.tables]
+        self.offsets = np.cumsum([0] + self.sizes[:-1])
+        self.optimizer = torch.optim.AdamW(self.tables, lr=config.lr, betas=BETAS, eps=EPS, weight_decay=config.weight_decay)
+
+    def embeddings(self) -> torch.Tensor:
+        """All rows of the chunk, in order (detached)."""
+        return torch.cat([t.detach() for t in self.tables])
+
+    def step(self, diffusion: Diffusion, schedule, batches: list[tuple[int, slice]], mean: torch.Tensor, std: torch.Tensor,
+             generators: list[torch.Generator]) -> tuple[np.ndarray, torch.Tensor]:
+        """One AdamW step of every group in `batches`; each group's loss is the mean over its own batch, as in
+        the official loop. Returns the chunk rows of the batch and their per-image losses."""
+        rows = np.concatenate([np.arange(self.offsets[k] + s.start, self.offsets[k] + s.stop) for k, s in batches])
+        cond = torch.cat([self.tables[k][s] for k, s in batches])
+        steps = schedule.config.num_train_timesteps
+        parts = [draw(generators[k], s.stop - s.start, mean.shape[1:], steps, mean.device) for k, s in batches]
+        draws = tuple(torch.cat(p) for p in zip(*parts))
+        index = torch.from_numpy(rows).to(mean.device)
+        losses = inversion_loss(diffusion, schedule, cond, mean[index], std[index], draws)
+        weights = torch.cat([torch.full((s.stop - s.start,), 1.0 / (s.stop - s.start), device=losses.device) for _, s in batches])
+        (losses * weights).sum().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return rows, losses.detach()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tables and AdamW moments, as tensors for a resumable checkpoint."""
+        out = {}
+        for k, table in enumerate(self.tables):
+            out[f"table.{k}"] = table.detach()
+            state = self.optimizer.state.get(table)
+            if state:
+                out[f"exp_avg.{k}"], out[f"exp_avg_sq.{k}"] = state["exp_avg"], state["exp_avg_sq"]
+                out[f"step.{k}"] = torch.as_tensor(state["step"], dtype=torch.float64).reshape(1)
+        return out
+
+    def load_state(self, saved: dict[str, torch.Tensor]) -> None:
+        """Continue from `state()`'s tensors."""
+        with torch.no_grad():
+            for k, table in enumerate(self.tables):
+                table.copy_(saved[f"table.{k}"])
+        optimizer_state = self.optimizer.state_dict()
+        optimizer_state["state"] = {k: {"step": saved[f"step.{k}"].reshape(()).float(), "exp_avg": saved[f"exp_avg.{k}"],
+                                        "exp_avg_sq": saved[f"exp_avg_sq.{k}"]}
+                                    for k in range(len(self.tables)) if f"step.{k}" in saved}
+        self.optimizer.load_state_dict(optimizer_state)
 
 
 def state_dir(out: Path) -> Path:
@@ -115,49 +167,54 @@ def resolve_classes(names: str, classes: Sequence[str]) -> list[int]:
 
 
 def invert(data: Path, out: Path, class_names: str, model: str, config: InversionConfig, device: str | None = None,
-           shard: str = "", checkpoint_every: int = 200, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Learn one embedding per real image of the chosen classes; write them (and provenance) to `out`."""
-    import shutil
+           shard: str = "", checkpoint_every: int = 200, preview_every: int = 500, overwrite: bool = False,
+           resume: bool = False) -> dict[str, Any]:
+    """Learn one embedding per real image of the chosen classes; write them (and provenance) to `out`,
+    and a preview of real images beside what their embeddings reproduce to <out>.preview.png."""
+    from .preview import InversionPreview
 
     out = Path(out)
     if out.exists() and not (overwrite or resume):
         raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
     if out.exists() and resume:
         return read_meta(out)
-    if config.tokens < 1 or config.group_size < 1 or config.batch_size < 1 or config.updates < 1:
-        raise UserError("--tokens, --group-size, --batch-size and --updates must be at least 1")
+    if min(config.tokens, config.group_size, config.batch_size, config.updates) < 1 or preview_every < 0:
+        raise UserError("--tokens, --group-size, --batch-size and --updates must be at least 1, --preview-every at least 0")
     with Store(data) as store:
         class_ids = resolve_classes(class_names, store.classes)
         groups = plan_groups(store.labels, class_ids, config.group_size)
+        if not groups:
+            raise UserError(f"store {data} has no images of class {class_names}")
         chunks = [groups[k : k + config.chunk_groups] for k in range(0, len(groups), config.chunk_groups)]
         first_chunk, stop_chunk = shard_range(len(chunks), shard)
         if first_chunk == stop_chunk:
             raise UserError(f"nothing to invert: shard {shard} of {len(chunks)} chunk(s) is empty; use fewer shards")
         configure_threads()
         dev = pick_device(device)
-        diffusion = load_diffusion(model, dev, torch.float32)
+        diffusion = load_diffusion(model, dev, inversion_dtype(dev, config.precision))
         check_resolution(config.resolution, diffusion)
         params = asdict(config) | {"model": model, "classes": class_names, "data": str(data), "shard": shard}
         state = state_dir(out)
         if state.exists() and not resume:
             shutil.rmtree(state)
         state.mkdir(parents=True, exist_ok=True)
+        preview = InversionPreview(out, diffusion, config.resolution, preview_every, config.updates)
         n_images = sum(len(rows) for chunk in chunks[first_chunk:stop_chunk] for _, rows in chunk)
         started = time.perf_counter()
         parts, group_loss = [], {}
         with progress("loss") as bar:
             task = bar.add_task("invert", total=n_images * config.updates, loss="")
             for chunk_index in range(first_chunk, stop_chunk):
-                rows = np.concatenate([r for _, r in chunks[chunk_index]])
-                group_ids = np.concatenate([np.full(len(r), chunk_index * config.chunk_groups + k, dtype=np.int64)
-                                            for k, (_, r) in enumerate(chunks[chunk_index])])
+                chunk = chunks[chunk_index]
+                rows = np.concatenate([r for _, r in chunk])
                 finished = state / f"chunk-{chunk_index:05d}.safetensors"
                 if not finished.exists():
                     images = store.images(rows)
-                    chunk_tensors, chunk_loss = invert_chunk(diffusion, images, group_ids, config, chunk_index, state,
-                                                             params, checkpoint_every, bar, task)
-                    chunk_tensors |= {"source_index": torch.from_numpy(rows), "label": torch.from_numpy(store.labels[rows]),
-                                      "group": torch.from_numpy(group_ids)}
+                    preview.start_chunk(images, f"chunk {chunk_index + 1} of {len(chunks)}")
+                    chunk_tensors, chunk_loss = invert_chunk(diffusion, images, [r for _, r in chunk], config, chunk_index,
+                                                             state, params, checkpoint_every, preview,
+                                                             lambda n, loss: bar.update(task, advance=n, loss=loss))
+                    chunk_tensors |= {"source_index": torch.from_numpy(rows), "label": torch.from_numpy(store.labels[rows])}
                     save_checkpoint(finished, chunk_tensors, {"kind": "invert-chunk", "params": params, "group_loss": chunk_loss})
                     (state / "current.safetensors").unlink(missing_ok=True)
                 tensors, chunk_meta = load_checkpoint(finished)
@@ -166,33 +223,39 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
                 parts.append(tensors)
                 group_loss |= chunk_meta["group_loss"]
                 bar.update(task, completed=sum(len(p["label"]) for p in parts) * config.updates)
-        classes, fingerprint = store.classes, store.fingerprint
+        classes, fingerprint, image_size = store.classes, store.fingerprint, store.image_shape[0]
     tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
     meta = provenance("embeddings", params, [{"path": str(data), "fingerprint": fingerprint}])
     meta.update({"model": model, "classes": list(classes), "tokens": config.tokens, "hidden": diffusion.hidden_size,
-                 "resolution": config.resolution, "shard": shard,
+                 "resolution": config.resolution, "image_size": image_size, "shard": shard, "group_ids": GROUP_IDS,
+                 "optimizer": "AdamW over each group (official)", "init": "nn.Linear default (official)",
+                 "adamw_steps_per_group": config.updates * config.steps_per_update(),
                  "group_loss": group_loss, "group_loss_fields": ["first_epoch", "final_ema"],
                  "prediction_type": training_scheduler(diffusion).config.prediction_type,
-                 "seconds": round(time.perf_counter() - started, 1), "image_steps": int(n_images * config.updates)})
+                 "preview": str(preview.path) if preview_every else "", "seconds": round(time.perf_counter() - started, 1),
+                 "image_steps": int(n_images * config.updates)})
     save_checkpoint(out, tensors, meta)
     shutil.rmtree(state)
     return meta
 
 
-def invert_chunk(diffusion: Diffusion, images: np.ndarray, group_ids: np.ndarray, config: InversionConfig,
-                 chunk_index: int, state: Path, params: dict, checkpoint_every: int, bar, task) -> tuple[dict, dict]:
-    """Optimise the embeddings of one chunk (several groups); each epoch updates every embedding once.
-
-    Saves current.safetensors about every `checkpoint_every` steps and continues from it if present."""
+def invert_chunk(diffusion: Diffusion, images: np.ndarray, groups: list[np.ndarray], config: InversionConfig,
+                 chunk_index: int, state: Path, params: dict, checkpoint_every: int, preview,
+                 advance: Callable[[int, str], None]) -> tuple[dict, dict]:
+    """Optimise the embeddings of one chunk (several groups, in one forward pass per step); every epoch
+    updates each embedding once. Saves current.safetensors about every `checkpoint_every` steps and
+    continues from it if present."""
     dev = diffusion.device
     schedule = training_scheduler(diffusion)
     mean, std = _encode_all(diffusion, images, config.resolution)
+    group_ids = [int(rows[0]) for rows in groups]
+    sizes = [len(rows) for rows in groups]
+    tables = GroupTables([initial_table(n, config.tokens, diffusion.hidden_size, config.group_size,
+                                        torch.Generator().manual_seed(_seed(config.seed, gid, -1))).to(dev)
+                          for gid, n in zip(group_ids, sizes)], config)
     n = len(images)
-    emb = initial_embeddings(diffusion, n, config.tokens)
-    m, v = torch.zeros_like(emb), torch.zeros_like(emb)
-    count = torch.zeros(n, dtype=torch.long, device=dev)
-    ema = torch.zeros(n, device=dev)
-    first_loss = torch.zeros(n, device=dev)
+    ema, first_loss = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
+    history: list[float] = []
     epoch0 = 0
     current = state / "current.safetensors"
     if current.exists():
@@ -200,37 +263,47 @@ def invert_chunk(diffusion: Diffusion, images: np.ndarray, group_ids: np.ndarray
         if saved_meta.get("params") != params:
             raise UserError(f"{state} was started with other options: rerun with the same ones, or --overwrite")
         if saved_meta["chunk"] == chunk_index:
-            emb, m, v, count, ema, first_loss = (saved[k] for k in ("emb", "m", "v", "count", "ema", "first_loss"))
-            epoch0 = saved_meta["epoch"]
-            bar.advance(task, n * epoch0)
+            tables.load_state(saved)
+            ema, first_loss = saved["ema"], saved["first_loss"]
+            epoch0, history = saved_meta["epoch"], saved_meta["history"]
+            advance(n * epoch0, "")
+    steps = epoch_steps(sizes, config.batch_size)
+    if epoch0 == 0:
+        preview.update(0, tables.embeddings(), history)
     since_save = 0
     for epoch in range(epoch0, config.updates):
-        generator = torch.Generator(device=dev).manual_seed(_seed(config.seed, chunk_index, epoch))
-        order = torch.randperm(n, generator=generator, device=dev)
-        for rows in order.split(config.batch_size):
-            batch_emb = emb[rows].clone().requires_grad_(True)
-            losses = inversion_loss(diffusion, schedule, batch_emb, mean[rows], std[rows], generator)
-            losses.mean().backward()
-            with torch.no_grad():
-                adamw_rows(emb, batch_emb.grad, rows, m, v, count, config.lr, config.weight_decay)
-                ema[rows] = losses.detach() if epoch == 0 else 0.9 * ema[rows] + 0.1 * losses.detach()
-                if epoch == 0:
-                    first_loss[rows] = losses.detach()
+        generators = [torch.Generator(device=dev).manual_seed(_seed(config.seed, gid, epoch)) for gid in group_ids]
+        epoch_loss = torch.zeros(n, device=dev)
+        for batches in steps:
+            rows, losses = tables.step(diffusion, schedule, batches, mean, std, generators)
+            index = torch.from_numpy(rows).to(dev)
+            epoch_loss[index] = losses
             since_save += 1
-        bar.update(task, advance=n, loss=f"loss {ema.mean().item():.4f}")
-        if since_save >= checkpoint_every and epoch + 1 < config.updates:
-            since_save = 0
-            save_checkpoint(current, {"emb": emb, "m": m, "v": v, "count": count, "ema": ema, "first_loss": first_loss},
-                            {"kind": "invert-state", "params": params, "chunk": chunk_index, "epoch": epoch + 1})
-    group_loss = {}
-    for gid in np.unique(group_ids):
-        members = torch.from_numpy(np.flatnonzero(group_ids == gid)).to(dev)
-        group_loss[str(int(gid))] = [round(first_loss[members].mean().item(), 6), round(ema[members].mean().item(), 6)]
-    return {"embeddings": emb.detach().cpu()}, group_loss
+        ema = epoch_loss if epoch == 0 else 0.9 * ema + 0.1 * epoch_loss
+        if epoch == 0:
+            first_loss = epoch_loss.clone()
+        history.append(round(epoch_loss.mean().item(), 6))
+        advance(n, f"loss {ema.mean().item():.4f}")
+        if epoch + 1 < config.updates:
+            preview.update(epoch + 1, tables.embeddings(), history)
+            if since_save >= checkpoint_every:
+                since_save = 0
+                save_checkpoint(current, tables.state() | {"ema": ema, "first_loss": first_loss},
+                                {"kind": "invert-state", "params": params, "chunk": chunk_index, "epoch": epoch + 1,
+                                 "history": history})
+    preview.update(config.updates, tables.embeddings(), history, final=True)
+    group_loss, start = {}, 0
+    for gid, size in zip(group_ids, sizes):
+        group_loss[str(gid)] = [round(first_loss[start : start + size].mean().item(), 6),
+                                round(ema[start : start + size].mean().item(), 6)]
+        start += size
+    group = torch.from_numpy(np.repeat(group_ids, sizes).astype(np.int64))
+    return {"embeddings": tables.embeddings().cpu(), "group": group}, group_loss
 
 
-def _seed(seed: int, chunk: int, epoch: int) -> int:
-    return (seed * 1_000_003 + chunk * 100_003 + epoch) % (2**63)
+def _seed(seed: int, group: int, epoch: int) -> int:
+    """The seed of one group's draws in one epoch (epoch -1: its initial table)."""
+    return (seed * 1_000_003 + group * 100_003 + epoch + 1) % (2**63)
 
 
 def _encode_all(diffusion: Diffusion, images: np.ndarray, resolution: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,20 +312,37 @@ def _encode_all(diffusion: Diffusion, images: np.ndarray, resolution: int, batch
 
 
 def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Concatenate embedding files (shards in shard order); they must come from the same model and classes."""
+    """Concatenate embedding files (per-class files, or shards in shard order) of one real store and one setup.
+
+    Groups are named by their first store row, so groups of different files never merge; files from
+    different stores, images given twice and files from older synthkit versions are refused."""
     if not paths:
         raise UserError("no embeddings given: pass --embeddings models/inv/*.safetensors")
     metas = [read_meta(p) for p in paths]
     for path, meta in zip(paths, metas):
         if meta.get("kind") != "embeddings":
             raise UserError(f"{path} is not a synthkit embeddings file (its kind is '{meta.get('kind')}'): give files written by synthkit invert")
+        if meta.get("group_ids") != GROUP_IDS:
+            raise UserError(f"{path} was made by an older synthkit whose group ids restart at 0 in every file "
+                            "(partners would cross classes): run synthkit invert on it again")
         for key in ("classes", "hidden", "tokens", "resolution"):
             if meta.get(key) != metas[0].get(key):
                 raise UserError(f"{path} differs from {paths[0]} in {key}: embeddings must come from the same model and setup")
+        if meta["sources"][0]["fingerprint"] != metas[0]["sources"][0]["fingerprint"]:
+            raise UserError(f"{path} inverts another real store than {paths[0]}: sample each store's embeddings separately")
     parts = [load_checkpoint(p)[0] for p in paths]
+    owner: dict[int, int] = {}
+    for k, part in enumerate(parts):
+        for row in part["source_index"].tolist():
+            if owner.setdefault(row, k) != k:
+                raise UserError(f"{paths[k]} and {paths[owner[row]]} both hold store row {row}: give each image's embeddings once")
     tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
+    pairs = torch.unique(torch.stack([tensors["group"], tensors["label"]]), dim=1)
+    if len(torch.unique(pairs[0])) != pairs.shape[1]:
+        raise UserError(f"the groups of {', '.join(map(str, paths))} mix classes: they were not written by synthkit invert")
     meta = dict(metas[0])
-    meta["sources"] = [{"path": str(p), "classes": m["params"]["classes"], "shard": m.get("shard", "")} for p, m in zip(paths, metas)]
+    meta["sources"] = [{"path": str(p), "classes": m["params"]["classes"], "shard": m.get("shard", ""),
+                        "fingerprint": m["sources"][0]["fingerprint"]} for p, m in zip(paths, metas)]
     meta["group_loss"] = {k: v for m in metas for k, v in m.get("group_loss", {}).items()}
     return tensors, meta
 
@@ -281,4 +371,3 @@ def merge_embeddings(paths: Sequence[Path], out: Path, overwrite: bool = False) 
     meta["image_steps"] = sum(m.get("image_steps", 0) for m in metas)
     save_checkpoint(out, tensors, meta)
     return out
-

@@ -24,3 +24,9 @@ def store_paths(names: str | list[str]) -> list[Path]:
     for item in items:
         out.extend(store_path(part.strip()) for part in str(item).split(",") if part.strip())
     return out
+
+
+def preview_path(embeddings: str | Path) -> Path:
+    """Where invert draws its preview: models/inv/airplane.safetensors -> models/inv/airplane.preview.png"""
+    embeddings = Path(embeddings)
+    return embeddings.with_name(embeddings.stem + ".preview.png")

@@ -11,6 +11,7 @@ from . import __version__
 from .checkpoint import read_meta
 from .errors import UserError
 from .meta import model_note
+from .paths import preview_path
 
 # The original study's reported test accuracies (CIFAR-10, ResNet-18), by synthkit's store names.
 STUDY = {"real": ("real", 81.80), "inv": ("Diffusion Inversion", 78.63), "sd": ("Stable Diffusion prompts", 52.57),
@@ -83,13 +84,13 @@ def generator_warning(data: Path) -> list[str]:
         if info is None:
             continue
         model = info["meta"].get("params", {}).get("model") or info["meta"].get("model", "")
-        if model_note(model).get("kind") == "tiny-random":
+        if model_note(model).get("kind") in ("tiny-random", "random"):
             notes.append(f"`{data / name}.h5` (from `{model}`)")
     if not notes:
         return []
-    return ["> **These synthetic images are noise.** " + " and ".join(notes) + " came from synthkit's tiny "
-            "random-weight pipeline (`synthkit model tiny`), so the synthetic rows below mean nothing except that the "
-            "pipeline runs end to end. Run `make reproduce MODEL=...` with a real Stable Diffusion checkpoint for the study.", ""]
+    return ["> **These synthetic images are noise.** " + " and ".join(notes) + " came from a random-weight pipeline "
+            "built by synthkit (`synthkit model tiny` or `synthkit model random`), so the synthetic rows below mean nothing "
+            "except that the pipeline runs end to end. Run `make reproduce MODEL=...` with a real Stable Diffusion checkpoint for the study.", ""]
 
 
 def figures_section(results: Path) -> list[str]:
@@ -99,6 +100,33 @@ def figures_section(results: Path) -> list[str]:
         if grid.exists():
             lines += [f"**{name}**", "", f"![{name} samples](grids/{name}.png)", ""]
     return lines
+
+
+def inversion_section(results: Path, models: Path) -> list[str]:
+    """Each inversion's settings and loss, and its preview: real images beside what their embeddings reproduce."""
+    import os
+
+    files = sorted(p for p in (models / "inv").glob("*.safetensors")) if (models / "inv").is_dir() else []
+    if not files:
+        return []
+    lines = ["## Diffusion Inversion: does each embedding reproduce its image?", "",
+             "Each preview shows real images (top row) beside DDIM samples of their learned embeddings (25 steps, no "
+             "guidance, no perturbation), and the loss per update below.", "",
+             "| embeddings | images | groups | updates per image | AdamW steps per group | precision | loss first -> final | s |",
+             "|---|---:|---:|---:|---:|---|---|---:|"]
+    previews = []
+    for path in files:
+        meta = read_meta(path)
+        p, losses = meta.get("params", {}), list(meta.get("group_loss", {}).values())
+        first = sum(v[0] for v in losses) / max(1, len(losses))
+        final = sum(v[1] for v in losses) / max(1, len(losses))
+        images = meta.get("image_steps", 0) // max(1, p.get("updates", 1))
+        lines.append(f"| `{path}` | {images} | {len(losses)} | {p.get('updates')} | {meta.get('adamw_steps_per_group')} | "
+                     f"{p.get('precision')} | {first:.4f} -> {final:.4f} | {meta.get('seconds')} |")
+        preview = preview_path(path)
+        if preview.is_file():
+            previews.append(f"![{path.stem} preview]({os.path.relpath(preview.resolve(), results.resolve())})")
+    return lines + [""] + previews + [""]
 
 
 def gradcam_section(results: Path) -> list[str]:
@@ -158,7 +186,7 @@ def write_report(results: Path = Path("results"), models: Path = Path("models"),
     lines = ["# synthkit study results", "", f"Written by `synthkit report` (synthkit {__version__}) at {now} from "
              f"`{results}/`, `{models}/` and `{data}/`.", ""]
     lines += generator_warning(data) + accuracy_section(results, models) + provenance_section(models, data)
-    lines += figures_section(results) + gradcam_section(results) + geometry_section(results)
+    lines += figures_section(results) + inversion_section(results, models) + gradcam_section(results) + geometry_section(results)
     confusions = sorted((results / "confusion").glob("*.png"))
     if confusions:
         lines += ["## Confusion matrices", ""] + [f"![{p.stem}](confusion/{p.name})" for p in confusions] + [""]

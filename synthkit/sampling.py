@@ -8,37 +8,22 @@ equals an uninterrupted one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from .config import PROMPT_DEFAULTS, UNCONDS, DIConfig, SamplingConfig
 from .device import configure_threads, diffusion_dtype, pick_device
 from .diffusion import (Diffusion, check_resolution, decode, denoise, encode_images, encode_text, initial_noise,
                         load_diffusion, make_scheduler, sample_seed)
 from .errors import UserError
 from .inversion import load_embeddings
 from .meta import provenance
-from .progress import progress
+from .progress import console, progress
 from .store import Store, StoreWriter, shard_range
-
-UNCONDS = ("group-mean", "empty")
-
-
-@dataclass
-class SamplingConfig:
-    """What both sampling modes share."""
-
-    steps: int = 50
-    guidance: float = 7.5
-    scheduler: str = "model"
-    resolution: int | None = None
-    save_size: int | None = None
-    batch_size: int = 16
-    seed: int = 0
-    dtype: str = "auto"
 
 
 def batch_slices(total: int, batch: int, shard: str) -> list[slice]:
@@ -98,6 +83,8 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
                    device: str | None = None, shard: str = "", overwrite: bool = False, resume: bool = False) -> Path:
     """Generate per_class images of every class from prompt templates (img2img from `init` if given)."""
     out = Path(out)
+    config = replace(config, steps=config.steps or PROMPT_DEFAULTS["steps"],
+                     guidance=PROMPT_DEFAULTS["guidance"] if config.guidance is None else config.guidance)
     prompts, labels = prompt_plan(templates, classes, per_class)
     if init is not None and not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
@@ -156,16 +143,6 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
     return out
 
 
-@dataclass
-class DIConfig:
-    """Diffusion Inversion sampling: c = e_i + alpha (e_j - e_i) + lambda eps, guided by the group mean."""
-
-    per_image: int = 5
-    interp: float = 0.1
-    noise: float = 0.1
-    uncond: str = "group-mean"
-
-
 def group_members(groups: torch.Tensor) -> dict[int, np.ndarray]:
     """Row indices of every group's members, computed once per job."""
     groups_np = groups.numpy()
@@ -174,54 +151,90 @@ def group_members(groups: torch.Tensor) -> dict[int, np.ndarray]:
     return {int(k): rows for k, rows in zip(keys, np.split(order, starts[1:]))}
 
 
-def perturb(embeddings: torch.Tensor, groups: torch.Tensor, members: dict[int, np.ndarray], index: np.ndarray,
-            seeds: Sequence[int], interp: float, noise: float) -> tuple[torch.Tensor, np.ndarray]:
-    """Perturbed embeddings for the rows `index`, each with a partner drawn from its own group (another
-    member when there is one), and those partners. Pure: the randomness comes from `seeds`."""
-    out, partners = [], []
-    for i, s in zip(index, seeds):
-        generator = torch.Generator().manual_seed(int(s) ^ 0x5EED)
+def choose_partners(groups: torch.Tensor, members: dict[int, np.ndarray], rows: np.ndarray, per_image: int,
+                    seed: int) -> np.ndarray:
+    """(len(rows), per_image) interpolation partners: as the official code, per_image distinct members of the
+    image's own (class-pure) group, the image itself included, with replacement only in groups smaller than
+    per_image. Seeded per image, so a sample's partner does not depend on its batch or shard."""
+    out = np.empty((len(rows), per_image), dtype=np.int64)
+    for k, i in enumerate(rows):
         mates = members[int(groups[i])]
-        others = mates[mates != i]
-        j = int(others[torch.randint(len(others), (1,), generator=generator).item()]) if len(others) else int(i)
-        eps = torch.randn(embeddings.shape[1:], generator=generator)
+        rng = np.random.default_rng([int(seed), int(i)])
+        out[k] = rng.choice(mates, size=per_image, replace=len(mates) < per_image)
+    return out
+
+
+def perturb(embeddings: torch.Tensor, rows: np.ndarray, partners: np.ndarray, seeds: Sequence[int], interp: float,
+            noise: float) -> torch.Tensor:
+    """c = e_i + interp (e_j - e_i) + noise * eps for each sample (row i, partner j); eps from the sample's seed."""
+    out = []
+    for i, j, s in zip(rows, partners, seeds):
+        eps = torch.randn(embeddings.shape[1:], generator=torch.Generator().manual_seed(int(s) ^ 0x5EED))
         out.append(embeddings[i] + interp * (embeddings[j] - embeddings[i]) + noise * eps)
-        partners.append(j)
-    return torch.stack(out), np.array(partners, dtype=np.int64)
+    return torch.stack(out)
 
 
 def group_means(embeddings: torch.Tensor, groups: torch.Tensor) -> dict[int, torch.Tensor]:
-    """The mean embedding of every group: the unconditional input of group-mean guidance."""
+    """The mean embedding of every group: the unconditional input of --uncond group."""
     return {int(g): embeddings[groups == g].mean(0) for g in torch.unique(groups)}
 
 
-def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig, config: SamplingConfig,
-                      model: str | None = None, device: str | None = None, shard: str = "", overwrite: bool = False,
-                      resume: bool = False) -> Path:
-    """Generate per_image samples from every learned embedding (Diffusion Inversion sampling)."""
+def unconditional(mode: str, diffusion: Diffusion, embeddings: torch.Tensor, groups: torch.Tensor,
+                  labels: torch.Tensor) -> tuple[Callable[[np.ndarray], torch.Tensor], str]:
+    """The unconditional input of guidance for rows of the embeddings, and a line saying what it is.
+
+    mixed (default): the mean of every loaded embedding, all classes together. The official code uses the
+    mean of its group of 100 consecutive, class-mixed training images; synthkit's groups are class-pure, so
+    their mean would be the class mean, and guidance would push each sample away from its own class.
+    group: the mean of the image's own group. empty: the empty prompt, padded to the embeddings' token count
+    as the official code's non-averaged branch does."""
+    if mode not in UNCONDS:
+        raise UserError(f"--uncond must be one of {', '.join(UNCONDS)}, got '{mode}'")
+    if mode == "mixed":
+        mean = embeddings.mean(0)
+        n_classes = len(torch.unique(labels))
+        return (lambda rows: mean.expand(len(rows), -1, -1)), f"mixed: the mean of all {len(embeddings)} embeddings ({n_classes} classes)"
+    if mode == "group":
+        means = group_means(embeddings, groups)
+        return (lambda rows: torch.stack([means[int(groups[r])] for r in rows])), "group: the mean of the image's own group"
+    empty = encode_text(diffusion, [""], length=embeddings.shape[1]).float().cpu()
+    return (lambda rows: empty.expand(len(rows), -1, -1)), f"empty: the empty prompt ({embeddings.shape[1]} tokens)"
+
+
+def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig | None = None,
+                      config: SamplingConfig | None = None, model: str | None = None, device: str | None = None,
+                      shard: str = "", overwrite: bool = False, resume: bool = False) -> Path:
+    """Generate di.per_image samples from every learned embedding (Diffusion Inversion sampling). What `config`
+    leaves None takes DI's defaults: DIConfig's steps, guidance and save size (the training images' size)."""
+    di, config = di or DIConfig(), config or SamplingConfig()
     if di.uncond not in UNCONDS:
         raise UserError(f"--uncond must be one of {', '.join(UNCONDS)}, got '{di.uncond}'")
     tensors, emb_meta = load_embeddings(embedding_files)
     model = model or emb_meta["model"]
-    config = SamplingConfig(**(asdict(config) | {"resolution": config.resolution or emb_meta["resolution"]}))
+    config = replace(config, steps=config.steps or di.steps, guidance=di.guidance if config.guidance is None else config.guidance,
+                     save_size=config.save_size or di.save_size or emb_meta["image_size"],
+                     resolution=config.resolution or emb_meta["resolution"])
     diffusion, resolution = _open_generator(model, config, device)
     if diffusion.hidden_size != emb_meta["hidden"]:
         raise UserError(f"the embeddings have hidden size {emb_meta['hidden']} but model {model} expects {diffusion.hidden_size}: "
                         "sample with the model they were inverted with")
-    embeddings, groups = tensors["embeddings"].float(), tensors["group"]
-    means = group_means(embeddings, groups)
+    embeddings, groups, labels = tensors["embeddings"].float(), tensors["group"], tensors["label"]
+    uncond_of, uncond_note = unconditional(di.uncond, diffusion, embeddings, groups, labels)
+    if di.uncond == "mixed" and len(torch.unique(labels)) == 1:
+        console.print("note: the embeddings hold one class, so the mixed unconditional input is that class's mean; "
+                      "give every class's file for the official class-mixed mean", highlight=False)
     members = group_members(groups)
-    empty = encode_text(diffusion, [""])
     params = asdict(config) | asdict(di) | {"model": model, "embeddings": [str(p) for p in embedding_files],
                                             "resolution": resolution}
-    meta = provenance("inv", params, emb_meta["sources"]) | {"model": model, "embeddings_model": emb_meta["model"]}
-    size = config.save_size or resolution
+    meta = provenance("inv", params, emb_meta["sources"]) | {"model": model, "embeddings_model": emb_meta["model"],
+                                                             "uncond": uncond_note}
     total_samples = len(embeddings) * di.per_image
     slices = batch_slices(total_samples, config.batch_size, shard)
     total = sum(s.stop - s.start for s in slices)
     columns = {"source_index": "int", "partner": "int", "alpha": "float", "noise": "float", "seed": "int", "group": "int"}
-    with StoreWriter(out, classes=emb_meta["classes"], image_shape=(size, size), meta=meta, columns=columns, total=total,
-                     shard=shard, overwrite=overwrite, resume=resume) as writer, progress() as bar:
+    source = tensors["source_index"].numpy()
+    with StoreWriter(out, classes=emb_meta["classes"], image_shape=(config.save_size, config.save_size), meta=meta,
+                     columns=columns, total=total, shard=shard, overwrite=overwrite, resume=resume) as writer, progress() as bar:
         if writer.complete:
             return Path(out)
         task = bar.add_task("sample", total=total, completed=writer.done)
@@ -229,18 +242,14 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig, 
             count = part.stop - part.start
             sample_index = np.arange(part.start, part.stop)
             rows = sample_index // di.per_image
+            partners = choose_partners(groups, members, rows, di.per_image, config.seed)[np.arange(count), sample_index % di.per_image]
             seeds = [sample_seed(config.seed, g) for g in sample_index]
-            cond, partners = perturb(embeddings, groups, members, rows, seeds, di.interp, di.noise)
-            if di.uncond == "group-mean":
-                uncond = torch.stack([means[int(groups[r])] for r in rows])
-            else:
-                uncond = empty.expand(count, -1, -1)
+            cond = perturb(embeddings, rows, partners, seeds, di.interp, di.noise)
             noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
             latents = denoise(diffusion, make_scheduler(diffusion, config.scheduler), noise,
-                              cond.to(diffusion.device, diffusion.dtype), uncond.to(diffusion.device, diffusion.dtype),
+                              cond.to(diffusion.device, diffusion.dtype), uncond_of(rows).to(diffusion.device, diffusion.dtype),
                               config.steps, config.guidance)
-            source = tensors["source_index"].numpy()
-            writer.append(decode(diffusion, latents, config.save_size), tensors["label"].numpy()[rows],
+            writer.append(decode(diffusion, latents, config.save_size), labels.numpy()[rows],
                           source_index=source[rows], partner=source[partners], alpha=np.full(count, di.interp),
                           noise=np.full(count, di.noise), seed=seeds, group=groups.numpy()[rows])
             bar.advance(task, count)

@@ -6,7 +6,7 @@ import synthkit.sampling as sampling
 from conftest import run
 from synthkit.diffusion import build_tiny_pipeline
 from synthkit.inversion import InversionConfig, invert
-from synthkit.sampling import group_means, group_members, perturb
+from synthkit.sampling import choose_partners, group_means, group_members, perturb
 from synthkit.store import Store, StoreWriter
 
 FAST = ["--steps", 3, "--resolution", 64]
@@ -48,35 +48,45 @@ def test_img2img_from_a_real_store_and_save_size(tiny_sd, small_real, tmp_path):
         assert s.meta["sources"][0]["fingerprint"] == real.fingerprint
 
 
-def test_perturbation_honours_alpha_lambda_and_partners():
-    emb = torch.randn(6, 5, 8)
-    groups = torch.tensor([0, 0, 0, 1, 1, 2])
-    rows = np.array([0, 1, 3, 5])
-    seeds = [11, 12, 13, 14]
+def test_partners_are_distinct_members_of_the_own_group_and_perturbation_honours_alpha_lambda():
+    emb = torch.randn(8, 5, 8)
+    groups = torch.tensor([10, 10, 10, 10, 10, 40, 40, 70])
     members = group_members(groups)
-    assert {g: list(m) for g, m in members.items()} == {0: [0, 1, 2], 1: [3, 4], 2: [5]}
-    same, partners = perturb(emb, groups, members, rows, seeds, interp=0.0, noise=0.0)
-    assert torch.equal(same, emb[rows])
-    towards, partners = perturb(emb, groups, members, rows, seeds, interp=1.0, noise=0.0)
-    assert torch.allclose(towards, emb[partners], atol=1e-6)
-    assert all(groups[j] == groups[i] and (j != i or i == 5) for i, j in zip(rows, partners))
-    noisy, again = perturb(emb, groups, members, rows, seeds, interp=0.3, noise=0.5)
-    assert np.array_equal(again, partners)
-    base = emb[rows] + 0.3 * (emb[partners] - emb[rows])
+    assert {g: list(m) for g, m in members.items()} == {10: [0, 1, 2, 3, 4], 40: [5, 6], 70: [7]}
+    rows = np.array([0, 3, 5, 7])
+    partners = choose_partners(groups, members, rows, per_image=3, seed=1)
+    assert partners.shape == (4, 3)
+    assert all(groups[j] == groups[i] for i, row in zip(rows, partners) for j in row)
+    assert len(set(partners[0])) == 3 and len(set(partners[1])) == 3  # without replacement where the group allows
+    assert list(partners[3]) == [7, 7, 7]
+    assert np.array_equal(choose_partners(groups, members, rows[1:2], 3, seed=1), partners[1:2])  # seeded per image
+    chosen = np.concatenate([choose_partners(groups, members, np.array([0]), 3, seed=s)[0] for s in range(200)])
+    assert set(chosen) == {0, 1, 2, 3, 4}  # the image itself is a candidate, as in the official code
+    j, seeds = partners[:, 0], [11, 12, 13, 14]
+    assert torch.equal(perturb(emb, rows, j, seeds, interp=0.0, noise=0.0), emb[rows])
+    assert torch.allclose(perturb(emb, rows, j, seeds, interp=1.0, noise=0.0), emb[j], atol=1e-6)
+    noisy = perturb(emb, rows, j, seeds, interp=0.3, noise=0.5)
+    base = emb[rows] + 0.3 * (emb[j] - emb[rows])
     assert (noisy - base).std() == pytest.approx(0.5, rel=0.25)
     means = group_means(emb, groups)
-    assert torch.allclose(means[0], emb[:3].mean(0)) and torch.equal(means[2], emb[5])
+    assert torch.allclose(means[10], emb[:5].mean(0)) and torch.equal(means[70], emb[7])
 
 
-def test_di_sampling_store_and_group_mean_guidance(tiny_sd, embeddings, tmp_path, monkeypatch):
+def spy_denoise(monkeypatch, fast: bool = False) -> list:
+    """Records cond, uncond, steps and guidance of every denoise call (and skips the work if fast)."""
     seen = []
     original = sampling.denoise
 
     def spy(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step=0):
-        seen.append((cond.clone(), uncond.clone(), guidance))
-        return original(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step)
+        seen.append((cond.clone(), uncond.clone(), steps, guidance))
+        return latents if fast else original(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step)
 
     monkeypatch.setattr(sampling, "denoise", spy)
+    return seen
+
+
+def test_di_sampling_store_and_class_mixed_guidance(tiny_sd, embeddings, tmp_path, monkeypatch):
+    seen = spy_denoise(monkeypatch)
     out = tmp_path / "inv.h5"
     result = run("sample", "--embeddings", embeddings, "--per-image", 2, "--steps", 3, "--interp", 0.2, "--noise", 0.05,
                  "--batch-size", 5, "--out", out)
@@ -90,13 +100,85 @@ def test_di_sampling_store_and_group_mean_guidance(tiny_sd, embeddings, tmp_path
         index_of = {int(x): k for k, x in enumerate(tensors["source_index"])}
         for src, par, g, label in zip(source, partner, group, s.labels):
             k, j = index_of[int(src)], index_of[int(par)]
-            assert tensors["group"][j] == g == tensors["group"][k] and tensors["label"][k] == label
+            assert tensors["group"][j] == g == tensors["group"][k] and tensors["label"][k] == label == tensors["label"][j]
         assert (s.column("alpha") == 0.2).all() and (s.column("noise") == 0.05).all()
-        uncond = torch.cat([u for _, u, _ in seen])
-        means = group_means(tensors["embeddings"], tensors["group"])
-        for u, g in zip(uncond, group):
-            assert torch.allclose(u, means[int(g)])
-        assert all(gd == 2.0 for _, _, gd in seen)
+        assert s.meta["params"]["uncond"] == "mixed" and s.meta["uncond"].startswith("mixed: the mean of all 8 embeddings (2 classes)")
+    mixed = tensors["embeddings"].mean(0)
+    assert all(torch.allclose(u, mixed) for _, uncond, _, _ in seen for u in uncond)
+    class_means = [tensors["embeddings"][tensors["label"] == c].mean(0) for c in tensors["label"].unique()]
+    assert all((mixed - m).abs().max() > 1e-3 for m in class_means)  # not the class mean the official code avoids
+    assert all(g == 2.0 for _, _, _, g in seen)
+
+
+def test_uncond_group_and_empty_are_options_recorded_in_the_store(tiny_sd, embeddings, tmp_path, monkeypatch):
+    from synthkit.checkpoint import load_checkpoint
+
+    tensors, _ = load_checkpoint(embeddings)
+    means = group_means(tensors["embeddings"], tensors["group"])
+    for mode in ("group", "empty"):
+        seen = spy_denoise(monkeypatch, fast=True)
+        out = tmp_path / f"{mode}.h5"
+        result = run("sample", "--embeddings", embeddings, "--per-image", 1, "--uncond", mode, "--batch-size", 8, "--out", out)
+        assert result.exit_code == 0, result.output
+        with Store(out) as s:
+            assert s.meta["params"]["uncond"] == mode and s.meta["uncond"].startswith(mode)
+            groups = s.column("group")
+        uncond = seen[0][1]
+        if mode == "group":
+            assert all(torch.allclose(u, means[int(g)]) for u, g in zip(uncond, groups))
+        else:
+            assert uncond.shape == (8, 5, 32) and torch.allclose(uncond[0], uncond[7])  # the empty prompt, 5 tokens
+    result = run("sample", "--embeddings", embeddings, "--uncond", "group-mean", "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "--uncond must be one of mixed, group, empty" in result.stderr
+
+
+def test_a_python_caller_gets_the_official_di_defaults(embeddings, tmp_path, monkeypatch):
+    seen = spy_denoise(monkeypatch, fast=True)
+    out = sampling.sample_embeddings(tmp_path / "inv.h5", [embeddings])
+    with Store(out) as s:
+        p = s.meta["params"]
+        assert (p["per_image"], p["interp"], p["noise"], p["guidance"], p["steps"], p["uncond"]) == (5, 0.1, 0.1, 2.0, 100, "mixed")
+        assert len(s) == 40 and s.image_shape == (32, 32, 3)  # saved at the size of the images it inverted
+    assert {(steps, guidance) for _, _, steps, guidance in seen} == {(100, 2.0)}
+
+
+def test_per_class_files_as_the_makefile_makes_them_keep_partners_in_class(tiny_sd, small_real, tmp_path, monkeypatch):
+    """The Makefile inverts each class into its own file, then samples them all in one run."""
+    files = []
+    for name in ("airplane", "automobile", "bird"):
+        files.append(tmp_path / "inv" / f"{name}.safetensors")
+        result = run("invert", "--class", name, "--data", small_real, "--model", tiny_sd, "--resolution", 64, "--updates", 1,
+                     "--group-size", 2, "--batch-size", 2, "--out", files[-1])
+        assert result.exit_code == 0, result.output
+    spy_denoise(monkeypatch, fast=True)
+    out = tmp_path / "inv.h5"
+    result = run("sample", *(x for f in files for x in ("--embeddings", f)), "--per-image", 5, "--batch-size", 16, "--out", out)
+    assert result.exit_code == 0, result.output
+    with Store(out) as s, Store(small_real) as real:
+        labels = real.labels
+        assert len(s) == 60 and set(s.labels) == {0, 1, 2}
+        assert (labels[s.column("partner")] == s.labels).all() and (labels[s.column("source_index")] == s.labels).all()
+        groups = s.column("group")
+        assert len(set(groups)) == 6  # two groups per class file, none shared between files
+        for g in set(groups):
+            assert len(set(s.labels[groups == g])) == 1
+
+
+def test_embeddings_that_would_cross_or_repeat_are_refused(tiny_sd, small_real, embeddings, tmp_path):
+    from synthkit.checkpoint import load_checkpoint, save_checkpoint
+
+    tensors, meta = load_checkpoint(embeddings)
+    old = tmp_path / "old.safetensors"
+    save_checkpoint(old, tensors, {k: v for k, v in meta.items() if k != "group_ids"})
+    result = run("sample", "--embeddings", old, "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "older synthkit" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = run("sample", "--embeddings", embeddings, "--embeddings", embeddings, "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "both hold store row" in result.stderr
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, tensors, meta | {"sources": [{"path": "elsewhere.h5", "fingerprint": "0123"}]})
+    result = run("sample", "--embeddings", embeddings, "--embeddings", other, "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "another real store" in result.stderr
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_prompt_shards_merged_equal_an_unsharded_run(tiny_sd, tmp_path):

@@ -134,9 +134,15 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device
     return torch.stack(noise).to(device, dtype)
 
 
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed hashed from integers (job seed, index, ...): different parts never share a random stream."""
+    entropy = [int(part) % 2**63 for part in parts]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def sample_seed(seed: int, index: int) -> int:
     """The seed of the sample at global position `index` of a job."""
-    return (int(seed) * 1_000_003 + int(index)) % (2**63)
+    return derive_seed(seed, index)
 
 
 @torch.no_grad()

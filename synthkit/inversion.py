@@ -26,7 +26,7 @@ import torch
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .config import InversionConfig
 from .device import configure_threads, inversion_dtype, pick_device
-from .diffusion import Diffusion, check_resolution, encode_images, load_diffusion, training_scheduler
+from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
 from .meta import provenance
 from .progress import progress
@@ -35,6 +35,7 @@ from .store import Store, shard_range
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 GROUP_IDS = "first-store-row"  # a group is named by the store row of its first member: unique across files
+SETUP_FREE = ("classes", "shard", "chunk_groups")  # options that may differ between files sampled together
 
 
 def plan_groups(labels: np.ndarray, class_ids: Sequence[int], group_size: int) -> list[tuple[int, np.ndarray]]:
@@ -55,7 +56,7 @@ def epoch_steps(sizes: Sequence[int], batch_size: int) -> list[list[tuple[int, s
 
 
 def initial_table(n: int, tokens: int, hidden: int, fan_in: int, generator: torch.Generator) -> torch.Tensor:
-    """The official one-hot table's start: nn.Linear's default init, uniform in +-1/sqrt(fan_in) (fan_in = group size)."""
+    """The official one-hot table's start: nn.Linear's default init, uniform in +-1/sqrt(fan_in) (fan_in = the group's size)."""
     bound = 1 / math.sqrt(fan_in)
     return torch.empty(n, tokens, hidden).uniform_(-bound, bound, generator=generator)
 
@@ -250,7 +251,7 @@ def invert_chunk(diffusion: Diffusion, images: np.ndarray, groups: list[np.ndarr
     mean, std = _encode_all(diffusion, images, config.resolution)
     group_ids = [int(rows[0]) for rows in groups]
     sizes = [len(rows) for rows in groups]
-    tables = GroupTables([initial_table(n, config.tokens, diffusion.hidden_size, config.group_size,
+    tables = GroupTables([initial_table(n, config.tokens, diffusion.hidden_size, n,
                                         torch.Generator().manual_seed(_seed(config.seed, gid, -1))).to(dev)
                           for gid, n in zip(group_ids, sizes)], config)
     n = len(images)
@@ -303,7 +304,7 @@ def invert_chunk(diffusion: Diffusion, images: np.ndarray, groups: list[np.ndarr
 
 def _seed(seed: int, group: int, epoch: int) -> int:
     """The seed of one group's draws in one epoch (epoch -1: its initial table)."""
-    return (seed * 1_000_003 + group * 100_003 + epoch + 1) % (2**63)
+    return derive_seed(seed, group, epoch + 1)
 
 
 def _encode_all(diffusion: Diffusion, images: np.ndarray, resolution: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,9 +326,15 @@ def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dic
         if meta.get("group_ids") != GROUP_IDS:
             raise UserError(f"{path} was made by an older synthkit whose group ids restart at 0 in every file "
                             "(partners would cross classes): run synthkit invert on it again")
-        for key in ("classes", "hidden", "tokens", "resolution"):
+        for key in ("classes", "hidden", "tokens", "resolution", "model"):
             if meta.get(key) != metas[0].get(key):
                 raise UserError(f"{path} differs from {paths[0]} in {key}: embeddings must come from the same model and setup")
+        setup = {k: v for k, v in meta["params"].items() if k not in SETUP_FREE}
+        first = {k: v for k, v in metas[0]["params"].items() if k not in SETUP_FREE}
+        if setup != first:
+            differ = sorted(k for k in setup.keys() | first.keys() if setup.get(k) != first.get(k))
+            raise UserError(f"{path} was inverted with other options than {paths[0]} ({', '.join(differ)}): "
+                            "embeddings sampled together must come from one setup")
         if meta["sources"][0]["fingerprint"] != metas[0]["sources"][0]["fingerprint"]:
             raise UserError(f"{path} inverts another real store than {paths[0]}: sample each store's embeddings separately")
     parts = [load_checkpoint(p)[0] for p in paths]

@@ -17,8 +17,8 @@ import torch
 
 from .config import PROMPT_DEFAULTS, UNCONDS, DIConfig, SamplingConfig
 from .device import configure_threads, diffusion_dtype, pick_device
-from .diffusion import (Diffusion, check_resolution, decode, denoise, encode_images, encode_text, initial_noise,
-                        load_diffusion, make_scheduler, sample_seed)
+from .diffusion import (Diffusion, check_resolution, decode, denoise, derive_seed, encode_images, encode_text,
+                        initial_noise, load_diffusion, make_scheduler, sample_seed)
 from .errors import UserError
 from .inversion import load_embeddings
 from .meta import provenance
@@ -152,24 +152,25 @@ def group_members(groups: torch.Tensor) -> dict[int, np.ndarray]:
 
 
 def choose_partners(groups: torch.Tensor, members: dict[int, np.ndarray], rows: np.ndarray, per_image: int,
-                    seed: int) -> np.ndarray:
+                    seed: int, source: np.ndarray) -> np.ndarray:
     """(len(rows), per_image) interpolation partners: as the official code, per_image distinct members of the
     image's own (class-pure) group, the image itself included, with replacement only in groups smaller than
-    per_image. Seeded per image, so a sample's partner does not depend on its batch or shard."""
+    per_image. Seeded by the image's store row, so a partner depends neither on batch, shard nor file order."""
     out = np.empty((len(rows), per_image), dtype=np.int64)
     for k, i in enumerate(rows):
         mates = members[int(groups[i])]
-        rng = np.random.default_rng([int(seed), int(i)])
+        rng = np.random.default_rng([int(seed) % 2**63, int(source[i])])
         out[k] = rng.choice(mates, size=per_image, replace=len(mates) < per_image)
     return out
 
 
 def perturb(embeddings: torch.Tensor, rows: np.ndarray, partners: np.ndarray, seeds: Sequence[int], interp: float,
             noise: float) -> torch.Tensor:
-    """c = e_i + interp (e_j - e_i) + noise * eps for each sample (row i, partner j); eps from the sample's seed."""
+    """c = e_i + interp (e_j - e_i) + noise * eps for each sample (row i, partner j); eps from a stream of its
+    own, derived from the sample's seed (never another sample's latent noise)."""
     out = []
     for i, j, s in zip(rows, partners, seeds):
-        eps = torch.randn(embeddings.shape[1:], generator=torch.Generator().manual_seed(int(s) ^ 0x5EED))
+        eps = torch.randn(embeddings.shape[1:], generator=torch.Generator().manual_seed(derive_seed(s, 1)))
         out.append(embeddings[i] + interp * (embeddings[j] - embeddings[i]) + noise * eps)
     return torch.stack(out)
 
@@ -242,8 +243,9 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
             count = part.stop - part.start
             sample_index = np.arange(part.start, part.stop)
             rows = sample_index // di.per_image
-            partners = choose_partners(groups, members, rows, di.per_image, config.seed)[np.arange(count), sample_index % di.per_image]
-            seeds = [sample_seed(config.seed, g) for g in sample_index]
+            nth = sample_index % di.per_image
+            partners = choose_partners(groups, members, rows, di.per_image, config.seed, source)[np.arange(count), nth]
+            seeds = [derive_seed(config.seed, source[r], k) for r, k in zip(rows, nth)]
             cond = perturb(embeddings, rows, partners, seeds, di.interp, di.noise)
             noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
             latents = denoise(diffusion, make_scheduler(diffusion, config.scheduler), noise,

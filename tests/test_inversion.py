@@ -147,7 +147,10 @@ def test_synthkit_matches_the_official_update_loop(tiny_sd, small_real, tmp_path
                                            config.resolution, config.lr, config.weight_decay, batch_size, config.updates)
             learned = tensors["embeddings"][members]
             assert (learned - table).abs().max() > 1e-3  # it did move
-            torch.testing.assert_close(learned, reference, rtol=1e-4, atol=2e-6)
+            # One AdamW step moves an element by up to lr (0.03); float summation order (several groups in one
+            # forward pass) differs by ~1e-7, which Adam's 1/sqrt(v) can amplify where a gradient is near zero.
+            torch.testing.assert_close(learned, reference, rtol=0, atol=1e-4)
+            assert (learned - reference).abs().median() < 1e-6
 
 
 def test_every_token_vector_learns(tiny_sd, small_real, tmp_path, monkeypatch):

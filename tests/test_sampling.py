@@ -54,13 +54,14 @@ def test_partners_are_distinct_members_of_the_own_group_and_perturbation_honours
     members = group_members(groups)
     assert {g: list(m) for g, m in members.items()} == {10: [0, 1, 2, 3, 4], 40: [5, 6], 70: [7]}
     rows = np.array([0, 3, 5, 7])
-    partners = choose_partners(groups, members, rows, per_image=3, seed=1)
+    source = np.arange(8) * 10 + 3  # the store rows of the embeddings
+    partners = choose_partners(groups, members, rows, per_image=3, seed=1, source=source)
     assert partners.shape == (4, 3)
     assert all(groups[j] == groups[i] for i, row in zip(rows, partners) for j in row)
     assert len(set(partners[0])) == 3 and len(set(partners[1])) == 3  # without replacement where the group allows
     assert list(partners[3]) == [7, 7, 7]
-    assert np.array_equal(choose_partners(groups, members, rows[1:2], 3, seed=1), partners[1:2])  # seeded per image
-    chosen = np.concatenate([choose_partners(groups, members, np.array([0]), 3, seed=s)[0] for s in range(200)])
+    assert np.array_equal(choose_partners(groups, members, rows[1:2], 3, seed=1, source=source), partners[1:2])  # per image
+    chosen = np.concatenate([choose_partners(groups, members, np.array([0]), 3, seed=s, source=source)[0] for s in range(200)])
     assert set(chosen) == {0, 1, 2, 3, 4}  # the image itself is a candidate, as in the official code
     j, seeds = partners[:, 0], [11, 12, 13, 14]
     assert torch.equal(perturb(emb, rows, j, seeds, interp=0.0, noise=0.0), emb[rows])
@@ -162,6 +163,12 @@ def test_per_class_files_as_the_makefile_makes_them_keep_partners_in_class(tiny_
         assert len(set(groups)) == 6  # two groups per class file, none shared between files
         for g in set(groups):
             assert len(set(s.labels[groups == g])) == 1
+        forward = {int(seed): (int(p), im.tobytes()) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())}
+    reverse = tmp_path / "reverse.h5"
+    result = run("sample", *(x for f in reversed(files) for x in ("--embeddings", f)), "--per-image", 5, "--out", reverse)
+    assert result.exit_code == 0, result.output
+    with Store(reverse) as s:  # the same samples of every image, whatever the order of the files
+        assert {int(seed): (int(p), im.tobytes()) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())} == forward
 
 
 def test_embeddings_that_would_cross_or_repeat_are_refused(tiny_sd, small_real, embeddings, tmp_path):

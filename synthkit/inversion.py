@@ -143,7 +143,7 @@ class GroupTables:
             for k, table in enumerate(self.tables):
                 table.copy_(saved[f"table.{k}"])
         optimizer_state = self.optimizer.state_dict()
-        optimizer_state["state"] = {k: {"step": saved[f"step.{k}"].reshape(()).float(), "exp_avg": saved[f"exp_avg.{k}"],
+        optimizer_state["state"] = {k: {"step": saved[f"step.{k}"].reshape(()).float().cpu(), "exp_avg": saved[f"exp_avg.{k}"],
                                         "exp_avg_sq": saved[f"exp_avg_sq.{k}"]}
                                     for k in range(len(self.tables)) if f"step.{k}" in saved}
         self.optimizer.load_state_dict(optimizer_state)

@@ -1,4 +1,8 @@
-"""Shared fixtures: small real inputs built from ../shared/data, and a CLI runner."""
+"""Shared fixtures: small real inputs built from the committed tests/data fixture, and a CLI runner.
+
+Only one test reads the full shared archive (../shared/data, or $SYNTHKIT_SHARED/data); it skips
+without it. With SYNTHKIT_NO_SKIPS=1 (set by .ci/run) any other skip fails the run.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,40 @@ from typer.testing import CliRunner
 from synthkit import CIFAR10_CLASSES
 
 os.environ["SYNTHKIT_QUIET"] = "1"  # progress bars would interleave with the messages the tests read
-SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+SHARED = Path(os.environ.get("SYNTHKIT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+SHARED_ARCHIVE = SHARED / "data" / "cifar10-jpeg.tar.gz"
+MINI_ARCHIVE = Path(__file__).resolve().parent / "data" / "cifar10-mini.tar.gz"  # see tests/data/README.md
+# The one test allowed to skip, and only for this reason; under SYNTHKIT_NO_SKIPS=1 any other skip fails the run.
+ALLOWED_SKIP = ("test_datasets.py::test_shared_archive_test_split_and_seeded_subset", "shared CIFAR-10 archive not found")
+_unexpected_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    test, allowed_reason = ALLOWED_SKIP
+    if not (report.nodeid.endswith(test) and reason.startswith(allowed_reason)):
+        _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def _no_skips() -> bool:
+    return os.environ.get("SYNTHKIT_NO_SKIPS") == "1"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _no_skips() and _unexpected_skips and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _no_skips() and _unexpected_skips:
+        terminalreporter.section("unexpected skips (SYNTHKIT_NO_SKIPS=1)", red=True)
+        for line in _unexpected_skips:
+            terminalreporter.line(line, red=True)
+        terminalreporter.line(f"FAILED: {len(_unexpected_skips)} test(s) skipped; only {ALLOWED_SKIP[0]} may skip "
+                              "(without the shared archive)", red=True, bold=True)
 
 
 def run(*args: str):
@@ -33,16 +70,10 @@ def shared_archive() -> Path:
 
 
 @pytest.fixture(scope="session")
-def cifar_small_archive(tmp_path_factory, shared_archive) -> Path:
-    """A .tar.gz in the shared layout with the first 12 train and 6 test images of every class."""
-    out = tmp_path_factory.mktemp("cifar") / "cifar-small.tar.gz"
-    keep = {"train": 12, "test": 6}
-    with tarfile.open(shared_archive, "r:gz") as src, tarfile.open(out, "w:gz") as dst:
-        for member in src:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 4 and int(parts[3].split(".")[0]) < keep[parts[1]]:
-                dst.addfile(member, src.extractfile(member))
-    return out
+def cifar_small_archive() -> Path:
+    """The committed .tar.gz in the shared layout: the first 12 train and 6 test JPEGs of every class."""
+    assert MINI_ARCHIVE.exists(), f"{MINI_ARCHIVE} is missing: see tests/data/README.md"
+    return MINI_ARCHIVE
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, png_bytes, run, tar_folder
+from conftest import MINI_ARCHIVE, make_image_folder, png_bytes, run, tar_folder
 from synthkit import CIFAR10_CLASSES
 from synthkit.datasets import import_cifar10
 from synthkit.errors import UserError
@@ -75,7 +75,23 @@ def test_batches_that_execute_code_are_refused(tmp_path):
         import_cifar10(tmp_path / "x.h5", source=folder, split="test")
 
 
+def test_committed_fixture_is_real_cifar10_in_the_shared_layout(tmp_path):
+    with tarfile.open(MINI_ARCHIVE) as tar:
+        names = [m.name for m in tar if m.isfile()]
+    assert len(names) == 10 * (12 + 6) and all(n.endswith(".jpg") for n in names)
+    for split, n in (("train", 12), ("test", 6)):
+        with Store(import_cifar10(tmp_path / f"{split}.h5", source=MINI_ARCHIVE, split=split)) as s:
+            assert list(s.counts()) == [n] * 10 and s.image_shape == (32, 32, 3) and s.classes == list(CIFAR10_CLASSES)
+            assert s.images().std() > 20  # real photographs, not a blank placeholder
+
+
 def test_shared_archive_test_split_and_seeded_subset(tmp_path, shared_archive):
+    """The one test on the full shared archive (it skips without it); it also checks the committed fixture's bytes."""
+    with tarfile.open(MINI_ARCHIVE) as mini:
+        wanted = {m.name: mini.extractfile(m).read() for m in mini if m.isfile()}
+    with tarfile.open(shared_archive) as full:
+        found = {m.name: full.extractfile(m).read() for m in full if m.name in wanted}
+    assert found == wanted, "tests/data/cifar10-mini.tar.gz is no longer a byte-for-byte cut of the shared archive"
     result = run("data", "cifar10", "--source", shared_archive, "--split", "test", "--out", tmp_path / "test.h5")
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "test.h5") as s:

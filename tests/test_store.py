@@ -16,13 +16,14 @@ def fake_images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
 
 
-def write(path, images, labels, *, batch=4, shard="", **kwargs):
+def write(path, images, labels, *, batch=4, shard="", first=0, **kwargs):
+    """A store of `images` whose columns number them from `first` (a shard's first row in the whole)."""
     meta = provenance("test", {"n": len(images)})
     with StoreWriter(path, classes=CLASSES, image_shape=(8, 8), meta=meta, columns={"idx": "int", "note": "str"},
                      total=len(images), shard=shard, **kwargs) as w:
         for s in range(w.done, len(images), batch):
-            w.append(images[s:s + batch], labels[s:s + batch], idx=np.arange(s, min(s + batch, len(images))),
-                     note=[f"img{i}" for i in range(s, min(s + batch, len(images)))])
+            rows = range(first + s, first + min(s + batch, len(images)))
+            w.append(images[s:s + batch], labels[s:s + batch], idx=np.array(rows), note=[f"img{i}" for i in rows])
     return Path(path)
 
 
@@ -113,12 +114,15 @@ def test_merge_shards_equals_unsharded(tmp_path):
     shards = []
     for i in (2, 0, 1):
         start, stop = shard_range(23, f"{i}/3")
-        shards.append(write(tmp_path / f"s{i}.h5", images[start:stop], labels[start:stop], shard=f"{i}/3"))
+        shards.append(write(tmp_path / f"s{i}.h5", images[start:stop], labels[start:stop], shard=f"{i}/3", first=start))
     merged = merge_stores(shards, tmp_path / "m.h5", provenance("test", {}))
     with Store(merged) as m, Store(ref) as r:
         np.testing.assert_array_equal(m.images(), r.images())
         np.testing.assert_array_equal(m.labels, r.labels)
         assert m.fingerprint == r.fingerprint
+        assert m.column_names == r.column_names == ["idx", "note"]
+        np.testing.assert_array_equal(m.column("idx"), np.arange(23))
+        assert list(m.column("note")) == list(r.column("note")) == [f"img{i}" for i in range(23)]
         assert [s["shard"] for s in m.meta["sources"]] == ["0/3", "1/3", "2/3"]
     with pytest.raises(UserError, match="all of"):
         merge_stores(shards[:2], tmp_path / "m2.h5", {})

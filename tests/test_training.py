@@ -7,10 +7,11 @@ import torch
 from conftest import copy_store_as, run
 from synthkit.checkpoint import read_meta, save_checkpoint
 from synthkit.device import pick_device
+from synthkit.errors import UserError
 from synthkit.evaluation import predict
 from synthkit.store import Store
 from synthkit.training import (TrainConfig, augment, epoch_batches, load_classifier, load_stores, log_path,
-                               state_path, train)
+                               lr_factor, state_path, train)
 
 CPU = torch.device("cpu")
 
@@ -44,7 +45,7 @@ def test_balanced_batches_are_half_real_half_synthetic(tmp_path, real_store):
         assert data.is_real[rows].sum() == 4 and len(rows) == 8
     assert len(set(torch.cat(batches).tolist())) == 56  # each part is covered without repeats in an epoch
     only_real = load_stores([real_store], CPU, per_class=1)
-    with pytest.raises(Exception, match="balanced needs"):
+    with pytest.raises(UserError, match="balanced needs"):
         epoch_batches(only_real, config, torch.Generator().manual_seed(0))
 
 
@@ -181,11 +182,35 @@ def test_evaluate_refuses_a_synthetic_test_store(tmp_path, tiny_classifier, test
     assert result.exit_code == 2 and "real test images only" in result.stderr
 
 
-def test_device_choice():
+def test_device_choice(monkeypatch):
+    monkeypatch.delenv("SYNTHKIT_DEVICE", raising=False)
     assert pick_device("cpu").type == "cpu"
-    assert pick_device("auto").type in ("cpu", "cuda")
-    if not torch.cuda.is_available():
-        from synthkit.errors import UserError
+    for cuda, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert pick_device("auto").type == expected and pick_device(None).type == expected
+        assert pick_device("AUTO").type == expected
+    # without CUDA: asking for it is a UserError, and $SYNTHKIT_DEVICE sets the default
+    with pytest.raises(UserError, match="no CUDA"):
+        pick_device("cuda")
+    with pytest.raises(UserError, match="unknown device"):
+        pick_device("tpu0")
+    monkeypatch.setenv("SYNTHKIT_DEVICE", "cuda")
+    with pytest.raises(UserError, match="no CUDA"):
+        pick_device(None)
+    monkeypatch.setenv("SYNTHKIT_DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(None).type == "cpu" and pick_device("auto").type == "cuda"
 
-        with pytest.raises(UserError, match="no CUDA"):
-            pick_device("cuda")
+
+def test_lr_factor_warms_up_linearly_then_decays_by_cosine_to_zero():
+    total, warmup = 100, 0.1  # 10 warm-up steps
+    factors = [lr_factor(step, total, warmup) for step in range(total)]
+    assert factors[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    assert factors[9] == 1.0 and factors[10] == 1.0  # peak at the end of warm-up, where the cosine starts
+    assert factors[10 + 45] == pytest.approx(0.5)  # half way through the decay
+    assert factors[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 89 / 90)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:])) and 0 < factors[-1] < 1e-3
+    assert lr_factor(total, total, warmup) == pytest.approx(0.0)  # would be the step after the last: zero
+    # no warm-up, or fewer steps than a warm-up step: at least one step, never a division by zero
+    assert lr_factor(0, 10, 0.0) == 1.0 and lr_factor(0, 1, 0.05) == 1.0
+    assert lr_factor(5, 10, 0.0) == pytest.approx(0.5 * (1 + np.cos(np.pi * 4 / 9)))

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from .errors import UserError
+from .locks import acquire, busy_message, holder, refuse_leftover, release
 
 FORMAT = "synthkit-store"
 FORMAT_VERSION = 1
@@ -20,9 +21,67 @@ COLUMN_KINDS = {"int": np.int64, "float": np.float64, "str": h5py.string_dtype()
 _CHUNK_BYTES = 256 * 1024
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
 def partial_path(path: Path) -> Path:
     """Where a store lives while it is being written; renamed to `path` only when complete."""
-    return path.with_name(path.name + ".partial")
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def missing_store_message(path: Path) -> str:
+    """Why `path` is not there: being written now, interrupted (a .partial is left), or never made."""
+    pid = holder(path)
+    if pid is not None:
+        return f"store {path} does not exist yet: {busy_message(path, pid)}"
+    if partial_path(path).exists():
+        return (f"store {path} does not exist, but an interrupted run left {partial_path(path)}: rerun that command "
+                "with --resume to continue it, or with --overwrite to discard it")
+    return f"store {path} does not exist"
+
+
+def _problem(f: h5py.File) -> str | None:
+    """What is wrong with an open store's layout, from its metadata alone (no image or label is read):
+    shapes, dtypes, counts (labels match images, columns match rows, classes are names) and whether the
+    file really holds the bytes its datasets declare (a crafted header may claim 10^8 images in 8 KB)."""
+    for name in ("images", "labels"):
+        if not isinstance(f.get(name), h5py.Dataset):
+            return f"it has no '{name}' dataset"
+    if not isinstance(f.get("columns"), h5py.Group):
+        return "it has no 'columns' group"
+    images, labels = f["images"], f["labels"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or min(images.shape[1:3]) < 1:
+        return f"its images are {images.dtype} {images.shape}, not uint8 (N, height, width, 3)"
+    n = images.shape[0]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        return f"its labels are {labels.dtype} {labels.shape}, not integers (N,)"
+    if labels.shape[0] != n:
+        return f"it has {labels.shape[0]} labels for {n} images"
+    classes = _json_attr(f, "classes")
+    if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) != len(classes)):
+        return "its class list is not a list of distinct names"
+    if not isinstance(_json_attr(f, "meta", {}), dict):
+        return "its provenance is not a record"
+    backed = [images, labels]
+    for name, ds in f["columns"].items():
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
+            return f"its column '{name}' is not a list of values"
+        if ds.shape[0] != n:
+            return f"its column '{name}' has {ds.shape[0]} values for {n} images"
+        if h5py.check_string_dtype(ds.dtype):
+            continue
+        if not (np.issubdtype(ds.dtype, np.integer) or np.issubdtype(ds.dtype, np.floating)):
+            return f"its column '{name}' holds {ds.dtype}, not numbers or text"
+        backed.append(ds)
+    file_size = os.path.getsize(f.filename)
+    for ds in backed:
+        declared = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
+        stored = ds.id.get_storage_size()
+        if stored < declared or stored > file_size:
+            return (f"'{ds.name.lstrip('/')}' declares {'x'.join(map(str, ds.shape))} {ds.dtype} ({declared:,} bytes) "
+                    f"but the file holds {stored:,} bytes of it")
+    return None
 
 
 def _chunk_rows(height: int, width: int) -> int:
@@ -39,8 +98,14 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            hint = " (an unfinished job left a .partial file: rerun it with --resume)" if partial_path(self.path).exists() else ""
-            raise UserError(f"store {self.path} does not exist{hint}")
+            raise UserError(missing_store_message(self.path))
+        if self.path.is_dir():
+            raise UserError(f"{self.path} is a folder, not a store: give a .h5 file written by synthkit")
+        if self.path.name.endswith(PARTIAL_SUFFIX):
+            final = self.path.with_name(self.path.name[: -len(PARTIAL_SUFFIX)])
+            pid = holder(final)
+            if pid is not None and pid != os.getpid():
+                raise UserError(f"{self.path} is unfinished: {busy_message(final, pid)}")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError:
@@ -48,10 +113,18 @@ class Store:
         if self._file.attrs.get("format") != FORMAT:
             self._file.close()
             raise UserError(f"{self.path} is not a synthkit store (no synthkit format tag)")
+        try:
+            problem = _problem(self._file)
+        except (KeyError, OSError, ValueError, TypeError, AttributeError, RuntimeError) as err:
+            problem = f"it cannot be read ({type(err).__name__}: {err})"
+        if problem:
+            self._file.close()
+            raise UserError(f"{self.path} is damaged or not a synthkit store: {problem}")
         self.classes: list[str] = _json_attr(self._file, "classes")
         self.meta: dict[str, Any] = _json_attr(self._file, "meta", {})
         self.fingerprint: str = str(self._file.attrs.get("fingerprint", ""))
         self.shard: str = str(self._file.attrs.get("shard", ""))
+        self._labels: np.ndarray | None = None
 
     def __enter__(self) -> "Store":
         return self
@@ -75,7 +148,15 @@ class Store:
 
     @property
     def labels(self) -> np.ndarray:
-        return self._file["labels"][...]
+        """The labels (read once); values outside the class list are refused."""
+        if self._labels is None:
+            labels = self._file["labels"][...].astype(np.int64)
+            if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
+                bad = int(labels.min() if labels.min() < 0 else labels.max())
+                raise UserError(f"{self.path} is damaged or not a synthkit store: label {bad} is not one of its "
+                                f"{len(self.classes)} classes")
+            self._labels = labels
+        return self._labels
 
     def counts(self) -> np.ndarray:
         """Images per class, in class order."""
@@ -159,21 +240,35 @@ class StoreWriter:
         self.total = total
         self.complete = False
         self._file: h5py.File | None = None
-        if self.path.exists() and not (overwrite or resume):
-            raise UserError(f"{self.path} already exists: pass --overwrite to replace it or --resume to continue it")
-        if resume and self.path.exists():
-            self.complete = True
-            self.done = total if total is not None else 0
-            return
+        self._locked = False
         columns = dict(columns or {})
         for name, kind in columns.items():
             if kind not in COLUMN_KINDS:
                 raise ValueError(f"column {name}: kind must be one of {sorted(COLUMN_KINDS)}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.partial.exists():
-            self._reopen(meta, classes)
-        else:
-            self._create(classes, image_shape, meta, columns, shard)
+        acquire(self.path)  # before anything of the output is looked at, opened or truncated
+        self._locked = True
+        try:
+            if self.path.exists() and not (overwrite or resume):
+                raise UserError(f"{self.path} already exists: pass --overwrite to replace it or --resume to continue it")
+            if resume and self.path.exists():
+                self.complete = True
+                self.done = total if total is not None else 0
+                return
+            if self.partial.exists() and not (overwrite or resume):
+                refuse_leftover(self.partial, self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume and self.partial.exists():
+                self._reopen(meta, classes)
+            else:
+                self._create(classes, image_shape, meta, columns, shard)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self._locked = False
+            release(self.path)
 
     def _create(self, classes, image_shape, meta, columns, shard) -> None:
         height, width = image_shape
@@ -217,15 +312,18 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._file is None:
-            return
-        if exc_type is None:
-            self.finish()
-            return
-        self._file.close()
-        self._file = None
-        if issubclass(exc_type, UserError):
-            self.partial.unlink(missing_ok=True)  # bad input is not an interruption: nothing to resume
+        try:
+            if self._file is None:
+                return
+            if exc_type is None:
+                self.finish()
+                return
+            self._file.close()
+            self._file = None
+            if issubclass(exc_type, UserError):
+                self.partial.unlink(missing_ok=True)  # bad input is not an interruption: nothing to resume
+        finally:
+            self._unlock()
 
     def append(self, images: np.ndarray, labels: Iterable[int], **columns: Any) -> None:
         """Append a batch of uint8 images (B, H, W, 3), their labels and every column's values."""
@@ -267,9 +365,24 @@ class StoreWriter:
         f.attrs["fingerprint"] = _fingerprint(f)
         f.close()
         self._file = None
-        os.replace(self.partial, self.path)
+        try:
+            self._check_before_rename()
+            os.replace(self.partial, self.path)
+        finally:
+            self._unlock()
         self.complete = True
         return self.path
+
+    def _check_before_rename(self) -> None:
+        """Reopen the finished .partial as a reader would: only a store that opens, passes every check of
+        Store and holds the rows written gets the final name (a damaged one stays a .partial)."""
+        try:
+            with Store(self.partial) as check:
+                rows = len(check)
+        except UserError as err:
+            raise UserError(f"{err}; it keeps its .partial name") from None
+        if rows != self.done:
+            raise UserError(f"{self.partial} holds {rows} images after writing {self.done}: it keeps its .partial name")
 
 
 def _fingerprint(f: h5py.File) -> str:

@@ -16,9 +16,10 @@ import numpy as np
 
 from . import CIFAR10_CLASSES
 from .errors import UserError
+from .locks import locked_output, refuse_leftover
 from .meta import provenance
 from .progress import progress
-from .store import StoreWriter, balanced_subset
+from .store import StoreWriter, balanced_subset, partial_path
 
 SPLITS = ("train", "test")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -35,6 +36,7 @@ class Source:
     image_shape: tuple[int, int]
 
 
+@locked_output("out")  # the whole job: a second import of the same --out is refused before it reads anything
 def import_cifar10(
     out: str | Path,
     *,
@@ -60,6 +62,10 @@ def import_cifar10(
               "per_class": per_class, "seed": seed}
     if out.exists() and resume:
         return out
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
+    if partial_path(out).exists() and not (overwrite or resume):
+        refuse_leftover(partial_path(out), out)
     src = download_cifar10(download_root, split) if download else open_source(Path(source), split)
     index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(CIFAR10_CLASSES))
     meta = provenance("real", params, [_describe(Path(source)) if source else {"path": str(download_root)}])
@@ -114,17 +120,29 @@ def _archive_members(path: Path) -> dict[str, Callable[[], bytes]]:
     try:
         if name.endswith(".zip"):
             archive = zipfile.ZipFile(path)
+            for info in archive.infolist():
+                _check_member_name(path, info.filename)
             return {i.filename: (lambda i=i: archive.read(i)) for i in archive.infolist() if not i.is_dir()}
         if name.endswith((".tar", ".tar.gz", ".tgz")):
             data: dict[str, bytes] = {}
             with tarfile.open(path, "r:*") as archive:
                 for member in archive:
+                    _check_member_name(path, member.name)
                     if member.isfile():
                         data[member.name] = archive.extractfile(member).read()
             return {k: (lambda v=v: v) for k, v in data.items()}
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
         raise UserError(f"cannot read archive {path}: {err}") from None
     raise UserError(f"{path}: unknown source type (expected a folder, .tar, .tar.gz, .tgz or .zip)")
+
+
+def _check_member_name(archive: Path, name: str) -> None:
+    """Refuse an archive whose member names climb out of it (../) or are absolute: such an archive was not
+    made from an image-folder tree, and quietly skipping those members would import a different data set."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and len(parts[0]) == 2 and parts[0][1] == ":"):
+        raise UserError(f"{archive}: member '{name}' points outside the archive (absolute or with ..): "
+                        "refusing the archive; rebuild it from the image folder")
 
 
 def _natural_key(name: str) -> list:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import UserError
+
 DATA_DIR = Path("data")
 MODELS_DIR = Path("models")
 RESULTS_DIR = Path("results")
@@ -12,6 +14,8 @@ RESULTS_DIR = Path("results")
 def store_path(name: str | Path) -> Path:
     """A bare name means data/NAME.h5; anything with a slash or a suffix is a path as given."""
     text = str(name)
+    if not text.strip():
+        raise UserError("an empty store name was given: give a name (data/NAME.h5) or a path")
     if "/" in text or "\\" in text or Path(text).suffix:
         return Path(text)
     return DATA_DIR / f"{text}.h5"
@@ -22,7 +26,11 @@ def store_paths(names: str | list[str]) -> list[Path]:
     items = [names] if isinstance(names, str) else list(names)
     out = []
     for item in items:
-        out.extend(store_path(part.strip()) for part in str(item).split(",") if part.strip())
+        parts = [part.strip() for part in str(item).split(",")]
+        if not all(parts):
+            raise UserError(f"'{item}' has an empty store name (a stray or trailing comma?): "
+                            "give names or paths separated by single commas, e.g. real,inv")
+        out.extend(store_path(part) for part in parts)
     return out
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .locks import locked_output, refuse_leftover
 from .config import InversionConfig
 from .device import configure_threads, inversion_dtype, pick_device
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
@@ -167,6 +168,7 @@ def resolve_classes(names: str, classes: Sequence[str]) -> list[int]:
     return sorted(set(ids))
 
 
+@locked_output("out")  # one writer per output: its state, preview and file
 def invert(data: Path, out: Path, class_names: str, model: str, config: InversionConfig, device: str | None = None,
            shard: str = "", checkpoint_every: int = 200, preview_every: int = 500, overwrite: bool = False,
            resume: bool = False) -> dict[str, Any]:
@@ -179,6 +181,8 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
         raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
     if out.exists() and resume:
         return read_meta(out)
+    if state_dir(out).exists() and not (overwrite or resume):
+        refuse_leftover(state_dir(out), out)
     if min(config.tokens, config.group_size, config.batch_size, config.updates) < 1 or preview_every < 0:
         raise UserError("--tokens, --group-size, --batch-size and --updates must be at least 1, --preview-every at least 0")
     with Store(data) as store:
@@ -354,6 +358,7 @@ def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dic
     return tensors, meta
 
 
+@locked_output("out")
 def merge_embeddings(paths: Sequence[Path], out: Path, overwrite: bool = False) -> Path:
     """Merge the shards of one inversion job into the file an unsharded run writes."""
     out = Path(out)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .locks import locked_output, refuse_leftover
 from .device import autocast, configure_threads, memory_format, pick_device
 from .errors import UserError
 from .meta import provenance
@@ -196,6 +197,7 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good state is kept."""
 
 
+@locked_output("out")
 def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: str | None = None,
           overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train a CIFAR ResNet-18 on the stores, write the safetensors checkpoint, and return its metadata."""
@@ -206,6 +208,8 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
         raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
     if out.exists() and resume:
         return read_meta(out)
+    if state_path(out).exists() and not (overwrite or resume):
+        refuse_leftover(state_path(out), out)
     configure_threads()
     dev = pick_device(device)
     data = load_stores(data_paths, dev, config.per_class, config.seed)

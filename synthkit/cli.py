@@ -98,6 +98,8 @@ def show(
     from .store import Store
 
     with Store(store_path(store)) as s:
+        if len(s) == 0:
+            raise UserError(f"store {s.path} has no images: nothing to show")
         save_image(store_grid(s, per_row=per_row, seed=seed, cell=cell), out)
     typer.echo(f"wrote {out}")
 

@@ -11,13 +11,16 @@ from rich.table import Table
 
 from .checkpoint import read_meta, tensor_shapes
 from .errors import UserError
-from .store import Store
+from .locks import holder
+from .store import Store, missing_store_message, partial_path
 
 
 def describe(path: str | Path) -> Group:
     """Tables for a store (.h5), a safetensors file or a diffusers model folder, chosen by content, not by name."""
     path = Path(path)
     if not path.exists():
+        if partial_path(path).exists() or holder(path) is not None:
+            raise UserError(missing_store_message(path))
         raise UserError(f"{path} does not exist")
     if path.is_dir():
         return _describe_model_folder(path)

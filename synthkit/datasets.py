@@ -16,10 +16,10 @@ import numpy as np
 
 from . import CIFAR10_CLASSES
 from .errors import UserError
-from .locks import locked_output, refuse_leftover
+from .locks import locked_output
 from .meta import provenance
 from .progress import progress
-from .store import StoreWriter, balanced_subset, partial_path
+from .store import StoreWriter, balanced_subset, check_leftover
 
 SPLITS = ("train", "test")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -64,8 +64,7 @@ def import_cifar10(
         return out
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
-    if partial_path(out).exists() and not (overwrite or resume):
-        refuse_leftover(partial_path(out), out)
+    check_leftover(out, overwrite, resume)
     src = download_cifar10(download_root, split) if download else open_source(Path(source), split)
     index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(CIFAR10_CLASSES))
     meta = provenance("real", params, [_describe(Path(source)) if source else {"path": str(download_root)}])

@@ -23,7 +23,8 @@ from .errors import UserError
 from .inversion import load_embeddings
 from .meta import provenance
 from .progress import console, progress
-from .store import Store, StoreWriter, shard_range
+from .locks import locked_output
+from .store import Store, StoreWriter, check_leftover, shard_range
 
 
 def batch_slices(total: int, batch: int, shard: str) -> list[slice]:
@@ -78,11 +79,13 @@ def _open_generator(model: str, config: SamplingConfig, device: str | None) -> t
     return diffusion, resolution
 
 
+@locked_output("out")
 def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Sequence[str], per_class: int,
                    config: SamplingConfig, negative: str = "", init: Path | None = None, strength: float = 0.75,
                    device: str | None = None, shard: str = "", overwrite: bool = False, resume: bool = False) -> Path:
     """Generate per_class images of every class from prompt templates (img2img from `init` if given)."""
     out = Path(out)
+    check_leftover(out, overwrite, resume)
     config = replace(config, steps=config.steps or PROMPT_DEFAULTS["steps"],
                      guidance=PROMPT_DEFAULTS["guidance"] if config.guidance is None else config.guidance)
     prompts, labels = prompt_plan(templates, classes, per_class)
@@ -202,12 +205,14 @@ def unconditional(mode: str, diffusion: Diffusion, embeddings: torch.Tensor, gro
     return (lambda rows: empty.expand(len(rows), -1, -1)), f"empty: the empty prompt ({embeddings.shape[1]} tokens)"
 
 
+@locked_output("out")
 def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig | None = None,
                       config: SamplingConfig | None = None, model: str | None = None, device: str | None = None,
                       shard: str = "", overwrite: bool = False, resume: bool = False) -> Path:
     """Generate di.per_image samples from every learned embedding (Diffusion Inversion sampling). What `config`
     leaves None takes DI's defaults: DIConfig's steps, guidance and save size (the training images' size)."""
     di, config = di or DIConfig(), config or SamplingConfig()
+    check_leftover(Path(out), overwrite, resume)
     if di.uncond not in UNCONDS:
         raise UserError(f"--uncond must be one of {', '.join(UNCONDS)}, got '{di.uncond}'")
     tensors, emb_meta = load_embeddings(embedding_files)

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from .errors import UserError
-from .locks import acquire, busy_message, holder, refuse_leftover, release
+from .locks import acquire, busy_message, holder, locked_output, refuse_leftover, release
 
 FORMAT = "synthkit-store"
 FORMAT_VERSION = 1
@@ -38,6 +38,13 @@ def missing_store_message(path: Path) -> str:
         return (f"store {path} does not exist, but an interrupted run left {partial_path(path)}: rerun that command "
                 "with --resume to continue it, or with --overwrite to discard it")
     return f"store {path} does not exist"
+
+
+def check_leftover(out: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse to start over silently: an interrupted run's .partial needs --resume or --overwrite.
+    (StoreWriter checks again; commands call this first to answer before loading a model or a source.)"""
+    if partial_path(Path(out)).exists() and not (overwrite or resume):
+        refuse_leftover(partial_path(Path(out)), Path(out))
 
 
 def _problem(f: h5py.File) -> str | None:
@@ -423,6 +430,7 @@ def shard_range(total: int, shard: str | None) -> tuple[int, int]:
     return total * i // n, total * (i + 1) // n
 
 
+@locked_output("out")
 def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, Any] | None = None,
                  overwrite: bool = False) -> Path:
     """Concatenate stores of the same classes into one; shards are put back in shard order.

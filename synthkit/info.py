@@ -12,7 +12,7 @@ from rich.table import Table
 from .checkpoint import read_meta, tensor_shapes
 from .errors import UserError
 from .locks import holder
-from .store import Store, missing_store_message, partial_path
+from .store import Store, missing_store_message, partial_path, unfinished_message
 
 
 def describe(path: str | Path) -> Group:
@@ -22,6 +22,9 @@ def describe(path: str | Path) -> Group:
         if partial_path(path).exists() or holder(path) is not None:
             raise UserError(missing_store_message(path))
         raise UserError(f"{path} does not exist")
+    busy = unfinished_message(path)
+    if busy:
+        raise UserError(busy)
     if path.is_dir():
         return _describe_model_folder(path)
     with open(path, "rb") as f:

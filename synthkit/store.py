@@ -40,6 +40,17 @@ def missing_store_message(path: Path) -> str:
     return f"store {path} does not exist"
 
 
+def unfinished_message(path: Path) -> str | None:
+    """For NAME.partial while another process writes NAME: say so (its bytes are not a store yet)."""
+    if not path.name.endswith(PARTIAL_SUFFIX):
+        return None
+    final = path.with_name(path.name[: -len(PARTIAL_SUFFIX)])
+    pid = holder(final)
+    if pid is None or pid == os.getpid():
+        return None
+    return f"{path} is unfinished: {busy_message(final, pid)}"
+
+
 def check_leftover(out: Path, overwrite: bool, resume: bool) -> None:
     """Refuse to start over silently: an interrupted run's .partial needs --resume or --overwrite.
     (StoreWriter checks again; commands call this first to answer before loading a model or a source.)"""
@@ -108,11 +119,9 @@ class Store:
             raise UserError(missing_store_message(self.path))
         if self.path.is_dir():
             raise UserError(f"{self.path} is a folder, not a store: give a .h5 file written by synthkit")
-        if self.path.name.endswith(PARTIAL_SUFFIX):
-            final = self.path.with_name(self.path.name[: -len(PARTIAL_SUFFIX)])
-            pid = holder(final)
-            if pid is not None and pid != os.getpid():
-                raise UserError(f"{self.path} is unfinished: {busy_message(final, pid)}")
+        busy = unfinished_message(self.path)
+        if busy:
+            raise UserError(busy)
         try:
             self._file = h5py.File(self.path, "r")
         except OSError:

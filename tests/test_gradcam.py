@@ -69,3 +69,71 @@ def test_bad_input_is_one_line(tmp_path, tiny_classifier, test_store):
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = run("gradcam", "--data", test_store, "--out", tmp_path / "out")
     assert result.exit_code == 2  # --model is required
+
+
+def hand_grad_cam(model, layer, images, classes):
+    """Grad-CAM written out: the target logit's gradient, averaged over space, weighs the layer's
+    channels; ReLU, min-max scaled, resized to the input (cv2, bilinear) and scaled again."""
+    import cv2
+    import torch
+
+    saved = {}
+
+    def keep(module, inputs, output):
+        saved["act"] = output
+        output.register_hook(lambda grad: saved.update(grad=grad))
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        model.zero_grad()
+        logits = model(images)
+        logits[torch.arange(len(images)), torch.as_tensor(classes)].sum().backward()
+    finally:
+        handle.remove()
+    act, grad = saved["act"].detach().double().numpy(), saved["grad"].double().numpy()
+    cams = np.maximum((grad.mean(axis=(2, 3))[:, :, None, None] * act).sum(axis=1), 0)
+    out = []
+    for cam in cams:
+        cam = cam - cam.min()
+        cam = cv2.resize(np.float32(cam / (1e-7 + cam.max())), images.shape[-1:-3:-1])
+        cam = cam - cam.min()
+        out.append(cam / (1e-7 + cam.max()))
+    return np.float32(out)
+
+
+def test_gradcam_numbers_are_those_of_a_hand_computed_grad_cam(tmp_path, tiny_classifier, test_store):
+    import csv
+
+    import torch
+
+    from synthkit.store import Store
+    from synthkit.training import load_classifier
+
+    result = run("gradcam", "--model", tiny_classifier, "--data", test_store, "--n", 8, "--layer", "layer3",
+                 "--out", tmp_path, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "per_image.csv")))
+    assert len(rows) == 8
+    model, meta = load_classifier(tiny_classifier, torch.device("cpu"))
+    with Store(test_store) as s:
+        index = [int(r["image"]) for r in rows]
+        images = torch.from_numpy(s.images(index)).permute(0, 3, 1, 2).float() / 255
+        labels = s.labels[index]
+        assert [r["label"] for r in rows] == [s.classes[c] for c in labels]
+    assert [r["target"] for r in rows] == [meta["classes"][c] for c in labels]  # --target true
+    cams = hand_grad_cam(model, model.layer("layer3"), images, labels)
+    with torch.no_grad():
+        probs = model(images).softmax(1)
+        masked = model(images * torch.from_numpy(cams)[:, None]).softmax(1)
+    assert [r["predicted"] for r in rows] == [meta["classes"][c] for c in probs.argmax(1)]
+    for k, row in enumerate(rows):
+        expected = concentration(cams[k]) | {"confidence": float(probs[k, labels[k]]),
+                                             "confidence_change": float(masked[k, labels[k]] - probs[k, labels[k]])}
+        for key, value in expected.items():
+            assert float(row[key]) == pytest.approx(value, rel=1e-3, abs=1e-4, nan_ok=True), (k, key)
+    assert sum(cam.max() > 0.5 for cam in cams) >= len(cams) // 2, "most maps should not be empty"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (stats,) = summary["models"].values()
+    for key in ("entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change"):
+        assert stats[key]["mean"] == pytest.approx(np.nanmean([float(r[key]) for r in rows]), rel=1e-6), key  # NaN: empty map
+    assert stats["accuracy_on_these_images"] == pytest.approx(np.mean([r["target"] == r["predicted"] for r in rows]))

@@ -279,3 +279,17 @@ def test_resolution_not_multiple_of_8_is_refused(tiny_sd, small_real, tmp_path):
     result = run("invert", "--class", "cat", "--data", small_real, "--model", tiny_sd, "--resolution", 100,
                  "--out", tmp_path / "x.safetensors")
     assert result.exit_code == 2 and "multiple of 8" in result.stderr
+
+
+def test_merging_shards_made_with_other_options_is_one_error_line(tiny_sd, small_real, tmp_path):
+    config = ["--resolution", 64, "--batch-size", 4, "--group-size", 3, "--chunk-groups", 1, "--model", tiny_sd,
+              "--data", small_real, "--class", "cat"]
+    for i, updates in ((0, 1), (1, 2)):  # the two halves of a job, but with other --updates
+        result = run("invert", *config, "--updates", updates, "--shard", f"{i}/2", "--out", tmp_path / f"s{i}.safetensors")
+        assert result.exit_code == 0, result.output
+    assert read_meta(tmp_path / "s0.safetensors")["params"] != read_meta(tmp_path / "s1.safetensors")["params"]
+    result = run("merge", tmp_path / "s1.safetensors", tmp_path / "s0.safetensors", "--out", tmp_path / "merged.safetensors")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "different options" in lines[0], result.stderr
+    assert not (tmp_path / "merged.safetensors").exists()

@@ -77,3 +77,75 @@ def test_makefile_shows_the_plan(tmp_path):
     help_text = subprocess.run(["make", "-C", str(ROOT), "help"], capture_output=True, text=True).stdout
     for var in ("MODEL", "PER_CLASS", "PER_IMAGE", "SD_PER_CLASS", "EPOCHS", "SEED", "DEVICE", "SHARDS"):
         assert var + "=" in help_text
+
+
+def planned(cwd, *variables):
+    """`make -n train` run in cwd (so data/ and models/ are cwd's), stamps in cwd/stamps: the planned commands."""
+    out = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "train", "STAMPS=stamps", "VENV=venv", *variables],
+                         cwd=cwd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+STUDY_FILES = [  # the graph under `train`, upstream first
+    ["data/real.h5", "data/test.h5"],
+    ["data/sd.shard-0.h5", *(f"models/inv/{c}.safetensors" for c in
+                             ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"))],
+    ["data/sd.h5", "data/inv.shard-0.h5"],
+    ["data/inv.h5"],
+    [f"models/resnet18-{d}.safetensors" for d in ("real", "inv", "sd", "real+inv", "real+sd")],
+]
+
+
+def finish_everything(cwd, when):
+    """Make every file of the graph look finished, each newer than what it is made from (and the stamps)."""
+    import os
+
+    for i, layer in enumerate(STUDY_FILES):
+        for name in layer:
+            (cwd / name).parent.mkdir(parents=True, exist_ok=True)
+            (cwd / name).touch()
+            os.utime(cwd / name, (when + 10 * (i + 1), when + 10 * (i + 1)))
+
+
+def trained(plan):
+    return sorted(re.findall(r" train .*--out models/resnet18-(\S+)\.safetensors", plan))
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
+    import os
+    import time
+
+    def age_stamps():
+        for p in (tmp_path / "stamps").iterdir():
+            os.utime(p, (past, past))
+
+    planned(tmp_path)  # writes the stamps
+    stamps = {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()}
+    assert set(stamps) == {"data", "sd", "invert", "inv", "train", "analysis"} and "30 128 0.1 balanced 0" in stamps["train"]
+    past = time.time() - 1000
+    age_stamps()
+    finish_everything(tmp_path, past)
+    assert "bin/synthkit" not in planned(tmp_path), "nothing to redo when nothing changed"
+    assert all(p.stat().st_mtime == past for p in (tmp_path / "stamps").iterdir())  # same settings: stamps untouched
+
+    plan = planned(tmp_path, "EPOCHS=5")  # a training setting: the train stamp is rewritten, all five retrain
+    assert (tmp_path / "stamps" / "train").read_text().split() == ["5", "128", "0.1", "balanced", "0"]
+    assert (tmp_path / "stamps" / "train").stat().st_mtime > past
+    assert all(p.stat().st_mtime == past for p in (tmp_path / "stamps").iterdir() if p.name != "train")
+    assert trained(plan) == sorted(["real", "inv", "sd", "real+inv", "real+sd"]) and "--epochs 5" in plan
+    assert "invert" not in plan and "sample" not in plan and "data cifar10" not in plan
+
+    age_stamps()  # as if the five had been retrained since
+    assert "bin/synthkit" not in planned(tmp_path, "EPOCHS=5")
+    plan = planned(tmp_path, "EPOCHS=5", "UPDATES=7")  # an inversion setting: inversion, DI sampling and their models
+    assert "--updates 7" in plan and len(re.findall(r" invert --class ", plan)) == 10
+    assert "sample --embeddings" in plan and "merge data/inv.shard-0.h5" in plan
+    assert trained(plan) == ["inv", "real+inv"]
+    assert "sample --prompt" not in plan and "data cifar10" not in plan
+
+    age_stamps()
+    plan = planned(tmp_path, "EPOCHS=5", "UPDATES=7", "PER_CLASS=20")  # the real subset: every stage is redone
+    assert "data cifar10" in plan and "--per-class 20" in plan and "sample --prompt" in plan and "invert --class" in plan
+    assert trained(plan) == sorted(["real", "inv", "sd", "real+inv", "real+sd"])

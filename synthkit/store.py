@@ -126,13 +126,14 @@ class Store:
             self._file = h5py.File(self.path, "r")
         except OSError:
             raise UserError(f"{self.path} is not an HDF5 file: give a store written by synthkit") from None
-        if self._file.attrs.get("format") != FORMAT:
-            self._file.close()
-            raise UserError(f"{self.path} is not a synthkit store (no synthkit format tag)")
         try:
+            if self._file.attrs.get("format") != FORMAT:
+                self._file.close()
+                raise UserError(f"{self.path} is not a synthkit store (no synthkit format tag)")
             problem = _problem(self._file)
         except (KeyError, OSError, ValueError, TypeError, AttributeError, RuntimeError) as err:
-            problem = f"it cannot be read ({type(err).__name__}: {err})"
+            # h5py reports a damaged file as KeyError ("bad local heap signature"), OSError, ...
+            problem = f"it cannot be read ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
         if problem:
             self._file.close()
             raise UserError(f"{self.path} is damaged or not a synthkit store: {problem}")

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .locks import locked_output, refuse_leftover
 from .config import InversionConfig
 from .device import configure_threads, inversion_dtype, pick_device
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
+from .locks import locked_output, refuse_leftover
 from .meta import provenance
 from .progress import progress
 from .store import Store, shard_range

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import struct
@@ -54,11 +55,28 @@ def empty_store(path: Path, classes=("a", "b")) -> Path:
 # ---------------------------------------------------------------- 1. two writers, one path
 
 
-def test_two_real_imports_of_one_out_one_wins_the_other_is_refused(tmp_path, shared_archive):
+@pytest.fixture(scope="module")
+def slow_archive(tmp_path_factory, cifar_small_archive) -> Path:
+    """The committed test images, each repeated 150 times under new names (9,000 JPEGs): an import that takes a
+    few seconds to read, so that a second process arrives while the first holds the output."""
+    out = tmp_path_factory.mktemp("race") / "cifar-repeated.tar.gz"
+    with tarfile.open(cifar_small_archive, "r:gz") as src, tarfile.open(out, "w:gz") as dst:
+        for member in src:
+            if member.isfile() and member.name.split("/")[1] == "test":
+                data = src.extractfile(member).read()
+                stem, ext = member.name.rsplit(".", 1)
+                for k in range(150):
+                    info = tarfile.TarInfo(f"{stem}{k:03d}.{ext}")
+                    info.size = len(data)
+                    dst.addfile(info, io.BytesIO(data))
+    return out
+
+
+def test_two_real_imports_of_one_out_one_wins_the_other_is_refused(tmp_path, slow_archive):
     """Two `synthkit data cifar10` processes on one --out, the second started while the first writes."""
     out = tmp_path / "conc" / "same.h5"
-    cmd = [sys.executable, "-m", "synthkit", "data", "cifar10", "--source", str(shared_archive), "--split", "test",
-           "--per-class", "3", "--out", str(out)]
+    cmd = [sys.executable, "-m", "synthkit", "data", "cifar10", "--source", str(slow_archive), "--split", "test",
+           "--out", str(out)]
     env = dict(os.environ, SYNTHKIT_QUIET="1", SYNTHKIT_DEVICE="cpu")
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -74,7 +92,7 @@ def test_two_real_imports_of_one_out_one_wins_the_other_is_refused(tmp_path, sha
     assert message.startswith("error:") and len(message.splitlines()) == 1, message
     assert f"being written by another synthkit process (pid {first.pid})" in message
     with Store(out) as store:
-        assert len(store) == 30 and list(store.counts()) == [3] * 10
+        assert len(store) == 9000 and list(store.counts()) == [900] * 10
     assert not partial_path(out).exists() and not lock_path(out).exists()
 
 

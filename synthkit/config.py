@@ -11,8 +11,8 @@ UNCONDS = ("mixed", "group", "empty")
 
 @dataclass
 class InversionConfig:
-    """The official CIFAR-10 settings: AdamW lr 0.03, weight decay 0.01, groups of 100 at batch 50, 3000
-    updates per image (the official learned_embeds-steps-6000: 6000 AdamW steps of a group, 2 per epoch)."""
+    """The official scripts' settings: AdamW lr 0.03, weight decay 0.01, groups of 100 at batch 50, 128 px, 3000
+    updates per image (train_steps 3000, loaded for CIFAR as learned_embeds-steps-6000: 2 AdamW steps per epoch)."""
 
     tokens: int = 5
     resolution: int = 128

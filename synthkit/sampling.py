@@ -230,7 +230,7 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
         console.print("note: the embeddings hold one class, so the mixed unconditional input is that class's mean; "
                       "give every class's file for the official class-mixed mean", highlight=False)
     members = group_members(groups)
-    params = asdict(config) | asdict(di) | {"model": model, "embeddings": [str(p) for p in embedding_files],
+    params = asdict(di) | asdict(config) | {"model": model, "embeddings": [str(p) for p in embedding_files],
                                             "resolution": resolution}
     meta = provenance("inv", params, emb_meta["sources"]) | {"model": model, "embeddings_model": emb_meta["model"],
                                                              "uncond": uncond_note}

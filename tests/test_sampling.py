@@ -104,6 +104,7 @@ def test_di_sampling_store_and_class_mixed_guidance(tiny_sd, embeddings, tmp_pat
             assert tensors["group"][j] == g == tensors["group"][k] and tensors["label"][k] == label == tensors["label"][j]
         assert (s.column("alpha") == 0.2).all() and (s.column("noise") == 0.05).all()
         assert s.meta["params"]["uncond"] == "mixed" and s.meta["uncond"].startswith("mixed: the mean of all 8 embeddings (2 classes)")
+        assert (s.meta["params"]["steps"], s.meta["params"]["guidance"], s.meta["params"]["save_size"]) == (3, 2.0, 32)  # as run
     mixed = tensors["embeddings"].mean(0)
     assert all(torch.allclose(u, mixed) for _, uncond, _, _ in seen for u in uncond)
     class_means = [tensors["embeddings"][tensors["label"] == c].mean(0) for c in tensors["label"].unique()]

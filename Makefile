@@ -80,7 +80,7 @@ install:  ## create .venv and install synthkit with its test tools
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e '.[dev]'
 
-test:  ## run the test suite
+test: $(SK)  ## run the test suite (installing first if needed)
 	$(VENV)/bin/pytest
 
 # ---- the study

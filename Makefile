@@ -49,7 +49,8 @@ MODEL_DEP := $(filter models/tiny-sd,$(MODEL))
 # Each stage's settings are kept in .make/STAGE; when they change, that stage and what follows are redone.
 # (Not for goals that only start another make or touch no study file: they must not reset the settings.)
 STAMPS ?= .make
-stamp = $(shell mkdir -p $(STAMPS) && (echo '$(2)' | cmp -s - $(STAMPS)/$(1) || echo '$(2)' > $(STAMPS)/$(1)))
+shell_quote = '$(subst ','\'',$(1))'
+stamp = $(shell mkdir -p $(STAMPS) && (printf '%s\n' $(call shell_quote,$(2)) | cmp -s - $(STAMPS)/$(1) || printf '%s\n' $(call shell_quote,$(2)) > $(STAMPS)/$(1)))
 ifeq ($(filter demo help install test clean-study,$(MAKECMDGOALS)),)
 $(call stamp,data,$(CIFAR) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED))
 $(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
@@ -98,7 +99,7 @@ sd: data/sd.h5  ## prompt generation (img2img from the real store by default, as
 
 data/sd.shard-%.h5: $(STAMPS)/sd $(if $(SD_INIT),data/$(SD_INIT).h5) | $(MODEL_DEP)
 	rm -f $@
-	$(SK) sample --prompt "$(SD_PROMPT)" --per-class $(SD_PER_CLASS) --model $(MODEL) $(SD_INIT_ARGS) \
+	$(SK) sample --prompt $(call shell_quote,$(SD_PROMPT)) --per-class $(SD_PER_CLASS) --model $(MODEL) $(SD_INIT_ARGS) \
 	  --steps $(SD_STEPS) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) --batch-size $(GEN_BATCH) --seed $(SEED) \
 	  --device $(DEVICE) --shard $*/$(SHARDS) --out $@ --resume
 

@@ -149,3 +149,17 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
     plan = planned(tmp_path, "EPOCHS=5", "UPDATES=7", "PER_CLASS=20")  # the real subset: every stage is redone
     assert "data cifar10" in plan and "--per-class 20" in plan and "sample --prompt" in plan and "invert --class" in plan
     assert trained(plan) == sorted(["real", "inv", "sd", "real+inv", "real+sd"])
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_a_prompt_with_quotes_survives_the_stamps_and_the_command(tmp_path):
+    import shlex
+
+    prompt = "a {class}'s \"photo\""
+    plan = planned(tmp_path, f"SD_PROMPT={prompt}")
+    assert prompt in (tmp_path / "stamps" / "sd").read_text()
+    command = next(line for line in plan.splitlines() if " sample --prompt " in line).rstrip(" \\")
+    assert shlex.split(command)[shlex.split(command).index("--prompt") + 1] == prompt
+    before = (tmp_path / "stamps" / "sd").stat().st_mtime_ns
+    planned(tmp_path, f"SD_PROMPT={prompt}")
+    assert (tmp_path / "stamps" / "sd").stat().st_mtime_ns == before  # the same settings leave the stamp alone

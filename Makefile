@@ -49,6 +49,9 @@ MODEL_DEP := $(filter models/tiny-sd,$(MODEL))
 # Each stage's settings are kept in .make/STAGE; when they change, that stage and what follows are redone.
 # (Not for goals that only start another make or touch no study file: they must not reset the settings.)
 STAMPS ?= .make
+# An interrupted run's leftovers are continued (the commands pass --resume) unless a prerequisite (an input,
+# or the stage's settings stamp) is newer than they are: then they are stale and removed first.
+leftovers = rm -f $@; for f in $(1); do for d in $^; do if [ -e "$$f" ] && [ "$$f" -ot "$$d" ]; then rm -rf "$$f"; fi; done; done
 shell_quote = '$(subst ','\'',$(1))'
 stamp = $(shell mkdir -p $(STAMPS) && (printf '%s\n' $(call shell_quote,$(2)) | cmp -s - $(STAMPS)/$(1) || printf '%s\n' $(call shell_quote,$(2)) > $(STAMPS)/$(1)))
 ifeq ($(filter demo help install test clean-study,$(MAKECMDGOALS)),)
@@ -88,17 +91,17 @@ test: $(SK)  ## run the test suite (installing first if needed)
 data: data/real.h5 data/test.h5  ## real training subset (PER_CLASS per class) and the real test set
 
 data/real.h5: $(STAMPS)/data
-	rm -f $@
+	$(call leftovers,$@.partial)
 	$(SK) data cifar10 $(CIFAR_SOURCE) --split train --per-class $(PER_CLASS) --seed $(SEED) --out $@ --resume
 
 data/test.h5: $(STAMPS)/data
-	rm -f $@
+	$(call leftovers,$@.partial)
 	$(SK) data cifar10 $(CIFAR_SOURCE) --split test $(TEST_SUBSET) --out $@ --resume
 
 sd: data/sd.h5  ## prompt generation (img2img from the real store by default, as the original study)
 
 data/sd.shard-%.h5: $(STAMPS)/sd $(if $(SD_INIT),data/$(SD_INIT).h5) | $(MODEL_DEP)
-	rm -f $@
+	$(call leftovers,$@.partial)
 	$(SK) sample --prompt $(call shell_quote,$(SD_PROMPT)) --per-class $(SD_PER_CLASS) --model $(MODEL) $(SD_INIT_ARGS) \
 	  --steps $(SD_STEPS) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) --batch-size $(GEN_BATCH) --seed $(SEED) \
 	  --device $(DEVICE) --shard $*/$(SHARDS) --out $@ --resume
@@ -106,14 +109,14 @@ data/sd.shard-%.h5: $(STAMPS)/sd $(if $(SD_INIT),data/$(SD_INIT).h5) | $(MODEL_D
 invert: $(INV_FILES)  ## Diffusion Inversion: one embeddings file per class
 
 models/inv/%.safetensors: data/real.h5 $(STAMPS)/invert | $(MODEL_DEP)
-	rm -f $@
+	$(call leftovers,$(@:.safetensors=.invert-state) $@.partial)
 	$(SK) invert --class $* --data data/real.h5 --model $(MODEL) --resolution $(RESOLUTION) --updates $(UPDATES) \
 	  --batch-size $(INV_BATCH) --seed $(SEED) --device $(DEVICE) --out $@ --resume
 
 inv: data/inv.h5  ## DI sampling from the learned embeddings
 
 data/inv.shard-%.h5: $(INV_FILES) $(STAMPS)/inv
-	rm -f $@
+	$(call leftovers,$@.partial)
 	$(SK) sample $(INV_FILES:%=--embeddings %) --model $(MODEL) --per-image $(PER_IMAGE) --steps $(DI_STEPS) \
 	  --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) --shard $*/$(SHARDS) --out $@ --resume
 
@@ -128,7 +131,7 @@ models/resnet18-sd.safetensors: data/sd.h5 $(STAMPS)/train
 models/resnet18-real+inv.safetensors: data/real.h5 data/inv.h5 $(STAMPS)/train
 models/resnet18-real+sd.safetensors: data/real.h5 data/sd.h5 $(STAMPS)/train
 models/resnet18-%.safetensors:
-	rm -f $@
+	$(call leftovers,$(@:.safetensors=.train-state.safetensors) $@.partial)
 	$(SK) train --data $(subst +,$(comma),$*) --out $@ --epochs $(EPOCHS) --batch-size $(BATCH) --lr $(LR) --seed $(SEED) --device $(DEVICE) \
 	  $(if $(findstring +,$*),--mix $(MIX)) --resume
 comma := ,

@@ -163,3 +163,28 @@ def test_a_prompt_with_quotes_survives_the_stamps_and_the_command(tmp_path):
     before = (tmp_path / "stamps" / "sd").stat().st_mtime_ns
     planned(tmp_path, f"SD_PROMPT={prompt}")
     assert (tmp_path / "stamps" / "sd").stat().st_mtime_ns == before  # the same settings leave the stamp alone
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makefile_continues_fresh_leftovers_and_discards_stale_ones(tmp_path):
+    """After an interruption make resumes; after a settings change it first removes the old run's leftovers."""
+    import os
+    import time
+
+    def make(*variables):
+        out = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "data/real.h5", "models/inv/cat.safetensors",
+                              "SK=true", "STAMPS=stamps", "VENV=venv", *variables], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+
+    partial, state = tmp_path / "data" / "real.h5.partial", tmp_path / "models" / "inv" / "cat.invert-state"
+    make("PER_CLASS=7")  # writes the stamps (the commands themselves are `true` here)
+    for leftover in (partial, state):
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"interrupted")
+    state.mkdir()
+    os.utime(tmp_path / "stamps" / "data", (time.time() - 100,) * 2)
+    os.utime(tmp_path / "stamps" / "invert", (time.time() - 100,) * 2)
+    make("PER_CLASS=7")  # the same settings: an interrupted run is continued
+    assert partial.exists() and state.exists()
+    make("PER_CLASS=8", "UPDATES=5")  # other settings: the leftovers are stale
+    assert not partial.exists() and not state.exists()

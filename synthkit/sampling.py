@@ -22,8 +22,8 @@ from .diffusion import (Diffusion, check_resolution, decode, denoise, derive_see
 from .errors import UserError
 from .inversion import load_embeddings
 from .meta import provenance
-from .progress import console, progress
 from .locks import locked_output
+from .progress import console, progress
 from .store import Store, StoreWriter, check_leftover, shard_range
 
 
@@ -192,8 +192,6 @@ def unconditional(mode: str, diffusion: Diffusion, embeddings: torch.Tensor, gro
     their mean would be the class mean, and guidance would push each sample away from its own class.
     group: the mean of the image's own group. empty: the empty prompt, padded to the embeddings' token count
     as the official code's non-averaged branch does."""
-    if mode not in UNCONDS:
-        raise UserError(f"--uncond must be one of {', '.join(UNCONDS)}, got '{mode}'")
     if mode == "mixed":
         mean = embeddings.mean(0)
         n_classes = len(torch.unique(labels))
@@ -249,7 +247,8 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
             sample_index = np.arange(part.start, part.stop)
             rows = sample_index // di.per_image
             nth = sample_index % di.per_image
-            partners = choose_partners(groups, members, rows, di.per_image, config.seed, source)[np.arange(count), nth]
+            images, image_of_sample = np.unique(rows, return_inverse=True)  # each image's partners drawn once
+            partners = choose_partners(groups, members, images, di.per_image, config.seed, source)[image_of_sample, nth]
             seeds = [derive_seed(config.seed, source[r], k) for r, k in zip(rows, nth)]
             cond = perturb(embeddings, rows, partners, seeds, di.interp, di.noise)
             noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)

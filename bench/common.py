@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+SHARED = Path(os.environ.get("SYNTHKIT_SHARED") or ROOT.parent / "shared")  # as in tests/conftest.py
+ARCHIVE = SHARED / "data" / "cifar10-jpeg.tar.gz"
 
 
 def cifar_store(split: str, per_class: int | None = None, seed: int = 0) -> Path:

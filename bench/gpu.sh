@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU numbers in bench/README.md, in one go (about 8 minutes on one H100 or H200): a CLI smoke run of
+# the pipeline on the GPU with the tiny model, then the three benchmarks at full size. Each step has its
+# own time limit, so that one slow step cannot take the others' time; logs go to OUTDIR/<step>.log.
+# Usage: bench/gpu.sh OUTDIR   (synthkit importable, e.g. `pip install -e .`; CIFAR-10 as for the benchmarks)
+set -uo pipefail
+out=${1:-bench/.cache/gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME SECONDS COMMAND...: run it under a limit, log it, go on whatever happens
+    local name=$1 limit=$2
+    shift 2
+    echo "== [$(date +%T)] $name (limit ${limit}s): $*" | tee -a "$out/$name.log"
+    local start=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee -a "$out/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/$name.log"
+}
+
+smoke() {  # the study's commands on the GPU (device auto), tiny model, a few images per class
+    local w
+    w=$(mktemp -d)
+    set -e
+    python3 -m synthkit model tiny --out "$w/tiny"
+    python3 -m synthkit data cifar10 --source "$ARCHIVE" --split train --per-class 10 --out "$w/real.h5"
+    python3 -m synthkit data cifar10 --source "$ARCHIVE" --split test --per-class 10 --out "$w/test.h5"
+    python3 -m synthkit invert --class airplane --data "$w/real.h5" --model "$w/tiny" --resolution 64 --updates 20 --out "$w/inv.safetensors"
+    python3 -m synthkit sample --embeddings "$w/inv.safetensors" --per-image 2 --steps 5 --out "$w/inv.h5"
+    python3 -m synthkit sample --prompt "a photo of a {class}" --per-class 4 --model "$w/tiny" --steps 5 --resolution 64 --out "$w/sd.h5"
+    python3 -m synthkit train --data "$w/real.h5,$w/sd.h5" --mix balanced --epochs 2 --batch-size 32 --out "$w/clf.safetensors"
+    python3 -m synthkit evaluate --model "$w/clf.safetensors" --test "$w/test.h5" --results "$w/results"
+    python3 -m synthkit gradcam --model "$w/clf.safetensors" --data "$w/test.h5" --n 8 --out "$w/gradcam"
+    python3 -m synthkit info "$w/inv.h5"
+}
+ARCHIVE=$(python3 -c 'import sys; sys.path.insert(0, "bench"); from common import ARCHIVE; print(ARCHIVE)')
+export ARCHIVE
+export -f smoke
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log"
+step smoke 90 bash -c smoke
+step generation-bf16 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision bf16 --sample-batch 128 --windows 5 --steps 4
+step generation-fp32 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision fp32 --sample-batch 128 --windows 5 --steps 4
+step train-speed 70 python3 bench/train_speed.py --batch-size 512 --windows 5 --steps 20
+step accuracy 150 python3 bench/accuracy_vs_size.py --sizes 5000 --epochs 30 --out "$out/accuracy.md"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU numbers in bench/README.md, in one go (about 8 minutes on one H100 or H200): a CLI smoke run of
+# The GPU numbers in bench/README.md, in one go (about 6 minutes on one H200): a CLI smoke run of
 # the pipeline on the GPU with the tiny model, then the three benchmarks at full size. Each step has its
 # own time limit, so that one slow step cannot take the others' time; logs go to OUTDIR/<step>.log.
 # Usage: bench/gpu.sh OUTDIR   (synthkit importable, e.g. `pip install -e .`; CIFAR-10 as for the benchmarks)
@@ -37,7 +37,7 @@ export ARCHIVE
 export -f smoke
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log"
-step smoke 90 bash -c smoke
+step smoke 150 bash -c smoke
 step generation-bf16 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision bf16 --sample-batch 128 --windows 5 --steps 4
 step generation-fp32 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision fp32 --sample-batch 128 --windows 5 --steps 4
 step train-speed 70 python3 bench/train_speed.py --batch-size 512 --windows 5 --steps 20

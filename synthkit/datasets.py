@@ -16,10 +16,11 @@ import numpy as np
 
 from . import CIFAR10_CLASSES
 from .errors import UserError
+from .jobs import check_output
 from .locks import locked_output
 from .meta import provenance
 from .progress import progress
-from .store import StoreWriter, balanced_subset, check_leftover
+from .store import StoreWriter, balanced_subset, partial_path
 
 SPLITS = ("train", "test")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -60,11 +61,8 @@ def import_cifar10(
     out = Path(out)
     params = {"source": str(source) if source else "torchvision-download", "split": split,
               "per_class": per_class, "seed": seed}
-    if out.exists() and resume:
+    if check_output(out, [partial_path(out)], overwrite, resume):
         return out
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
-    check_leftover(out, overwrite, resume)
     src = download_cifar10(download_root, split) if download else open_source(Path(source), split)
     index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(CIFAR10_CLASSES))
     meta = provenance("real", params, [_describe(Path(source)) if source else {"path": str(download_root)}])

@@ -28,10 +28,11 @@ from .config import InversionConfig
 from .device import configure_threads, inversion_dtype, pick_device
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
-from .locks import locked_output, refuse_leftover
+from .jobs import check_output, check_same_options, shard_order, shard_range
+from .locks import locked_output
 from .meta import provenance
 from .progress import progress
-from .store import Store, shard_range
+from .store import Store
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -177,12 +178,8 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
     from .preview import InversionPreview
 
     out = Path(out)
-    if out.exists() and not (overwrite or resume):
-        raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
-    if out.exists() and resume:
+    if check_output(out, [state_dir(out)], overwrite, resume):
         return read_meta(out)
-    if state_dir(out).exists() and not (overwrite or resume):
-        refuse_leftover(state_dir(out), out)
     if min(config.tokens, config.group_size, config.batch_size, config.updates) < 1 or preview_every < 0:
         raise UserError("--tokens, --group-size, --batch-size and --updates must be at least 1, --preview-every at least 0")
     with Store(data) as store:
@@ -223,8 +220,7 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
                     save_checkpoint(finished, chunk_tensors, {"kind": "invert-chunk", "params": params, "group_loss": chunk_loss})
                     (state / "current.safetensors").unlink(missing_ok=True)
                 tensors, chunk_meta = load_checkpoint(finished)
-                if chunk_meta.get("params") != params:
-                    raise UserError(f"{state} was started with other options: rerun with the same ones, or --overwrite")
+                check_same_options(chunk_meta.get("params"), params, state)
                 parts.append(tensors)
                 group_loss |= chunk_meta["group_loss"]
                 bar.update(task, completed=sum(len(p["label"]) for p in parts) * config.updates)
@@ -265,8 +261,7 @@ def invert_chunk(diffusion: Diffusion, images: np.ndarray, groups: list[np.ndarr
     current = state / "current.safetensors"
     if current.exists():
         saved, saved_meta = load_checkpoint(current, dev)
-        if saved_meta.get("params") != params:
-            raise UserError(f"{state} was started with other options: rerun with the same ones, or --overwrite")
+        check_same_options(saved_meta.get("params"), params, state)
         if saved_meta["chunk"] == chunk_index:
             tables.load_state(saved)
             ema, first_loss = saved["ema"], saved["first_loss"]
@@ -362,15 +357,10 @@ def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dic
 def merge_embeddings(paths: Sequence[Path], out: Path, overwrite: bool = False) -> Path:
     """Merge the shards of one inversion job into the file an unsharded run writes."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists: pass --overwrite to replace it")
+    check_output(out, [], overwrite, resume=False, resumable=False)
     metas = [read_meta(p) for p in paths]
     if all(m.get("shard") for m in metas):
-        order = sorted(range(len(paths)), key=lambda i: int(metas[i]["shard"].split("/")[0]))
-        shards = [metas[i]["shard"] for i in order]
-        n = int(shards[0].split("/")[1])
-        if shards != [f"{i}/{n}" for i in range(n)]:
-            raise UserError(f"the shards given are {', '.join(shards)}: all of 0/{n} .. {n - 1}/{n} are needed, once each")
+        order = shard_order([m["shard"] for m in metas])
         params = [{k: v for k, v in metas[i]["params"].items() if k != "shard"} for i in order]
         if any(p != params[0] for p in params):
             raise UserError("the shards were made with different options and cannot be merged")

@@ -21,10 +21,11 @@ from .diffusion import (Diffusion, check_resolution, decode, denoise, derive_see
                         initial_noise, load_diffusion, make_scheduler, sample_seed)
 from .errors import UserError
 from .inversion import load_embeddings
-from .meta import provenance
+from .jobs import check_output, shard_range
 from .locks import locked_output
+from .meta import provenance
 from .progress import console, progress
-from .store import Store, StoreWriter, check_leftover, shard_range
+from .store import Store, StoreWriter, partial_path
 
 
 def batch_slices(total: int, batch: int, shard: str) -> list[slice]:
@@ -81,11 +82,12 @@ def _open_generator(model: str, config: SamplingConfig, device: str | None) -> t
 
 @locked_output("out")
 def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Sequence[str], per_class: int,
-                   config: SamplingConfig, negative: str = "", init: Path | None = None, strength: float = 0.75,
+                   config: SamplingConfig, negative: str = "", init: Path | None = None, strength: float = PROMPT_DEFAULTS["strength"],
                    device: str | None = None, shard: str = "", overwrite: bool = False, resume: bool = False) -> Path:
     """Generate per_class images of every class from prompt templates (img2img from `init` if given)."""
     out = Path(out)
-    check_leftover(out, overwrite, resume)
+    if check_output(out, [partial_path(out)], overwrite, resume):
+        return out
     config = replace(config, steps=config.steps or PROMPT_DEFAULTS["steps"],
                      guidance=PROMPT_DEFAULTS["guidance"] if config.guidance is None else config.guidance)
     prompts, labels = prompt_plan(templates, classes, per_class)
@@ -210,7 +212,8 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
     """Generate di.per_image samples from every learned embedding (Diffusion Inversion sampling). What `config`
     leaves None takes DI's defaults: DIConfig's steps, guidance and save size (the training images' size)."""
     di, config = di or DIConfig(), config or SamplingConfig()
-    check_leftover(Path(out), overwrite, resume)
+    if check_output(Path(out), [partial_path(Path(out))], overwrite, resume):
+        return Path(out)
     if di.uncond not in UNCONDS:
         raise UserError(f"--uncond must be one of {', '.join(UNCONDS)}, got '{di.uncond}'")
     tensors, emb_meta = load_embeddings(embedding_files)

@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 
 from .errors import UserError
-from .locks import acquire, busy_message, holder, locked_output, refuse_leftover, release
+from .jobs import check_output, check_same_options, shard_order
+from .locks import acquire, busy_message, holder, locked_output, release
 
 FORMAT = "synthkit-store"
 FORMAT_VERSION = 1
@@ -49,13 +50,6 @@ def unfinished_message(path: Path) -> str | None:
     if pid is None or pid == os.getpid():
         return None
     return f"{path} is unfinished: {busy_message(final, pid)}"
-
-
-def check_leftover(out: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to start over silently: an interrupted run's .partial needs --resume or --overwrite.
-    (StoreWriter checks again; commands call this first to answer before loading a model or a source.)"""
-    if partial_path(Path(out)).exists() and not (overwrite or resume):
-        refuse_leftover(partial_path(Path(out)), Path(out))
 
 
 def _problem(f: h5py.File) -> str | None:
@@ -265,14 +259,10 @@ class StoreWriter:
         acquire(self.path)  # before anything of the output is looked at, opened or truncated
         self._locked = True
         try:
-            if self.path.exists() and not (overwrite or resume):
-                raise UserError(f"{self.path} already exists: pass --overwrite to replace it or --resume to continue it")
-            if resume and self.path.exists():
+            if check_output(self.path, [self.partial], overwrite, resume):
                 self.complete = True
                 self.done = total if total is not None else 0
                 return
-            if self.partial.exists() and not (overwrite or resume):
-                refuse_leftover(self.partial, self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if resume and self.partial.exists():
                 self._reopen(meta, classes)
@@ -312,10 +302,12 @@ class StoreWriter:
             f = h5py.File(self.partial, "a")
         except OSError:
             raise UserError(f"{self.partial} is damaged and cannot be resumed: start again with --overwrite") from None
-        old = _json_attr(f, "meta", {})
-        if f.attrs.get("format") != FORMAT or old.get("params") != meta.get("params") or _json_attr(f, "classes") != list(classes):
+        saved = (f.attrs.get("format"), _json_attr(f, "meta", {}).get("params"), _json_attr(f, "classes"))
+        try:
+            check_same_options(saved, (FORMAT, meta.get("params"), list(classes)), self.partial)
+        except UserError:
             f.close()
-            raise UserError(f"{self.partial} was started with other parameters: rerun with the same options, or use --overwrite to start again")
+            raise
         self.done = int(f.attrs["done"])
         for ds in self._datasets(f):
             ds.resize(self.done, axis=0)
@@ -427,19 +419,6 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int, n_classes: in
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
-def shard_range(total: int, shard: str | None) -> tuple[int, int]:
-    """The contiguous slice [start, stop) of `total` work items that shard 'i/n' does (i from 0)."""
-    if not shard:
-        return 0, total
-    try:
-        i, n = (int(part) for part in shard.split("/"))
-    except ValueError:
-        raise UserError(f"--shard must look like i/n (for example 0/4), got '{shard}'") from None
-    if n < 1 or not 0 <= i < n:
-        raise UserError(f"--shard {shard}: need 0 <= i < n")
-    return total * i // n, total * (i + 1) // n
-
-
 @locked_output("out")
 def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, Any] | None = None,
                  overwrite: bool = False) -> Path:
@@ -448,6 +427,7 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, 
     Without `meta`, the merged store keeps the first store's kind and, for shards, the job's parameters."""
     from .meta import provenance
 
+    check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False)
     stores = [Store(p) for p in inputs]
     try:
         if not stores:
@@ -461,11 +441,7 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, 
             if s.column_names != first.column_names:
                 raise UserError(f"cannot merge {s.path}: its columns differ from those of {first.path}")
         if all(s.shard for s in stores):
-            stores.sort(key=lambda s: int(s.shard.split("/")[0]))
-            shards = [s.shard for s in stores]
-            n = int(shards[0].split("/")[1])
-            if shards != [f"{i}/{n}" for i in range(n)]:
-                raise UserError(f"the shards given are {', '.join(shards)}: all of 0/{n} .. {n - 1}/{n} are needed, once each")
+            stores = [stores[k] for k in shard_order([s.shard for s in stores])]
         kinds = {name: first.column_kind(name) for name in first.column_names}
         if meta is None:
             params = {k: v for k, v in first.meta.get("params", {}).items() if k != "shard"} if first.shard else {}

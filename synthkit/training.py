@@ -21,34 +21,15 @@ import torch.nn.functional as F
 
 from . import __version__
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .locks import locked_output, refuse_leftover
+from .config import MIXES, TrainConfig
 from .device import autocast, configure_threads, memory_format, pick_device
 from .errors import UserError
+from .jobs import check_output, check_same_options
+from .locks import locked_output
 from .meta import provenance
-from .model import ARCH, CifarResNet18
+from .model import ARCH, IMAGE_SIZE, CifarResNet18, class_mapping, resize_images
 from .progress import progress
 from .store import Store, balanced_subset
-
-MIXES = ("concat", "balanced")
-IMAGE_SIZE = 32
-
-
-@dataclass
-class TrainConfig:
-    """Every hyperparameter of a run; defaults follow the Diffusion Inversion paper's CIFAR setup."""
-
-    epochs: int = 30
-    steps: int | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup: float = 0.05
-    mix: str = "concat"
-    per_class: int | None = None
-    seed: int = 0
-    compile: bool = False
-
 
 @dataclass
 class TrainingSet:
@@ -62,27 +43,6 @@ class TrainingSet:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def class_mapping(classes: Sequence[str], reference: Sequence[str], where: str) -> np.ndarray:
-    """Index map from a store's class order to the reference order; classes must match by name."""
-    if list(classes) == list(reference):
-        return np.arange(len(classes))
-    if sorted(classes) != sorted(reference):
-        raise UserError(f"{where} has classes {', '.join(classes)}, which do not match {', '.join(reference)}")
-    return np.array([list(reference).index(c) for c in classes])
-
-
-def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
-    """Resize uint8 (N, 3, H, W) images to size x size once, with antialiasing."""
-    if images.shape[-2:] == (size, size):
-        return images
-    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=images.device)
-    for start in range(0, len(images), chunk):
-        x = images[start : start + chunk].float()
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[start : start + chunk] = x.round().clamp(0, 255).to(torch.uint8)
-    return out
 
 
 def load_stores(paths: Sequence[Path], device: torch.device, per_class: int | None = None, seed: int = 0,
@@ -204,12 +164,8 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
     out = Path(out)
     if config.mix not in MIXES:
         raise UserError(f"--mix must be one of {', '.join(MIXES)}, got '{config.mix}'")
-    if out.exists() and not (overwrite or resume):
-        raise UserError(f"{out} already exists: pass --overwrite to replace it or --resume to continue it")
-    if out.exists() and resume:
+    if check_output(out, [state_path(out)], overwrite, resume):
         return read_meta(out)
-    if state_path(out).exists() and not (overwrite or resume):
-        refuse_leftover(state_path(out), out)
     configure_threads()
     dev = pick_device(device)
     data = load_stores(data_paths, dev, config.per_class, config.seed)
@@ -227,8 +183,7 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
     state_file = state_path(out)
     if resume and state_file.exists():
         tensors, state_meta = load_checkpoint(state_file, dev)
-        if state_meta.get("params") != params or state_meta.get("data") != data.sources:
-            raise UserError(f"{state_file} was made with other data or options: rerun with the same ones, or --overwrite")
+        check_same_options((state_meta.get("params"), state_meta.get("data")), (params, data.sources), state_file)
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         _load_optimizer(optimizer, tensors)
         start_epoch, log, seconds = state_meta["epoch"], state_meta["log"], state_meta["seconds"]
@@ -295,20 +250,3 @@ def _write_log(out: Path, log: list[dict]) -> None:
     tmp = log_path(out).with_suffix(".partial")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
     tmp.replace(log_path(out))
-
-
-def classifier_meta(path: str | Path) -> dict[str, Any]:
-    """The metadata of a synthkit classifier; refuses any other file with one clear line."""
-    meta = read_meta(path)
-    if meta.get("kind") != "classifier" or meta.get("arch") != ARCH:
-        raise UserError(f"{path} is not a synthkit classifier (its kind is '{meta.get('kind')}'): give a file written by synthkit train")
-    return meta
-
-
-def load_classifier(path: str | Path, device: torch.device) -> tuple[CifarResNet18, dict[str, Any]]:
-    """A trained classifier in eval mode on `device`, and its metadata."""
-    meta = classifier_meta(path)
-    tensors, _ = load_checkpoint(path, device)
-    model = CifarResNet18(len(meta["classes"])).to(device, memory_format=memory_format(device))
-    model.load_state_dict(tensors)
-    return model.eval(), meta

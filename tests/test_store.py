@@ -7,7 +7,8 @@ import pytest
 from synthkit.errors import UserError
 from synthkit.meta import provenance
 from synthkit.paths import store_path, store_paths
-from synthkit.store import Store, StoreWriter, balanced_subset, merge_stores, partial_path, shard_range
+from synthkit.jobs import shard_range
+from synthkit.store import Store, StoreWriter, balanced_subset, merge_stores, partial_path
 
 CLASSES = ["a", "b", "c"]
 
@@ -86,7 +87,7 @@ def test_resume_with_other_parameters_is_refused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with StoreWriter(out, classes=CLASSES, image_shape=(8, 8), meta=provenance("t", {"n": 1}), total=5):
             raise KeyboardInterrupt
-    with pytest.raises(UserError, match="other parameters"):
+    with pytest.raises(UserError, match="other options"):
         StoreWriter(out, classes=CLASSES, image_shape=(8, 8), meta=provenance("t", {"n": 2}), total=5, resume=True)
 
 

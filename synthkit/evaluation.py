@@ -15,10 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .config import EVAL
 from .device import autocast, configure_threads, memory_format, pick_device
 from .errors import UserError
+from .model import IMAGE_SIZE, class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
-from .training import class_mapping, classifier_meta, load_classifier, resize_images
 
 CSV_FIELDS = ["evaluated", "model", "training_data", "train_images", "epochs", "seed", "test", "test_fingerprint",
               "test_images", "accuracy", "per_class"]
@@ -51,12 +52,12 @@ def load_test_images(test: Path, device: torch.device) -> tuple[torch.Tensor, np
     if store.meta.get("kind") != "real":
         store.close()
         raise UserError(f"test store {test} holds '{store.meta.get('kind')}' images: models are scored on real test images only")
-    images = resize_images(torch.from_numpy(store.images()).permute(0, 3, 1, 2).to(device), 32)
+    images = resize_images(torch.from_numpy(store.images()).permute(0, 3, 1, 2).to(device), IMAGE_SIZE)
     return images, store.labels, store.classes, store
 
 
 def evaluate(models: Sequence[Path], test: Path, results: Path = Path("results"), device: str | None = None,
-             batch_size: int = 1000) -> list[dict[str, Any]]:
+             batch_size: int = EVAL.batch_size) -> list[dict[str, Any]]:
     """Score each classifier on the test store; write confusion figures and the accuracy table."""
     if not models:
         raise UserError("no models given: pass --model PATH (repeatable)")

@@ -13,11 +13,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .config import GRADCAM
 from .device import configure_threads, pick_device
 from .errors import UserError
 from .evaluation import training_data_name
+from .model import IMAGE_SIZE, class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
-from .training import class_mapping, classifier_meta, load_classifier, resize_images
 
 LAYERS = ("layer4", "layer3")
 TARGETS = ("true", "predicted")
@@ -57,8 +58,8 @@ def agreement(a: np.ndarray, b: np.ndarray, top: float = 0.2) -> dict[str, float
     return {"correlation": corr, "top_iou": len(ta & tb) / len(ta | tb)}
 
 
-def explain(models: Sequence[Path], data: Path, out: Path, n: int = 64, layer: str = "layer4", target: str = "true",
-            seed: int = 0, batch_size: int = 64, device: str | None = None, figure_rows: int = 8) -> dict[str, Any]:
+def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, layer: str = GRADCAM.layer,
+            target: str = GRADCAM.target, seed: int = GRADCAM.seed, batch_size: int = GRADCAM.batch_size, device: str | None = None, figure_rows: int = 8) -> dict[str, Any]:
     """Grad-CAM of every model on the same n real images; writes the grid, per-image CSV and summary JSON."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
@@ -79,7 +80,7 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = 64, layer: s
         pick = np.sort(np.random.default_rng(seed).choice(len(store), min(n, len(store)), replace=False))
         images_np = store.images(pick)
         labels_np, store_classes = store.labels[pick], store.classes
-    images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), 32).float() / 255
+    images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), IMAGE_SIZE).float() / 255
     names = _unique_names([training_data_name(m) for m in metas])
     cams: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []

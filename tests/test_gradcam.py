@@ -107,7 +107,7 @@ def test_gradcam_numbers_are_those_of_a_hand_computed_grad_cam(tmp_path, tiny_cl
     import torch
 
     from synthkit.store import Store
-    from synthkit.training import load_classifier
+    from synthkit.model import load_classifier
 
     result = run("gradcam", "--model", tiny_classifier, "--data", test_store, "--n", 8, "--layer", "layer3",
                  "--out", tmp_path, "--device", "cpu")

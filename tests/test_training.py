@@ -10,8 +10,8 @@ from synthkit.device import pick_device
 from synthkit.errors import UserError
 from synthkit.evaluation import predict
 from synthkit.store import Store
-from synthkit.training import (TrainConfig, augment, epoch_batches, load_classifier, load_stores, log_path,
-                               lr_factor, state_path, train)
+from synthkit.model import load_classifier
+from synthkit.training import TrainConfig, augment, epoch_batches, load_stores, log_path, lr_factor, state_path, train
 
 CPU = torch.device("cpu")
 

@@ -7,14 +7,16 @@ Heavy libraries (torch, diffusers, grad-cam) are imported inside the commands, s
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from . import DEFAULT_MODEL
-from .config import DIConfig, InversionConfig, PROMPT_DEFAULTS, UNCONDS
+from .config import EVAL, GRADCAM, MIXES, PROMPT_DEFAULTS, UNCONDS, VANISH, DIConfig, InversionConfig, TrainConfig
 from .errors import UserError
 
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
@@ -24,11 +26,33 @@ Pipeline: real images (data cifar10) -> invert (learn an embedding per real imag
 Stores live in data/ (a bare name NAME means data/NAME.h5), models in models/, tables and figures in results/.
 """
 
-app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+
+
+class ShortUsageErrors(TyperGroup):
+    """Malformed options answered as click words them (usage, a hint, one `Error:` line), not in a rich panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        except Exception as err:
+            if not (hasattr(err, "show") and hasattr(err, "exit_code")):  # not a usage error: not ours to word
+                raise
+            if type(err).__name__ != "NoArgsIsHelpError":  # for that one the help is already printed
+                err.show()
+            sys.exit(err.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=ShortUsageErrors, help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 data_app = typer.Typer(help="Import real datasets into stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 err_console = Console(stderr=True)
-INV, DI = InversionConfig(), DIConfig()
+INV, DI, TRAIN = InversionConfig(), DIConfig(), TrainConfig()
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -130,23 +154,23 @@ def merge(
 def train(
     data: List[str] = typer.Option(..., help="Stores to train on: names (data/NAME.h5) or paths, comma-separated or repeated, e.g. real,inv."),
     out: Path = typer.Option(..., help="Classifier to write, e.g. models/resnet18-real+inv.safetensors."),
-    epochs: int = typer.Option(30, min=1, help="Epochs (passes over the data; with --mix balanced, over the larger part)."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Train for exactly this many steps instead of --epochs."),
-    batch_size: int = typer.Option(128, min=2, help="Batch size."),
-    lr: float = typer.Option(0.1, help="Peak learning rate (SGD, momentum 0.9, linear warm-up then cosine decay)."),
-    weight_decay: float = typer.Option(5e-4, help="Weight decay."),
-    warmup: float = typer.Option(0.05, min=0, max=1, help="Share of steps spent warming up the learning rate."),
-    mix: str = typer.Option("concat", help="concat: the union of the stores; balanced: each batch half real, half synthetic."),
-    per_class: Optional[int] = typer.Option(None, min=1, help="Use a seeded, class-balanced subset of N images per class of each store."),
-    seed: int = typer.Option(0, help="Seed of the initialisation, the subsets, the order and the augmentation."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (faster on GPU after a warm-up)."),
+    epochs: int = typer.Option(TRAIN.epochs, min=1, help="Epochs (passes over the data; with --mix balanced, over the larger part)."),
+    steps: Optional[int] = typer.Option(TRAIN.steps, min=1, help="Train for exactly this many steps instead of --epochs."),
+    batch_size: int = typer.Option(TRAIN.batch_size, min=2, help="Batch size."),
+    lr: float = typer.Option(TRAIN.lr, help=f"Peak learning rate (SGD, momentum {TRAIN.momentum}, linear warm-up then cosine decay)."),
+    weight_decay: float = typer.Option(TRAIN.weight_decay, help="Weight decay."),
+    warmup: float = typer.Option(TRAIN.warmup, min=0, max=1, help="Share of steps spent warming up the learning rate."),
+    mix: str = typer.Option(TRAIN.mix, help=f"{' or '.join(MIXES)}. concat: the union of the stores; balanced: each batch half real, half synthetic."),
+    per_class: Optional[int] = typer.Option(TRAIN.per_class, min=1, help="Use a seeded, class-balanced subset of N images per class of each store."),
+    seed: int = typer.Option(TRAIN.seed, help="Seed of the initialisation, the subsets, the order and the augmentation."),
+    compile: bool = typer.Option(TRAIN.compile, "--compile", help="torch.compile the model (faster on GPU after a warm-up)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace an existing classifier."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
 ) -> None:
     """Train ResNet-18 (CIFAR stem) on any mix of real and synthetic stores."""
     from .paths import store_paths
-    from .training import TrainConfig, train as train_model
+    from .training import train as train_model
 
     config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup=warmup, mix=mix, per_class=per_class, seed=seed, compile=compile)
@@ -161,7 +185,7 @@ def evaluate(
     model: List[Path] = typer.Option(..., help="Classifier(s) to score (repeat --model)."),
     test: str = typer.Option("test", help="The real test store (name or path)."),
     results: Path = typer.Option(Path("results"), help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
-    batch_size: int = typer.Option(1000, min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(EVAL.batch_size, min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Score classifiers on the real test set: the study's accuracy table, per-class accuracy, confusion figures."""
@@ -196,9 +220,7 @@ def model_tiny(
     """Build a small random-weight Stable Diffusion pipeline offline (for tests, demos and smoke tests)."""
     from .diffusion import build_tiny_pipeline
 
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists: pass --overwrite to replace it")
-    build_tiny_pipeline(out, seed=seed)
+    build_tiny_pipeline(out, seed=seed, overwrite=overwrite)
     typer.echo(f"wrote {out} (random weights: it makes noise, not pictures)")
 
 
@@ -216,10 +238,8 @@ def model_random(
     from .diffusion import build_random_pipeline, folder_bytes, like_spec, parameter_counts
 
     like_spec(like)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists: pass --overwrite to replace it")
     started = time.perf_counter()
-    build_random_pipeline(out, like=like, seed=seed)
+    build_random_pipeline(out, like=like, seed=seed, overwrite=overwrite)
     counts = {k: f"{v / 1e6:.1f}M" for k, v in parameter_counts(out).items()}
     typer.echo(f"wrote {out}: {like}-shaped, UNet {counts['unet']}, text encoder {counts['text_encoder']}, "
                f"VAE {counts['vae']} parameters, {folder_bytes(out) / 1e9:.2f} GB, {time.perf_counter() - started:.0f} s "
@@ -275,7 +295,7 @@ def sample(
     classes: Optional[str] = typer.Option(None, help="Prompt mode: comma-separated class names, or a store whose classes to use (default: CIFAR-10's)."),
     negative: str = typer.Option("", help="Prompt mode: negative prompt."),
     init: Optional[str] = typer.Option(None, help="Prompt mode: img2img from this real store (name or path)."),
-    strength: float = typer.Option(0.75, help="img2img: share of the schedule re-noised (0-1]."),
+    strength: float = typer.Option(PROMPT_DEFAULTS["strength"], help="img2img: share of the schedule re-noised (0-1]."),
     embeddings: List[Path] = typer.Option([], help="DI mode: embeddings file(s) from synthkit invert (repeatable; shell globs work). Give every class's file in one run: groups stay apart and the default unconditional input mixes the classes."),
     per_image: int = typer.Option(DI.per_image, min=1, help="DI mode: samples per learned embedding."),
     interp: float = typer.Option(DI.interp, help="DI mode: alpha, interpolation towards a partner drawn from the image's own group (same class)."),
@@ -324,11 +344,11 @@ def gradcam(
     model: List[Path] = typer.Option(..., help="Classifier(s) to explain (repeat --model)."),
     data: str = typer.Option("test", help="Store of real images to explain them on (name or path)."),
     out: Path = typer.Option(Path("results/gradcam"), help="Folder for gradcam_grid.png, per_image.csv and summary.json."),
-    n: int = typer.Option(64, min=1, help="Images (a seeded random pick, the same for every model)."),
-    layer: str = typer.Option("layer4", help="Target layer: layer4 (only 4x4 at 32 px: coarse maps) or layer3 (8x8)."),
-    target: str = typer.Option("true", help="Explain the true class or the predicted one."),
-    seed: int = typer.Option(0, help="Seed of the image pick."),
-    batch_size: int = typer.Option(64, min=1, help="Images per batch."),
+    n: int = typer.Option(GRADCAM.n, min=1, help="Images (a seeded random pick, the same for every model)."),
+    layer: str = typer.Option(GRADCAM.layer, help="Target layer: layer4 (only 4x4 at 32 px: coarse maps) or layer3 (8x8)."),
+    target: str = typer.Option(GRADCAM.target, help="Explain the true class or the predicted one."),
+    seed: int = typer.Option(GRADCAM.seed, help="Seed of the image pick."),
+    batch_size: int = typer.Option(GRADCAM.batch_size, min=1, help="Images per batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Grad-CAM maps of classifiers on the same real images, with measures of how concentrated they are."""
@@ -353,47 +373,57 @@ def gradcam(
 @app.command()
 @user_errors
 def vanish(
-    data: List[str] = typer.Option([], help="Store(s) to analyse (repeat --data)."),
-    gt: Optional[Path] = typer.Option(None, help="Score the detector on a folder like York Urban's (images/ and gt.json)."),
+    data: List[str] = typer.Option(..., help="Store(s) to analyse (repeat --data)."),
     out: Path = typer.Option(Path("results/vanish"), help="Folder for the CSV, summary, predictions and figures."),
-    n: int = typer.Option(500, min=1, help="Images per store (a seeded random pick)."),
-    upsample: Optional[int] = typer.Option(None, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."),
-    focal: Optional[float] = typer.Option(None, help="Focal length in pixels (calibrated); default: estimated per image."),
-    limit: Optional[int] = typer.Option(None, min=1, help="--gt: score only the first N images."),
-    seed: int = typer.Option(0, help="Seed of the image pick and of RANSAC."),
+    n: int = typer.Option(VANISH.n, min=1, help="Images per store (a seeded random pick)."),
+    upsample: Optional[int] = typer.Option(VANISH.upsample, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."),
+    focal: Optional[float] = typer.Option(VANISH.focal, help="Focal length in pixels (calibrated); default: estimated per image."),
+    seed: int = typer.Option(VANISH.seed, help="Seed of the image pick and of RANSAC."),
 ) -> None:
-    """Line segments and vanishing points: compare stores, or score the detector against ground truth."""
+    """Line segments and vanishing points of stores, side by side (to score the detector itself: vanish-score)."""
     from rich.table import Table
 
     from .paths import store_paths
-    from .vanish import MEASURES, analyse_stores, evaluate_ground_truth
+    from .vanish import MEASURES, analyse_stores
 
-    if not data and gt is None:
-        raise UserError("give --data STORE (repeatable) or --gt FOLDER")
-    if gt is not None:
-        if not gt.is_dir():
-            raise UserError(f"--gt {gt} is not a folder")
-        scores = evaluate_ground_truth(gt, out, limit=limit, seed=seed)
-        table = Table(title=f"vanishing points on {scores['images']} images of {gt}")
-        table.add_column("mode")
-        for col in ("horizon AUC@0.25", "VP AUC@3", "VP AUC@5", "VP AUC@10", "s/image"):
-            table.add_column(col, justify="right")
-        for mode in ("calibrated", "uncalibrated"):
-            s = scores[mode]
-            table.add_row(mode, f"{s['horizon_auc_0.25']:.2f}", *(f"{s[k]:.2f}" if k in s else "-" for k in ("vp_auc_3deg", "vp_auc_5deg", "vp_auc_10deg")),
-                          f"{s['median_seconds_per_image']:.2f}")
-        Console().print(table)
-    if data:
-        summary = analyse_stores(store_paths(data), out, n=n, upsample=upsample, focal=focal, seed=seed)
-        table = Table(title=f"line geometry per store ({summary['mode']}): median [q1, q3]")
-        table.add_column("measure")
-        for name, st in summary["stores"].items():
-            table.add_column(f"{name} ({st['image_size'][0]} px, x{st['upsample']})", justify="right")
-        stores = list(summary["stores"].values())
-        table.add_row("images / with VPs / no lines", *(f"{st['images']} / {st['with_vps']} / {st['no_lines']}" for st in stores))
-        for key in MEASURES:
-            table.add_row(key, *(f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, {st['measures'][key]['q3']:.3g}]" for st in stores))
-        Console().print(table)
+    summary = analyse_stores(store_paths(data), out, n=n, upsample=upsample, focal=focal, seed=seed)
+    table = Table(title=f"line geometry per store ({summary['mode']}): median [q1, q3]")
+    table.add_column("measure")
+    for name, st in summary["stores"].items():
+        table.add_column(f"{name} ({st['image_size'][0]} px, x{st['upsample']})", justify="right")
+    stores = list(summary["stores"].values())
+    table.add_row("images / with VPs / no lines", *(f"{st['images']} / {st['with_vps']} / {st['no_lines']}" for st in stores))
+    for key in MEASURES:
+        table.add_row(key, *(f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, {st['measures'][key]['q3']:.3g}]" for st in stores))
+    Console().print(table)
+    typer.echo(f"wrote {out}/")
+
+
+@app.command("vanish-score")
+@user_errors
+def vanish_score(
+    gt: Path = typer.Option(..., help="A folder like York Urban's: images/ and gt.json (camera, vanishing points, horizon)."),
+    out: Path = typer.Option(Path("results/vanish-gt"), help="Folder for predictions.json and gt_scores.json."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N images."),
+    seed: int = typer.Option(VANISH.seed, help="Seed of RANSAC."),
+) -> None:
+    """Score the vanishing-point detector against ground truth: horizon and VP AUCs, calibrated and not."""
+    from rich.table import Table
+
+    from .vanish import evaluate_ground_truth
+
+    if not gt.is_dir():
+        raise UserError(f"--gt {gt} is not a folder")
+    scores = evaluate_ground_truth(gt, out, limit=limit, seed=seed)
+    table = Table(title=f"vanishing points on {scores['images']} images of {gt}")
+    table.add_column("mode")
+    for col in ("horizon AUC@0.25", "VP AUC@3", "VP AUC@5", "VP AUC@10", "s/image"):
+        table.add_column(col, justify="right")
+    for mode in ("calibrated", "uncalibrated"):
+        s = scores[mode]
+        table.add_row(mode, f"{s['horizon_auc_0.25']:.2f}", *(f"{s[k]:.2f}" if k in s else "-" for k in ("vp_auc_3deg", "vp_auc_5deg", "vp_auc_10deg")),
+                      f"{s['median_seconds_per_image']:.2f}")
+    Console().print(table)
     typer.echo(f"wrote {out}/")
 
 

@@ -1,5 +1,5 @@
-"""The defaults of generation, in one home: inversion and sampling read them, and so does the CLI
-(this module imports no torch, so `synthkit --help` still answers at once)."""
+"""Every command's defaults, in one home: the library reads them, and so does the CLI (this module
+imports no torch, so `synthkit --help` still answers at once). The Makefile overrides only what the study sets."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 UNCONDS = ("mixed", "group", "empty")
+MIXES = ("concat", "balanced")
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SamplingConfig:
     dtype: str = "auto"
 
 
-PROMPT_DEFAULTS = {"steps": 50, "guidance": 7.5}
+PROMPT_DEFAULTS = {"steps": 50, "guidance": 7.5, "strength": 0.75}  # strength: img2img's share of the schedule re-noised
 
 
 @dataclass
@@ -61,3 +62,52 @@ class DIConfig:
     guidance: float = 2.0
     steps: int = 100
     save_size: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a training run; defaults follow the Diffusion Inversion paper's CIFAR setup."""
+
+    epochs: int = 30
+    steps: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.05
+    mix: str = "concat"
+    per_class: int | None = None
+    seed: int = 0
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Scoring classifiers on the real test set."""
+
+    batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class GradcamConfig:
+    """Grad-CAM: how many real images (a seeded pick, the same for every model), which layer, which class."""
+
+    n: int = 64
+    layer: str = "layer4"
+    target: str = "true"
+    seed: int = 0
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class VanishConfig:
+    """Line segments and vanishing points: images per store, upsampling (None: shorter side to >= 256 px),
+    focal length in pixels (None: estimated per image), and the seed of the pick and of RANSAC."""
+
+    n: int = 500
+    upsample: int | None = None
+    focal: float | None = None
+    seed: int = 0
+
+
+EVAL, GRADCAM, VANISH = EvalConfig(), GradcamConfig(), VanishConfig()

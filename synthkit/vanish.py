@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .config import VANISH
 from .errors import UserError
 from .geometry import (VPResult, auc, detect_segments, direction_errors, estimate_vps, estimate_vps_uncalibrated,
                        horizon_error, measures)
@@ -50,18 +51,20 @@ def prediction_record(name: str, result: VPResult, mode: str) -> dict[str, Any]:
             "status": "ok" if result.found else ("no lines" if len(result.segments) == 0 else "too few lines")}
 
 
-def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = 500, upsample: int | None = None,
-                   focal: float | None = None, seed: int = 0, overlays: int = 6) -> dict[str, Any]:
+def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, upsample: int | None = VANISH.upsample,
+                   focal: float | None = VANISH.focal, seed: int = VANISH.seed, overlays: int = 6) -> dict[str, Any]:
     """Measures for up to n images of each store: per-image CSV, predictions, summary, histograms, overlays."""
     if not paths:
-        raise UserError("no stores given: pass --data NAME (repeatable) or --gt FOLDER")
+        raise UserError("no stores given: pass --data NAME (repeatable)")
+    for path in paths:  # every input checked before anything is written
+        with Store(path) as store:
+            if len(store) == 0:
+                raise UserError(f"store {path} has no images")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"stores": {}}
     for path in paths:
         with Store(path) as store:
-            if len(store) == 0:
-                raise UserError(f"store {path} has no images")
             pick = np.arange(len(store)) if n is None or n >= len(store) else np.sort(
                 np.random.default_rng(seed).choice(len(store), n, replace=False))
             h, w = store.image_shape[:2]
@@ -119,7 +122,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, seed: int = 0) -> dict[str, Any]:
+def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, seed: int = VANISH.seed) -> dict[str, Any]:
     """Score the detector on a York-Urban-style folder, calibrated and uncalibrated; write predictions."""
     from PIL import Image
 

@@ -27,7 +27,7 @@ def test_help_explains_the_pipeline_and_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH], capture_output=True, text=True, check=True).stdout
     assert out.rstrip().endswith("HEAVY:"), f"--help imported {out.rsplit('HEAVY:', 1)[-1].strip()}"
     assert "invert" in out and "evaluate" in out
-    for command in ("data", "info", "show", "merge", "model", "invert", "sample", "train", "evaluate", "gradcam", "vanish", "report"):
+    for command in ("data", "info", "show", "merge", "model", "invert", "sample", "train", "evaluate", "gradcam", "vanish", "vanish-score", "report"):
         assert command in out
 
 
@@ -72,6 +72,18 @@ def test_not_a_store_is_one_line_exit_2(tmp_path):
         assert result.exit_code == 2, result.output
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "g.png").exists()
+
+
+def test_malformed_options_get_a_short_usage_message(tmp_path):
+    for args, error in [(("evaluate", "--out", "x"), "No such option: --out"),
+                        (("train", "--data", "real", "--out", tmp_path / "m.safetensors", "--epochs", 0), "'--epochs'"),
+                        (("vanish-score",), "Missing option '--gt'")]:
+        result = run(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 4, result.stderr
+        assert lines[0].startswith("Usage: ") and lines[-1].startswith("Error: ") and error in lines[-1]
+        assert "Traceback" not in result.output and "╭" not in result.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_info_on_a_model_folder_and_a_plain_folder(tmp_path, tiny_sd):

@@ -29,7 +29,7 @@ def make_gt_folder(root):
 
 def test_ground_truth_scoring_writes_predictions(tmp_path):
     gt = make_gt_folder(tmp_path / "gt")
-    result = run("vanish", "--gt", gt, "--out", tmp_path / "out")
+    result = run("vanish-score", "--gt", gt, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     scores = json.loads((tmp_path / "out" / "gt_scores.json").read_text())
     assert scores["calibrated"]["horizon_auc_0.25"] > 95 and scores["calibrated"]["vp_auc_3deg"] > 70
@@ -62,8 +62,12 @@ def test_bad_input_is_one_line(tmp_path):
     empty = tmp_path / "empty.h5"
     with StoreWriter(empty, classes=["a"], image_shape=(8, 8), meta=provenance("sd", {})):
         pass
-    for args, message in [(("--gt", tmp_path / "gt"), "no gt.json"), (("--data", tmp_path / "notes.txt"), "not an HDF5"),
-                          (("--data", empty), "no images"), ((), "--data")]:
-        result = run("vanish", *args, "--out", tmp_path / "out")
+    for command, args, message in [("vanish-score", ("--gt", tmp_path / "gt"), "no gt.json"),
+                                   ("vanish", ("--data", tmp_path / "notes.txt"), "not an HDF5"),
+                                   ("vanish", ("--data", empty), "no images")]:
+        result = run(command, *args, "--out", tmp_path / "out")
         assert result.exit_code == 2, result.output
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    missing = run("vanish", "--out", tmp_path / "out")
+    assert missing.exit_code == 2 and "Error: Missing option '--data'" in missing.stderr
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .jobs import check_output
+from .locks import locked_output
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -281,13 +284,17 @@ def random_pipeline(like: str = "sd15", seed: int = 0, dtype: torch.dtype = torc
     return _assemble(parts).to(dtype=dtype)
 
 
-def build_random_pipeline(out: str | Path, like: str = "sd15", seed: int = 0) -> Path:
+@locked_output("out")
+def build_random_pipeline(out: str | Path, like: str = "sd15", seed: int = 0, overwrite: bool = False) -> Path:
     """Save `random_pipeline(like, seed)` in fp16 (about 2 GB for sd15) as a diffusers folder, offline."""
+    check_output(Path(out), [], overwrite, resume=False, resumable=False)
     return _save_pipeline(random_pipeline(like, seed, torch.float16), out, {"kind": "random", "like": like, "seed": seed})
 
 
-def build_tiny_pipeline(out: str | Path, seed: int = 0, hidden: int = 32) -> Path:
+@locked_output("out")
+def build_tiny_pipeline(out: str | Path, seed: int = 0, hidden: int = 32, overwrite: bool = False) -> Path:
     """A small random-weight SD pipeline (UNet, VAE, CLIP text encoder and a locally built tokenizer), saved offline."""
+    check_output(Path(out), [], overwrite, resume=False, resumable=False)
     pipe = _assemble(build_components(tiny_spec(hidden), seed))
     return _save_pipeline(pipe, out, {"kind": "tiny-random", "seed": seed, "hidden": hidden})
 
@@ -319,10 +326,16 @@ def _assemble(parts: dict[str, Any]) -> StableDiffusionPipeline:
 
 
 def _save_pipeline(pipe: StableDiffusionPipeline, out: str | Path, note: dict[str, Any]) -> Path:
-    """save_pretrained into `out` plus synthkit.json, which says how it was made and that its weights are random."""
+    """save_pretrained into `out` plus synthkit.json, which says how it was made and that its weights are random.
+    Written into OUT.partial and renamed when complete, so an interrupted save never looks like a model."""
     out = Path(out)
-    pipe.save_pretrained(str(out))
-    (out / "synthkit.json").write_text(json.dumps({**note, "note": NOISE_NOTE}))
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # an interrupted build: nothing in it is worth keeping
+    pipe.save_pretrained(str(partial))
+    (partial / "synthkit.json").write_text(json.dumps({**note, "note": NOISE_NOTE}))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
     return out
 
 

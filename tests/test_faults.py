@@ -127,6 +127,8 @@ WRITERS = {
     "train": lambda out, ctx: ["train", "--data", ctx["store"], "--out", out, "--steps", "1", "--device", "cpu"],
     "invert": lambda out, ctx: ["invert", "--class", "all", "--data", ctx["store"], "--model", "no-such-model",
                                 "--out", out, "--overwrite"],
+    "model-tiny": lambda out, ctx: ["model", "tiny", "--out", out, "--overwrite"],
+    "model-random": lambda out, ctx: ["model", "random", "--out", out, "--overwrite"],
 }
 
 
@@ -135,13 +137,33 @@ def test_a_second_writer_is_refused_before_it_touches_anything(command, tmp_path
     monkeypatch.chdir(tmp_path)
     store = empty_store(tmp_path / "in" / "small.h5")
     archive = make_image_folder(tmp_path / "src", per_class=1)
-    suffix = ".safetensors" if command in ("train", "invert", "merge-embeddings") else ".h5"
+    suffix = {"train": ".safetensors", "invert": ".safetensors", "merge-embeddings": ".safetensors"}.get(
+        command, "" if command.startswith("model") else ".h5")
     out = other_writer(tmp_path / "out" / f"busy{suffix}")
     before = snapshot(tmp_path)
     result = run(*WRITERS[command](out, {"archive": archive, "store": store}))
     one_error_line(result, "being written by another synthkit process (pid 4242)", str(out))
     assert snapshot(tmp_path) == before  # nothing created, truncated or removed: not even the other's .partial
     assert not out.exists()
+
+
+def test_an_interrupted_model_build_never_looks_like_a_model(tmp_path, monkeypatch):
+    import diffusers
+
+    from synthkit import diffusion
+
+    def dying(self, folder, *a, **k):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model_index.json").write_text("{")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "save_pretrained", dying)
+    with pytest.raises(KeyboardInterrupt):
+        diffusion.build_tiny_pipeline(tmp_path / "tiny")
+    assert not (tmp_path / "tiny").exists() and (tmp_path / "tiny.partial").exists()
+    monkeypatch.undo()
+    assert (diffusion.build_tiny_pipeline(tmp_path / "tiny") / "synthkit.json").exists()
+    assert not (tmp_path / "tiny.partial").exists() and not lock_path(tmp_path / "tiny").exists()
 
 
 def test_the_lock_is_released_and_removed_after_a_write_and_after_an_error(tmp_path):
@@ -286,7 +308,7 @@ def test_a_diffusers_folder_given_as_a_classifier(command, tmp_path, monkeypatch
     before = snapshot(tmp_path)
     if command == "info-classifier":
         from synthkit.errors import UserError
-        from synthkit.training import classifier_meta
+        from synthkit.model import classifier_meta
 
         with pytest.raises(UserError, match="diffusers model folder"):
             classifier_meta(folder)

@@ -4,34 +4,38 @@ PYTHON ?= python3
 VENV   ?= .venv
 SK     := $(VENV)/bin/synthkit
 
-# ---- the study's variables (override on the command line: make reproduce MODEL=/path/to/sd PER_CLASS=100)
+# ---- the study's variables (override on the command line: make reproduce MODEL=/path/to/sd PER_CLASS=100).
+# Those set here are the study's choices; those left empty take synthkit's own defaults (synthkit/config.py,
+# shown by `synthkit COMMAND --help`), so that a default lives in one place.
 MODEL        ?= CompVis/stable-diffusion-v1-4
 CIFAR        ?= ../shared/data/cifar10-jpeg.tar.gz
 YUD          ?= ../shared/data/yud-train
 PER_CLASS    ?= 500
 TEST_PER_CLASS ?=
-PER_IMAGE    ?= 5
 SD_PER_CLASS ?= 2500
 SD_PROMPT    ?= a photo of a {class}
 SD_INIT      ?= real
-SD_STRENGTH  ?= 0.75
-SD_STEPS     ?= 50
 SD_RESOLUTION ?= 512
 SD_SAVE_SIZE ?= 128
-RESOLUTION   ?= 128
-UPDATES      ?= 3000
-INV_BATCH    ?= 50
-DI_STEPS     ?= 100
-GEN_BATCH    ?= 16
-EPOCHS       ?= 30
-BATCH        ?= 128
-LR           ?= 0.1
 MIX          ?= balanced
 SEED         ?= 0
 DEVICE       ?= auto
 SHARDS       ?= 1
-GRADCAM_N    ?= 64
-VANISH_N     ?= 500
+INVERT_BY    ?= class
+PER_IMAGE    ?=
+SD_STRENGTH  ?=
+SD_STEPS     ?=
+RESOLUTION   ?=
+UPDATES      ?=
+INV_BATCH    ?=
+DI_STEPS     ?=
+GEN_BATCH    ?=
+EPOCHS       ?=
+TRAIN_STEPS  ?=
+BATCH        ?=
+LR           ?=
+GRADCAM_N    ?=
+VANISH_N     ?=
 
 CLASSES := airplane automobile bird cat deer dog frog horse ship truck
 ifeq ($(wildcard $(CIFAR)),)
@@ -40,8 +44,13 @@ else
 CIFAR_SOURCE := --source $(CIFAR)
 endif
 TEST_SUBSET := $(if $(TEST_PER_CLASS),--per-class $(TEST_PER_CLASS) --seed $(SEED))
-SD_INIT_ARGS := $(if $(SD_INIT),--init data/$(SD_INIT).h5 --strength $(SD_STRENGTH))
-SD_SAVE_ARGS := $(if $(SD_SAVE_SIZE),--save-size $(SD_SAVE_SIZE))
+# `$(call opt,--flag,$(VAR))` passes the option only when the variable is set.
+opt = $(if $(strip $(2)),$(1) $(strip $(2)))
+SD_INIT_ARGS = $(if $(SD_INIT),--init data/$(SD_INIT).h5 $(call opt,--strength,$(SD_STRENGTH)))
+SD_SAVE_ARGS = $(call opt,--save-size,$(SD_SAVE_SIZE))
+# With SHARDS=1 each generation stage writes its store directly; with more, shards then one merge.
+SHARDED := $(filter-out 1,$(SHARDS))
+SHARD_ARG = $(if $(SHARDED),--shard $*/$(SHARDS))
 SHARD_IDS := $(shell seq 0 $$(( $(SHARDS) - 1 )))
 # The tiny offline model is built on demand when it is the MODEL.
 MODEL_DEP := $(filter models/tiny-sd,$(MODEL))
@@ -57,13 +66,14 @@ stamp = $(shell mkdir -p $(STAMPS) && (printf '%s\n' $(call shell_quote,$(2)) | 
 ifeq ($(filter demo help install test clean-study,$(MAKECMDGOALS)),)
 $(call stamp,data,$(CIFAR) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED))
 $(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
-$(call stamp,invert,$(MODEL) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
+$(call stamp,invert,$(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
 $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
-$(call stamp,train,$(EPOCHS) $(BATCH) $(LR) $(MIX) $(SEED))
+$(call stamp,train,$(EPOCHS) $(TRAIN_STEPS) $(BATCH) $(LR) $(MIX) $(SEED))
 $(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(SEED))
 endif
 
-INV_FILES   := $(CLASSES:%=models/inv/%.safetensors)
+# One embeddings file per class (INVERT_BY=class: separate jobs, as the official scripts), or one for all.
+INV_FILES   := $(if $(filter all,$(INVERT_BY)),models/inv/all.safetensors,$(CLASSES:%=models/inv/%.safetensors))
 CLASSIFIERS := $(foreach d,real inv sd real+inv real+sd,models/resnet18-$(d).safetensors)
 GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png
 
@@ -75,9 +85,12 @@ help:  ## show targets and variables
 	@echo "variables (now):"
 	@echo "  MODEL=$(MODEL)  (SD checkpoint: hub id or diffusers folder)"
 	@echo "  PER_CLASS=$(PER_CLASS)  (real training images per class)  TEST_PER_CLASS=$(TEST_PER_CLASS)  (empty: all 1,000)"
-	@echo "  PER_IMAGE=$(PER_IMAGE)  (DI samples per real image)  SD_PER_CLASS=$(SD_PER_CLASS)  (prompt images per class)"
-	@echo "  EPOCHS=$(EPOCHS)  BATCH=$(BATCH)  LR=$(LR)  MIX=$(MIX)  SEED=$(SEED)  DEVICE=$(DEVICE)  SHARDS=$(SHARDS)  (generation processes; use make -j)"
-	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS) SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
+	@echo "  SD_PER_CLASS=$(SD_PER_CLASS)  (prompt images per class)  MIX=$(MIX)  SEED=$(SEED)  DEVICE=$(DEVICE)"
+	@echo "  SHARDS=$(SHARDS)  (generation processes; use make -j)  INVERT_BY=$(INVERT_BY)  (class: a job per class; all: one job)"
+	@echo "  SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
+	@echo "  empty means synthkit's default: PER_IMAGE=$(PER_IMAGE) EPOCHS=$(EPOCHS) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR)"
+	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
+	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
 
 install:  ## create .venv and install synthkit with its test tools
 	$(PYTHON) -m venv $(VENV)
@@ -100,28 +113,30 @@ data/test.h5: $(STAMPS)/data
 
 sd: data/sd.h5  ## prompt generation (img2img from the real store by default, as the original study)
 
-data/sd.shard-%.h5: $(STAMPS)/sd $(if $(SD_INIT),data/$(SD_INIT).h5) | $(MODEL_DEP)
+$(if $(SHARDED),data/sd.shard-%.h5,data/sd.h5): $(STAMPS)/sd $(if $(SD_INIT),data/$(SD_INIT).h5) | $(MODEL_DEP)
 	$(call leftovers,$@.partial)
 	$(SK) sample --prompt $(call shell_quote,$(SD_PROMPT)) --per-class $(SD_PER_CLASS) --model $(MODEL) $(SD_INIT_ARGS) \
-	  --steps $(SD_STEPS) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) --batch-size $(GEN_BATCH) --seed $(SEED) \
-	  --device $(DEVICE) --shard $*/$(SHARDS) --out $@ --resume
+	  $(call opt,--steps,$(SD_STEPS)) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) $(call opt,--batch-size,$(GEN_BATCH)) \
+	  --seed $(SEED) --device $(DEVICE) $(SHARD_ARG) --out $@ --resume
 
 invert: $(INV_FILES)  ## Diffusion Inversion: one embeddings file per class
 
 models/inv/%.safetensors: data/real.h5 $(STAMPS)/invert | $(MODEL_DEP)
 	$(call leftovers,$(@:.safetensors=.invert-state) $@.partial)
-	$(SK) invert --class $* --data data/real.h5 --model $(MODEL) --resolution $(RESOLUTION) --updates $(UPDATES) \
-	  --batch-size $(INV_BATCH) --seed $(SEED) --device $(DEVICE) --out $@ --resume
+	$(SK) invert --class $* --data data/real.h5 --model $(MODEL) $(call opt,--resolution,$(RESOLUTION)) \
+	  $(call opt,--updates,$(UPDATES)) $(call opt,--batch-size,$(INV_BATCH)) --seed $(SEED) --device $(DEVICE) --out $@ --resume
 
 inv: data/inv.h5  ## DI sampling from the learned embeddings
 
-data/inv.shard-%.h5: $(INV_FILES) $(STAMPS)/inv
+$(if $(SHARDED),data/inv.shard-%.h5,data/inv.h5): $(INV_FILES) $(STAMPS)/inv
 	$(call leftovers,$@.partial)
-	$(SK) sample $(INV_FILES:%=--embeddings %) --model $(MODEL) --per-image $(PER_IMAGE) --steps $(DI_STEPS) \
-	  --batch-size $(GEN_BATCH) --seed $(SEED) --device $(DEVICE) --shard $*/$(SHARDS) --out $@ --resume
+	$(SK) sample $(INV_FILES:%=--embeddings %) --model $(MODEL) $(call opt,--per-image,$(PER_IMAGE)) \
+	  $(call opt,--steps,$(DI_STEPS)) $(call opt,--batch-size,$(GEN_BATCH)) --seed $(SEED) --device $(DEVICE) $(SHARD_ARG) --out $@ --resume
 
+ifneq ($(SHARDED),)
 data/%.h5: $(foreach i,$(SHARD_IDS),data/%.shard-$(i).h5)
 	$(SK) merge $^ --out $@ --overwrite
+endif
 
 train: $(CLASSIFIERS)  ## five ResNet-18s: real, inv, sd, real+inv, real+sd
 
@@ -132,8 +147,8 @@ models/resnet18-real+inv.safetensors: data/real.h5 data/inv.h5 $(STAMPS)/train
 models/resnet18-real+sd.safetensors: data/real.h5 data/sd.h5 $(STAMPS)/train
 models/resnet18-%.safetensors:
 	$(call leftovers,$(@:.safetensors=.train-state.safetensors) $@.partial)
-	$(SK) train --data $(subst +,$(comma),$*) --out $@ --epochs $(EPOCHS) --batch-size $(BATCH) --lr $(LR) --seed $(SEED) --device $(DEVICE) \
-	  $(if $(findstring +,$*),--mix $(MIX)) --resume
+	$(SK) train --data $(subst +,$(comma),$*) --out $@ $(call opt,--epochs,$(EPOCHS)) $(call opt,--steps,$(TRAIN_STEPS)) \
+	  $(call opt,--batch-size,$(BATCH)) $(call opt,--lr,$(LR)) --seed $(SEED) --device $(DEVICE) $(if $(findstring +,$*),--mix $(MIX)) --resume
 comma := ,
 
 evaluate: results/accuracy.md  ## test accuracy of the five on the real test set
@@ -145,13 +160,13 @@ analysis: results/gradcam/summary.json results/vanish/summary.json $(if $(wildca
 
 results/gradcam/summary.json: models/resnet18-real.safetensors models/resnet18-inv.safetensors models/resnet18-sd.safetensors data/test.h5 $(STAMPS)/analysis
 	$(SK) gradcam --model models/resnet18-real.safetensors --model models/resnet18-inv.safetensors \
-	  --model models/resnet18-sd.safetensors --data data/test.h5 --n $(GRADCAM_N) --seed $(SEED) --device $(DEVICE) --out results/gradcam
+	  --model models/resnet18-sd.safetensors --data data/test.h5 $(call opt,--n,$(GRADCAM_N)) --seed $(SEED) --device $(DEVICE) --out results/gradcam
 
 results/vanish/summary.json: data/real.h5 data/sd.h5 data/inv.h5 $(STAMPS)/analysis
-	$(SK) vanish --data data/real.h5 --data data/sd.h5 --data data/inv.h5 --n $(VANISH_N) --seed $(SEED) --out results/vanish
+	$(SK) vanish --data data/real.h5 --data data/sd.h5 --data data/inv.h5 $(call opt,--n,$(VANISH_N)) --seed $(SEED) --out results/vanish
 
 results/vanish-yud/gt_scores.json:
-	$(SK) vanish --gt $(YUD) --out results/vanish-yud
+	$(SK) vanish-score --gt $(YUD) --out results/vanish-yud
 
 results/grids/%.png: data/%.h5
 	$(SK) show data/$*.h5 --out $@ --per-row 10 --seed $(SEED)
@@ -165,8 +180,11 @@ results/README.md: results/accuracy.md results/gradcam/summary.json results/vani
 reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, train, evaluate, analysis, report
 
 # ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
+# Its work is fixed, not its time: each classifier trains 50 steps of 32 images (8,000 images for the five),
+# and every class is inverted in one job. bench/README.md gives each stage's work and seconds.
 DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=50 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
-  SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 DI_STEPS=10 GEN_BATCH=40 EPOCHS=8 BATCH=32 LR=0.025 GRADCAM_N=32 VANISH_N=100
+  SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
+  TRAIN_STEPS=50 BATCH=32 LR=0.025 GRADCAM_N=32 VANISH_N=100
 
 demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
 	$(MAKE) --no-print-directory reproduce $(DEMO_VARS)

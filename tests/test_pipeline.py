@@ -89,9 +89,8 @@ def planned(cwd, *variables):
 
 STUDY_FILES = [  # the graph under `train`, upstream first
     ["data/real.h5", "data/test.h5"],
-    ["data/sd.shard-0.h5", *(f"models/inv/{c}.safetensors" for c in
-                             ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"))],
-    ["data/sd.h5", "data/inv.shard-0.h5"],
+    ["data/sd.h5", *(f"models/inv/{c}.safetensors" for c in
+                     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"))],
     ["data/inv.h5"],
     [f"models/resnet18-{d}.safetensors" for d in ("real", "inv", "sd", "real+inv", "real+sd")],
 ]
@@ -123,7 +122,7 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
 
     planned(tmp_path)  # writes the stamps
     stamps = {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()}
-    assert set(stamps) == {"data", "sd", "invert", "inv", "train", "analysis"} and "30 128 0.1 balanced 0" in stamps["train"]
+    assert set(stamps) == {"data", "sd", "invert", "inv", "train", "analysis"} and stamps["train"].split() == ["balanced", "0"]
     past = time.time() - 1000
     age_stamps()
     finish_everything(tmp_path, past)
@@ -131,7 +130,7 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
     assert all(p.stat().st_mtime == past for p in (tmp_path / "stamps").iterdir())  # same settings: stamps untouched
 
     plan = planned(tmp_path, "EPOCHS=5")  # a training setting: the train stamp is rewritten, all five retrain
-    assert (tmp_path / "stamps" / "train").read_text().split() == ["5", "128", "0.1", "balanced", "0"]
+    assert (tmp_path / "stamps" / "train").read_text().split() == ["5", "balanced", "0"]
     assert (tmp_path / "stamps" / "train").stat().st_mtime > past
     assert all(p.stat().st_mtime == past for p in (tmp_path / "stamps").iterdir() if p.name != "train")
     assert trained(plan) == sorted(["real", "inv", "sd", "real+inv", "real+sd"]) and "--epochs 5" in plan
@@ -141,7 +140,7 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
     assert "bin/synthkit" not in planned(tmp_path, "EPOCHS=5")
     plan = planned(tmp_path, "EPOCHS=5", "UPDATES=7")  # an inversion setting: inversion, DI sampling and their models
     assert "--updates 7" in plan and len(re.findall(r" invert --class ", plan)) == 10
-    assert "sample --embeddings" in plan and "merge data/inv.shard-0.h5" in plan
+    assert "sample --embeddings" in plan and "--out data/inv.h5" in plan and " merge " not in plan
     assert trained(plan) == ["inv", "real+inv"]
     assert "sample --prompt" not in plan and "data cifar10" not in plan
 
@@ -149,6 +148,20 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
     plan = planned(tmp_path, "EPOCHS=5", "UPDATES=7", "PER_CLASS=20")  # the real subset: every stage is redone
     assert "data cifar10" in plan and "--per-class 20" in plan and "sample --prompt" in plan and "invert --class" in plan
     assert trained(plan) == sorted(["real", "inv", "sd", "real+inv", "real+sd"])
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_each_store_is_written_once_unless_sharded(tmp_path):
+    writes = lambda plan, store: re.findall(rf"--out {store}\b", plan)  # noqa: E731
+    plan = planned(tmp_path)
+    assert " merge " not in plan and "--shard" not in plan
+    for store in ("data/real.h5", "data/sd.h5", "data/inv.h5"):
+        assert len(writes(plan, store)) == 1, store
+    plan = planned(tmp_path, "SHARDS=2", "INVERT_BY=all")
+    for kind in ("sd", "inv"):
+        assert len(writes(plan, rf"data/{kind}\.shard-[01]\.h5")) == 2 and f"--shard 1/2 --out data/{kind}.shard-1.h5" in plan
+        assert f"merge data/{kind}.shard-0.h5 data/{kind}.shard-1.h5 --out data/{kind}.h5" in plan
+    assert len(re.findall(r" invert --class all ", plan)) == 1 and "--embeddings models/inv/all.safetensors " in plan
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

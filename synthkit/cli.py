@@ -16,7 +16,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from . import DEFAULT_MODEL
-from .config import EVAL, GRADCAM, MIXES, PROMPT_DEFAULTS, UNCONDS, VANISH, DIConfig, InversionConfig, TrainConfig
+from .config import (EVAL, FIDELITY, FILTER, FILTER_CRITERIA, GRADCAM, MIXES, PROMPT_DEFAULTS, UNCONDS, VANISH, DIConfig,
+                     InversionConfig, TrainConfig)
 from .errors import UserError
 
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
@@ -425,6 +426,57 @@ def vanish_score(
                       f"{s['median_seconds_per_image']:.2f}")
     Console().print(table)
     typer.echo(f"wrote {out}/")
+
+
+@app.command()
+@user_errors
+def fidelity(
+    real: str = typer.Option("real", help="The real store every store is compared with (name or path)."),
+    data: List[str] = typer.Option(..., help="Store(s) to judge (repeat --data)."),
+    classifier: Path = typer.Option(..., help="A classifier trained on real data: its penultimate features, and its labels for agreement."),
+    out: Path = typer.Option(Path("results/fidelity"), help="Folder for fidelity.csv, fidelity.md, fidelity.png, summary.json."),
+    per_class: int = typer.Option(FIDELITY.per_class, min=2, help="Images per class of every store (fewer if a store has fewer: all stores get the same)."),
+    k: int = typer.Option(FIDELITY.k, min=1, help="Nearest neighbours for precision, recall, density and coverage."),
+    inception: Optional[Path] = typer.Option(None, help="torch-fidelity's Inception weights (.pth) for FID and KID; default: torch's cache, if there."),
+    metric: str = typer.Option(FIDELITY.metric, help="The metric drawn per class in fidelity.png."),
+    seed: int = typer.Option(FIDELITY.seed, help="Seed of the pick."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Judge synthetic stores against real data: Fréchet distance, KID, precision/recall, density/coverage, label agreement."""
+    from .fidelity import fidelity as score
+    from .paths import store_path, store_paths
+
+    rows = score(store_path(real), store_paths(data), classifier, out, per_class=per_class, k=k, seed=seed,
+                 inception=inception, metric=metric, device=device)
+    for row in (r for r in rows if r["class"] == "all"):
+        extra = f", agreement {row['agreement']:.3f}" if "agreement" in row else ""
+        typer.echo(f"{row['store']} ({row['features']}, {row['n_fake']} images): Fréchet {row['frechet']:.3f}, "
+                   f"precision {row['precision']:.3f}, recall {row['recall']:.3f}, density {row['density']:.3f}, "
+                   f"coverage {row['coverage']:.3f}{extra}")
+    typer.echo(f"wrote {out}/fidelity.csv, fidelity.md, fidelity.png")
+
+
+@app.command("filter")
+@user_errors
+def filter_command(
+    data: str = typer.Option(..., help="Synthetic store to filter (name or path)."),
+    classifier: Path = typer.Option(..., help="A classifier trained on real training data (never on test images)."),
+    out: Path = typer.Option(..., help="Store to write, e.g. data/inv-kept.h5."),
+    keep: float = typer.Option(FILTER.keep, help="Share of each class to keep, in (0, 1]."),
+    by: str = typer.Option(FILTER.by, help=f"Ranking: {', '.join(FILTER_CRITERIA)} (see synthkit/filtering.py)."),
+    real: Optional[str] = typer.Option(None, help="--by cam: real store giving each class's typical attention."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+) -> None:
+    """Keep the best share of each class of a synthetic store, by the real classifier's confidence, margin, Grad-CAM or geometry."""
+    from .filtering import filter_store
+    from .paths import store_path
+
+    meta = filter_store(store_path(data), classifier, out, keep=keep, by=by, real=store_path(real) if real else None,
+                        device=device, overwrite=overwrite)
+    f = meta["filter"]
+    typer.echo(f"kept {f['kept']} of {f['of']} images by {f['criterion']} (keep {keep} of each class)")
+    _print_store_line(out)
 
 
 @app.command()

@@ -110,4 +110,29 @@ class VanishConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class FidelityConfig:
+    """Synthetic stores against real data: images per class (the same for every store), k nearest neighbours,
+    the seed of the pick, and the metric drawn per class."""
+
+    per_class: int = 1000
+    k: int = 5
+    seed: int = 0
+    metric: str = "coverage"
+    batch_size: int = 500
+
+
+FILTER_CRITERIA = ("confidence", "margin", "cam", "geometry")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Keep the best share of each class by a criterion (see synthkit/filtering.py)."""
+
+    keep: float = 0.8
+    by: str = "confidence"
+    batch_size: int = 500
+
+
 EVAL, GRADCAM, VANISH = EvalConfig(), GradcamConfig(), VanishConfig()
+FIDELITY, FILTER = FidelityConfig(), FilterConfig()

@@ -38,6 +38,12 @@ class CifarResNet18(nn.Module):
         """Logits for images x (B, 3, H, W) with values in [0, 1]."""
         return self.net((x - self.mean) / self.std)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (B, 512): what the last layer sees, used to compare image sets."""
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1((x - self.mean) / self.std))))
+        return torch.flatten(n.avgpool(n.layer4(n.layer3(n.layer2(n.layer1(x))))), 1)
+
     def layer(self, name: str) -> nn.Module:
         """A named stage of the network (layer1..layer4), e.g. as a Grad-CAM target."""
         return getattr(self.net, name)

@@ -36,6 +36,9 @@ BATCH        ?=
 LR           ?=
 GRADCAM_N    ?=
 VANISH_N     ?=
+KEEP         ?=
+KEEP_BY      ?=
+FIDELITY_N   ?=
 
 CLASSES := airplane automobile bird cat deer dog frog horse ship truck
 ifeq ($(wildcard $(CIFAR)),)
@@ -69,15 +72,16 @@ $(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) 
 $(call stamp,invert,$(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
 $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
 $(call stamp,train,$(EPOCHS) $(TRAIN_STEPS) $(BATCH) $(LR) $(MIX) $(SEED))
-$(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(SEED))
+$(call stamp,filter,$(KEEP) $(KEEP_BY))
+$(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED))
 endif
 
 # One embeddings file per class (INVERT_BY=class: separate jobs, as the official scripts), or one for all.
 INV_FILES   := $(if $(filter all,$(INVERT_BY)),models/inv/all.safetensors,$(CLASSES:%=models/inv/%.safetensors))
-CLASSIFIERS := $(foreach d,real inv sd real+inv real+sd,models/resnet18-$(d).safetensors)
+CLASSIFIERS := $(foreach d,real inv inv-kept sd real+inv real+inv-kept real+sd,models/resnet18-$(d).safetensors)
 GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png
 
-.PHONY: help install test data sd invert inv train evaluate analysis report reproduce demo demo-model clean-study
+.PHONY: help install test data sd invert inv filter train evaluate analysis report reproduce demo demo-model clean-study
 
 help:  ## show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -91,6 +95,7 @@ help:  ## show targets and variables
 	@echo "  empty means synthkit's default: PER_IMAGE=$(PER_IMAGE) EPOCHS=$(EPOCHS) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR)"
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
+	@echo "  KEEP=$(KEEP) KEEP_BY=$(KEEP_BY)  (filter: share of each class kept, criterion)  FIDELITY_N=$(FIDELITY_N)  (images per class)"
 
 install:  ## create .venv and install synthkit with its test tools
 	$(PYTHON) -m venv $(VENV)
@@ -138,13 +143,22 @@ data/%.h5: $(foreach i,$(SHARD_IDS),data/%.shard-$(i).h5)
 	$(SK) merge $^ --out $@ --overwrite
 endif
 
-train: $(CLASSIFIERS)  ## five ResNet-18s: real, inv, sd, real+inv, real+sd
+# The DI store filtered by the real-trained classifier (trained on the real training store, never on test images).
+filter: data/inv-kept.h5  ## keep the best share of each class of the DI store (synthkit filter)
+
+data/inv-kept.h5: data/inv.h5 models/resnet18-real.safetensors $(STAMPS)/filter
+	$(SK) filter --data data/inv.h5 --classifier models/resnet18-real.safetensors $(call opt,--keep,$(KEEP)) \
+	  $(call opt,--by,$(KEEP_BY)) --device $(DEVICE) --out $@ --overwrite
+
+train: $(CLASSIFIERS)  ## seven ResNet-18s: the study's real, inv, sd, real+inv, real+sd, and inv-kept, real+inv-kept
 
 models/resnet18-real.safetensors: data/real.h5 $(STAMPS)/train
 models/resnet18-inv.safetensors: data/inv.h5 $(STAMPS)/train
 models/resnet18-sd.safetensors: data/sd.h5 $(STAMPS)/train
 models/resnet18-real+inv.safetensors: data/real.h5 data/inv.h5 $(STAMPS)/train
 models/resnet18-real+sd.safetensors: data/real.h5 data/sd.h5 $(STAMPS)/train
+models/resnet18-inv-kept.safetensors: data/inv-kept.h5 $(STAMPS)/train
+models/resnet18-real+inv-kept.safetensors: data/real.h5 data/inv-kept.h5 $(STAMPS)/train
 models/resnet18-%.safetensors:
 	$(call leftovers,$(@:.safetensors=.train-state.safetensors) $@.partial)
 	$(SK) train --data $(subst +,$(comma),$*) --out $@ $(call opt,--epochs,$(EPOCHS)) $(call opt,--steps,$(TRAIN_STEPS)) \
@@ -156,11 +170,15 @@ evaluate: results/accuracy.md  ## test accuracy of the five on the real test set
 results/accuracy.md: $(CLASSIFIERS) data/test.h5
 	$(SK) evaluate $(CLASSIFIERS:%=--model %) --test data/test.h5 --device $(DEVICE)
 
-analysis: results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## Grad-CAM and geometry
+analysis: results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## Grad-CAM and geometry
 
 results/gradcam/summary.json: models/resnet18-real.safetensors models/resnet18-inv.safetensors models/resnet18-sd.safetensors data/test.h5 $(STAMPS)/analysis
 	$(SK) gradcam --model models/resnet18-real.safetensors --model models/resnet18-inv.safetensors \
 	  --model models/resnet18-sd.safetensors --data data/test.h5 $(call opt,--n,$(GRADCAM_N)) --seed $(SEED) --device $(DEVICE) --out results/gradcam
+
+results/fidelity/summary.json: data/real.h5 data/test.h5 data/sd.h5 data/inv.h5 data/inv-kept.h5 models/resnet18-real.safetensors $(STAMPS)/analysis
+	$(SK) fidelity --real data/real.h5 --data data/test.h5 --data data/sd.h5 --data data/inv.h5 --data data/inv-kept.h5 \
+	  --classifier models/resnet18-real.safetensors $(call opt,--per-class,$(FIDELITY_N)) --seed $(SEED) --device $(DEVICE) --out results/fidelity
 
 results/vanish/summary.json: data/real.h5 data/sd.h5 data/inv.h5 $(STAMPS)/analysis
 	$(SK) vanish --data data/real.h5 --data data/sd.h5 --data data/inv.h5 $(call opt,--n,$(VANISH_N)) --seed $(SEED) --out results/vanish
@@ -173,18 +191,18 @@ results/grids/%.png: data/%.h5
 
 report: results/README.md  ## results/README.md from what is in results/ and models/
 
-results/README.md: results/accuracy.md results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
+results/README.md: results/accuracy.md results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
   $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)
 	$(SK) report
 
-reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, train, evaluate, analysis, report
+reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, filter, train, evaluate, analysis, report
 
 # ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
-# Its work is fixed, not its time: each classifier trains 50 steps of 32 images (8,000 images for the five),
+# Its work is fixed, not its time: each classifier trains 35 steps of 32 images (7,840 images for the seven),
 # and every class is inverted in one job. bench/README.md gives each stage's work and seconds.
 DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=50 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
   SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
-  TRAIN_STEPS=50 BATCH=32 LR=0.025 GRADCAM_N=32 VANISH_N=100
+  TRAIN_STEPS=35 BATCH=32 LR=0.025 GRADCAM_N=32 VANISH_N=100
 
 demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
 	$(MAKE) --no-print-directory reproduce $(DEMO_VARS)

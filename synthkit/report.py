@@ -18,6 +18,11 @@ STUDY = {"real": ("real", 81.80), "inv": ("Diffusion Inversion", 78.63), "sd": (
          "real+inv": ("real + Diffusion Inversion", 86.14), "real+sd": ("real + Stable Diffusion", 83.94)}
 
 
+# Rows this toolkit adds: the DI store filtered by the real classifier (synthkit filter), alone and with real data.
+ADDED = {"inv-kept": "Diffusion Inversion, filtered", "real+inv-kept": "real + Diffusion Inversion, filtered"}
+ORDER = ["real", "inv", "inv-kept", "sd", "real+inv", "real+inv-kept", "real+sd"]
+
+
 def _store_meta(path: Path) -> dict[str, Any] | None:
     from .store import Store
 
@@ -35,18 +40,55 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
     if not csv_path.exists():
         return ["## Test accuracy", "", f"No evaluation yet ({csv_path} is missing): run `synthkit evaluate`.", ""]
     rows = [r for r in read_rows(csv_path) if Path(r["model"]).exists() and Path(r["model"]).resolve().parent == models.resolve()]
-    order = {name: i for i, name in enumerate(STUDY)}
+    order = {name: i for i, name in enumerate(ORDER)}
     rows.sort(key=lambda r: (order.get(r["training_data"], len(order)), r["training_data"]))
     lines = ["## Test accuracy (ResNet-18, real CIFAR-10 test images)", "",
              "| training data | this run: accuracy % | original study % | train images | epochs | test images | model |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        label, reference = STUDY.get(r["training_data"], (r["training_data"], None))
+        label, reference = STUDY.get(r["training_data"], (ADDED.get(r["training_data"], r["training_data"]), None))
         ref = f"{reference:.2f}" if reference is not None else "-"
         lines.append(f"| {label} (`{r['training_data']}`) | {100 * float(r['accuracy']):.2f} | {ref} | {r['train_images']} | "
                      f"{r['epochs']} | {r['test_images']} | `{r['model']}` |")
     lines += ["", f"Rows are the latest evaluation of each model in `{models}/`, from `{csv_path}`; every model is "
-              "scored on the same real test store. The original study's figures are those it reported.", ""]
+              "scored on the same real test store. The original study's figures are those it reported."]
+    if any(r["training_data"] in ADDED for r in rows):
+        lines += ["", "The filtered rows (`inv-kept`) train on the share of the DI store that the real-trained classifier "
+                  "ranks best in each class (`synthkit filter`); the study has no such row. They can show whether "
+                  "keeping the images a real-data model finds convincing helps; with a random-weight generator (noise) "
+                  "or a weak real classifier they can only show that the stage runs."]
+    return lines + [""]
+
+
+def fidelity_section(results: Path) -> list[str]:
+    """The fidelity table, and whether it orders the synthetic stores as their classifiers' accuracy does."""
+    from .evaluation import read_rows
+
+    path = results / "fidelity" / "summary.json"
+    if not path.exists():
+        return []
+    summary = json.loads(path.read_text())
+    rows = [r for r in summary["rows"] if r["class"] == "all"]
+    lines = ["## Fidelity: synthetic stores against real data", "",
+             f"Against `{summary['real']}` on {summary['per_class']} images per class of each store, k = {summary['k']} "
+             f"(`synthkit fidelity`; per class in `fidelity/fidelity.csv`).", "",
+             "| store | features | Fréchet ↓ | KID ↓ | precision ↑ | recall ↑ | density ↑ | coverage ↑ | label agreement ↑ |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        agree = f"{r['agreement']:.3f}" if "agreement" in r else "–"
+        lines.append(f"| {r['store']} | {r['features']} | {r['frechet']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} | "
+                     f"{r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | {agree} |")
+    lines += ["", "![fidelity](fidelity/fidelity.png)", ""]
+    csv_path = results / "accuracy.csv"
+    accuracy = {r["training_data"]: float(r["accuracy"]) for r in read_rows(csv_path)} if csv_path.exists() else {}
+    ours = {r["store"]: r["frechet"] for r in rows if r["features"] == "classifier" and r["store"] in accuracy and r["store"] != "real"}
+    if len(ours) >= 2:
+        by_fidelity = sorted(ours, key=lambda name: ours[name])
+        by_accuracy = sorted(ours, key=lambda name: -accuracy[name])
+        verdict = "the same order" if by_fidelity == by_accuracy else "a different order"
+        lines += [f"Does fidelity predict accuracy? Ranked by Fréchet distance (closest first): {', '.join(by_fidelity)}; "
+                  f"by the test accuracy of a classifier trained on each store alone: {', '.join(by_accuracy)}. "
+                  f"In this run they give {verdict}.", ""]
     return lines
 
 
@@ -186,7 +228,8 @@ def write_report(results: Path = Path("results"), models: Path = Path("models"),
     lines = ["# synthkit study results", "", f"Written by `synthkit report` (synthkit {__version__}) at {now} from "
              f"`{results}/`, `{models}/` and `{data}/`.", ""]
     lines += generator_warning(data) + accuracy_section(results, models) + provenance_section(models, data)
-    lines += figures_section(results) + inversion_section(results, models) + gradcam_section(results) + geometry_section(results)
+    lines += figures_section(results) + inversion_section(results, models) + fidelity_section(results)
+    lines += gradcam_section(results) + geometry_section(results)
     confusions = sorted((results / "confusion").glob("*.png"))
     if confusions:
         lines += ["## Confusion matrices", ""] + [f"![{p.stem}](confusion/{p.name})" for p in confusions] + [""]

@@ -35,6 +35,7 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
            "--batch-size", 20, "--device", "cpu", *mix)
     models = [f"models/resnet18-{d}.safetensors" for d in ("real", "inv", "sd", "real+inv", "real+sd")]
     ok("evaluate", *(x for m in models for x in ("--model", m)), "--device", "cpu")
+    ok("fidelity", "--real", "real", "--data", "sd", "--data", "inv", "--classifier", models[0], "--device", "cpu")
     ok("gradcam", "--model", models[0], "--model", models[1], "--model", models[2], "--n", 4, "--device", "cpu")
     ok("vanish", "--data", "real", "--data", "sd", "--data", "inv", "--n", 5)
     for name in ("real", "sd", "inv"):
@@ -51,6 +52,7 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
     assert "These synthetic images are noise" in readme
     for figure in ("grids/real.png", "grids/sd.png", "grids/inv.png", "gradcam/gradcam_grid.png", "vanish/histograms.png"):
         assert f"]({figure})" in readme and (Path("results") / figure).exists()
+    assert "## Fidelity" in readme and "| inv | classifier |" in readme and "Does fidelity predict accuracy?" in readme
     assert "| n_segments |" in readme and "How many lines a small image really yields" in readme
 
     Path("elsewhere").mkdir()
@@ -72,7 +74,8 @@ def test_makefile_shows_the_plan(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for step in ("data cifar10", "sample --prompt", "invert --class airplane", "sample --embeddings", "train --data real,inv",
-                 "evaluate", "gradcam", "vanish", "report"):
+                 "filter --data data/inv.h5 --classifier models/resnet18-real.safetensors", "train --data real,inv-kept",
+                 "evaluate", "fidelity --real data/real.h5", "gradcam", "vanish", "report"):
         assert step in out.stdout, step
     help_text = subprocess.run(["make", "-C", str(ROOT), "help"], capture_output=True, text=True).stdout
     for var in ("MODEL", "PER_CLASS", "PER_IMAGE", "SD_PER_CLASS", "EPOCHS", "SEED", "DEVICE", "SHARDS"):
@@ -93,7 +96,10 @@ STUDY_FILES = [  # the graph under `train`, upstream first
                      ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"))],
     ["data/inv.h5"],
     [f"models/resnet18-{d}.safetensors" for d in ("real", "inv", "sd", "real+inv", "real+sd")],
+    ["data/inv-kept.h5"],
+    [f"models/resnet18-{d}.safetensors" for d in ("inv-kept", "real+inv-kept")],
 ]
+SEVEN = sorted(["real", "inv", "inv-kept", "sd", "real+inv", "real+inv-kept", "real+sd"])
 
 
 def finish_everything(cwd, when):
@@ -122,7 +128,7 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
 
     planned(tmp_path)  # writes the stamps
     stamps = {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()}
-    assert set(stamps) == {"data", "sd", "invert", "inv", "train", "analysis"} and stamps["train"].split() == ["balanced", "0"]
+    assert set(stamps) == {"data", "sd", "invert", "inv", "filter", "train", "analysis"} and stamps["train"].split() == ["balanced", "0"]
     past = time.time() - 1000
     age_stamps()
     finish_everything(tmp_path, past)
@@ -133,7 +139,7 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
     assert (tmp_path / "stamps" / "train").read_text().split() == ["5", "balanced", "0"]
     assert (tmp_path / "stamps" / "train").stat().st_mtime > past
     assert all(p.stat().st_mtime == past for p in (tmp_path / "stamps").iterdir() if p.name != "train")
-    assert trained(plan) == sorted(["real", "inv", "sd", "real+inv", "real+sd"]) and "--epochs 5" in plan
+    assert trained(plan) == SEVEN and "--epochs 5" in plan
     assert "invert" not in plan and "sample" not in plan and "data cifar10" not in plan
 
     age_stamps()  # as if the five had been retrained since
@@ -141,13 +147,13 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
     plan = planned(tmp_path, "EPOCHS=5", "UPDATES=7")  # an inversion setting: inversion, DI sampling and their models
     assert "--updates 7" in plan and len(re.findall(r" invert --class ", plan)) == 10
     assert "sample --embeddings" in plan and "--out data/inv.h5" in plan and " merge " not in plan
-    assert trained(plan) == ["inv", "real+inv"]
+    assert trained(plan) == ["inv", "inv-kept", "real+inv", "real+inv-kept"] and " filter --data data/inv.h5 " in plan
     assert "sample --prompt" not in plan and "data cifar10" not in plan
 
     age_stamps()
     plan = planned(tmp_path, "EPOCHS=5", "UPDATES=7", "PER_CLASS=20")  # the real subset: every stage is redone
     assert "data cifar10" in plan and "--per-class 20" in plan and "sample --prompt" in plan and "invert --class" in plan
-    assert trained(plan) == sorted(["real", "inv", "sd", "real+inv", "real+sd"])
+    assert trained(plan) == SEVEN
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

@@ -20,9 +20,10 @@ from .evaluation import training_data_name
 from .model import IMAGE_SIZE, class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
 
-LAYERS = ("layer4", "layer3")
+LAYERS = ("layer4", "layer3", "layer2")
+ROAD_PERCENTILES = (20, 40, 60, 80)  # share of pixels ROAD removes (most or least relevant first)
 TARGETS = ("true", "predicted")
-MEASURES = ("entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change")
+MEASURES = ("entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change", "road")
 
 
 def concentration(cam: np.ndarray) -> dict[str, float]:
@@ -63,6 +64,7 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
     """Grad-CAM of every model on the same n real images; writes the grid, per-image CSV and summary JSON."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 
     if not models:
@@ -85,6 +87,7 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
     cams: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     metric = CamMultImageConfidenceChange()
+    road = ROADCombined(percentiles=list(ROAD_PERCENTILES))  # faithfulness (Rong et al. 2022): higher is more faithful
     for path, name, meta in zip(models, names, metas):
         model, _ = load_classifier(path, dev)
         model = model.to(memory_format=torch.contiguous_format)
@@ -93,21 +96,24 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
             probs = torch.cat([model(images[s : s + batch_size].to(dev)).softmax(1).cpu() for s in range(0, len(images), batch_size)])
         predicted = probs.argmax(1).numpy()
         chosen = truth if target == "true" else predicted
-        maps, changes = [], []
+        maps, changes, faithful = [], [], []
+        torch.manual_seed(seed)  # ROAD's imputation adds noise from torch's global generator
         with GradCAM(model=model, target_layers=[model.layer(layer)]) as cam:
             for s in range(0, len(images), batch_size):
                 x = images[s : s + batch_size].to(dev)
                 classes = chosen[s : s + batch_size]
                 batch_maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
                 maps.append(batch_maps)
-                changes.append(np.asarray(metric(x, batch_maps, [ClassifierOutputSoftmaxTarget(int(c)) for c in classes], model)).reshape(-1))
+                soft = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
+                changes.append(np.asarray(metric(x, batch_maps, soft, model)).reshape(-1))
+                faithful.append(np.asarray(road(x, batch_maps, soft, model)).reshape(-1))
         cams[name] = np.concatenate(maps)
-        change = np.concatenate(changes)
+        change, faith = np.concatenate(changes), np.concatenate(faithful)
         for k, index in enumerate(pick):
             row = {"model": name, "image": int(index), "label": store_classes[labels_np[k]],
                    "target": meta["classes"][chosen[k]], "predicted": meta["classes"][predicted[k]],
                    "confidence": float(probs[k, chosen[k]])}
-            row |= concentration(cams[name][k]) | {"confidence_change": float(change[k])}
+            row |= concentration(cams[name][k]) | {"confidence_change": float(change[k]), "road": float(faith[k])}
             rows.append(row)
     summary = summarise(rows, cams, names, models, layer, target, data, len(pick))
     out.mkdir(parents=True, exist_ok=True)

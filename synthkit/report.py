@@ -176,13 +176,14 @@ def gradcam_section(results: Path) -> list[str]:
     if not path.exists():
         return []
     s = json.loads(path.read_text())
-    measures = ["entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change"]
+    measures = ["entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change", "road"]
     lines = ["## Where the models look (Grad-CAM)", "",
              f"{s['images']} real images of `{s['data']}`, target layer `{s['layer']}`, {s['target']} class; means over images "
-             "(lower entropy and spread, higher Gini and top-10% mass: more concentrated maps).", "",
+             "(lower entropy and spread, higher Gini and top-10% mass: more concentrated maps; `road` is grad-cam's ROAD "
+             "faithfulness, higher when removing the pixels a map ranks first hurts the model more than removing the last).", "",
              "| model | " + " | ".join(measures) + " |", "|---|" + "---:|" * len(measures)]
     for name, stats in s["models"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{stats[m]['mean']:.3f}" for m in measures) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{stats[m]['mean']:.3f}" if m in stats else "–" for m in measures) + " |")
     lines += [""] + [f"- agreement {pair}: correlation {v['correlation']:.3f}, IoU of top 20% {v['top_iou']:.3f}"
                      for pair, v in s["agreement"].items()]
     return lines + ["", "![Grad-CAM grid](gradcam/gradcam_grid.png)", ""]

@@ -39,6 +39,7 @@ def test_gradcam_on_tiny_classifiers(tmp_path, tiny_classifier, test_store):
         for key in ("entropy", "gini", "top10_mass", "area_above_half"):
             assert 0 <= stats[key]["mean"] <= 1
         assert 0 <= stats["spread"]["mean"] < 0.71 and -1 <= stats["confidence_change"]["mean"] <= 1
+        assert -1 <= stats["road"]["mean"] <= 1
     (pair,) = summary["agreement"].values()
     assert pair["correlation"] == pytest.approx(1) and pair["top_iou"] == pytest.approx(1)
     assert len((out / "per_image.csv").read_text().splitlines()) == 21
@@ -126,14 +127,19 @@ def test_gradcam_numbers_are_those_of_a_hand_computed_grad_cam(tmp_path, tiny_cl
         probs = model(images).softmax(1)
         masked = model(images * torch.from_numpy(cams)[:, None]).softmax(1)
     assert [r["predicted"] for r in rows] == [meta["classes"][c] for c in probs.argmax(1)]
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    torch.manual_seed(0)  # the seed of the pick, which gradcam also gives ROAD's noise
+    road = ROADCombined(percentiles=[20, 40, 60, 80])(images, cams, [ClassifierOutputSoftmaxTarget(int(c)) for c in labels], model)
     for k, row in enumerate(rows):
-        expected = concentration(cams[k]) | {"confidence": float(probs[k, labels[k]]),
+        expected = concentration(cams[k]) | {"confidence": float(probs[k, labels[k]]), "road": float(road[k]),
                                              "confidence_change": float(masked[k, labels[k]] - probs[k, labels[k]])}
         for key, value in expected.items():
             assert float(row[key]) == pytest.approx(value, rel=1e-3, abs=1e-4, nan_ok=True), (k, key)
     assert sum(cam.max() > 0.5 for cam in cams) >= len(cams) // 2, "most maps should not be empty"
     summary = json.loads((tmp_path / "summary.json").read_text())
     (stats,) = summary["models"].values()
-    for key in ("entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change"):
+    for key in ("entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change", "road"):
         assert stats[key]["mean"] == pytest.approx(np.nanmean([float(r[key]) for r in rows]), rel=1e-6), key  # NaN: empty map
     assert stats["accuracy_on_these_images"] == pytest.approx(np.mean([r["target"] == r["predicted"] for r in rows]))

@@ -203,7 +203,7 @@ reproduce: report  ## the whole study (needs a GPU for full size): data, sd, inv
 # each stage's work and seconds.
 DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=50 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
   SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
-  TRAIN_STEPS=25 BATCH=32 LR=0.025 GRADCAM_N=32 VANISH_N=100 YUD=
+  TRAIN_STEPS=25 BATCH=32 LR=0.025 GRADCAM_N=16 VANISH_N=100 YUD=
 
 demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
 	$(MAKE) --no-print-directory reproduce $(DEMO_VARS)

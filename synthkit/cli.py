@@ -266,19 +266,27 @@ def invert(
     seed: int = typer.Option(INV.seed, help="Seed of the initial tables, latent samples, noise and timesteps."),
     checkpoint_every: int = typer.Option(200, min=1, help="Save resumable state about every K steps."),
     preview_every: int = typer.Option(500, min=0, help="Redraw OUT's .preview.png (real images beside DDIM samples of their embeddings, and the loss curve) every K updates; also drawn at the start and the end (0: no preview)."),
-    shard: str = typer.Option("", help="Do shard i/n of the work (chunks), e.g. 0/4; merge the outputs with synthkit merge."),
+    shard: str = typer.Option("", help="Do shard i/n of the work (chunks), e.g. 0/4, and merge the outputs with synthkit merge; or auto: the shard torchrun or SLURM gives (under torchrun rank 0 merges into --out)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace an existing file."),
     resume: bool = typer.Option(False, help="Continue an interrupted run."),
 ) -> None:
     """Diffusion Inversion: learn a conditioning embedding per real image with the diffusion model frozen, as the official code."""
-    from .inversion import invert as run_inversion
+    from .checkpoint import read_meta
+    from .inversion import invert as run_inversion, merge_embeddings
+    from .launch import run_sharded
     from .paths import store_path
 
     config = InversionConfig(tokens=tokens, resolution=resolution, lr=lr, weight_decay=weight_decay, group_size=group_size,
                              batch_size=batch_size, updates=updates, chunk_groups=chunk_groups, precision=precision, seed=seed)
-    meta = run_inversion(store_path(data), out, class_, model, config, device=device, shard=shard,
-                         checkpoint_every=checkpoint_every, preview_every=preview_every, overwrite=overwrite, resume=resume)
+
+    def job(path: Path, part: str, dev: str) -> None:
+        run_inversion(store_path(data), path, class_, model, config, device=dev, shard=part, checkpoint_every=checkpoint_every,
+                      preview_every=preview_every, overwrite=overwrite, resume=resume)
+
+    out = run_sharded(job, out, shard, device, lambda parts, o: merge_embeddings(parts, o, overwrite=True),
+                      overwrite=overwrite, resume=resume, say=typer.echo)
+    meta = read_meta(out)
     losses = list(meta["group_loss"].values())
     first = sum(v[0] for v in losses) / len(losses)
     final = sum(v[1] for v in losses) / len(losses)
@@ -311,7 +319,7 @@ def sample(
     batch_size: int = typer.Option(16, min=1, help="Images per batch."),
     seed: int = typer.Option(0, help="Seed of every random choice (each sample has its own, derived from it)."),
     dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
-    shard: str = typer.Option("", help="Do shard i/n of the work, e.g. 0/4; merge the outputs with synthkit merge."),
+    shard: str = typer.Option("", help="Do shard i/n of the work, e.g. 0/4, and merge the outputs with synthkit merge; or auto: the shard torchrun or SLURM gives (under torchrun rank 0 merges into --out)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
     resume: bool = typer.Option(False, help="Continue an interrupted run."),
@@ -329,13 +337,20 @@ def sample(
         raise UserError("give either --embeddings (DI sampling) or --prompt/--prompt-file (prompt sampling), not both")
     config = SamplingConfig(steps=steps, guidance=guidance, scheduler=scheduler, resolution=resolution, save_size=save_size,
                             batch_size=batch_size, seed=seed, dtype=dtype)
-    if embeddings:
-        sample_embeddings(out, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond), config,
-                          model=model, device=device, shard=shard, overwrite=overwrite, resume=resume)
-    else:
-        sample_prompts(out, model or DEFAULT_MODEL, templates, class_list(classes), per_class, config,
-                       negative=negative, init=store_path(init) if init else None, strength=strength, device=device,
-                       shard=shard, overwrite=overwrite, resume=resume)
+    from .launch import run_sharded
+    from .store import merge_stores
+
+    def job(path: Path, part: str, dev: str) -> None:
+        if embeddings:
+            sample_embeddings(path, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond),
+                              config, model=model, device=dev, shard=part, overwrite=overwrite, resume=resume)
+        else:
+            sample_prompts(path, model or DEFAULT_MODEL, templates, class_list(classes), per_class, config, negative=negative,
+                           init=store_path(init) if init else None, strength=strength, device=dev, shard=part,
+                           overwrite=overwrite, resume=resume)
+
+    out = run_sharded(job, out, shard, device, lambda parts, o: merge_stores(parts, o, overwrite=True),
+                      overwrite=overwrite, resume=resume, say=typer.echo)
     _print_store_line(out)
 
 

@@ -228,7 +228,8 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
     tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
     meta = provenance("embeddings", params, [{"path": str(data), "fingerprint": fingerprint}])
     meta.update({"model": model, "classes": list(classes), "tokens": config.tokens, "hidden": diffusion.hidden_size,
-                 "resolution": config.resolution, "image_size": image_size, "shard": shard, "group_ids": GROUP_IDS,
+                 "resolution": config.resolution, "image_size": image_size, "shard": shard, "device": str(dev),
+                 "group_ids": GROUP_IDS,
                  "optimizer": "AdamW over each group (official)", "init": "nn.Linear default (official)",
                  "adamw_steps_per_group": config.updates * config.steps_per_update(),
                  "group_loss": group_loss, "group_loss_fields": ["first_epoch", "final_ema"],

@@ -107,7 +107,7 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
                                    "per_class": per_class, "negative": negative, "init": str(init) if init else None,
                                    "strength": strength if init else None, "resolution": resolution}
         sources = [{"path": str(init), "fingerprint": init_store.fingerprint}] if init_store else []
-        meta = provenance("sd", params, sources) | {"model": model}
+        meta = provenance("sd", params, sources) | {"model": model, "device": str(diffusion.device), "shard": shard}
         size = config.save_size or resolution
         slices = batch_slices(len(prompts), config.batch_size, shard)
         total = sum(s.stop - s.start for s in slices)
@@ -234,7 +234,8 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
     params = asdict(di) | asdict(config) | {"model": model, "embeddings": [str(p) for p in embedding_files],
                                             "resolution": resolution}
     meta = provenance("inv", params, emb_meta["sources"]) | {"model": model, "embeddings_model": emb_meta["model"],
-                                                             "uncond": uncond_note}
+                                                             "uncond": uncond_note, "device": str(diffusion.device),
+                                                             "shard": shard}
     total_samples = len(embeddings) * di.per_image
     slices = batch_slices(total_samples, config.batch_size, shard)
     total = sum(s.stop - s.start for s in slices)

@@ -361,7 +361,7 @@ def gradcam(
     data: str = typer.Option("test", help="Store of real images to explain them on (name or path)."),
     out: Path = typer.Option(Path("results/gradcam"), help="Folder for gradcam_grid.png, per_image.csv and summary.json."),
     n: int = typer.Option(GRADCAM.n, min=1, help="Images (a seeded random pick, the same for every model)."),
-    layer: str = typer.Option(GRADCAM.layer, help="Target layer: layer4 (4x4 maps at 32 px), layer3 (8x8) or layer2 (16x16); bench/gradcam_layers.py compares their ROAD faithfulness."),
+    layer: str = typer.Option(GRADCAM.layer, help="Target layer: layer3 (8x8 maps at 32 px; the most faithful by ROAD, see bench/README.md), layer4 (4x4) or layer2 (16x16)."),
     target: str = typer.Option(GRADCAM.target, help="Explain the true class or the predicted one."),
     seed: int = typer.Option(GRADCAM.seed, help="Seed of the image pick."),
     batch_size: int = typer.Option(GRADCAM.batch_size, min=1, help="Images per batch."),

@@ -93,7 +93,7 @@ class GradcamConfig:
     """Grad-CAM: how many real images (a seeded pick, the same for every model), which layer, which class."""
 
     n: int = 64
-    layer: str = "layer4"
+    layer: str = "layer3"  # the most faithful by ROAD on a full-data model: bench/README.md
     target: str = "true"
     seed: int = 0
     batch_size: int = 64

@@ -418,7 +418,7 @@ def vanish(
 @app.command("vanish-score")
 @user_errors
 def vanish_score(
-    gt: Path = typer.Option(..., help="A folder like York Urban's: images/ and gt.json (camera, vanishing points, horizon)."),
+    gt: Path = typer.Option(..., help="A folder like York Urban's: images/ and gt.json; entries with only a horizon (no camera, no VPs) are scored uncalibrated."),
     out: Path = typer.Option(Path("results/vanish-gt"), help="Folder for predictions.json and gt_scores.json."),
     limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N images."),
     seed: int = typer.Option(VANISH.seed, help="Seed of RANSAC."),
@@ -437,9 +437,11 @@ def vanish_score(
         table.add_column(col, justify="right")
     for mode in ("calibrated", "uncalibrated"):
         s = scores[mode]
-        table.add_row(mode, f"{s['horizon_auc_0.25']:.2f}", *(f"{s[k]:.2f}" if k in s else "-" for k in ("vp_auc_3deg", "vp_auc_5deg", "vp_auc_10deg")),
-                      f"{s['median_seconds_per_image']:.2f}")
+        keys = ("horizon_auc_0.25", "vp_auc_3deg", "vp_auc_5deg", "vp_auc_10deg", "median_seconds_per_image")
+        table.add_row(f"{mode} ({s['images']} images)", *(f"{s[k]:.2f}" if k in s else "-" for k in keys))
     Console().print(table)
+    if "note" in scores["calibrated"]:
+        typer.echo(f"calibrated: {scores['calibrated']['note']}")
     typer.echo(f"wrote {out}/")
 
 

@@ -215,9 +215,10 @@ def geometry_section(results: Path) -> list[str]:
     if yud.exists():
         g = json.loads(yud.read_text())
         c, u = g["calibrated"], g["uncalibrated"]
-        lines += ["", f"The detector on {g['images']} ground-truth images of `{g['folder']}`: calibrated horizon AUC "
-                  f"{c['horizon_auc_0.25']:.2f}%, VP AUC@3/5/10 deg {c['vp_auc_3deg']:.2f} / {c['vp_auc_5deg']:.2f} / "
-                  f"{c['vp_auc_10deg']:.2f}%; uncalibrated horizon AUC {u['horizon_auc_0.25']:.2f}%."]
+        calibrated = (f"calibrated horizon AUC {c['horizon_auc_0.25']:.2f}%, VP AUC@3/5/10 deg {c['vp_auc_3deg']:.2f} / "
+                      f"{c['vp_auc_5deg']:.2f} / {c['vp_auc_10deg']:.2f}%" if "vp_auc_3deg" in c else "no calibrated entries")
+        lines += ["", f"The detector on {g['images']} ground-truth images of `{g['folder']}`: {calibrated}; "
+                  f"uncalibrated horizon AUC {u['horizon_auc_0.25']:.2f}%."]
     return lines + [""]
 
 

@@ -122,8 +122,47 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def _number_list(value: Any, length: int) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == length and all(isinstance(v, (int, float)) for v in value)
+
+
+def ground_truth_entry(entry: Any, k: int) -> dict[str, Any]:
+    """One gt.json entry checked: name, file, width, height and horizon are needed (a horizon as {"abc": [a, b, c]},
+    [a, b, c], or {"points": [[x1, y1], [x2, y2]]}); focal_px, cx, cy and vps (each {"dir": [x, y, z]}) together
+    make it calibrated. Returns the entry with the horizon as a line `abc` and `calibrated` set."""
+    where = f"gt.json entry {k} ({entry.get('name', 'no name')})" if isinstance(entry, dict) else f"gt.json entry {k}"
+    if not isinstance(entry, dict):
+        raise UserError(f"{where} is not an object")
+    missing = [key for key in ("name", "file", "width", "height", "horizon") if key not in entry]
+    if missing:
+        raise UserError(f"{where} has no {', '.join(missing)}")
+    if not (isinstance(entry["width"], int) and isinstance(entry["height"], int) and entry["width"] > 0 and entry["height"] > 0):
+        raise UserError(f"{where}: width and height must be positive integers")
+    horizon = entry["horizon"]
+    if isinstance(horizon, dict) and _number_list(horizon.get("abc"), 3):
+        abc = np.array(horizon["abc"], float)
+    elif _number_list(horizon, 3):
+        abc = np.array(horizon, float)
+    elif isinstance(horizon, dict) and isinstance(horizon.get("points"), list) and len(horizon["points"]) == 2 \
+            and all(_number_list(p, 2) for p in horizon["points"]):
+        (x1, y1), (x2, y2) = horizon["points"]
+        abc = np.cross([x1, y1, 1.0], [x2, y2, 1.0])
+    else:
+        raise UserError(f'{where}: horizon must be {{"abc": [a, b, c]}}, [a, b, c] or {{"points": [[x1, y1], [x2, y2]]}}')
+    if abs(abc[1]) < 1e-12:
+        raise UserError(f"{where}: the horizon is vertical")
+    camera = [key for key in ("focal_px", "cx", "cy", "vps") if key in entry]
+    if camera and len(camera) < 4:
+        raise UserError(f"{where} has {', '.join(camera)} but not all of focal_px, cx, cy and vps")
+    if camera and not (isinstance(entry["vps"], list) and entry["vps"] and all(isinstance(v, dict) and _number_list(v.get("dir"), 3) for v in entry["vps"])):
+        raise UserError(f'{where}: vps must be a list of {{"dir": [x, y, z]}}')
+    return dict(entry, abc=abc, calibrated=bool(camera))
+
+
 def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, seed: int = VANISH.seed) -> dict[str, Any]:
-    """Score the detector on a York-Urban-style folder, calibrated and uncalibrated; write predictions."""
+    """Score the detector on a York-Urban-style folder; write predictions. Entries with a camera and vanishing
+    points are scored calibrated and uncalibrated; horizon-only entries (Eurasian Cities, Horizon Lines in the
+    Wild) uncalibrated, horizon only."""
     from PIL import Image
 
     gt_file = folder / "gt.json"
@@ -133,7 +172,12 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
         entries = json.loads(gt_file.read_text())["images"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{gt_file} is not a ground-truth file like York Urban's (no 'images' list)") from None
-    entries = entries[:limit] if limit else entries
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{gt_file} lists no images")
+    entries = [ground_truth_entry(e, k) for k, e in enumerate(entries[:limit] if limit else entries)]
+    for entry in entries:
+        if not (folder / entry["file"]).exists():
+            raise UserError(f"{folder / entry['file']} (listed in gt.json for {entry['name']}) does not exist")
     out.mkdir(parents=True, exist_ok=True)
     errors: dict[str, Any] = {"calibrated": {"horizon": [], "vp": []}, "uncalibrated": {"horizon": [], "vp": []}}
     seconds: dict[str, list[float]] = {"calibrated": [], "uncalibrated": []}
@@ -143,38 +187,38 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
         with progress() as bar:
             task = bar.add_task("vanish gt", total=len(entries))
             for entry in entries:
-                path = folder / entry["file"]
-                if not path.exists():
-                    raise UserError(f"{path} (listed in gt.json) does not exist")
-                image = np.asarray(Image.open(path).convert("RGB"))
-                truth_h = np.array(entry["horizon"]["abc"])
-                truth_d = np.array([v["dir"] for v in entry["vps"]])
-                for mode in errors:
+                image = np.asarray(Image.open(folder / entry["file"]).convert("RGB"))
+                for mode in (("calibrated", "uncalibrated") if entry["calibrated"] else ("uncalibrated",)):
                     start = time.perf_counter()
                     if mode == "calibrated":
                         result = analyse_image(image, 1, entry["focal_px"], (entry["cx"], entry["cy"]), seed=seed)
                     else:
                         result = analyse_image(image, 1, None, seed=seed)
                     seconds[mode].append(time.perf_counter() - start)
-                    errors[mode]["horizon"].append(horizon_error(result.horizon(), truth_h, entry["width"], entry["height"]))
+                    errors[mode]["horizon"].append(horizon_error(result.horizon(), entry["abc"], entry["width"], entry["height"]))
                     if mode == "calibrated":
+                        truth_d = np.array([v["dir"] for v in entry["vps"]], float)
                         errors[mode]["vp"].extend(direction_errors(result.directions, truth_d).tolist())
                     files[mode].write(json.dumps(prediction_record(entry["name"], result, mode)) + "\n")
-                    if mode == "calibrated" and len(overlay) < 4:
+                    if len(overlay) < 4 and (mode == "calibrated" or not entry["calibrated"]):
                         overlay.append((image, result))
                 bar.advance(task)
     finally:
         for f in files.values():
             f.close()
-    scores = {"images": len(entries), "folder": str(folder)}
+    scores: dict[str, Any] = {"images": len(entries), "folder": str(folder)}
     for mode, errs in errors.items():
-        scores[mode] = {"horizon_auc_0.25": 100 * auc(np.array(errs["horizon"]), 0.25),
+        if not errs["horizon"]:
+            scores[mode] = {"images": 0, "note": "no entry has a camera (focal_px, cx, cy) and vanishing points: "
+                                                 "nothing to score calibrated"}
+            continue
+        scores[mode] = {"images": len(errs["horizon"]), "horizon_auc_0.25": 100 * auc(np.array(errs["horizon"]), 0.25),
                         "median_seconds_per_image": float(np.median(seconds[mode]))}
         if errs["vp"]:
             scores[mode].update({f"vp_auc_{t}deg": 100 * auc(np.array(errs["vp"]), t) for t in (3, 5, 10)})
     scores["uncalibrated"]["focal"] = "principal point at the image centre; focal length chosen by a grid search (0.45-2.5 x the larger side) maximising Manhattan support"
     (out / "gt_scores.json").write_text(json.dumps(scores, indent=2))
-    save_overlays(overlay, 1, out / "overlay_gt.png", f"{folder.name}: calibrated detections")
+    save_overlays(overlay, 1, out / "overlay_gt.png", f"{folder.name}: detections")
     return scores
 
 

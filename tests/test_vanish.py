@@ -1,6 +1,8 @@
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import run
 from synthkit.meta import provenance
@@ -38,6 +40,53 @@ def test_ground_truth_scoring_writes_predictions(tmp_path):
     record = json.loads(lines[0])
     assert record["image"] == "P0" and len(record["vps"]) == 3 and len(record["horizon"]) == 3 and record["focal"] == F
     assert (tmp_path / "out" / "overlay_gt.png").exists()
+
+
+def horizon_only(gt: Path, out: Path, form: str = "abc") -> Path:
+    """The same folder with a gt.json of only name, file, width, height and horizon (no camera, no VPs)."""
+    import shutil
+
+    shutil.copytree(gt, out)
+    entries = []
+    for e in json.loads((gt / "gt.json").read_text())["images"]:
+        a, b, c = e["horizon"]["abc"]
+        ys = [-(a * x + c) / b for x in (0, e["width"] - 1)]
+        horizon = {"abc": [a, b, c]} if form == "abc" else {"points": [[0, ys[0]], [e["width"] - 1, ys[1]]]}
+        entries.append({k: e[k] for k in ("name", "file", "width", "height")} | {"horizon": horizon})
+    (out / "gt.json").write_text(json.dumps({"images": entries}))
+    return out
+
+
+@pytest.mark.parametrize("form", ["abc", "points"])
+def test_horizon_only_ground_truth_is_scored_uncalibrated(tmp_path, form):
+    full = make_gt_folder(tmp_path / "gt")
+    both = json.loads((tmp_path / "gt" / "gt.json").read_text())
+    run("vanish-score", "--gt", full, "--out", tmp_path / "full")
+    only = horizon_only(full, tmp_path / "only", form)
+    result = run("vanish-score", "--gt", only, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "no entry has a camera" in result.output
+    scores = json.loads((tmp_path / "out" / "gt_scores.json").read_text())
+    reference = json.loads((tmp_path / "full" / "gt_scores.json").read_text())
+    assert scores["calibrated"]["images"] == 0 and "horizon_auc_0.25" not in scores["calibrated"]
+    assert scores["uncalibrated"]["images"] == len(both["images"])
+    assert scores["uncalibrated"]["horizon_auc_0.25"] == pytest.approx(reference["uncalibrated"]["horizon_auc_0.25"], abs=1e-6)
+    assert not (tmp_path / "out" / "predictions_gt_calibrated.jsonl").read_text()
+
+
+def test_malformed_ground_truth_entries_are_named(tmp_path):
+    gt = make_gt_folder(tmp_path / "gt")
+    good = json.loads((gt / "gt.json").read_text())["images"][0]
+    for bad, message in [({k: v for k, v in good.items() if k != "horizon"}, "entry 1 (P0) has no horizon"),
+                         (good | {"horizon": {"abc": [1, 2]}}, "entry 1 (P0): horizon must be"),
+                         ({k: v for k, v in good.items() if k != "vps"}, "not all of focal_px, cx, cy and vps"),
+                         (good | {"width": "wide"}, "width and height must be positive integers"),
+                         (good | {"file": "images/none.jpg"}, "does not exist")]:
+        (gt / "gt.json").write_text(json.dumps({"images": [good, bad]}))
+        result = run("vanish-score", "--gt", gt, "--out", tmp_path / "out")
+        assert result.exit_code == 2 and message in result.stderr, (message, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_stores_are_compared(tmp_path, real_store):

@@ -90,6 +90,27 @@ def data_cifar10(
     _print_store_line(path)
 
 
+@data_app.command("folder")
+@user_errors
+def data_folder(
+    source: Path = typer.Option(..., help="An image-folder tree or .tar/.tar.gz/.zip of one: <class>/<image>, optionally under <split>/."),
+    out: Path = typer.Option(..., help="Store to write, e.g. data/scenes.h5."),
+    size: Optional[int] = typer.Option(None, min=8, help="Resize so that the shorter side is SIZE (PIL bicubic), then centre-crop to SIZE x SIZE. Without it all images must share one size."),
+    split: Optional[str] = typer.Option(None, help="Take only <split>/<class>/<image> (e.g. train)."),
+    class_name: Optional[str] = typer.Option(None, help='One class for every image (a flat folder), e.g. "urban scene".'),
+    per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
+    seed: int = typer.Option(0, help="Seed of the subset."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+    resume: bool = typer.Option(False, help="Continue an interrupted import."),
+) -> None:
+    """Import any image-folder tree or archive into a store: classes from the folder names, file names kept."""
+    from .datasets import import_folder
+
+    import_folder(out, source=source, size=size, split=split, class_name=class_name, per_class=per_class, seed=seed,
+                  overwrite=overwrite, resume=resume)
+    _print_store_line(out)
+
+
 def _print_store_line(path: Path) -> None:
     from .store import Store
 

@@ -1,4 +1,5 @@
-"""Import CIFAR-10 into a store from an image-folder tree or archive, the python batches, or a download."""
+"""Import real images into a store: CIFAR-10 (an image-folder tree or archive, the python batches, or a download),
+or any image-folder tree or archive of <class>/<image> (`import_folder`)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,88 @@ def import_cifar10(
                           source_name=[src.names[i] for i in rows])
             bar.advance(task, len(rows))
     return out
+
+
+@locked_output("out")
+def import_folder(
+    out: str | Path,
+    *,
+    source: str | Path,
+    size: int | None = None,
+    split: str | None = None,
+    class_name: str | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> Path:
+    """Write the images of an image-folder tree or archive laid out as [<split>/]<class>/<image> to the store `out`.
+
+    Classes are the folder names (sorted naturally), or `class_name` for every image of a flat folder. With `size`
+    each image is resized so that its shorter side is `size` (PIL bicubic), then centre-cropped to size x size;
+    without it all images must share one size. Each image's file name is kept in the column source_name."""
+    out = Path(out)
+    if size is not None and size < 8:
+        raise UserError(f"--size must be at least 8, got {size}")
+    if check_output(out, [partial_path(out)], overwrite, resume):
+        return out
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"source {source} does not exist")
+    files = ({str(p.relative_to(source)): p.read_bytes for p in source.rglob("*") if p.is_file()} if source.is_dir()
+             else _archive_members(source))
+    entries = []
+    for name in files:
+        parts = name.replace("\\", "/").split("/")
+        if not parts[-1].lower().endswith(_IMAGE_SUFFIXES) or any(p.startswith(".") for p in parts):
+            continue
+        if split is not None and (len(parts) < 3 or parts[-3] != split):
+            continue
+        if class_name is None and len(parts) < 2:
+            raise UserError(f"{source}: {name} is not inside a class folder: lay images out as <class>/<image>, or give --class-name")
+        entries.append((class_name or parts[-2], _natural_key(name), name))
+    if not entries:
+        where = f"<{split}>/<class>/" if split else "<class>/"
+        raise UserError(f"{source}: no images in {where} folders")
+    classes = sorted({e[0] for e in entries}, key=_natural_key)
+    entries.sort(key=lambda e: (classes.index(e[0]), e[1]))
+    names, labels = [e[2] for e in entries], np.array([classes.index(e[0]) for e in entries], dtype=np.int64)
+    shape = (size, size) if size else _decode_image(files[names[0]](), names[0]).shape[:2]
+
+    def decode(rows: np.ndarray) -> np.ndarray:
+        images = [_decode_image(files[names[i]](), names[i]) for i in rows]
+        if size:
+            return np.stack([centre_crop(image, size) for image in images])
+        for i, image in zip(rows, images):
+            if image.shape[:2] != shape:
+                raise UserError(f"{names[i]} is {image.shape[1]}x{image.shape[0]}, but {names[0]} is {shape[1]}x{shape[0]}: "
+                                "give --size to resize and centre-crop them all")
+        return np.stack(images)
+
+    index = np.arange(len(labels)) if per_class is None else balanced_subset(labels, per_class, seed, len(classes))
+    params = {"source": str(source), "size": size, "split": split, "class_name": class_name, "per_class": per_class, "seed": seed}
+    meta = provenance("real", params, [_describe(source)])
+    with StoreWriter(out, classes=classes, image_shape=shape, meta=meta, columns={"source_index": "int", "source_name": "str"},
+                     total=len(index), overwrite=overwrite, resume=resume) as writer, progress() as bar:
+        task = bar.add_task("import", total=len(index), completed=writer.done)
+        for start in range(writer.done, len(index), batch_size):
+            rows = index[start : start + batch_size]
+            writer.append(decode(rows), labels[rows], source_index=rows, source_name=[names[i] for i in rows])
+            bar.advance(task, len(rows))
+    return out
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize (PIL bicubic) so that the shorter side is `size`, then cut the centre size x size square."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(resized[top : top + size, left : left + size])
 
 
 def _describe(path: Path) -> dict:

@@ -1,6 +1,7 @@
 import pickle
 import tarfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,56 @@ def test_images_of_another_size_are_refused(tmp_path):
     (folder / "train" / "dog" / "0.png").write_bytes(png_bytes(np.zeros((16, 16, 3), np.uint8)))
     with pytest.raises(UserError, match="16x16"):
         import_cifar10(tmp_path / "x.h5", source=folder)
+
+
+def test_any_image_folder_becomes_a_store_with_its_own_classes(tmp_path, cifar_small_archive):
+    out = tmp_path / "folder.h5"
+    result = run("data", "folder", "--source", cifar_small_archive, "--split", "test", "--out", out)
+    assert result.exit_code == 0, result.output
+    reference = tmp_path / "cifar.h5"
+    assert run("data", "cifar10", "--source", cifar_small_archive, "--split", "test", "--out", reference).exit_code == 0
+    with Store(out) as a, Store(reference) as b:
+        assert a.classes == sorted(b.classes) and len(a) == len(b) == 60
+        names = list(a.column("source_name"))
+        assert names[0].endswith("test/airplane/0000.jpg") and all("/test/" in n for n in names)
+        mapped = np.array([a.classes.index(b.classes[label]) for label in b.labels])
+        order = np.argsort(mapped, kind="stable")  # same images, in the folder's class order
+        assert np.array_equal(a.images(), b.images()[order]) and np.array_equal(a.labels, mapped[order])
+
+
+def scenes(root: Path) -> Path:
+    """Real CIFAR images blown up to three different sizes, in a flat folder and in two class folders."""
+    from PIL import Image
+
+    from synthkit.datasets import open_source
+
+    src = open_source(MINI_ARCHIVE, "train")
+    images = src.decode(np.arange(0, 120, 20))
+    for k, (image, size) in enumerate(zip(images, [(96, 64), (64, 80), (120, 90)] * 2)):
+        folder = root / ("street" if k % 2 else "tower")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).resize(size, Image.BICUBIC).save(folder / f"img{k}.png")
+    return root
+
+
+def test_folder_import_resizes_and_centre_crops_or_names_the_odd_size(tmp_path):
+    root = scenes(tmp_path / "scenes")
+    result = run("data", "folder", "--source", root, "--out", tmp_path / "raw.h5")
+    assert result.exit_code == 2 and "give --size" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "raw.h5").exists() and not (tmp_path / "raw.h5.partial").exists()
+    result = run("data", "folder", "--source", root, "--size", 48, "--out", tmp_path / "s.h5")
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "s.h5") as s:
+        assert s.classes == ["street", "tower"] and list(s.counts()) == [3, 3] and s.image_shape == (48, 48, 3)
+        assert [n.split("/")[-1] for n in s.column("source_name")] == ["img1.png", "img3.png", "img5.png",
+                                                                      "img0.png", "img2.png", "img4.png"]
+    from synthkit.datasets import centre_crop
+
+    wide = np.zeros((30, 90, 3), np.uint8)
+    wide[:, 30:60] = 255  # the centre third is white
+    assert np.all(centre_crop(wide, 30) == 255)
+    result = run("data", "folder", "--source", root / "tower", "--class-name", "urban scene", "--size", 32,
+                 "--out", tmp_path / "one.h5")
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "one.h5") as s:
+        assert s.classes == ["urban scene"] and len(s) == 3

@@ -140,3 +140,32 @@ def test_filter_bad_inputs(tmp_path, test_store, tiny_classifier):
         result = run("filter", "--data", test_store, "--classifier", tiny_classifier, *args, "--out", tmp_path / "k.h5")
         assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.output
     assert not list(tmp_path.iterdir())
+
+
+def random_inception_weights(path: Path) -> Path:
+    """torch-fidelity's Inception-v3 with random weights, saved as its weights file would be (nothing downloaded)."""
+    import torch
+    from torch_fidelity import feature_extractor_inceptionv3 as fx
+
+    original = fx.FeatureExtractorInceptionV3.load_state_dict
+    fx_url = fx.load_state_dict_from_url
+    try:
+        fx.load_state_dict_from_url = lambda *a, **k: {}
+        fx.FeatureExtractorInceptionV3.load_state_dict = lambda self, state, *a, **k: None
+        torch.manual_seed(0)
+        net = fx.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    finally:
+        fx.load_state_dict_from_url = fx_url
+        fx.FeatureExtractorInceptionV3.load_state_dict = original
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_rows_when_weights_are_given(tmp_path, real_store, test_store, tiny_classifier):
+    weights = random_inception_weights(tmp_path / "inception.pth")
+    rows = fidelity(real_store, [test_store], tiny_classifier, tmp_path / "out", per_class=3, inception=weights, device="cpu")
+    sources = {(r["class"], r["features"]) for r in rows}
+    assert ("all", "inception") in sources and ("cat", "inception") in sources and ("all", "classifier") in sources
+    inception = next(r for r in rows if r["class"] == "all" and r["features"] == "inception")
+    assert inception["n_real"] == inception["n_fake"] == 30 and np.isfinite(inception["frechet"]) and "agreement" not in inception
+    assert "torch-fidelity Inception-v3" in (tmp_path / "out" / "fidelity.md").read_text()

@@ -213,13 +213,16 @@ def _figure(rows: list[dict[str, Any]], path: Path, metric: str) -> None:
         row = next(r for r in ours if r["store"] == name and r["class"] == "all")
         left.scatter(row["recall"], row["precision"], s=50)
         left.annotate(name, (row["recall"], row["precision"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    left.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="recall", ylabel="precision", title="all classes")
+    n_all = next(r["n_fake"] for r in ours if r["class"] == "all")
+    n_class = next((r["n_fake"] for r in ours if r["class"] != "all"), 0)
+    left.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="recall", ylabel="precision",
+             title=f"all classes ({n_all} images per store)")
     width = 0.8 / max(1, len(stores))
     for i, name in enumerate(stores):
         values = [next(r[metric] for r in ours if r["store"] == name and r["class"] == c) for c in classes]
         right.bar(np.arange(len(classes)) + i * width, values, width, label=name)
     right.set_xticks(np.arange(len(classes)) + width * (len(stores) - 1) / 2, classes, rotation=45, ha="right", fontsize=8)
-    right.set(title=f"{metric} per class ({BETTER[metric]} is better)")
+    right.set(title=f"{metric} per class, {n_class} images each ({BETTER[metric]} is better)")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -169,3 +169,27 @@ def test_inception_rows_when_weights_are_given(tmp_path, real_store, test_store,
     inception = next(r for r in rows if r["class"] == "all" and r["features"] == "inception")
     assert inception["n_real"] == inception["n_fake"] == 30 and np.isfinite(inception["frechet"]) and "agreement" not in inception
     assert "torch-fidelity Inception-v3" in (tmp_path / "out" / "fidelity.md").read_text()
+
+
+def test_filter_by_geometry_keeps_the_scenes_with_manhattan_lines(tmp_path, tiny_classifier):
+    from PIL import Image
+
+    from test_geometry import render_box, rotation
+
+    rng = np.random.default_rng(0)
+    boxes = [render_box(rotation(10 * k, 5), seed=k) for k in range(3)]
+    shape = boxes[0].shape[:2]
+    noise_images = [np.asarray(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(shape[::-1]))
+                    for _ in range(3)]
+    store = tmp_path / "scenes.h5"
+    with StoreWriter(store, classes=["scene"], image_shape=shape, meta=provenance("sd", {}), total=6) as w:
+        w.append(np.stack([noise_images[0], boxes[0], noise_images[1], boxes[1], noise_images[2], boxes[2]]), [0] * 6)
+    clf = tmp_path / "clf.safetensors"  # any classifier of the store's classes: geometry does not use it
+    from synthkit.training import TrainConfig, train
+
+    train([store], clf, TrainConfig(steps=1, batch_size=6), device="cpu")
+    result = run("filter", "--data", store, "--classifier", clf, "--keep", 0.5, "--by", "geometry", "--out", tmp_path / "k.h5")
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "k.h5") as kept:
+        assert kept.column("filter_source_row").tolist() == [1, 3, 5]
+        assert kept.column("filter_score").min() > 0.5

@@ -416,14 +416,27 @@ def vanish(
     upsample: Optional[int] = typer.Option(VANISH.upsample, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."),
     focal: Optional[float] = typer.Option(VANISH.focal, help="Focal length in pixels (calibrated); default: estimated per image."),
     seed: int = typer.Option(VANISH.seed, help="Seed of the image pick and of RANSAC."),
+    sources: Optional[str] = typer.Option(None, help="The real store the samples came from: for every store with a source_index column (DI, img2img), compare each sample's horizon and VPs with its source's."),
 ) -> None:
     """Line segments and vanishing points of stores, side by side (to score the detector itself: vanish-score)."""
+    import json
+
     from rich.table import Table
 
-    from .paths import store_paths
-    from .vanish import MEASURES, analyse_stores
+    from .paths import store_path, store_paths
+    from .store import Store
+    from .vanish import MEASURES, analyse_stores, source_geometry
 
-    summary = analyse_stores(store_paths(data), out, n=n, upsample=upsample, focal=focal, seed=seed)
+    paths = store_paths(data)
+    paired = []
+    if sources:
+        for path in paths:
+            with Store(path) as store:
+                if "source_index" in store.column_names:
+                    paired.append(path)
+        if not paired:
+            raise UserError("--sources: none of the stores has a source_index column (only DI and img2img samples know their source)")
+    summary = analyse_stores(paths, out, n=n, upsample=upsample, focal=focal, seed=seed)
     table = Table(title=f"line geometry per store ({summary['mode']}): median [q1, q3]")
     table.add_column("measure")
     for name, st in summary["stores"].items():
@@ -433,6 +446,13 @@ def vanish(
     for key in MEASURES:
         table.add_row(key, *(f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, {st['measures'][key]['q3']:.3g}]" for st in stores))
     Console().print(table)
+    if paired:
+        pairs = {path.stem: source_geometry(path, store_path(sources), out, n=n, upsample=upsample, seed=seed) for path in paired}
+        (out / "pairs.json").write_text(json.dumps(pairs, indent=1))
+        for name, p in pairs.items():
+            typer.echo(f"{name} against its sources: median horizon error {p['median_horizon_error']:.3f} of the height, "
+                       f"{100 * p['within_5pct_height']:.0f}% within 5%, median VP error {p['median_vp_error_deg']:.1f} deg "
+                       f"({p['samples']} samples, {p['with_source_vps']} sources with VPs)")
     typer.echo(f"wrote {out}/")
 
 

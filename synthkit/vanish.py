@@ -122,6 +122,64 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def pair_errors(sample: np.ndarray, source: np.ndarray, upsample: int, seed: int = 0) -> dict[str, Any]:
+    """Does a sample keep its source's geometry? Both detected at the sample's size: the source uncalibrated
+    (which estimates the focal length, once per pair), the sample with that focal length and the image centre.
+    Horizon distance as a share of the height (inf when either has no horizon) and the mean angle (degrees)
+    from the source's three vanishing directions to the sample's nearest ones (90 when the sample has none)."""
+    h, w = sample.shape[:2]
+    if source.shape[:2] != (h, w):
+        from PIL import Image
+
+        source = np.asarray(Image.fromarray(source).resize((w, h), Image.BICUBIC))
+    ref = analyse_image(source, upsample, None, seed=seed)
+    out = analyse_image(sample, upsample, ref.focal, seed=seed)
+    truth = ref.horizon()
+    horizon = horizon_error(out.horizon(), truth, w, h) if truth is not None else float("inf")
+    vp = float(direction_errors(out.directions, ref.directions).mean()) if ref.found else float("nan")
+    return {"horizon_error": horizon, "vp_error_deg": vp, "focal": ref.focal, "source_found": ref.found,
+            "sample_found": out.found, "source_result": ref, "sample_result": out, "source_image": source}
+
+
+def source_geometry(path: Path, sources: Path, out: Path, n: int | None = VANISH.n, upsample: int | None = VANISH.upsample,
+                    seed: int = VANISH.seed, shown: int = 4) -> dict[str, Any]:
+    """pair_errors for up to n samples of a store whose rows name their source (the column source_index) in `sources`;
+    writes pairs_<store>.csv and pairs_<store>.png (sources beside samples, both horizons drawn)."""
+    with Store(path) as store, Store(sources) as src:
+        if "source_index" not in store.column_names:
+            raise UserError(f"store {path} has no source_index column: only DI and img2img samples know their source")
+        index = store.column("source_index")
+        valid = np.flatnonzero((index >= 0) & (index < len(src)))
+        if len(valid) == 0:
+            raise UserError(f"no sample of {path} has a source in {sources}")
+        if len(src) and store.meta.get("sources") and not any(
+                s.get("fingerprint") == src.fingerprint for s in store.meta.get("sources", []) if isinstance(s, dict)):
+            raise UserError(f"{path} was not made from {sources} (no source of it has that store's fingerprint)")
+        pick = valid if n is None or n >= len(valid) else np.sort(np.random.default_rng(seed).choice(valid, n, replace=False))
+        unique, back = np.unique(index[pick], return_inverse=True)  # several samples may share a source
+        samples, originals = store.images(pick), src.images(unique)[back]
+        factor = upsample or auto_upsample(*samples.shape[1:3])
+        rows, figure = [], []
+        with progress() as bar:
+            task = bar.add_task(f"pairs {path.stem}", total=len(pick))
+            for row, sample, source in zip(pick, samples, originals):
+                e = pair_errors(sample, source, factor, seed)
+                rows.append({"store": path.stem, "row": int(row), "source_index": int(index[row]),
+                             "horizon_error": e["horizon_error"], "vp_error_deg": e["vp_error_deg"], "focal": e["focal"],
+                             "source_found": e["source_found"], "sample_found": e["sample_found"]})
+                if len(figure) < shown and e["source_found"]:
+                    figure += [(e["source_image"], e["source_result"]), (sample, e["sample_result"])]
+                bar.advance(task)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / f"pairs_{path.stem}.csv", rows)
+    save_overlays(figure, factor, out / f"pairs_{path.stem}.png", f"{path.stem}: each source, then its sample")
+    horizon = np.array([r["horizon_error"] for r in rows])
+    vp = np.array([r["vp_error_deg"] for r in rows if r["source_found"]])
+    return {"samples": len(rows), "sources": str(sources), "with_source_vps": int(len(vp)),
+            "median_horizon_error": float(np.median(horizon)), "within_5pct_height": float(np.mean(horizon <= 0.05)),
+            "median_vp_error_deg": float(np.median(vp)) if len(vp) else float("nan")}
+
+
 def _number_list(value: Any, length: int) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == length and all(isinstance(v, (int, float)) for v in value)
 

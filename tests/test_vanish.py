@@ -120,3 +120,56 @@ def test_bad_input_is_one_line(tmp_path):
     missing = run("vanish", "--out", tmp_path / "out")
     assert missing.exit_code == 2 and "Error: Missing option '--data'" in missing.stderr
     assert not (tmp_path / "out").exists()
+
+
+def warped(image: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image rotated by `angle` degrees about its centre (OpenCV), and the 2x3 map of points."""
+    import cv2
+
+    h, w = image.shape[:2]
+    M = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
+    return cv2.warpAffine(image, M, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT), M
+
+
+def test_a_sample_against_its_source_measures_the_warp(tmp_path):
+    from synthkit.geometry import horizon_error
+    from synthkit.vanish import analyse_image, pair_errors
+
+    scenes = [render_box(rotation(20 + 15 * k, 4), seed=k) for k in range(2)]
+    for scene in scenes:
+        same = pair_errors(scene, scene, 1)
+        assert same["horizon_error"] == 0 and same["vp_error_deg"] < 1e-3 and same["source_found"]
+        truth = analyse_image(scene, 1, None).horizon()
+        for angle in (2.0, 4.0):
+            sample, M = warped(scene, angle)
+            a, b, c = truth
+            ends = [np.array([x, -(a * x + c) / b, 1.0]) for x in (0, W - 1)]
+            p, q = (M @ e for e in ends)  # the source's horizon carried by the warp
+            implied = horizon_error(np.cross([*p, 1.0], [*q, 1.0]), truth, W, H)
+            e = pair_errors(sample, scene, 1)
+            assert e["sample_found"] and abs(e["horizon_error"] - implied) < 0.01 + 0.15 * implied, (angle, e["horizon_error"], implied)
+            assert 0.3 * angle < e["vp_error_deg"] < 1.5 * angle, (angle, e["vp_error_deg"])
+
+
+def test_vanish_with_sources_reports_pairs(tmp_path):
+    real = tmp_path / "real.h5"
+    scenes = [render_box(rotation(20 + 15 * k, 4), seed=k) for k in range(2)]
+    with StoreWriter(real, classes=["scene"], image_shape=(H, W), meta=provenance("real", {}), total=2) as w:
+        w.append(np.stack(scenes), [0, 0])
+    from synthkit.store import Store
+
+    with Store(real) as r:
+        fingerprint = r.fingerprint
+    samples = tmp_path / "inv.h5"
+    meta = provenance("inv", {}, [{"path": str(real), "fingerprint": fingerprint}])
+    with StoreWriter(samples, classes=["scene"], image_shape=(H, W), meta=meta, columns={"source_index": "int"}, total=3) as w:
+        w.append(np.stack([scenes[1], warped(scenes[0], 3.0)[0], scenes[0]]), [0, 0, 0], source_index=[1, 0, 0])
+    out = tmp_path / "out"
+    result = run("vanish", "--data", samples, "--sources", real, "--out", out)
+    assert result.exit_code == 0, result.output
+    pairs = json.loads((out / "pairs.json").read_text())["inv"]
+    assert pairs["samples"] == 3 and pairs["with_source_vps"] == 3 and 0 < pairs["within_5pct_height"] <= 1
+    rows = (out / "pairs_inv.csv").read_text().splitlines()
+    assert len(rows) == 4 and (out / "pairs_inv.png").exists()
+    refused = run("vanish", "--data", real, "--sources", real, "--out", tmp_path / "none")
+    assert refused.exit_code == 2 and "none of the stores has a source_index column" in refused.stderr

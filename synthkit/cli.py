@@ -443,6 +443,9 @@ def vanish(
         table.add_column(f"{name} ({st['image_size'][0]} px, x{st['upsample']})", justify="right")
     stores = list(summary["stores"].values())
     table.add_row("images / with VPs / no lines", *(f"{st['images']} / {st['with_vps']} / {st['no_lines']}" for st in stores))
+    if any("line_classifier_auc" in st for st in stores):
+        table.add_row("real or generated, lines alone: ROC AUC", *(f"{st['line_classifier_auc']:.3f}" if "line_classifier_auc" in st
+                                                                   else "(real)" if st["kind"] == "real" else "-" for st in stores))
     for key in MEASURES:
         table.add_row(key, *(f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, {st['measures'][key]['q3']:.3g}]" for st in stores))
     Console().print(table)

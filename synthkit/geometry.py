@@ -241,3 +241,41 @@ def auc(errors: np.ndarray, limit: float) -> float:
     grid = np.linspace(0, limit, 1001)
     cdf = np.searchsorted(errors, grid, side="right") / max(len(errors), 1)
     return float(np.trapezoid(cdf, grid) / limit)
+
+
+LENGTH_BINS = np.geomspace(0.005, 1.0, 7)  # segment length over the image diagonal
+
+
+def line_features(result: VPResult, width: int, height: int) -> np.ndarray:
+    """Line-segment statistics of one image, for telling real from generated scenes (after Sarkar et al., CVPR
+    2024): histograms of segment length (6 bins) and orientation (8 bins), the segment count (log), the share of
+    length supporting the VPs, the spread of their intersections, and whether three VPs were found."""
+    seg = result.segments
+    if len(seg) == 0:
+        return np.concatenate([np.zeros(14), [0.0, 0.0, 90.0, 0.0]])
+    lengths = segment_lengths(seg) / float(np.hypot(width, height))
+    length_hist = np.histogram(np.clip(lengths, LENGTH_BINS[0], LENGTH_BINS[-1]), LENGTH_BINS)[0] / len(seg)
+    angles = np.arctan2(seg[:, 3] - seg[:, 1], seg[:, 2] - seg[:, 0]) % np.pi
+    angle_hist = np.histogram(angles, 8, (0, np.pi), weights=lengths)[0] / lengths.sum()
+    m = measures(result, width, height)
+    support = 0.0 if np.isnan(m["vp_share"]) else m["vp_share"]
+    spread = 90.0 if np.isnan(m["intersection_spread_deg"]) else m["intersection_spread_deg"]
+    return np.concatenate([length_hist, angle_hist, [np.log1p(len(seg)), support, spread, float(result.found)]])
+
+
+def separability(real: np.ndarray, other: np.ndarray, seed: int = 0) -> float:
+    """Cross-validated ROC AUC of a logistic regression telling `other`'s feature rows from `real`'s:
+    0.5 means as real as real, 1 means always told apart."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([real, other])
+    y = np.concatenate([np.zeros(len(real)), np.ones(len(other))])
+    folds = min(5, len(real), len(other))
+    if folds < 2:
+        return float("nan")
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(np.mean(cross_val_score(model, x, y, cv=cv, scoring="roc_auc")))

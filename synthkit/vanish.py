@@ -15,7 +15,7 @@ import numpy as np
 from .config import VANISH
 from .errors import UserError
 from .geometry import (VPResult, auc, detect_segments, direction_errors, estimate_vps, estimate_vps_uncalibrated,
-                       horizon_error, measures)
+                       horizon_error, line_features, measures, separability)
 from .progress import progress
 from .store import Store
 
@@ -63,6 +63,7 @@ def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, u
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"stores": {}}
+    features: dict[str, list[np.ndarray]] = {}
     for path in paths:
         with Store(path) as store:
             pick = np.arange(len(store)) if n is None or n >= len(store) else np.sort(
@@ -78,6 +79,7 @@ def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, u
                     batch = pick[start : start + 256]
                     for index, image, label in zip(batch, store.images(batch), labels[batch]):
                         result = analyse_image(image, factor, focal, seed=seed)
+                        features.setdefault(name, []).append(line_features(result, w, h))
                         if len(shown) < overlays:
                             shown.append((image, result))
                         record = prediction_record(f"{name}:{index}", result, "calibrated" if focal else "uncalibrated")
@@ -92,6 +94,11 @@ def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, u
                                        "no_lines": sum(r["status"] == "no lines" for r in store_rows),
                                        "measures": summarise(store_rows)}
             save_overlays(shown, factor, out / f"overlay_{name}.png", f"{name} ({h}x{w}, upsampled x{factor})")
+    real = [name for name, st in summary["stores"].items() if st["kind"] == "real"]
+    for name, st in summary["stores"].items():  # real or generated, from lines alone: 0.5 is "as real as real"
+        if real and name != real[0]:
+            st["line_classifier_auc"] = separability(np.stack(features[real[0]]), np.stack(features[name]), seed)
+            st["line_classifier_against"] = real[0]
     write_csv(out / "per_image.csv", rows)
     save_histograms(rows, out / "histograms.png")
     summary["mode"] = "calibrated" if focal else "uncalibrated (principal point at the centre, focal length by search)"

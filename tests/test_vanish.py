@@ -173,3 +173,25 @@ def test_vanish_with_sources_reports_pairs(tmp_path):
     assert len(rows) == 4 and (out / "pairs_inv.png").exists()
     refused = run("vanish", "--data", real, "--sources", real, "--out", tmp_path / "none")
     assert refused.exit_code == 2 and "none of the stores has a source_index column" in refused.stderr
+
+
+def test_line_classifier_tells_noise_from_real_but_not_real_from_real(tmp_path, real_store):
+    from synthkit.store import Store
+
+    with Store(real_store) as s:
+        images, labels, classes = s.images(), s.labels, s.classes
+    rng = np.random.default_rng(0)
+    stores = {}
+    for name, kind, pixels in [("real-a", "real", images[0::2]), ("real-b", "sd", images[1::2]),
+                               ("noise", "sd", rng.integers(0, 256, images[0::2].shape, dtype=np.uint8))]:
+        stores[name] = tmp_path / f"{name}.h5"
+        with StoreWriter(stores[name], classes=classes, image_shape=(32, 32), meta=provenance(kind, {}), total=60) as w:
+            w.append(pixels, labels[0::2])
+    out = tmp_path / "out"
+    result = run("vanish", *(x for p in stores.values() for x in ("--data", p)), "--n", 60, "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())["stores"]
+    assert "line_classifier_auc" not in summary["real-a"] and summary["noise"]["line_classifier_against"] == "real-a"
+    assert summary["noise"]["line_classifier_auc"] > 0.9
+    assert 0.25 < summary["real-b"]["line_classifier_auc"] < 0.75
+    assert "(real)" in result.output  # the table marks the reference store

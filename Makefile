@@ -39,6 +39,14 @@ VANISH_N     ?=
 KEEP         ?=
 KEEP_BY      ?=
 FIDELITY_N   ?=
+# The scene study (make geometry): an image folder at the generator's resolution, inverted and sampled.
+SCENES       ?= $(YUD)
+GEO_CLASS    ?= urban scene
+GEO_SIZE     ?= 256
+GEO_PER_CLASS ?=
+GEO_UPDATES  ?=
+GEO_SD_PER_CLASS ?= 100
+GEO_N        ?=
 
 CLASSES := airplane automobile bird cat deer dog frog horse ship truck
 ifeq ($(wildcard $(CIFAR)),)
@@ -74,6 +82,7 @@ $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
 $(call stamp,train,$(EPOCHS) $(TRAIN_STEPS) $(BATCH) $(LR) $(MIX) $(SEED))
 $(call stamp,filter,$(KEEP) $(KEEP_BY))
 $(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED))
+$(call stamp,geometry,$(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SEED))
 endif
 
 # One embeddings file per class (INVERT_BY=class: separate jobs, as the official scripts), or one for all.
@@ -81,7 +90,7 @@ INV_FILES   := $(if $(filter all,$(INVERT_BY)),models/inv/all.safetensors,$(CLAS
 CLASSIFIERS := $(foreach d,real inv inv-kept sd real+inv real+inv-kept real+sd,models/resnet18-$(d).safetensors)
 GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png
 
-.PHONY: help install test data sd invert inv filter train evaluate analysis report reproduce demo demo-model clean-study
+.PHONY: help install test data sd invert inv filter train evaluate analysis geometry report reproduce demo demo-model clean-study
 
 help:  ## show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -96,6 +105,7 @@ help:  ## show targets and variables
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
 	@echo "  KEEP=$(KEEP) KEEP_BY=$(KEEP_BY)  (filter: share of each class kept, criterion)  FIDELITY_N=$(FIDELITY_N)  (images per class)"
+	@echo "  geometry: SCENES=$(SCENES) GEO_CLASS=$(GEO_CLASS) GEO_SIZE=$(GEO_SIZE) GEO_PER_CLASS=$(GEO_PER_CLASS) GEO_SD_PER_CLASS=$(GEO_SD_PER_CLASS) GEO_N=$(GEO_N)"
 
 install:  ## create .venv and install synthkit with its test tools
 	$(PYTHON) -m venv $(VENV)
@@ -189,21 +199,49 @@ results/vanish-yud/gt_scores.json:
 results/grids/%.png: data/%.h5
 	$(SK) show data/$*.h5 --out $@ --per-row 10 --seed $(SEED)
 
+# ---- the scene study: does generation keep projective geometry? (scenes at the generator's resolution)
+geometry: results/geometry/summary.json  ## scenes: import, invert, DI and prompt samples, lines and VPs against their sources
+
+data/scenes.h5: $(STAMPS)/geometry
+	$(call leftovers,$@.partial)
+	$(SK) data folder --source $(SCENES) --size $(GEO_SIZE) $(if $(GEO_CLASS),--class-name $(call shell_quote,$(GEO_CLASS))) \
+	  $(if $(GEO_PER_CLASS),--per-class $(GEO_PER_CLASS) --seed $(SEED)) --out $@ --resume
+
+models/inv-scenes/all.safetensors: data/scenes.h5 $(STAMPS)/geometry | $(MODEL_DEP)
+	$(call leftovers,$(@:.safetensors=.invert-state) $@.partial)
+	$(SK) invert --class all --data data/scenes.h5 --model $(MODEL) --resolution $(GEO_SIZE) $(call opt,--updates,$(GEO_UPDATES)) \
+	  --seed $(SEED) --device $(DEVICE) --out $@ --resume
+
+data/scenes-inv.h5: models/inv-scenes/all.safetensors $(STAMPS)/geometry
+	$(call leftovers,$@.partial)
+	$(SK) sample --embeddings $< --model $(MODEL) $(call opt,--per-image,$(PER_IMAGE)) $(call opt,--steps,$(DI_STEPS)) \
+	  --save-size $(GEO_SIZE) --seed $(SEED) --device $(DEVICE) --out $@ --resume
+
+data/scenes-sd.h5: data/scenes.h5 $(STAMPS)/geometry | $(MODEL_DEP)
+	$(call leftovers,$@.partial)
+	$(SK) sample --prompt $(call shell_quote,$(SD_PROMPT)) --classes data/scenes.h5 --per-class $(GEO_SD_PER_CLASS) --model $(MODEL) \
+	  --resolution $(GEO_SIZE) $(call opt,--steps,$(SD_STEPS)) --seed $(SEED) --device $(DEVICE) --out $@ --resume
+
+results/geometry/summary.json: data/scenes.h5 data/scenes-inv.h5 data/scenes-sd.h5 $(STAMPS)/geometry
+	$(SK) vanish --data data/scenes.h5 --data data/scenes-inv.h5 --data data/scenes-sd.h5 --sources data/scenes.h5 \
+	  $(call opt,--n,$(GEO_N)) --seed $(SEED) --out results/geometry
+
 report: results/README.md  ## results/README.md from what is in results/ and models/
 
-results/README.md: results/accuracy.md results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
+results/README.md: $(if $(wildcard $(SCENES)),results/geometry/summary.json) results/accuracy.md results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
   $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)
 	$(SK) report
 
-reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, filter, train, evaluate, analysis, report
+reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, filter, train, evaluate, analysis, geometry (when SCENES exists), report
 
 # ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
 # Its work is fixed, not its time: each classifier trains 25 steps of 32 images (5,600 images for the seven),
-# every class is inverted in one job, and the detector is not scored on York Urban (YUD=). bench/README.md gives
-# each stage's work and seconds.
-DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=50 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
+# every class is inverted in one job, and the detector is not scored on York Urban (YUD=). The scene study runs on
+# 12 York Urban photos at 64 px when ../shared has them (SCENES). bench/README.md gives each stage's work and seconds.
+DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=30 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
   SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
-  TRAIN_STEPS=25 BATCH=32 LR=0.025 GRADCAM_N=16 VANISH_N=100 YUD=
+  TRAIN_STEPS=25 BATCH=32 LR=0.025 GRADCAM_N=16 VANISH_N=100 YUD= SCENES=$(YUD) \
+  GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12
 
 demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
 	$(MAKE) --no-print-directory reproduce $(DEMO_VARS)

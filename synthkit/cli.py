@@ -430,13 +430,14 @@ def vanish(
     paths = store_paths(data)
     paired = []
     if sources:
-        for path in paths:
+        for path in paths:  # DI and img2img samples name their source row; prompt-only samples have -1
             with Store(path) as store:
-                if "source_index" in store.column_names:
+                if store.meta.get("kind") != "real" and "source_index" in store.column_names and (store.column("source_index") >= 0).any():
                     paired.append(path)
         if not paired:
-            raise UserError("--sources: none of the stores has a source_index column (only DI and img2img samples know their source)")
-    summary = analyse_stores(paths, out, n=n, upsample=upsample, focal=focal, seed=seed)
+            raise UserError("--sources: none of the stores has samples with a source (only DI and img2img samples know theirs)")
+    pairs = {path.stem: source_geometry(path, store_path(sources), out, n=n, upsample=upsample, seed=seed) for path in paired}
+    summary = analyse_stores(paths, out, n=n, upsample=upsample, focal=focal, seed=seed)  # summary.json last: make's target
     table = Table(title=f"line geometry per store ({summary['mode']}): median [q1, q3]")
     table.add_column("measure")
     for name, st in summary["stores"].items():
@@ -450,7 +451,6 @@ def vanish(
         table.add_row(key, *(f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, {st['measures'][key]['q3']:.3g}]" for st in stores))
     Console().print(table)
     if paired:
-        pairs = {path.stem: source_geometry(path, store_path(sources), out, n=n, upsample=upsample, seed=seed) for path in paired}
         (out / "pairs.json").write_text(json.dumps(pairs, indent=1))
         for name, p in pairs.items():
             typer.echo(f"{name} against its sources: median horizon error {p['median_horizon_error']:.3f} of the height, "

@@ -172,7 +172,7 @@ def test_vanish_with_sources_reports_pairs(tmp_path):
     rows = (out / "pairs_inv.csv").read_text().splitlines()
     assert len(rows) == 4 and (out / "pairs_inv.png").exists()
     refused = run("vanish", "--data", real, "--sources", real, "--out", tmp_path / "none")
-    assert refused.exit_code == 2 and "none of the stores has a source_index column" in refused.stderr
+    assert refused.exit_code == 2 and "none of the stores has samples with a source" in refused.stderr
 
 
 def test_line_classifier_tells_noise_from_real_but_not_real_from_real(tmp_path, real_store):

@@ -204,7 +204,7 @@ geometry: results/geometry/summary.json  ## scenes: import, invert, DI and promp
 
 data/scenes.h5: $(STAMPS)/geometry
 	$(call leftovers,$@.partial)
-	$(SK) data folder --source $(SCENES) --size $(GEO_SIZE) $(if $(GEO_CLASS),--class-name $(call shell_quote,$(GEO_CLASS))) \
+	$(SK) data folder --source $(call shell_quote,$(SCENES)) --size $(GEO_SIZE) $(if $(GEO_CLASS),--class-name $(call shell_quote,$(GEO_CLASS))) \
 	  $(if $(GEO_PER_CLASS),--per-class $(GEO_PER_CLASS) --seed $(SEED)) --out $@ --resume
 
 models/inv-scenes/all.safetensors: data/scenes.h5 $(STAMPS)/geometry | $(MODEL_DEP)

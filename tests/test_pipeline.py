@@ -207,3 +207,21 @@ def test_makefile_continues_fresh_leftovers_and_discards_stale_ones(tmp_path):
     assert partial.exists() and state.exists()
     make("PER_CLASS=8", "UPDATES=5")  # other settings: the leftovers are stale
     assert not partial.exists() and not state.exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makefile_geometry_plan(tmp_path):
+    scenes = tmp_path / "my scenes"
+    scenes.mkdir()
+    out = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "geometry", "STAMPS=stamps", "VENV=venv",
+                          f"SCENES={scenes}", "GEO_SIZE=128", "GEO_CLASS="], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    plan = out.stdout
+    for step in (f"data folder --source '{scenes}' --size 128", "invert --class all --data data/scenes.h5",
+                 "sample --embeddings models/inv-scenes/all.safetensors", "--classes data/scenes.h5",
+                 "vanish --data data/scenes.h5 --data data/scenes-inv.h5 --data data/scenes-sd.h5 --sources data/scenes.h5"):
+        assert step in plan, step
+    assert "--class-name" not in plan  # GEO_CLASS empty: classes from the folder names
+    default = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "geometry", "STAMPS=stamps2", "VENV=venv",
+                              f"SCENES={scenes}"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert "--class-name 'urban scene' " in default and "--size 256" in default

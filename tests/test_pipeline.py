@@ -128,7 +128,7 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
 
     planned(tmp_path)  # writes the stamps
     stamps = {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()}
-    assert set(stamps) == {"data", "sd", "invert", "inv", "filter", "train", "analysis"} and stamps["train"].split() == ["balanced", "0"]
+    assert set(stamps) == {"data", "sd", "invert", "inv", "filter", "train", "analysis", "geometry"} and stamps["train"].split() == ["balanced", "0"]
     past = time.time() - 1000
     age_stamps()
     finish_everything(tmp_path, past)

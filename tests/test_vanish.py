@@ -195,3 +195,29 @@ def test_line_classifier_tells_noise_from_real_but_not_real_from_real(tmp_path, 
     assert summary["noise"]["line_classifier_auc"] > 0.9
     assert 0.25 < summary["real-b"]["line_classifier_auc"] < 0.75
     assert "(real)" in result.output  # the table marks the reference store
+
+
+def test_a_known_homography_gives_the_horizon_error_it_implies():
+    """A camera that turns (pitch and roll) maps the image by the homography K R K^-1: the horizon moves by
+    exactly what that homography does to the source's horizon."""
+    import cv2
+
+    from synthkit.geometry import camera_matrix, horizon_error
+    from synthkit.vanish import analyse_image, pair_errors
+
+    scene = render_box(rotation(30, 4), seed=1)
+    ref = analyse_image(scene, 1, None)
+    truth = ref.horizon()
+    a, b, c = truth
+    K = camera_matrix(ref.focal, ((W - 1) / 2, (H - 1) / 2))
+    for pitch, roll in ((2.0, 1.0), (4.0, -2.0)):
+        p, r = np.radians(pitch), np.radians(roll)
+        Rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+        Rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+        Hm = K @ Rz @ Rx @ np.linalg.inv(K)
+        sample = cv2.warpPerspective(scene, Hm, (W, H), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        ends = [Hm @ np.array([x, -(a * x + c) / b, 1.0]) for x in (0, W - 1)]
+        implied = horizon_error(np.cross(*ends), truth, W, H)
+        e = pair_errors(sample, scene, 1)
+        assert e["sample_found"] and implied > 0.02
+        assert abs(e["horizon_error"] - implied) < 0.01 + 0.15 * implied, (pitch, roll, e["horizon_error"], implied)

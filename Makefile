@@ -82,7 +82,7 @@ $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
 $(call stamp,train,$(EPOCHS) $(TRAIN_STEPS) $(BATCH) $(LR) $(MIX) $(SEED))
 $(call stamp,filter,$(KEEP) $(KEEP_BY))
 $(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED))
-$(call stamp,geometry,$(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SEED))
+$(call stamp,geometry,$(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SD_PROMPT) $(SEED))
 endif
 
 # One embeddings file per class (INVERT_BY=class: separate jobs, as the official scripts), or one for all.
@@ -158,7 +158,7 @@ filter: data/inv-kept.h5  ## keep the best share of each class of the DI store (
 
 data/inv-kept.h5: data/inv.h5 models/resnet18-real.safetensors $(STAMPS)/filter
 	$(SK) filter --data data/inv.h5 --classifier models/resnet18-real.safetensors $(call opt,--keep,$(KEEP)) \
-	  $(call opt,--by,$(KEEP_BY)) --device $(DEVICE) --out $@ --overwrite
+	  $(call opt,--by,$(KEEP_BY)) $(if $(filter cam,$(KEEP_BY)),--real data/real.h5) --device $(DEVICE) --out $@ --overwrite
 
 train: $(CLASSIFIERS)  ## seven ResNet-18s: the study's real, inv, sd, real+inv, real+sd, and inv-kept, real+inv-kept
 

@@ -425,18 +425,28 @@ def vanish(
 
     from .paths import store_path, store_paths
     from .store import Store
-    from .vanish import MEASURES, analyse_stores, source_geometry
+    from .vanish import MEASURES, analyse_stores, check_made_from, source_geometry
 
     paths = store_paths(data)
     paired = []
+    for path in paths:  # every store checked before anything is written
+        with Store(path) as store:
+            if len(store) == 0:
+                raise UserError(f"store {path} has no images")
+            # DI and img2img samples name their source row; prompt-only samples have -1
+            if sources and store.meta.get("kind") != "real" and "source_index" in store.column_names \
+                    and (store.column("source_index") >= 0).any():
+                paired.append(path)
     if sources:
-        for path in paths:  # DI and img2img samples name their source row; prompt-only samples have -1
-            with Store(path) as store:
-                if store.meta.get("kind") != "real" and "source_index" in store.column_names and (store.column("source_index") >= 0).any():
-                    paired.append(path)
         if not paired:
             raise UserError("--sources: none of the stores has samples with a source (only DI and img2img samples know theirs)")
+        with Store(store_path(sources)) as src:
+            for path in paired:
+                with Store(path) as store:
+                    check_made_from(store, src)
     pairs = {path.stem: source_geometry(path, store_path(sources), out, n=n, upsample=upsample, seed=seed) for path in paired}
+    if paired:
+        (out / "pairs.json").write_text(json.dumps(pairs, indent=1))
     summary = analyse_stores(paths, out, n=n, upsample=upsample, focal=focal, seed=seed)  # summary.json last: make's target
     table = Table(title=f"line geometry per store ({summary['mode']}): median [q1, q3]")
     table.add_column("measure")
@@ -451,7 +461,6 @@ def vanish(
         table.add_row(key, *(f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, {st['measures'][key]['q3']:.3g}]" for st in stores))
     Console().print(table)
     if paired:
-        (out / "pairs.json").write_text(json.dumps(pairs, indent=1))
         for name, p in pairs.items():
             typer.echo(f"{name} against its sources: median horizon error {p['median_horizon_error']:.3f} of the height, "
                        f"{100 * p['within_5pct_height']:.0f}% within 5%, median VP error {p['median_vp_error_deg']:.1f} deg "
@@ -496,7 +505,7 @@ def fidelity(
     data: List[str] = typer.Option(..., help="Store(s) to judge (repeat --data)."),
     classifier: Path = typer.Option(..., help="A classifier trained on real data: its penultimate features, and its labels for agreement."),
     out: Path = typer.Option(Path("results/fidelity"), help="Folder for fidelity.csv, fidelity.md, fidelity.png, summary.json."),
-    per_class: int = typer.Option(FIDELITY.per_class, min=2, help="Images per class of every store (fewer if a store has fewer: all stores get the same)."),
+    per_class: int = typer.Option(FIDELITY.per_class, min=3, help="Images per class of every store (fewer if a store has fewer: all stores get the same)."),
     k: int = typer.Option(FIDELITY.k, min=1, help="Nearest neighbours for precision, recall, density and coverage."),
     inception: Optional[Path] = typer.Option(None, help="torch-fidelity's Inception weights (.pth) for FID and KID; default: torch's cache, if there."),
     metric: str = typer.Option(FIDELITY.metric, help="The metric drawn per class in fidelity.png."),

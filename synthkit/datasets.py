@@ -110,8 +110,8 @@ def import_folder(
              else _archive_members(source))
     entries = []
     for name in files:
-        parts = name.replace("\\", "/").split("/")
-        if not parts[-1].lower().endswith(_IMAGE_SUFFIXES) or any(p.startswith(".") for p in parts):
+        parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]  # tar's ./class/img.jpg
+        if not parts or not parts[-1].lower().endswith(_IMAGE_SUFFIXES) or any(p.startswith(".") for p in parts):
             continue
         if split is not None and (len(parts) < 3 or parts[-3] != split):
             continue

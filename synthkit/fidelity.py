@@ -115,8 +115,8 @@ def fidelity(real: Path, stores: Sequence[Path], classifier: Path, out: Path, pe
         raise UserError("no stores given: pass --data NAME (repeatable)")
     if metric not in BETTER:
         raise UserError(f"--metric must be one of {', '.join(BETTER)}, got '{metric}'")
-    if k < 1 or per_class < 2:
-        raise UserError("--k must be at least 1 and --per-class at least 2")
+    if k < 1 or per_class < 3:
+        raise UserError("--k must be at least 1 and --per-class at least 3")
     meta = classifier_meta(classifier)
     weights = inception_weights(inception)
     with Store(real) as r:

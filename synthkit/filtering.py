@@ -82,6 +82,8 @@ def scores(data: Path, classifier: Path, by: str, real: Path | None = None, devi
     configure_threads()
     dev = pick_device(device)
     with Store(data) as store:
+        if len(store) == 0:
+            raise UserError(f"store {data} has no images")
         images, labels = store.images(), class_mapping(store.classes, meta["classes"], f"store {data}")[store.labels]
     if by == "geometry":
         with progress() as bar:
@@ -118,7 +120,7 @@ def select(labels: np.ndarray, values: np.ndarray, keep: float) -> tuple[np.ndar
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
         order = rows[np.lexsort((rows, -values[rows]))]
-        chosen = order[: math.ceil(keep * len(rows))]
+        chosen = order[: math.ceil(round(keep * len(rows), 9))]  # 0.14 * 50 is 7.000000000000001
         kept.append(chosen)
         thresholds[int(c)] = float(values[chosen].min())
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64), thresholds

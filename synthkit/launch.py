@@ -5,7 +5,7 @@
   (torch.distributed, gloo on CPU and nccl on CUDA, used for nothing else), and rank 0 merges the shards
   into --out. A rank that fails never reaches the barrier: torchrun stops the job and nothing is merged.
 - a SLURM array: SLURM_ARRAY_TASK_ID (counted from SLURM_ARRAY_TASK_MIN) of SLURM_ARRAY_TASK_COUNT;
-- a SLURM step (srun): SLURM_PROCID of SLURM_NTASKS.
+- a SLURM step (srun, SLURM_STEP_ID set): SLURM_PROCID of SLURM_NTASKS.
 Under SLURM every task writes its shard beside --out; a dependent job merges them (`synthkit merge`).
 Without a launcher, auto means the whole job (1/1).
 """
@@ -52,7 +52,8 @@ def detect(env: Mapping[str, str] | None = None) -> Launch:
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
         first = _int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
         return Launch("slurm-array", _int(env, "SLURM_ARRAY_TASK_ID") - first, _int(env, "SLURM_ARRAY_TASK_COUNT"))
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and env.get("SLURM_STEP_ID", "batch") not in ("batch", "extern"):
+        # a step started by srun; the batch script itself (no step id, or "batch") is one process, not a shard
         return Launch("slurm-step", _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"))
     return Launch("none")
 
@@ -70,7 +71,7 @@ def launch_device(launch: Launch, device: str) -> str:
     from .device import pick_device
 
     resolved = pick_device(device)
-    if launch.local_rank is not None and device == "auto" and resolved.type == "cuda":
+    if launch.local_rank is not None and device in ("auto", "cuda") and resolved.type == "cuda":
         return f"cuda:{launch.local_rank % torch.cuda.device_count()}"
     return str(resolved)
 
@@ -87,7 +88,7 @@ def run_sharded(job: Callable[[Path, str, str], Any], out: Path, shard: str, dev
         say(f"{out} is already complete")
         return Path(out)
     launch = detect()
-    dev = launch_device(launch, device)
+    dev = launch_device(launch, device)  # "cuda" and "auto" mean this rank's own GPU under torchrun
     if launch.world == 1:
         say(f"shard auto: no launcher with more than one process ({launch.launcher}): the whole job, device {dev}")
         job(out, "", dev)
@@ -99,8 +100,11 @@ def run_sharded(job: Callable[[Path, str, str], Any], out: Path, shard: str, dev
     if launch.launcher != "torchrun":
         job(part, launch.shard, dev)
         return part
+    import torch
     import torch.distributed as dist
 
+    if dev.startswith("cuda"):
+        torch.cuda.set_device(dev)  # before the process group, so that NCCL binds this rank to its own GPU
     dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo", timeout=timedelta(hours=24))
     try:
         job(part, launch.shard, dev)

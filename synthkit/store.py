@@ -446,7 +446,8 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, 
         if meta is None:
             params = {k: v for k, v in first.meta.get("params", {}).items() if k != "shard"} if first.shard else {}
             meta = provenance(first.meta.get("kind", "merged"), params)
-        meta = dict(meta, sources=[{"path": str(s.path), "fingerprint": s.fingerprint, "shard": s.shard} for s in stores])
+        meta = dict(meta, sources=[{"path": str(s.path), "fingerprint": s.fingerprint, "shard": s.shard,
+                                    "sources": s.meta.get("sources", [])} for s in stores])
         total = sum(len(s) for s in stores)
         with StoreWriter(out, classes=first.classes, image_shape=first.image_shape[:2], meta=meta,
                          columns=kinds, total=total, overwrite=overwrite) as writer:

@@ -148,6 +148,27 @@ def pair_errors(sample: np.ndarray, source: np.ndarray, upsample: int, seed: int
             "sample_found": out.found, "source_result": ref, "sample_result": out, "source_image": source}
 
 
+def lineage_fingerprints(meta: Any) -> set[str]:
+    """Fingerprints of every store a store came from: its sources, the sources of merged shards and of a
+    filtered store's input, however deep."""
+    found: set[str] = set()
+    if isinstance(meta, dict):
+        for source in meta.get("sources", []) or []:
+            if isinstance(source, dict):
+                if source.get("fingerprint"):
+                    found.add(str(source["fingerprint"]))
+                found |= lineage_fingerprints(source)
+        found |= lineage_fingerprints((meta.get("filter") or {}).get("source_meta"))
+    return found
+
+
+def check_made_from(store: Store, sources: Store) -> None:
+    """Refuse to pair a store's samples with another store's images than the ones they were made from."""
+    lineage = lineage_fingerprints(store.meta)
+    if lineage and sources.fingerprint not in lineage:
+        raise UserError(f"{store.path} was not made from {sources.path} (no store it came from has that store's fingerprint)")
+
+
 def source_geometry(path: Path, sources: Path, out: Path, n: int | None = VANISH.n, upsample: int | None = VANISH.upsample,
                     seed: int = VANISH.seed, shown: int = 4) -> dict[str, Any]:
     """pair_errors for up to n samples of a store whose rows name their source (the column source_index) in `sources`;
@@ -159,9 +180,7 @@ def source_geometry(path: Path, sources: Path, out: Path, n: int | None = VANISH
         valid = np.flatnonzero((index >= 0) & (index < len(src)))
         if len(valid) == 0:
             raise UserError(f"no sample of {path} has a source in {sources}")
-        if len(src) and store.meta.get("sources") and not any(
-                s.get("fingerprint") == src.fingerprint for s in store.meta.get("sources", []) if isinstance(s, dict)):
-            raise UserError(f"{path} was not made from {sources} (no source of it has that store's fingerprint)")
+        check_made_from(store, src)
         pick = valid if n is None or n >= len(valid) else np.sort(np.random.default_rng(seed).choice(valid, n, replace=False))
         unique, back = np.unique(index[pick], return_inverse=True)  # several samples may share a source
         samples, originals = store.images(pick), src.images(unique)[back]
@@ -203,6 +222,8 @@ def ground_truth_entry(entry: Any, k: int) -> dict[str, Any]:
         raise UserError(f"{where} has no {', '.join(missing)}")
     if not (isinstance(entry["width"], int) and isinstance(entry["height"], int) and entry["width"] > 0 and entry["height"] > 0):
         raise UserError(f"{where}: width and height must be positive integers")
+    if not isinstance(entry["file"], str) or not entry["file"]:
+        raise UserError(f"{where}: file must be a path inside the folder")
     horizon = entry["horizon"]
     if isinstance(horizon, dict) and _number_list(horizon.get("abc"), 3):
         abc = np.array(horizon["abc"], float)
@@ -221,6 +242,9 @@ def ground_truth_entry(entry: Any, k: int) -> dict[str, Any]:
         raise UserError(f"{where} has {', '.join(camera)} but not all of focal_px, cx, cy and vps")
     if camera and not (isinstance(entry["vps"], list) and entry["vps"] and all(isinstance(v, dict) and _number_list(v.get("dir"), 3) for v in entry["vps"])):
         raise UserError(f'{where}: vps must be a list of {{"dir": [x, y, z]}}')
+    if camera and not (_number_list([entry["focal_px"], entry["cx"], entry["cy"]], 3)
+                       and all(math.isfinite(v) for v in (entry["focal_px"], entry["cx"], entry["cy"])) and entry["focal_px"] > 0):
+        raise UserError(f"{where}: focal_px, cx and cy must be finite numbers, focal_px above 0")
     return dict(entry, abc=abc, calibrated=bool(camera))
 
 
@@ -240,9 +264,15 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{gt_file} lists no images")
     entries = [ground_truth_entry(e, k) for k, e in enumerate(entries[:limit] if limit else entries)]
-    for entry in entries:
-        if not (folder / entry["file"]).exists():
-            raise UserError(f"{folder / entry['file']} (listed in gt.json for {entry['name']}) does not exist")
+    for entry in entries:  # every image checked before anything is written
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise UserError(f"{path} (listed in gt.json for {entry['name']}) does not exist")
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, ValueError, SyntaxError):
+            raise UserError(f"{path} (listed in gt.json for {entry['name']}) is not a readable image") from None
     out.mkdir(parents=True, exist_ok=True)
     errors: dict[str, Any] = {"calibrated": {"horizon": [], "vp": []}, "uncalibrated": {"horizon": [], "vp": []}}
     seconds: dict[str, list[float]] = {"calibrated": [], "uncalibrated": []}

@@ -220,3 +220,16 @@ def test_folder_import_resizes_and_centre_crops_or_names_the_odd_size(tmp_path):
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "one.h5") as s:
         assert s.classes == ["urban scene"] and len(s) == 3
+
+
+def test_folder_archive_made_with_dot_members(tmp_path):
+    import tarfile as tf
+
+    root = scenes(tmp_path / "scenes")
+    archive = tmp_path / "scenes.tgz"
+    with tf.open(archive, "w:gz") as tar:  # as `tar -czf scenes.tgz -C scenes .` names them: ./tower/img0.png
+        tar.add(root, arcname=".")
+    result = run("data", "folder", "--source", archive, "--size", 32, "--out", tmp_path / "s.h5")
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "s.h5") as s:
+        assert s.classes == ["street", "tower"] and len(s) == 6

@@ -111,6 +111,7 @@ def test_selection_keeps_the_best_of_each_class_ties_by_row():
     values = np.array([0.5, 0.9, 0.5, 0.1, 0.3, 0.3, 0.8])
     kept, thresholds = select(labels, values, 0.5)
     assert kept.tolist() == [0, 1, 4, 6] and thresholds == {0: 0.5, 1: 0.3}
+    assert len(select(np.zeros(50, int), np.arange(50.0), 0.14)[0]) == 7  # 0.14 * 50 is 7.000000000000001
 
 
 @pytest.mark.parametrize("by", ["confidence", "margin", "cam"])
@@ -135,6 +136,14 @@ def test_filter_keeps_a_share_of_each_class_deterministically(by, tmp_path, real
 
 
 def test_filter_bad_inputs(tmp_path, test_store, tiny_classifier):
+    empty = tmp_path / "empty" / "e.h5"
+    with StoreWriter(empty, classes=Store(test_store).classes, image_shape=(32, 32), meta=provenance("sd", {})):
+        pass
+    result = run("filter", "--data", empty, "--classifier", tiny_classifier, "--out", tmp_path / "k.h5")
+    assert result.exit_code == 2 and "has no images" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    import shutil
+
+    shutil.rmtree(tmp_path / "empty")
     for args, message in [(("--keep", 0), "--keep must be in (0, 1]"), (("--keep", 1.5), "--keep must be in (0, 1]"),
                           (("--by", "taste"), "--by must be one of"), (("--by", "cam"), "--by cam needs --real")]:
         result = run("filter", "--data", test_store, "--classifier", tiny_classifier, *args, "--out", tmp_path / "k.h5")

@@ -16,7 +16,8 @@ def test_the_launchers_are_read_from_the_environment():
     assert detect({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Launch("torchrun", 1, 4, 1)
     assert detect({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}) == Launch("slurm-array", 2, 3)
     assert detect({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}).shard == "0/2"
-    assert detect({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"}) == Launch("slurm-step", 3, 8)
+    assert detect({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0"}) == Launch("slurm-step", 3, 8)
+    assert detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "1"}) == Launch("none")  # the batch script itself
     assert detect({"PATH": "/bin"}) == Launch("none") and Launch("none").shard == ""
     with pytest.raises(UserError, match="RANK"):
         detect({"RANK": "x", "WORLD_SIZE": "2"})

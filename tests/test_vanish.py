@@ -81,7 +81,9 @@ def test_malformed_ground_truth_entries_are_named(tmp_path):
                          (good | {"horizon": {"abc": [1, 2]}}, "entry 1 (P0): horizon must be"),
                          ({k: v for k, v in good.items() if k != "vps"}, "not all of focal_px, cx, cy and vps"),
                          (good | {"width": "wide"}, "width and height must be positive integers"),
-                         (good | {"file": "images/none.jpg"}, "does not exist")]:
+                         (good | {"file": "images/none.jpg"}, "does not exist"),
+                         (good | {"focal_px": "600"}, "focal_px, cx and cy must be finite numbers"),
+                         (good | {"file": "gt.json"}, "is not a readable image")]:
         (gt / "gt.json").write_text(json.dumps({"images": [good, bad]}))
         result = run("vanish-score", "--gt", gt, "--out", tmp_path / "out")
         assert result.exit_code == 2 and message in result.stderr, (message, result.output)
@@ -149,6 +151,15 @@ def test_a_sample_against_its_source_measures_the_warp(tmp_path):
             e = pair_errors(sample, scene, 1)
             assert e["sample_found"] and abs(e["horizon_error"] - implied) < 0.01 + 0.15 * implied, (angle, e["horizon_error"], implied)
             assert 0.3 * angle < e["vp_error_deg"] < 1.5 * angle, (angle, e["vp_error_deg"])
+
+
+def test_the_lineage_of_merged_and_filtered_stores_reaches_the_real_store():
+    from synthkit.vanish import lineage_fingerprints
+
+    shard = {"sources": [{"path": "models/inv/all.safetensors", "fingerprint": "real-fp"}]}
+    merged = {"sources": [{"path": "inv.shard-0.h5", "fingerprint": "shard-fp", "sources": shard["sources"]}]}
+    filtered = {"sources": [{"path": "inv.h5", "fingerprint": "inv-fp"}], "filter": {"source_meta": merged}}
+    assert lineage_fingerprints(filtered) == {"inv-fp", "shard-fp", "real-fp"}
 
 
 def test_vanish_with_sources_reports_pairs(tmp_path):

@@ -246,7 +246,7 @@ def auc(errors: np.ndarray, limit: float) -> float:
 LENGTH_BINS = np.geomspace(0.005, 1.0, 7)  # segment length over the image diagonal
 
 
-def line_features(result: VPResult, width: int, height: int) -> np.ndarray:
+def line_features(result: VPResult, width: int, height: int, m: dict[str, float] | None = None) -> np.ndarray:
     """Line-segment statistics of one image, for telling real from generated scenes (after Sarkar et al., CVPR
     2024): histograms of segment length (6 bins) and orientation (8 bins), the segment count (log), the share of
     length supporting the VPs, the spread of their intersections, and whether three VPs were found."""
@@ -257,7 +257,7 @@ def line_features(result: VPResult, width: int, height: int) -> np.ndarray:
     length_hist = np.histogram(np.clip(lengths, LENGTH_BINS[0], LENGTH_BINS[-1]), LENGTH_BINS)[0] / len(seg)
     angles = np.arctan2(seg[:, 3] - seg[:, 1], seg[:, 2] - seg[:, 0]) % np.pi
     angle_hist = np.histogram(angles, 8, (0, np.pi), weights=lengths)[0] / lengths.sum()
-    m = measures(result, width, height)
+    m = m if m is not None else measures(result, width, height)  # callers that have them pass them
     support = 0.0 if np.isnan(m["vp_share"]) else m["vp_share"]
     spread = 90.0 if np.isnan(m["intersection_spread_deg"]) else m["intersection_spread_deg"]
     return np.concatenate([length_hist, angle_hist, [np.log1p(len(seg)), support, spread, float(result.found)]])

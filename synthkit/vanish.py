@@ -79,11 +79,12 @@ def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, u
                     batch = pick[start : start + 256]
                     for index, image, label in zip(batch, store.images(batch), labels[batch]):
                         result = analyse_image(image, factor, focal, seed=seed)
-                        features.setdefault(name, []).append(line_features(result, w, h))
                         if len(shown) < overlays:
                             shown.append((image, result))
                         record = prediction_record(f"{name}:{index}", result, "calibrated" if focal else "uncalibrated")
-                        row = {"store": name, "index": int(index), "label": store.classes[label]} | measures(result, w, h)
+                        image_measures = measures(result, w, h)
+                        features.setdefault(name, []).append(line_features(result, w, h, image_measures))
+                        row = {"store": name, "index": int(index), "label": store.classes[label]} | image_measures
                         rows.append(row | {"status": record["status"]})
                         jsonl.write(json.dumps(record) + "\n")
                     bar.advance(task, len(batch))

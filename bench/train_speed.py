@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from common import cifar_store, machine
 from synthkit.device import autocast, configure_threads, memory_format, pick_device
-from synthkit.model import CifarResNet18
+from synthkit.model import ResNet18
 from synthkit.store import Store
 from synthkit.training import TrainConfig, augment, epoch_batches, load_stores
 
@@ -47,7 +47,7 @@ def window(next_batch, model, optimizer, device, batch, steps):
 
 
 def fresh_model(device):
-    model = CifarResNet18(10).to(device, memory_format=memory_format(device))
+    model = ResNet18(10).to(device, memory_format=memory_format(device))
     return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 

@@ -90,6 +90,33 @@ def data_cifar10(
     _print_store_line(path)
 
 
+def _torchvision_command(dataset: str, title: str, archive: str) -> None:
+    """`synthkit data cifar100` and `data stl10`: one command shape for torchvision's other datasets."""
+
+    @data_app.command(dataset, help=f"Import {title} (train or test split) into a store.")
+    @user_errors
+    def command(
+        out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
+        source: Optional[Path] = typer.Option(None, help=f"The folder torchvision downloads, or {archive}."),
+        download: bool = typer.Option(False, help=f"Download {title} with torchvision (needs internet) into --download-root."),
+        download_root: Path = typer.Option(Path("data/downloads"), help="Where --download puts the files."),
+        split: str = typer.Option("train", help="train or test."),
+        per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
+        seed: int = typer.Option(0, help="Seed of the subset."),
+        overwrite: bool = typer.Option(False, help="Replace an existing store."),
+        resume: bool = typer.Option(False, help="Continue an interrupted import."),
+    ) -> None:
+        from .torchvision_sets import import_torchvision_set
+
+        path = import_torchvision_set(dataset, out, source=source, split=split, per_class=per_class, seed=seed,
+                                      download_root=download_root if download else None, overwrite=overwrite, resume=resume)
+        _print_store_line(path)
+
+
+_torchvision_command("cifar100", "CIFAR-100 (100 classes, 32 px)", "cifar-100-python.tar.gz")
+_torchvision_command("stl10", "STL-10's labelled images (10 classes, 96 px)", "stl10_binary.tar.gz")
+
+
 @data_app.command("folder")
 @user_errors
 def data_folder(
@@ -184,20 +211,23 @@ def train(
     warmup: float = typer.Option(TRAIN.warmup, min=0, max=1, help="Share of steps spent warming up the learning rate."),
     mix: str = typer.Option(TRAIN.mix, help=f"{' or '.join(MIXES)}. concat: the union of the stores; balanced: each batch half real, half synthetic."),
     per_class: Optional[int] = typer.Option(TRAIN.per_class, min=1, help="Use a seeded, class-balanced subset of N images per class of each store."),
+    image_size: Optional[int] = typer.Option(TRAIN.image_size, min=8, help="Train at this size (default: the first store's own); up to 64 px the CIFAR stem, above it the ImageNet stem."),
     seed: int = typer.Option(TRAIN.seed, help="Seed of the initialisation, the subsets, the order and the augmentation."),
     compile: bool = typer.Option(TRAIN.compile, "--compile", help="torch.compile the model (faster on GPU after a warm-up)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    memory_limit: Optional[str] = typer.Option(None, help="Image memory to hold on the device, e.g. 2GB (default $SYNTHKIT_MEMORY_LIMIT, else half the free GPU memory or half the available RAM); larger sets stream from the stores."),
     overwrite: bool = typer.Option(False, help="Replace an existing classifier."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
 ) -> None:
-    """Train ResNet-18 (CIFAR stem) on any mix of real and synthetic stores."""
+    """Train ResNet-18 on any mix of real and synthetic stores with the same classes (CIFAR stem up to 64 px)."""
     from .paths import store_paths
     from .training import train as train_model
 
     config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         warmup=warmup, mix=mix, per_class=per_class, seed=seed, compile=compile)
-    meta = train_model(store_paths(data), out, config, device=device, overwrite=overwrite, resume=resume)
-    typer.echo(f"{out}: {meta['epochs']} epochs, {meta['steps']} steps, final loss {meta['final_loss']:.4f}, "
+                         warmup=warmup, mix=mix, per_class=per_class, image_size=image_size, seed=seed, compile=compile)
+    meta = train_model(store_paths(data), out, config, device=device, overwrite=overwrite, resume=resume,
+                       memory_limit=memory_limit)
+    typer.echo(f"{out}: {meta['arch']} at {meta['image_size']} px, {meta['epochs']} epochs, {meta['steps']} steps, final loss {meta['final_loss']:.4f}, "
                f"train accuracy {100 * meta['final_train_acc']:.1f}%, {meta['seconds']:.0f} s on {meta['device']}")
 
 
@@ -209,14 +239,15 @@ def evaluate(
     results: Path = typer.Option(Path("results"), help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
     batch_size: int = typer.Option(EVAL.batch_size, min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    memory_limit: Optional[str] = typer.Option(None, help="Test images to hold on the device at once, e.g. 2GB (default $SYNTHKIT_MEMORY_LIMIT, else half the free GPU memory or RAM); the store is read in chunks of that size."),
 ) -> None:
-    """Score classifiers on the real test set: the study's accuracy table, per-class accuracy, confusion figures."""
+    """Score classifiers on a real test store with their classes: the accuracy table, per-class accuracy, confusion figures."""
     from rich.table import Table
 
     from .evaluation import evaluate as evaluate_models
     from .paths import store_path
 
-    rows = evaluate_models(model, store_path(test), results, device=device, batch_size=batch_size)
+    rows = evaluate_models(model, store_path(test), results, device=device, batch_size=batch_size, memory_limit=memory_limit)
     table = Table(title=f"test accuracy on {rows[0]['test_images']} real test images ({rows[0]['test']})")
     table.add_column("training data")
     table.add_column("accuracy %", justify="right")

@@ -77,6 +77,7 @@ class TrainConfig:
     warmup: float = 0.05
     mix: str = "concat"
     per_class: int | None = None
+    image_size: int | None = None  # None: the first store's own size
     seed: int = 0
     compile: bool = False
 

@@ -1,5 +1,5 @@
 """Import real images into a store: CIFAR-10 (an image-folder tree or archive, the python batches, or a download),
-or any image-folder tree or archive of <class>/<image> (`import_folder`)."""
+or any image-folder tree or archive of <class>/<image> (`import_folder`). CIFAR-100 and STL-10: torchvision_sets.py."""
 
 from __future__ import annotations
 
@@ -59,15 +59,28 @@ def import_cifar10(
         raise UserError("give --source (an image-folder tree, an archive or cifar-10-batches-py) or --download")
     if source is not None and download:
         raise UserError("give either --source or --download, not both")
-    out = Path(out)
     params = {"source": str(source) if source else "torchvision-download", "split": split,
               "per_class": per_class, "seed": seed}
+
+    def open_split() -> tuple[Source, list[str], dict]:
+        src = download_cifar10(download_root, split) if download else open_source(Path(source), split)
+        return src, list(CIFAR10_CLASSES), _describe(Path(source)) if source else {"path": str(download_root)}
+
+    return write_source(out, open_split, params, split, per_class, seed, batch_size, overwrite, resume)
+
+
+def write_source(out: str | Path, open_split: Callable[[], tuple[Source, list[str], dict]], params: dict, split: str,
+                 per_class: int | None, seed: int, batch_size: int = 2000, overwrite: bool = False,
+                 resume: bool = False) -> Path:
+    """Write a dataset split (or a seeded class-balanced subset) to the store `out`, opening the source only when
+    there is work to do; each row keeps its index and name in the source."""
+    out = Path(out)
     if check_output(out, [partial_path(out)], overwrite, resume):
         return out
-    src = download_cifar10(download_root, split) if download else open_source(Path(source), split)
-    index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(CIFAR10_CLASSES))
-    meta = provenance("real", params, [_describe(Path(source)) if source else {"path": str(download_root)}])
-    with StoreWriter(out, classes=CIFAR10_CLASSES, image_shape=src.image_shape, meta=meta,
+    src, classes, described = open_split()
+    index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(classes))
+    meta = provenance("real", params, [described])
+    with StoreWriter(out, classes=classes, image_shape=src.image_shape, meta=meta,
                      columns={"source_index": "int", "source_name": "str"}, total=len(index),
                      overwrite=overwrite, resume=resume) as writer, progress() as bar:
         task = bar.add_task(f"import {split}", total=len(index), completed=writer.done)

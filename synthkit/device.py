@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import torch
 
@@ -58,6 +59,37 @@ def inversion_dtype(device: torch.device, precision: str = "fp32") -> torch.dtyp
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last: faster convolutions on CUDA and, measured here, on the CPU too."""
     return torch.channels_last
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """'512MB', '2GB', '1.5 GB', '300K' or a plain number of bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)B?\s*", str(text).upper())
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"memory limit '{text}' is not a size: use e.g. 512MB or 2GB")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def image_bytes(n: int, size: int) -> int:
+    """Memory of n uint8 RGB images of size x size."""
+    return n * 3 * size * size
+
+
+def memory_budget(device: torch.device, limit: str | None = None) -> int:
+    """Bytes of images a command may hold on `device`: `limit` or $SYNTHKIT_MEMORY_LIMIT when given, else half of
+    the GPU's free memory (CUDA) or half of the available RAM (CPU). Larger image sets are streamed in chunks."""
+    limit = limit or os.environ.get("SYNTHKIT_MEMORY_LIMIT")
+    if limit:
+        return parse_bytes(limit)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
 
 
 def configure_threads() -> None:

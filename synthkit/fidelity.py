@@ -24,7 +24,7 @@ from torch import nn
 from .config import FIDELITY
 from .device import configure_threads, pick_device
 from .errors import UserError
-from .model import IMAGE_SIZE, class_mapping, classifier_meta, load_classifier, resize_images
+from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .progress import progress
 from .store import Store, balanced_subset
 
@@ -86,7 +86,7 @@ def _classifier_outputs(model: nn.Module, images: np.ndarray, device: torch.devi
     with torch.no_grad():
         for start in range(0, len(images), batch):
             x = torch.from_numpy(images[start : start + batch]).permute(0, 3, 1, 2).to(device)
-            x = resize_images(x, IMAGE_SIZE).float() / 255
+            x = resize_images(x, model.image_size).float() / 255
             f = model.features(x)
             feats.append(f.float().cpu())
             probs.append(torch.softmax(model.net.fc(f).float(), 1).cpu())

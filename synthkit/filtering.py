@@ -25,23 +25,23 @@ from .errors import UserError
 from .jobs import check_output
 from .locks import locked_output
 from .meta import provenance
-from .model import IMAGE_SIZE, class_mapping, classifier_meta, load_classifier, resize_images
+from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .progress import progress
 from .store import Store, StoreWriter, partial_path
 
 
 def _probabilities(model, images: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
     with torch.no_grad():
-        return torch.cat([model(_tensor(images[s : s + batch], device)).softmax(1).float().cpu()
+        return torch.cat([model(_tensor(images[s : s + batch], device, model.image_size)).softmax(1).float().cpu()
                           for s in range(0, len(images), batch)]).numpy()
 
 
-def _tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    return resize_images(torch.from_numpy(images).permute(0, 3, 1, 2).to(device), IMAGE_SIZE).float() / 255
+def _tensor(images: np.ndarray, device: torch.device, size: int) -> torch.Tensor:
+    return resize_images(torch.from_numpy(images).permute(0, 3, 1, 2).to(device), size).float() / 255
 
 
 def _cams(model, images: np.ndarray, targets: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
-    """Grad-CAM maps (N, 32, 32) for the given target classes, at grad-cam's default for our layer choice."""
+    """Grad-CAM maps (N, S, S) at the model's input size for the given target classes, at grad-cam's default for our layer choice."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -49,7 +49,7 @@ def _cams(model, images: np.ndarray, targets: np.ndarray, device: torch.device, 
     maps = []
     with GradCAM(model=model, target_layers=[model.layer(GRADCAM.layer)]) as cam:
         for s in range(0, len(images), batch):
-            maps.append(cam(input_tensor=_tensor(images[s : s + batch], device),
+            maps.append(cam(input_tensor=_tensor(images[s : s + batch], device, model.image_size),
                             targets=[ClassifierOutputTarget(int(c)) for c in targets[s : s + batch]]))
     return np.concatenate(maps)
 

@@ -12,12 +12,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import GRADCAM
 from .device import configure_threads, pick_device
 from .errors import UserError
 from .evaluation import training_data_name
-from .model import IMAGE_SIZE, class_mapping, classifier_meta, load_classifier, resize_images
+from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
 
 LAYERS = ("layer4", "layer3", "layer2")
@@ -82,7 +83,6 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
         pick = np.sort(np.random.default_rng(seed).choice(len(store), min(n, len(store)), replace=False))
         images_np = store.images(pick)
         labels_np, store_classes = store.labels[pick], store.classes
-    images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), IMAGE_SIZE).float() / 255
     names = _unique_names([training_data_name(m) for m in metas])
     cams: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
@@ -91,6 +91,7 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
     for path, name, meta in zip(models, names, metas):
         model, _ = load_classifier(path, dev)
         model = model.to(memory_format=torch.contiguous_format)
+        images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), meta["image_size"]).float() / 255
         truth = class_mapping(store_classes, meta["classes"], f"store {data}")[labels_np]
         with torch.no_grad():
             probs = torch.cat([model(images[s : s + batch_size].to(dev)).softmax(1).cpu() for s in range(0, len(images), batch_size)])
@@ -107,7 +108,7 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
                 soft = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
                 changes.append(np.asarray(metric(x, batch_maps, soft, model)).reshape(-1))
                 faithful.append(np.asarray(road(x, batch_maps, soft, model)).reshape(-1))
-        cams[name] = np.concatenate(maps)
+        cams[name] = same_size(np.concatenate(maps), images_np.shape[1])  # models of other input sizes compare
         change, faith = np.concatenate(changes), np.concatenate(faithful)
         for k, index in enumerate(pick):
             row = {"model": name, "image": int(index), "label": store_classes[labels_np[k]],
@@ -126,6 +127,14 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
     save_grid(images_np[shown], [store_classes[c] for c in labels_np[shown]],
               {name: cams[name][shown] for name in names}, out / "gradcam_grid.png")
     return summary
+
+
+def same_size(maps: np.ndarray, size: int) -> np.ndarray:
+    """Maps (N, h, w) resized to size x size (bilinear), so that models trained at other sizes can be compared."""
+    if maps.shape[1:] == (size, size):
+        return maps
+    resized = F.interpolate(torch.from_numpy(maps).float()[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    return resized[:, 0].clamp(0, 1).numpy()
 
 
 def _unique_names(names: list[str]) -> list[str]:

@@ -1,5 +1,5 @@
-"""The classifier: torchvision's ResNet-18 with the CIFAR stem, taking images in [0, 1]; loading a trained one,
-and fitting stores to it (class order, image size)."""
+"""The classifier: torchvision's ResNet-18 taking images in [0, 1], with the CIFAR stem up to 64 px and the ImageNet
+stem above; loading a trained one, and fitting stores to it (class order, image size)."""
 
 from __future__ import annotations
 
@@ -15,22 +15,33 @@ from .checkpoint import load_checkpoint, read_meta
 from .device import memory_format
 from .errors import UserError
 
-ARCH = "resnet18-cifar"
-IMAGE_SIZE = 32
+ARCHS = ("resnet18-cifar", "resnet18-imagenet")  # the stem: 3x3 stride 1 without max-pool, or torchvision's own
+IMAGE_SIZE = 32  # CIFAR's, and that of classifiers written before the size was recorded
+CIFAR_STEM_MAX = 64
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-class CifarResNet18(nn.Module):
-    """ResNet-18 with a 3x3 stride-1 first convolution and no max-pool; normalises its own input."""
+def arch_for(image_size: int) -> str:
+    """The CIFAR stem keeps small images' resolution (up to 64 px); larger images take the ImageNet stem
+    (7x7 stride-2 convolution and max-pool), which is 16x cheaper there."""
+    return ARCHS[0] if image_size <= CIFAR_STEM_MAX else ARCHS[1]
 
-    def __init__(self, num_classes: int = 10):
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 with the stem of `arch` (see arch_for); normalises its own input."""
+
+    def __init__(self, num_classes: int = 10, arch: str = ARCHS[0], image_size: int = IMAGE_SIZE):
         super().__init__()
         from torchvision.models import resnet18
 
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        self.arch, self.image_size = arch, image_size  # the size it was trained at, which its inputs are resized to
         self.net = resnet18(num_classes=num_classes)
-        self.net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        self.net.maxpool = nn.Identity()
+        if arch == "resnet18-cifar":
+            self.net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            self.net.maxpool = nn.Identity()
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -73,15 +84,16 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.T
 def classifier_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a synthkit classifier; refuses any other file with one clear line."""
     meta = read_meta(path)
-    if meta.get("kind") != "classifier" or meta.get("arch") != ARCH:
+    if meta.get("kind") != "classifier" or meta.get("arch") not in ARCHS:
         raise UserError(f"{path} is not a synthkit classifier (its kind is '{meta.get('kind')}'): give a file written by synthkit train")
+    meta.setdefault("image_size", IMAGE_SIZE)
     return meta
 
 
-def load_classifier(path: str | Path, device: torch.device) -> tuple[CifarResNet18, dict[str, Any]]:
-    """A trained classifier in eval mode on `device`, and its metadata."""
+def load_classifier(path: str | Path, device: torch.device) -> tuple[ResNet18, dict[str, Any]]:
+    """A trained classifier in eval mode on `device`, and its metadata (its input size is meta["image_size"])."""
     meta = classifier_meta(path)
     tensors, _ = load_checkpoint(path, device)
-    model = CifarResNet18(len(meta["classes"])).to(device, memory_format=memory_format(device))
+    model = ResNet18(len(meta["classes"]), meta["arch"], meta["image_size"]).to(device, memory_format=memory_format(device))
     model.load_state_dict(tensors)
     return model.eval(), meta

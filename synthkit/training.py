@@ -1,8 +1,9 @@
-"""`synthkit train`: ResNet-18 on any mix of real and synthetic stores.
+"""`synthkit train`: ResNet-18 on any mix of real and synthetic stores, of any classes and image size.
 
 Like airbench, the whole training set sits on the device as one uint8 tensor and every batch is
-augmented with tensor operations (random crop with 4-pixel padding, horizontal flip): no workers,
-no PIL. Each epoch draws its order and augmentation from its own seeded generator, so a run
+augmented with tensor operations (random crop with 4-pixel padding and flip up to 64 px,
+random-resized-crop and flip above): no workers, no PIL. A set larger than the device's memory budget is
+read from the stores in windows of batches instead, giving the same batches. Each epoch draws its order and augmentation from its own seeded generator, so a run
 resumed at an epoch boundary ends with the same weights as an uninterrupted one.
 """
 
@@ -13,7 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,52 +23,100 @@ import torch.nn.functional as F
 from . import __version__
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .config import MIXES, TrainConfig
-from .device import autocast, configure_threads, memory_format, pick_device
+from .device import autocast, configure_threads, image_bytes, memory_budget, memory_format, pick_device
 from .errors import UserError
 from .jobs import check_output, check_same_options
 from .locks import locked_output
 from .meta import provenance
-from .model import ARCH, IMAGE_SIZE, CifarResNet18, class_mapping, resize_images
-from .progress import progress
+from .model import CIFAR_STEM_MAX, ResNet18, arch_for, class_mapping, resize_images
+from .progress import console, progress
 from .store import Store, balanced_subset
 
 @dataclass
 class TrainingSet:
-    """Images (N, 3, 32, 32) uint8 on the device, labels, which rows are real, and where they came from."""
+    """Labels, which rows are real, the classes and where the rows came from; the images (N, 3, S, S) uint8 sit on
+    the device when they fit its memory budget (`images`), else rows are read from the stores window by window."""
 
-    images: torch.Tensor
     labels: torch.Tensor
     is_real: torch.Tensor
     classes: list[str]
+    image_size: int
     sources: list[dict[str, Any]] = field(default_factory=list)
+    images: torch.Tensor | None = None
+    parts: list[tuple[Path, np.ndarray]] = field(default_factory=list)  # each store and its rows, in order
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def streamed(self) -> bool:
+        return self.images is None
+
+    def read(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Images of the given (sorted) rows, read from their stores and resized, as a device tensor."""
+        out, start = [], 0
+        for path, store_rows in self.parts:
+            mine = rows[(rows >= start) & (rows < start + len(store_rows))] - start
+            if len(mine):
+                with Store(path) as store:
+                    pixels = torch.from_numpy(store.images(store_rows[mine])).permute(0, 3, 1, 2)
+                out.append(resize_images(pixels.to(device), self.image_size))
+            start += len(store_rows)
+        return torch.cat(out)
+
 
 def load_stores(paths: Sequence[Path], device: torch.device, per_class: int | None = None, seed: int = 0,
-                classes: Sequence[str] | None = None) -> TrainingSet:
-    """Read stores (optionally a seeded class-balanced subset of each) into one device tensor."""
+                classes: Sequence[str] | None = None, image_size: int | None = None,
+                memory_limit: int | None = None) -> TrainingSet:
+    """The stores (optionally a seeded class-balanced subset of each) as one training set at `image_size` (default:
+    the first store's size). Classes must agree by name. Held on the device when it fits `memory_limit` bytes."""
     if not paths:
         raise UserError("no stores given: pass --data NAME[,NAME...]")
-    images, labels, is_real, sources = [], [], [], []
+    labels, is_real, sources, parts = [], [], [], []
     for path in paths:
         with Store(path) as store:
             if len(store) == 0:
                 raise UserError(f"store {path} has no images")
             classes = list(classes or store.classes)
-            mapping = class_mapping(store.classes, classes, str(path))
-            index = None if per_class is None else balanced_subset(store.labels, per_class, seed, len(store.classes))
-            pixels = torch.from_numpy(store.images(index)).permute(0, 3, 1, 2)
-            store_labels = mapping[store.labels if index is None else store.labels[index]]
+            image_size = image_size or store.image_shape[0]
+            mapping = class_mapping(store.classes, classes, f"store {path}")
+            rows = np.arange(len(store)) if per_class is None else balanced_subset(store.labels, per_class, seed, len(store.classes))
+            store_labels = mapping[store.labels[rows]]
             kind = store.meta.get("kind", "unknown")
             sources.append({"path": str(path), "kind": kind, "count": len(store_labels), "fingerprint": store.fingerprint,
                             "image_size": store.image_shape[0]})
-        images.append(resize_images(pixels.to(device), IMAGE_SIZE))
+        parts.append((Path(path), rows))
         labels.append(torch.from_numpy(np.asarray(store_labels, dtype=np.int64)))
         is_real.append(torch.full((len(store_labels),), kind == "real", dtype=torch.bool))
-    return TrainingSet(torch.cat(images).contiguous(), torch.cat(labels).to(device), torch.cat(is_real).to(device),
-                       classes, sources)
+    data = TrainingSet(torch.cat(labels).to(device), torch.cat(is_real).to(device), classes, image_size, sources,
+                       parts=parts)
+    if memory_limit is None or image_bytes(len(data), image_size) <= memory_limit:
+        data.images = data.read(np.arange(len(data)), device).contiguous()
+    return data
+
+
+def batch_images(data: TrainingSet, batches: Sequence[torch.Tensor], memory_limit: int | None,
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each batch's rows and uint8 images. A streamed set is read in windows of consecutive batches whose rows fit
+    `memory_limit`, so the batches, and so the trained weights, are the same as with the set on the device."""
+    if not data.streamed:
+        for rows in batches:
+            yield rows, data.images[rows]
+        return
+    per_row = image_bytes(1, data.image_size)
+    window: list[torch.Tensor] = []
+    for k, rows in enumerate(batches):
+        window.append(rows)
+        rows_held = sum(len(r) for r in window) + (len(batches[k + 1]) if k + 1 < len(batches) else 0)
+        if k + 1 < len(batches) and rows_held * per_row <= (memory_limit or 0):
+            continue
+        wanted = torch.unique(torch.cat(window))
+        block = data.read(wanted.cpu().numpy(), device)
+        position = torch.full((len(data),), -1, dtype=torch.long, device=rows.device)
+        position[wanted] = torch.arange(len(wanted), device=rows.device)
+        for r in window:
+            yield r, block[position[r].to(block.device)]
+        window = []
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -82,6 +131,33 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> t
     crops = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
     flip = torch.rand(b, generator=generator, device=dev) < 0.5
     return torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+
+
+def random_resized_crop(images: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.35, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Inception-style crops of a float batch (a random area share and aspect ratio, resized back to the batch's
+    size) and horizontal flips, as one batched affine resampling on the device."""
+    b, _, h, w = images.shape
+    dev = images.device
+    area = scale[0] + (scale[1] - scale[0]) * torch.rand(b, generator=generator, device=dev)
+    log_ratio = math.log(ratio[0]) + math.log(ratio[1] / ratio[0]) * torch.rand(b, generator=generator, device=dev)
+    cw = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
+    ch = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+    cx = (1 - cw) * (2 * torch.rand(b, generator=generator, device=dev) - 1)
+    cy = (1 - ch) * (2 * torch.rand(b, generator=generator, device=dev) - 1)
+    flip = torch.where(torch.rand(b, generator=generator, device=dev) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = cw * flip, cx, ch, cy
+    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def training_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A uint8 batch augmented as its size calls for, in [0, 1]: crop with 4-pixel padding and flip up to 64 px
+    (CIFAR's recipe), random-resized-crop and flip above."""
+    if images.shape[-1] <= CIFAR_STEM_MAX:
+        return augment(images, generator).float().div_(255)
+    return random_resized_crop(images.float().div_(255), generator)
 
 
 def epoch_batches(data: TrainingSet, config: TrainConfig, generator: torch.Generator) -> list[torch.Tensor]:
@@ -159,8 +235,10 @@ class TrainingDiverged(UserError):
 
 @locked_output("out")
 def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: str | None = None,
-          overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Train a CIFAR ResNet-18 on the stores, write the safetensors checkpoint, and return its metadata."""
+          overwrite: bool = False, resume: bool = False, memory_limit: str | None = None) -> dict[str, Any]:
+    """Train a ResNet-18 on the stores, write the safetensors checkpoint, and return its metadata. Images are
+    trained at config.image_size (default: the first store's); a set larger than the device's memory budget
+    (device.memory_budget, or `memory_limit` such as '2GB') is streamed from the stores in windows."""
     out = Path(out)
     if config.mix not in MIXES:
         raise UserError(f"--mix must be one of {', '.join(MIXES)}, got '{config.mix}'")
@@ -168,14 +246,21 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
         return read_meta(out)
     configure_threads()
     dev = pick_device(device)
-    data = load_stores(data_paths, dev, config.per_class, config.seed)
+    if config.image_size is not None and config.image_size < 8:
+        raise UserError(f"--image-size must be at least 8, got {config.image_size}")
+    budget = memory_budget(dev, memory_limit)
+    data = load_stores(data_paths, dev, config.per_class, config.seed, image_size=config.image_size, memory_limit=budget)
+    arch = arch_for(data.image_size)
+    if data.streamed:
+        console.print(f"streaming: {len(data)} images at {data.image_size} px take {image_bytes(len(data), data.image_size) / 2**20:.0f} MiB, "
+            f"over the memory limit of {budget / 2**20:.0f} MiB; reading them from the stores in windows")
     check_mix(data, config)
     per_epoch = steps_per_epoch(data, config)
     total = config.steps if config.steps is not None else config.epochs * per_epoch
     epochs = math.ceil(total / per_epoch)
 
     torch.manual_seed(config.seed)
-    model = CifarResNet18(len(data.classes)).to(dev, memory_format=memory_format(dev))
+    model = ResNet18(len(data.classes), arch, data.image_size).to(dev, memory_format=memory_format(dev))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     params = asdict(config)
@@ -200,13 +285,14 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
             correct = torch.zeros((), device=dev, dtype=torch.long)
             seen = 0
             model.train()
-            for i, rows in enumerate(epoch_batches(data, config, generator)):
+            batches = epoch_batches(data, config, generator)
+            for i, (rows, images) in enumerate(batch_images(data, batches, budget, dev)):
                 step = epoch * per_epoch + i
                 if step >= total:
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * lr_factor(step, total, config.warmup)
-                x = augment(data.images[rows], generator).float().div_(255).contiguous(memory_format=memory_format(dev))
+                x = training_batch(images, generator).contiguous(memory_format=memory_format(dev))
                 y = data.labels[rows]
                 with autocast(dev):
                     logits = step_fn(x)
@@ -238,7 +324,7 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
                                                       "epoch": epoch + 1, "log": log, "seconds": seconds})
 
     meta = provenance("classifier", params, data.sources)
-    meta.update({"arch": ARCH, "classes": data.classes, "epochs": epochs, "steps": total,
+    meta.update({"arch": arch, "image_size": data.image_size, "streamed": data.streamed, "classes": data.classes, "epochs": epochs, "steps": total,
                  "final_loss": log[-1]["loss"], "final_train_acc": log[-1]["train_acc"], "seconds": round(seconds, 1),
                  "device": str(dev), "versions": {"synthkit": __version__, "torch": torch.__version__}})
     save_checkpoint(out, model.state_dict(), meta)

@@ -161,3 +161,21 @@ def small_real(tmp_path_factory, real_store) -> Path:
                          total=len(idx)) as w:
             w.append(s.images(idx), s.labels[idx])
     return out
+
+
+def cut_store(src: Path, out: Path, size: int, classes=("airplane", "cat", "ship"), kind: str = "real") -> Path:
+    """A store of some of src's classes, resized to size x size: a stand-in for a user's own data set."""
+    import torch
+
+    from synthkit.meta import provenance
+    from synthkit.model import resize_images
+    from synthkit.store import Store, StoreWriter
+
+    with Store(src) as s:
+        rows = np.flatnonzero(np.isin(np.array(s.classes)[s.labels], classes))
+        pixels = resize_images(torch.from_numpy(s.images(rows)).permute(0, 3, 1, 2), size).permute(0, 2, 3, 1).numpy()
+        labels = [list(classes).index(s.classes[c]) for c in s.labels[rows]]
+    with StoreWriter(out, classes=list(classes), image_shape=(size, size), meta=provenance(kind, {"from": str(src)}),
+                     total=len(rows)) as w:
+        w.append(pixels, labels)
+    return out

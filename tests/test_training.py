@@ -214,3 +214,110 @@ def test_lr_factor_warms_up_linearly_then_decays_by_cosine_to_zero():
     # no warm-up, or fewer steps than a warm-up step: at least one step, never a division by zero
     assert lr_factor(0, 10, 0.0) == 1.0 and lr_factor(0, 1, 0.05) == 1.0
     assert lr_factor(5, 10, 0.0) == pytest.approx(0.5 * (1 + np.cos(np.pi * 4 / 9)))
+
+
+@pytest.mark.parametrize("size,arch", [(48, "resnet18-cifar"), (72, "resnet18-imagenet")])
+def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, test_store, size, arch):
+    """A 3-class store at 48 or 72 px: the stem follows the size, the checkpoint records it, and evaluate and
+    gradcam feed the model at its own size."""
+    from conftest import cut_store
+
+    train_store, test = cut_store(real_store, tmp_path / "mine.h5", size), cut_store(test_store, tmp_path / "mine-test.h5", size)
+    out = tmp_path / "m.safetensors"
+    result = run("train", "--data", train_store, "--out", out, "--steps", 6, "--batch-size", 12)
+    assert result.exit_code == 0, result.output
+    assert f"{arch} at {size} px" in result.output
+    meta = read_meta(out)
+    assert meta["arch"] == arch and meta["image_size"] == size and meta["classes"] == ["airplane", "cat", "ship"]
+    model, _ = load_classifier(out, CPU)
+    assert (model.net.maxpool.__class__.__name__ == "MaxPool2d") == (size > 64) and model.image_size == size
+    assert model(torch.rand(2, 3, size, size)).shape == (2, 3)
+    result = run("evaluate", "--model", out, "--test", test, "--results", tmp_path / "results")
+    assert result.exit_code == 0, result.output
+    import csv
+
+    with open(tmp_path / "results" / "accuracy.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert row["test_images"] == "18" and set(json.loads(row["per_class"])) == {"airplane", "cat", "ship"}
+    assert (tmp_path / "results" / "confusion" / "m.png").exists()
+    result = run("gradcam", "--model", out, "--model", tiny_classifier_at(tmp_path, real_store), "--data", test,
+                 "--n", 6, "--out", tmp_path / "cam")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cam" / "summary.json").read_text())
+    assert len(summary["models"]) == 2 and summary["agreement"]
+
+
+def tiny_classifier_at(tmp_path, real_store, size: int = 32):
+    """A 3-class classifier at another size, so that gradcam compares models of different input sizes."""
+    from conftest import cut_store
+
+    out = tmp_path / f"other-{size}.safetensors"
+    train([cut_store(real_store, tmp_path / f"other-{size}.h5", size)], out, TrainConfig(steps=2, batch_size=12), device="cpu")
+    return out
+
+
+def test_training_stores_must_agree_on_classes_by_name(tmp_path, real_store):
+    from conftest import cut_store
+
+    mine = cut_store(real_store, tmp_path / "mine.h5", 32)
+    other = cut_store(real_store, tmp_path / "other.h5", 32, classes=("airplane", "cat", "dog"))
+    reordered = cut_store(real_store, tmp_path / "reordered.h5", 32, classes=("ship", "airplane", "cat"))
+    result = run("train", "--data", f"{mine},{other}", "--out", tmp_path / "m.safetensors", "--steps", 1)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"store {other} has classes airplane, cat, dog" in result.stderr and not (tmp_path / "m.safetensors").exists()
+    data = load_stores([mine, reordered], CPU)
+    with Store(mine) as a, Store(reordered) as b:
+        assert torch.equal(data.labels, torch.from_numpy(np.concatenate([a.labels, [[2, 0, 1][c] for c in b.labels]])))
+
+
+def test_random_resized_crop_is_seeded_and_covers_the_image_at_full_scale():
+    from synthkit.training import random_resized_crop, training_batch
+
+    images = torch.rand(6, 3, 80, 80)
+    a = random_resized_crop(images, torch.Generator().manual_seed(0))
+    b = random_resized_crop(images, torch.Generator().manual_seed(0))
+    assert a.shape == images.shape and torch.equal(a, b) and not torch.allclose(a, images, atol=0.05)
+    whole = random_resized_crop(images, torch.Generator().manual_seed(1), scale=(1, 1), ratio=(1, 1))
+    for x, y in zip(whole, images):  # the whole image, flipped or not
+        assert torch.allclose(x, y, atol=1e-5) or torch.allclose(x, y.flip(-1), atol=1e-5)
+    small = training_batch(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    assert small.dtype == torch.float32 and small.shape == (4, 3, 32, 32) and small.max() <= 1
+
+
+def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_path, real_store, monkeypatch):
+    """120 images at 32 px are 360 KiB: under a 100 KB limit they are read from the store in windows, and the
+    weights equal those of the run that held them all on the device."""
+    held, streamed = tmp_path / "held.safetensors", tmp_path / "streamed.safetensors"
+    config = TrainConfig(steps=8, batch_size=20, lr=0.05, seed=3)
+    train([real_store], held, config, device="cpu")
+    monkeypatch.setenv("SYNTHKIT_MEMORY_LIMIT", "100KB")
+    reads = []
+    original = Store.images
+    monkeypatch.setattr(Store, "images", lambda self, index=None: reads.append(index) or original(self, index))
+    result = run("train", "--data", real_store, "--out", streamed, "--steps", 8, "--batch-size", 20, "--lr", 0.05, "--seed", 3)
+    assert result.exit_code == 0, result.output
+    assert "streaming: 120 images at 32 px" in result.output
+    assert len(reads) >= 4 and max(len(r) for r in reads) * 3 * 32 * 32 <= 100 * 1024
+    assert read_meta(streamed)["streamed"] and not read_meta(held)["streamed"]
+    a, _ = load_classifier(held, CPU)
+    b, _ = load_classifier(streamed, CPU)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    reads.clear()
+    result = run("evaluate", "--model", held, "--test", real_store, "--results", tmp_path / "r", "--memory-limit", "20KB")
+    assert result.exit_code == 0, result.output
+    assert len(reads) > 1  # the test store is read in chunks too
+    bad = run("train", "--data", real_store, "--out", tmp_path / "x.safetensors", "--memory-limit", "lots")
+    assert bad.exit_code == 2 and "memory limit 'lots' is not a size" in bad.stderr
+
+
+def test_confusion_figures_stay_readable_for_a_hundred_classes(tmp_path):
+    from PIL import Image
+
+    from synthkit.evaluation import save_confusion_figure
+
+    rng = np.random.default_rng(0)
+    for n in (3, 100):
+        counts = rng.integers(0, 5, (n, n))
+        path = save_confusion_figure(counts, [f"class{i}" for i in range(n)], tmp_path / f"{n}.png", "t")
+        width, height = Image.open(path).size
+        assert height == 600 if n == 3 else height >= 20 * n  # 20 px a row at 100 dpi: room for its 6 pt label

@@ -1,0 +1,113 @@
+"""CIFAR-100 and STL-10 as torchvision downloads them, into stores: `synthkit data cifar100|stl10`.
+
+CIFAR-100's python pickles go through the same restricted unpickler as CIFAR-10's batches (numpy arrays and plain
+data, nothing executable); STL-10's binary files are plain uint8 arrays. Either comes from --source (the folder or
+archive torchvision downloads) or from torchvision's own downloader (--download, needs internet).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .datasets import SPLITS, Source, _archive_members, _BatchUnpickler, _describe, write_source
+from .errors import UserError
+from .locks import locked_output
+
+DATASETS = {  # name: (torchvision class, folder inside the download, archive torchvision downloads)
+    "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz"),
+    "stl10": ("STL10", "stl10_binary", "stl10_binary.tar.gz"),
+}
+
+
+def _files(source: Path, folder: str) -> dict[str, Callable[[], bytes]]:
+    """Base file name -> bytes, from the download root, the folder itself, or the archive."""
+    if not source.exists():
+        raise UserError(f"source {source} does not exist")
+    if source.is_dir():
+        root = source / folder if (source / folder).is_dir() else source
+        return {p.name: p.read_bytes for p in root.iterdir() if p.is_file()}
+    return {name.rsplit("/", 1)[-1]: read for name, read in _archive_members(source).items()}
+
+
+def _unpickle(files: dict[str, Callable[[], bytes]], name: str, dataset: str) -> dict:
+    if name not in files:
+        raise UserError(f"the {dataset} files lack '{name}'")
+    try:
+        data = _BatchUnpickler(io.BytesIO(files[name]()), encoding="bytes").load()
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
+        raise UserError(f"{name} is not a {dataset} pickle: {err}") from None
+
+
+def read_cifar100(source: Path, split: str) -> tuple[Source, list[str]]:
+    """CIFAR-100's split (fine labels, 100 classes) in file order, and the class names."""
+    files = _files(source, DATASETS["cifar100"][1])
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(files, "meta", "CIFAR-100")["fine_label_names"]]
+    batch = _unpickle(files, split, "CIFAR-100")
+    try:
+        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+    except (KeyError, ValueError) as err:
+        raise UserError(f"{split} is not a CIFAR-100 pickle: {err}") from None
+    if len(labels) != len(images) or labels.min() < 0 or labels.max() >= len(names):
+        raise UserError(f"{split}: {len(images)} images, {len(labels)} labels for {len(names)} classes: not CIFAR-100")
+    images = np.ascontiguousarray(images)
+    return Source(labels, [f"{split}:{i}" for i in range(len(labels))], lambda rows: images[rows], (32, 32)), names
+
+
+def read_stl10(source: Path, split: str) -> tuple[Source, list[str]]:
+    """STL-10's labelled split (96 px, 10 classes) in file order, and the class names."""
+    files = _files(source, DATASETS["stl10"][1])
+    for name in (f"{split}_X.bin", f"{split}_y.bin", "class_names.txt"):
+        if name not in files:
+            raise UserError(f"the STL-10 files lack '{name}'")
+    names = files["class_names.txt"]().decode().split()
+    raw = np.frombuffer(files[f"{split}_X.bin"](), dtype=np.uint8)
+    labels = np.frombuffer(files[f"{split}_y.bin"](), dtype=np.uint8).astype(np.int64) - 1  # stored 1..10
+    if raw.size != len(labels) * 3 * 96 * 96 or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(names):
+        raise UserError(f"{split}_X.bin holds {raw.size} bytes for {len(labels)} labels: not STL-10's 96x96 images")
+    images = np.ascontiguousarray(raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1))  # column-major, as torchvision reads it
+    return Source(labels, [f"{split}:{i}" for i in range(len(labels))], lambda rows: images[rows], (96, 96)), names
+
+
+READERS = {"cifar100": read_cifar100, "stl10": read_stl10}
+
+
+def download(dataset: str, root: Path, split: str) -> Path:
+    """Fetch the dataset with torchvision's downloader (needs internet); returns the folder it wrote."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, DATASETS[dataset][0])
+    try:
+        cls(str(root), download=True, **({"train": split == "train"} if dataset == "cifar100" else {"split": split}))
+    except Exception as err:  # torchvision raises URLError, RuntimeError, ... when offline
+        raise UserError(f"could not download {dataset} ({type(err).__name__}: {err}); on a machine without internet "
+                        f"pass --source with a local copy (the folder or {DATASETS[dataset][2]})") from None
+    return root / DATASETS[dataset][1]
+
+
+@locked_output("out")
+def import_torchvision_set(dataset: str, out: str | Path, *, source: str | Path | None = None, split: str = "train",
+                           per_class: int | None = None, seed: int = 0, download_root: str | Path | None = None,
+                           overwrite: bool = False, resume: bool = False) -> Path:
+    """Write CIFAR-100's or STL-10's `split` (or a seeded class-balanced subset) to the store `out`; with
+    `download_root` and no `source`, torchvision downloads it there first."""
+    if dataset not in READERS:
+        raise UserError(f"unknown dataset '{dataset}': use {', '.join(READERS)}")
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    if (source is None) == (download_root is None):
+        raise UserError(f"give either --source (the {dataset} folder or {DATASETS[dataset][2]}) or --download")
+    params = {"dataset": dataset, "source": str(source) if source else "torchvision-download", "split": split,
+              "per_class": per_class, "seed": seed}
+
+    def open_split() -> tuple[Source, list[str], dict]:
+        path = Path(source) if source is not None else download(dataset, Path(download_root), split)
+        return (*READERS[dataset](path, split), _describe(path))
+
+    return write_source(out, open_split, params, split, per_class, seed, overwrite=overwrite, resume=resume)

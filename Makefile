@@ -10,7 +10,11 @@ SK     := $(VENV)/bin/synthkit
 MODEL        ?= CompVis/stable-diffusion-v1-4
 CIFAR        ?= ../shared/data/cifar10-jpeg.tar.gz
 YUD          ?= ../shared/data/yud-train
-PER_CLASS    ?= 500
+# Your own data instead of CIFAR-10: real training and test stores (synthkit data folder|cifar100|stl10 makes them).
+# Classes and prompts then come from REAL; PER_CLASS and TEST_PER_CLASS default to the whole stores.
+REAL         ?=
+TEST         ?=
+PER_CLASS    ?= $(if $(REAL),,500)
 TEST_PER_CLASS ?=
 SD_PER_CLASS ?= 2500
 SD_PROMPT    ?= a photo of a {class}
@@ -21,7 +25,7 @@ MIX          ?= balanced
 SEED         ?= 0
 DEVICE       ?= auto
 SHARDS       ?= 1
-INVERT_BY    ?= class
+INVERT_BY    ?= $(if $(REAL),all,class)
 PER_IMAGE    ?=
 SD_STRENGTH  ?=
 SD_STEPS     ?=
@@ -48,7 +52,8 @@ GEO_UPDATES  ?=
 GEO_SD_PER_CLASS ?= 100
 GEO_N        ?=
 
-CLASSES := airplane automobile bird cat deer dog frog horse ship truck
+# INVERT_BY=class makes a job per class of CLASSES: CIFAR-10's, or give your store's (names without spaces).
+CLASSES ?= airplane automobile bird cat deer dog frog horse ship truck
 ifeq ($(wildcard $(CIFAR)),)
 CIFAR_SOURCE := --download
 else
@@ -75,7 +80,7 @@ leftovers = rm -f $@; for f in $(1); do for d in $^; do if [ -e "$$f" ] && [ "$$
 shell_quote = '$(subst ','\'',$(1))'
 stamp = $(shell mkdir -p $(STAMPS) && (printf '%s\n' $(call shell_quote,$(2)) | cmp -s - $(STAMPS)/$(1) || printf '%s\n' $(call shell_quote,$(2)) > $(STAMPS)/$(1)))
 ifeq ($(filter demo help install test clean-study,$(MAKECMDGOALS)),)
-$(call stamp,data,$(CIFAR) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED))
+$(call stamp,data,$(CIFAR) $(REAL) $(TEST) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED))
 $(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
 $(call stamp,invert,$(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
 $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
@@ -97,6 +102,7 @@ help:  ## show targets and variables
 	@echo
 	@echo "variables (now):"
 	@echo "  MODEL=$(MODEL)  (SD checkpoint: hub id or diffusers folder)"
+	@echo "  REAL=$(REAL) TEST=$(TEST)  (your own real training and test stores; empty: CIFAR-10 from CIFAR=$(CIFAR))"
 	@echo "  PER_CLASS=$(PER_CLASS)  (real training images per class)  TEST_PER_CLASS=$(TEST_PER_CLASS)  (empty: all 1,000)"
 	@echo "  SD_PER_CLASS=$(SD_PER_CLASS)  (prompt images per class)  MIX=$(MIX)  SEED=$(SEED)  DEVICE=$(DEVICE)"
 	@echo "  SHARDS=$(SHARDS)  (generation processes; use make -j)  INVERT_BY=$(INVERT_BY)  (class: a job per class; all: one job)"
@@ -118,19 +124,21 @@ test: $(SK)  ## run the test suite (installing first if needed)
 # ---- the study
 data: data/real.h5 data/test.h5  ## real training subset (PER_CLASS per class) and the real test set
 
-data/real.h5: $(STAMPS)/data
+data/real.h5: $(STAMPS)/data $(REAL)
 	$(call leftovers,$@.partial)
-	$(SK) data cifar10 $(CIFAR_SOURCE) --split train --per-class $(PER_CLASS) --seed $(SEED) --out $@ --resume
+	$(if $(REAL),$(SK) subset $(REAL) $(call opt,--per-class,$(PER_CLASS)) --seed $(SEED) --out $@ --overwrite,\
+	  $(SK) data cifar10 $(CIFAR_SOURCE) --split train --per-class $(PER_CLASS) --seed $(SEED) --out $@ --resume)
 
-data/test.h5: $(STAMPS)/data
+data/test.h5: $(STAMPS)/data $(TEST)
 	$(call leftovers,$@.partial)
-	$(SK) data cifar10 $(CIFAR_SOURCE) --split test $(TEST_SUBSET) --out $@ --resume
+	$(if $(TEST),$(SK) subset $(TEST) $(TEST_SUBSET) --out $@ --overwrite,\
+	  $(SK) data cifar10 $(CIFAR_SOURCE) --split test $(TEST_SUBSET) --out $@ --resume)
 
 sd: data/sd.h5  ## prompt generation (img2img from the real store by default, as the original study)
 
-$(if $(SHARDED),data/sd.shard-%.h5,data/sd.h5): $(STAMPS)/sd $(if $(SD_INIT),data/$(SD_INIT).h5) | $(MODEL_DEP)
+$(if $(SHARDED),data/sd.shard-%.h5,data/sd.h5): $(STAMPS)/sd data/real.h5 $(if $(SD_INIT),data/$(SD_INIT).h5) | $(MODEL_DEP)
 	$(call leftovers,$@.partial)
-	$(SK) sample --prompt $(call shell_quote,$(SD_PROMPT)) --per-class $(SD_PER_CLASS) --model $(MODEL) $(SD_INIT_ARGS) \
+	$(SK) sample --prompt $(call shell_quote,$(SD_PROMPT)) --classes data/real.h5 --per-class $(SD_PER_CLASS) --model $(MODEL) $(SD_INIT_ARGS) \
 	  $(call opt,--steps,$(SD_STEPS)) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) $(call opt,--batch-size,$(GEN_BATCH)) \
 	  --seed $(SEED) --device $(DEVICE) $(SHARD_ARG) --out $@ --resume
 

@@ -200,6 +200,23 @@ def merge(
 
 @app.command()
 @user_errors
+def subset(
+    store: str = typer.Argument(..., help="A store (name or path), e.g. your own real training images."),
+    out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
+    per_class: Optional[int] = typer.Option(None, min=1, help="Keep a seeded, class-balanced N images per class (default: all)."),
+    seed: int = typer.Option(0, help="Seed of the subset."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+) -> None:
+    """Copy a store, or a seeded class-balanced subset of it, keeping its kind, classes and columns."""
+    from .paths import store_path
+    from .store import subset_store
+
+    subset_store(store_path(store), out, per_class=per_class, seed=seed, overwrite=overwrite)
+    _print_store_line(out)
+
+
+@app.command()
+@user_errors
 def train(
     data: List[str] = typer.Option(..., help="Stores to train on: names (data/NAME.h5) or paths, comma-separated or repeated, e.g. real,inv."),
     out: Path = typer.Option(..., help="Classifier to write, e.g. models/resnet18-real+inv.safetensors."),
@@ -353,7 +370,7 @@ def sample(
     prompt: List[str] = typer.Option([], help='Prompt template(s) with {class}, e.g. "a photo of a {class}" (repeatable).'),
     prompt_file: Optional[Path] = typer.Option(None, help="File of templates, one per line."),
     per_class: int = typer.Option(10, min=1, help="Prompt mode: images per class."),
-    classes: Optional[str] = typer.Option(None, help="Prompt mode: comma-separated class names, or a store whose classes to use (default: CIFAR-10's)."),
+    classes: Optional[str] = typer.Option(None, help="Prompt mode: comma-separated class names, or a store whose classes to use (default: the --init store's, else CIFAR-10's)."),
     negative: str = typer.Option("", help="Prompt mode: negative prompt."),
     init: Optional[str] = typer.Option(None, help="Prompt mode: img2img from this real store (name or path)."),
     strength: float = typer.Option(PROMPT_DEFAULTS["strength"], help="img2img: share of the schedule re-noised (0-1]."),
@@ -397,7 +414,7 @@ def sample(
             sample_embeddings(path, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond),
                               config, model=model, device=dev, shard=part, overwrite=overwrite, resume=resume)
         else:
-            sample_prompts(path, model or DEFAULT_MODEL, templates, class_list(classes), per_class, config, negative=negative,
+            sample_prompts(path, model or DEFAULT_MODEL, templates, class_list(classes or init), per_class, config, negative=negative,
                            init=store_path(init) if init else None, strength=strength, device=dev, shard=part,
                            overwrite=overwrite, resume=resume)
 

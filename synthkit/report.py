@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import CIFAR10_CLASSES, __version__
 from .checkpoint import read_meta
 from .errors import UserError
 from .meta import model_note
@@ -29,7 +29,8 @@ def _store_meta(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     with Store(path) as store:
-        return {"meta": store.meta, "images": len(store), "size": store.image_shape[0], "fingerprint": store.fingerprint}
+        return {"meta": store.meta, "images": len(store), "size": store.image_shape[0], "fingerprint": store.fingerprint,
+                "classes": store.classes}
 
 
 def accuracy_section(results: Path, models: Path) -> list[str]:
@@ -42,16 +43,21 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
     rows = [r for r in read_rows(csv_path) if Path(r["model"]).exists() and Path(r["model"]).resolve().parent == models.resolve()]
     order = {name: i for i, name in enumerate(ORDER)}
     rows.sort(key=lambda r: (order.get(r["training_data"], len(order)), r["training_data"]))
-    lines = ["## Test accuracy (ResNet-18, real CIFAR-10 test images)", "",
+    test = _store_meta(Path(rows[0]["test"])) if rows else None
+    cifar = test is None or test["classes"] == list(CIFAR10_CLASSES)  # the study's figures are CIFAR-10's
+    where = "real CIFAR-10 test images" if cifar else f"real test images of `{rows[0]['test']}`, {len(test['classes'])} classes"
+    lines = [f"## Test accuracy (ResNet-18, {where})", "",
              "| training data | this run: accuracy % | original study % | train images | epochs | test images | model |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         label, reference = STUDY.get(r["training_data"], (ADDED.get(r["training_data"], r["training_data"]), None))
+        reference = reference if cifar else None
         ref = f"{reference:.2f}" if reference is not None else "-"
         lines.append(f"| {label} (`{r['training_data']}`) | {100 * float(r['accuracy']):.2f} | {ref} | {r['train_images']} | "
                      f"{r['epochs']} | {r['test_images']} | `{r['model']}` |")
     lines += ["", f"Rows are the latest evaluation of each model in `{models}/`, from `{csv_path}`; every model is "
-              "scored on the same real test store. The original study's figures are those it reported."]
+              "scored on the same real test store. The original study's figures are those it reported"
+              + (" (CIFAR-10)." if cifar else " for CIFAR-10, so none is shown beside another data set.")]
     if any(r["training_data"] in ADDED for r in rows):
         lines += ["", "The filtered rows (`inv-kept`) train on the share of the DI store that the real-trained classifier "
                   "ranks best in each class (`synthkit filter`); the study has no such row. They can show whether "

@@ -459,3 +459,26 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, 
     finally:
         for s in stores:
             s.close()
+
+
+@locked_output("out")
+def subset_store(src: str | Path, out: str | Path, per_class: int | None = None, seed: int = 0,
+                 overwrite: bool = False) -> Path:
+    """A copy of a store, or a seeded class-balanced subset of `per_class` images of every class: how a user's own
+    store enters the study (make reproduce REAL=...). Kind and columns are kept; the source is recorded."""
+    from .meta import provenance
+
+    check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False)
+    with Store(src) as s:
+        if len(s) == 0:
+            raise UserError(f"store {src} has no images")
+        rows = np.arange(len(s)) if per_class is None else balanced_subset(s.labels, per_class, seed, len(s.classes))
+        kinds = {name: s.column_kind(name) for name in s.column_names}
+        meta = provenance(s.meta.get("kind", "unknown"), {"per_class": per_class, "seed": seed},
+                          [{"path": str(src), "fingerprint": s.fingerprint, "sources": s.meta.get("sources", [])}])
+        with StoreWriter(out, classes=s.classes, image_shape=s.image_shape[:2], meta=meta, columns=kinds,
+                         total=len(rows), overwrite=overwrite) as writer:
+            for start in range(0, len(rows), 4096):
+                part = rows[start : start + 4096]
+                writer.append(s.images(part), s.labels[part], **{name: s.column(name, part) for name in kinds})
+    return Path(out)

@@ -82,6 +82,27 @@ def test_makefile_shows_the_plan(tmp_path):
         assert var + "=" in help_text
 
 
+def test_makefile_runs_the_study_on_your_own_stores(tmp_path):
+    """make reproduce REAL=... TEST=...: the stores are taken whole (or PER_CLASS of each class), classes and prompts
+    come from them, and inversion runs as one job over whatever classes they hold."""
+    (tmp_path / "data").mkdir()
+    for name in ("mine.h5", "mine-test.h5"):
+        (tmp_path / "data" / name).touch()
+    out = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "reproduce", "STAMPS=stamps", "VENV=venv",
+                          "REAL=data/mine.h5", "TEST=data/mine-test.h5", "MODEL=my-sd"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    plan = " ".join(out.stdout.split())
+    assert "venv/bin/synthkit subset data/mine.h5 --seed 0 --out data/real.h5 --overwrite" in plan
+    assert "venv/bin/synthkit subset data/mine-test.h5 --out data/test.h5 --overwrite" in plan
+    assert "sample --prompt 'a photo of a {class}' --classes data/real.h5" in plan
+    assert "invert --class all --data data/real.h5 --model my-sd" in plan and "invert --class airplane" not in plan
+    assert "data cifar10" not in plan and "train --data real,inv" in plan
+    subset = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "data/real.h5", "STAMPS=stamps", "VENV=venv",
+                             "REAL=data/mine.h5", "PER_CLASS=50"], cwd=tmp_path, capture_output=True, text=True).stdout
+    subset = " ".join(subset.split())
+    assert "subset data/mine.h5 --per-class 50 --seed 0 --out data/real.h5" in subset
+
+
 def planned(cwd, *variables):
     """`make -n train` run in cwd (so data/ and models/ are cwd's), stamps in cwd/stamps: the planned commands."""
     out = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "train", "STAMPS=stamps", "VENV=venv", *variables],

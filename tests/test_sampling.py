@@ -48,6 +48,18 @@ def test_img2img_from_a_real_store_and_save_size(tiny_sd, small_real, tmp_path):
         assert s.meta["sources"][0]["fingerprint"] == real.fingerprint
 
 
+def test_prompts_take_their_classes_from_the_init_store(tiny_sd, small_real, tmp_path):
+    from conftest import cut_store
+
+    mine = cut_store(small_real, tmp_path / "mine.h5", 32, classes=("ship", "cat"))
+    out = tmp_path / "sd.h5"
+    result = run("sample", "--prompt", "a photo of a {class}", "--per-class", 1, "--init", mine, "--model", tiny_sd, *FAST,
+                 "--out", out)
+    assert result.exit_code == 0, result.output
+    with Store(out) as s:
+        assert s.classes == ["ship", "cat"] and list(s.column("prompt")) == ["a photo of a ship", "a photo of a cat"]
+
+
 def test_partners_are_distinct_members_of_the_own_group_and_perturbation_honours_alpha_lambda():
     emb = torch.randn(8, 5, 8)
     groups = torch.tensor([10, 10, 10, 10, 10, 40, 40, 70])

@@ -4,6 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import run
 from synthkit.errors import UserError
 from synthkit.meta import provenance
 from synthkit.paths import store_path, store_paths
@@ -187,3 +188,15 @@ def test_block_reads_match_for_dense_and_sparse_selections(tmp_path, monkeypatch
     with Store(path) as s:
         for idx in (np.arange(0, 300, 2), rng.choice(300, 7, replace=False), rng.integers(0, 300, 500), np.array([299, 0])):
             np.testing.assert_array_equal(s.images(idx), images[idx])
+
+
+def test_subset_copies_a_store_or_a_balanced_part_of_it(tmp_path, real_store):
+    whole = run("subset", real_store, "--out", tmp_path / "whole.h5")
+    part = run("subset", real_store, "--per-class", 2, "--seed", 1, "--out", tmp_path / "part.h5")
+    assert whole.exit_code == 0 and part.exit_code == 0, whole.output + part.output
+    with Store(real_store) as r, Store(tmp_path / "whole.h5") as w, Store(tmp_path / "part.h5") as p:
+        assert np.array_equal(w.images(), r.images()) and w.meta["kind"] == "real" and w.column_names == r.column_names
+        assert list(p.counts()) == [2] * 10 and p.meta["sources"][0]["fingerprint"] == r.fingerprint
+        assert set(p.column("source_name")) <= set(r.column("source_name"))
+    again = run("subset", real_store, "--out", tmp_path / "whole.h5")
+    assert again.exit_code == 2 and "exists" in again.stderr

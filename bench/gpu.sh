@@ -2,15 +2,19 @@
 # The GPU numbers in bench/README.md, in one go (about 6 minutes on one H200): a CLI smoke run of
 # the pipeline on the GPU with the tiny model, then the three benchmarks at full size. Each step has its
 # own time limit, so that one slow step cannot take the others' time; logs go to OUTDIR/<step>.log.
-# Usage: bench/gpu.sh OUTDIR   (synthkit importable, e.g. `pip install -e .`; CIFAR-10 as for the benchmarks)
+# Usage: bench/gpu.sh OUTDIR [STEP...]   (synthkit importable, e.g. `pip install -e .`; CIFAR-10 as for the
+# benchmarks). With STEP names, only those steps run (smoke generation-bf16 generation-fp32 train-speed accuracy any-store).
 set -uo pipefail
 out=${1:-bench/.cache/gpu}
+shift || true
+only=" $* "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
 step() {  # step NAME SECONDS COMMAND...: run it under a limit, log it, go on whatever happens
     local name=$1 limit=$2
     shift 2
+    [[ "$only" == "  " || "$only" == *" $name "* ]] || return 0
     echo "== [$(date +%T)] $name (limit ${limit}s): $*" | tee -a "$out/$name.log"
     local start=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee -a "$out/$name.log"
@@ -32,13 +36,24 @@ smoke() {  # the study's commands on the GPU (device auto), tiny model, a few im
     python3 -m synthkit gradcam --model "$w/clf.safetensors" --data "$w/test.h5" --n 8 --out "$w/gradcam"
     python3 -m synthkit info "$w/inv.h5"
 }
+any_store() {  # train at 96 px (ImageNet stem) on CUDA with the set over a small memory limit, so it streams
+    local w
+    w=$(mktemp -d)
+    set -e
+    python3 -m synthkit data cifar10 --source "$ARCHIVE" --split train --per-class 100 --out "$w/real.h5"
+    python3 -m synthkit data cifar10 --source "$ARCHIVE" --split test --per-class 100 --out "$w/test.h5"
+    python3 -m synthkit train --data "$w/real.h5" --image-size 96 --memory-limit 20MB --epochs 3 --batch-size 128 --out "$w/clf96.safetensors"
+    python3 -m synthkit evaluate --model "$w/clf96.safetensors" --test "$w/test.h5" --memory-limit 5MB --results "$w/results"
+    python3 -m synthkit info "$w/clf96.safetensors"
+}
 ARCHIVE=$(python3 -c 'import sys; sys.path.insert(0, "bench"); from common import ARCHIVE; print(ARCHIVE)')
 export ARCHIVE
-export -f smoke
+export -f smoke any_store
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log"
 step smoke 150 bash -c smoke
 step generation-bf16 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision bf16 --sample-batch 128 --windows 5 --steps 4
 step generation-fp32 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision fp32 --sample-batch 128 --windows 5 --steps 4
-step train-speed 70 python3 bench/train_speed.py --batch-size 512 --windows 5 --steps 20
+step train-speed 240 python3 bench/train_speed.py --sizes 32,64,96 --batch-size 512 --windows 5 --steps 20
 step accuracy 150 python3 bench/accuracy_vs_size.py --sizes 5000 --epochs 30 --out "$out/accuracy.md"
+step any-store 120 bash -c any_store

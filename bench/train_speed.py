@@ -1,8 +1,10 @@
-"""Training throughput: synthkit's on-device loop against a typical DataLoader + PIL loop.
+"""Training throughput: synthkit's on-device loop against a typical DataLoader + PIL loop, at each image size.
 
-Both train the same CIFAR ResNet-18 with the same batch size, threads, number format and memory
-layout; only the data pipeline differs. Prints img/s for each (median over timed windows) and
-the ratio. Usage: python bench/train_speed.py [--batch-size 512] [--windows 5] [--steps 10]
+Both train the same ResNet-18 (CIFAR stem up to 64 px, ImageNet stem above, as synthkit train chooses) with the
+same batch size, threads, number format and memory layout; only the data pipeline differs (crop with padding and
+flip up to 64 px, random-resized-crop and flip above). CIFAR-10 is resized once to each size. Prints img/s for
+each (median over timed windows) and the ratio, per size.
+Usage: python bench/train_speed.py [--sizes 32,64,96] [--batch-size 512] [--windows 5] [--steps 10]
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import torch.nn.functional as F
 
 from common import cifar_store, machine
 from synthkit.device import autocast, configure_threads, memory_format, pick_device
-from synthkit.model import ResNet18
+from synthkit.model import ResNet18, arch_for, resize_images
 from synthkit.store import Store
-from synthkit.training import TrainConfig, augment, epoch_batches, load_stores
+from synthkit.training import TrainConfig, epoch_batches, load_stores, training_batch
 
 
 def step(model, optimizer, x, y, device):
@@ -46,14 +48,14 @@ def window(next_batch, model, optimizer, device, batch, steps):
     return steps * batch / (time.perf_counter() - start)
 
 
-def fresh_model(device):
-    model = ResNet18(10).to(device, memory_format=memory_format(device))
+def fresh_model(device, size):
+    model = ResNet18(10, arch_for(size), size).to(device, memory_format=memory_format(device))
     return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
-def synthkit_loop(path, device, batch):
+def synthkit_loop(path, device, batch, size):
     """Data and augmentation on the device, as synthkit.training does: a next-batch function."""
-    data = load_stores([path], device)
+    data = load_stores([path], device, image_size=size)
     config = TrainConfig(batch_size=batch)
     generator = torch.Generator(device=device).manual_seed(0)
     batches = iter(())
@@ -64,7 +66,7 @@ def synthkit_loop(path, device, batch):
         if rows is None:
             batches = iter(epoch_batches(data, config, generator))
             rows = next(batches)
-        x = augment(data.images[rows], generator).float().div_(255).contiguous(memory_format=memory_format(device))
+        x = training_batch(data.images[rows], generator).contiguous(memory_format=memory_format(device))
         return x, data.labels[rows]
 
     return next_batch
@@ -76,9 +78,10 @@ class PilDataset(torch.utils.data.Dataset):
     def __init__(self, images, labels):
         from torchvision import transforms
 
+        size = images.shape[1]
+        crop = transforms.RandomCrop(size, padding=4) if size <= 64 else transforms.RandomResizedCrop(size, scale=(0.35, 1.0))
         self.images, self.labels = images, labels
-        self.transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                             transforms.ToTensor()])
+        self.transform = transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.ToTensor()])
 
     def __len__(self):
         return len(self.labels)
@@ -89,10 +92,11 @@ class PilDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def dataloader_loop(path, device, batch, workers):
+def dataloader_loop(path, device, batch, workers, size):
     """torchvision's DataLoader with `workers` workers and PIL transforms: a next-batch function."""
     with Store(path) as store:
-        dataset = PilDataset(store.images(), store.labels)
+        images = resize_images(torch.from_numpy(store.images()).permute(0, 3, 1, 2), size).permute(0, 2, 3, 1).numpy()
+        dataset = PilDataset(images, store.labels)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                                          pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     batches = iter(loader)
@@ -112,6 +116,7 @@ def dataloader_loop(path, device, batch, workers):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="32,64,96", help="image sizes, comma-separated")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows (after one warm-up window)")
@@ -123,21 +128,25 @@ def main():
     device = pick_device(args.device)
     workers = args.workers if args.workers is not None else len(__import__("os").sched_getaffinity(0))
     path = cifar_store("train", args.per_class)
-    loops = {"synthkit": synthkit_loop(path, device, args.batch_size), "dataloader": dataloader_loop(path, device, args.batch_size, workers)}
-    models = {name: fresh_model(device) for name in loops}
-    rates = {name: [] for name in loops}
-    for w in range(args.windows + 1):  # windows alternate, so drift in the machine's speed hits both alike
-        for name, next_batch in loops.items():
-            rate = window(next_batch, *models[name], device, args.batch_size, args.steps)
-            if w:  # the first window warms up kernels, caches and workers
-                rates[name].append(rate)
-    ours, theirs = rates["synthkit"], rates["dataloader"]
-    a, b = statistics.median(ours), statistics.median(theirs)
     print(f"machine: {machine()}; batch {args.batch_size}; {args.windows} alternating windows of {args.steps} steps; "
           f"{torch.get_num_threads()} torch threads; DataLoader workers {workers}")
-    print(f"synthkit (on-device data + augmentation): {a:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in ours)})")
-    print(f"DataLoader + PIL transforms:              {b:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in theirs)})")
-    print(f"ratio synthkit / DataLoader: {a / b:.2f}x")
+    for size in (int(x) for x in args.sizes.split(",")):
+        loops = {"synthkit": synthkit_loop(path, device, args.batch_size, size),
+                 "dataloader": dataloader_loop(path, device, args.batch_size, workers, size)}
+        models = {name: fresh_model(device, size) for name in loops}
+        rates = {name: [] for name in loops}
+        for w in range(args.windows + 1):  # windows alternate, so drift in the machine's speed hits both alike
+            for name, next_batch in loops.items():
+                rate = window(next_batch, *models[name], device, args.batch_size, args.steps)
+                if w:  # the first window warms up kernels, caches and workers
+                    rates[name].append(rate)
+        ours, theirs = rates["synthkit"], rates["dataloader"]
+        a, b = statistics.median(ours), statistics.median(theirs)
+        print(f"{size} px ({arch_for(size)}):")
+        print(f"  synthkit (on-device data + augmentation): {a:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in ours)})")
+        print(f"  DataLoader + PIL transforms:              {b:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in theirs)})")
+        print(f"  ratio synthkit / DataLoader: {a / b:.2f}x")
+        del loops, models
 
 
 if __name__ == "__main__":

@@ -104,7 +104,8 @@ def provenance_section(models: Path, data: Path) -> list[str]:
     for path in sorted(models.glob("resnet18-*.safetensors")):
         meta = read_meta(path)
         p = meta.get("params", {})
-        lines.append(f"- `{path}`: {meta.get('epochs')} epochs ({meta.get('steps')} steps), batch {p.get('batch_size')}, "
+        lines.append(f"- `{path}`: {meta.get('arch')} at {meta.get('image_size', 32)} px, "
+                     f"{meta.get('epochs')} epochs ({meta.get('steps')} steps), batch {p.get('batch_size')}, "
                      f"lr {p.get('lr')}, mix {p.get('mix')}, seed {p.get('seed')}, {meta.get('seconds')} s on {meta.get('device')}, "
                      f"final training loss {meta.get('final_loss')}")
         for source in meta.get("sources", []):

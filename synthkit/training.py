@@ -252,8 +252,8 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
     data = load_stores(data_paths, dev, config.per_class, config.seed, image_size=config.image_size, memory_limit=budget)
     arch = arch_for(data.image_size)
     if data.streamed:
-        console.print(f"streaming: {len(data)} images at {data.image_size} px take {image_bytes(len(data), data.image_size) / 2**20:.0f} MiB, "
-            f"over the memory limit of {budget / 2**20:.0f} MiB; reading them from the stores in windows")
+        console.print(f"streaming: {len(data)} images at {data.image_size} px take {image_bytes(len(data), data.image_size) / 2**20:.2f} MiB, "
+                      f"over the memory limit of {budget / 2**20:.2f} MiB; reading them from the stores in windows")
     check_mix(data, config)
     per_epoch = steps_per_epoch(data, config)
     total = config.steps if config.steps is not None else config.epochs * per_epoch

@@ -35,6 +35,9 @@ INV_BATCH    ?=
 DI_STEPS     ?=
 GEN_BATCH    ?=
 EPOCHS       ?=
+# Every classifier trains at one size: IMAGE_SIZE, or when empty the real store's own (32 px for CIFAR-10), so
+# that prompt images saved larger (SD_SAVE_SIZE) are resized to it, as in the study.
+IMAGE_SIZE   ?=
 TRAIN_STEPS  ?=
 BATCH        ?=
 LR           ?=
@@ -52,6 +55,11 @@ GEO_UPDATES  ?=
 GEO_SD_PER_CLASS ?= 100
 GEO_N        ?=
 
+ifneq ($(strip $(REAL)),)
+ifeq ($(strip $(TEST)),)
+$(error REAL=$(REAL) needs TEST=: a real test store with the same classes (CIFAR-10's test set would not match))
+endif
+endif
 # INVERT_BY=class makes a job per class of CLASSES: CIFAR-10's, or give your store's (names without spaces).
 CLASSES ?= airplane automobile bird cat deer dog frog horse ship truck
 ifeq ($(wildcard $(CIFAR)),)
@@ -84,7 +92,7 @@ $(call stamp,data,$(CIFAR) $(REAL) $(TEST) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED
 $(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
 $(call stamp,invert,$(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
 $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
-$(call stamp,train,$(EPOCHS) $(TRAIN_STEPS) $(BATCH) $(LR) $(MIX) $(SEED))
+$(call stamp,train,$(EPOCHS) $(TRAIN_STEPS) $(BATCH) $(LR) $(MIX) $(IMAGE_SIZE) $(SEED))
 $(call stamp,filter,$(KEEP) $(KEEP_BY))
 $(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED))
 $(call stamp,geometry,$(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SD_PROMPT) $(SEED))
@@ -108,6 +116,7 @@ help:  ## show targets and variables
 	@echo "  SHARDS=$(SHARDS)  (generation processes; use make -j)  INVERT_BY=$(INVERT_BY)  (class: a job per class; all: one job)"
 	@echo "  SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
 	@echo "  empty means synthkit's default: PER_IMAGE=$(PER_IMAGE) EPOCHS=$(EPOCHS) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR)"
+	@echo "  IMAGE_SIZE=$(IMAGE_SIZE)  (classifiers' training size; empty: the real store's)"
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
 	@echo "  KEEP=$(KEEP) KEEP_BY=$(KEEP_BY)  (filter: share of each class kept, criterion)  FIDELITY_N=$(FIDELITY_N)  (images per class)"
@@ -177,9 +186,11 @@ models/resnet18-real+inv.safetensors: data/real.h5 data/inv.h5 $(STAMPS)/train
 models/resnet18-real+sd.safetensors: data/real.h5 data/sd.h5 $(STAMPS)/train
 models/resnet18-inv-kept.safetensors: data/inv-kept.h5 $(STAMPS)/train
 models/resnet18-real+inv-kept.safetensors: data/real.h5 data/inv-kept.h5 $(STAMPS)/train
-models/resnet18-%.safetensors:
+STORE_SIZE = $(VENV)/bin/python -c 'import sys; from synthkit.store import Store; print(Store(sys.argv[1]).image_shape[0])'
+models/resnet18-%.safetensors: | data/real.h5
 	$(call leftovers,$(@:.safetensors=.train-state.safetensors) $@.partial)
-	$(SK) train --data $(subst +,$(comma),$*) --out $@ $(call opt,--epochs,$(EPOCHS)) $(call opt,--steps,$(TRAIN_STEPS)) \
+	$(SK) train --data $(subst +,$(comma),$*) --out $@ --image-size $(or $(IMAGE_SIZE),$$($(STORE_SIZE) data/real.h5)) \
+	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--steps,$(TRAIN_STEPS)) \
 	  $(call opt,--batch-size,$(BATCH)) $(call opt,--lr,$(LR)) --seed $(SEED) --device $(DEVICE) $(if $(findstring +,$*),--mix $(MIX)) --resume
 comma := ,
 

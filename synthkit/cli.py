@@ -75,7 +75,8 @@ def user_errors(fn: Callable) -> Callable:
 def data_cifar10(
     out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
     source: Optional[Path] = typer.Option(None, help="Image-folder tree or .tar/.tar.gz/.zip of one (<split>/<class>/<image>), or cifar-10-batches-py/ or cifar-10-python.tar.gz."),
-    download: bool = typer.Option(False, help="Download CIFAR-10 with torchvision (needs internet)."),
+    download: bool = typer.Option(False, help="Download CIFAR-10 with torchvision (needs internet) into --download-root."),
+    download_root: Path = typer.Option(Path("data/downloads"), help="Where --download puts the files."),
     split: str = typer.Option("train", help="train or test."),
     per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
     seed: int = typer.Option(0, help="Seed of the subset."),
@@ -86,7 +87,7 @@ def data_cifar10(
     from .datasets import import_cifar10
 
     path = import_cifar10(out, source=source, split=split, per_class=per_class, seed=seed,
-                          download=download, overwrite=overwrite, resume=resume)
+                          download=download, download_root=download_root, overwrite=overwrite, resume=resume)
     _print_store_line(path)
 
 

@@ -287,7 +287,8 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """CIFAR-10's batches are pickles; this reader admits numpy arrays and plain data, nothing executable."""
+    """CIFAR-10's batches and CIFAR-100's files are pickles; this reader admits numpy arrays and plain data,
+    nothing executable."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
@@ -295,7 +296,7 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch")
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset pickle")
 
 
 def _batches_source(files: dict[str, Callable[[], bytes]], split: str) -> Source:
@@ -319,13 +320,25 @@ def _batches_source(files: dict[str, Callable[[], bytes]], split: str) -> Source
     return Source(np.concatenate(labels), names, lambda rows: all_images[rows], (32, 32))
 
 
+def fetch_torchvision_archive(name: str, root: str | Path) -> Path:
+    """Download and unpack torchvision's archive of dataset `name` (CIFAR10, CIFAR100, STL10) into `root`, checked
+    by its MD5 (needs internet), and return the unpacked folder. Only torchvision's downloader is used, not its
+    dataset class, which would unpickle the files without our restricted loader."""
+    import torchvision.datasets
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    cls = getattr(torchvision.datasets, name)
+    root = Path(root)
+    folder = root / cls.base_folder
+    if not folder.is_dir():
+        try:
+            download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+        except Exception as err:  # URLError, RuntimeError (bad checksum), ... when offline or interrupted
+            raise UserError(f"could not download {name} ({type(err).__name__}: {err}); on a machine without internet "
+                            f"pass --source with a local copy (the folder or {cls.filename})") from None
+    return folder
+
+
 def download_cifar10(root: str | Path, split: str) -> Source:
     """Fetch CIFAR-10 with torchvision's downloader (needs internet) and read its batches."""
-    from torchvision.datasets import CIFAR10
-
-    root = Path(root)
-    try:
-        CIFAR10(str(root), train=split == "train", download=True)
-    except Exception as err:  # torchvision raises URLError, RuntimeError, ... when offline
-        raise UserError(f"could not download CIFAR-10 ({type(err).__name__}: {err}); on a machine without internet pass --source with a local copy") from None
-    return open_source(root / "cifar-10-batches-py", split)
+    return open_source(fetch_torchvision_archive("CIFAR10", root), split)

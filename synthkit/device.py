@@ -86,10 +86,29 @@ def memory_budget(device: torch.device, limit: str | None = None) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
+    return available_ram() // 2
+
+
+def available_ram() -> int:
+    """RAM this process could still use: Linux's MemAvailable (free memory plus reclaimable cache), capped by the
+    container's cgroup limit; 8 GiB where neither can be read."""
+    sizes = []
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                sizes.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            cap, taken = open(limit).read().strip(), open(used).read().strip()
+            if cap.isdigit() and taken.isdigit():
+                sizes.append(max(0, int(cap) - int(taken)))
+                break
+        except OSError:
+            continue
+    return min(sizes) if sizes else 8 << 30
 
 
 def configure_threads() -> None:

@@ -207,8 +207,10 @@ def _figure(rows: list[dict[str, Any]], path: Path, metric: str) -> None:
     ours = [r for r in rows if r["features"] == "classifier"]
     stores = list(dict.fromkeys(r["store"] for r in ours))
     classes = list(dict.fromkeys(r["class"] for r in ours if r["class"] != "all"))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(6 + 0.5 * len(classes) * max(1, len(stores)) / 2, 4),
-                                      gridspec_kw={"width_ratios": [1, 2]})
+    many = len(classes) > 20  # e.g. CIFAR-100: narrower bars and upright labels keep the figure readable
+    bars = min(0.25 * len(classes) * max(1, len(stores)), 3 * len(classes) if many else 60, 40)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6 + bars, 4 + (1.5 if many else 0)),
+                                      gridspec_kw={"width_ratios": [6, max(bars, 6)]})
     for name in stores:
         row = next(r for r in ours if r["store"] == name and r["class"] == "all")
         left.scatter(row["recall"], row["precision"], s=50)
@@ -221,7 +223,8 @@ def _figure(rows: list[dict[str, Any]], path: Path, metric: str) -> None:
     for i, name in enumerate(stores):
         values = [next(r[metric] for r in ours if r["store"] == name and r["class"] == c) for c in classes]
         right.bar(np.arange(len(classes)) + i * width, values, width, label=name)
-    right.set_xticks(np.arange(len(classes)) + width * (len(stores) - 1) / 2, classes, rotation=45, ha="right", fontsize=8)
+    right.set_xticks(np.arange(len(classes)) + width * (len(stores) - 1) / 2, classes, rotation=90 if many else 45,
+                     ha="center" if many else "right", fontsize=6 if many else 8)
     right.set(title=f"{metric} per class, {n_class} images each ({BETTER[metric]} is better)")
     right.legend(fontsize=8)
     fig.tight_layout()

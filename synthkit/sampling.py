@@ -59,13 +59,14 @@ def class_list(classes: str | None) -> list[str]:
 
 
 def prompt_plan(templates: Sequence[str], classes: Sequence[str], per_class: int) -> tuple[list[str], np.ndarray]:
-    """Prompts and labels of every sample, class by class; templates take turns, '{class}' becomes the name."""
+    """Prompts and labels of every sample, class by class; templates take turns, '{class}' becomes the name (with
+    spaces for underscores, as in CIFAR-100's names)."""
     if not templates:
         raise UserError("give at least one --prompt template (or --prompt-file)")
     prompts, labels = [], []
     for c, name in enumerate(classes):
         for k in range(per_class):
-            prompts.append(templates[k % len(templates)].replace("{class}", name))
+            prompts.append(templates[k % len(templates)].replace("{class}", name.replace("_", " ")))  # aquarium_fish
             labels.append(c)
     return prompts, np.array(labels, dtype=np.int64)
 

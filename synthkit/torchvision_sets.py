@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .datasets import SPLITS, Source, _archive_members, _BatchUnpickler, _describe, write_source
+from .datasets import SPLITS, Source, _archive_members, _BatchUnpickler, _describe, fetch_torchvision_archive, write_source
 from .errors import UserError
 from .locks import locked_output
 
@@ -47,14 +47,14 @@ def _unpickle(files: dict[str, Callable[[], bytes]], name: str, dataset: str) ->
 def read_cifar100(source: Path, split: str) -> tuple[Source, list[str]]:
     """CIFAR-100's split (fine labels, 100 classes) in file order, and the class names."""
     files = _files(source, DATASETS["cifar100"][1])
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(files, "meta", "CIFAR-100")["fine_label_names"]]
-    batch = _unpickle(files, split, "CIFAR-100")
+    meta, batch = _unpickle(files, "meta", "CIFAR-100"), _unpickle(files, split, "CIFAR-100")
     try:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["fine_label_names"]]
         images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.asarray(batch["fine_labels"], dtype=np.int64)
-    except (KeyError, ValueError) as err:
-        raise UserError(f"{split} is not a CIFAR-100 pickle: {err}") from None
-    if len(labels) != len(images) or labels.min() < 0 or labels.max() >= len(names):
+    except (KeyError, ValueError, TypeError) as err:
+        raise UserError(f"{split} or meta is not a CIFAR-100 pickle: {type(err).__name__}: {err}") from None
+    if not len(labels) or len(labels) != len(images) or labels.min() < 0 or labels.max() >= len(names):
         raise UserError(f"{split}: {len(images)} images, {len(labels)} labels for {len(names)} classes: not CIFAR-100")
     images = np.ascontiguousarray(images)
     return Source(labels, [f"{split}:{i}" for i in range(len(labels))], lambda rows: images[rows], (32, 32)), names
@@ -69,26 +69,13 @@ def read_stl10(source: Path, split: str) -> tuple[Source, list[str]]:
     names = files["class_names.txt"]().decode().split()
     raw = np.frombuffer(files[f"{split}_X.bin"](), dtype=np.uint8)
     labels = np.frombuffer(files[f"{split}_y.bin"](), dtype=np.uint8).astype(np.int64) - 1  # stored 1..10
-    if raw.size != len(labels) * 3 * 96 * 96 or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(names):
+    if not len(labels) or raw.size != len(labels) * 3 * 96 * 96 or labels.min() < 0 or labels.max() >= len(names):
         raise UserError(f"{split}_X.bin holds {raw.size} bytes for {len(labels)} labels: not STL-10's 96x96 images")
     images = np.ascontiguousarray(raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1))  # column-major, as torchvision reads it
     return Source(labels, [f"{split}:{i}" for i in range(len(labels))], lambda rows: images[rows], (96, 96)), names
 
 
 READERS = {"cifar100": read_cifar100, "stl10": read_stl10}
-
-
-def download(dataset: str, root: Path, split: str) -> Path:
-    """Fetch the dataset with torchvision's downloader (needs internet); returns the folder it wrote."""
-    import torchvision.datasets
-
-    cls = getattr(torchvision.datasets, DATASETS[dataset][0])
-    try:
-        cls(str(root), download=True, **({"train": split == "train"} if dataset == "cifar100" else {"split": split}))
-    except Exception as err:  # torchvision raises URLError, RuntimeError, ... when offline
-        raise UserError(f"could not download {dataset} ({type(err).__name__}: {err}); on a machine without internet "
-                        f"pass --source with a local copy (the folder or {DATASETS[dataset][2]})") from None
-    return root / DATASETS[dataset][1]
 
 
 @locked_output("out")
@@ -107,7 +94,7 @@ def import_torchvision_set(dataset: str, out: str | Path, *, source: str | Path 
               "per_class": per_class, "seed": seed}
 
     def open_split() -> tuple[Source, list[str], dict]:
-        path = Path(source) if source is not None else download(dataset, Path(download_root), split)
+        path = Path(source) if source is not None else fetch_torchvision_archive(DATASETS[dataset][0], download_root)
         return (*READERS[dataset](path, split), _describe(path))
 
     return write_source(out, open_split, params, split, per_class, seed, overwrite=overwrite, resume=resume)

@@ -52,17 +52,21 @@ class TrainingSet:
     def streamed(self) -> bool:
         return self.images is None
 
-    def read(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-        """Images of the given (sorted) rows, read from their stores and resized, as a device tensor."""
-        out, start = [], 0
+    def read(self, rows: np.ndarray, device: torch.device, chunk: int = 1024) -> torch.Tensor:
+        """Images of the given (sorted) rows as a device tensor at the training size, read from their stores and
+        resized `chunk` rows at a time, so that a store larger than the training size never sits whole in memory."""
+        size = self.image_size
+        out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8, device=device)
+        done, start = 0, 0
         for path, store_rows in self.parts:
             mine = rows[(rows >= start) & (rows < start + len(store_rows))] - start
-            if len(mine):
-                with Store(path) as store:
-                    pixels = torch.from_numpy(store.images(store_rows[mine])).permute(0, 3, 1, 2)
-                out.append(resize_images(pixels.to(device), self.image_size))
+            with Store(path) as store:
+                for k in range(0, len(mine), chunk):
+                    pixels = torch.from_numpy(store.images(store_rows[mine[k : k + chunk]])).permute(0, 3, 1, 2)
+                    out[done : done + len(pixels)] = resize_images(pixels.to(device), size)
+                    done += len(pixels)
             start += len(store_rows)
-        return torch.cat(out)
+        return out
 
 
 def load_stores(paths: Sequence[Path], device: torch.device, per_class: int | None = None, seed: int = 0,
@@ -285,11 +289,9 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
             correct = torch.zeros((), device=dev, dtype=torch.long)
             seen = 0
             model.train()
-            batches = epoch_batches(data, config, generator)
+            batches = epoch_batches(data, config, generator)[: total - epoch * per_epoch]  # the last epoch may stop early
             for i, (rows, images) in enumerate(batch_images(data, batches, budget, dev)):
                 step = epoch * per_epoch + i
-                if step >= total:
-                    break
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * lr_factor(step, total, config.warmup)
                 x = training_batch(images, generator).contiguous(memory_format=memory_format(dev))

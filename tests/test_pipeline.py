@@ -101,6 +101,21 @@ def test_makefile_runs_the_study_on_your_own_stores(tmp_path):
                              "REAL=data/mine.h5", "PER_CLASS=50"], cwd=tmp_path, capture_output=True, text=True).stdout
     subset = " ".join(subset.split())
     assert "subset data/mine.h5 --per-class 50 --seed 0 --out data/real.h5" in subset
+    alone = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "reproduce", "STAMPS=stamps", "VENV=venv",
+                            "REAL=data/mine.h5"], cwd=tmp_path, capture_output=True, text=True)
+    assert alone.returncode != 0 and "REAL=data/mine.h5 needs TEST=" in alone.stderr
+
+
+def test_every_classifier_trains_at_the_real_store_size_or_image_size(tmp_path):
+    """Prompt images are saved at 128 px (SD_SAVE_SIZE), the real store is CIFAR's 32 px: every row trains at the
+    real store's size unless IMAGE_SIZE says otherwise, so that the rows compare like with like."""
+    plan = " ".join(planned(tmp_path).split())
+    commands = re.findall(r"synthkit train (.*?)--resume", plan)
+    assert len(commands) == 7
+    size_of_real = "--image-size $(venv/bin/python -c 'import sys; from synthkit.store import Store; print(Store(sys.argv[1]).image_shape[0])' data/real.h5)"
+    assert all(size_of_real in c for c in commands)
+    plan = " ".join(planned(tmp_path, "IMAGE_SIZE=64").split())
+    assert len(re.findall(r"synthkit train .*?--image-size 64 ", plan)) == 7
 
 
 def planned(cwd, *variables):

@@ -90,14 +90,44 @@ def test_stl10_binaries_become_a_96_px_store(tmp_path, pixels):
 
 
 def test_download_without_internet_is_one_line(tmp_path, monkeypatch):
-    import torchvision.datasets
+    import torchvision.datasets.utils
 
     def offline(*args, **kwargs):
         raise RuntimeError("no route to host")
 
-    monkeypatch.setattr(torchvision.datasets, "STL10", offline)
-    result = run("data", "stl10", "--download", "--download-root", tmp_path / "dl", "--out", tmp_path / "s.h5")
-    assert result.exit_code == 2 and result.stderr.startswith("error: could not download stl10")
-    assert result.stderr.count("\n") == 1 and not (tmp_path / "s.h5").exists()
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
+    for dataset, name in (("stl10", "STL10"), ("cifar100", "CIFAR100"), ("cifar10", "CIFAR10")):
+        result = run("data", dataset, "--download", "--download-root", tmp_path / "dl", "--out", tmp_path / f"{dataset}.h5")
+        assert result.exit_code == 2 and result.stderr.startswith(f"error: could not download {name}"), result.output
+        assert result.stderr.count("\n") == 1 and not (tmp_path / f"{dataset}.h5").exists()
     both = run("data", "cifar100", "--download", "--source", tmp_path, "--out", tmp_path / "c.h5")
     assert both.exit_code == 2 and "give either --source" in both.stderr
+
+
+def test_a_downloaded_cifar100_is_read_only_by_the_restricted_unpickler(tmp_path, monkeypatch, pixels):
+    """torchvision's downloader fetches the archive; its dataset class, which would pickle.load the files, is not used."""
+    import torchvision.datasets.utils
+
+    images, labels = pixels
+    names = [f"fine_{i}" for i in range(100)]
+    write_cifar100(tmp_path / "made", images, np.arange(len(labels)) % 100, names)
+    with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "made" / "cifar-100-python", arcname="cifar-100-python")
+    fetched = []
+
+    def download_and_extract_archive(url, download_root, filename=None, md5=None, **kwargs):
+        fetched.append((url, filename, md5))
+        with tarfile.open(tmp_path / "cifar-100-python.tar.gz") as tar:
+            tar.extractall(download_root)
+
+    def unrestricted(*args, **kwargs):
+        raise AssertionError("plain pickle.load was called")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", download_and_extract_archive)
+    monkeypatch.setattr(pickle, "load", unrestricted)
+    monkeypatch.setattr(pickle, "loads", unrestricted)
+    result = run("data", "cifar100", "--download", "--download-root", tmp_path / "dl", "--split", "test", "--out", tmp_path / "c.h5")
+    assert result.exit_code == 0, result.output
+    assert fetched == [(torchvision.datasets.CIFAR100.url, "cifar-100-python.tar.gz", torchvision.datasets.CIFAR100.tgz_md5)]
+    with Store(tmp_path / "c.h5") as s:
+        assert s.classes == names and len(s) == len(labels)

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from conftest import copy_store_as, run
-from synthkit.checkpoint import read_meta, save_checkpoint
+from synthkit.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from synthkit.meta import provenance
 from synthkit.device import pick_device
 from synthkit.errors import UserError
 from synthkit.evaluation import predict
-from synthkit.store import Store
+from synthkit.store import Store, StoreWriter
 from synthkit.model import load_classifier
 from synthkit.training import TrainConfig, augment, epoch_batches, load_stores, log_path, lr_factor, state_path, train
 
@@ -216,15 +217,15 @@ def test_lr_factor_warms_up_linearly_then_decays_by_cosine_to_zero():
     assert lr_factor(5, 10, 0.0) == pytest.approx(0.5 * (1 + np.cos(np.pi * 4 / 9)))
 
 
-@pytest.mark.parametrize("size,arch", [(48, "resnet18-cifar"), (72, "resnet18-imagenet")])
+@pytest.mark.parametrize("size,arch", [(40, "resnet18-cifar"), (72, "resnet18-imagenet")])
 def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, test_store, size, arch):
-    """A 3-class store at 48 or 72 px: the stem follows the size, the checkpoint records it, and evaluate and
-    gradcam feed the model at its own size."""
+    """A 3-class store at 40 or 72 px: the stem follows the size, the checkpoint records it, and evaluate, gradcam,
+    filter and fidelity feed the model at its own size."""
     from conftest import cut_store
 
     train_store, test = cut_store(real_store, tmp_path / "mine.h5", size), cut_store(test_store, tmp_path / "mine-test.h5", size)
     out = tmp_path / "m.safetensors"
-    result = run("train", "--data", train_store, "--out", out, "--steps", 6, "--batch-size", 12)
+    result = run("train", "--data", train_store, "--out", out, "--steps", 4, "--batch-size", 12)
     assert result.exit_code == 0, result.output
     assert f"{arch} at {size} px" in result.output
     meta = read_meta(out)
@@ -245,6 +246,13 @@ def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, t
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "cam" / "summary.json").read_text())
     assert len(summary["models"]) == 2 and summary["agreement"]
+    result = run("filter", "--data", test, "--classifier", out, "--by", "cam", "--real", train_store, "--keep", 0.5,
+                 "--out", tmp_path / "kept.h5")
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "kept.h5") as kept:
+        assert list(kept.counts()) == [3, 3, 3]
+    result = run("fidelity", "--real", train_store, "--data", test, "--classifier", out, "--per-class", 6, "--out", tmp_path / "fid")
+    assert result.exit_code == 0, result.output
 
 
 def tiny_classifier_at(tmp_path, real_store, size: int = 32):
@@ -285,29 +293,50 @@ def test_random_resized_crop_is_seeded_and_covers_the_image_at_full_scale():
 
 
 def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_path, real_store, monkeypatch):
-    """120 images at 32 px are 360 KiB: under a 100 KB limit they are read from the store in windows, and the
-    weights equal those of the run that held them all on the device."""
+    """Two stores (120 real and 60 synthetic images, mixed half and half per batch, so rows repeat) trained at 40 px
+    take 864 KiB: under a 300 KB limit they are read from the stores a window of batches at a time, and the weights
+    equal those of the run that held them all on the device."""
+    with Store(real_store) as s, StoreWriter(tmp_path / "half.h5", classes=s.classes, image_shape=(32, 32),
+                                             meta=provenance("sd", {}), total=60) as w:
+        w.append(s.images(np.arange(0, 120, 2)), s.labels[0::2])
+    stores = [real_store, tmp_path / "half.h5"]
     held, streamed = tmp_path / "held.safetensors", tmp_path / "streamed.safetensors"
-    config = TrainConfig(steps=8, batch_size=20, lr=0.05, seed=3)
-    train([real_store], held, config, device="cpu")
-    monkeypatch.setenv("SYNTHKIT_MEMORY_LIMIT", "100KB")
+    config = TrainConfig(steps=6, batch_size=24, lr=0.05, seed=3, mix="balanced", image_size=40)
+    train(stores, held, config, device="cpu")
+    monkeypatch.setenv("SYNTHKIT_MEMORY_LIMIT", "300KB")
     reads = []
     original = Store.images
     monkeypatch.setattr(Store, "images", lambda self, index=None: reads.append(index) or original(self, index))
-    result = run("train", "--data", real_store, "--out", streamed, "--steps", 8, "--batch-size", 20, "--lr", 0.05, "--seed", 3)
+    result = run("train", "--data", f"{stores[0]},{stores[1]}", "--out", streamed, "--steps", 6, "--batch-size", 24,
+                 "--lr", 0.05, "--seed", 3, "--mix", "balanced", "--image-size", 40)
     assert result.exit_code == 0, result.output
-    assert "streaming: 120 images at 32 px" in result.output
-    assert len(reads) >= 4 and max(len(r) for r in reads) * 3 * 32 * 32 <= 100 * 1024
+    assert "streaming: 180 images at 40 px" in result.output
+    # 300 KB hold 64 rows at 40 px: a window is two batches of 24 (the next batch is counted before it is added),
+    # so 6 steps are 3 windows, each read from both stores
+    assert len(reads) == 3 * 2 and all(len(r) <= 48 for r in reads)
     assert read_meta(streamed)["streamed"] and not read_meta(held)["streamed"]
     a, _ = load_classifier(held, CPU)
     b, _ = load_classifier(streamed, CPU)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     reads.clear()
-    result = run("evaluate", "--model", held, "--test", real_store, "--results", tmp_path / "r", "--memory-limit", "20KB")
-    assert result.exit_code == 0, result.output
-    assert len(reads) > 1  # the test store is read in chunks too
+    whole = run("evaluate", "--model", held, "--test", real_store, "--results", tmp_path / "whole")
+    chunked = run("evaluate", "--model", held, "--test", real_store, "--results", tmp_path / "chunked", "--memory-limit", "20KB")
+    assert whole.exit_code == 0 and chunked.exit_code == 0, whole.output + chunked.output
+    assert len(reads) > 2  # the test store is read in chunks too
+    rows = [(tmp_path / r / "accuracy.csv").read_text().splitlines()[1].split(",")[9:] for r in ("whole", "chunked")]
+    assert rows[0] == rows[1]  # the same accuracy and per-class accuracy
     bad = run("train", "--data", real_store, "--out", tmp_path / "x.safetensors", "--memory-limit", "lots")
     assert bad.exit_code == 2 and "memory limit 'lots' is not a size" in bad.stderr
+
+
+def test_a_classifier_written_before_sizes_were_recorded_still_loads(tmp_path, tiny_classifier, test_store):
+    tensors, meta = load_checkpoint(tiny_classifier, CPU)
+    old = tmp_path / "old.safetensors"
+    save_checkpoint(old, tensors, {k: v for k, v in meta.items() if k not in ("image_size", "streamed")} | {"arch": "resnet18-cifar"})
+    model, loaded = load_classifier(old, CPU)
+    assert model.image_size == 32 and loaded["image_size"] == 32
+    result = run("evaluate", "--model", old, "--model", tiny_classifier, "--test", test_store, "--results", tmp_path / "r")
+    assert result.exit_code == 0, result.output
 
 
 def test_confusion_figures_stay_readable_for_a_hundred_classes(tmp_path):

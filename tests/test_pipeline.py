@@ -98,7 +98,7 @@ def test_makefile_runs_the_study_on_your_own_stores(tmp_path):
     assert "invert --class all --data data/real.h5 --model my-sd" in plan and "invert --class airplane" not in plan
     assert "data cifar10" not in plan and "train --data real,inv" in plan
     subset = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "data/real.h5", "STAMPS=stamps", "VENV=venv",
-                             "REAL=data/mine.h5", "PER_CLASS=50"], cwd=tmp_path, capture_output=True, text=True).stdout
+                             "REAL=data/mine.h5", "TEST=data/mine-test.h5", "PER_CLASS=50"], cwd=tmp_path, capture_output=True, text=True).stdout
     subset = " ".join(subset.split())
     assert "subset data/mine.h5 --per-class 50 --seed 0 --out data/real.h5" in subset
     alone = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "reproduce", "STAMPS=stamps", "VENV=venv",

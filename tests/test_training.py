@@ -241,11 +241,12 @@ def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, t
         (row,) = csv.DictReader(f)
     assert row["test_images"] == "18" and set(json.loads(row["per_class"])) == {"airplane", "cat", "ship"}
     assert (tmp_path / "results" / "confusion" / "m.png").exists()
-    result = run("gradcam", "--model", out, "--model", tiny_classifier_at(tmp_path, real_store), "--data", test,
+    others = [tiny_classifier_at(tmp_path, real_store)] if size > 64 else []  # models of two input sizes compared
+    result = run("gradcam", "--model", out, *(x for o in others for x in ("--model", o)), "--data", test,
                  "--n", 6, "--out", tmp_path / "cam")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "cam" / "summary.json").read_text())
-    assert len(summary["models"]) == 2 and summary["agreement"]
+    assert len(summary["models"]) == 1 + len(others) and (summary["agreement"] or not others)
     result = run("filter", "--data", test, "--classifier", out, "--by", "cam", "--real", train_store, "--keep", 0.5,
                  "--out", tmp_path / "kept.h5")
     assert result.exit_code == 0, result.output
@@ -301,19 +302,19 @@ def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_pat
         w.append(s.images(np.arange(0, 120, 2)), s.labels[0::2])
     stores = [real_store, tmp_path / "half.h5"]
     held, streamed = tmp_path / "held.safetensors", tmp_path / "streamed.safetensors"
-    config = TrainConfig(steps=6, batch_size=24, lr=0.05, seed=3, mix="balanced", image_size=40)
+    config = TrainConfig(steps=4, batch_size=24, lr=0.05, seed=3, mix="balanced", image_size=40)
     train(stores, held, config, device="cpu")
     monkeypatch.setenv("SYNTHKIT_MEMORY_LIMIT", "300KB")
     reads = []
     original = Store.images
     monkeypatch.setattr(Store, "images", lambda self, index=None: reads.append(index) or original(self, index))
-    result = run("train", "--data", f"{stores[0]},{stores[1]}", "--out", streamed, "--steps", 6, "--batch-size", 24,
+    result = run("train", "--data", f"{stores[0]},{stores[1]}", "--out", streamed, "--steps", 4, "--batch-size", 24,
                  "--lr", 0.05, "--seed", 3, "--mix", "balanced", "--image-size", 40)
     assert result.exit_code == 0, result.output
     assert "streaming: 180 images at 40 px" in result.output
     # 300 KB hold 64 rows at 40 px: a window is two batches of 24 (the next batch is counted before it is added),
-    # so 6 steps are 3 windows, each read from both stores
-    assert len(reads) == 3 * 2 and all(len(r) <= 48 for r in reads)
+    # so 4 steps are 2 windows, each read from both stores
+    assert len(reads) == 2 * 2 and all(len(r) <= 48 for r in reads)
     assert read_meta(streamed)["streamed"] and not read_meta(held)["streamed"]
     a, _ = load_classifier(held, CPU)
     b, _ = load_classifier(streamed, CPU)

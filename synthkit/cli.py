@@ -70,35 +70,14 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-@data_app.command("cifar10")
-@user_errors
-def data_cifar10(
-    out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
-    source: Optional[Path] = typer.Option(None, help="Image-folder tree or .tar/.tar.gz/.zip of one (<split>/<class>/<image>), or cifar-10-batches-py/ or cifar-10-python.tar.gz."),
-    download: bool = typer.Option(False, help="Download CIFAR-10 with torchvision (needs internet) into --download-root."),
-    download_root: Path = typer.Option(Path("data/downloads"), help="Where --download puts the files."),
-    split: str = typer.Option("train", help="train or test."),
-    per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
-    seed: int = typer.Option(0, help="Seed of the subset."),
-    overwrite: bool = typer.Option(False, help="Replace an existing store."),
-    resume: bool = typer.Option(False, help="Continue an interrupted import."),
-) -> None:
-    """Import CIFAR-10 (train or test split) into a store."""
-    from .datasets import import_cifar10
-
-    path = import_cifar10(out, source=source, split=split, per_class=per_class, seed=seed,
-                          download=download, download_root=download_root, overwrite=overwrite, resume=resume)
-    _print_store_line(path)
-
-
-def _torchvision_command(dataset: str, title: str, archive: str) -> None:
-    """`synthkit data cifar100` and `data stl10`: one command shape for torchvision's other datasets."""
+def _dataset_command(dataset: str, title: str, source_help: str) -> None:
+    """`synthkit data cifar10|cifar100|stl10`: one command shape for the datasets torchvision downloads."""
 
     @data_app.command(dataset, help=f"Import {title} (train or test split) into a store.")
     @user_errors
     def command(
         out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
-        source: Optional[Path] = typer.Option(None, help=f"The folder torchvision downloads, or {archive}."),
+        source: Optional[Path] = typer.Option(None, help=source_help),
         download: bool = typer.Option(False, help=f"Download {title} with torchvision (needs internet) into --download-root."),
         download_root: Path = typer.Option(Path("data/downloads"), help="Where --download puts the files."),
         split: str = typer.Option("train", help="train or test."),
@@ -107,15 +86,22 @@ def _torchvision_command(dataset: str, title: str, archive: str) -> None:
         overwrite: bool = typer.Option(False, help="Replace an existing store."),
         resume: bool = typer.Option(False, help="Continue an interrupted import."),
     ) -> None:
-        from .torchvision_sets import import_torchvision_set
+        if dataset == "cifar10":
+            from .datasets import import_cifar10
 
-        path = import_torchvision_set(dataset, out, source=source, split=split, per_class=per_class, seed=seed,
-                                      download_root=download_root if download else None, overwrite=overwrite, resume=resume)
+            path = import_cifar10(out, source=source, split=split, per_class=per_class, seed=seed, download=download,
+                                  download_root=download_root, overwrite=overwrite, resume=resume)
+        else:
+            from .torchvision_sets import import_torchvision_set
+
+            path = import_torchvision_set(dataset, out, source=source, split=split, per_class=per_class, seed=seed,
+                                          download_root=download_root if download else None, overwrite=overwrite, resume=resume)
         _print_store_line(path)
 
 
-_torchvision_command("cifar100", "CIFAR-100 (100 classes, 32 px)", "cifar-100-python.tar.gz")
-_torchvision_command("stl10", "STL-10's labelled images (10 classes, 96 px)", "stl10_binary.tar.gz")
+_dataset_command("cifar10", "CIFAR-10", "Image-folder tree or .tar/.tar.gz/.zip of one (<split>/<class>/<image>), or cifar-10-batches-py/ or cifar-10-python.tar.gz.")
+_dataset_command("cifar100", "CIFAR-100 (100 classes, 32 px)", "The folder torchvision downloads, or cifar-100-python.tar.gz.")
+_dataset_command("stl10", "STL-10's labelled images (10 classes, 96 px)", "The folder torchvision downloads, or stl10_binary.tar.gz.")
 
 
 @data_app.command("folder")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -94,7 +95,7 @@ def available_ram() -> int:
     container's cgroup limit; 8 GiB where neither can be read."""
     sizes = []
     try:
-        for line in open("/proc/meminfo"):
+        for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 sizes.append(int(line.split()[1]) * 1024)
     except OSError:
@@ -102,7 +103,7 @@ def available_ram() -> int:
     for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
         try:
-            cap, taken = open(limit).read().strip(), open(used).read().strip()
+            cap, taken = Path(limit).read_text().strip(), Path(used).read_text().strip()
             if cap.isdigit() and taken.isdigit():
                 sizes.append(max(0, int(cap) - int(taken)))
                 break

@@ -2,9 +2,10 @@
 
 Like airbench, the whole training set sits on the device as one uint8 tensor and every batch is
 augmented with tensor operations (random crop with 4-pixel padding and flip up to 64 px,
-random-resized-crop and flip above): no workers, no PIL. A set larger than the device's memory budget is
-read from the stores in windows of batches instead, giving the same batches. Each epoch draws its order and augmentation from its own seeded generator, so a run
-resumed at an epoch boundary ends with the same weights as an uninterrupted one.
+random-resized-crop and flip above): no workers, no PIL. A set larger than the device's memory
+budget is read from the stores in windows of batches instead, giving the same batches. Each epoch
+draws its order and augmentation from its own seeded generator, so a run resumed at an epoch
+boundary ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -326,7 +327,8 @@ def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: st
                                                       "epoch": epoch + 1, "log": log, "seconds": seconds})
 
     meta = provenance("classifier", params, data.sources)
-    meta.update({"arch": arch, "image_size": data.image_size, "streamed": data.streamed, "classes": data.classes, "epochs": epochs, "steps": total,
+    meta.update({"arch": arch, "image_size": data.image_size, "streamed": data.streamed, "classes": data.classes,
+                 "epochs": epochs, "steps": total,
                  "final_loss": log[-1]["loss"], "final_train_acc": log[-1]["train_acc"], "seconds": round(seconds, 1),
                  "device": str(dev), "versions": {"synthkit": __version__, "torch": torch.__version__}})
     save_checkpoint(out, model.state_dict(), meta)

@@ -21,8 +21,13 @@ SD_PROMPT    ?= a photo of a {class}
 SD_INIT      ?= real
 SD_RESOLUTION ?= 512
 SD_SAVE_SIZE ?= 128
-MIX          ?= balanced
+MIX          ?=
 SEED         ?= 0
+# Every classifier of the table is trained once per seed of SEEDS (one job), and the report gives mean ± std.
+SEEDS        ?= $(SEED)
+# The training recipe (synthkit/config.py): di, the official evaluation (50,000 steps at batch 128, every row the
+# same); study, the original study's; quick, for CPUs. TRAIN_STEPS, BATCH, LR, WARMUP_STEPS, EVALS override it.
+RECIPE       ?= di
 DEVICE       ?= auto
 SHARDS       ?= 1
 INVERT_BY    ?= $(if $(REAL),all,class)
@@ -34,13 +39,14 @@ UPDATES      ?=
 INV_BATCH    ?=
 DI_STEPS     ?=
 GEN_BATCH    ?=
-EPOCHS       ?=
 # Every classifier trains at one size: IMAGE_SIZE, or when empty the real store's own (32 px for CIFAR-10), so
 # that prompt images saved larger (SD_SAVE_SIZE) are resized to it, as in the study.
 IMAGE_SIZE   ?=
 TRAIN_STEPS  ?=
 BATCH        ?=
 LR           ?=
+WARMUP_STEPS ?=
+EVALS        ?=
 GRADCAM_N    ?=
 VANISH_N     ?=
 KEEP         ?=
@@ -84,7 +90,7 @@ MODEL_DEP := $(filter models/tiny-sd,$(MODEL))
 STAMPS ?= .make
 # An interrupted run's leftovers are continued (the commands pass --resume) unless a prerequisite (an input,
 # or the stage's settings stamp) is newer than they are: then they are stale and removed first.
-leftovers = rm -f $@; for f in $(1); do for d in $^; do if [ -e "$$f" ] && [ "$$f" -ot "$$d" ]; then rm -rf "$$f"; fi; done; done
+leftovers = rm -f $@; $(call stale,$(1))
 shell_quote = '$(subst ','\'',$(1))'
 stamp = $(shell mkdir -p $(STAMPS) && (printf '%s\n' $(call shell_quote,$(2)) | cmp -s - $(STAMPS)/$(1) || printf '%s\n' $(call shell_quote,$(2)) > $(STAMPS)/$(1)))
 ifeq ($(filter demo help install test clean-study,$(MAKECMDGOALS)),)
@@ -92,7 +98,7 @@ $(call stamp,data,$(CIFAR) $(REAL) $(TEST) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED
 $(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
 $(call stamp,invert,$(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
 $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
-$(call stamp,train,$(EPOCHS) $(TRAIN_STEPS) $(BATCH) $(LR) $(MIX) $(IMAGE_SIZE) $(SEED))
+$(call stamp,train,$(RECIPE) $(TRAIN_STEPS) $(BATCH) $(LR) $(WARMUP_STEPS) $(EVALS) $(MIX) $(IMAGE_SIZE))
 $(call stamp,filter,$(KEEP) $(KEEP_BY))
 $(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED))
 $(call stamp,geometry,$(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SD_PROMPT) $(SEED))
@@ -100,7 +106,15 @@ endif
 
 # One embeddings file per class (INVERT_BY=class: separate jobs, as the official scripts), or one for all.
 INV_FILES   := $(if $(filter all,$(INVERT_BY)),models/inv/all.safetensors,$(CLASSES:%=models/inv/%.safetensors))
-CLASSIFIERS := $(foreach d,real inv inv-kept sd real+inv real+inv-kept real+sd,models/resnet18-$(d).safetensors)
+# The table's classifiers, one per row and seed: models/resnet18-ROW-sSEED.safetensors. The rows that need no
+# filtered store train in one job, the filtered ones in a second (the filter needs the first seed's real classifier).
+MAIN_ROWS   := real inv sd real+inv real+sd
+KEPT_ROWS   := inv-kept real+inv-kept
+classifiers = $(foreach r,$(1),$(foreach s,$(SEEDS),models/resnet18-$(r)-s$(s).safetensors))
+MAIN_CLFS   := $(call classifiers,$(MAIN_ROWS))
+KEPT_CLFS   := $(call classifiers,$(KEPT_ROWS))
+CLASSIFIERS := $(MAIN_CLFS) $(KEPT_CLFS)
+clf         = models/resnet18-$(1)-s$(firstword $(SEEDS)).safetensors
 GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png
 
 .PHONY: help install test data sd invert inv filter train evaluate analysis geometry report reproduce demo demo-model clean-study
@@ -112,10 +126,11 @@ help:  ## show targets and variables
 	@echo "  MODEL=$(MODEL)  (SD checkpoint: hub id or diffusers folder)"
 	@echo "  REAL=$(REAL) TEST=$(TEST)  (your own real training and test stores; empty: CIFAR-10 from CIFAR=$(CIFAR))"
 	@echo "  PER_CLASS=$(PER_CLASS)  (real training images per class)  TEST_PER_CLASS=$(TEST_PER_CLASS)  (empty: all 1,000)"
-	@echo "  SD_PER_CLASS=$(SD_PER_CLASS)  (prompt images per class)  MIX=$(MIX)  SEED=$(SEED)  DEVICE=$(DEVICE)"
+	@echo "  SD_PER_CLASS=$(SD_PER_CLASS)  (prompt images per class)  SEED=$(SEED)  DEVICE=$(DEVICE)"
+	@echo "  RECIPE=$(RECIPE)  SEEDS=$(SEEDS)  (a classifier per row and seed)  MIX=$(MIX)  (empty: the recipe's real + synthetic halves)"
 	@echo "  SHARDS=$(SHARDS)  (generation processes; use make -j)  INVERT_BY=$(INVERT_BY)  (class: a job per class; all: one job)"
 	@echo "  SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
-	@echo "  empty means synthkit's default: PER_IMAGE=$(PER_IMAGE) EPOCHS=$(EPOCHS) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR)"
+	@echo "  empty means synthkit's default (or the recipe's): PER_IMAGE=$(PER_IMAGE) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR) WARMUP_STEPS=$(WARMUP_STEPS) EVALS=$(EVALS)"
 	@echo "  IMAGE_SIZE=$(IMAGE_SIZE)  (classifiers' training size; empty: the real store's)"
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
@@ -173,26 +188,32 @@ endif
 # The DI store filtered by the real-trained classifier (trained on the real training store, never on test images).
 filter: data/inv-kept.h5  ## keep the best share of each class of the DI store (synthkit filter)
 
-data/inv-kept.h5: data/inv.h5 models/resnet18-real.safetensors $(STAMPS)/filter
-	$(SK) filter --data data/inv.h5 --classifier models/resnet18-real.safetensors $(call opt,--keep,$(KEEP)) \
+data/inv-kept.h5: data/inv.h5 $(call clf,real) $(STAMPS)/filter
+	$(SK) filter --data data/inv.h5 --classifier $(call clf,real) $(call opt,--keep,$(KEEP)) \
 	  $(call opt,--by,$(KEEP_BY)) $(if $(filter cam,$(KEEP_BY)),--real data/real.h5) --device $(DEVICE) --out $@ --overwrite
 
-train: $(CLASSIFIERS)  ## seven ResNet-18s: the study's real, inv, sd, real+inv, real+sd, and inv-kept, real+inv-kept
+train: $(CLASSIFIERS)  ## the study's rows (real, inv, sd, real+inv, real+sd, inv-kept, real+inv-kept), once per seed of SEEDS
 
-models/resnet18-real.safetensors: data/real.h5 $(STAMPS)/train
-models/resnet18-inv.safetensors: data/inv.h5 $(STAMPS)/train
-models/resnet18-sd.safetensors: data/sd.h5 $(STAMPS)/train
-models/resnet18-real+inv.safetensors: data/real.h5 data/inv.h5 $(STAMPS)/train
-models/resnet18-real+sd.safetensors: data/real.h5 data/sd.h5 $(STAMPS)/train
-models/resnet18-inv-kept.safetensors: data/inv-kept.h5 $(STAMPS)/train
-models/resnet18-real+inv-kept.safetensors: data/real.h5 data/inv-kept.h5 $(STAMPS)/train
+# Each job trains its rows for every seed, all for the recipe's steps, scoring data/test.h5 EVALS times on the way.
+TRAIN_ARGS = --recipe $(RECIPE) --image-size $(or $(IMAGE_SIZE),$$($(STORE_SIZE) data/real.h5)) $(call opt,--steps,$(TRAIN_STEPS)) \
+  $(call opt,--batch-size,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--warmup-steps,$(WARMUP_STEPS)) \
+  $(call opt,--evals,$(EVALS)) $(call opt,--mix,$(MIX)) $(SEEDS:%=--seed %) --test data/test.h5 --device $(DEVICE) --resume
 STORE_SIZE = $(VENV)/bin/python -c 'import sys; from synthkit.store import Store; print(Store(sys.argv[1]).image_shape[0])'
-models/resnet18-%.safetensors: | data/real.h5
-	$(call leftovers,$(@:.safetensors=.train-state.safetensors) $@.partial)
-	$(SK) train --data $(subst +,$(comma),$*) --out $@ --image-size $(or $(IMAGE_SIZE),$$($(STORE_SIZE) data/real.h5)) \
-	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--steps,$(TRAIN_STEPS)) \
-	  $(call opt,--batch-size,$(BATCH)) $(call opt,--lr,$(LR)) --seed $(SEED) --device $(DEVICE) $(if $(findstring +,$*),--mix $(MIX)) --resume
+train_data = $(foreach r,$(1),--data $(subst +,$(comma),$(r)))
+# A job's finished classifiers are kept (--resume skips them) unless one of their own inputs is newer: then they,
+# their state and their .partial are removed first, so a changed store retrains only the rows that read it.
+stale = for f in $(1); do for d in $(or $(2),$^); do if [ -e "$$f" ] && [ "$$f" -ot "$$d" ]; then rm -rf "$$f"; fi; done; done
+row_inputs = $(foreach s,$(subst +, ,$(1)),data/$(s).h5) data/test.h5 $(STAMPS)/train
+train_leftovers = $(foreach r,$(1),$(foreach s,$(SEEDS),$(call stale,$(foreach x,.safetensors .train-state.safetensors .safetensors.partial,models/resnet18-$(r)-s$(s)$(x)),$(call row_inputs,$(r)));))
 comma := ,
+
+$(MAIN_CLFS) &: data/real.h5 data/inv.h5 data/sd.h5 data/test.h5 $(STAMPS)/train
+	$(call train_leftovers,$(MAIN_ROWS))
+	$(SK) train $(call train_data,$(MAIN_ROWS)) --out 'models/resnet18-{data}-s{seed}.safetensors' $(TRAIN_ARGS)
+
+$(KEPT_CLFS) &: data/real.h5 data/inv-kept.h5 data/test.h5 $(STAMPS)/train
+	$(call train_leftovers,$(KEPT_ROWS))
+	$(SK) train $(call train_data,$(KEPT_ROWS)) --out 'models/resnet18-{data}-s{seed}.safetensors' $(TRAIN_ARGS)
 
 evaluate: results/accuracy.md  ## test accuracy of the five on the real test set
 
@@ -201,13 +222,12 @@ results/accuracy.md: $(CLASSIFIERS) data/test.h5
 
 analysis: results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## Grad-CAM and geometry
 
-results/gradcam/summary.json: models/resnet18-real.safetensors models/resnet18-inv.safetensors models/resnet18-sd.safetensors data/test.h5 $(STAMPS)/analysis
-	$(SK) gradcam --model models/resnet18-real.safetensors --model models/resnet18-inv.safetensors \
-	  --model models/resnet18-sd.safetensors --data data/test.h5 $(call opt,--n,$(GRADCAM_N)) --seed $(SEED) --device $(DEVICE) --out results/gradcam
+results/gradcam/summary.json: $(call clf,real) $(call clf,inv) $(call clf,sd) data/test.h5 $(STAMPS)/analysis
+	$(SK) gradcam --model $(call clf,real) --model $(call clf,inv) --model $(call clf,sd) --data data/test.h5 $(call opt,--n,$(GRADCAM_N)) --seed $(SEED) --device $(DEVICE) --out results/gradcam
 
-results/fidelity/summary.json: data/real.h5 data/test.h5 data/sd.h5 data/inv.h5 data/inv-kept.h5 models/resnet18-real.safetensors $(STAMPS)/analysis
+results/fidelity/summary.json: data/real.h5 data/test.h5 data/sd.h5 data/inv.h5 data/inv-kept.h5 $(call clf,real) $(STAMPS)/analysis
 	$(SK) fidelity --real data/real.h5 --data data/test.h5 --data data/sd.h5 --data data/inv.h5 --data data/inv-kept.h5 \
-	  --classifier models/resnet18-real.safetensors $(call opt,--per-class,$(FIDELITY_N)) --seed $(SEED) --device $(DEVICE) --out results/fidelity
+	  --classifier $(call clf,real) $(call opt,--per-class,$(FIDELITY_N)) --seed $(SEED) --device $(DEVICE) --out results/fidelity
 
 results/vanish/summary.json: data/real.h5 data/sd.h5 data/inv.h5 $(STAMPS)/analysis
 	$(SK) vanish --data data/real.h5 --data data/sd.h5 --data data/inv.h5 $(call opt,--n,$(VANISH_N)) --seed $(SEED) --out results/vanish
@@ -259,7 +279,7 @@ reproduce: report  ## the whole study (needs a GPU for full size): data, sd, inv
 # 12 York Urban photos at 64 px when ../shared has them (SCENES). bench/README.md gives each stage's work and seconds.
 DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=30 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
   SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
-  TRAIN_STEPS=25 BATCH=32 LR=0.025 GRADCAM_N=16 VANISH_N=100 YUD= SCENES=$(YUD) \
+  RECIPE=quick SEEDS="0 1" TRAIN_STEPS=10 WARMUP_STEPS=1 EVALS=2 BATCH=24 GRADCAM_N=16 VANISH_N=100 YUD= SCENES=$(YUD) \
   GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12
 
 demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)

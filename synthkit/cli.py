@@ -16,8 +16,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from . import DEFAULT_MODEL
-from .config import (EVAL, FIDELITY, FILTER, FILTER_CRITERIA, GRADCAM, MIXES, PROMPT_DEFAULTS, UNCONDS, VANISH, DIConfig,
-                     InversionConfig, TrainConfig)
+from .config import (AUGMENTS, DEFAULT_RECIPE, EVAL, FIDELITY, FILTER, FILTER_CRITERIA, GRADCAM, MIXES, PROMPT_DEFAULTS,
+                     RECIPES, UNCONDS, VANISH, DIConfig, InversionConfig)
 from .errors import UserError
 
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
@@ -53,7 +53,7 @@ app = typer.Typer(cls=ShortUsageErrors, help=HELP, no_args_is_help=True, add_com
 data_app = typer.Typer(help="Import real datasets into stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 err_console = Console(stderr=True)
-INV, DI, TRAIN = InversionConfig(), DIConfig(), TrainConfig()
+INV, DI = InversionConfig(), DIConfig()
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -205,34 +205,74 @@ def subset(
 @app.command()
 @user_errors
 def train(
-    data: List[str] = typer.Option(..., help="Stores to train on: names (data/NAME.h5) or paths, comma-separated or repeated, e.g. real,inv."),
-    out: Path = typer.Option(..., help="Classifier to write, e.g. models/resnet18-real+inv.safetensors."),
-    epochs: int = typer.Option(TRAIN.epochs, min=1, help="Epochs (passes over the data; with --mix balanced, over the larger part)."),
-    steps: Optional[int] = typer.Option(TRAIN.steps, min=1, help="Train for exactly this many steps instead of --epochs."),
-    batch_size: int = typer.Option(TRAIN.batch_size, min=2, help="Batch size."),
-    lr: float = typer.Option(TRAIN.lr, help=f"Peak learning rate (SGD, momentum {TRAIN.momentum}, linear warm-up then cosine decay)."),
-    weight_decay: float = typer.Option(TRAIN.weight_decay, help="Weight decay."),
-    warmup: float = typer.Option(TRAIN.warmup, min=0, max=1, help="Share of steps spent warming up the learning rate."),
-    mix: str = typer.Option(TRAIN.mix, help=f"{' or '.join(MIXES)}. concat: the union of the stores; balanced: each batch half real, half synthetic."),
-    per_class: Optional[int] = typer.Option(TRAIN.per_class, min=1, help="Use a seeded, class-balanced subset of N images per class of each store."),
-    image_size: Optional[int] = typer.Option(TRAIN.image_size, min=8, help="Train at this size (default: the first store's own); up to 64 px the CIFAR stem, above it the ImageNet stem."),
-    seed: int = typer.Option(TRAIN.seed, help="Seed of the initialisation, the subsets, the order and the augmentation."),
-    compile: bool = typer.Option(TRAIN.compile, "--compile", help="torch.compile the model (faster on GPU after a warm-up)."),
+    data: List[str] = typer.Option(..., help="Stores of one classifier: names (data/NAME.h5) or paths, comma-separated, e.g. real,inv. Repeat --data to train several classifiers in one job."),
+    out: str = typer.Option(..., help="Classifier to write, e.g. models/resnet18-real+inv.safetensors; for several, a pattern with {data} (store names joined by +) and {seed}."),
+    recipe: str = typer.Option(DEFAULT_RECIPE, help=f"Training recipe (synthkit/config.py): {', '.join(RECIPES)}. di: the official evaluation (50,000 steps at batch 128); study: the original study's; quick: a few hundred steps for CPUs. Every option below overrides the recipe's value."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps: the same for every classifier, whatever its stores' sizes."),
+    batch_size: Optional[int] = typer.Option(None, min=2, help="Images per step."),
+    real_batch: Optional[int] = typer.Option(None, min=1, help="Mixed rows: real images per step, the rest synthetic."),
+    mix: Optional[str] = typer.Option(None, help=f"{', '.join(MIXES)}: auto mixes --real-batch real images (default half) and the rest synthetic when the stores hold both kinds; balanced insists; concat draws from the union."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    weight_decay: Optional[float] = typer.Option(None, min=0, help="Weight decay."),
+    warmup_steps: Optional[int] = typer.Option(None, min=0, help="Linear warm-up steps (schedule warmup-cosine)."),
+    evals: Optional[int] = typer.Option(None, min=0, help="Times to score the --test store during training (evenly spaced, the last at the end)."),
+    augment: Optional[str] = typer.Option(None, help=f"{', '.join(AUGMENTS)}."),
+    per_class: Optional[int] = typer.Option(None, min=1, help="Use a seeded, class-balanced subset of N images per class of each store."),
+    image_size: Optional[int] = typer.Option(None, min=8, help="Train at this size (default: the recipe's, else the first store's own); up to 64 px the CIFAR stem, above it the ImageNet stem."),
+    seed: List[int] = typer.Option([], help="Seed of the initialisation, the order and the augmentation (default 0). Repeat it to train one classifier per seed."),
+    test: Optional[str] = typer.Option(None, help="A real test store (name or path) to score during training (--evals times)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the models (faster on GPU after a warm-up)."),
+    shard: str = typer.Option("", help="Train only shard i/n of the classifiers, e.g. 0/4; or auto: the shard torchrun or SLURM gives."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     memory_limit: Optional[str] = typer.Option(None, help="Image memory to hold on the device, e.g. 2GB (default $SYNTHKIT_MEMORY_LIMIT, else half the free GPU memory or half the available RAM); larger sets stream from the stores."),
-    overwrite: bool = typer.Option(False, help="Replace an existing classifier."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
+    overwrite: bool = typer.Option(False, help="Replace existing classifiers."),
+    resume: bool = typer.Option(False, help="Continue interrupted runs from their last saved step (finished classifiers are kept)."),
 ) -> None:
-    """Train ResNet-18 on any mix of real and synthetic stores with the same classes (CIFAR stem up to 64 px)."""
-    from .paths import store_paths
-    from .training import train as train_model
+    """Train ResNet-18s on any mix of real and synthetic stores with the same classes, for a recipe's number of steps."""
+    from .config import TrainConfig
+    from .paths import store_path, store_paths
+    from .evaluation import batch_text
+    from .training import check_config, expand_jobs, train_many
 
-    config = TrainConfig(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         warmup=warmup, mix=mix, per_class=per_class, image_size=image_size, seed=seed, compile=compile)
-    meta = train_model(store_paths(data), out, config, device=device, overwrite=overwrite, resume=resume,
+    if recipe not in RECIPES:
+        raise UserError(f"--recipe must be one of {', '.join(RECIPES)}, got '{recipe}'")
+    config = TrainConfig.from_recipe(recipe, steps=steps, batch_size=batch_size, real_batch=real_batch, mix=mix, lr=lr,
+                                     weight_decay=weight_decay, warmup_steps=warmup_steps, evals=evals, augment=augment,
+                                     per_class=per_class, image_size=image_size, compile=compile or None)
+    check_config(config)
+    jobs = expand_jobs([store_paths(d) for d in data], out, seed, config)
+    part, dev = shard_of(shard, device)
+    if part:
+        from .jobs import shard_range
+
+        total = len(jobs)
+        first, stop = shard_range(total, part)
+        jobs = jobs[first:stop]
+    metas = train_many(jobs, device=dev, test=store_path(test) if test else None, overwrite=overwrite, resume=resume,
                        memory_limit=memory_limit)
-    typer.echo(f"{out}: {meta['arch']} at {meta['image_size']} px, {meta['epochs']} epochs, {meta['steps']} steps, final loss {meta['final_loss']:.4f}, "
-               f"train accuracy {100 * meta['final_train_acc']:.1f}%, {meta['seconds']:.0f} s on {meta['device']}")
+    for job, meta in zip(jobs, metas):
+        tested = (f", test accuracy {100 * meta['final_test_acc']:.2f}% (best of {len(meta['evals'])}: {100 * meta['best_test_acc']:.2f}%)"
+                  if "evals" in meta else "")
+        typer.echo(f"{job.out}: {meta['arch']} at {meta['image_size']} px, recipe {meta.get('recipe')}, {meta['steps']} steps "
+                   f"of {batch_text(meta.get('batch'))}, final loss {meta['final_loss']:.4f}, "
+                   f"train accuracy {100 * meta['final_train_acc']:.1f}%{tested}, {meta['seconds']:.0f} s on {meta['device']}")
+    if part:
+        typer.echo(f"shard {part}: trained classifiers {first + 1}-{stop} of {total} on {dev}")
+
+
+def shard_of(shard: str, device: str) -> tuple[str, str]:
+    """--shard for jobs whose outputs are separate files: the shard to do ('' for all) and the device to use;
+    auto asks the launcher (torchrun, SLURM) and takes this rank's GPU."""
+    if shard != "auto":
+        if shard:
+            from .jobs import parse_shard
+
+            parse_shard(shard)
+        return shard, device
+    from .launch import detect, launch_device
+
+    launch = detect()
+    return launch.shard, launch_device(launch, device)
 
 
 @app.command()
@@ -248,17 +288,18 @@ def evaluate(
     """Score classifiers on a real test store with their classes: the accuracy table, per-class accuracy, confusion figures."""
     from rich.table import Table
 
+    from .evaluation import batch_text, group_rows, mean_std
     from .evaluation import evaluate as evaluate_models
     from .paths import store_path
 
     rows = evaluate_models(model, store_path(test), results, device=device, batch_size=batch_size, memory_limit=memory_limit)
     table = Table(title=f"test accuracy on {rows[0]['test_images']} real test images ({rows[0]['test']})")
-    table.add_column("training data")
-    table.add_column("accuracy %", justify="right")
-    table.add_column("train images", justify="right")
-    table.add_column("model")
-    for row in rows:
-        table.add_row(row["training_data"], f"{100 * row['accuracy']:.2f}", str(row["train_images"]), row["model"])
+    for column in ("training data", "accuracy % (mean ± std)", "n", "recipe", "steps", "batch"):
+        table.add_column(column, justify="left" if column in ("training data", "recipe", "batch") else "right")
+    for group in group_rows([{k: str(v) for k, v in row.items()} for row in rows]):
+        first = group["rows"][0]
+        table.add_row(group["training_data"], mean_std(group), f"n={group['n']}", first["recipe"] or "?",
+                      first["steps"] or "?", batch_text(first["batch"]))
     Console().print(table)
     typer.echo(f"appended to {results / 'accuracy.csv'}; table in {results / 'accuracy.md'}; figures in {results / 'confusion'}/")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .errors import UserError
+
 UNCONDS = ("mixed", "group", "empty")
-MIXES = ("concat", "balanced")
 
 
 @dataclass
@@ -64,22 +65,120 @@ class DIConfig:
     save_size: int | None = None
 
 
+MIXES = ("auto", "balanced", "concat")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("warmup-cosine", "step")
+AUGMENTS = ("crop-flip", "resized-crop-flip", "flip-rotate-jitter")
+INITS = ("torchvision", "kaiming-normal")
+
+# Training recipes, written as airbench writes its `hyp`: every value of a classifier's run, each with where it
+# comes from. `synthkit train --recipe NAME` starts from one; any option given on the command line overrides it.
+# DI = github.com/yongchaoz/diffusion_inversion (di/train_net.py at 05a6661, and the evaluation command of its
+# README.md, lines 68-78); STUDY = github.com/PankajGadhwal/Fixing-the-Synthetic-Data-for-Representational-Learning
+# (cifake-classifier.py).
+RECIPES: dict[str, dict] = {
+    "di": {  # the Diffusion Inversion paper's evaluation: every row the same 50,000 steps at batch 128
+        "steps": 50_000,          # README.md:71 --num-steps=50000 (train_net.py:107 default 50000)
+        "batch_size": 128,        # README.md:71 --syn-bs=128 for single-source rows
+        "real_batch": None,       # half: train_net.py:101-102 --real-bs 64 --syn-bs 64 for mixed rows, concatenated (:403)
+        "optimizer": "sgd",       # README.md:71 --optimizer=sgd; train_net.py:326-327
+        "lr": 0.1,                # README.md:77 --lr=1e-1 (train_net.py:104's default 1e-3 is not the command's)
+        "momentum": 0.9,          # train_net.py:327 momentum=0.9 (no Nesterov)
+        "weight_decay": 5e-4,     # README.md:71 --weight-decay=5e-4
+        "schedule": "warmup-cosine",  # train_net.py:333-336 ChainedScheduler(LinearLR, CosineAnnealingLR), per step (:411)
+        "warmup_steps": 1000,     # README.md:71 --warmup-steps=1000 -> LinearLR(total_iters=1000)
+        "warmup_start": 0.001,    # train_net.py:335 LinearLR(start_factor=0.001)
+        "min_lr": 0.001,          # train_net.py:336 CosineAnnealingLR(T_max=num_steps, eta_min=lr * 0.001)
+        "label_smoothing": 0.0,   # train_net.py:324 nn.CrossEntropyLoss()
+        "augment": "crop-flip",   # train_net.py:196-197 RandomCrop(res, padding=res // 8), RandomHorizontalFlip
+        "init": "torchvision",    # see the README's departures: the official ResNet18 keeps PyTorch's default init
+        "image_size": None,       # train_net.py:180-187: the data set's own size (32 for CIFAR-10)
+        "evals": 20,              # README.md:72 --num-evals=20 on the real test split (train_net.py:376, :428-430)
+    },
+    "study": {  # the original study's classifier (cifake-classifier.py), scored on real test images here
+        "steps": 15_700,          # 100 epochs (:138) of 157 batches of 32 (:111): the 5,000 real images of its real row
+        "batch_size": 32,         # :111 batch_size = 32
+        "real_batch": None,       # the script trains no mixed row; synthkit mixes half and half
+        "optimizer": "adam",      # :134 Adam(lr=0.001), no weight decay
+        "lr": 1e-3,
+        "momentum": 0.9,          # unused by Adam (its betas stay torch's defaults, as in the script)
+        "weight_decay": 0.0,
+        "schedule": "step",       # :135 StepLR(step_size=30, gamma=0.1), stepped once per epoch (:169)
+        "step_every": 4_710,      # 30 epochs of 157 steps
+        "step_gamma": 0.1,
+        "label_smoothing": 0.1,   # :133 CrossEntropyLoss(label_smoothing=0.1)
+        "augment": "flip-rotate-jitter",  # :18-20 flip, RandomRotation(20), ColorJitter(0.2, 0.2, 0.2, 0.1)
+        "init": "kaiming-normal", # :128 kaiming_normal_ on every Conv2d and Linear weight
+        "image_size": 224,        # :17 Resize((224, 224)); torchvision's ResNet-18 with its ImageNet stem (:126)
+        "evals": 100,             # once per epoch, as the script validates (:165-167); the best is labelled as such
+    },
+    "quick": {  # CPU runs and the demo: the official schedule's shape over a few hundred steps
+        "steps": 300,
+        "batch_size": 32,
+        "real_batch": None,
+        "optimizer": "sgd",
+        "lr": 0.025,              # the linear scaling of di's 0.1 at batch 128 to batch 32
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "warmup-cosine",
+        "warmup_steps": 15,       # 5% of the steps
+        "warmup_start": 0.001,
+        "min_lr": 0.001,
+        "label_smoothing": 0.0,
+        "augment": "crop-flip",
+        "init": "torchvision",
+        "image_size": None,
+        "evals": 4,
+    },
+}
+DEFAULT_RECIPE = "di"
+
+
 @dataclass
 class TrainConfig:
-    """Every hyperparameter of a training run; defaults follow the Diffusion Inversion paper's CIFAR setup."""
+    """Every value of one classifier's run, resolved from a recipe (RECIPES) and the options that override it.
+    `TrainConfig()` is the `di` recipe; `TrainConfig.from_recipe("quick", steps=20)` starts from another."""
 
-    epochs: int = 30
-    steps: int | None = None
+    recipe: str = DEFAULT_RECIPE
+    steps: int = 50_000
     batch_size: int = 128
+    real_batch: int | None = None  # mixed rows: real images a step (None: half the batch), the rest synthetic
+    mix: str = "auto"  # auto: half real half synthetic when the stores hold both kinds, else their union
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup: float = 0.05
-    mix: str = "concat"
-    per_class: int | None = None
+    schedule: str = "warmup-cosine"
+    warmup_steps: int = 1000
+    warmup_start: float = 0.001
+    min_lr: float = 0.001  # the cosine's floor as a share of lr
+    step_every: int = 0  # schedule "step": steps between decays
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    augment: str = "crop-flip"
+    init: str = "torchvision"
     image_size: int | None = None  # None: the first store's own size
+    evals: int = 20  # test-set scorings during training (with a test store)
+    per_class: int | None = None
     seed: int = 0
     compile: bool = False
+
+    @classmethod
+    def from_recipe(cls, name: str = DEFAULT_RECIPE, **overrides) -> "TrainConfig":
+        """The recipe's values, then every override that is not None."""
+        if name not in RECIPES:
+            raise UserError(f"unknown recipe '{name}': use one of {', '.join(RECIPES)}")
+        values = RECIPES[name] | {k: v for k, v in overrides.items() if v is not None}
+        return cls(recipe=name, **values)
+
+    @property
+    def real_share(self) -> int:
+        """Real images in each batch of a mixed row."""
+        return self.real_batch or self.batch_size // 2
+
+    @property
+    def synthetic_batch(self) -> int:
+        return self.batch_size - self.real_share
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,13 +23,32 @@ from .errors import UserError
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
 
-CSV_FIELDS = ["evaluated", "model", "training_data", "train_images", "epochs", "seed", "test", "test_fingerprint",
-              "test_images", "accuracy", "per_class"]
+CSV_FIELDS = ["evaluated", "model", "training_data", "train_images", "recipe", "steps", "images_seen", "batch", "seed",
+              "group", "test", "test_fingerprint", "test_images", "accuracy", "best_eval_accuracy", "best_eval_step",
+              "evals", "per_class"]
 
 
 def training_data_name(meta: dict[str, Any]) -> str:
     """The study's row name for a classifier: its store names joined by '+', e.g. real+inv."""
     return "+".join(Path(s["path"]).stem for s in meta.get("sources", [])) or "?"
+
+
+def batch_text(batch: dict[str, int] | str | None) -> str:
+    """A batch composition as people say it: '64 real + 64 synthetic', or '128' from the union of the stores."""
+    if isinstance(batch, str):
+        batch = json.loads(batch) if batch.startswith("{") else None
+    if not batch:
+        return "?"
+    if set(batch) == {"real", "synthetic"}:
+        return f"{batch['real']} real + {batch['synthetic']} synthetic"
+    return f"{sum(batch.values())} from all stores"
+
+
+def seed_group(meta: dict[str, Any]) -> str:
+    """A key shared by classifiers that differ only by seed: the same stores (by content) and every other value."""
+    params = {k: v for k, v in meta.get("params", {}).items() if k != "seed"}
+    stores = [s.get("fingerprint") for s in meta.get("sources", [])]
+    return hashlib.sha256(json.dumps([training_data_name(meta), stores, params], sort_keys=True).encode()).hexdigest()[:12]
 
 
 @torch.no_grad()
@@ -56,6 +76,44 @@ def open_test_store(test: Path) -> Store:
     return store
 
 
+class TestImages:
+    """A real test store's images on the device at each classifier's size, held when they fit `budget` bytes and
+    read in chunks otherwise: what `train --test` scores during training."""
+
+    def __init__(self, path: Path, device: torch.device, budget: int):
+        with open_test_store(path) as store:
+            self.classes, self.labels, self.fingerprint = list(store.classes), store.labels, store.fingerprint
+            self.count = len(store)
+        self.path, self.device, self.budget = Path(path), device, budget
+        self._held: dict[int, torch.Tensor] = {}
+
+    def _chunks(self, size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        if size in self._held:
+            yield 0, self._held[size]
+            return
+        chunk = max(1, self.budget // image_bytes(2, max(size, 1)))
+        with Store(self.path) as store:
+            if chunk >= len(store):
+                pixels = torch.from_numpy(store.images()).permute(0, 3, 1, 2).to(self.device)
+                self._held[size] = resize_images(pixels, size).contiguous()
+                yield 0, self._held[size]
+                return
+            for start in range(0, len(store), chunk):
+                pixels = torch.from_numpy(store.images(slice(start, start + chunk))).permute(0, 3, 1, 2).to(self.device)
+                yield start, resize_images(pixels, size)
+
+    @torch.no_grad()
+    def accuracy(self, model: torch.nn.Module, classes: Sequence[str], size: int, batch_size: int = EVAL.batch_size) -> float:
+        """Share of the test images `model` (of these classes, at this size) classifies right; it is left in training mode."""
+        truth = torch.from_numpy(class_mapping(self.classes, classes, f"test store {self.path}")[self.labels]).to(self.device)
+        model.eval()
+        correct = 0
+        for start, images in self._chunks(size):
+            correct += int((predict(model, images, self.device, batch_size) == truth[start : start + len(images)]).sum())
+        model.train()
+        return correct / max(self.count, 1)
+
+
 def evaluate(models: Sequence[Path], test: Path, results: Path = Path("results"), device: str | None = None,
              batch_size: int = EVAL.batch_size, memory_limit: str | None = None) -> list[dict[str, Any]]:
     """Score each classifier on the test store; write confusion figures and the accuracy table."""
@@ -80,11 +138,16 @@ def evaluate(models: Sequence[Path], test: Path, results: Path = Path("results")
             n = len(meta["classes"])
             counts = confusion_matrix(truth, pred, n)
             per_class = {c: float(counts[i, i] / max(counts[i].sum(), 1)) for i, c in enumerate(meta["classes"])}
+            same_test = meta.get("test", {}).get("fingerprint") == store.fingerprint
             row = {"evaluated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "model": str(path),
                    "training_data": training_data_name(meta), "train_images": sum(s["count"] for s in meta["sources"]),
-                   "epochs": meta.get("epochs"), "seed": meta["params"].get("seed"), "test": str(test),
-                   "test_fingerprint": store.fingerprint, "test_images": len(truth),
-                   "accuracy": float((pred == truth).mean()), "per_class": json.dumps(per_class)}
+                   "recipe": meta.get("recipe", ""), "steps": meta.get("steps"), "images_seen": meta.get("images_seen", ""),
+                   "batch": json.dumps(meta.get("batch", {})), "seed": meta["params"].get("seed"), "group": seed_group(meta),
+                   "test": str(test), "test_fingerprint": store.fingerprint, "test_images": len(truth),
+                   "accuracy": float((pred == truth).mean()),
+                   "best_eval_accuracy": meta.get("best_test_acc", "") if same_test else "",
+                   "best_eval_step": meta.get("best_test_step", "") if same_test else "",
+                   "evals": json.dumps(meta.get("evals", [])) if same_test else "[]", "per_class": json.dumps(per_class)}
             save_confusion_figure(counts, meta["classes"], results / "confusion" / f"{Path(path).stem}.png",
                                   f"{row['training_data']}: {100 * row['accuracy']:.2f}% on {len(truth)} real test images")
             rows.append(row)
@@ -94,14 +157,23 @@ def evaluate(models: Sequence[Path], test: Path, results: Path = Path("results")
 
 
 def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows to the CSV, writing the header when the file is new."""
+    """Append rows to the CSV, writing the header when the file is new (and rewriting a file of older columns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new:
+    old: list[dict[str, str]] = []
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != CSV_FIELDS:
+                old = list(reader)
+    if old or not path.exists():
+        tmp = path.with_name(path.name + ".partial")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore")
             writer.writeheader()
-        writer.writerows(rows)
+            writer.writerows(old)
+        tmp.replace(path)
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=CSV_FIELDS).writerows(rows)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -115,13 +187,39 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     return list(latest.values())
 
 
+def group_rows(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Rows that differ only by seed (same group and test store) as one: accuracies, their mean, standard deviation
+    (n - 1) and n, and the mean best-of-evals where training scored the test store."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r.get("group") or r["model"], r["test_fingerprint"]), []).append(r)
+    out = []
+    for members in groups.values():
+        acc = np.array([float(r["accuracy"]) for r in members])
+        best = [float(r["best_eval_accuracy"]) for r in members if r.get("best_eval_accuracy")]
+        out.append({"training_data": members[0]["training_data"], "rows": members, "n": len(members),
+                    "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                    "best_mean": float(np.mean(best)) if best else None,
+                    "seeds": sorted(int(r["seed"]) for r in members if str(r["seed"]).lstrip("-").isdigit())})
+    return out
+
+
+def mean_std(group: dict[str, Any]) -> str:
+    """'81.80 ± 0.42' (percent), or the one value when n is 1."""
+    return f"{100 * group['mean']:.2f} ± {100 * group['std']:.2f}" if group["n"] > 1 else f"{100 * group['mean']:.2f}"
+
+
 def write_markdown(csv_path: Path, md_path: Path) -> None:
-    """Rewrite the markdown accuracy table from the CSV."""
-    lines = ["| training data | accuracy % | train images | epochs | seed | model | test images | evaluated |",
-             "|---|---:|---:|---:|---:|---|---:|---|"]
-    for r in read_rows(csv_path):
-        lines.append(f"| {r['training_data']} | {100 * float(r['accuracy']):.2f} | {r['train_images']} | {r['epochs']} | "
-                     f"{r['seed']} | {r['model']} | {r['test_images']} | {r['evaluated']} |")
+    """Rewrite the markdown accuracy table from the CSV: one line per row, its seeds grouped into mean ± std."""
+    lines = ["| training data | accuracy % (final; mean ± std) | n | best of evals % (selected on the test set) | recipe | "
+             "steps | images seen | batch | train images | test images | seeds |",
+             "|---|---:|---:|---:|---|---:|---:|---|---:|---:|---|"]
+    for g in group_rows(read_rows(csv_path)):
+        r = g["rows"][0]
+        best = f"{100 * g['best_mean']:.2f}" if g["best_mean"] is not None else "–"
+        lines.append(f"| {g['training_data']} | {mean_std(g)} | {g['n']} | {best} | {r.get('recipe') or '?'} | "
+                     f"{r.get('steps') or '?'} | {r.get('images_seen') or '?'} | {batch_text(r.get('batch'))} | "
+                     f"{r['train_images']} | {r['test_images']} | {', '.join(map(str, g['seeds']))} |")
     md_path.write_text("# Test accuracy (real test images)\n\n" + "\n".join(lines) + "\n")
 
 

@@ -60,6 +60,15 @@ class ResNet18(nn.Module):
         return getattr(self.net, name)
 
 
+def kaiming_normal_init(model: nn.Module) -> nn.Module:
+    """The original study's initialisation (cifake-classifier.py:128): kaiming_normal_ on every convolution and
+    linear weight, torch's defaults elsewhere."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight)
+    return model
+
+
 def class_mapping(classes: Sequence[str], reference: Sequence[str], where: str) -> np.ndarray:
     """Index map from a store's class order to the reference order; classes must match by name."""
     if list(classes) == list(reference):

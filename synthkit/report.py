@@ -33,37 +33,137 @@ def _store_meta(path: Path) -> dict[str, Any] | None:
                 "classes": store.classes}
 
 
-def accuracy_section(results: Path, models: Path) -> list[str]:
-    """The study-shaped table: our accuracy beside the original study's, for models present in models/."""
+PROTOCOL_NOTE = [
+    "**How the original study's figures were obtained, and what synthkit does instead.** The study's classifier "
+    "(`cifake-classifier.py` in PankajGadhwal/Fixing-the-Synthetic-Data-for-Representational-Learning) is torchvision's "
+    "ResNet-18 at 224 px, Adam 1e-3 with StepLR(30 epochs, 0.1), label smoothing 0.1, 100 epochs at batch 32, the "
+    "best-validation epoch kept; its DI and SD rows were scored on the DI and SD versions of the test images "
+    "(`test_di`, `test_sd`), not on real ones, and the script trains no mixed row. synthkit scores every row on the same "
+    "real test images, trains every row for the same number of steps under one recipe (`di` by default: the Diffusion "
+    "Inversion paper's evaluation, `di/train_net.py`; `study` is the study's recipe), and reports the final accuracy, "
+    "with the best of the evaluations during training beside it, labelled as selected on the test set.", ""]
+
+
+def _our_rows(results: Path, models: Path) -> list[dict[str, str]]:
+    """The latest evaluation of each classifier directly in `models` that still exists."""
     from .evaluation import read_rows
 
     csv_path = results / "accuracy.csv"
     if not csv_path.exists():
+        return []
+    return [r for r in read_rows(csv_path) if Path(r["model"]).exists() and Path(r["model"]).resolve().parent == models.resolve()]
+
+
+def spread_notes(groups: list[dict[str, Any]]) -> list[str]:
+    """Which rows differ by less than their spread (the sum of their standard deviations), and a word when there is
+    no spread to judge by."""
+    if all(g["n"] < 2 for g in groups):
+        return ["One seed per row: no spread was measured, so a difference of a point or two cannot be told from "
+                "noise; `make reproduce SEEDS=\"0 1 2\"` trains every row once per seed."]
+    close = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1 :]:
+            if a["n"] > 1 and b["n"] > 1 and abs(a["mean"] - b["mean"]) < a["std"] + b["std"]:
+                close.append(f"`{a['training_data']}` and `{b['training_data']}` ({100 * abs(a['mean'] - b['mean']):.2f} "
+                             f"points apart, spreads ±{100 * a['std']:.2f} and ±{100 * b['std']:.2f})")
+    if not close:
+        return ["Every two rows with several seeds differ by more than the sum of their standard deviations."]
+    return ["These rows differ by less than their spread (the sum of their standard deviations), so this run cannot "
+            "order them: " + "; ".join(close) + "."]
+
+
+def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | None:
+    """Test accuracy against step for every row (the mean over its seeds, a band of ± one standard deviation), from
+    the evaluations recorded during training; None when no classifier scored a test store while training."""
+    import numpy as np
+
+    from .evaluation import seed_group, training_data_name
+
+    curves: dict[str, list[list[dict]]] = {}
+    names: dict[str, str] = {}
+    for path in sorted(models.glob("resnet18-*.safetensors")):
+        meta = read_meta(path)
+        if meta.get("evals"):
+            key = seed_group(meta)
+            curves.setdefault(key, []).append(meta["evals"])
+            names[key] = training_data_name(meta)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in sorted(curves, key=lambda k: (order.get(names[k], len(order)), names[k])):
+        runs = [r for r in curves[key] if [e["step"] for e in r] == [e["step"] for e in curves[key][0]]]
+        steps = [e["step"] for e in runs[0]]
+        acc = 100 * np.array([[e["accuracy"] for e in r] for r in runs])
+        mean = acc.mean(0)
+        line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{names[key]} (n={len(runs)})")
+        if len(runs) > 1:
+            std = acc.std(0, ddof=1)
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test accuracy % (real test images)")
+    ax.set_title("Test accuracy during training (mean over seeds, band: ± 1 std)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def accuracy_section(results: Path, models: Path) -> list[str]:
+    """The study-shaped table: our accuracy (mean ± std over seeds) beside the original study's, for the
+    classifiers in models/, each row with its recipe, steps, images seen and batch composition."""
+    from .evaluation import batch_text, group_rows, mean_std
+
+    csv_path = results / "accuracy.csv"
+    if not csv_path.exists():
         return ["## Test accuracy", "", f"No evaluation yet ({csv_path} is missing): run `synthkit evaluate`.", ""]
-    rows = [r for r in read_rows(csv_path) if Path(r["model"]).exists() and Path(r["model"]).resolve().parent == models.resolve()]
+    rows = _our_rows(results, models)
     order = {name: i for i, name in enumerate(ORDER)}
-    rows.sort(key=lambda r: (order.get(r["training_data"], len(order)), r["training_data"]))
+    groups = sorted(group_rows(rows), key=lambda g: (order.get(g["training_data"], len(order)), g["training_data"]))
     test = _store_meta(Path(rows[0]["test"])) if rows else None
     cifar = test is None or test["classes"] == list(CIFAR10_CLASSES)  # the study's figures are CIFAR-10's
     where = "real CIFAR-10 test images" if cifar else f"real test images of `{rows[0]['test']}`, {len(test['classes'])} classes"
     lines = [f"## Test accuracy (ResNet-18, {where})", "",
-             "| training data | this run: accuracy % | original study % | train images | epochs | test images | model |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        label, reference = STUDY.get(r["training_data"], (ADDED.get(r["training_data"], r["training_data"]), None))
-        reference = reference if cifar else None
-        ref = f"{reference:.2f}" if reference is not None else "-"
-        lines.append(f"| {label} (`{r['training_data']}`) | {100 * float(r['accuracy']):.2f} | {ref} | {r['train_images']} | "
-                     f"{r['epochs']} | {r['test_images']} | `{r['model']}` |")
-    lines += ["", f"Rows are the latest evaluation of each model in `{models}/`, from `{csv_path}`; every model is "
-              "scored on the same real test store. The original study's figures are those it reported"
-              + (" (CIFAR-10)." if cifar else " for CIFAR-10, so none is shown beside another data set.")]
-    if any(r["training_data"] in ADDED for r in rows):
-        lines += ["", "The filtered rows (`inv-kept`) train on the share of the DI store that the real-trained classifier "
+             "| training data | this run: final accuracy % (mean ± std) | n | best of evals % (selected on the test set) | "
+             "original study % | recipe | steps | images seen | batch | train images | test images |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|"]
+    for g in groups:
+        r = g["rows"][0]
+        label, reference = STUDY.get(g["training_data"], (ADDED.get(g["training_data"], g["training_data"]), None))
+        ref = f"{reference:.2f}" if reference is not None and cifar else "-"
+        best = f"{100 * g['best_mean']:.2f}" if g["best_mean"] is not None else "–"
+        lines.append(f"| {label} (`{g['training_data']}`) | {mean_std(g)} | {g['n']} | {best} | {ref} | {r.get('recipe') or '?'} | "
+                     f"{r.get('steps') or '?'} | {r.get('images_seen') or '?'} | {batch_text(r.get('batch'))} | "
+                     f"{r['train_images']} | {r['test_images']} |")
+    steps = {g["rows"][0].get("steps") for g in groups}
+    lines += ["", f"Rows are the latest evaluation of each classifier in `{models}/`, from `{csv_path}`, grouped over seeds "
+              "(n classifiers that differ only by their seed; ± is their standard deviation); every classifier is scored on "
+              "the same real test store. " + ("Every row trained the same number of steps." if len(steps) == 1 else
+                                               f"**The rows trained different numbers of steps ({', '.join(sorted(map(str, steps)))}): "
+                                               "they are not comparable.**")]
+    if groups:
+        lines += [""] + spread_notes(groups)
+    figure = accuracy_figure(models, results / "accuracy_steps.png", order)
+    if figure is not None:
+        lines += ["", "![test accuracy against step](accuracy_steps.png)"]
+    lines += [""]
+    if cifar:
+        lines += ["The original study's figures are those it reported (CIFAR-10).", ""] + PROTOCOL_NOTE
+    else:
+        lines += ["The original study's figures are CIFAR-10's, so none is shown beside another data set.", ""]
+    if any(g["training_data"] in ADDED for g in groups):
+        lines += ["The filtered rows (`inv-kept`) train on the share of the DI store that the real-trained classifier "
                   "ranks best in each class (`synthkit filter`); the study has no such row. They can show whether "
                   "keeping the images a real-data model finds convincing helps; with a random-weight generator (noise) "
-                  "or a weak real classifier they can only show that the stage runs."]
-    return lines + [""]
+                  "or a weak real classifier they can only show that the stage runs.", ""]
+    return lines
 
 
 def fidelity_section(results: Path) -> list[str]:
@@ -100,14 +200,16 @@ def fidelity_section(results: Path) -> list[str]:
 
 def provenance_section(models: Path, data: Path) -> list[str]:
     """How each classifier and the stores it was trained on were made, from their metadata."""
+    from .evaluation import batch_text
+
     lines = ["## How each row was made", ""]
     for path in sorted(models.glob("resnet18-*.safetensors")):
         meta = read_meta(path)
         p = meta.get("params", {})
-        lines.append(f"- `{path}`: {meta.get('arch')} at {meta.get('image_size', 32)} px, "
-                     f"{meta.get('epochs')} epochs ({meta.get('steps')} steps), batch {p.get('batch_size')}, "
-                     f"lr {p.get('lr')}, mix {p.get('mix')}, seed {p.get('seed')}, {meta.get('seconds')} s on {meta.get('device')}, "
-                     f"final training loss {meta.get('final_loss')}")
+        lines.append(f"- `{path}`: {meta.get('arch')} at {meta.get('image_size', 32)} px, recipe `{meta.get('recipe', '?')}`, "
+                     f"{meta.get('steps')} steps of {batch_text(meta.get('batch'))} ({meta.get('images_seen', '?')} images seen), "
+                     f"{p.get('optimizer', 'sgd')} lr {p.get('lr')}, schedule {p.get('schedule', '?')}, seed {p.get('seed')}, "
+                     f"{meta.get('seconds')} s on {meta.get('device')}, final training loss {meta.get('final_loss')}")
         for source in meta.get("sources", []):
             lines.append(f"  - `{source['path']}`: {source['count']} images of kind `{source['kind']}`, fingerprint `{source['fingerprint']}`")
     stores = [data / f"{name}.h5" for name in ("real", "test", "sd", "inv")]

@@ -1,18 +1,23 @@
-"""`synthkit train`: ResNet-18 on any mix of real and synthetic stores, of any classes and image size.
+"""`synthkit train`: ResNet-18s on any mix of real and synthetic stores, under a named recipe (config.RECIPES).
 
-Like airbench, the whole training set sits on the device as one uint8 tensor and every batch is
-augmented with tensor operations (random crop with 4-pixel padding and flip up to 64 px,
-random-resized-crop and flip above): no workers, no PIL. A set larger than the device's memory
-budget is read from the stores in windows of batches instead, giving the same batches. Each epoch
-draws its order and augmentation from its own seeded generator, so a run resumed at an epoch
-boundary ends with the same weights as an uninterrupted one.
+Like airbench, a training set sits on the device as one uint8 tensor and every batch is augmented with tensor
+operations: no workers, no PIL. A set larger than the memory budget is read from its stores a window of batches
+at a time instead, giving the same batches. Every run counts optimiser steps, not epochs, so rows trained on
+stores of different sizes get the same number of updates, as in the official evaluation (di/train_net.py).
+
+Each part of a training set (all rows, or its real and its synthetic rows) is an endless stream of shuffled
+passes, each pass seeded by (seed, part, pass); each step's augmentation is seeded by (seed, step). So any
+stretch of steps can be drawn on its own: a run resumed at a saved step ends with the weights of an
+uninterrupted one, and several classifiers trained in one job (`train_many`) each equal their run alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -23,15 +28,19 @@ import torch.nn.functional as F
 
 from . import __version__
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .config import MIXES, TrainConfig
+from .config import AUGMENTS, INITS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig
 from .device import autocast, configure_threads, image_bytes, memory_budget, memory_format, pick_device
 from .errors import UserError
+from .evaluation import TestImages
 from .jobs import check_output, check_same_options
-from .locks import locked_output
+from .locks import writer_lock
 from .meta import provenance
-from .model import CIFAR_STEM_MAX, ResNet18, arch_for, class_mapping, resize_images
+from .model import ResNet18, arch_for, class_mapping, kaiming_normal_init, resize_images
 from .progress import console, progress
 from .store import Store, balanced_subset
+
+CHECKPOINT_EVERY = 1000  # steps between saved states, besides every evaluation
+
 
 @dataclass
 class TrainingSet:
@@ -45,6 +54,7 @@ class TrainingSet:
     sources: list[dict[str, Any]] = field(default_factory=list)
     images: torch.Tensor | None = None
     parts: list[tuple[Path, np.ndarray]] = field(default_factory=list)  # each store and its rows, in order
+    memory_limit: int | None = None  # bytes a streamed window may hold
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -94,16 +104,16 @@ def load_stores(paths: Sequence[Path], device: torch.device, per_class: int | No
         labels.append(torch.from_numpy(np.asarray(store_labels, dtype=np.int64)))
         is_real.append(torch.full((len(store_labels),), kind == "real", dtype=torch.bool))
     data = TrainingSet(torch.cat(labels).to(device), torch.cat(is_real).to(device), classes, image_size, sources,
-                       parts=parts)
+                       parts=parts, memory_limit=memory_limit)
     if memory_limit is None or image_bytes(len(data), image_size) <= memory_limit:
         data.images = data.read(np.arange(len(data)), device).contiguous()
     return data
 
 
-def batch_images(data: TrainingSet, batches: Sequence[torch.Tensor], memory_limit: int | None,
-                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batch_images(data: TrainingSet, batches: Sequence[torch.Tensor], device: torch.device
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Each batch's rows and uint8 images. A streamed set is read in windows of consecutive batches whose rows fit
-    `memory_limit`, so the batches, and so the trained weights, are the same as with the set on the device."""
+    its memory limit, so the batches, and so the trained weights, are the same as with the set on the device."""
     if not data.streamed:
         for rows in batches:
             yield rows, data.images[rows]
@@ -113,7 +123,7 @@ def batch_images(data: TrainingSet, batches: Sequence[torch.Tensor], memory_limi
     for k, rows in enumerate(batches):
         window.append(rows)
         rows_held = sum(len(r) for r in window) + (len(batches[k + 1]) if k + 1 < len(batches) else 0)
-        if k + 1 < len(batches) and rows_held * per_row <= (memory_limit or 0):
+        if k + 1 < len(batches) and rows_held * per_row <= (data.memory_limit or 0):
             continue
         wanted = torch.unique(torch.cat(window))
         block = data.read(wanted.cpu().numpy(), device)
@@ -123,6 +133,57 @@ def batch_images(data: TrainingSet, batches: Sequence[torch.Tensor], memory_limi
             yield r, block[position[r].to(block.device)]
         window = []
 
+
+# ---- the batches: which rows each step takes
+
+def mix_of(data: TrainingSet, config: TrainConfig) -> str:
+    """The batch composition: `balanced` (config.real_share real images and the rest synthetic every step) or
+    `concat` (batches drawn from the union). `auto` is balanced when the stores hold both kinds."""
+    n_real = int(data.is_real.sum())
+    both = 0 < n_real < len(data)
+    if config.mix == "balanced" and not both:
+        raise UserError("--mix balanced needs at least one real store (kind 'real') and one synthetic store")
+    if config.mix == "balanced" or (config.mix == "auto" and both):
+        return "balanced"
+    return "concat"
+
+
+def composition(data: TrainingSet, config: TrainConfig) -> dict[str, int]:
+    """Images of each kind in every batch: {"real": 64, "synthetic": 64}, or {"any": 128} from the union."""
+    if mix_of(data, config) == "balanced":
+        return {"real": config.real_share, "synthetic": config.synthetic_batch}
+    return {"any": config.batch_size}
+
+
+def part_stream(n: int, key: Sequence[int], start: int, count: int) -> np.ndarray:
+    """Positions [start, start + count) of an endless stream of shuffled passes over range(n); pass p is a
+    permutation seeded by (*key, p), so any stretch can be drawn without drawing the ones before it."""
+    out = np.empty(count, dtype=np.int64)
+    done, position = 0, start
+    while done < count:
+        p, offset = divmod(position, n)
+        take = min(n - offset, count - done)
+        out[done : done + take] = np.random.default_rng([*key, p]).permutation(n)[offset : offset + take]
+        done, position = done + take, position + take
+    return out
+
+
+def step_rows(data: TrainingSet, config: TrainConfig, first: int, stop: int) -> torch.Tensor:
+    """(stop - first, batch) training-set rows of steps [first, stop): each part's stream (all rows; or the real rows,
+    then the synthetic ones) takes its share of every batch, real rows first as the official code concatenates."""
+    if mix_of(data, config) == "balanced":
+        real = torch.nonzero(data.is_real).flatten().cpu().numpy()
+        synthetic = torch.nonzero(~data.is_real).flatten().cpu().numpy()
+        parts = [(real, config.real_share), (synthetic, config.synthetic_batch)]
+    else:
+        parts = [(np.arange(len(data)), config.batch_size)]
+    steps = stop - first
+    blocks = [rows[part_stream(len(rows), (config.seed, k), first * b, steps * b)].reshape(steps, b)
+              for k, (rows, b) in enumerate(parts) if b > 0]
+    return torch.from_numpy(np.concatenate(blocks, axis=1)).to(data.labels.device)
+
+
+# ---- augmentation, on the device
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop (zero padding `pad`) and horizontal flip of a uint8 batch, all on the device."""
@@ -157,59 +218,80 @@ def random_resized_crop(images: torch.Tensor, generator: torch.Generator, scale:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def training_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A uint8 batch augmented as its size calls for, in [0, 1]: crop with 4-pixel padding and flip up to 64 px
-    (CIFAR's recipe), random-resized-crop and flip above."""
-    if images.shape[-1] <= CIFAR_STEM_MAX:
-        return augment(images, generator).float().div_(255)
-    return random_resized_crop(images.float().div_(255), generator)
+def rotate_jitter(images: torch.Tensor, generator: torch.Generator, degrees: float = 20.0,
+                  jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1)) -> torch.Tensor:
+    """The original study's augmentation of a float batch: horizontal flip, a rotation within +-`degrees` (nearest
+    pixel, black corners, as torchvision's RandomRotation) and colour jitter (brightness, contrast, saturation
+    factors in 1 +- 0.2 and a hue shift within +-0.1, as ColorJitter(0.2, 0.2, 0.2, 0.1), in that order)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    b, _, h, w = images.shape
+    dev = images.device
+    u = torch.rand(b, 6, generator=generator, device=dev)
+    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0)
+    angle = torch.deg2rad((2 * u[:, 1] - 1) * degrees)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) * flip, -torch.sin(angle)
+    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) * flip, torch.cos(angle)
+    x = F.grid_sample(images, F.affine_grid(theta, [b, 3, h, w], align_corners=False), mode="nearest",
+                      padding_mode="zeros", align_corners=False)
+    brightness, contrast, saturation = (1 + (2 * u[:, 2 + k] - 1) * jitter[k] for k in range(3))
+    x = (x * brightness[:, None, None, None]).clamp(0, 1)
+    gray = TF.rgb_to_grayscale(x)
+    x = (gray.mean((1, 2, 3), keepdim=True) + (x - gray.mean((1, 2, 3), keepdim=True)) * contrast[:, None, None, None]).clamp(0, 1)
+    gray = TF.rgb_to_grayscale(x)
+    x = (gray + (x - gray) * saturation[:, None, None, None]).clamp(0, 1)
+    hue = ((2 * u[:, 5] - 1) * jitter[3]).tolist()
+    return torch.stack([TF.adjust_hue(image, shift) for image, shift in zip(x, hue)])
 
 
-def epoch_batches(data: TrainingSet, config: TrainConfig, generator: torch.Generator) -> list[torch.Tensor]:
-    """Row indices of every batch of one epoch: a shuffled pass (concat), or half real half synthetic (balanced)."""
-    dev = data.labels.device
-    if config.mix == "concat":
-        batch = min(config.batch_size, len(data))
-        order = torch.randperm(len(data), generator=generator, device=dev)
-        return list(order[: len(data) // batch * batch].view(-1, batch))
-    check_mix(data, config)
-    real = torch.nonzero(data.is_real).flatten()
-    synthetic = torch.nonzero(~data.is_real).flatten()
-    half = min(config.batch_size // 2, len(real), len(synthetic))
-    steps = max(len(real), len(synthetic)) // half
-
-    def cycled(rows: torch.Tensor) -> torch.Tensor:
-        needed = steps * half
-        perms = [rows[torch.randperm(len(rows), generator=generator, device=dev)] for _ in range(math.ceil(needed / len(rows)))]
-        return torch.cat(perms)[:needed].view(steps, half)
-
-    return list(torch.cat([cycled(real), cycled(synthetic)], dim=1))
+def training_batch(images: torch.Tensor, generator: torch.Generator, how: str = "crop-flip") -> torch.Tensor:
+    """A uint8 batch augmented by `how`, in [0, 1]: crop-flip (a random crop with size // 8 padding and a flip, the
+    official RandomCrop(res, padding=res // 8)), resized-crop-flip (random-resized-crop and flip) or
+    flip-rotate-jitter (the original study's)."""
+    if how == "crop-flip":
+        return augment(images, generator, pad=max(1, images.shape[-1] // 8)).float().div_(255)
+    if how == "resized-crop-flip":
+        return random_resized_crop(images.float().div_(255), generator)
+    return rotate_jitter(images.float().div_(255), generator)
 
 
-def check_mix(data: TrainingSet, config: TrainConfig) -> None:
-    """--mix balanced needs both real and synthetic images."""
-    n_real = int(data.is_real.sum())
-    if config.mix == "balanced" and (n_real == 0 or n_real == len(data)):
-        raise UserError("--mix balanced needs at least one real store (kind 'real') and one synthetic store")
+# ---- the optimiser and its schedule
+
+def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the official evaluation) or Adam (the original study)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def steps_per_epoch(data: TrainingSet, config: TrainConfig) -> int:
-    """How many optimiser steps one epoch takes."""
-    if config.mix == "concat":
-        return len(data) // min(config.batch_size, len(data))
-    n_real = int(data.is_real.sum())
-    n_syn = len(data) - n_real
-    half = min(config.batch_size // 2, n_real, n_syn)
-    return max(n_real, n_syn) // max(half, 1)
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's own schedulers, stepped once per optimiser step. warmup-cosine is the official one
+    (di/train_net.py:333-336): ChainedScheduler(LinearLR(start_factor, warm-up steps), CosineAnnealingLR(T_max=steps,
+    eta_min=min_lr * lr)); step is StepLR(step_every, step_gamma)."""
+    sched = torch.optim.lr_scheduler
+    if config.schedule == "step":
+        return sched.StepLR(optimizer, step_size=max(1, config.step_every), gamma=config.step_gamma)
+    return sched.ChainedScheduler([
+        sched.LinearLR(optimizer, start_factor=config.warmup_start, total_iters=config.warmup_steps),
+        sched.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * config.min_lr)])
 
 
-def lr_factor(step: int, total: int, warmup: float) -> float:
-    """Linear warm-up over the first `warmup` fraction of steps, then cosine decay to zero."""
-    warm = max(1, int(total * warmup))
-    if step < warm:
-        return (step + 1) / warm
-    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    state = optimizer.state_dict()["state"]
+    return {f"optim.{i}.{key}": value for i, s in state.items() for key, value in s.items() if torch.is_tensor(value)}
 
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(state)
+
+
+# ---- files beside a classifier
 
 def state_path(out: Path) -> Path:
     """Where the resumable training state of `out` lives until training ends."""
@@ -217,126 +299,282 @@ def state_path(out: Path) -> Path:
 
 
 def log_path(out: Path) -> Path:
-    """The per-epoch JSON-lines log beside the checkpoint."""
+    """The JSON-lines log beside the checkpoint: a line per saved step (loss, accuracy, lr, speed, test accuracy)."""
     return out.with_name(out.stem + ".log.jsonl")
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    state = optimizer.state_dict()["state"]
-    return {f"optim.{i}.momentum_buffer": s["momentum_buffer"] for i, s in state.items() if s.get("momentum_buffer") is not None}
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state = optimizer.state_dict()
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            state["state"][int(key.split(".")[1])] = {"momentum_buffer": value}
-    optimizer.load_state_dict(state)
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the last good state is kept."""
-
-
-@locked_output("out")
-def train(data_paths: Sequence[Path], out: Path, config: TrainConfig, device: str | None = None,
-          overwrite: bool = False, resume: bool = False, memory_limit: str | None = None) -> dict[str, Any]:
-    """Train a ResNet-18 on the stores, write the safetensors checkpoint, and return its metadata. Images are
-    trained at config.image_size (default: the first store's); a set larger than the device's memory budget
-    (device.memory_budget, or `memory_limit` such as '2GB') is streamed from the stores in windows."""
-    out = Path(out)
-    if config.mix not in MIXES:
-        raise UserError(f"--mix must be one of {', '.join(MIXES)}, got '{config.mix}'")
-    if check_output(out, [state_path(out)], overwrite, resume):
-        return read_meta(out)
-    configure_threads()
-    dev = pick_device(device)
-    if config.image_size is not None and config.image_size < 8:
-        raise UserError(f"--image-size must be at least 8, got {config.image_size}")
-    budget = memory_budget(dev, memory_limit)
-    data = load_stores(data_paths, dev, config.per_class, config.seed, image_size=config.image_size, memory_limit=budget)
-    arch = arch_for(data.image_size)
-    if data.streamed:
-        console.print(f"streaming: {len(data)} images at {data.image_size} px take {image_bytes(len(data), data.image_size) / 2**20:.2f} MiB, "
-                      f"over the memory limit of {budget / 2**20:.2f} MiB; reading them from the stores in windows")
-    check_mix(data, config)
-    per_epoch = steps_per_epoch(data, config)
-    total = config.steps if config.steps is not None else config.epochs * per_epoch
-    epochs = math.ceil(total / per_epoch)
-
-    torch.manual_seed(config.seed)
-    model = ResNet18(len(data.classes), arch, data.image_size).to(dev, memory_format=memory_format(dev))
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    params = asdict(config)
-    start_epoch, log, seconds = 0, [], 0.0
-    state_file = state_path(out)
-    if resume and state_file.exists():
-        tensors, state_meta = load_checkpoint(state_file, dev)
-        check_same_options((state_meta.get("params"), state_meta.get("data")), (params, data.sources), state_file)
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        _load_optimizer(optimizer, tensors)
-        start_epoch, log, seconds = state_meta["epoch"], state_meta["log"], state_meta["seconds"]
-    step_fn = torch.compile(model) if config.compile else model
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with progress("epoch", "loss", "acc", "speed") as bar:
-        task = bar.add_task("train", total=total, completed=min(start_epoch * per_epoch, total),
-                            epoch="", loss="", acc="", speed="")
-        for epoch in range(start_epoch, epochs):
-            started = time.perf_counter()
-            generator = torch.Generator(device=dev).manual_seed(config.seed * 1_000_003 + epoch)
-            loss_sum = torch.zeros((), device=dev)
-            correct = torch.zeros((), device=dev, dtype=torch.long)
-            seen = 0
-            model.train()
-            batches = epoch_batches(data, config, generator)[: total - epoch * per_epoch]  # the last epoch may stop early
-            for i, (rows, images) in enumerate(batch_images(data, batches, budget, dev)):
-                step = epoch * per_epoch + i
-                for group in optimizer.param_groups:
-                    group["lr"] = config.lr * lr_factor(step, total, config.warmup)
-                x = training_batch(images, generator).contiguous(memory_format=memory_format(dev))
-                y = data.labels[rows]
-                with autocast(dev):
-                    logits = step_fn(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                if i % 20 == 0:
-                    bar.update(task, completed=step + 1, epoch=f"ep {epoch + 1}/{epochs}",
-                               loss=f"loss {loss.item():.3f}", speed=f"{seen / (time.perf_counter() - started):.0f} img/s")
-            epoch_loss = (loss_sum / max(seen, 1)).item()
-            elapsed = time.perf_counter() - started
-            if not math.isfinite(epoch_loss):
-                kept = f"the last good state (epoch {epoch}) is kept in {state_file}" if state_file.exists() else "no epoch finished, nothing kept"
-                raise TrainingDiverged(f"the loss became {epoch_loss} in epoch {epoch + 1}; {kept}; lower --lr and rerun with --overwrite")
-            seconds += elapsed
-            log.append({"epoch": epoch + 1, "steps": min((epoch + 1) * per_epoch, total), "loss": round(epoch_loss, 5),
-                        "train_acc": round(correct.item() / max(seen, 1), 5), "img_per_s": round(seen / elapsed, 1),
-                        "lr": optimizer.param_groups[0]["lr"], "seconds": round(elapsed, 2)})
-            bar.update(task, completed=min((epoch + 1) * per_epoch, total), loss=f"loss {epoch_loss:.3f}",
-                       acc=f"acc {log[-1]['train_acc']:.3f}", speed=f"{log[-1]['img_per_s']:.0f} img/s")
-            _write_log(out, log)
-            if epoch + 1 < epochs:
-                tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | _optimizer_tensors(optimizer)
-                save_checkpoint(state_file, tensors, {"kind": "train-state", "params": params, "data": data.sources,
-                                                      "epoch": epoch + 1, "log": log, "seconds": seconds})
-
-    meta = provenance("classifier", params, data.sources)
-    meta.update({"arch": arch, "image_size": data.image_size, "streamed": data.streamed, "classes": data.classes,
-                 "epochs": epochs, "steps": total,
-                 "final_loss": log[-1]["loss"], "final_train_acc": log[-1]["train_acc"], "seconds": round(seconds, 1),
-                 "device": str(dev), "versions": {"synthkit": __version__, "torch": torch.__version__}})
-    save_checkpoint(out, model.state_dict(), meta)
-    state_file.unlink(missing_ok=True)
-    return meta
 
 
 def _write_log(out: Path, log: list[dict]) -> None:
     tmp = log_path(out).with_suffix(".partial")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
     tmp.replace(log_path(out))
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good state is kept."""
+
+
+# ---- one classifier, and many in one job
+
+@dataclass
+class TrainJob:
+    """One classifier to train: its stores, its output and its resolved recipe."""
+
+    data: list[Path]
+    out: Path
+    config: TrainConfig
+
+    @property
+    def name(self) -> str:
+        return f"{'+'.join(p.stem for p in self.data)} (seed {self.config.seed})"
+
+
+def check_config(config: TrainConfig) -> None:
+    """Values no recipe could mean: refused before any work."""
+    for value, choices, option in ((config.mix, MIXES, "--mix"), (config.optimizer, OPTIMIZERS, "--optimizer"),
+                                   (config.schedule, SCHEDULES, "--schedule"), (config.augment, AUGMENTS, "--augment"),
+                                   (config.init, INITS, "--init")):
+        if value not in choices:
+            raise UserError(f"{option} must be one of {', '.join(choices)}, got '{value}'")
+    if config.steps < 1 or config.batch_size < 2:
+        raise UserError(f"--steps must be at least 1 and --batch-size at least 2, got {config.steps} and {config.batch_size}")
+    if config.real_batch is not None and not 0 < config.real_batch < config.batch_size:
+        raise UserError(f"--real-batch must be between 1 and --batch-size - 1, got {config.real_batch} of {config.batch_size}")
+    if config.image_size is not None and config.image_size < 8:
+        raise UserError(f"--image-size must be at least 8, got {config.image_size}")
+    if config.evals < 0 or config.warmup_steps < 0:
+        raise UserError("--evals and --warmup-steps cannot be negative")
+
+
+def boundaries(config: TrainConfig, evaluating: bool, every: int | None = None) -> tuple[list[int], set[int]]:
+    """The steps after which a run saves its state and logs (every evaluation, every `every` steps and the last),
+    and those of them at which it scores the test store (`evals` evenly spaced, the last at the final step)."""
+    every = every or CHECKPOINT_EVERY
+    evals = {math.ceil(k * config.steps / config.evals) for k in range(1, config.evals + 1)} if evaluating and config.evals else set()
+    saves = set(range(every, config.steps, every)) | evals | {config.steps}
+    return sorted(saves), evals
+
+
+class Run:
+    """One classifier in training: its model, optimiser, schedule, batches and log, advanced one step at a time."""
+
+    def __init__(self, job: TrainJob, data: TrainingSet, device: torch.device, test: TestImages | None,
+                 resume: bool):
+        self.job, self.config, self.data, self.device, self.test = job, job.config, data, device, test
+        config = job.config
+        self.mix = mix_of(data, config)
+        self.arch = arch_for(data.image_size)
+        torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
+        self.model = ResNet18(len(data.classes), self.arch, data.image_size)
+        if config.init == "kaiming-normal":
+            kaiming_normal_init(self.model)
+        self.model.to(device, memory_format=memory_format(device)).train()
+        self.optimizer = make_optimizer(self.model.parameters(), config)
+        self.params = asdict(config)
+        self.step, self.log, self.evals, self.seconds = 0, [], [], 0.0
+        self.state_file = state_path(job.out)
+        if resume and self.state_file.exists():
+            tensors, meta = load_checkpoint(self.state_file, device)
+            check_same_options((meta.get("params"), meta.get("data")), (self.params, data.sources), self.state_file)
+            self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+            _load_optimizer(self.optimizer, tensors)
+            self.step, self.log, self.evals, self.seconds = meta["step"], meta["log"], meta["evals"], meta["seconds"]
+        self.schedule = make_schedule(self.optimizer, config)
+        with warnings.catch_warnings():  # stepping the schedule to a resumed step, before any optimiser step
+            warnings.simplefilter("ignore")
+            for _ in range(self.step):
+                self.schedule.step()
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.saves, self.eval_steps = boundaries(config, test is not None)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.failed: str | None = None
+        self._open_round()
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.config.steps or self.failed is not None
+
+    def _open_round(self) -> None:
+        """Draw the batches of the steps up to the next save, and reset the round's sums."""
+        if self.step >= self.config.steps:
+            return
+        self.round_end = next(s for s in self.saves if s > self.step)
+        self._batches = batch_images(self.data, list(step_rows(self.data, self.config, self.step, self.round_end)), self.device)
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.seen, self.started = 0, time.perf_counter()
+
+    def _context(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def advance(self) -> None:
+        """One optimiser step (on this run's own CUDA stream); at a save point, log, evaluate and save."""
+        with self._context():
+            rows, images = next(self._batches)
+            generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 2**32 + self.step)
+            x = training_batch(images, generator, self.config.augment).contiguous(memory_format=memory_format(self.device))
+            y = self.data.labels[rows]
+            with autocast(self.device):
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+            self.loss_sum += loss.detach() * len(y)
+            self.correct += (logits.argmax(1) == y).sum()
+            self.seen += len(y)
+            self.step += 1
+            if self.step == self.round_end:
+                self._finish_round()
+
+    def _finish_round(self) -> None:
+        loss = (self.loss_sum / max(self.seen, 1)).item()
+        elapsed = time.perf_counter() - self.started
+        if not math.isfinite(loss):
+            kept = (f"the last good state (step {self.log[-1]['step']}) is kept in {self.state_file}" if self.log
+                    else "no state was saved")
+            self.failed = f"the loss became {loss} by step {self.step}; {kept}; lower --lr and rerun with --overwrite"
+            return
+        self.seconds += elapsed
+        entry = {"step": self.step, "loss": round(loss, 5), "train_acc": round(self.correct.item() / max(self.seen, 1), 5),
+                 "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": round(self.seen / elapsed, 1),
+                 "seconds": round(elapsed, 2)}
+        if self.step in self.eval_steps:
+            entry["test_acc"] = round(self.test.accuracy(self.model, self.data.classes, self.data.image_size), 5)
+            self.evals.append({"step": self.step, "accuracy": entry["test_acc"]})
+        self.log.append(entry)
+        _write_log(self.job.out, self.log)
+        if self.step < self.config.steps:
+            tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()} | _optimizer_tensors(self.optimizer)
+            save_checkpoint(self.state_file, tensors, {"kind": "train-state", "params": self.params, "data": self.data.sources,
+                                                       "step": self.step, "log": self.log, "evals": self.evals,
+                                                       "seconds": self.seconds})
+            self._open_round()
+        else:
+            self._write_classifier()
+
+    def _write_classifier(self) -> None:
+        config, data = self.config, self.data
+        meta = provenance("classifier", self.params, data.sources)
+        meta.update({"arch": self.arch, "image_size": data.image_size, "streamed": data.streamed, "classes": data.classes,
+                     "recipe": config.recipe, "steps": config.steps, "images_seen": config.steps * config.batch_size,
+                     "batch": composition(data, config), "final_loss": self.log[-1]["loss"],
+                     "final_train_acc": self.log[-1]["train_acc"], "seconds": round(self.seconds, 1),
+                     "device": str(self.device), "versions": {"synthkit": __version__, "torch": torch.__version__}})
+        if self.evals:
+            best = max(self.evals, key=lambda e: e["accuracy"])
+            meta.update({"test": {"path": str(self.test.path), "fingerprint": self.test.fingerprint}, "evals": self.evals,
+                         "final_test_acc": self.evals[-1]["accuracy"], "best_test_acc": best["accuracy"],
+                         "best_test_step": best["step"]})
+        save_checkpoint(self.job.out, self.model.state_dict(), meta)
+        self.state_file.unlink(missing_ok=True)
+        self.meta = meta
+
+
+def expand_jobs(data: Sequence[Sequence[Path]], out: str, seeds: Sequence[int], config: TrainConfig) -> list[TrainJob]:
+    """One job per (stores, seed): `out` names each with {data} (the store names joined by '+') and {seed}, which it
+    must hold when there is more than one classifier."""
+    seeds = list(seeds) or [config.seed]
+    many = len(data) > 1 or len(seeds) > 1
+    if many and not (("{data}" in out or len(data) == 1) and ("{seed}" in out or len(seeds) == 1)):
+        raise UserError(f"--out {out} names one file for {len(data) * len(seeds)} classifiers: put {{data}} and {{seed}} in it, "
+                        "e.g. models/resnet18-{data}-s{seed}.safetensors")
+    jobs = []
+    for stores in data:
+        for seed in seeds:
+            name = "+".join(Path(p).stem for p in stores)
+            jobs.append(TrainJob(list(map(Path, stores)), Path(out.replace("{data}", name).replace("{seed}", str(seed))),
+                                 TrainConfig(**(asdict(config) | {"seed": seed}))))
+    outs = [job.out for job in jobs]
+    if len(set(outs)) != len(outs):
+        raise UserError(f"--out {out} gives two classifiers the same file: put {{data}} and {{seed}} in it")
+    return jobs
+
+
+def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path | None = None, overwrite: bool = False,
+               resume: bool = False, memory_limit: str | None = None) -> list[dict[str, Any]]:
+    """Train several classifiers in one process, each with its own data order, augmentation draws, optimiser,
+    state file and checkpoint, and each equal to its run alone. They advance a step each in turn (on CUDA, each on
+    its own stream, so their kernels can overlap). A classifier whose loss diverges stops alone; the others finish,
+    and the job then fails naming it. Returns each classifier's metadata."""
+    for job in jobs:
+        check_config(job.config)
+    with contextlib.ExitStack() as locks:
+        for job in jobs:
+            locks.enter_context(writer_lock(job.out))
+        todo = [job for job in jobs if not check_output(job.out, [state_path(job.out)], overwrite, resume)]
+        if not todo:
+            return [read_meta(job.out) for job in jobs]
+        configure_threads()
+        dev = pick_device(device)
+        budget = memory_budget(dev, memory_limit)
+        test_images = TestImages(test, dev, budget // 4) if test is not None else None
+        keys = {job.out: (tuple(job.data), job.config.per_class, job.config.seed if job.config.per_class else None,
+                          job.config.image_size) for job in todo}
+        share = (budget - (budget // 4 if test is not None else 0)) // max(1, len(set(keys.values())))
+        sets: dict[tuple, TrainingSet] = {}
+        for job in todo:
+            if keys[job.out] not in sets:
+                sets[keys[job.out]] = load_stores(job.data, dev, job.config.per_class, job.config.seed,
+                                                  image_size=job.config.image_size, memory_limit=share)
+                data = sets[keys[job.out]]
+                if data.streamed:
+                    console.print(f"streaming: {len(data)} images at {data.image_size} px take "
+                                  f"{image_bytes(len(data), data.image_size) / 2**20:.2f} MiB, over the memory limit of "
+                                  f"{share / 2**20:.2f} MiB; reading them from the stores in windows", highlight=False)
+        if test_images is not None:  # a test store of other classes is refused before any training
+            for data in sets.values():
+                class_mapping(test_images.classes, data.classes, f"test store {test}")
+        for job in todo:
+            job.out.parent.mkdir(parents=True, exist_ok=True)
+        runs = [Run(job, sets[keys[job.out]], dev, test_images, resume) for job in todo]
+        if dev.type == "cuda":
+            for run in runs:  # the training sets were written on the default stream
+                run.stream.wait_stream(torch.cuda.current_stream(dev))
+        _advance_all(runs)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        failed = [run for run in runs if run.failed]
+        if failed:
+            finished = [str(run.job.out) for run in runs if not run.failed]
+            raise TrainingDiverged("; ".join(f"{run.job.name}: {run.failed}" for run in failed)
+                                   + (f" (finished: {', '.join(finished)})" if finished and len(runs) > 1 else ""))
+        return [read_meta(job.out) for job in jobs]
+
+
+def _advance_all(runs: list[Run]) -> None:
+    """Step every unfinished run in turn until all are done, with a progress bar per run (one in all beyond 8)."""
+    with progress("loss", "acc", "speed") as bar:
+        many = len(runs) > 8
+        tasks = [bar.add_task("train", total=sum(r.config.steps for r in runs), completed=sum(r.step for r in runs),
+                              loss="", acc="", speed="")] if many else \
+            [bar.add_task(r.job.name, total=r.config.steps, completed=r.step, loss="", acc="", speed="") for r in runs]
+        while True:
+            active = [r for r in runs if not r.done]
+            if not active:
+                break
+            for run in active:
+                logged = len(run.log)
+                run.advance()
+                if many:
+                    bar.advance(tasks[0])
+                    continue
+                task = tasks[runs.index(run)]
+                if len(run.log) > logged:
+                    last = run.log[-1]
+                    acc = f"test {100 * last['test_acc']:.1f}%" if "test_acc" in last else f"train {100 * last['train_acc']:.1f}%"
+                    bar.update(task, completed=run.step, loss=f"loss {last['loss']:.3f}", acc=acc,
+                               speed=f"{last['img_per_s']:.0f} img/s")
+                elif run.step % 20 == 0:
+                    bar.update(task, completed=run.step)
+
+
+def train(data_paths: Sequence[Path], out: Path, config: TrainConfig | None = None, device: str | None = None,
+          overwrite: bool = False, resume: bool = False, memory_limit: str | None = None,
+          test: Path | None = None) -> dict[str, Any]:
+    """Train one ResNet-18 on the stores, write the safetensors checkpoint, and return its metadata. Images are
+    trained at config.image_size (default: the first store's); a set larger than the device's memory budget
+    (device.memory_budget, or `memory_limit` such as '2GB') is streamed from the stores in windows. With a real
+    `test` store, it is scored config.evals times during training."""
+    job = TrainJob([Path(p) for p in data_paths], Path(out), config or TrainConfig())
+    return train_many([job], device=device, test=test, overwrite=overwrite, resume=resume, memory_limit=memory_limit)[0]

@@ -124,7 +124,7 @@ def tiny_classifier(tmp_path_factory, real_store) -> Path:
     from synthkit.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "resnet18-real.safetensors"
-    train([real_store], out, TrainConfig(steps=6, batch_size=40, lr=0.05, seed=0), device="cpu")
+    train([real_store], out, TrainConfig.from_recipe("quick", steps=6, batch_size=40, lr=0.05, warmup_steps=1), device="cpu")
     return out
 
 

@@ -76,7 +76,7 @@ def test_not_a_store_is_one_line_exit_2(tmp_path):
 
 def test_malformed_options_get_a_short_usage_message(tmp_path):
     for args, error in [(("evaluate", "--out", "x"), "No such option: --out"),
-                        (("train", "--data", "real", "--out", tmp_path / "m.safetensors", "--epochs", 0), "'--epochs'"),
+                        (("train", "--data", "real", "--out", tmp_path / "m.safetensors", "--steps", 0), "'--steps'"),
                         (("vanish-score",), "Missing option '--gt'")]:
         result = run(*args)
         lines = result.stderr.strip().splitlines()

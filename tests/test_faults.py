@@ -124,7 +124,7 @@ WRITERS = {
     "sample-di": lambda out, ctx: ["sample", "--embeddings", "no-such.safetensors", "--out", out],
     "merge": lambda out, ctx: ["merge", ctx["store"], ctx["store"], "--out", out, "--overwrite"],
     "merge-embeddings": lambda out, ctx: ["merge", "a.safetensors", "b.safetensors", "--out", out],
-    "train": lambda out, ctx: ["train", "--data", ctx["store"], "--out", out, "--steps", "1", "--device", "cpu"],
+    "train": lambda out, ctx: ["train", "--data", ctx["store"], "--out", out, "--recipe", "quick", "--steps", "1", "--device", "cpu"],
     "invert": lambda out, ctx: ["invert", "--class", "all", "--data", ctx["store"], "--model", "no-such-model",
                                 "--out", out, "--overwrite"],
     "model-tiny": lambda out, ctx: ["model", "tiny", "--out", out, "--overwrite"],
@@ -237,7 +237,7 @@ def test_a_crafted_store_is_refused_by_every_reader(case, command, tmp_path, mon
     assert path.stat().st_size < 200_000  # the 10^8-image case is a few KB
     before = snapshot(tmp_path)
     args = {"info": ["info", path], "show": ["show", path, "--out", "grid.png"],
-            "train": ["train", "--data", path, "--out", "m.safetensors", "--steps", "1", "--device", "cpu"]}[command]
+            "train": ["train", "--data", path, "--out", "m.safetensors", "--recipe", "quick", "--steps", "1", "--device", "cpu"]}[command]
     started = time.perf_counter()
     one_error_line(run(*args), expected)
     assert time.perf_counter() - started < 30  # refused from the metadata, nothing large read or allocated
@@ -337,7 +337,7 @@ def test_invert_on_an_empty_store_says_it_has_no_images_not_a_shard(tmp_path):
 @pytest.mark.parametrize("data", ["real,", ",real", "real,,inv", " , "])
 def test_empty_store_names_are_refused(data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    one_error_line(run("train", "--data", data, "--out", "m.safetensors", "--steps", "1"), "empty store name")
+    one_error_line(run("train", "--data", data, "--out", "m.safetensors", "--recipe", "quick", "--steps", "1"), "empty store name")
     one_error_line(run("vanish", "--data", data, "--out", "v"), "empty store name")
     assert list(tmp_path.iterdir()) == []
 

@@ -196,7 +196,7 @@ def test_filter_by_geometry_keeps_the_scenes_with_manhattan_lines(tmp_path, tiny
     clf = tmp_path / "clf.safetensors"  # any classifier of the store's classes: geometry does not use it
     from synthkit.training import TrainConfig, train
 
-    train([store], clf, TrainConfig(steps=1, batch_size=6), device="cpu")
+    train([store], clf, TrainConfig.from_recipe("quick", steps=1, batch_size=6), device="cpu")
     result = run("filter", "--data", store, "--classifier", clf, "--keep", 0.5, "--by", "geometry", "--out", tmp_path / "k.h5")
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "k.h5") as kept:

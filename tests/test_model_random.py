@@ -89,6 +89,6 @@ def test_invert_sample_train_on_the_sd15_shaped_model(tmp_path, small_real, monk
     with Store(inv) as store:
         assert len(store) == 4 and set(store.labels.tolist()) == {store.classes.index("airplane")}
 
-    result = run("train", "--data", inv, "--out", clf, "--steps", 2, "--batch-size", 2, "--device", "cpu")
+    result = run("train", "--data", inv, "--out", clf, "--recipe", "quick", "--steps", 2, "--batch-size", 2, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert clf.exists()

@@ -29,10 +29,9 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
     ok("invert", "--class", "all", "--data", "real", "--model", "models/tiny-sd", "--resolution", 64, "--updates", 2,
        "--out", "models/inv/all.safetensors")
     ok("sample", "--embeddings", "models/inv/all.safetensors", "--per-image", 1, "--steps", 2, "--out", "data/inv.h5")
-    for data in ("real", "inv", "sd", "real+inv", "real+sd"):
-        mix = ["--mix", "balanced"] if "+" in data else []
-        ok("train", "--data", data.replace("+", ","), "--out", f"models/resnet18-{data}.safetensors", "--steps", 2,
-           "--batch-size", 20, "--device", "cpu", *mix)
+    ok("train", *(x for d in ("real", "inv", "sd", "real,inv", "real,sd") for x in ("--data", d)),
+       "--out", "models/resnet18-{data}.safetensors", "--recipe", "quick", "--steps", 2, "--batch-size", 20,
+       "--evals", 1, "--test", "test", "--device", "cpu")
     models = [f"models/resnet18-{d}.safetensors" for d in ("real", "inv", "sd", "real+inv", "real+sd")]
     ok("evaluate", *(x for m in models for x in ("--model", m)), "--device", "cpu")
     ok("fidelity", "--real", "real", "--data", "sd", "--data", "inv", "--classifier", models[0], "--device", "cpu")
@@ -43,12 +42,18 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
     ok("report")
 
     readme = Path("results/README.md").read_text()
-    rows = {r["model"]: r for r in csv.DictReader(open("results/accuracy.csv"))}
-    table = re.findall(r"^\| .*\(`(.+?)`\) \| ([\d.]+) \| ([\d.-]+) \| (\d+) \|.*\| `(.+?)` \|$", readme, re.M)
+    rows = {r["training_data"]: r for r in csv.DictReader(open("results/accuracy.csv"))}
+    table = re.findall(r"^\| .*\(`(.+?)`\) \| ([\d.]+) \| 1 \| ([\d.]+) \| ([\d.-]+) \| quick \| 2 \| 40 \| (.+?) \| (\d+) \| 60 \|$",
+                       readme, re.M)
     assert [t[0] for t in table] == ["real", "inv", "sd", "real+inv", "real+sd"]
-    for _, ours, _, train_images, model in table:
-        assert ours == f"{100 * float(rows[model]['accuracy']):.2f}" and train_images == rows[model]["train_images"]
-    assert [t[2] for t in table] == ["81.80", "78.63", "52.57", "86.14", "83.94"]
+    for name, ours, best, _, batch, train_images in table:
+        assert ours == f"{100 * float(rows[name]['accuracy']):.2f}" and train_images == rows[name]["train_images"]
+        assert best == ours  # one evaluation during training, at the end: the same images, the same model
+        assert batch == ("10 real + 10 synthetic" if "+" in name else "20 from all stores")
+    assert "Every row trained the same number of steps." in readme and "One seed per row: no spread" in readme
+    assert "![test accuracy against step](accuracy_steps.png)" in readme and Path("results/accuracy_steps.png").exists()
+    assert "were scored on the DI and SD versions of the test images" in readme
+    assert [t[3] for t in table] == ["81.80", "78.63", "52.57", "86.14", "83.94"]
     assert "These synthetic images are noise" in readme
     for figure in ("grids/real.png", "grids/sd.png", "grids/inv.png", "gradcam/gradcam_grid.png", "vanish/histograms.png"):
         assert f"]({figure})" in readme and (Path("results") / figure).exists()
@@ -59,7 +64,7 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
     Path("data").rename("elsewhere/data")
     ok("report", "--models", Path("models").resolve(), "--data", "elsewhere/data")
     again = Path("results/README.md").read_text()
-    assert again.count("models/resnet18-") >= 10 and "`elsewhere/data/sd.h5` (sd)" in again
+    assert again.count("models/resnet18-") >= 5 and "`elsewhere/data/sd.h5` (sd)" in again
 
 
 def test_report_without_results_is_one_line(tmp_path, monkeypatch):
@@ -73,12 +78,13 @@ def test_makefile_shows_the_plan(tmp_path):
     out = subprocess.run(["make", "-n", "-C", str(ROOT), "reproduce", f"STAMPS={tmp_path}/stamps", f"VENV={tmp_path}/venv"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    for step in ("data cifar10", "sample --prompt", "invert --class airplane", "sample --embeddings", "train --data real,inv",
-                 "filter --data data/inv.h5 --classifier models/resnet18-real.safetensors", "train --data real,inv-kept",
-                 "evaluate", "fidelity --real data/real.h5", "gradcam", "vanish", "report"):
+    for step in ("data cifar10", "sample --prompt", "invert --class airplane", "sample --embeddings",
+                 "train --data real --data inv --data sd --data real,inv --data real,sd --out 'models/resnet18-{data}-s{seed}.safetensors' --recipe di",
+                 "filter --data data/inv.h5 --classifier models/resnet18-real-s0.safetensors",
+                 "train --data inv-kept --data real,inv-kept", "evaluate", "fidelity --real data/real.h5", "gradcam", "vanish", "report"):
         assert step in out.stdout, step
     help_text = subprocess.run(["make", "-C", str(ROOT), "help"], capture_output=True, text=True).stdout
-    for var in ("MODEL", "PER_CLASS", "PER_IMAGE", "SD_PER_CLASS", "EPOCHS", "SEED", "DEVICE", "SHARDS"):
+    for var in ("MODEL", "PER_CLASS", "PER_IMAGE", "SD_PER_CLASS", "RECIPE", "SEEDS", "TRAIN_STEPS", "SEED", "DEVICE", "SHARDS"):
         assert var + "=" in help_text
 
 
@@ -96,7 +102,7 @@ def test_makefile_runs_the_study_on_your_own_stores(tmp_path):
     assert "venv/bin/synthkit subset data/mine-test.h5 --out data/test.h5 --overwrite" in plan
     assert "sample --prompt 'a photo of a {class}' --classes data/real.h5" in plan
     assert "invert --class all --data data/real.h5 --model my-sd" in plan and "invert --class airplane" not in plan
-    assert "data cifar10" not in plan and "train --data real,inv" in plan
+    assert "data cifar10" not in plan and "--data real,inv " in plan
     subset = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "data/real.h5", "STAMPS=stamps", "VENV=venv",
                              "REAL=data/mine.h5", "TEST=data/mine-test.h5", "PER_CLASS=50"], cwd=tmp_path, capture_output=True, text=True).stdout
     subset = " ".join(subset.split())
@@ -111,11 +117,24 @@ def test_every_classifier_trains_at_the_real_store_size_or_image_size(tmp_path):
     real store's size unless IMAGE_SIZE says otherwise, so that the rows compare like with like."""
     plan = " ".join(planned(tmp_path).split())
     commands = re.findall(r"synthkit train (.*?)--resume", plan)
-    assert len(commands) == 7
+    assert len(commands) == 2  # the rows that need no filtered store, then the filtered ones
     size_of_real = "--image-size $(venv/bin/python -c 'import sys; from synthkit.store import Store; print(Store(sys.argv[1]).image_shape[0])' data/real.h5)"
     assert all(size_of_real in c for c in commands)
     plan = " ".join(planned(tmp_path, "IMAGE_SIZE=64").split())
-    assert len(re.findall(r"synthkit train .*?--image-size 64 ", plan)) == 7
+    assert len(re.findall(r"synthkit train .*?--image-size 64 ", plan)) == 2
+
+
+def test_every_row_trains_the_recipes_steps_once_per_seed(tmp_path):
+    """Through the Makefile: each job trains all its rows for every seed of SEEDS, for the same steps (the recipe's,
+    or TRAIN_STEPS), scoring the real test store on the way."""
+    plan = " ".join(planned(tmp_path, "SEEDS=0 1 2", "TRAIN_STEPS=77", "RECIPE=quick").split())
+    commands = re.findall(r"synthkit train (.*?)--resume", plan)
+    assert len(commands) == 2 and all("--recipe quick" in c and "--steps 77" in c and "--seed 0 --seed 1 --seed 2" in c
+                                      and "--test data/test.h5" in c for c in commands)
+    assert sum(len(re.findall(r"--data \S+", c)) for c in commands) == 7
+    assert "--classifier models/resnet18-real-s0.safetensors" in plan  # the filter uses the first seed's classifier
+    plan = " ".join(planned(tmp_path).split())
+    assert "--steps" not in re.findall(r"synthkit train (.*?)--resume", plan)[0]  # the recipe's own steps
 
 
 def planned(cwd, *variables):
@@ -131,11 +150,18 @@ STUDY_FILES = [  # the graph under `train`, upstream first
     ["data/sd.h5", *(f"models/inv/{c}.safetensors" for c in
                      ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"))],
     ["data/inv.h5"],
-    [f"models/resnet18-{d}.safetensors" for d in ("real", "inv", "sd", "real+inv", "real+sd")],
+    [f"models/resnet18-{d}-s0.safetensors" for d in ("real", "inv", "sd", "real+inv", "real+sd")],
     ["data/inv-kept.h5"],
-    [f"models/resnet18-{d}.safetensors" for d in ("inv-kept", "real+inv-kept")],
+    [f"models/resnet18-{d}-s0.safetensors" for d in ("inv-kept", "real+inv-kept")],
 ]
 SEVEN = sorted(["real", "inv", "inv-kept", "sd", "real+inv", "real+inv-kept", "real+sd"])
+# A stand-in for synthkit: writes the file after --out (a pattern with {data} writes nothing), so that make runs the
+# graph for real and what a stage would retrain can be read off the classifiers its leftovers step removed.
+FAKE_SYNTHKIT = """#!/bin/sh
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "--out" ] && out="$a"; prev="$a"; done
+case "$out" in *"{"*|"") ;; *) mkdir -p "$(dirname "$out")"; touch "$out";; esac
+"""
 
 
 def finish_everything(cwd, when):
@@ -149,47 +175,56 @@ def finish_everything(cwd, when):
             os.utime(cwd / name, (when + 10 * (i + 1), when + 10 * (i + 1)))
 
 
-def trained(plan):
-    return sorted(re.findall(r" train .*--out models/resnet18-(\S+)\.safetensors", plan))
+def retrained(cwd, *variables):
+    """Run `make train` with the stand-in synthkit: the rows whose finished classifiers were removed as stale
+    (synthkit train --resume retrains those and keeps the rest), and the plan make printed."""
+    fake = cwd / "fake-synthkit"
+    fake.write_text(FAKE_SYNTHKIT)
+    fake.chmod(0o755)
+    out = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "train", "STAMPS=stamps", "VENV=venv", f"SK={fake}",
+                          *variables], cwd=cwd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    gone = [name for layer in STUDY_FILES for name in layer if name.startswith("models/resnet18-") and not (cwd / name).exists()]
+    return sorted(re.fullmatch(r"models/resnet18-(.+)-s0\.safetensors", name).group(1) for name in gone), out.stdout
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
-    import os
     import time
 
-    def age_stamps():
+    def reset():  # every file finished, newer than the stamps
         for p in (tmp_path / "stamps").iterdir():
             os.utime(p, (past, past))
+        finish_everything(tmp_path, past)
+
+    import os
 
     planned(tmp_path)  # writes the stamps
     stamps = {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()}
-    assert set(stamps) == {"data", "sd", "invert", "inv", "filter", "train", "analysis", "geometry"} and stamps["train"].split() == ["balanced", "0"]
+    assert set(stamps) == {"data", "sd", "invert", "inv", "filter", "train", "analysis", "geometry"} and stamps["train"].split() == ["di"]
     past = time.time() - 1000
-    age_stamps()
-    finish_everything(tmp_path, past)
+    reset()
     assert "bin/synthkit" not in planned(tmp_path), "nothing to redo when nothing changed"
     assert all(p.stat().st_mtime == past for p in (tmp_path / "stamps").iterdir())  # same settings: stamps untouched
 
-    plan = planned(tmp_path, "EPOCHS=5")  # a training setting: the train stamp is rewritten, all five retrain
-    assert (tmp_path / "stamps" / "train").read_text().split() == ["5", "balanced", "0"]
-    assert (tmp_path / "stamps" / "train").stat().st_mtime > past
+    rows, plan = retrained(tmp_path, "TRAIN_STEPS=5")  # a training setting: the train stamp is rewritten, all seven retrain
+    assert (tmp_path / "stamps" / "train").read_text().split() == ["di", "5"]
     assert all(p.stat().st_mtime == past for p in (tmp_path / "stamps").iterdir() if p.name != "train")
-    assert trained(plan) == SEVEN and "--epochs 5" in plan
+    assert rows == SEVEN and "--steps 5" in plan
     assert "invert" not in plan and "sample" not in plan and "data cifar10" not in plan
 
-    age_stamps()  # as if the five had been retrained since
-    assert "bin/synthkit" not in planned(tmp_path, "EPOCHS=5")
-    plan = planned(tmp_path, "EPOCHS=5", "UPDATES=7")  # an inversion setting: inversion, DI sampling and their models
+    reset()  # as if the seven had been retrained since
+    assert "bin/synthkit" not in planned(tmp_path, "TRAIN_STEPS=5")
+    rows, plan = retrained(tmp_path, "TRAIN_STEPS=5", "UPDATES=7")  # an inversion setting: inversion, DI sampling, their rows
     assert "--updates 7" in plan and len(re.findall(r" invert --class ", plan)) == 10
     assert "sample --embeddings" in plan and "--out data/inv.h5" in plan and " merge " not in plan
-    assert trained(plan) == ["inv", "inv-kept", "real+inv", "real+inv-kept"] and " filter --data data/inv.h5 " in plan
+    assert rows == ["inv", "inv-kept", "real+inv", "real+inv-kept"] and " filter --data data/inv.h5 " in plan
     assert "sample --prompt" not in plan and "data cifar10" not in plan
 
-    age_stamps()
-    plan = planned(tmp_path, "EPOCHS=5", "UPDATES=7", "PER_CLASS=20")  # the real subset: every stage is redone
+    reset()
+    rows, plan = retrained(tmp_path, "TRAIN_STEPS=5", "UPDATES=7", "PER_CLASS=20")  # the real subset: everything is redone
     assert "data cifar10" in plan and "--per-class 20" in plan and "sample --prompt" in plan and "invert --class" in plan
-    assert trained(plan) == SEVEN
+    assert rows == SEVEN
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -12,21 +13,32 @@ from synthkit.errors import UserError
 from synthkit.evaluation import predict
 from synthkit.store import Store, StoreWriter
 from synthkit.model import load_classifier
-from synthkit.training import TrainConfig, augment, epoch_batches, load_stores, log_path, lr_factor, state_path, train
+from synthkit.training import (TrainConfig, augment, load_stores, log_path, rotate_jitter, state_path, step_rows, train,
+                               training_batch)
 
 CPU = torch.device("cpu")
 
 
-def test_a_few_steps_lower_the_loss(tmp_path, real_store):
+def quick(**overrides) -> TrainConfig:
+    """The CPU recipe with a one-step warm-up, for runs of a few steps."""
+    return TrainConfig.from_recipe("quick", **({"warmup_steps": 1} | overrides))
+
+
+def test_a_few_steps_lower_the_loss(tmp_path, real_store, monkeypatch):
+    import synthkit.training as training
+
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 4)  # a log line (and a saved state) every 4 steps
     out = tmp_path / "m.safetensors"
-    train([real_store], out, TrainConfig(steps=12, batch_size=30, lr=0.05, seed=0), device="cpu")
+    train([real_store], out, quick(steps=16, batch_size=30, lr=0.02), device="cpu")
     log = [json.loads(line) for line in log_path(out).read_text().splitlines()]
-    assert len(log) == 3 and log[-1]["loss"] < log[0]["loss"]
+    assert [row["step"] for row in log] == [4, 8, 12, 16] and log[-1]["loss"] < log[0]["loss"]
+    meta = read_meta(out)
+    assert meta["steps"] == 16 and meta["images_seen"] == 480 and meta["batch"] == {"any": 30}
 
 
 def test_overfits_twenty_images(tmp_path, real_store):
     out = tmp_path / "m.safetensors"
-    train([real_store], out, TrainConfig(steps=40, batch_size=20, lr=0.05, per_class=2, seed=1, warmup=0.1), device="cpu")
+    train([real_store], out, quick(steps=40, batch_size=20, lr=0.05, per_class=2, seed=1, warmup_steps=4), device="cpu")
     model, meta = load_classifier(out, CPU)
     data = load_stores([real_store], CPU, per_class=2, seed=1)
     assert len(data) == 20
@@ -35,19 +47,144 @@ def test_overfits_twenty_images(tmp_path, real_store):
     assert meta["final_train_acc"] > 0.5
 
 
-def test_balanced_batches_are_half_real_half_synthetic(tmp_path, real_store):
-    synthetic = copy_store_as(real_store, tmp_path / "inv.h5", "inv")
-    data = load_stores([real_store, synthetic], CPU, per_class=3, seed=0)
-    data.images = data.images[:, :, :1, :1]
-    config = TrainConfig(batch_size=8, mix="balanced")
-    batches = epoch_batches(data, config, torch.Generator().manual_seed(0))
-    assert len(batches) == 30 // 4
-    for rows in batches:
-        assert data.is_real[rows].sum() == 4 and len(rows) == 8
-    assert len(set(torch.cat(batches).tolist())) == 56  # each part is covered without repeats in an epoch
-    only_real = load_stores([real_store], CPU, per_class=1)
+def test_recipes_resolve_and_every_option_overrides_its_value(tmp_path, real_store):
+    di = TrainConfig.from_recipe("di")
+    assert (di.steps, di.batch_size, di.real_share, di.lr, di.momentum, di.weight_decay) == (50_000, 128, 64, 0.1, 0.9, 5e-4)
+    assert (di.schedule, di.warmup_steps, di.warmup_start, di.min_lr, di.evals, di.augment) == ("warmup-cosine", 1000, 0.001, 0.001, 20, "crop-flip")
+    assert TrainConfig() == di  # the library's default is the official evaluation
+    study = TrainConfig.from_recipe("study")
+    assert (study.optimizer, study.lr, study.batch_size, study.label_smoothing, study.image_size, study.schedule) == ("adam", 1e-3, 32, 0.1, 224, "step")
+    assert TrainConfig.from_recipe("quick", lr=0.5, steps=None).lr == 0.5  # None keeps the recipe's value
+    with pytest.raises(UserError, match="unknown recipe 'nope'"):
+        TrainConfig.from_recipe("nope")
+    out = tmp_path / "m.safetensors"
+    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 3, "--lr", 0.05,
+                 "--batch-size", 10, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    meta = read_meta(out)
+    resolved = asdict(TrainConfig.from_recipe("quick", steps=3, lr=0.05, batch_size=10))
+    assert meta["recipe"] == "quick" and meta["params"] == resolved  # the recipe's name and every resolved value
+    assert "recipe quick, 3 steps of 10 from all stores" in result.output
+    bad = run("train", "--data", real_store, "--out", out, "--recipe", "fast", "--overwrite")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --recipe must be one of di, study, quick")
+
+
+def test_every_row_trains_the_same_steps_whatever_its_stores_size(tmp_path, real_store):
+    """A store of 120 images and one of 20 train the same 6 steps at the same batch, so see the same number of images."""
+    small = tmp_path / "small.h5"
+    with Store(real_store) as s, StoreWriter(small, classes=s.classes, image_shape=(32, 32), meta=provenance("inv", {}),
+                                             total=20) as w:
+        w.append(s.images(np.arange(20)), s.labels[:20])
+    metas = [train([store], tmp_path / f"{store.stem}.safetensors", quick(steps=6, batch_size=16), device="cpu")
+             for store in (real_store, small)]
+    assert [m["steps"] for m in metas] == [6, 6] and [m["images_seen"] for m in metas] == [96, 96]
+    assert [m["sources"][0]["count"] for m in metas] == [120, 20]
+
+
+def test_the_schedule_is_torchs_chained_linear_warmup_and_cosine(tmp_path, real_store, monkeypatch):
+    """The learning rate of every step of a short run equals torch's own ChainedScheduler(LinearLR, CosineAnnealingLR)
+    with the official settings (start factor 0.001, eta_min 0.001 lr, T_max the steps), stepped once per step."""
+    import synthkit.training as training
+
+    used = []
+    original = training.make_optimizer
+
+    def recording(parameters, config):
+        optimizer = original(parameters, config)
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+        return optimizer
+
+    monkeypatch.setattr(training, "make_optimizer", recording)
+    config = TrainConfig.from_recipe("di", steps=30, warmup_steps=8, batch_size=4, lr=0.2)
+    train([real_store], tmp_path / "m.safetensors", config, device="cpu")
+    weight = torch.nn.Parameter(torch.zeros(1))
+    reference = torch.optim.SGD([weight], lr=0.2, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.ChainedScheduler([
+        torch.optim.lr_scheduler.LinearLR(reference, start_factor=0.001, total_iters=8),
+        torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=30, eta_min=0.2 * 0.001)])
+    expected = []
+    for _ in range(30):
+        expected.append(reference.param_groups[0]["lr"])
+        reference.step()
+        schedule.step()
+    assert used == expected  # exactly, step by step
+    assert used[0] == pytest.approx(0.2 * 0.001) and int(np.argmax(used)) == 8  # warm-up, then decay
+
+
+def test_mixed_rows_take_real_and_synthetic_images_every_step(tmp_path, real_store, monkeypatch):
+    """Each batch of a mixed row holds real_batch real images and the rest synthetic, at every step; a single-source
+    row takes the whole batch from its store. Counted on the rows the training loop reads, by store."""
+    import synthkit.training as training
+
+    synthetic = tmp_path / "inv.h5"
+    with Store(real_store) as s, StoreWriter(synthetic, classes=s.classes, image_shape=(32, 32), meta=provenance("inv", {}),
+                                             total=50) as w:
+        w.append(s.images(np.arange(50)), s.labels[:50])
+    seen = []
+    original = training.batch_images
+    monkeypatch.setattr(training, "batch_images", lambda data, batches, device: (
+        seen.extend(rows.tolist() for rows in batches) or original(data, batches, device)))
+    train([real_store, synthetic], tmp_path / "mixed.safetensors", quick(steps=7, batch_size=20, real_batch=12), device="cpu")
+    assert len(seen) == 7
+    for rows in seen:  # rows 0-119 come from the real store, 120-169 from the synthetic one
+        assert sum(r < 120 for r in rows) == 12 and sum(r >= 120 for r in rows) == 8 and len(rows) == 20
+    assert read_meta(tmp_path / "mixed.safetensors")["batch"] == {"real": 12, "synthetic": 8}
+    seen.clear()
+    train([synthetic], tmp_path / "one.safetensors", quick(steps=3, batch_size=20, real_batch=12), device="cpu")
+    assert [len(rows) for rows in seen] == [20, 20, 20] and read_meta(tmp_path / "one.safetensors")["batch"] == {"any": 20}
+    # each part is an endless stream of shuffled passes: the 50 synthetic rows are all seen in the first 7 steps (56 rows)
+    data = load_stores([real_store, synthetic], CPU)
+    rows = step_rows(data, quick(batch_size=20, real_batch=12), 0, 7)
+    assert set(rows[:, 12:].flatten().tolist()) == set(range(120, 170))
+    assert torch.equal(step_rows(data, quick(batch_size=20, real_batch=12), 3, 7), rows[3:])  # any stretch on its own
+
+
+def test_evaluations_during_training_are_logged_and_the_last_is_the_final_accuracy(tmp_path, real_store, test_store):
+    out = tmp_path / "m.safetensors"
+    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 6, "--batch-size", 20,
+                 "--warmup-steps", 1, "--evals", 3, "--test", test_store, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    log = [json.loads(line) for line in log_path(out).read_text().splitlines()]
+    assert [(row["step"], "test_acc" in row) for row in log] == [(2, True), (4, True), (6, True)]
+    meta = read_meta(out)
+    assert [e["step"] for e in meta["evals"]] == [2, 4, 6] and meta["final_test_acc"] == log[-1]["test_acc"]
+    assert meta["best_test_acc"] == max(row["test_acc"] for row in log)
+    result = run("evaluate", "--model", out, "--test", test_store, "--results", tmp_path / "r", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    import csv
+
+    (row,) = csv.DictReader(open(tmp_path / "r" / "accuracy.csv"))
+    assert float(row["accuracy"]) == pytest.approx(meta["final_test_acc"], abs=1e-5)  # scored the same way twice
+    assert float(row["best_eval_accuracy"]) == meta["best_test_acc"] and len(json.loads(row["evals"])) == 3
+    other = tmp_path / "other.h5"
+    copy_store_as(test_store, other, "real", classes=[f"c{i}" for i in range(10)])
+    bad = run("train", "--data", real_store, "--out", tmp_path / "x.safetensors", "--recipe", "quick", "--test", other)
+    assert bad.exit_code == 2 and "test store" in bad.stderr and not (tmp_path / "x.safetensors").exists()
+
+
+def test_seeds_train_in_one_job_and_are_grouped_into_mean_and_spread(tmp_path, real_store, test_store):
+    out = tmp_path / "models" / "resnet18-{data}-s{seed}.safetensors"
+    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 2, "--batch-size", 10,
+                 "--seed", 0, "--seed", 1, "--seed", 2, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    models = [tmp_path / "models" / f"resnet18-real-s{k}.safetensors" for k in range(3)]
+    assert all(m.exists() for m in models) and [read_meta(m)["params"]["seed"] for m in models] == [0, 1, 2]
+    result = run("evaluate", *(x for m in models for x in ("--model", m)), "--test", test_store, "--results", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    import csv
+
+    accuracy = [100 * float(r["accuracy"]) for r in csv.DictReader(open(tmp_path / "r" / "accuracy.csv"))]
+    table = (tmp_path / "r" / "accuracy.md").read_text()
+    assert f"| real | {np.mean(accuracy):.2f} ± {np.std(accuracy, ddof=1):.2f} | 3 |" in table and "| 0, 1, 2 |" in table
+    assert "± " in result.output and "n=3" in result.output
+    bad = run("train", "--data", real_store, "--out", tmp_path / "one.safetensors", "--seed", 0, "--seed", 1)
+    assert bad.exit_code == 2 and "put {data} and {seed} in it" in bad.stderr
+
+
+def test_balanced_needs_both_kinds(tmp_path, real_store):
+    data = load_stores([real_store], CPU, per_class=1)
     with pytest.raises(UserError, match="balanced needs"):
-        epoch_batches(only_real, config, torch.Generator().manual_seed(0))
+        step_rows(data, quick(mix="balanced"), 0, 1)
 
 
 def test_augment_crops_and_flips_within_the_padded_image():
@@ -60,18 +197,30 @@ def test_augment_crops_and_flips_within_the_padded_image():
     assert all(torch.equal(c, i) or torch.equal(c, i.flip(-1)) for c, i in zip(centre, images))
 
 
-def test_resume_after_interrupted_epoch_gives_the_same_weights(tmp_path, real_store, monkeypatch):
-    config = TrainConfig(epochs=3, batch_size=20, lr=0.05, per_class=2, seed=3)
+def test_the_studys_augmentation_rotates_and_jitters_within_its_ranges():
+    images = torch.rand(16, 3, 24, 24)
+    a = training_batch((images * 255).to(torch.uint8), torch.Generator().manual_seed(0), "flip-rotate-jitter")
+    b = training_batch((images * 255).to(torch.uint8), torch.Generator().manual_seed(0), "flip-rotate-jitter")
+    assert torch.equal(a, b) and a.shape == images.shape and 0 <= a.min() and a.max() <= 1
+    still = rotate_jitter(images, torch.Generator().manual_seed(0), degrees=0.0, jitter=(0.0, 0.0, 0.0, 0.0))
+    assert all(torch.allclose(x, y, atol=1e-5) or torch.allclose(x, y.flip(-1), atol=1e-5) for x, y in zip(still, images))
+    turned = rotate_jitter(torch.ones(8, 3, 32, 32), torch.Generator().manual_seed(1), jitter=(0.0, 0.0, 0.0, 0.0))
+    assert (turned == 0).any()  # black corners from the rotation
+
+
+def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_store, monkeypatch):
+    config = quick(steps=9, batch_size=20, lr=0.05, per_class=2, seed=3)
     ref = tmp_path / "ref.safetensors"
     train([real_store], ref, config, device="cpu")
     import synthkit.training as training
 
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 3)  # states saved after steps 3 and 6
     calls = {"n": 0}
     original = training.augment
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # the first step of epoch 2
+        if calls["n"] == 5:  # step 5, after the state of step 3
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
@@ -81,15 +230,15 @@ def test_resume_after_interrupted_epoch_gives_the_same_weights(tmp_path, real_st
         train([real_store], out, config, device="cpu")
     assert not out.exists() and state_path(out).exists()
     monkeypatch.setattr(training, "augment", original)
-    result = run("train", "--data", real_store, "--out", out, "--epochs", 3, "--batch-size", 20, "--lr", 0.05,
-                 "--per-class", 2, "--seed", 3, "--device", "cpu", "--resume")
+    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 9, "--batch-size", 20,
+                 "--lr", 0.05, "--per-class", 2, "--seed", 3, "--warmup-steps", 1, "--device", "cpu", "--resume")
     assert result.exit_code == 0, result.output
     a, _ = load_classifier(out, CPU)
     b, _ = load_classifier(ref, CPU)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), name
     assert not state_path(out).exists()
-    assert len(log_path(out).read_text().splitlines()) == 3
+    assert [json.loads(line)["step"] for line in log_path(out).read_text().splitlines()] == [3, 6, 9]
 
 
 def test_checkpoint_metadata_round_trips(tiny_classifier, real_store):
@@ -98,7 +247,7 @@ def test_checkpoint_metadata_round_trips(tiny_classifier, real_store):
     assert meta["classes"][0] == "airplane" and len(meta["classes"]) == 10
     with Store(real_store) as s:
         assert meta["sources"] == [{"path": str(real_store), "kind": "real", "count": 120, "fingerprint": s.fingerprint, "image_size": 32}]
-    assert meta["params"]["lr"] == 0.05 and meta["params"]["seed"] == 0 and meta["steps"] == 6
+    assert meta["params"]["lr"] == 0.05 and meta["params"]["seed"] == 0 and meta["steps"] == 6 and meta["recipe"] == "quick"
     assert meta["versions"]["torch"] and meta["seconds"] >= 0 and np.isfinite(meta["final_loss"])
 
 
@@ -122,8 +271,8 @@ def test_stores_of_other_sizes_are_resized_and_classes_matched_by_name(tmp_path,
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, real_store):
     out = tmp_path / "m.safetensors"
-    result = run("train", "--data", real_store, "--out", out, "--epochs", 5, "--batch-size", 40, "--lr", 1e30,
-                 "--per-class", 4, "--device", "cpu")
+    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 5, "--batch-size", 40,
+                 "--lr", 1e30, "--per-class", 4, "--device", "cpu")
     assert result.exit_code == 2, result.output
     assert "loss became" in result.stderr and "lower --lr" in result.stderr
     assert not out.exists()
@@ -203,20 +352,6 @@ def test_device_choice(monkeypatch):
     assert pick_device(None).type == "cpu" and pick_device("auto").type == "cuda"
 
 
-def test_lr_factor_warms_up_linearly_then_decays_by_cosine_to_zero():
-    total, warmup = 100, 0.1  # 10 warm-up steps
-    factors = [lr_factor(step, total, warmup) for step in range(total)]
-    assert factors[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
-    assert factors[9] == 1.0 and factors[10] == 1.0  # peak at the end of warm-up, where the cosine starts
-    assert factors[10 + 45] == pytest.approx(0.5)  # half way through the decay
-    assert factors[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 89 / 90)))
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:])) and 0 < factors[-1] < 1e-3
-    assert lr_factor(total, total, warmup) == pytest.approx(0.0)  # would be the step after the last: zero
-    # no warm-up, or fewer steps than a warm-up step: at least one step, never a division by zero
-    assert lr_factor(0, 10, 0.0) == 1.0 and lr_factor(0, 1, 0.05) == 1.0
-    assert lr_factor(5, 10, 0.0) == pytest.approx(0.5 * (1 + np.cos(np.pi * 4 / 9)))
-
-
 @pytest.mark.parametrize("size,arch", [(40, "resnet18-cifar"), (72, "resnet18-imagenet")])
 def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, test_store, size, arch):
     """A 3-class store at 40 or 72 px: the stem follows the size, the checkpoint records it, and evaluate, gradcam,
@@ -225,7 +360,7 @@ def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, t
 
     train_store, test = cut_store(real_store, tmp_path / "mine.h5", size), cut_store(test_store, tmp_path / "mine-test.h5", size)
     out = tmp_path / "m.safetensors"
-    result = run("train", "--data", train_store, "--out", out, "--steps", 4, "--batch-size", 12)
+    result = run("train", "--data", train_store, "--out", out, "--recipe", "quick", "--steps", 4, "--batch-size", 12)
     assert result.exit_code == 0, result.output
     assert f"{arch} at {size} px" in result.output
     meta = read_meta(out)
@@ -261,7 +396,7 @@ def tiny_classifier_at(tmp_path, real_store, size: int = 32):
     from conftest import cut_store
 
     out = tmp_path / f"other-{size}.safetensors"
-    train([cut_store(real_store, tmp_path / f"other-{size}.h5", size)], out, TrainConfig(steps=2, batch_size=12), device="cpu")
+    train([cut_store(real_store, tmp_path / f"other-{size}.h5", size)], out, quick(steps=2, batch_size=12), device="cpu")
     return out
 
 
@@ -271,7 +406,7 @@ def test_training_stores_must_agree_on_classes_by_name(tmp_path, real_store):
     mine = cut_store(real_store, tmp_path / "mine.h5", 32)
     other = cut_store(real_store, tmp_path / "other.h5", 32, classes=("airplane", "cat", "dog"))
     reordered = cut_store(real_store, tmp_path / "reordered.h5", 32, classes=("ship", "airplane", "cat"))
-    result = run("train", "--data", f"{mine},{other}", "--out", tmp_path / "m.safetensors", "--steps", 1)
+    result = run("train", "--data", f"{mine},{other}", "--out", tmp_path / "m.safetensors", "--recipe", "quick", "--steps", 1)
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert f"store {other} has classes airplane, cat, dog" in result.stderr and not (tmp_path / "m.safetensors").exists()
     data = load_stores([mine, reordered], CPU)
@@ -302,14 +437,14 @@ def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_pat
         w.append(s.images(np.arange(0, 120, 2)), s.labels[0::2])
     stores = [real_store, tmp_path / "half.h5"]
     held, streamed = tmp_path / "held.safetensors", tmp_path / "streamed.safetensors"
-    config = TrainConfig(steps=4, batch_size=24, lr=0.05, seed=3, mix="balanced", image_size=40)
+    config = quick(steps=4, batch_size=24, lr=0.05, seed=3, mix="balanced", image_size=40)
     train(stores, held, config, device="cpu")
     monkeypatch.setenv("SYNTHKIT_MEMORY_LIMIT", "300KB")
     reads = []
     original = Store.images
     monkeypatch.setattr(Store, "images", lambda self, index=None: reads.append(index) or original(self, index))
-    result = run("train", "--data", f"{stores[0]},{stores[1]}", "--out", streamed, "--steps", 4, "--batch-size", 24,
-                 "--lr", 0.05, "--seed", 3, "--mix", "balanced", "--image-size", 40)
+    result = run("train", "--data", f"{stores[0]},{stores[1]}", "--out", streamed, "--recipe", "quick", "--steps", 4,
+                 "--batch-size", 24, "--warmup-steps", 1, "--lr", 0.05, "--seed", 3, "--mix", "balanced", "--image-size", 40)
     assert result.exit_code == 0, result.output
     assert "streaming: 180 images at 40 px" in result.output
     # 300 KB hold 64 rows at 40 px: a window is two batches of 24 (the next batch is counted before it is added),

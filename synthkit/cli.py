@@ -406,6 +406,7 @@ def sample(
     per_image: int = typer.Option(DI.per_image, min=1, help="DI mode: samples per learned embedding."),
     interp: float = typer.Option(DI.interp, help="DI mode: alpha, interpolation towards a partner drawn from the image's own group (same class)."),
     noise: float = typer.Option(DI.noise, help="DI mode: lambda, scale of the Gaussian perturbation."),
+    eta: float = typer.Option(DI.eta, min=0, help="DI mode: eta of a scheduler whose step takes it (DDIM: 1 adds fresh noise every step, 0 is deterministic); the official pipeline passes 1, which SD 1.x's own PNDM ignores."),
     uncond: str = typer.Option(DI.uncond, help=f"DI mode: unconditional input of guidance: {', '.join(UNCONDS)}. mixed = the mean of every loaded embedding, all classes (the official code's class-mixed group mean); group = the mean of the image's class-pure group; empty = the empty prompt."),
     model: Optional[str] = typer.Option(None, help=f"SD checkpoint (default: {DEFAULT_MODEL}, or the embeddings' model)."),
     guidance: Optional[float] = typer.Option(None, help=f"Classifier-free guidance (default {PROMPT_DEFAULTS['guidance']} for prompts, {DI.guidance} for DI)."),
@@ -439,7 +440,7 @@ def sample(
 
     def job(path: Path, part: str, dev: str) -> None:
         if embeddings:
-            sample_embeddings(path, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond),
+            sample_embeddings(path, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond, eta=eta),
                               config, model=model, device=dev, shard=part, overwrite=overwrite, resume=resume)
         else:
             sample_prompts(path, model or DEFAULT_MODEL, templates, class_list(classes or init), per_class, config, negative=negative,

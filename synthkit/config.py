@@ -13,8 +13,12 @@ UNCONDS = ("mixed", "group", "empty")
 
 @dataclass
 class InversionConfig:
-    """The official scripts' settings: AdamW lr 0.03, weight decay 0.01, groups of 100 at batch 50, 128 px, 3000
-    updates per image (train_steps 3000, loaded for CIFAR as learned_embeds-steps-6000: 2 AdamW steps per epoch)."""
+    """The official inversion's settings (yongchaoz/diffusion_inversion, src/diffuser_inversion.py and README.md:44-51):
+    AdamW lr 0.03 (--learning_rate=3e-02), weight decay 0.01 (the adam_weight_decay default), groups of 100 (--num_emb=100)
+    at batch 50 (--train_batch_size=50), 5 tokens (--num_tokens=5). `updates` 3000 per image is the README's
+    --train_steps=3000, which di/sample_dataset.py:110-112 loads for CIFAR as learned_embeds-steps-6000 (2 AdamW steps a
+    group epoch); the script's own default is train_steps 2000. The resolution 128 is sample_dataset.py's
+    sampling_resolution default (its README inverts STL-10 at 256)."""
 
     tokens: int = 5
     resolution: int = 128
@@ -52,17 +56,22 @@ PROMPT_DEFAULTS = {"steps": 50, "guidance": 7.5, "strength": 0.75}  # strength: 
 
 @dataclass
 class DIConfig:
-    """Diffusion Inversion sampling as the official di/sample_dataset.py: c = e_i + alpha (e_j - e_i) + lambda eps,
-    guidance 2.0 against a class-mixed mean, 100 steps, 5 samples per image, saved at the training images' size
-    (save_size None)."""
+    """Diffusion Inversion sampling: c = e_i + interp (e_j - e_i) + noise * eps, guidance against a class-mixed mean.
 
-    per_image: int = 5
-    interp: float = 0.1
-    noise: float = 0.1
-    uncond: str = "mixed"
-    guidance: float = 2.0
-    steps: int = 100
-    save_size: int | None = None
+    The official repository has no CIFAR-10 command. Its README's STL-10 command (README.md:57-63) passes
+    --num_inference_steps=100 --emb_noise=0.1 --interpolation_strength=0.1 --num_samples=5 --train_steps=3000;
+    di/sample_dataset.py's own defaults (:46-49, with a CIFAR-10 output folder) are 200 steps, emb_noise 0.0,
+    interpolation 0.1, 5 samples, train_steps 2000, guidance 2.0. synthkit takes the README's command, the one the
+    authors published, and the script's guidance; each value says where it comes from."""
+
+    per_image: int = 5  # README.md:59 --num_samples=5 (sample_dataset.py:47 default 5)
+    interp: float = 0.1  # README.md:59 --interpolation_strength=0.1 (sample_dataset.py:47 default 0.1)
+    noise: float = 0.1  # README.md:59 --emb_noise=0.1 (sample_dataset.py:47 default 0.0)
+    uncond: str = "mixed"  # pipeline_emb.py:306-332 avg_uncond_embeddings: the mean of the group's embeddings (see README)
+    guidance: float = 2.0  # sample_dataset.py:48 guidance_scale=2.0 (the README does not override it)
+    steps: int = 100  # README.md:59 --num_inference_steps=100 (sample_dataset.py:48 default 200)
+    eta: float = 1.0  # sample_dataset.py:147,197 eta=1.; used where the scheduler's step takes it (DDIM), as pipeline_emb.py does
+    save_size: int | None = None  # None: the size of the images inverted (sample_dataset.py:48 save_resolution=32 for CIFAR)
 
 
 MIXES = ("auto", "balanced", "concat")
@@ -82,7 +91,7 @@ RECIPES: dict[str, dict] = {
         "batch_size": 128,        # README.md:71 --syn-bs=128 for single-source rows
         "real_batch": None,       # half: train_net.py:101-102 --real-bs 64 --syn-bs 64 for mixed rows, concatenated (:403)
         "optimizer": "sgd",       # README.md:71 --optimizer=sgd; train_net.py:326-327
-        "lr": 0.1,                # README.md:77 --lr=1e-1 (train_net.py:104's default 1e-3 is not the command's)
+        "lr": 0.1,                # README.md:75,78 --lr=1e-1 (train_net.py:104 defaults to 1e-3; the command overrides it)
         "momentum": 0.9,          # train_net.py:327 momentum=0.9 (no Nesterov)
         "weight_decay": 5e-4,     # README.md:71 --weight-decay=5e-4
         "schedule": "warmup-cosine",  # train_net.py:333-336 ChainedScheduler(LinearLR, CosineAnnealingLR), per step (:411)

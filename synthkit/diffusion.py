@@ -4,11 +4,12 @@ schedulers, prompt encoding, the guided denoising loop and VAE encode/decode."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -148,11 +149,31 @@ def sample_seed(seed: int, index: int) -> int:
     return derive_seed(seed, index)
 
 
+def variance_noise(seeds: Sequence[int], shape: tuple[int, ...], device: torch.device,
+                   dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """The noise a stochastic sampler (DDIM at eta > 0) adds at each step: one stream per sample, derived from its
+    seed, so that a sample depends neither on its batch nor on its shard. Each call gives the next step's draw."""
+    generators = [torch.Generator().manual_seed(derive_seed(int(s), 2)) for s in seeds]
+    return lambda: torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device, dtype)
+
+
+def accepts_eta(scheduler) -> bool:
+    """Whether the scheduler's step takes eta (DDIM does; PNDM, SD 1.x's own, and DPM-Solver do not): the official
+    pipeline passes it only then (src/pipeline_emb.py, prepare_extra_step_kwargs)."""
+    return "eta" in inspect.signature(scheduler.step).parameters
+
+
 @torch.no_grad()
 def denoise(diffusion: Diffusion, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
-            steps: int, guidance: float, start_step: int = 0) -> torch.Tensor:
-    """Run the sampler from `latents` with classifier-free guidance; cond and uncond may differ in length."""
+            steps: int, guidance: float, start_step: int = 0, eta: float = 0.0,
+            seeds: Sequence[int] | None = None) -> torch.Tensor:
+    """Run the sampler from `latents` with classifier-free guidance; cond and uncond may differ in length. With
+    eta > 0 a scheduler that accepts it (DDIM) adds noise at every step, drawn from each sample's own stream."""
     scheduler.set_timesteps(steps, device=diffusion.device)
+    stochastic = eta > 0 and accepts_eta(scheduler)
+    if stochastic and seeds is None:
+        raise ValueError("eta > 0 needs the samples' seeds for their noise streams")
+    draw = variance_noise(seeds, tuple(latents.shape[1:]), diffusion.device, latents.dtype) if stochastic else None
     timesteps = scheduler.timesteps[start_step:]
     latents = latents * scheduler.init_noise_sigma if start_step == 0 else latents
     same_length = uncond is not None and uncond.shape[1] == cond.shape[1]
@@ -168,7 +189,8 @@ def denoise(diffusion: Diffusion, scheduler, latents: torch.Tensor, cond: torch.
             eps_u = diffusion.unet(x, t, encoder_hidden_states=uncond).sample
             eps_c = diffusion.unet(x, t, encoder_hidden_states=cond).sample
             eps = eps_u + guidance * (eps_c - eps_u)
-        latents = scheduler.step(eps, t, latents).prev_sample
+        extra = {"eta": eta, "variance_noise": draw()} if stochastic else {}
+        latents = scheduler.step(eps, t, latents, **extra).prev_sample
     return latents
 
 

@@ -259,7 +259,7 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
             noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
             latents = denoise(diffusion, make_scheduler(diffusion, config.scheduler), noise,
                               cond.to(diffusion.device, diffusion.dtype), uncond_of(rows).to(diffusion.device, diffusion.dtype),
-                              config.steps, config.guidance)
+                              config.steps, config.guidance, eta=di.eta, seeds=seeds)
             writer.append(decode(diffusion, latents, config.save_size), labels.numpy()[rows],
                           source_index=source[rows], partner=source[partners], alpha=np.full(count, di.interp),
                           noise=np.full(count, di.noise), seed=seeds, group=groups.numpy()[rows])

@@ -97,6 +97,42 @@ def test_initial_table_is_nn_linear_default_init():
     assert torch.equal(table, again)
 
 
+def test_invert_starts_each_group_as_the_official_nn_linear_over_that_group(tiny_sd, small_real, tmp_path, monkeypatch):
+    """Through `invert`: a group of n images starts from nn.Linear(n, tokens * hidden)'s default init, uniform in
+    +-1/sqrt(n), for groups of 3 and of 1 (a class of 4 images in groups of 3)."""
+    from scipy import stats
+
+    recorder = Recorder(monkeypatch)
+    invert(small_real, tmp_path / "frog.safetensors", "frog", str(tiny_sd), InversionConfig(updates=1, **FAST))
+    assert [len(t) for t in recorder.tables] == [3, 1]
+    for table in recorder.tables:
+        n = len(table)
+        bound = 1 / math.sqrt(n)
+        reference = torch.nn.Linear(n, table.shape[1] * table.shape[2], bias=False).weight.detach()
+        assert table.abs().max() <= bound and reference.abs().max() <= bound
+        assert stats.kstest(table.flatten().numpy(), stats.uniform(-bound, 2 * bound).cdf).pvalue > 1e-3
+        assert stats.ks_2samp(table.flatten().numpy(), reference.flatten().numpy()).pvalue > 1e-3
+
+
+def test_the_draws_follow_the_official_distributions(tiny_sd, small_real, tmp_path, monkeypatch):
+    """The official step draws latent_dist.sample() (mean + std * N(0, 1)), noise = randn_like(latents) and timesteps
+    = randint(0, num_train_timesteps): `invert` takes every step's draws from `draw`, whose draws are those."""
+    from scipy import stats
+
+    recorder = Recorder(monkeypatch)
+    invert(small_real, tmp_path / "ship.safetensors", "ship", str(tiny_sd), InversionConfig(updates=3, **FAST))
+    assert len(recorder.draws) == 3 * 2  # 3 updates of a group of 3 (2 batches) and of 1 (1 batch)
+    eps, noise, t = draw(torch.Generator().manual_seed(0), 4000, (4, 2, 2), 1000, CPU)
+    for sample in (eps, noise, torch.cat([d[0].flatten() for _, d in recorder.draws]),
+                   torch.cat([d[1].flatten() for _, d in recorder.draws])):
+        assert stats.kstest(sample.flatten().numpy(), "norm").pvalue > 1e-3
+    assert t.min() >= 0 and t.max() <= 999 and t.dtype == torch.int64
+    assert stats.chisquare(np.bincount(t.numpy() // 100, minlength=10)).pvalue > 1e-3  # uniform over [0, 1000)
+    assert t.min() < 10 and t.max() > 990
+    assert all(0 <= int(d[2].min()) and int(d[2].max()) < 1000 for _, d in recorder.draws)
+    assert torch.corrcoef(torch.stack([eps.flatten()[:4000], noise.flatten()[:4000]]))[0, 1].abs() < 0.1  # separate draws
+
+
 def test_adamw_skips_a_group_without_a_batch_but_decays_the_rows_outside_a_batch():
     config = InversionConfig(lr=0.1, weight_decay=0.5)
     tables = GroupTables([torch.ones(3, 1, 2), torch.ones(2, 1, 2)], config)

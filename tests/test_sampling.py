@@ -90,9 +90,10 @@ def spy_denoise(monkeypatch, fast: bool = False) -> list:
     seen = []
     original = sampling.denoise
 
-    def spy(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step=0):
+    def spy(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step=0, eta=0.0, seeds=None):
         seen.append((cond.clone(), uncond.clone(), steps, guidance))
-        return latents if fast else original(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step)
+        return latents if fast else original(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step,
+                                             eta=eta, seeds=seeds)
 
     monkeypatch.setattr(sampling, "denoise", spy)
     return seen
@@ -146,12 +147,81 @@ def test_uncond_group_and_empty_are_options_recorded_in_the_store(tiny_sd, embed
     assert result.exit_code == 2 and "--uncond must be one of mixed, group, empty" in result.stderr
 
 
+@torch.no_grad()
+def official_sampling(diffusion, table: torch.Tensor, i: list[int], j: list[int], strength: float, emb_noise: float,
+                      eps: torch.Tensor, latents: torch.Tensor, guidance: float, steps: int, scheduler, eta: float,
+                      variance, save_resolution: int) -> np.ndarray:
+    """A compact copy of the official sampling (yongchaoz/diffusion_inversion: di/sample_dataset.py's cifar/stl branch,
+    :155-203, and src/pipeline_emb.py's __call__, :439-602) for one group whose table is `table` (num_emb, tokens,
+    hidden): soft one-hot prompts through the nn.Linear table, embedding noise on the conditional tokens only, the
+    group's mean embedding as the unconditional input, guidance, the scheduler's loop with eta where its step takes it,
+    the VAE decode and PIL bicubic resizing. The draws (eps, latents, the sampler's variance noise) are given."""
+    import inspect
+
+    from PIL import Image
+
+    num_emb, tokens, hidden = table.shape
+    weight = table.reshape(num_emb, tokens * hidden).T  # nn.Linear(num_emb, hidden * tokens).weight
+    one_hot = np.eye(num_emb)
+    prompt = torch.from_numpy(np.stack([one_hot[a] + strength * (one_hot[b] - one_hot[a]) for a, b in zip(i, j)])).float()
+    text = (prompt @ weight.T).view(-1, tokens, hidden)  # EmbModel.forward
+    text = text + eps * emb_noise  # pipeline_emb.py:299-302
+    uncond = weight.mean(dim=1).view(1, tokens, hidden).expand(len(i), -1, -1)  # :306-332, avg_uncond_embeddings
+    text_embeddings = torch.cat([uncond, text])
+    latents = latents * scheduler.init_noise_sigma  # :435
+    scheduler.set_timesteps(steps)
+    extra = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}  # :368-385
+    for t in scheduler.timesteps:
+        latent_model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        noise_pred = diffusion.unet(latent_model_input, t, encoder_hidden_states=text_embeddings).sample
+        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+        noise_pred = noise_pred_uncond + guidance * (noise_pred_text - noise_pred_uncond)
+        step_noise = {"variance_noise": variance()} if extra and eta > 0 else {}
+        latents = scheduler.step(noise_pred, t, latents, **extra, **step_noise).prev_sample
+    image = diffusion.vae.decode(1 / 0.18215 * latents).sample
+    image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
+    pil = [Image.fromarray((im * 255).round().astype("uint8")) for im in image]  # numpy_to_pil
+    return np.stack([np.asarray(im.resize((save_resolution, save_resolution), resample=Image.BICUBIC)) for im in pil])
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "ddim"])
+def test_synthkit_matches_the_official_sampling(tiny_sd, embeddings, tmp_path, scheduler):
+    """Given the same starting noise, partners, embedding noise and sampler noise, synthkit's DI samples are the
+    official pipeline's, pixel for pixel up to rounding: with SD 1.x's own PNDM (which takes no eta) and with DDIM at
+    the official eta 1."""
+    import diffusers
+
+    from synthkit.config import DIConfig, SamplingConfig
+    from synthkit.diffusion import derive_seed, initial_noise, load_diffusion, variance_noise
+    from synthkit.inversion import load_embeddings
+
+    out = tmp_path / f"inv-{scheduler}.h5"
+    sampling.sample_embeddings(out, [embeddings], DIConfig(per_image=2, noise=0.3, interp=0.25),
+                               SamplingConfig(steps=4, scheduler=scheduler, batch_size=5), device="cpu")
+    tensors, meta = load_embeddings([embeddings])
+    d = load_diffusion(str(tiny_sd), torch.device("cpu"), torch.float32)
+    with Store(out) as s:
+        source, partner, seeds, images = s.column("source_index"), s.column("partner"), s.column("seed"), s.images()
+        assert s.meta["params"]["eta"] == 1.0
+    index_of = {int(row): k for k, row in enumerate(tensors["source_index"])}
+    i, j = [index_of[int(r)] for r in source], [index_of[int(r)] for r in partner]
+    table = tensors["embeddings"].float()  # the 8 embeddings of the fixture, as one official group of 8
+    eps = torch.stack([torch.randn(table.shape[1:], generator=torch.Generator().manual_seed(derive_seed(int(x), 1))) for x in seeds])
+    latents = initial_noise(list(seeds), d.latent_shape(meta["resolution"]), d.device, torch.float32)
+    official_scheduler = getattr(diffusers, {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler"}[scheduler]).from_config(d.scheduler_config)
+    reference = official_sampling(d, table, i, j, 0.25, 0.3, eps, latents, 2.0, 4, official_scheduler, 1.0,
+                                  variance_noise(list(seeds), tuple(latents.shape[1:]), d.device, torch.float32), 32)
+    assert images.shape == reference.shape == (16, 32, 32, 3)
+    assert np.abs(images.astype(int) - reference.astype(int)).max() <= 1
+    assert images.std() > 5  # not an empty comparison
+
+
 def test_a_python_caller_gets_the_official_di_defaults(embeddings, tmp_path, monkeypatch):
     seen = spy_denoise(monkeypatch, fast=True)
     out = sampling.sample_embeddings(tmp_path / "inv.h5", [embeddings])
     with Store(out) as s:
         p = s.meta["params"]
-        assert (p["per_image"], p["interp"], p["noise"], p["guidance"], p["steps"], p["uncond"]) == (5, 0.1, 0.1, 2.0, 100, "mixed")
+        assert (p["per_image"], p["interp"], p["noise"], p["guidance"], p["steps"], p["uncond"], p["eta"]) == (5, 0.1, 0.1, 2.0, 100, "mixed", 1.0)
         assert len(s) == 40 and s.image_shape == (32, 32, 3)  # saved at the size of the images it inverted
     assert {(steps, guidance) for _, _, steps, guidance in seen} == {(100, 2.0)}
 

@@ -241,6 +241,89 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_s
     assert [json.loads(line)["step"] for line in log_path(out).read_text().splitlines()] == [3, 6, 9]
 
 
+def three_jobs(tmp_path, real_store, folder: str) -> list:
+    """Three classifiers of different stores (120, 60 and 180 images) and seeds."""
+    from synthkit.training import TrainJob
+
+    half = tmp_path / "half.h5"
+    if not half.exists():
+        with Store(real_store) as s, StoreWriter(half, classes=s.classes, image_shape=(32, 32), meta=provenance("inv", {}),
+                                                 total=60) as w:
+            w.append(s.images(np.arange(0, 120, 2)), s.labels[0::2])
+    stores = [[real_store], [half], [real_store, half]]
+    return [TrainJob(data, tmp_path / folder / f"m{k}.safetensors", quick(steps=4, batch_size=10, seed=k))
+            for k, data in enumerate(stores)]
+
+
+def same_weights(a, b) -> bool:
+    x, _ = load_classifier(a, CPU)
+    y, _ = load_classifier(b, CPU)
+    return all(torch.allclose(p, q, atol=1e-6, rtol=0) for p, q in zip(x.state_dict().values(), y.state_dict().values()))
+
+
+def test_classifiers_trained_in_one_job_equal_each_trained_alone_even_after_a_kill(tmp_path, real_store, monkeypatch):
+    import synthkit.training as training
+    from synthkit.training import train_many
+
+    alone = three_jobs(tmp_path, real_store, "alone")
+    for job in alone:
+        train(job.data, job.out, job.config, device="cpu")
+    together = three_jobs(tmp_path, real_store, "together")
+    metas = train_many(together, device="cpu")
+    assert [m["params"]["seed"] for m in metas] == [0, 1, 2] and [m["sources"][0]["count"] for m in metas] == [120, 60, 120]
+    assert all(same_weights(a.out, b.out) for a, b in zip(alone, together))
+
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 2)
+    calls = {"n": 0}
+    original = training.augment
+
+    def killed(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:  # the third round of steps: each classifier has saved its state after step 2
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "augment", killed)
+    resumed = three_jobs(tmp_path, real_store, "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        train_many(resumed, device="cpu")
+    assert not any(job.out.exists() for job in resumed) and all(state_path(job.out).exists() for job in resumed)
+    monkeypatch.setattr(training, "augment", original)
+    train_many(resumed, device="cpu", resume=True)
+    assert all(same_weights(a.out, b.out) for a, b in zip(alone, resumed))
+    assert not any(state_path(job.out).exists() for job in resumed)
+
+
+def test_a_diverging_classifier_stops_alone_and_the_others_finish(tmp_path, real_store):
+    from dataclasses import replace
+
+    from synthkit.training import TrainingDiverged, train_many
+
+    jobs = three_jobs(tmp_path, real_store, "fleet")
+    jobs[1].config = replace(jobs[1].config, lr=1e30)
+    with pytest.raises(TrainingDiverged, match="half \\(seed 1\\): the loss became") as err:
+        train_many(jobs, device="cpu")
+    assert jobs[0].out.exists() and jobs[2].out.exists() and not jobs[1].out.exists()
+    assert f"finished: {jobs[0].out}, {jobs[2].out}" in str(err.value)
+
+
+def test_shards_split_the_classifiers_of_a_job(tmp_path, real_store, monkeypatch):
+    out = tmp_path / "m-{data}-s{seed}.safetensors"
+    args = ["train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 1, "--batch-size", 4,
+            "--seed", 0, "--seed", 1, "--seed", 2, "--device", "cpu"]
+    result = run(*args, "--shard", "1/2")
+    assert result.exit_code == 0, result.output
+    made = sorted(p.name for p in tmp_path.glob("m-*.safetensors"))
+    assert made == ["m-real-s1.safetensors", "m-real-s2.safetensors"] and "shard 1/2: trained classifiers 2-3 of 3" in result.output
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    result = run(*args, "--shard", "auto")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("m-*.safetensors")) == [f"m-real-s{k}.safetensors" for k in range(3)]
+    bad = run(*args, "--shard", "3/2")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --shard 3/2") and bad.stdout == ""
+
+
 def test_checkpoint_metadata_round_trips(tiny_classifier, real_store):
     meta = read_meta(tiny_classifier)
     assert meta["kind"] == "classifier" and meta["arch"] == "resnet18-cifar"

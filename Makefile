@@ -52,6 +52,15 @@ VANISH_N     ?=
 KEEP         ?=
 KEEP_BY      ?=
 FIDELITY_N   ?=
+# The sample-complexity sweep (make sweep): SIZES real images per class, nested subsets of one real store of the
+# largest size, which is inverted once; every size samples the embeddings of its own images (sample --only).
+SIZES        ?= 10 50 100 500 1000
+SWEEP_SEEDS  ?= $(SEEDS)
+SWEEP_EVALS  ?= $(EVALS)
+# The largest size is cut from SWEEP_FROM (default: CIFAR-10's training set, or REAL) and inverted into SWEEP_EMB;
+# give the study's own (SWEEP_FROM=data/real.h5 SWEEP_EMB=models/inv/all.safetensors with INVERT_BY=all) to reuse it.
+SWEEP_FROM   ?=
+SWEEP_EMB    ?= models/sweep/inv.safetensors
 # The scene study (make geometry): an image folder at the generator's resolution, inverted and sampled.
 SCENES       ?= $(YUD)
 GEO_CLASS    ?= urban scene
@@ -101,6 +110,7 @@ $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
 $(call stamp,train,$(RECIPE) $(TRAIN_STEPS) $(BATCH) $(LR) $(WARMUP_STEPS) $(EVALS) $(MIX) $(IMAGE_SIZE))
 $(call stamp,filter,$(KEEP) $(KEEP_BY))
 $(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED))
+$(call stamp,sweep,$(CIFAR) $(REAL) $(SWEEP_FROM) $(SIZES) $(SEED))
 $(call stamp,geometry,$(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SD_PROMPT) $(SEED))
 endif
 
@@ -117,7 +127,7 @@ CLASSIFIERS := $(MAIN_CLFS) $(KEPT_CLFS)
 clf         = models/resnet18-$(1)-s$(firstword $(SEEDS)).safetensors
 GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png
 
-.PHONY: help install test data sd invert inv filter train evaluate analysis geometry report reproduce demo demo-model clean-study
+.PHONY: help install test data sd invert inv filter train evaluate analysis geometry sweep report reproduce demo demo-model clean-study
 
 help:  ## show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -135,6 +145,7 @@ help:  ## show targets and variables
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
 	@echo "  KEEP=$(KEEP) KEEP_BY=$(KEEP_BY)  (filter: share of each class kept, criterion)  FIDELITY_N=$(FIDELITY_N)  (images per class)"
+	@echo "  sweep: SIZES=$(SIZES)  (real images per class)  SWEEP_SEEDS=$(SWEEP_SEEDS)  TRAIN_LAUNCH=$(TRAIN_LAUNCH)  (e.g. torchrun: classifiers split across ranks)"
 	@echo "  geometry: SCENES=$(SCENES) GEO_CLASS=$(GEO_CLASS) GEO_SIZE=$(GEO_SIZE) GEO_PER_CLASS=$(GEO_PER_CLASS) GEO_SD_PER_CLASS=$(GEO_SD_PER_CLASS) GEO_N=$(GEO_N)"
 
 install:  ## create .venv and install synthkit with its test tools
@@ -195,25 +206,32 @@ data/inv-kept.h5: data/inv.h5 $(call clf,real) $(STAMPS)/filter
 train: $(CLASSIFIERS)  ## the study's rows (real, inv, sd, real+inv, real+sd, inv-kept, real+inv-kept), once per seed of SEEDS
 
 # Each job trains its rows for every seed, all for the recipe's steps, scoring data/test.h5 EVALS times on the way.
-TRAIN_ARGS = --recipe $(RECIPE) --image-size $(or $(IMAGE_SIZE),$$($(STORE_SIZE) data/real.h5)) $(call opt,--steps,$(TRAIN_STEPS)) \
+# TRAIN_LAUNCH (e.g. "$(VENV)/bin/torchrun --standalone --nproc-per-node 8") splits a job's classifiers across ranks.
+TRAIN = $(if $(TRAIN_LAUNCH),$(TRAIN_LAUNCH) -m synthkit train --shard auto,$(SK) train)
+train_size = --image-size $(or $(IMAGE_SIZE),$$($(STORE_SIZE) $(1)))
+TRAIN_ARGS = --recipe $(RECIPE) $(call opt,--steps,$(TRAIN_STEPS)) \
   $(call opt,--batch-size,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--warmup-steps,$(WARMUP_STEPS)) \
-  $(call opt,--evals,$(EVALS)) $(call opt,--mix,$(MIX)) $(SEEDS:%=--seed %) --test data/test.h5 --device $(DEVICE) --resume
+  $(call opt,--evals,$(EVALS)) $(call opt,--mix,$(MIX)) --test data/test.h5 --device $(DEVICE) --resume
 STORE_SIZE = $(VENV)/bin/python -c 'import sys; from synthkit.store import Store; print(Store(sys.argv[1]).image_shape[0])'
-train_data = $(foreach r,$(1),--data $(subst +,$(comma),$(r)))
 # A job's finished classifiers are kept (--resume skips them) unless one of their own inputs is newer: then they,
 # their state and their .partial are removed first, so a changed store retrains only the rows that read it.
 stale = for f in $(1); do for d in $(or $(2),$^); do if [ -e "$$f" ] && [ "$$f" -ot "$$d" ]; then rm -rf "$$f"; fi; done; done
-row_inputs = $(foreach s,$(subst +, ,$(1)),data/$(s).h5) data/test.h5 $(STAMPS)/train
-train_leftovers = $(foreach r,$(1),$(foreach s,$(SEEDS),$(call stale,$(foreach x,.safetensors .train-state.safetensors .safetensors.partial,models/resnet18-$(r)-s$(s)$(x)),$(call row_inputs,$(r)));))
+# $(call train_leftovers,ROWS,SEEDS,DATA_DIR,MODELS_DIR): a row's inputs are its stores, the test store and the stamp.
+row_inputs = $(foreach s,$(subst +, ,$(1)),$(2)/$(s).h5) data/test.h5 $(STAMPS)/train
+train_leftovers = $(foreach r,$(1),$(foreach s,$(2),$(call stale,$(foreach x,.safetensors .train-state.safetensors .safetensors.partial,$(4)/resnet18-$(r)-s$(s)$(x)),$(call row_inputs,$(r),$(3)));))
+train_data = $(foreach r,$(1),--data $(subst $(space),$(comma),$(foreach s,$(subst +, ,$(r)),$(2)$(s)$(3))))
+space := $(subst ,, )
 comma := ,
 
 $(MAIN_CLFS) &: data/real.h5 data/inv.h5 data/sd.h5 data/test.h5 $(STAMPS)/train
-	$(call train_leftovers,$(MAIN_ROWS))
-	$(SK) train $(call train_data,$(MAIN_ROWS)) --out 'models/resnet18-{data}-s{seed}.safetensors' $(TRAIN_ARGS)
+	$(call train_leftovers,$(MAIN_ROWS),$(SEEDS),data,models)
+	$(TRAIN) $(call train_data,$(MAIN_ROWS)) --out 'models/resnet18-{data}-s{seed}.safetensors' $(SEEDS:%=--seed %) \
+	  $(call train_size,data/real.h5) $(TRAIN_ARGS)
 
 $(KEPT_CLFS) &: data/real.h5 data/inv-kept.h5 data/test.h5 $(STAMPS)/train
-	$(call train_leftovers,$(KEPT_ROWS))
-	$(SK) train $(call train_data,$(KEPT_ROWS)) --out 'models/resnet18-{data}-s{seed}.safetensors' $(TRAIN_ARGS)
+	$(call train_leftovers,$(KEPT_ROWS),$(SEEDS),data,models)
+	$(TRAIN) $(call train_data,$(KEPT_ROWS)) --out 'models/resnet18-{data}-s{seed}.safetensors' $(SEEDS:%=--seed %) \
+	  $(call train_size,data/real.h5) $(TRAIN_ARGS)
 
 evaluate: results/accuracy.md  ## test accuracy of the five on the real test set
 
@@ -237,6 +255,43 @@ results/vanish-yud/gt_scores.json:
 
 results/grids/%.png: data/%.h5
 	$(SK) show data/$*.h5 --out $@ --per-row 10 --seed $(SEED)
+
+# ---- the sample-complexity sweep: test accuracy against the number of real images per class, for real, DI and both
+sweep: results/sweep/accuracy.md  ## real, inv and real+inv at each of SIZES real images per class, once per seed of SWEEP_SEEDS; the figure in the report
+	$(SK) report
+
+SWEEP_MAX   := $(lastword $(shell printf '%s\n' $(SIZES) | sort -n))
+SWEEP_LESS  := $(filter-out $(SWEEP_MAX),$(SIZES))
+SWEEP_ROWS  := $(foreach n,$(SIZES),real-$(n) inv-$(n) real-$(n)+inv-$(n))
+SWEEP_CLFS  := $(foreach r,$(SWEEP_ROWS),$(foreach s,$(SWEEP_SEEDS),models/sweep/resnet18-$(r)-s$(s).safetensors))
+
+SWEEP_SOURCE = $(or $(SWEEP_FROM),$(REAL))
+data/sweep/real-$(SWEEP_MAX).h5: $(STAMPS)/sweep $(SWEEP_SOURCE)
+	$(call leftovers,$@.partial)
+	$(if $(SWEEP_SOURCE),$(SK) subset $(SWEEP_SOURCE) --per-class $(SWEEP_MAX) --seed $(SEED) --out $@ --overwrite,\
+	  $(SK) data cifar10 $(CIFAR_SOURCE) --split train --per-class $(SWEEP_MAX) --seed $(SEED) --out $@ --resume)
+
+# the same seed's subsets are nested: each smaller size is inside every larger one
+$(SWEEP_LESS:%=data/sweep/real-%.h5): data/sweep/real-%.h5: data/sweep/real-$(SWEEP_MAX).h5
+	$(SK) subset $< --per-class $* --seed $(SEED) --out $@ --overwrite
+
+models/sweep/inv.safetensors: data/sweep/real-$(SWEEP_MAX).h5 $(STAMPS)/invert | $(MODEL_DEP)
+	$(call leftovers,$(@:.safetensors=.invert-state) $@.partial)
+	$(SK) invert --class all --data $< --model $(MODEL) $(call opt,--resolution,$(RESOLUTION)) \
+	  $(call opt,--updates,$(UPDATES)) $(call opt,--batch-size,$(INV_BATCH)) --seed $(SEED) --device $(DEVICE) --out $@ --resume
+
+data/sweep/inv-%.h5: data/sweep/real-%.h5 $(SWEEP_EMB) $(STAMPS)/inv
+	$(call leftovers,$@.partial)
+	$(SK) sample --embeddings $(SWEEP_EMB) --only $< --model $(MODEL) $(call opt,--per-image,$(PER_IMAGE)) \
+	  $(call opt,--steps,$(DI_STEPS)) $(call opt,--batch-size,$(GEN_BATCH)) --seed $(SEED) --device $(DEVICE) --out $@ --resume
+
+$(SWEEP_CLFS) &: $(SIZES:%=data/sweep/real-%.h5) $(SIZES:%=data/sweep/inv-%.h5) data/test.h5 $(STAMPS)/train
+	$(call train_leftovers,$(SWEEP_ROWS),$(SWEEP_SEEDS),data/sweep,models/sweep)
+	$(TRAIN) $(call train_data,$(SWEEP_ROWS),data/sweep/,.h5) --out 'models/sweep/resnet18-{data}-s{seed}.safetensors' \
+	  $(SWEEP_SEEDS:%=--seed %) $(call train_size,data/sweep/real-$(SWEEP_MAX).h5) $(TRAIN_ARGS) $(call opt,--evals,$(SWEEP_EVALS))
+
+results/sweep/accuracy.md: $(SWEEP_CLFS) data/test.h5
+	$(SK) evaluate $(SWEEP_CLFS:%=--model %) --test data/test.h5 --results results/sweep --device $(DEVICE)
 
 # ---- the scene study: does generation keep projective geometry? (scenes at the generator's resolution)
 geometry: results/geometry/summary.json  ## scenes: import, invert, DI and prompt samples, lines and VPs against their sources
@@ -277,13 +332,14 @@ reproduce: report  ## the whole study (needs a GPU for full size): data, sd, inv
 # Its work is fixed, not its time: each classifier trains 25 steps of 32 images (5,600 images for the seven),
 # every class is inverted in one job, and the detector is not scored on York Urban (YUD=). The scene study runs on
 # 12 York Urban photos at 64 px when ../shared has them (SCENES). bench/README.md gives each stage's work and seconds.
-DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=30 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
+DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=10 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
   SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
-  RECIPE=quick SEEDS="0 1" TRAIN_STEPS=10 WARMUP_STEPS=1 EVALS=2 BATCH=24 GRADCAM_N=16 VANISH_N=100 YUD= SCENES=$(YUD) \
-  GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12
+  RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= SCENES=$(YUD) \
+  GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
+  SIZES="5 10" SWEEP_EVALS=1 SWEEP_FROM=data/real.h5 SWEEP_EMB=models/inv/all.safetensors
 
 demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
-	$(MAKE) --no-print-directory reproduce $(DEMO_VARS)
+	$(MAKE) --no-print-directory reproduce sweep $(DEMO_VARS)
 
 $(SK):
 	$(MAKE) install

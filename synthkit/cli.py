@@ -403,6 +403,7 @@ def sample(
     init: Optional[str] = typer.Option(None, help="Prompt mode: img2img from this real store (name or path)."),
     strength: float = typer.Option(PROMPT_DEFAULTS["strength"], help="img2img: share of the schedule re-noised (0-1]."),
     embeddings: List[Path] = typer.Option([], help="DI mode: embeddings file(s) from synthkit invert (repeatable; shell globs work). Give every class's file in one run: groups stay apart and the default unconditional input mixes the classes."),
+    only: Optional[str] = typer.Option(None, help="DI mode: sample only the embeddings of this store's images: the inverted store, or a subset of it made by synthkit subset (partners, groups and the unconditional mean come from its images alone)."),
     per_image: int = typer.Option(DI.per_image, min=1, help="DI mode: samples per learned embedding."),
     interp: float = typer.Option(DI.interp, help="DI mode: alpha, interpolation towards a partner drawn from the image's own group (same class)."),
     noise: float = typer.Option(DI.noise, help="DI mode: lambda, scale of the Gaussian perturbation."),
@@ -441,7 +442,8 @@ def sample(
     def job(path: Path, part: str, dev: str) -> None:
         if embeddings:
             sample_embeddings(path, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond, eta=eta),
-                              config, model=model, device=dev, shard=part, overwrite=overwrite, resume=resume)
+                              config, model=model, device=dev, shard=part, overwrite=overwrite, resume=resume,
+                              only=store_path(only) if only else None)
         else:
             sample_prompts(path, model or DEFAULT_MODEL, templates, class_list(classes or init), per_class, config, negative=negative,
                            init=store_path(init) if init else None, strength=strength, device=dev, shard=part,

@@ -60,16 +60,13 @@ def spread_notes(groups: list[dict[str, Any]]) -> list[str]:
     if all(g["n"] < 2 for g in groups):
         return ["One seed per row: no spread was measured, so a difference of a point or two cannot be told from "
                 "noise; `make reproduce SEEDS=\"0 1 2\"` trains every row once per seed."]
-    close = []
-    for i, a in enumerate(groups):
-        for b in groups[i + 1 :]:
-            if a["n"] > 1 and b["n"] > 1 and abs(a["mean"] - b["mean"]) < a["std"] + b["std"]:
-                close.append(f"`{a['training_data']}` and `{b['training_data']}` ({100 * abs(a['mean'] - b['mean']):.2f} "
-                             f"points apart, spreads ±{100 * a['std']:.2f} and ±{100 * b['std']:.2f})")
+    close = [f"{a['training_data']} – {b['training_data']} ({100 * abs(a['mean'] - b['mean']):.2f})"
+             for i, a in enumerate(groups) for b in groups[i + 1 :]
+             if a["n"] > 1 and b["n"] > 1 and abs(a["mean"] - b["mean"]) < a["std"] + b["std"]]
     if not close:
         return ["Every two rows with several seeds differ by more than the sum of their standard deviations."]
-    return ["These rows differ by less than their spread (the sum of their standard deviations), so this run cannot "
-            "order them: " + "; ".join(close) + "."]
+    return ["These pairs of rows differ by less than their spread (the sum of their standard deviations; the difference "
+            "in points in brackets), so this run cannot order them: " + "; ".join(close) + "."]
 
 
 def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | None:
@@ -104,6 +101,9 @@ def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | No
         if len(runs) > 1:
             std = acc.std(0, ddof=1)
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel("test accuracy % (real test images)")
     ax.set_title("Test accuracy during training (mean over seeds, band: ± 1 std)", fontsize=10)
@@ -164,6 +164,107 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
                   "keeping the images a real-data model finds convincing helps; with a random-weight generator (noise) "
                   "or a weak real classifier they can only show that the stage runs.", ""]
     return lines
+
+
+def sweep_points(results: Path) -> dict[str, dict[float, list[float]]]:
+    """The sweep's test accuracies (%): {row: {real images per class: [one per seed]}}, the row named by the kinds of
+    its stores (real, inv, real+inv) and the size by the real images its training data drew on (for a DI store, the
+    real images whose embeddings it sampled), from the sweep's classifiers and their evaluation."""
+    from .evaluation import read_rows
+
+    csv_path = results / "sweep" / "accuracy.csv"
+    points: dict[str, dict[float, list[float]]] = {}
+    if not csv_path.exists():
+        return points
+    for r in read_rows(csv_path):
+        if not Path(r["model"]).exists():
+            continue
+        meta = read_meta(r["model"])
+        real = [s.get("real_images") for s in meta.get("sources", []) if s.get("real_images")]
+        if not real:
+            continue
+        row = "+".join(s["kind"] for s in meta["sources"])
+        per_class = max(real) / len(meta["classes"])
+        points.setdefault(row, {}).setdefault(per_class, []).append(100 * float(r["accuracy"]))
+    return points
+
+
+def sweep_order(points: dict) -> list[str]:
+    """real, then the synthetic rows, then the mixed ones."""
+    return sorted(points, key=lambda r: (r.count("+"), r != "real", r))
+
+
+def sweep_figure(points: dict[str, dict[float, list[float]]], out: Path) -> Path:
+    """Test accuracy against real images per class (log axis): a line per row, the mean over seeds, a band of
+    ± one standard deviation."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in sweep_order(points):
+        sizes = sorted(points[row])
+        mean = np.array([np.mean(points[row][n]) for n in sizes])
+        std = np.array([np.std(points[row][n], ddof=1) if len(points[row][n]) > 1 else 0.0 for n in sizes])
+        line, = ax.plot(sizes, mean, marker="o", label=f"{row} (n={min(len(points[row][k]) for k in sizes)} seeds)")
+        ax.fill_between(sizes, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log")
+    every = sorted({n for row in points.values() for n in row})
+    ax.set_xticks(every, [f"{n:g}" for n in every])
+    ax.minorticks_off()
+    ax.set_xlabel("real images per class (log scale)")
+    ax.set_ylabel("test accuracy % (real test images)")
+    ax.set_title("Sample complexity: accuracy against real images per class (band: ± 1 std over seeds)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def real_equivalent(real: dict[float, list[float]], accuracy: float) -> str:
+    """How many real images per class the real row needs to reach `accuracy`, read off its curve (made monotone,
+    interpolated on the log axis); beyond its largest size, a lower bound."""
+    import numpy as np
+
+    sizes = sorted(real)
+    curve = np.maximum.accumulate([np.mean(real[n]) for n in sizes])
+    if accuracy <= curve[0]:
+        return f"≤ {sizes[0]:g}"
+    if accuracy > curve[-1]:
+        return f"> {sizes[-1]:g}"
+    return f"{float(np.exp(np.interp(accuracy, curve, np.log(sizes)))):.0f}"
+
+
+def sweep_section(results: Path) -> list[str]:
+    """The sample-complexity sweep (make sweep): its figure, a table of mean ± std per row and size, and how many
+    real images alone would match each DI row."""
+    import numpy as np
+
+    points = sweep_points(results)
+    if not points:
+        return []
+    figure = sweep_figure(points, results / "sweep" / "sweep.png")
+    rows = sweep_order(points)
+    sizes = sorted({n for row in rows for n in points[row]})
+    cell = lambda v: (f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f} ({len(v)})" if len(v) > 1 else f"{v[0]:.2f} (1)") if v else "–"  # noqa: E731
+    lines = ["## Sample complexity: accuracy against the number of real images", "",
+             "`make sweep`: nested subsets of one real store (each smaller size inside every larger one), the largest "
+             "inverted once; each size's DI store samples the embeddings of its own images only. Test accuracy % on the "
+             "real test store, mean ± std (seeds).", "",
+             "| real images per class | " + " | ".join(f"`{r}`" for r in rows) + " |",
+             "|---:|" + "---:|" * len(rows)]
+    for n in sizes:
+        lines.append(f"| {n:g} | " + " | ".join(cell(points[r].get(n, [])) for r in rows) + " |")
+    if "real" in points:
+        lines += ["", "Real images alone needed to match each DI row (read off the `real` curve): " + "; ".join(
+            f"`{r}` at {n:g} per class ≈ {real_equivalent(points['real'], float(np.mean(points[r][n])))}"
+            for r in rows if r != "real" for n in sorted(points[r])) + "."]
+    return lines + ["", f"![sample complexity](sweep/{figure.name})", ""]
 
 
 def fidelity_section(results: Path) -> list[str]:
@@ -371,7 +472,7 @@ def write_report(results: Path = Path("results"), models: Path = Path("models"),
              f"`{results}/`, `{models}/` and `{data}/`.", ""]
     lines += generator_warning(data) + accuracy_section(results, models) + provenance_section(models, data)
     lines += figures_section(results) + inversion_section(results, models) + fidelity_section(results)
-    lines += gradcam_section(results) + geometry_section(results) + scenes_section(results)
+    lines += sweep_section(results) + gradcam_section(results) + geometry_section(results) + scenes_section(results)
     confusions = sorted((results / "confusion").glob("*.png"))
     if confusions:
         lines += ["## Confusion matrices", ""] + [f"![{p.stem}](confusion/{p.name})" for p in confusions] + [""]

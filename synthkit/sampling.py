@@ -206,18 +206,73 @@ def unconditional(mode: str, diffusion: Diffusion, embeddings: torch.Tensor, gro
     return (lambda rows: empty.expand(len(rows), -1, -1)), f"empty: the empty prompt ({embeddings.shape[1]} tokens)"
 
 
+def inverted_rows(path: Path, inverted: str, depth: int = 8) -> np.ndarray | None:
+    """The row of each image of store `path` in the store whose fingerprint is `inverted`: the store itself, or
+    a subset of it (or of a subset of it...) made by `synthkit subset`, followed through each one's `parent_row`
+    column and its recorded source; None when the chain does not lead there."""
+    with Store(path) as store:
+        if store.fingerprint == inverted:
+            return np.arange(len(store))
+        sources = store.meta.get("sources") or [{}]
+        if depth == 0 or "parent_row" not in store.column_names or not sources[0].get("path"):
+            return None
+        rows, parent = store.column("parent_row").astype(np.int64), Path(sources[0]["path"])
+    if not parent.exists():
+        return None
+    with Store(parent) as source:
+        if source.fingerprint != sources[0].get("fingerprint"):
+            return None  # the recorded source was replaced since
+    above = inverted_rows(parent, inverted, depth - 1)
+    return None if above is None else above[rows]
+
+
+def restrict_to(tensors: dict[str, torch.Tensor], emb_meta: dict, only: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The embeddings of the images of store `only` (the inverted store itself, or a subset cut from it by
+    `synthkit subset`), regrouped as inverting `only` would group them (class-pure runs of the inversion's group
+    size, in its row order), with its rows as their source rows; and `only`'s provenance record. So a smaller
+    store of a sample-complexity sweep reuses the larger one's inversion, drawing partners and the unconditional
+    mean from its own images only."""
+    from .inversion import plan_groups
+
+    inverted = emb_meta["sources"][0]["fingerprint"]
+    with Store(only) as store:
+        if store.classes != emb_meta["classes"]:
+            raise UserError(f"--only {only} has classes {', '.join(store.classes)}, not the embeddings' {', '.join(emb_meta['classes'])}")
+        labels, record = store.labels, {"path": str(only), "fingerprint": store.fingerprint, "count": len(store)}
+    parent = inverted_rows(Path(only), inverted)
+    if parent is None:
+        raise UserError(f"--only {only}: its images are not the ones inverted in the embeddings given (it is neither "
+                        "the inverted store nor a subset of it, or of a subset of it, made by synthkit subset)")
+    index_of = {int(row): k for k, row in enumerate(tensors["source_index"])}
+    missing = sum(int(row) not in index_of for row in parent)
+    if missing:
+        raise UserError(f"--only {only}: {missing} of its {len(parent)} images have no embeddings in the files given")
+    take = torch.tensor([index_of[int(row)] for row in parent], dtype=torch.long)
+    group = torch.empty(len(parent), dtype=torch.long)
+    for _, rows in plan_groups(labels, range(len(store.classes)), emb_meta["params"]["group_size"]):
+        group[rows] = int(rows[0])  # a group is named by its first row, as invert names them
+    restricted = {"embeddings": tensors["embeddings"][take], "label": tensors["label"][take], "group": group,
+                  "source_index": torch.arange(len(parent))}
+    return restricted, record | {"embeddings": emb_meta["sources"]}
+
+
 @locked_output("out")
 def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig | None = None,
                       config: SamplingConfig | None = None, model: str | None = None, device: str | None = None,
-                      shard: str = "", overwrite: bool = False, resume: bool = False) -> Path:
-    """Generate di.per_image samples from every learned embedding (Diffusion Inversion sampling). What `config`
-    leaves None takes DI's defaults: DIConfig's steps, guidance and save size (the training images' size)."""
+                      shard: str = "", overwrite: bool = False, resume: bool = False, only: Path | None = None) -> Path:
+    """Generate di.per_image samples from every learned embedding (Diffusion Inversion sampling); with `only`, from
+    those of that store's images alone (see restrict_to). What `config` leaves None takes DI's defaults: DIConfig's
+    steps, guidance and save size (the training images' size)."""
     di, config = di or DIConfig(), config or SamplingConfig()
     if check_output(Path(out), [partial_path(Path(out))], overwrite, resume):
         return Path(out)
     if di.uncond not in UNCONDS:
         raise UserError(f"--uncond must be one of {', '.join(UNCONDS)}, got '{di.uncond}'")
     tensors, emb_meta = load_embeddings(embedding_files)
+    sources = emb_meta["sources"]
+    if only is not None:
+        tensors, record = restrict_to(tensors, emb_meta, Path(only))
+        sources = [record]
     model = model or emb_meta["model"]
     config = replace(config, steps=config.steps or di.steps, guidance=di.guidance if config.guidance is None else config.guidance,
                      save_size=config.save_size or di.save_size or emb_meta["image_size"],
@@ -233,10 +288,10 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
                       "give every class's file for the official class-mixed mean", highlight=False)
     members = group_members(groups)
     params = asdict(di) | asdict(config) | {"model": model, "embeddings": [str(p) for p in embedding_files],
-                                            "resolution": resolution}
-    meta = provenance("inv", params, emb_meta["sources"]) | {"model": model, "embeddings_model": emb_meta["model"],
-                                                             "uncond": uncond_note, "device": str(diffusion.device),
-                                                             "shard": shard}
+                                            "resolution": resolution, "only": str(only) if only else None}
+    meta = provenance("inv", params, sources) | {"model": model, "embeddings_model": emb_meta["model"], "uncond": uncond_note,
+                                                 "device": str(diffusion.device), "shard": shard,
+                                                 "real_images": len(embeddings)}
     total_samples = len(embeddings) * di.per_image
     slices = batch_slices(total_samples, config.batch_size, shard)
     total = sum(s.stop - s.start for s in slices)

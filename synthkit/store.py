@@ -406,7 +406,9 @@ def _fingerprint(f: h5py.File) -> str:
 
 
 def balanced_subset(labels: np.ndarray, per_class: int, seed: int, n_classes: int | None = None) -> np.ndarray:
-    """Sorted indices of a seeded, class-balanced subset: `per_class` images of every class."""
+    """Sorted indices of a seeded, class-balanced subset: the first `per_class` images of a seeded permutation of
+    every class. The permutations do not depend on `per_class`, so with one seed a smaller subset is inside a
+    larger one (the sample-complexity sweep's nesting)."""
     labels = np.asarray(labels)
     n_classes = n_classes or int(labels.max()) + 1
     rng = np.random.default_rng(seed)
@@ -415,7 +417,7 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int, n_classes: in
         members = np.flatnonzero(labels == c)
         if len(members) < per_class:
             raise UserError(f"class {c} has only {len(members)} images, fewer than --per-class {per_class}")
-        picked.append(rng.choice(members, size=per_class, replace=False))
+        picked.append(rng.permutation(members)[:per_class])
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
@@ -465,7 +467,9 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, 
 def subset_store(src: str | Path, out: str | Path, per_class: int | None = None, seed: int = 0,
                  overwrite: bool = False) -> Path:
     """A copy of a store, or a seeded class-balanced subset of `per_class` images of every class: how a user's own
-    store enters the study (make reproduce REAL=...). Kind and columns are kept; the source is recorded."""
+    store enters the study (make reproduce REAL=...). Kind and columns are kept, the source is recorded, and each
+    image's row in the source goes in the column `parent_row` (replacing one the source had), so that what was made
+    from the source (its inversion) can be matched to the subset's images."""
     from .meta import provenance
 
     check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False)
@@ -473,12 +477,12 @@ def subset_store(src: str | Path, out: str | Path, per_class: int | None = None,
         if len(s) == 0:
             raise UserError(f"store {src} has no images")
         rows = np.arange(len(s)) if per_class is None else balanced_subset(s.labels, per_class, seed, len(s.classes))
-        kinds = {name: s.column_kind(name) for name in s.column_names}
+        kinds = {name: s.column_kind(name) for name in s.column_names if name != "parent_row"}
         meta = provenance(s.meta.get("kind", "unknown"), {"per_class": per_class, "seed": seed},
-                          [{"path": str(src), "fingerprint": s.fingerprint, "sources": s.meta.get("sources", [])}])
-        with StoreWriter(out, classes=s.classes, image_shape=s.image_shape[:2], meta=meta, columns=kinds,
+                          [{"path": str(src), "fingerprint": s.fingerprint, "count": len(s), "sources": s.meta.get("sources", [])}])
+        with StoreWriter(out, classes=s.classes, image_shape=s.image_shape[:2], meta=meta, columns=kinds | {"parent_row": "int"},
                          total=len(rows), overwrite=overwrite) as writer:
             for start in range(0, len(rows), 4096):
                 part = rows[start : start + 4096]
-                writer.append(s.images(part), s.labels[part], **{name: s.column(name, part) for name in kinds})
+                writer.append(s.images(part), s.labels[part], parent_row=part, **{name: s.column(name, part) for name in kinds})
     return Path(out)

@@ -98,8 +98,9 @@ def load_stores(paths: Sequence[Path], device: torch.device, per_class: int | No
             rows = np.arange(len(store)) if per_class is None else balanced_subset(store.labels, per_class, seed, len(store.classes))
             store_labels = mapping[store.labels[rows]]
             kind = store.meta.get("kind", "unknown")
+            real_images = len(store_labels) if kind == "real" else store.meta.get("real_images")
             sources.append({"path": str(path), "kind": kind, "count": len(store_labels), "fingerprint": store.fingerprint,
-                            "image_size": store.image_shape[0]})
+                            "image_size": store.image_shape[0], "real_images": real_images})
         parts.append((Path(path), rows))
         labels.append(torch.from_numpy(np.asarray(store_labels, dtype=np.int64)))
         is_real.append(torch.full((len(store_labels),), kind == "real", dtype=torch.bool))
@@ -401,13 +402,21 @@ class Run:
         self._batches = batch_images(self.data, list(step_rows(self.data, self.config, self.step, self.round_end)), self.device)
         self.loss_sum = torch.zeros((), device=self.device)
         self.correct = torch.zeros((), device=self.device, dtype=torch.long)
-        self.seen, self.started = 0, time.perf_counter()
+        self.seen, self.busy = 0, 0.0
 
     def _context(self) -> contextlib.AbstractContextManager:
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def advance(self) -> None:
         """One optimiser step (on this run's own CUDA stream); at a save point, log, evaluate and save."""
+        started = time.perf_counter()
+        self._step()
+        self.busy += time.perf_counter() - started
+        if self.step == self.round_end:
+            with self._context():
+                self._finish_round()
+
+    def _step(self) -> None:
         with self._context():
             rows, images = next(self._batches)
             generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 2**32 + self.step)
@@ -424,12 +433,10 @@ class Run:
             self.correct += (logits.argmax(1) == y).sum()
             self.seen += len(y)
             self.step += 1
-            if self.step == self.round_end:
-                self._finish_round()
 
     def _finish_round(self) -> None:
-        loss = (self.loss_sum / max(self.seen, 1)).item()
-        elapsed = time.perf_counter() - self.started
+        loss = (self.loss_sum / max(self.seen, 1)).item()  # waits for this run's stream
+        elapsed = max(self.busy, 1e-9)  # this run's own stepping time, not that of the runs stepped in between
         if not math.isfinite(loss):
             kept = (f"the last good state (step {self.log[-1]['step']}) is kept in {self.state_file}" if self.log
                     else "no state was saved")

@@ -79,7 +79,7 @@ def test_makefile_shows_the_plan(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for step in ("data cifar10", "sample --prompt", "invert --class airplane", "sample --embeddings",
-                 "train --data real --data inv --data sd --data real,inv --data real,sd --out 'models/resnet18-{data}-s{seed}.safetensors' --recipe di",
+                 "train --data real --data inv --data sd --data real,inv --data real,sd --out 'models/resnet18-{data}-s{seed}.safetensors' --seed 0",
                  "filter --data data/inv.h5 --classifier models/resnet18-real-s0.safetensors",
                  "train --data inv-kept --data real,inv-kept", "evaluate", "fidelity --real data/real.h5", "gradcam", "vanish", "report"):
         assert step in out.stdout, step
@@ -143,6 +143,34 @@ def planned(cwd, *variables):
                          cwd=cwd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makefile_sweep_plan(tmp_path):
+    """make sweep: nested subsets cut from the largest size, one inversion, each size's DI store from its own images'
+    embeddings, every classifier of the sweep in one job, evaluated apart from the table, then the report."""
+    out = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "sweep", "STAMPS=stamps", "VENV=venv", "MODEL=my-sd",
+                          "SIZES=50 10 200", "SWEEP_SEEDS=0 1"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    plan = " ".join(out.stdout.split())
+    assert "data cifar10 " in plan and "--per-class 200 --seed 0 --out data/sweep/real-200.h5" in plan
+    for n in (10, 50):
+        assert f"subset data/sweep/real-200.h5 --per-class {n} --seed 0 --out data/sweep/real-{n}.h5" in plan
+        assert f"sample --embeddings models/sweep/inv.safetensors --only data/sweep/real-{n}.h5" in plan
+    assert plan.count(" invert --class all --data data/sweep/real-200.h5 ") == 1 and plan.count("synthkit train ") == 1
+    train = re.search(r"synthkit train (.*?)--resume", plan).group(1)
+    assert len(re.findall(r"--data \S+", train)) == 9 and "--seed 0 --seed 1" in train
+    assert "--data data/sweep/real-10.h5,data/sweep/inv-10.h5 " in train and "'models/sweep/resnet18-{data}-s{seed}.safetensors'" in train
+    assert "data/sweep/real-200.h5)" in train  # trained at the sweep's real size
+    evaluate = re.search(r"synthkit evaluate (.*?)--results results/sweep", plan).group(1)
+    assert evaluate.count("--model") == 18 and "models/sweep/resnet18-real-10+inv-10-s1.safetensors" in evaluate
+    assert plan.endswith("venv/bin/synthkit report")
+    reuse = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "sweep", "STAMPS=stamps", "VENV=venv", "SIZES=5 20",
+                            "SWEEP_FROM=data/real.h5", "SWEEP_EMB=models/inv/all.safetensors", "INVERT_BY=all"],
+                           cwd=tmp_path, capture_output=True, text=True).stdout
+    reuse = " ".join(reuse.split())
+    assert "subset data/real.h5 --per-class 20 --seed 0 --out data/sweep/real-20.h5" in reuse
+    assert "--embeddings models/inv/all.safetensors --only data/sweep/real-5.h5" in reuse and "models/sweep/inv.safetensors" not in reuse
 
 
 STUDY_FILES = [  # the graph under `train`, upstream first

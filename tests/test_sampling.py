@@ -327,3 +327,39 @@ def test_classes_can_come_from_a_store(tiny_sd, small_real, tmp_path):
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "sd.h5") as s, Store(small_real) as real:
         assert s.classes == real.classes and list(s.column("prompt")) == real.classes
+
+
+def test_only_samples_the_embeddings_of_a_subsets_images(tiny_sd, small_real, tmp_path, monkeypatch):
+    """A sweep's smaller store reuses the larger one's inversion: `--only` takes the embeddings of its images alone,
+    regrouped as its own inversion would group them, with partners and the unconditional mean from them alone."""
+    from conftest import cut_store
+    from synthkit.checkpoint import load_checkpoint
+
+    two = cut_store(small_real, tmp_path / "two.h5", 32, classes=("airplane", "cat"))  # 4 images of each class
+    emb = tmp_path / "two.safetensors"
+    invert(two, emb, "all", str(tiny_sd), InversionConfig(updates=1, resolution=64, batch_size=4, group_size=4))
+    assert run("subset", two, "--per-class", 3, "--seed", 1, "--out", tmp_path / "three.h5").exit_code == 0
+    assert run("subset", tmp_path / "three.h5", "--per-class", 2, "--seed", 1, "--out", tmp_path / "pair.h5").exit_code == 0
+    tensors, _ = load_checkpoint(emb)
+    by_row = {int(r): e for r, e in zip(tensors["source_index"], tensors["embeddings"])}
+    seen = spy_denoise(monkeypatch, fast=True)
+    out = tmp_path / "inv-pair.h5"
+    result = run("sample", "--embeddings", emb, "--only", tmp_path / "pair.h5", "--per-image", 2, "--out", out)
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "pair.h5") as pair, Store(tmp_path / "three.h5") as three, Store(out) as s:
+        rows_in_two = three.column("parent_row")[pair.column("parent_row")]  # through the chain of subsets
+        assert len(s) == 8 and set(s.column("source_index")) == {0, 1, 2, 3}  # rows of pair.h5
+        assert set(s.column("partner")) <= {0, 1, 2, 3}
+        assert all(pair.labels[p] == pair.labels[i] for i, p in zip(s.column("source_index"), s.column("partner")))
+        assert s.meta["sources"][0]["fingerprint"] == pair.fingerprint and s.meta["real_images"] == 4
+        assert sorted(set(s.column("group"))) == [0, 2]  # one group per class, named by its first row of pair.h5
+    mean = torch.stack([by_row[int(r)] for r in rows_in_two]).mean(0)
+    assert all(torch.allclose(u, mean) for u in seen[0][1])  # the unconditional input: the mean of these 4 alone
+    result = run("sample", "--embeddings", emb, "--only", small_real, "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "not the embeddings' airplane, cat" in result.stderr
+    other = cut_store(small_real, tmp_path / "other.h5", 32, classes=("airplane", "cat"), kind="real")
+    with Store(other) as o, StoreWriter(tmp_path / "flipped.h5", classes=o.classes, image_shape=(32, 32), meta=o.meta,
+                                        total=len(o)) as w:
+        w.append(o.images()[:, ::-1].copy(), o.labels)  # other pixels: not the inverted images
+    result = run("sample", "--embeddings", emb, "--only", tmp_path / "flipped.h5", "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2 and "are not the ones inverted" in result.stderr

@@ -190,13 +190,22 @@ def test_block_reads_match_for_dense_and_sparse_selections(tmp_path, monkeypatch
             np.testing.assert_array_equal(s.images(idx), images[idx])
 
 
+def test_subsets_of_one_seed_are_nested():
+    labels = np.repeat(np.arange(4), 50)
+    sizes = [balanced_subset(labels, n, seed=3) for n in (2, 10, 50)]
+    assert set(sizes[0]) <= set(sizes[1]) <= set(sizes[2]) and len(sizes[1]) == 40
+
+
 def test_subset_copies_a_store_or_a_balanced_part_of_it(tmp_path, real_store):
     whole = run("subset", real_store, "--out", tmp_path / "whole.h5")
     part = run("subset", real_store, "--per-class", 2, "--seed", 1, "--out", tmp_path / "part.h5")
     assert whole.exit_code == 0 and part.exit_code == 0, whole.output + part.output
     with Store(real_store) as r, Store(tmp_path / "whole.h5") as w, Store(tmp_path / "part.h5") as p:
-        assert np.array_equal(w.images(), r.images()) and w.meta["kind"] == "real" and w.column_names == r.column_names
+        assert np.array_equal(w.images(), r.images()) and w.meta["kind"] == "real"
+        assert w.column_names == sorted(r.column_names + ["parent_row"]) and list(w.column("parent_row")) == list(range(len(r)))
         assert list(p.counts()) == [2] * 10 and p.meta["sources"][0]["fingerprint"] == r.fingerprint
         assert set(p.column("source_name")) <= set(r.column("source_name"))
+        parent = p.column("parent_row")  # each image's row in the source
+        assert np.array_equal(p.images(), r.images(parent)) and list(p.column("source_name")) == list(r.column("source_name", parent))
     again = run("subset", real_store, "--out", tmp_path / "whole.h5")
     assert again.exit_code == 2 and "exists" in again.stderr

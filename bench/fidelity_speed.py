@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     real, test = cifar_store("train", args.per_class), cifar_store("test", args.per_class)
     classifier = CACHE / "models" / "fidelity-bench.safetensors"
-    train([real], classifier, TrainConfig(steps=5, batch_size=64), device=args.device, overwrite=True)
+    train([real], classifier, TrainConfig.from_recipe("quick", steps=5, batch_size=64), device=args.device, overwrite=True)
     start = time.perf_counter()
     rows = fidelity(real, [test], classifier, Path(tempfile.mkdtemp()), per_class=args.per_class, device=args.device)
     seconds = time.perf_counter() - start

@@ -3,7 +3,8 @@
 # the pipeline on the GPU with the tiny model, then the three benchmarks at full size. Each step has its
 # own time limit, so that one slow step cannot take the others' time; logs go to OUTDIR/<step>.log.
 # Usage: bench/gpu.sh OUTDIR [STEP...]   (synthkit importable, e.g. `pip install -e .`; CIFAR-10 as for the
-# benchmarks). With STEP names, only those steps run (smoke generation-bf16 generation-fp32 train-speed accuracy any-store).
+# benchmarks). With STEP names, only those steps run (smoke generation-bf16 generation-fp32 train-speed fleet
+# di-accuracy accuracy any-store).
 set -uo pipefail
 out=${1:-bench/.cache/gpu}
 shift || true
@@ -31,10 +32,18 @@ smoke() {  # the study's commands on the GPU (device auto), tiny model, a few im
     python3 -m synthkit invert --class airplane --data "$w/real.h5" --model "$w/tiny" --resolution 64 --updates 20 --out "$w/inv.safetensors"
     python3 -m synthkit sample --embeddings "$w/inv.safetensors" --per-image 2 --steps 5 --out "$w/inv.h5"
     python3 -m synthkit sample --prompt "a photo of a {class}" --per-class 4 --model "$w/tiny" --steps 5 --resolution 64 --out "$w/sd.h5"
-    python3 -m synthkit train --data "$w/real.h5,$w/sd.h5" --mix balanced --epochs 2 --batch-size 32 --out "$w/clf.safetensors"
+    python3 -m synthkit train --data "$w/real.h5,$w/sd.h5" --recipe quick --steps 20 --batch-size 32 --test "$w/test.h5" --out "$w/clf.safetensors"
     python3 -m synthkit evaluate --model "$w/clf.safetensors" --test "$w/test.h5" --results "$w/results"
     python3 -m synthkit gradcam --model "$w/clf.safetensors" --data "$w/test.h5" --n 8 --out "$w/gradcam"
     python3 -m synthkit info "$w/inv.h5"
+}
+di_accuracy() {  # issue 19: the official evaluation's recipe on all 50,000 real images, scored on the 10,000 real test images
+    local w
+    w=$(mktemp -d)
+    set -e
+    python3 -m synthkit data cifar10 --source "$ARCHIVE" --split train --out "$w/real.h5"
+    python3 -m synthkit data cifar10 --source "$ARCHIVE" --split test --out "$w/test.h5"
+    /usr/bin/time -f "train wall %e s" python3 -m synthkit train --data "$w/real.h5" --recipe di --test "$w/test.h5" --out "$w/di.safetensors"
 }
 any_store() {  # train at 96 px (ImageNet stem) on CUDA with the set over a small memory limit, so it streams
     local w
@@ -42,18 +51,20 @@ any_store() {  # train at 96 px (ImageNet stem) on CUDA with the set over a smal
     set -e
     python3 -m synthkit data cifar10 --source "$ARCHIVE" --split train --per-class 100 --out "$w/real.h5"
     python3 -m synthkit data cifar10 --source "$ARCHIVE" --split test --per-class 100 --out "$w/test.h5"
-    python3 -m synthkit train --data "$w/real.h5" --image-size 96 --memory-limit 20MB --epochs 3 --batch-size 128 --out "$w/clf96.safetensors"
+    python3 -m synthkit train --data "$w/real.h5" --image-size 96 --memory-limit 20MB --recipe quick --steps 30 --batch-size 128 --out "$w/clf96.safetensors"
     python3 -m synthkit evaluate --model "$w/clf96.safetensors" --test "$w/test.h5" --memory-limit 5MB --results "$w/results"
     python3 -m synthkit info "$w/clf96.safetensors"
 }
 ARCHIVE=$(python3 -c 'import sys; sys.path.insert(0, "bench"); from common import ARCHIVE; print(ARCHIVE)')
 export ARCHIVE
-export -f smoke any_store
+export -f smoke any_store di_accuracy
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log"
 step smoke 150 bash -c smoke
 step generation-bf16 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision bf16 --sample-batch 128 --windows 5 --steps 4
 step generation-fp32 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision fp32 --sample-batch 128 --windows 5 --steps 4
 step train-speed 240 python3 bench/train_speed.py --sizes 32,64,96 --batch-size 512 --windows 5 --steps 20
-step accuracy 150 python3 bench/accuracy_vs_size.py --sizes 5000 --epochs 30 --out "$out/accuracy.md"
+step fleet 240 python3 bench/fleet_speed.py --classifiers 8 --steps 200 --batch-size 128 --windows 3
+step di-accuracy 560 bash -c di_accuracy
+step accuracy 150 python3 bench/accuracy_vs_size.py --sizes 5000 --steps 12000 --out "$out/accuracy.md"
 step any-store 120 bash -c any_store

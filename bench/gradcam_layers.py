@@ -3,7 +3,7 @@
 Trains ResNet-18s on real CIFAR-10 subsets (or takes --model files), explains the same seeded pick of real
 test images at each candidate layer, and prints grad-cam's ROAD faithfulness (higher is more faithful)
 beside the maps' size and concentration. The default of `synthkit gradcam --layer` is chosen from this.
-Usage: python bench/gradcam_layers.py [--per-class 100,5000] [--epochs 15] [--n 256] [--model PATH ...]
+Usage: python bench/gradcam_layers.py [--per-class 100,5000] [--steps 2930] [--n 256] [--model PATH ...]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", default="100,5000", help="train a model on each real subset size (5000: all)")
     parser.add_argument("--model", type=Path, action="append", default=[], help="explain these classifiers instead")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=2930, help="steps of the di recipe (15 epochs of 50,000 images at batch 256)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--n", type=int, default=256, help="test images explained (the same for every layer)")
     parser.add_argument("--test-per-class", type=int, default=100)
@@ -34,7 +34,7 @@ def main() -> None:
         for size in (int(s) for s in args.per_class.split(",")):
             out = CACHE / "models" / f"gradcam-real-{size}.safetensors"
             train([cifar_store("train", None if size >= 5000 else size)], out,
-                  TrainConfig(epochs=args.epochs, batch_size=args.batch_size), device=args.device, overwrite=True)
+                  TrainConfig.from_recipe("di", steps=args.steps, batch_size=args.batch_size), device=args.device, overwrite=True)
             models.append(out)
     print(f"machine: {machine()}; {args.n} real test images; ROAD over removal of 20/40/60/80% of pixels")
     print(f"{'model':<40} {'layer':<7} {'map':>5} {'ROAD':>7} {'entropy':>8} {'top10':>6} {'s':>6}")

@@ -1,8 +1,8 @@
 """Training throughput: synthkit's on-device loop against a typical DataLoader + PIL loop, at each image size.
 
 Both train the same ResNet-18 (CIFAR stem up to 64 px, ImageNet stem above, as synthkit train chooses) with the
-same batch size, threads, number format and memory layout; only the data pipeline differs (crop with padding and
-flip up to 64 px, random-resized-crop and flip above). CIFAR-10 is resized once to each size. Prints img/s for
+same batch size, threads, number format and memory layout; only the data pipeline differs (crop with size/8
+padding and flip, as the recipes' crop-flip). CIFAR-10 is resized once to each size. Prints img/s for
 each (median over timed windows) and the ratio, per size.
 Usage: python bench/train_speed.py [--sizes 32,64,96] [--batch-size 512] [--windows 5] [--steps 10]
 """
@@ -20,7 +20,7 @@ from common import cifar_store, machine
 from synthkit.device import autocast, configure_threads, memory_format, pick_device
 from synthkit.model import ResNet18, arch_for, resize_images
 from synthkit.store import Store
-from synthkit.training import TrainConfig, epoch_batches, load_stores, training_batch
+from synthkit.training import TrainConfig, load_stores, step_rows, training_batch
 
 
 def step(model, optimizer, x, y, device):
@@ -58,13 +58,13 @@ def synthkit_loop(path, device, batch, size):
     data = load_stores([path], device, image_size=size)
     config = TrainConfig(batch_size=batch)
     generator = torch.Generator(device=device).manual_seed(0)
-    batches = iter(())
+    batches, done = iter(()), 0
 
     def next_batch():
-        nonlocal batches
+        nonlocal batches, done
         rows = next(batches, None)
-        if rows is None:
-            batches = iter(epoch_batches(data, config, generator))
+        if rows is None:  # the next 100 steps' rows, as synthkit train draws them
+            batches, done = iter(step_rows(data, config, done, done + 100)), done + 100
             rows = next(batches)
         x = training_batch(data.images[rows], generator).contiguous(memory_format=memory_format(device))
         return x, data.labels[rows]
@@ -79,7 +79,7 @@ class PilDataset(torch.utils.data.Dataset):
         from torchvision import transforms
 
         size = images.shape[1]
-        crop = transforms.RandomCrop(size, padding=4) if size <= 64 else transforms.RandomResizedCrop(size, scale=(0.35, 1.0))
+        crop = transforms.RandomCrop(size, padding=size // 8)  # the official RandomCrop(res, padding=res // 8)
         self.images, self.labels = images, labels
         self.transform = transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.ToTensor()])
 

@@ -229,7 +229,7 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
 
     planned(tmp_path)  # writes the stamps
     stamps = {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()}
-    assert set(stamps) == {"data", "sd", "invert", "inv", "filter", "train", "analysis", "geometry"} and stamps["train"].split() == ["di"]
+    assert set(stamps) == {"data", "sd", "invert", "inv", "filter", "train", "analysis", "sweep", "geometry"} and stamps["train"].split() == ["di"]
     past = time.time() - 1000
     reset()
     assert "bin/synthkit" not in planned(tmp_path), "nothing to redo when nothing changed"

@@ -329,7 +329,8 @@ def test_checkpoint_metadata_round_trips(tiny_classifier, real_store):
     assert meta["kind"] == "classifier" and meta["arch"] == "resnet18-cifar"
     assert meta["classes"][0] == "airplane" and len(meta["classes"]) == 10
     with Store(real_store) as s:
-        assert meta["sources"] == [{"path": str(real_store), "kind": "real", "count": 120, "fingerprint": s.fingerprint, "image_size": 32}]
+        assert meta["sources"] == [{"path": str(real_store), "kind": "real", "count": 120, "fingerprint": s.fingerprint, "image_size": 32,
+                                    "real_images": 120}]
     assert meta["params"]["lr"] == 0.05 and meta["params"]["seed"] == 0 and meta["steps"] == 6 and meta["recipe"] == "quick"
     assert meta["versions"]["torch"] and meta["seconds"] >= 0 and np.isfinite(meta["final_loss"])
 

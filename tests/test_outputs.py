@@ -1,0 +1,128 @@
+"""Every command that writes checks its output before it reads or computes anything: the output is none of its
+inputs (by path, through a link, as ./x), its folder can be written, it is not a folder where a file goes (or a
+file where a folder goes), and the sizes asked for fit the memory budget. Each failure is one `error:` line, exit
+code 2, and not a file changed, appeared or vanished."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_store_as, run
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every path under `folder` (folders, links and files) and what it holds."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        key = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[key] = "link -> " + os.readlink(p)
+        elif p.is_dir():
+            out[key] = "folder"
+        else:
+            out[key] = hashlib.sha256(p.read_bytes()).hexdigest() + f" {p.stat().st_mtime_ns}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, real_store, test_store, tiny_classifier, tiny_sd, cifar_small_archive) -> Path:
+    root = tmp_path_factory.mktemp("outputs")
+    (root / "data").mkdir()
+    (root / "models").mkdir()
+    shutil.copy(real_store, root / "data" / "real.h5")
+    shutil.copy(test_store, root / "data" / "test.h5")
+    copy_store_as(real_store, root / "data" / "inv.h5", "inv")
+    shutil.copy(tiny_classifier, root / "models" / "resnet18-real.safetensors")
+    shutil.copytree(tiny_sd, root / "models" / "tiny-sd")
+    shutil.copy(cifar_small_archive, root / "cifar10-mini.tar.gz")
+    (root / "gt").mkdir()
+    (root / "gt" / "gt.json").write_text(json.dumps({"images": []}))
+    (root / "a-folder").mkdir()
+    (root / "a-file.txt").write_text("not a folder")
+    return root
+
+
+def inputs(w: Path) -> dict[str, Path]:
+    return {"store": w / "data" / "real.h5", "test": w / "data" / "test.h5", "synthetic": w / "data" / "inv.h5",
+            "classifier": w / "models" / "resnet18-real.safetensors", "model": w / "models" / "tiny-sd",
+            "archive": w / "cifar10-mini.tar.gz", "gt": w / "gt", "models": w / "models", "data": w / "data"}
+
+
+# name: (what it writes, the input its output is tried on, its arguments for an output, arguments of an absurd size)
+COMMANDS = {
+    "data cifar10": ("file", "archive", lambda c, o: ["data", "cifar10", "--source", c["archive"], "--split", "test", "--out", o, "--overwrite"], None),
+    "data folder": ("file", "archive", lambda c, o: ["data", "folder", "--source", c["archive"], "--split", "test", "--out", o, "--overwrite"], ["--size", "100000"]),
+    "data cifar100": ("file", "archive", lambda c, o: ["data", "cifar100", "--source", c["archive"], "--out", o, "--overwrite"], None),
+    "data stl10": ("file", "archive", lambda c, o: ["data", "stl10", "--source", c["archive"], "--out", o, "--overwrite"], None),
+    "subset": ("file", "store", lambda c, o: ["subset", c["store"], "--out", o, "--overwrite"], None),
+    "merge": ("file", "store", lambda c, o: ["merge", c["store"], c["test"], "--out", o, "--overwrite"], None),
+    "train": ("file", "store", lambda c, o: ["train", "--data", c["store"], "--out", o, "--recipe", "quick", "--steps", "1",
+                                             "--device", "cpu", "--overwrite"], ["--image-size", "100000"]),
+    "invert": ("file", "store", lambda c, o: ["invert", "--class", "all", "--data", c["store"], "--model", c["model"], "--out", o,
+                                              "--device", "cpu", "--overwrite"], ["--resolution", "100000"]),
+    "sample prompts": ("file", "store", lambda c, o: ["sample", "--prompt", "a {class}", "--init", c["store"], "--model", c["model"],
+                                                      "--device", "cpu", "--out", o, "--overwrite"], ["--resolution", "100000"]),
+    "sample embeddings": ("file", "classifier", lambda c, o: ["sample", "--embeddings", c["classifier"], "--device", "cpu", "--out", o,
+                                                              "--overwrite"], None),
+    "filter": ("file", "synthetic", lambda c, o: ["filter", "--data", c["synthetic"], "--classifier", c["classifier"], "--out", o,
+                                                  "--device", "cpu", "--overwrite"], None),
+    "show": ("file", "store", lambda c, o: ["show", c["store"], "--out", o], None),
+    "fidelity": ("folder", "store", lambda c, o: ["fidelity", "--real", c["store"], "--data", c["synthetic"], "--classifier",
+                                                  c["classifier"], "--device", "cpu", "--out", o], None),
+    "evaluate": ("folder", "test", lambda c, o: ["evaluate", "--model", c["classifier"], "--test", c["test"], "--device", "cpu",
+                                                 "--results", o], None),
+    "gradcam": ("folder", "test", lambda c, o: ["gradcam", "--model", c["classifier"], "--data", c["test"], "--device", "cpu",
+                                                "--out", o], None),
+    "vanish": ("folder", "store", lambda c, o: ["vanish", "--data", c["store"], "--out", o], ["--upsample", "10000"]),
+    "vanish-score": ("folder", "gt", lambda c, o: ["vanish-score", "--gt", c["gt"], "--out", o], None),
+    "model tiny": ("folder", None, lambda c, o: ["model", "tiny", "--out", o, "--overwrite"], None),
+    "model random": ("folder", None, lambda c, o: ["model", "random", "--out", o, "--overwrite"], None),
+    "report": ("folder", "models", lambda c, o: ["report", "--results", o, "--models", c["models"], "--data", c["data"]], None),
+}
+CASES = ["input", "link", "dot", "unwritable", "wrong kind", "absurd size"]
+EXPECTED = {"input": "is the input", "link": "is the input", "dot": "is the input", "unwritable": "cannot write",
+            "absurd size": "memory budget"}
+
+
+def applies(command: str, case: str) -> bool:
+    """A case applies to a command that has an input of that kind (for the input cases) or a size option."""
+    _, key, _, size = COMMANDS[command]
+    return not (case in ("input", "link", "dot") and key is None or case == "absurd size" and size is None)
+
+
+def arguments(command: str, case: str, w: Path) -> tuple[list, str]:
+    kind, key, build, size = COMMANDS[command]
+    c = inputs(w)
+    if case == "input":
+        return build(c, c[key]), EXPECTED[case]
+    if case == "link":
+        link = w / f"link-to-{c[key].name}"
+        if not link.is_symlink():
+            link.symlink_to(c[key])
+        return build(c, link), EXPECTED[case]
+    if case == "dot":
+        return build(c, "./" + str(c[key].relative_to(w))), EXPECTED[case]
+    if case == "unwritable":
+        return build(c, Path("/proc") / ("x.h5" if kind == "file" else "x")), EXPECTED[case]
+    if case == "wrong kind":
+        return build(c, w / ("a-folder" if kind == "file" else "a-file.txt")), "is a folder" if kind == "file" else "is a file"
+    return build(c, w / "fresh-output") + size, EXPECTED[case]
+
+
+@pytest.mark.parametrize("command, case", [(c, k) for c in COMMANDS for k in CASES if applies(c, k)])
+def test_a_bad_output_is_refused_before_any_work(command, case, workspace, monkeypatch):
+    args, expected = arguments(command, case, workspace)
+    monkeypatch.chdir(workspace)
+    before = tree(workspace)
+    result = run(*args)
+    assert result.exit_code == 2, f"{command} / {case}: {result.output}"
+    message = result.stderr.strip()
+    assert message.startswith("error:") and len(message.splitlines()) == 1 and expected in message, f"{command} / {case}: {message}"
+    assert "Traceback" not in result.output and result.stdout == ""  # no note of work begun
+    assert tree(workspace) == before, f"{command} / {case} changed the files"

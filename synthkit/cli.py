@@ -56,6 +56,10 @@ err_console = Console(stderr=True)
 INV, DI = InversionConfig(), DIConfig()
 
 
+MEMORY_HELP = ("Memory for decoded images, e.g. 512MB (default $SYNTHKIT_MEMORY_LIMIT, else half the available RAM): the "
+               "source is read a file at a time, and decoded in windows of that size (an archive is read once per window).")
+
+
 def user_errors(fn: Callable) -> Callable:
     """Show a UserError as one line on stderr and exit with code 2 (no traceback)."""
 
@@ -83,6 +87,7 @@ def _dataset_command(dataset: str, title: str, source_help: str) -> None:
         split: str = typer.Option("train", help="train or test."),
         per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
         seed: int = typer.Option(0, help="Seed of the subset."),
+        memory_limit: Optional[str] = typer.Option(None, help=MEMORY_HELP),
         overwrite: bool = typer.Option(False, help="Replace an existing store."),
         resume: bool = typer.Option(False, help="Continue an interrupted import."),
     ) -> None:
@@ -90,12 +95,13 @@ def _dataset_command(dataset: str, title: str, source_help: str) -> None:
             from .datasets import import_cifar10
 
             path = import_cifar10(out, source=source, split=split, per_class=per_class, seed=seed, download=download,
-                                  download_root=download_root, overwrite=overwrite, resume=resume)
+                                  download_root=download_root, memory_limit=memory_limit, overwrite=overwrite, resume=resume)
         else:
             from .torchvision_sets import import_torchvision_set
 
             path = import_torchvision_set(dataset, out, source=source, split=split, per_class=per_class, seed=seed,
-                                          download_root=download_root if download else None, overwrite=overwrite, resume=resume)
+                                          download_root=download_root if download else None, memory_limit=memory_limit,
+                                          overwrite=overwrite, resume=resume)
         _print_store_line(path)
 
 
@@ -114,6 +120,7 @@ def data_folder(
     class_name: Optional[str] = typer.Option(None, help='One class for every image (a flat folder), e.g. "urban scene".'),
     per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
     seed: int = typer.Option(0, help="Seed of the subset."),
+    memory_limit: Optional[str] = typer.Option(None, help=MEMORY_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
     resume: bool = typer.Option(False, help="Continue an interrupted import."),
 ) -> None:
@@ -121,7 +128,7 @@ def data_folder(
     from .datasets import import_folder
 
     import_folder(out, source=source, size=size, split=split, class_name=class_name, per_class=per_class, seed=seed,
-                  overwrite=overwrite, resume=resume)
+                  memory_limit=memory_limit, overwrite=overwrite, resume=resume)
     _print_store_line(out)
 
 
@@ -153,15 +160,10 @@ def show(
     cell: int = typer.Option(64, min=8, help="Pixels per image in the grid."),
 ) -> None:
     """Draw a grid of sample images, a row per class."""
-    from .figures import save_image, store_grid
+    from .figures import show_store
     from .paths import store_path
-    from .store import Store
 
-    with Store(store_path(store)) as s:
-        if len(s) == 0:
-            raise UserError(f"store {s.path} has no images: nothing to show")
-        save_image(store_grid(s, per_row=per_row, seed=seed, cell=cell), out)
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {show_store(store_path(store), out, per_row=per_row, seed=seed, cell=cell)}")
 
 
 @app.command()
@@ -425,32 +427,14 @@ def sample(
 ) -> None:
     """Generate images from class prompts (optionally img2img), or from learned DI embeddings (--embeddings)."""
     from .paths import store_path
-    from .sampling import SamplingConfig, class_list, sample_embeddings, sample_prompts
+    from .sampling import SamplingConfig, run_sample
 
-    templates = list(prompt)
-    if prompt_file is not None:
-        if not prompt_file.exists():
-            raise UserError(f"prompt file {prompt_file} does not exist")
-        templates += [line.strip() for line in prompt_file.read_text().splitlines() if line.strip()]
-    if embeddings and templates:
-        raise UserError("give either --embeddings (DI sampling) or --prompt/--prompt-file (prompt sampling), not both")
     config = SamplingConfig(steps=steps, guidance=guidance, scheduler=scheduler, resolution=resolution, save_size=save_size,
                             batch_size=batch_size, seed=seed, dtype=dtype)
-    from .launch import run_sharded
-    from .store import merge_stores
-
-    def job(path: Path, part: str, dev: str) -> None:
-        if embeddings:
-            sample_embeddings(path, embeddings, DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond, eta=eta),
-                              config, model=model, device=dev, shard=part, overwrite=overwrite, resume=resume,
-                              only=store_path(only) if only else None)
-        else:
-            sample_prompts(path, model or DEFAULT_MODEL, templates, class_list(classes or init), per_class, config, negative=negative,
-                           init=store_path(init) if init else None, strength=strength, device=dev, shard=part,
-                           overwrite=overwrite, resume=resume)
-
-    out = run_sharded(job, out, shard, device, lambda parts, o: merge_stores(parts, o, overwrite=True),
-                      overwrite=overwrite, resume=resume, say=typer.echo)
+    out = run_sample(out, templates=prompt, prompt_file=prompt_file, embeddings=embeddings, only=store_path(only) if only else None,
+                     classes=classes, per_class=per_class, negative=negative, init=store_path(init) if init else None,
+                     strength=strength, di=DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond, eta=eta),
+                     config=config, model=model, device=device, shard=shard, overwrite=overwrite, resume=resume, say=typer.echo)
     _print_store_line(out)
 
 
@@ -498,35 +482,13 @@ def vanish(
     sources: Optional[str] = typer.Option(None, help="The real store the samples came from: for every store with a source_index column (DI, img2img), compare each sample's horizon and VPs with its source's."),
 ) -> None:
     """Line segments and vanishing points of stores, side by side (to score the detector itself: vanish-score)."""
-    import json
-
     from rich.table import Table
 
     from .paths import store_path, store_paths
-    from .store import Store
-    from .vanish import MEASURES, analyse_stores, check_made_from, source_geometry
+    from .vanish import MEASURES, run_vanish
 
-    paths = store_paths(data)
-    paired = []
-    for path in paths:  # every store checked before anything is written
-        with Store(path) as store:
-            if len(store) == 0:
-                raise UserError(f"store {path} has no images")
-            # DI and img2img samples name their source row; prompt-only samples have -1
-            if sources and store.meta.get("kind") != "real" and "source_index" in store.column_names \
-                    and (store.column("source_index") >= 0).any():
-                paired.append(path)
-    if sources:
-        if not paired:
-            raise UserError("--sources: none of the stores has samples with a source (only DI and img2img samples know theirs)")
-        with Store(store_path(sources)) as src:
-            for path in paired:
-                with Store(path) as store:
-                    check_made_from(store, src)
-    pairs = {path.stem: source_geometry(path, store_path(sources), out, n=n, upsample=upsample, seed=seed) for path in paired}
-    if paired:
-        (out / "pairs.json").write_text(json.dumps(pairs, indent=1))
-    summary = analyse_stores(paths, out, n=n, upsample=upsample, focal=focal, seed=seed)  # summary.json last: make's target
+    summary, pairs = run_vanish(store_paths(data), out, sources=store_path(sources) if sources else None, n=n,
+                                upsample=upsample, focal=focal, seed=seed)
     table = Table(title=f"line geometry per store ({summary['mode']}): median [q1, q3]")
     table.add_column("measure")
     for name, st in summary["stores"].items():
@@ -539,7 +501,7 @@ def vanish(
     for key in MEASURES:
         table.add_row(key, *(f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, {st['measures'][key]['q3']:.3g}]" for st in stores))
     Console().print(table)
-    if paired:
+    if pairs:
         for name, p in pairs.items():
             typer.echo(f"{name} against its sources: median horizon error {p['median_horizon_error']:.3f} of the height, "
                        f"{100 * p['within_5pct_height']:.0f}% within 5%, median VP error {p['median_vp_error_deg']:.1f} deg "

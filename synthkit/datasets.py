@@ -11,16 +11,17 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import CIFAR10_CLASSES
 from .errors import UserError
-from .jobs import check_output
+from .jobs import check_fits, check_output
+from .memory import human, image_bytes, ram_budget
 from .locks import locked_output
 from .meta import provenance
-from .progress import progress
+from .progress import console, progress
 from .store import StoreWriter, balanced_subset, partial_path
 
 SPLITS = ("train", "test")
@@ -49,10 +50,12 @@ def import_cifar10(
     download: bool = False,
     download_root: str | Path = "data/downloads",
     batch_size: int = 2000,
+    memory_limit: str | None = None,
     overwrite: bool = False,
     resume: bool = False,
 ) -> Path:
-    """Write CIFAR-10's `split` (or a seeded class-balanced subset of it) to the store `out`."""
+    """Write CIFAR-10's `split` (or a seeded class-balanced subset of it) to the store `out`, reading the source a
+    file at a time within the memory budget (`memory_limit`, else half the available RAM)."""
     if split not in SPLITS:
         raise UserError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
     if source is None and not download:
@@ -62,33 +65,41 @@ def import_cifar10(
     params = {"source": str(source) if source else "torchvision-download", "split": split,
               "per_class": per_class, "seed": seed}
 
+    budget = ram_budget(memory_limit)
+
     def open_split() -> tuple[Source, list[str], dict]:
-        src = download_cifar10(download_root, split) if download else open_source(Path(source), split)
+        src = download_cifar10(download_root, split) if download else open_source(Path(source), split, budget)
         return src, list(CIFAR10_CLASSES), _describe(Path(source)) if source else {"path": str(download_root)}
 
-    return write_source(out, open_split, params, split, per_class, seed, batch_size, overwrite, resume)
+    return write_source(out, open_split, params, split, per_class, seed, batch_size, overwrite, resume,
+                        inputs=[source], budget=budget)
 
 
 def write_source(out: str | Path, open_split: Callable[[], tuple[Source, list[str], dict]], params: dict, split: str,
                  per_class: int | None, seed: int, batch_size: int = 2000, overwrite: bool = False,
-                 resume: bool = False) -> Path:
+                 resume: bool = False, inputs: Sequence[str | Path | None] = (), budget: int | None = None) -> Path:
     """Write a dataset split (or a seeded class-balanced subset) to the store `out`, opening the source only when
-    there is work to do; each row keeps its index and name in the source."""
+    there is work to do; each row keeps its index and name in the source. Rows are decoded a window at a time, as
+    many as `budget` bytes hold (one pass over an archive per window)."""
     out = Path(out)
-    if check_output(out, [partial_path(out)], overwrite, resume):
+    if check_output(out, [partial_path(out)], overwrite, resume, inputs=inputs):
         return out
     src, classes, described = open_split()
     index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(classes))
     meta = provenance("real", params, [described])
+    window = max(1, (budget or ram_budget()) // (3 * src.image_shape[0] * src.image_shape[1]))
     with StoreWriter(out, classes=classes, image_shape=src.image_shape, meta=meta,
                      columns={"source_index": "int", "source_name": "str"}, total=len(index),
                      overwrite=overwrite, resume=resume) as writer, progress() as bar:
         task = bar.add_task(f"import {split}", total=len(index), completed=writer.done)
-        for start in range(writer.done, len(index), batch_size):
-            rows = index[start : start + batch_size]
-            writer.append(src.decode(rows), src.labels[rows], source_index=rows,
-                          source_name=[src.names[i] for i in rows])
-            bar.advance(task, len(rows))
+        for first in range(writer.done, len(index), window):
+            rows_of_window = index[first : first + window]
+            pixels = src.decode(rows_of_window)
+            for start in range(0, len(rows_of_window), batch_size):
+                rows = rows_of_window[start : start + batch_size]
+                writer.append(pixels[start : start + batch_size], src.labels[rows], source_index=rows,
+                              source_name=[src.names[i] for i in rows])
+                bar.advance(task, len(rows))
     return out
 
 
@@ -103,6 +114,7 @@ def import_folder(
     per_class: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    memory_limit: str | None = None,
     overwrite: bool = False,
     resume: bool = False,
 ) -> Path:
@@ -110,23 +122,31 @@ def import_folder(
 
     Classes are the folder names (sorted naturally), or `class_name` for every image of a flat folder. With `size`
     each image is resized so that its shorter side is `size` (PIL bicubic), then centre-cropped to size x size;
-    without it all images must share one size. Each image's file name is kept in the column source_name."""
+    without it all images must share one size. Each image's file name is kept in the column source_name. The
+    source is read a file at a time within the memory budget (`memory_limit`, else half the available RAM)."""
     out = Path(out)
     if size is not None and size < 8:
         raise UserError(f"--size must be at least 8, got {size}")
-    if check_output(out, [partial_path(out)], overwrite, resume):
+    budget = ram_budget(memory_limit)
+    if size is not None:
+        check_fits(image_bytes(1, size), budget, f"one image at --size {size}")
+    if check_output(out, [partial_path(out)], overwrite, resume, inputs=[source]):
         return out
     source = Path(source)
     if not source.exists():
         raise UserError(f"source {source} does not exist")
-    files = ({str(p.relative_to(source)): p.read_bytes for p in source.rglob("*") if p.is_file()} if source.is_dir()
-             else _archive_members(source))
-    entries = []
-    for name in files:
+    members = Members(source, budget)
+    entries, folders, skipped = [], {}, []
+    for name in members.names:
         parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]  # tar's ./class/img.jpg
-        if not parts or not parts[-1].lower().endswith(_IMAGE_SUFFIXES) or any(p.startswith(".") for p in parts):
+        if not parts or any(p.startswith(".") for p in parts):
             continue
         if split is not None and (len(parts) < 3 or parts[-3] != split):
+            continue
+        if class_name is None and len(parts) >= 2:
+            folders.setdefault(parts[-2], []).append(name)
+        if not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+            skipped.append(name)
             continue
         if class_name is None and len(parts) < 2:
             raise UserError(f"{source}: {name} is not inside a class folder: lay images out as <class>/<image>, or give --class-name")
@@ -134,32 +154,20 @@ def import_folder(
     if not entries:
         where = f"<{split}>/<class>/" if split else "<class>/"
         raise UserError(f"{source}: no images in {where} folders")
+    empty = sorted(c for c in folders if c not in {e[0] for e in entries})
+    if empty:
+        raise UserError(f"{source}: class folder(s) {', '.join(empty)} hold no image (only {', '.join(folders[empty[0]][:3])}): "
+                        "add images or remove the folder")
+    note_skipped(skipped)
     classes = sorted({e[0] for e in entries}, key=_natural_key)
     entries.sort(key=lambda e: (classes.index(e[0]), e[1]))
     names, labels = [e[2] for e in entries], np.array([classes.index(e[0]) for e in entries], dtype=np.int64)
-    shape = (size, size) if size else _decode_image(files[names[0]](), names[0]).shape[:2]
-
-    def decode(rows: np.ndarray) -> np.ndarray:
-        images = [_decode_image(files[names[i]](), names[i]) for i in rows]
-        if size:
-            return np.stack([centre_crop(image, size) for image in images])
-        for i, image in zip(rows, images):
-            if image.shape[:2] != shape:
-                raise UserError(f"{names[i]} is {image.shape[1]}x{image.shape[0]}, but {names[0]} is {shape[1]}x{shape[0]}: "
-                                "give --size to resize and centre-crop them all")
-        return np.stack(images)
-
-    index = np.arange(len(labels)) if per_class is None else balanced_subset(labels, per_class, seed, len(classes))
+    shape = (size, size) if size else _decode_image(members.read_one(names[0]), names[0], budget).shape[:2]
+    hint = "" if size else ": give --size to resize and centre-crop them all"
+    source_of = Source(labels, names, lambda rows: decode_rows(members, [names[i] for i in rows], shape, size, hint), shape)
     params = {"source": str(source), "size": size, "split": split, "class_name": class_name, "per_class": per_class, "seed": seed}
-    meta = provenance("real", params, [_describe(source)])
-    with StoreWriter(out, classes=classes, image_shape=shape, meta=meta, columns={"source_index": "int", "source_name": "str"},
-                     total=len(index), overwrite=overwrite, resume=resume) as writer, progress() as bar:
-        task = bar.add_task("import", total=len(index), completed=writer.done)
-        for start in range(writer.done, len(index), batch_size):
-            rows = index[start : start + batch_size]
-            writer.append(decode(rows), labels[rows], source_index=rows, source_name=[names[i] for i in rows])
-            bar.advance(task, len(rows))
-    return out
+    return write_source(out, lambda: (source_of, classes, _describe(source)), params, split or "all", per_class, seed,
+                        batch_size, overwrite=overwrite, resume=resume, inputs=[source], budget=budget)
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -178,13 +186,13 @@ def _describe(path: Path) -> dict:
     if path.is_file():
         digest = hashlib.sha256()
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+            for block in iter(lambda: f.read(1 << 16), b""):  # small blocks: an import stays within its memory budget
                 digest.update(block)
         return {"path": str(path), "sha256": digest.hexdigest()}
     return {"path": str(path)}
 
 
-def open_source(path: Path, split: str) -> Source:
+def open_source(path: Path, split: str, budget: int | None = None) -> Source:
     """Recognise the layout at `path` and return the split's images in a fixed, documented order."""
     if not path.exists():
         raise UserError(f"source {path} does not exist")
@@ -192,11 +200,11 @@ def open_source(path: Path, split: str) -> Source:
         batches = _find_batch_dir(path)
         if batches is not None:
             return _batches_source({name: (batches / name).read_bytes for name in _BATCH_FILES[split]}, split)
-        return _folder_source({str(p.relative_to(path)): p.read_bytes for p in path.rglob("*") if p.is_file()}, split, path)
-    members = _archive_members(path)
-    batch_names = {name.rsplit("/", 1)[-1]: name for name in members}
+    members = Members(path, budget)
+    batch_names = {name.rsplit("/", 1)[-1]: name for name in members.names}
     if "data_batch_1" in batch_names or "test_batch" in batch_names:
-        return _batches_source({name: members[batch_names[name]] for name in _BATCH_FILES[split] if name in batch_names}, split)
+        return _batches_source({name: (lambda full=batch_names[name]: members.read_one(full))
+                                for name in _BATCH_FILES[split] if name in batch_names}, split)
     return _folder_source(members, split, path)
 
 
@@ -207,26 +215,78 @@ def _find_batch_dir(path: Path) -> Path | None:
     return None
 
 
-def _archive_members(path: Path) -> dict[str, Callable[[], bytes]]:
-    """Member name -> a function that returns its bytes, for .tar, .tar.gz, .tgz and .zip files."""
-    name = path.name.lower()
-    try:
-        if name.endswith(".zip"):
-            archive = zipfile.ZipFile(path)
-            for info in archive.infolist():
-                _check_member_name(path, info.filename)
-            return {i.filename: (lambda i=i: archive.read(i)) for i in archive.infolist() if not i.is_dir()}
-        if name.endswith((".tar", ".tar.gz", ".tgz")):
-            data: dict[str, bytes] = {}
-            with tarfile.open(path, "r:*") as archive:
-                for member in archive:
-                    _check_member_name(path, member.name)
-                    if member.isfile():
-                        data[member.name] = archive.extractfile(member).read()
-            return {k: (lambda v=v: v) for k, v in data.items()}
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-        raise UserError(f"cannot read archive {path}: {err}") from None
-    raise UserError(f"{path}: unknown source type (expected a folder, .tar, .tar.gz, .tgz or .zip)")
+class Members:
+    """The files of an image-folder tree or of a .tar, .tar.gz, .tgz or .zip archive: their names up front (an index
+    made without holding any file's bytes), and their bytes one file at a time when asked, so that an archive
+    larger than memory can be imported. Every archive opened is closed again."""
+
+    def __init__(self, path: Path, budget: int | None = None):
+        self.path, self.budget = Path(path), budget
+        name = self.path.name.lower()
+        self.sizes: dict[str, int] = {}
+        try:
+            if self.path.is_dir():
+                self.kind = "folder"
+                self.sizes = {str(p.relative_to(self.path)): p.stat().st_size for p in self.path.rglob("*") if p.is_file()}
+            elif name.endswith(".zip"):
+                self.kind = "zip"
+                with zipfile.ZipFile(self.path) as archive:
+                    for info in archive.infolist():
+                        _check_member_name(self.path, info.filename)
+                        if not info.is_dir():
+                            self.sizes[info.filename] = info.file_size
+            elif name.endswith((".tar", ".tar.gz", ".tgz")):
+                self.kind = "tar"
+                with tarfile.open(self.path, "r:*") as archive:
+                    for member in archive:
+                        _check_member_name(self.path, member.name)
+                        if member.isfile():
+                            self.sizes[member.name] = member.size
+            else:
+                raise UserError(f"{self.path}: unknown source type (expected a folder, .tar, .tar.gz, .tgz or .zip)")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+            raise UserError(f"cannot read archive {self.path}: {err}") from None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.sizes)
+
+    def read(self, wanted: Sequence[str]) -> Iterator[tuple[str, bytes]]:
+        """(name, bytes) of every wanted file, one file in memory at a time: in the order asked for a folder or a
+        zip (random access), in the archive's own order for a tar (one pass over it)."""
+        for name in wanted:
+            if name not in self.sizes:
+                raise KeyError(name)
+            if self.budget is not None and self.sizes[name] > self.budget:
+                raise UserError(f"{name} in {self.path} is {human(self.sizes[name])}, over the memory budget of "
+                                f"{human(self.budget)} (--memory-limit)")
+        try:
+            if self.kind == "folder":
+                for name in wanted:
+                    yield name, (self.path / name).read_bytes()
+            elif self.kind == "zip":
+                with zipfile.ZipFile(self.path) as archive:
+                    for name in wanted:
+                        yield name, archive.read(name)
+            else:
+                left = set(wanted)
+                with tarfile.open(self.path, "r:*") as archive:
+                    for member in archive:
+                        if member.name in left:
+                            left.discard(member.name)
+                            yield member.name, archive.extractfile(member).read()
+                            if not left:
+                                break
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+            raise UserError(f"cannot read archive {self.path}: {err}") from None
+
+    def read_one(self, name: str) -> bytes:
+        """The bytes of one file (the archive closed again at once)."""
+        files = self.read([name])
+        try:
+            return next(files)[1]
+        finally:
+            files.close()
 
 
 def _check_member_name(archive: Path, name: str) -> None:
@@ -242,13 +302,18 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _folder_source(files: dict[str, Callable[[], bytes]], split: str, where: Path) -> Source:
-    """Images laid out as .../<split>/<class>/<image>, ordered by class (CIFAR-10 order) then file name."""
+def _folder_source(members: Members, split: str, where: Path) -> Source:
+    """Images laid out as .../<split>/<class>/<image>, ordered by class (CIFAR-10 order) then file name; other
+    files in the class folders are named in a note."""
     entries = []
-    unknown = set()
-    for name in files:
+    unknown, skipped = set(), []
+    for name in members.names:
         parts = name.replace("\\", "/").split("/")
-        if len(parts) < 3 or parts[-3] != split or not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+        if len(parts) < 3 or parts[-3] != split:
+            continue
+        if not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+            if not parts[-1].startswith("."):
+                skipped.append(name)
             continue
         cls = parts[-2]
         if cls not in CIFAR10_CLASSES:
@@ -262,28 +327,61 @@ def _folder_source(files: dict[str, Callable[[], bytes]], split: str, where: Pat
     missing = set(range(len(CIFAR10_CLASSES))) - {e[0] for e in entries}
     if missing:
         raise UserError(f"{where}: no {split} images for class(es) {', '.join(CIFAR10_CLASSES[c] for c in sorted(missing))}")
+    note_skipped(skipped)
     entries.sort()
     names = [e[2] for e in entries]
-    first = _decode_image(files[names[0]](), names[0])
-
-    def decode(rows: np.ndarray) -> np.ndarray:
-        images = [_decode_image(files[names[i]](), names[i]) for i in rows]
-        for i, image in zip(rows, images):
-            if image.shape != first.shape:
-                raise UserError(f"{names[i]} is {image.shape[1]}x{image.shape[0]}, but the images before it are {first.shape[1]}x{first.shape[0]}")
-        return np.stack(images) if images else np.zeros((0, *first.shape), np.uint8)
-
-    return Source(np.array([e[0] for e in entries], dtype=np.int64), names, decode, first.shape[:2])
+    first = _decode_image(members.read_one(names[0]), names[0], members.budget)
+    return Source(np.array([e[0] for e in entries], dtype=np.int64), names,
+                  lambda rows: decode_rows(members, [names[i] for i in rows], first.shape[:2], None), first.shape[:2])
 
 
-def _decode_image(data: bytes, name: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def note_skipped(skipped: Sequence[str]) -> None:
+    """Name the files that are not images (a note, not an error: a README or a labels file is common)."""
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        console.print(f"note: skipped {len(skipped)} file(s) that are not images: {shown}", highlight=False)
+
+
+def decode_rows(members: Members, names: Sequence[str], shape: tuple[int, int], size: int | None, hint: str = "") -> np.ndarray:
+    """The images of `names`, in that order, as uint8 (len, H, W, 3): decoded one file at a time as the source
+    gives them, resized and centre-cropped to `size` when given, else all of `shape`."""
+    out = np.empty((len(names), *((size, size) if size else shape), 3), dtype=np.uint8)
+    position: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        position.setdefault(name, []).append(k)
+    for name, data in members.read(list(position)):
+        image = _decode_image(data, name, members.budget)
+        if size:
+            image = centre_crop(image, size)
+        elif image.shape[:2] != tuple(shape):
+            raise UserError(f"{name} is {image.shape[1]}x{image.shape[0]}, but the images before it are {shape[1]}x{shape[0]}{hint}")
+        out[position[name]] = image
+    return out
+
+
+def _decode_image(data: bytes, name: str, budget: int | None = None) -> np.ndarray:
+    """An RGB uint8 image; any decoding failure (not an image, truncated, unsupported, a decompression bomb, larger
+    than the memory budget once decoded) is one error naming the file."""
+    import warnings
+
+    from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise UserError(f"{name} is not a readable image: remove it or fix the archive") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget below decides
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if budget is not None and 3 * width * height > budget:
+                    raise UserError(f"{name} is {width}x{height} pixels: decoded it takes {human(3 * width * height)}, over "
+                                    f"the memory budget of {human(budget)} (--memory-limit); remove it or shrink it")
+                return np.asarray(image.convert("RGB"))
+    except UserError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise UserError(f"{name} is not a safe image to decode ({err})") from None
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ... for broken files
+        raise UserError(f"{name} is not a readable image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): "
+                        "remove it or fix the source") from None
 
 
 class _BatchUnpickler(pickle.Unpickler):

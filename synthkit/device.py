@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .memory import image_bytes, parse_bytes, ram_budget  # noqa: F401  (the budget's parts, without torch)
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -62,54 +61,13 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last
 
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_bytes(text: str) -> int:
-    """'512MB', '2GB', '1.5 GB', '300K' or a plain number of bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)B?\s*", str(text).upper())
-    if not match or float(match.group(1)) <= 0:
-        raise UserError(f"memory limit '{text}' is not a size: use e.g. 512MB or 2GB")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def image_bytes(n: int, size: int) -> int:
-    """Memory of n uint8 RGB images of size x size."""
-    return n * 3 * size * size
-
-
 def memory_budget(device: torch.device, limit: str | None = None) -> int:
     """Bytes of images a command may hold on `device`: `limit` or $SYNTHKIT_MEMORY_LIMIT when given, else half of
     the GPU's free memory (CUDA) or half of the available RAM (CPU). Larger image sets are streamed in chunks."""
-    limit = limit or os.environ.get("SYNTHKIT_MEMORY_LIMIT")
-    if limit:
-        return parse_bytes(limit)
-    if device.type == "cuda":
+    if device.type == "cuda" and not (limit or os.environ.get("SYNTHKIT_MEMORY_LIMIT")):
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
-    return available_ram() // 2
-
-
-def available_ram() -> int:
-    """RAM this process could still use: Linux's MemAvailable (free memory plus reclaimable cache), capped by the
-    container's cgroup limit; 8 GiB where neither can be read."""
-    sizes = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                sizes.append(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            cap, taken = Path(limit).read_text().strip(), Path(used).read_text().strip()
-            if cap.isdigit() and taken.isdigit():
-                sizes.append(max(0, int(cap) - int(taken)))
-                break
-        except OSError:
-            continue
-    return min(sizes) if sizes else 8 << 30
+    return ram_budget(limit)
 
 
 def configure_threads() -> None:

@@ -306,17 +306,17 @@ def random_pipeline(like: str = "sd15", seed: int = 0, dtype: torch.dtype = torc
     return _assemble(parts).to(dtype=dtype)
 
 
-@locked_output("out")
+@locked_output("out", folder=True)
 def build_random_pipeline(out: str | Path, like: str = "sd15", seed: int = 0, overwrite: bool = False) -> Path:
     """Save `random_pipeline(like, seed)` in fp16 (about 2 GB for sd15) as a diffusers folder, offline."""
-    check_output(Path(out), [], overwrite, resume=False, resumable=False)
+    check_output(Path(out), [], overwrite, resume=False, resumable=False, folder=True)
     return _save_pipeline(random_pipeline(like, seed, torch.float16), out, {"kind": "random", "like": like, "seed": seed})
 
 
-@locked_output("out")
+@locked_output("out", folder=True)
 def build_tiny_pipeline(out: str | Path, seed: int = 0, hidden: int = 32, overwrite: bool = False) -> Path:
     """A small random-weight SD pipeline (UNet, VAE, CLIP text encoder and a locally built tokenizer), saved offline."""
-    check_output(Path(out), [], overwrite, resume=False, resumable=False)
+    check_output(Path(out), [], overwrite, resume=False, resumable=False, folder=True)
     pipe = _assemble(build_components(tiny_spec(hidden), seed))
     return _save_pipeline(pipe, out, {"kind": "tiny-random", "seed": seed, "hidden": hidden})
 

@@ -24,6 +24,7 @@ from torch import nn
 from .config import FIDELITY
 from .device import configure_threads, pick_device
 from .errors import UserError
+from .jobs import check_destination
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .progress import progress
 from .store import Store, balanced_subset
@@ -111,6 +112,7 @@ def fidelity(real: Path, stores: Sequence[Path], classifier: Path, out: Path, pe
              device: str | None = None, batch_size: int = FIDELITY.batch_size) -> list[dict[str, Any]]:
     """Score each store against the real store, over all images and per class; write fidelity.csv, fidelity.md,
     fidelity.png and summary.json to `out`. Returns the rows."""
+    check_destination(out, [real, *stores, classifier, inception], folder=True)
     if not stores:
         raise UserError("no stores given: pass --data NAME (repeatable)")
     if metric not in BETTER:

@@ -53,3 +53,18 @@ def store_grid(store: "Store", per_row: int = 10, seed: int = 0, cell: int = 64)
         rows.append(store.images(pick))
     kind = store.meta.get("kind", "?")
     return image_grid(rows, store.classes, cell=cell, title=f"{store.path.name} ({kind}, {len(store)} images)")
+
+
+def show_store(path: str | Path, out: str | Path, per_row: int = 10, seed: int = 0, cell: int = 64) -> Path:
+    """`synthkit show`: the grid of a store written to the PNG `out`, once `out` is checked (not the store, a file
+    that can be written)."""
+    from .errors import UserError
+    from .jobs import check_destination
+    from .store import Store
+
+    check_destination(out, [path])
+    with Store(path) as store:
+        if len(store) == 0:
+            raise UserError(f"store {store.path} has no images: nothing to show")
+        grid = store_grid(store, per_row=per_row, seed=seed, cell=cell)
+    return save_image(grid, out)

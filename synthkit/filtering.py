@@ -134,7 +134,8 @@ def filter_store(data: Path, classifier: Path, out: Path, keep: float = FILTER.k
     and in its metadata the criterion, the threshold per class and the scores' spread. Returns that metadata."""
     if not (isinstance(keep, (int, float)) and 0 < keep <= 1):
         raise UserError(f"--keep must be in (0, 1], got {keep}")
-    check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False)
+    check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False,
+                 inputs=[data, classifier, real])
     values = scores(data, classifier, by, real, device, batch_size)
     with Store(data) as store:
         if len(store) == 0:

@@ -25,10 +25,10 @@ import torch
 
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .config import InversionConfig
-from .device import configure_threads, inversion_dtype, pick_device
+from .device import configure_threads, image_bytes, inversion_dtype, memory_budget, pick_device
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
-from .jobs import check_output, check_same_options, shard_order, shard_range
+from .jobs import check_fits, check_output, check_same_options, parse_shard, shard_order, shard_range
 from .locks import locked_output
 from .meta import provenance
 from .progress import progress
@@ -178,10 +178,16 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
     from .preview import InversionPreview
 
     out = Path(out)
-    if check_output(out, [state_dir(out)], overwrite, resume):
+    if shard:
+        parse_shard(shard)
+    if check_output(out, [state_dir(out)], overwrite, resume, inputs=[data, model]):
         return read_meta(out)
     if min(config.tokens, config.group_size, config.batch_size, config.updates) < 1 or preview_every < 0:
         raise UserError("--tokens, --group-size, --batch-size and --updates must be at least 1, --preview-every at least 0")
+    configure_threads()
+    dev = pick_device(device)
+    check_fits(4 * image_bytes(config.batch_size, config.resolution), memory_budget(dev),
+               f"a batch of {config.batch_size} images at --resolution {config.resolution}")
     with Store(data) as store:
         class_ids = resolve_classes(class_names, store.classes)
         groups = plan_groups(store.labels, class_ids, config.group_size)
@@ -191,8 +197,6 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
         first_chunk, stop_chunk = shard_range(len(chunks), shard)
         if first_chunk == stop_chunk:
             raise UserError(f"nothing to invert: shard {shard} of {len(chunks)} chunk(s) is empty; use fewer shards")
-        configure_threads()
-        dev = pick_device(device)
         diffusion = load_diffusion(model, dev, inversion_dtype(dev, config.precision))
         check_resolution(config.resolution, diffusion)
         params = asdict(config) | {"model": model, "classes": class_names, "data": str(data), "shard": shard}
@@ -358,7 +362,7 @@ def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dic
 def merge_embeddings(paths: Sequence[Path], out: Path, overwrite: bool = False) -> Path:
     """Merge the shards of one inversion job into the file an unsharded run writes."""
     out = Path(out)
-    check_output(out, [], overwrite, resume=False, resumable=False)
+    check_output(out, [], overwrite, resume=False, resumable=False, inputs=paths)
     metas = [read_meta(p) for p in paths]
     if all(m.get("shard") for m in metas):
         order = shard_order([m["shard"] for m in metas])

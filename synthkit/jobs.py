@@ -1,20 +1,72 @@
-"""The checks every job that writes an output makes, in one place: an existing output, an interrupted
-run's leftovers, a resumed state made with other options, and shards (which slice is mine, and their order)."""
+"""The checks every job that writes an output makes, in one place, before it reads or computes anything: where
+the output goes (not onto an input, into a folder that can be written, a file where a file goes), whether the
+sizes asked for fit the memory budget, an existing output, an interrupted run's leftovers, a resumed state made
+with other options, and shards (which slice is mine, and their order)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
 from .locks import refuse_leftover
+from .memory import human
 
 
-def check_output(out: Path, leftovers: Sequence[Path], overwrite: bool, resume: bool, resumable: bool = True) -> bool:
-    """Whether `out` is already finished and `--resume` keeps it. Refuses to replace an output, or to start
-    over from an interrupted run's leftovers (a .partial, a state file), unless --overwrite or --resume says so."""
+def check_destination(out: str | Path, inputs: Sequence[str | Path | None] = (), folder: bool = False) -> None:
+    """`out` is none of `inputs` (compared as resolved paths and as files, so links and ./x count), is not a
+    folder where a file goes (nor a file where a folder of results goes), and the nearest folder of it that
+    exists can be written (tried with a file created and removed at once)."""
     out = Path(out)
+    target = out.resolve()
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        path = Path(given)
+        same = path.resolve() == target
+        if not same and path.exists() and out.exists():
+            try:
+                same = os.path.samefile(path, out)
+            except OSError:
+                same = False
+        if same:
+            raise UserError(f"{out} is the input {given}: writing it would replace what this command reads; "
+                            "choose another output")
+    if out.exists():
+        if out.is_dir() and not folder:
+            raise UserError(f"{out} is a folder: give the path of a file to write")
+        if folder and not out.is_dir():
+            raise UserError(f"{out} is a file, but this command writes a folder of results there: give a folder path")
+    existing = out if folder and out.is_dir() else out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write {out}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".synthkit-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"cannot write {out}: {existing} is not writable ({err.strerror or err})") from None
+
+
+def check_fits(need: int, budget: int, what: str) -> None:
+    """Refuse work whose images alone would not fit the memory budget, before any of it is done."""
+    if need > budget:
+        raise UserError(f"{what} takes {human(need)}, over the memory budget of {human(budget)} (half the free memory, "
+                        "or --memory-limit / SYNTHKIT_MEMORY_LIMIT): ask for a smaller size")
+
+
+def check_output(out: Path, leftovers: Sequence[Path], overwrite: bool, resume: bool, resumable: bool = True,
+                 inputs: Sequence[str | Path | None] = (), folder: bool = False) -> bool:
+    """Whether `out` is already finished and `--resume` keeps it. First its destination (check_destination);
+    then refuses to replace an output, or to start over from an interrupted run's leftovers (a .partial, a state
+    file), unless --overwrite or --resume says so."""
+    out = Path(out)
+    check_destination(out, inputs, folder)
     if out.exists() and not (overwrite or resume):
         keep = " or --resume to continue it" if resumable else ""
         raise UserError(f"{out} already exists: pass --overwrite to replace it{keep}")

@@ -55,7 +55,12 @@ def acquire(out: str | Path) -> None:
     if key in _HELD:
         _HELD[key][1] += 1
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise UserError(f"cannot write {out}: {err.strerror or err} ({path})") from None
+    os.close(fd)
     for attempt in range(1000):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         for _ in range(_TRIES):
@@ -111,15 +116,19 @@ def writer_lock(out: str | Path) -> Iterator[None]:
         release(out)
 
 
-def locked_output(argument: str = "out") -> Callable:
-    """Decorator: run the function holding the writer lock of its argument `argument`."""
+def locked_output(argument: str = "out", folder: bool = False) -> Callable:
+    """Decorator: run the function holding the writer lock of its argument `argument`, once that output's
+    destination is checked (jobs.check_destination: a folder that can be written, a file where a file goes)."""
 
     def decorate(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            from .jobs import check_destination
+
             out = signature.bind(*args, **kwargs).arguments[argument]
+            check_destination(out, folder=folder)
             with writer_lock(out):
                 return fn(*args, **kwargs)
 

@@ -10,6 +10,7 @@ from typing import Any
 from . import CIFAR10_CLASSES, __version__
 from .checkpoint import read_meta
 from .errors import UserError
+from .jobs import check_destination
 from .meta import model_note
 from .paths import preview_path
 
@@ -465,6 +466,7 @@ def scenes_section(results: Path) -> list[str]:
 
 def write_report(results: Path = Path("results"), models: Path = Path("models"), data: Path = Path("data")) -> Path:
     """Write results/README.md from the evaluation CSV, the analysis summaries, figures and file metadata."""
+    check_destination(results, [models, data], folder=True)
     if not results.exists():
         raise UserError(f"{results}/ does not exist: run the pipeline first (make demo, or make reproduce)")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

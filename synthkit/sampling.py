@@ -16,16 +16,70 @@ import numpy as np
 import torch
 
 from .config import PROMPT_DEFAULTS, UNCONDS, DIConfig, SamplingConfig
-from .device import configure_threads, diffusion_dtype, pick_device
+from .device import configure_threads, diffusion_dtype, image_bytes, memory_budget, pick_device
 from .diffusion import (Diffusion, check_resolution, decode, denoise, derive_seed, encode_images, encode_text,
                         initial_noise, load_diffusion, make_scheduler, sample_seed)
 from .errors import UserError
 from .inversion import load_embeddings
-from .jobs import check_output, shard_range
+from .jobs import check_destination, check_fits, check_output, parse_shard, shard_range
 from .locks import locked_output
 from .meta import provenance
 from .progress import console, progress
 from .store import Store, StoreWriter, partial_path
+
+
+def read_templates(templates: Sequence[str], prompt_file: Path | None) -> list[str]:
+    """--prompt templates, then the non-empty lines of --prompt-file."""
+    out = list(templates)
+    if prompt_file is not None:
+        if not Path(prompt_file).is_file():
+            raise UserError(f"prompt file {prompt_file} does not exist")
+        out += [line.strip() for line in Path(prompt_file).read_text().splitlines() if line.strip()]
+    return out
+
+
+def check_sizes(config: SamplingConfig, device: str | None, shard: str) -> None:
+    """A well-formed shard, and a batch at the sizes asked for within the device's memory budget: refused before
+    any work."""
+    if shard and shard != "auto":
+        parse_shard(shard)
+    budget = memory_budget(pick_device(device))
+    for size, option in ((config.resolution, "--resolution"), (config.save_size, "--save-size")):
+        if size:
+            check_fits(4 * image_bytes(config.batch_size, size), budget, f"a batch of {config.batch_size} images at {option} {size}")
+
+
+def run_sample(out: Path, *, templates: Sequence[str] = (), prompt_file: Path | None = None, embeddings: Sequence[Path] = (),
+               only: Path | None = None, classes: str | None = None, per_class: int = 10, negative: str = "",
+               init: Path | None = None, strength: float = PROMPT_DEFAULTS["strength"], di: DIConfig | None = None,
+               config: SamplingConfig | None = None, model: str | None = None, device: str = "auto", shard: str = "",
+               overwrite: bool = False, resume: bool = False, say: Callable[[str], None] = print) -> Path:
+    """`synthkit sample`: the output, the mode and the sizes checked before any work, then DI sampling (with
+    `embeddings`) or prompt sampling, sharded as asked (launch.run_sharded). Returns the store written."""
+    from . import DEFAULT_MODEL
+    from .launch import run_sharded
+    from .store import merge_stores
+
+    config = config or SamplingConfig()
+    check_destination(out, [prompt_file, init, only, model, *embeddings])
+    templates = read_templates(templates, prompt_file)
+    if embeddings and templates:
+        raise UserError("give either --embeddings (DI sampling) or --prompt/--prompt-file (prompt sampling), not both")
+    if not embeddings and not templates:
+        raise UserError("give at least one --prompt template (or --prompt-file), or --embeddings for DI sampling")
+    check_sizes(config, None if device == "auto" else device, shard)
+
+    def job(path: Path, part: str, dev: str) -> None:
+        if embeddings:
+            sample_embeddings(path, list(embeddings), di, config, model=model, device=dev, shard=part, overwrite=overwrite,
+                              resume=resume, only=only)
+        else:
+            sample_prompts(path, model or DEFAULT_MODEL, templates, class_list(classes or (str(init) if init else None)),
+                           per_class, config, negative=negative, init=init, strength=strength, device=dev, shard=part,
+                           overwrite=overwrite, resume=resume)
+
+    return run_sharded(job, Path(out), shard, device, lambda parts, o: merge_stores(parts, o, overwrite=True),
+                       overwrite=overwrite, resume=resume, say=say)
 
 
 def batch_slices(total: int, batch: int, shard: str) -> list[slice]:
@@ -87,8 +141,9 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
                    device: str | None = None, shard: str = "", overwrite: bool = False, resume: bool = False) -> Path:
     """Generate per_class images of every class from prompt templates (img2img from `init` if given)."""
     out = Path(out)
-    if check_output(out, [partial_path(out)], overwrite, resume):
+    if check_output(out, [partial_path(out)], overwrite, resume, inputs=[init, model]):
         return out
+    check_sizes(config, device, shard)
     config = replace(config, steps=config.steps or PROMPT_DEFAULTS["steps"],
                      guidance=PROMPT_DEFAULTS["guidance"] if config.guidance is None else config.guidance)
     prompts, labels = prompt_plan(templates, classes, per_class)
@@ -264,8 +319,9 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
     those of that store's images alone (see restrict_to). What `config` leaves None takes DI's defaults: DIConfig's
     steps, guidance and save size (the training images' size)."""
     di, config = di or DIConfig(), config or SamplingConfig()
-    if check_output(Path(out), [partial_path(Path(out))], overwrite, resume):
+    if check_output(Path(out), [partial_path(Path(out))], overwrite, resume, inputs=[*embedding_files, model, only]):
         return Path(out)
+    check_sizes(config, device, shard)
     if di.uncond not in UNCONDS:
         raise UserError(f"--uncond must be one of {', '.join(UNCONDS)}, got '{di.uncond}'")
     tensors, emb_meta = load_embeddings(embedding_files)

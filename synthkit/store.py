@@ -429,7 +429,7 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, 
     Without `meta`, the merged store keeps the first store's kind and, for shards, the job's parameters."""
     from .meta import provenance
 
-    check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False)
+    check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False, inputs=inputs)
     stores = [Store(p) for p in inputs]
     try:
         if not stores:
@@ -472,7 +472,7 @@ def subset_store(src: str | Path, out: str | Path, per_class: int | None = None,
     from the source (its inversion) can be matched to the subset's images."""
     from .meta import provenance
 
-    check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False)
+    check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False, inputs=[src])
     with Store(src) as s:
         if len(s) == 0:
             raise UserError(f"store {src} has no images")

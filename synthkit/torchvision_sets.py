@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from .datasets import SPLITS, Source, _archive_members, _BatchUnpickler, _describe, fetch_torchvision_archive, write_source
+from .datasets import SPLITS, Members, Source, _BatchUnpickler, _describe, fetch_torchvision_archive, write_source
 from .errors import UserError
+from .memory import ram_budget
 from .locks import locked_output
 
 DATASETS = {  # name: (torchvision class, folder inside the download, archive torchvision downloads)
@@ -31,7 +32,8 @@ def _files(source: Path, folder: str) -> dict[str, Callable[[], bytes]]:
     if source.is_dir():
         root = source / folder if (source / folder).is_dir() else source
         return {p.name: p.read_bytes for p in root.iterdir() if p.is_file()}
-    return {name.rsplit("/", 1)[-1]: read for name, read in _archive_members(source).items()}
+    members = Members(source)  # an index only: a file's bytes are read when asked for (STL-10's unlabeled_X.bin never is)
+    return {name.rsplit("/", 1)[-1]: (lambda name=name: members.read_one(name)) for name in members.names}
 
 
 def _unpickle(files: dict[str, Callable[[], bytes]], name: str, dataset: str) -> dict:
@@ -81,7 +83,7 @@ READERS = {"cifar100": read_cifar100, "stl10": read_stl10}
 @locked_output("out")
 def import_torchvision_set(dataset: str, out: str | Path, *, source: str | Path | None = None, split: str = "train",
                            per_class: int | None = None, seed: int = 0, download_root: str | Path | None = None,
-                           overwrite: bool = False, resume: bool = False) -> Path:
+                           memory_limit: str | None = None, overwrite: bool = False, resume: bool = False) -> Path:
     """Write CIFAR-100's or STL-10's `split` (or a seeded class-balanced subset) to the store `out`; with
     `download_root` and no `source`, torchvision downloads it there first."""
     if dataset not in READERS:
@@ -97,4 +99,5 @@ def import_torchvision_set(dataset: str, out: str | Path, *, source: str | Path 
         path = Path(source) if source is not None else fetch_torchvision_archive(DATASETS[dataset][0], download_root)
         return (*READERS[dataset](path, split), _describe(path))
 
-    return write_source(out, open_split, params, split, per_class, seed, overwrite=overwrite, resume=resume)
+    return write_source(out, open_split, params, split, per_class, seed, overwrite=overwrite, resume=resume, inputs=[source],
+                        budget=ram_budget(memory_limit))

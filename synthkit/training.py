@@ -32,7 +32,7 @@ from .config import AUGMENTS, INITS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig
 from .device import autocast, configure_threads, image_bytes, memory_budget, memory_format, pick_device
 from .errors import UserError
 from .evaluation import TestImages
-from .jobs import check_output, check_same_options
+from .jobs import check_fits, check_output, check_same_options
 from .locks import writer_lock
 from .meta import provenance
 from .model import ResNet18, arch_for, class_mapping, kaiming_normal_init, resize_images
@@ -509,12 +509,17 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
     with contextlib.ExitStack() as locks:
         for job in jobs:
             locks.enter_context(writer_lock(job.out))
-        todo = [job for job in jobs if not check_output(job.out, [state_path(job.out)], overwrite, resume)]
+        todo = [job for job in jobs if not check_output(job.out, [state_path(job.out)], overwrite, resume,
+                                                        inputs=[*(p for other in jobs for p in other.data), test])]
         if not todo:
             return [read_meta(job.out) for job in jobs]
         configure_threads()
         dev = pick_device(device)
         budget = memory_budget(dev, memory_limit)
+        for job in todo:  # a batch of float images at the training size must fit, whatever streams
+            size = job.config.image_size or _store_size(job.data[0])
+            check_fits(4 * image_bytes(job.config.batch_size, size), budget,
+                       f"a batch of {job.config.batch_size} images at --image-size {size}")
         test_images = TestImages(test, dev, budget // 4) if test is not None else None
         keys = {job.out: (tuple(job.data), job.config.per_class, job.config.seed if job.config.per_class else None,
                           job.config.image_size) for job in todo}
@@ -547,6 +552,11 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
             raise TrainingDiverged("; ".join(f"{run.job.name}: {run.failed}" for run in failed)
                                    + (f" (finished: {', '.join(finished)})" if finished and len(runs) > 1 else ""))
         return [read_meta(job.out) for job in jobs]
+
+
+def _store_size(path: Path) -> int:
+    with Store(path) as store:
+        return store.image_shape[0]
 
 
 def _advance_all(runs: list[Run]) -> None:

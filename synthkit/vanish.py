@@ -14,6 +14,8 @@ import numpy as np
 
 from .config import VANISH
 from .errors import UserError
+from .jobs import check_destination, check_fits
+from .memory import image_bytes, ram_budget
 from .geometry import (VPResult, auc, detect_segments, direction_errors, estimate_vps, estimate_vps_uncalibrated,
                        horizon_error, line_features, measures, separability)
 from .progress import progress
@@ -49,6 +51,39 @@ def prediction_record(name: str, result: VPResult, mode: str) -> dict[str, Any]:
             "vps": result.vps().tolist() if result.found else [], "vertical": result.vertical,
             "horizon": horizon.tolist() if horizon is not None else None,
             "status": "ok" if result.found else ("no lines" if len(result.segments) == 0 else "too few lines")}
+
+
+def run_vanish(paths: Sequence[Path], out: Path, sources: Path | None = None, n: int | None = VANISH.n,
+               upsample: int | None = VANISH.upsample, focal: float | None = VANISH.focal,
+               seed: int = VANISH.seed) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`synthkit vanish`: every store (and the output folder, and the upsampled size) checked before anything is
+    written; with `sources`, each store of samples that name their source rows (DI, img2img) is paired with it
+    (pairs.json, pairs_<store>.png); then the measures of every store (summary.json, written last: make's target).
+    Returns the summary and the pairs."""
+    check_destination(out, [*paths, sources], folder=True)
+    paired = []
+    for path in paths:
+        with Store(path) as store:
+            if len(store) == 0:
+                raise UserError(f"store {path} has no images")
+            if upsample:
+                side = min(store.image_shape[:2]) * upsample
+                check_fits(4 * image_bytes(1, side), ram_budget(), f"an image upsampled x{upsample} to {side} px")
+            # DI and img2img samples name their source row; prompt-only samples have -1
+            if sources and store.meta.get("kind") != "real" and "source_index" in store.column_names \
+                    and (store.column("source_index") >= 0).any():
+                paired.append(path)
+    if sources:
+        if not paired:
+            raise UserError("--sources: none of the stores has samples with a source (only DI and img2img samples know theirs)")
+        with Store(sources) as src:
+            for path in paired:
+                with Store(path) as store:
+                    check_made_from(store, src)
+    pairs = {path.stem: source_geometry(path, sources, out, n=n, upsample=upsample, seed=seed) for path in paired}
+    if pairs:
+        (out / "pairs.json").write_text(json.dumps(pairs, indent=1))
+    return analyse_stores(paths, out, n=n, upsample=upsample, focal=focal, seed=seed), pairs
 
 
 def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, upsample: int | None = VANISH.upsample,
@@ -255,6 +290,7 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
     Wild) uncalibrated, horizon only."""
     from PIL import Image
 
+    check_destination(out, [folder], folder=True)
     gt_file = folder / "gt.json"
     if not gt_file.exists():
         raise UserError(f"{folder} has no gt.json: --gt needs a folder laid out like York Urban (images/ and gt.json)")

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import MINI_ARCHIVE, make_image_folder, png_bytes, run, tar_folder
 from synthkit import CIFAR10_CLASSES
-from synthkit.datasets import import_cifar10
+from synthkit.datasets import import_cifar10, import_folder
 from synthkit.errors import UserError
-from synthkit.store import Store, StoreWriter
+from synthkit.store import Store, StoreWriter, partial_path
 
 
 def read(path):
@@ -233,3 +233,79 @@ def test_folder_archive_made_with_dot_members(tmp_path):
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "s.h5") as s:
         assert s.classes == ["street", "tower"] and len(s) == 6
+
+
+@pytest.mark.parametrize("case", ["bomb", "truncated", "unsupported", "over budget"])
+def test_an_image_that_cannot_be_decoded_is_one_error_naming_it(tmp_path, case):
+    """A decompression bomb (20,000 x 20,000 in a few hundred KB), a truncated file, a format PIL cannot read, and
+    an image larger than the memory budget once decoded: one error line naming the file, no .partial left."""
+    from PIL import Image
+
+    folder = make_image_folder(tmp_path / "tree", per_class=2, classes=["cat", "dog"])
+    bad = folder / "train" / "dog" / "9.png"
+    if case == "bomb":
+        Image.new("1", (20_000, 20_000)).save(bad, optimize=True)  # 1-bit pixels compress to a few hundred KB
+        assert bad.stat().st_size < 1_000_000
+    elif case == "truncated":
+        bad.write_bytes(png_bytes(np.full((32, 32, 3), 7, np.uint8))[:60])
+    elif case == "unsupported":
+        bad.write_bytes(b"%PDF-1.4 not an image format PIL reads")
+    else:
+        Image.new("RGB", (600, 600)).save(bad)
+    out = tmp_path / "out.h5"
+    limit = ["--memory-limit", "500KB"] if case == "over budget" else []
+    result = run("data", "folder", "--source", folder, "--split", "train", "--size", "32", "--out", out, *limit)
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error:") and len(message.splitlines()) == 1 and "Traceback" not in result.output
+    assert "train/dog/9.png" in message, message
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_a_class_folder_without_images_is_an_error_and_other_files_are_named(tmp_path):
+    folder = make_image_folder(tmp_path / "tree", per_class=2, classes=["cat", "dog"])
+    (folder / "train" / "bird").mkdir()
+    (folder / "train" / "bird" / "notes.txt").write_text("no pictures here")
+    out = tmp_path / "out.h5"
+    result = run("data", "folder", "--source", folder, "--split", "train", "--out", out)
+    assert result.exit_code == 2 and "class folder(s) bird hold no image" in result.stderr and not out.exists()
+    (folder / "train" / "bird" / "notes.txt").rename(folder / "train" / "cat" / "notes.txt")
+    (folder / "train" / "bird").rmdir()
+    result = run("data", "folder", "--source", folder, "--split", "train", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 file(s) that are not images: train/cat/notes.txt" in result.stderr
+    with Store(out) as s:
+        assert s.classes == ["cat", "dog"] and len(s) == 4
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_an_archive_larger_than_the_memory_limit_is_read_within_it(tmp_path, kind):
+    """60 incompressible 256 px PNGs (12 MB) imported under a 1 MB limit: the archive is read a file at a time and
+    decoded in windows of 85 rows of 64 px (1 MB), so the peak of Python's allocations stays under the limit plus
+    the decoding of one file (the old reader held every member's bytes at once, 12 MB), and the store equals an
+    import without a limit."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "tree" / cls).mkdir(parents=True)
+        for i in range(30):
+            (tmp_path / "tree" / cls / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)))
+    archive = tmp_path / f"tree.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as z:
+            for p in sorted((tmp_path / "tree").rglob("*.png")):
+                z.write(p, p.relative_to(tmp_path / "tree"))
+    else:
+        tar_folder(tmp_path / "tree", archive)
+    assert archive.stat().st_size > 10_000_000
+    tracemalloc.start()
+    import_folder(tmp_path / "limited.h5", source=archive, size=64, memory_limit="1MB")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < (1 << 20) + 1_500_000, peak  # the limit, plus one 197 KB file and its decoding buffers
+    import_folder(tmp_path / "whole.h5", source=archive, size=64)
+    import_folder(tmp_path / "windows.h5", source=archive, size=64, memory_limit="300KB")  # 3 windows of 25 rows
+    with Store(tmp_path / "limited.h5") as a, Store(tmp_path / "whole.h5") as b, Store(tmp_path / "windows.h5") as c:
+        assert len(a) == 60 and np.array_equal(a.images(), b.images()) and list(a.column("source_name")) == list(b.column("source_name"))
+        assert np.array_equal(c.images(), b.images()) and np.array_equal(c.labels, b.labels)

@@ -17,6 +17,12 @@ TEST         ?=
 PER_CLASS    ?= $(if $(REAL),,500)
 TEST_PER_CLASS ?=
 SD_PER_CLASS ?= 2500
+# The Stable Diffusion row as the original study made it: each real image's BLIP caption (CAPTION_MODEL) as its img2img
+# prompt, from SD_MODEL (Stable Diffusion 1.5, separate from the DI MODEL), strength 0.75 and guidance 7.5 (synthkit's
+# defaults). SD_PROMPTS=template keeps one class template (SD_PROMPT) for every image instead.
+SD_PROMPTS   ?= captions
+SD_MODEL     ?= runwayml/stable-diffusion-v1-5
+CAPTION_MODEL ?= Salesforce/blip-image-captioning-base
 SD_PROMPT    ?= a photo of a {class}
 SD_INIT      ?= real
 SD_RESOLUTION ?= 512
@@ -85,7 +91,18 @@ endif
 TEST_SUBSET := $(if $(TEST_PER_CLASS),--per-class $(TEST_PER_CLASS) --seed $(SEED))
 # `$(call opt,--flag,$(VAR))` passes the option only when the variable is set.
 opt = $(if $(strip $(2)),$(1) $(strip $(2)))
-SD_INIT_ARGS = $(if $(SD_INIT),--init data/$(SD_INIT).h5 $(call opt,--strength,$(SD_STRENGTH)))
+CAPTIONS     := $(filter captions,$(SD_PROMPTS))
+ifneq ($(filter-out captions template,$(SD_PROMPTS)),)
+$(error SD_PROMPTS=$(SD_PROMPTS): use captions or template)
+endif
+ifneq ($(CAPTIONS),)
+ifeq ($(strip $(SD_INIT)),)
+$(error SD_PROMPTS=captions prompts each init image with its caption: it needs SD_INIT (e.g. real))
+endif
+endif
+SD_INIT_STORE = $(if $(SD_INIT),data/$(SD_INIT)$(if $(CAPTIONS),-captions).h5)
+SD_INIT_ARGS = $(if $(SD_INIT),--init $(SD_INIT_STORE) $(call opt,--strength,$(SD_STRENGTH)))
+SD_PROMPT_ARGS = $(if $(CAPTIONS),--prompt-from caption,--prompt $(call shell_quote,$(SD_PROMPT)) --classes data/real.h5)
 SD_SAVE_ARGS = $(call opt,--save-size,$(SD_SAVE_SIZE))
 # With SHARDS=1 each generation stage writes its store directly; with more, shards then one merge.
 SHARDED := $(filter-out 1,$(SHARDS))
@@ -93,6 +110,8 @@ SHARD_ARG = $(if $(SHARDED),--shard $*/$(SHARDS))
 SHARD_IDS := $(shell seq 0 $$(( $(SHARDS) - 1 )))
 # The tiny offline model is built on demand when it is the MODEL.
 MODEL_DEP := $(filter models/tiny-sd,$(MODEL))
+SD_MODEL_DEP := $(filter models/tiny-sd,$(SD_MODEL))
+CAPTION_DEP := $(filter models/tiny-blip,$(CAPTION_MODEL))
 
 # Each stage's settings are kept in .make/STAGE; when they change, that stage and what follows are redone.
 # (Not for goals that only start another make or touch no study file: they must not reset the settings.)
@@ -104,7 +123,8 @@ shell_quote = '$(subst ','\'',$(1))'
 stamp = $(shell mkdir -p $(STAMPS) && (printf '%s\n' $(call shell_quote,$(2)) | cmp -s - $(STAMPS)/$(1) || printf '%s\n' $(call shell_quote,$(2)) > $(STAMPS)/$(1)))
 ifeq ($(filter demo help install test clean-study,$(MAKECMDGOALS)),)
 $(call stamp,data,$(CIFAR) $(REAL) $(TEST) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED))
-$(call stamp,sd,$(MODEL) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
+$(call stamp,sd,$(SD_MODEL) $(SD_PROMPTS) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
+$(call stamp,captions,$(CAPTION_MODEL) $(SEED))
 $(call stamp,invert,$(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
 $(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
 $(call stamp,train,$(RECIPE) $(TRAIN_STEPS) $(BATCH) $(LR) $(WARMUP_STEPS) $(EVALS) $(MIX) $(IMAGE_SIZE))
@@ -127,7 +147,7 @@ CLASSIFIERS := $(MAIN_CLFS) $(KEPT_CLFS)
 clf         = models/resnet18-$(1)-s$(firstword $(SEEDS)).safetensors
 GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png
 
-.PHONY: help install test data sd invert inv filter train evaluate analysis geometry sweep report reproduce demo demo-model clean-study
+.PHONY: help install test data captions sd invert inv filter train evaluate analysis geometry sweep report reproduce demo demo-model clean-study
 
 help:  ## show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -139,6 +159,7 @@ help:  ## show targets and variables
 	@echo "  SD_PER_CLASS=$(SD_PER_CLASS)  (prompt images per class)  SEED=$(SEED)  DEVICE=$(DEVICE)"
 	@echo "  RECIPE=$(RECIPE)  SEEDS=$(SEEDS)  (a classifier per row and seed)  MIX=$(MIX)  (empty: the recipe's real + synthetic halves)"
 	@echo "  SHARDS=$(SHARDS)  (generation processes; use make -j)  INVERT_BY=$(INVERT_BY)  (class: a job per class; all: one job)"
+	@echo "  SD_PROMPTS=$(SD_PROMPTS)  (captions: BLIP captions as img2img prompts; template: SD_PROMPT)  SD_MODEL=$(SD_MODEL)  CAPTION_MODEL=$(CAPTION_MODEL)"
 	@echo "  SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
 	@echo "  empty means synthkit's default (or the recipe's): PER_IMAGE=$(PER_IMAGE) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR) WARMUP_STEPS=$(WARMUP_STEPS) EVALS=$(EVALS)"
 	@echo "  IMAGE_SIZE=$(IMAGE_SIZE)  (classifiers' training size; empty: the real store's)"
@@ -171,11 +192,21 @@ data/test.h5: $(STAMPS)/data $(TEST)
 
 sd: data/sd.h5  ## prompt generation (img2img from the real store by default, as the original study)
 
-$(if $(SHARDED),data/sd.shard-%.h5,data/sd.h5): $(STAMPS)/sd data/real.h5 $(if $(SD_INIT),data/$(SD_INIT).h5) | $(MODEL_DEP)
+$(if $(SHARDED),data/sd.shard-%.h5,data/sd.h5): $(STAMPS)/sd data/real.h5 $(SD_INIT_STORE) | $(SD_MODEL_DEP)
 	$(call leftovers,$@.partial)
-	$(SK) sample --prompt $(call shell_quote,$(SD_PROMPT)) --classes data/real.h5 --per-class $(SD_PER_CLASS) --model $(MODEL) $(SD_INIT_ARGS) \
+	$(SK) sample $(SD_PROMPT_ARGS) --per-class $(SD_PER_CLASS) --model $(SD_MODEL) $(SD_INIT_ARGS) \
 	  $(call opt,--steps,$(SD_STEPS)) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) $(call opt,--batch-size,$(GEN_BATCH)) \
 	  --seed $(SEED) --device $(DEVICE) $(SHARD_ARG) --out $@ --resume
+
+captions: $(if $(CAPTIONS),$(SD_INIT_STORE))  ## BLIP captions of the img2img source store (SD_PROMPTS=captions)
+
+# a store with its images' captions (the same images: the same fingerprint), read by sample --prompt-from caption
+data/%-captions.h5: data/%.h5 $(STAMPS)/captions | $(CAPTION_DEP)
+	$(call leftovers,$@.partial)
+	$(SK) caption --data $< --model $(CAPTION_MODEL) --seed $(SEED) --device $(DEVICE) --out $@ --resume
+
+models/tiny-blip:
+	$(SK) model tiny-blip --out $@
 
 invert: $(INV_FILES)  ## Diffusion Inversion: one embeddings file per class
 
@@ -332,7 +363,7 @@ reproduce: report  ## the whole study (needs a GPU for full size): data, sd, inv
 # Its work is fixed, not its time: each classifier trains 25 steps of 32 images (5,600 images for the seven),
 # every class is inverted in one job, and the detector is not scored on York Urban (YUD=). The scene study runs on
 # 12 York Urban photos at 64 px when ../shared has them (SCENES). bench/README.md gives each stage's work and seconds.
-DEMO_VARS := MODEL=models/tiny-sd PER_CLASS=20 TEST_PER_CLASS=10 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
+DEMO_VARS := MODEL=models/tiny-sd SD_MODEL=models/tiny-sd CAPTION_MODEL=models/tiny-blip PER_CLASS=20 TEST_PER_CLASS=10 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
   SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
   RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= SCENES=$(YUD) \
   GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \

@@ -8,3 +8,5 @@ CIFAR10_CLASSES = (
 )
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"  # the Stable Diffusion checkpoint Diffusion Inversion used
+DEFAULT_SD_MODEL = "runwayml/stable-diffusion-v1-5"  # the original study's Stable Diffusion row (img2img, captions)
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"  # the original study's captioning model

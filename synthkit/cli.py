@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from . import DEFAULT_MODEL
+from . import DEFAULT_CAPTIONER, DEFAULT_MODEL
 from .config import (AUGMENTS, DEFAULT_RECIPE, EVAL, FIDELITY, FILTER, FILTER_CRITERIA, GRADCAM, MIXES, PROMPT_DEFAULTS,
                      RECIPES, UNCONDS, VANISH, DIConfig, InversionConfig)
 from .errors import UserError
@@ -206,6 +206,27 @@ def subset(
 
 @app.command()
 @user_errors
+def caption(
+    data: str = typer.Option("real", help="Store to caption (name or path)."),
+    out: Path = typer.Option(..., help="Store to write: the same images with a caption column, e.g. data/real-captions.h5."),
+    model: str = typer.Option(DEFAULT_CAPTIONER, help="BLIP captioning model: hub id or local folder (synthkit model tiny-blip makes a test one)."),
+    batch_size: int = typer.Option(32, min=1, help="Images per batch."),
+    seed: int = typer.Option(0, help="Seed of torch before each batch (BLIP's default generation is greedy)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run."),
+) -> None:
+    """Caption every image of a store with BLIP, as the original study made its Stable Diffusion prompts."""
+    from .captions import caption_store
+    from .paths import store_path
+
+    path = caption_store(store_path(data), out, model=model, batch_size=batch_size, seed=seed, device=device,
+                         overwrite=overwrite, resume=resume)
+    _print_store_line(path)
+
+
+@app.command()
+@user_errors
 def train(
     data: List[str] = typer.Option(..., help="Stores of one classifier: names (data/NAME.h5) or paths, comma-separated, e.g. real,inv. Repeat --data to train several classifiers in one job."),
     out: str = typer.Option(..., help="Classifier to write, e.g. models/resnet18-real+inv.safetensors; for several, a pattern with {data} (store names joined by +) and {seed}."),
@@ -324,6 +345,20 @@ def model_tiny(
     typer.echo(f"wrote {out} (random weights: it makes noise, not pictures)")
 
 
+@model_app.command("tiny-blip")
+@user_errors
+def model_tiny_blip(
+    out: Path = typer.Option(Path("models/tiny-blip"), help="Folder to write the BLIP captioner to."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+) -> None:
+    """Build a small random-weight BLIP captioner offline (for tests and the demo: its captions are random words)."""
+    from .captions import build_tiny_captioner
+
+    build_tiny_captioner(out, seed=seed, overwrite=overwrite)
+    typer.echo(f"wrote {out} (random weights: its captions are random words)")
+
+
 @model_app.command("random")
 @user_errors
 def model_random(
@@ -399,6 +434,7 @@ def sample(
     out: Path = typer.Option(..., help="Store to write, e.g. data/sd.h5 or data/inv.h5."),
     prompt: List[str] = typer.Option([], help='Prompt template(s) with {class}, e.g. "a photo of a {class}" (repeatable).'),
     prompt_file: Optional[Path] = typer.Option(None, help="File of templates, one per line."),
+    prompt_from: Optional[str] = typer.Option(None, help="Prompt mode: each --init image's own text as its prompt, from this text column of the init store (caption, made by synthkit caption): the original study's SD row."),
     per_class: int = typer.Option(10, min=1, help="Prompt mode: images per class."),
     classes: Optional[str] = typer.Option(None, help="Prompt mode: comma-separated class names, or a store whose classes to use (default: the --init store's, else CIFAR-10's)."),
     negative: str = typer.Option("", help="Prompt mode: negative prompt."),
@@ -434,7 +470,8 @@ def sample(
     out = run_sample(out, templates=prompt, prompt_file=prompt_file, embeddings=embeddings, only=store_path(only) if only else None,
                      classes=classes, per_class=per_class, negative=negative, init=store_path(init) if init else None,
                      strength=strength, di=DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond, eta=eta),
-                     config=config, model=model, device=device, shard=shard, overwrite=overwrite, resume=resume, say=typer.echo)
+                     config=config, model=model, device=device, shard=shard, overwrite=overwrite, resume=resume, say=typer.echo,
+                     prompt_from=prompt_from)
     _print_store_line(out)
 
 

@@ -66,10 +66,13 @@ def quiet_libraries() -> None:
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
 
+    import huggingface_hub.utils.logging as hlog
+
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()
+    hlog.set_verbosity_error()  # its retries offline would fill stderr before synthkit's one error line
 
 
 def load_diffusion(model: str, device: torch.device, dtype: torch.dtype) -> Diffusion:
@@ -348,12 +351,17 @@ def _assemble(parts: dict[str, Any]) -> StableDiffusionPipeline:
 
 
 def _save_pipeline(pipe: StableDiffusionPipeline, out: str | Path, note: dict[str, Any]) -> Path:
-    """save_pretrained into `out` plus synthkit.json, which says how it was made and that its weights are random.
-    Written into OUT.partial and renamed when complete, so an interrupted save never looks like a model."""
+    return save_folder(out, lambda folder: pipe.save_pretrained(str(folder)), note)
+
+
+def save_folder(out: str | Path, save: Callable[[Path], None], note: dict[str, Any]) -> Path:
+    """save(folder) (a model's save_pretrained) into `out` plus synthkit.json, which says how it was made and that
+    its weights are random. Written into OUT.partial and renamed when complete, so an interrupted save never looks
+    like a model."""
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # an interrupted build: nothing in it is worth keeping
-    pipe.save_pretrained(str(partial))
+    save(partial)
     (partial / "synthkit.json").write_text(json.dumps({**note, "note": NOISE_NOTE}))
     if out.exists():
         shutil.rmtree(out)

@@ -68,3 +68,24 @@ def show_store(path: str | Path, out: str | Path, per_row: int = 10, seed: int =
             raise UserError(f"store {store.path} has no images: nothing to show")
         grid = store_grid(store, per_row=per_row, seed=seed, cell=cell)
     return save_image(grid, out)
+
+
+def prompt_sheet(rows: Sequence[tuple[np.ndarray | None, np.ndarray, str]], cell: int = 64, text_width: int = 520,
+                 title: str = "") -> Image.Image:
+    """A row per sample: its source image (img2img; blank when none), the sample, and the prompt that made it."""
+    import textwrap
+
+    pad, top = 4, 24 if title else 0
+    canvas = Image.new("RGB", (2 * (cell + pad) + text_width + pad, top + len(rows) * (cell + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=13)
+    if title:
+        draw.text((pad, 4), title, fill="black", font=font)
+    for r, (source, sample, text) in enumerate(rows):
+        y = top + pad + r * (cell + pad)
+        for c, image in enumerate((source, sample)):
+            if image is not None:
+                canvas.paste(Image.fromarray(image).resize((cell, cell), Image.NEAREST), (pad + c * (cell + pad), y))
+        lines = textwrap.wrap(text, width=max(20, text_width // 7))[: max(1, cell // 16)]
+        draw.multiline_text((2 * (cell + pad) + pad, y + 2), "\n".join(lines), fill="black", font=font, spacing=2)
+    return canvas

@@ -65,7 +65,18 @@ def _describe_store(path: Path) -> Group:
         extra.add_row("fingerprint", store.fingerprint)
         if store.shard:
             extra.add_row("shard", store.shard)
-        return Group(summary, extra, _provenance_table(store.meta))
+        parts = [summary, extra]
+        for column in ("caption", "prompt"):  # what the images say they show: captions, or the prompts that made them
+            if column in store.column_names and store.column_kind(column) == "str":
+                shown = min(5, len(store))
+                table = Table(title=f"the first {shown} {column}s")
+                for name in ("row", "class", column):
+                    table.add_column(name)
+                for row, label, text in zip(range(shown), store.labels[:shown], store.column(column, slice(0, shown))):
+                    table.add_row(str(row), store.classes[label], str(text))
+                parts.append(table)
+                break
+        return Group(*parts, _provenance_table(store.meta))
 
 
 def _describe_safetensors(path: Path) -> Group:

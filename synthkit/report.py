@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import CIFAR10_CLASSES, __version__
 from .checkpoint import read_meta
 from .errors import UserError
@@ -346,6 +348,40 @@ def generator_warning(data: Path) -> list[str]:
             "except that the pipeline runs end to end. Run `make reproduce MODEL=...` with a real Stable Diffusion checkpoint for the study.", ""]
 
 
+def sd_section(results: Path, data: Path, shown: int = 6) -> list[str]:
+    """Which prompts, model and strength made the Stable Diffusion row, and a sheet of its first samples beside
+    their source images and the prompts (for the study's row: each image's own caption)."""
+    from .figures import prompt_sheet, save_image
+    from .store import Store
+
+    path = data / "sd.h5"
+    if not path.exists():
+        return []
+    with Store(path) as sd:
+        meta, p = sd.meta, sd.meta.get("params", {})
+        rows = np.linspace(0, len(sd) - 1, min(shown, len(sd))).astype(int) if len(sd) else np.zeros(0, int)
+        samples, prompts = sd.images(rows), sd.column("prompt", rows) if "prompt" in sd.column_names else [""] * len(rows)
+        sources = sd.column("source_index", rows) if "source_index" in sd.column_names else np.full(len(rows), -1)
+    init = Path(p["init"]) if p.get("init") else None
+    source_images = [None] * len(rows)
+    if init is not None and init.exists():
+        with Store(init) as s:
+            source_images = [s.images([int(i)])[0] if 0 <= i < len(s) else None for i in sources]
+    how = (f"each init image's own `{p['prompt_from']}` as its prompt" if p.get("prompt_from")
+           else "the template(s) " + ", ".join(f"`{t}`" for t in p.get("templates", [])))
+    mode = f"img2img from `{init}` at strength {p.get('strength')}" if init else "text to image"
+    lines = ["## The Stable Diffusion row: how its images were made", "",
+             f"`{path}`: {mode}, {how}; model `{p.get('model')}`, guidance {p.get('guidance')}, {p.get('steps')} steps "
+             f"(`{meta.get('command')}`). The original study prompted `runwayml/stable-diffusion-v1-5` img2img with each real "
+             "image's BLIP caption (`Salesforce/blip-image-captioning-base`), strength 0.75, guidance 7.5.", ""]
+    if len(rows):
+        sheet = prompt_sheet(list(zip(source_images, samples, map(str, prompts))),
+                             title="source image | sample | its prompt")
+        save_image(sheet, results / "sd_prompts.png")
+        lines += ["![samples beside their sources and prompts](sd_prompts.png)", ""]
+    return lines
+
+
 def figures_section(results: Path) -> list[str]:
     lines = ["## Samples", ""]
     for name in ("real", "sd", "inv"):
@@ -473,7 +509,7 @@ def write_report(results: Path = Path("results"), models: Path = Path("models"),
     lines = ["# synthkit study results", "", f"Written by `synthkit report` (synthkit {__version__}) at {now} from "
              f"`{results}/`, `{models}/` and `{data}/`.", ""]
     lines += generator_warning(data) + accuracy_section(results, models) + provenance_section(models, data)
-    lines += figures_section(results) + inversion_section(results, models) + fidelity_section(results)
+    lines += sd_section(results, data) + figures_section(results) + inversion_section(results, models) + fidelity_section(results)
     lines += sweep_section(results) + gradcam_section(results) + geometry_section(results) + scenes_section(results)
     confusions = sorted((results / "confusion").glob("*.png"))
     if confusions:

@@ -53,7 +53,8 @@ def run_sample(out: Path, *, templates: Sequence[str] = (), prompt_file: Path | 
                only: Path | None = None, classes: str | None = None, per_class: int = 10, negative: str = "",
                init: Path | None = None, strength: float = PROMPT_DEFAULTS["strength"], di: DIConfig | None = None,
                config: SamplingConfig | None = None, model: str | None = None, device: str = "auto", shard: str = "",
-               overwrite: bool = False, resume: bool = False, say: Callable[[str], None] = print) -> Path:
+               overwrite: bool = False, resume: bool = False, say: Callable[[str], None] = print,
+               prompt_from: str | None = None) -> Path:
     """`synthkit sample`: the output, the mode and the sizes checked before any work, then DI sampling (with
     `embeddings`) or prompt sampling, sharded as asked (launch.run_sharded). Returns the store written."""
     from . import DEFAULT_MODEL
@@ -63,10 +64,15 @@ def run_sample(out: Path, *, templates: Sequence[str] = (), prompt_file: Path | 
     config = config or SamplingConfig()
     check_destination(out, [prompt_file, init, only, model, *embeddings])
     templates = read_templates(templates, prompt_file)
-    if embeddings and templates:
-        raise UserError("give either --embeddings (DI sampling) or --prompt/--prompt-file (prompt sampling), not both")
-    if not embeddings and not templates:
-        raise UserError("give at least one --prompt template (or --prompt-file), or --embeddings for DI sampling")
+    modes = [name for name, given in (("--embeddings", embeddings), ("--prompt/--prompt-file", templates),
+                                      ("--prompt-from", prompt_from)) if given]
+    if len(modes) > 1:
+        raise UserError(f"give one of --embeddings (DI sampling), --prompt/--prompt-file (prompt templates) or --prompt-from "
+                        f"(each init image's own text), not {' and '.join(modes)}")
+    if not modes:
+        raise UserError("give at least one --prompt template (or --prompt-file), --prompt-from with --init, or --embeddings")
+    if prompt_from is not None and init is None:
+        raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init STORE")
     check_sizes(config, None if device == "auto" else device, shard)
 
     def job(path: Path, part: str, dev: str) -> None:
@@ -76,7 +82,7 @@ def run_sample(out: Path, *, templates: Sequence[str] = (), prompt_file: Path | 
         else:
             sample_prompts(path, model or DEFAULT_MODEL, templates, class_list(classes or (str(init) if init else None)),
                            per_class, config, negative=negative, init=init, strength=strength, device=dev, shard=part,
-                           overwrite=overwrite, resume=resume)
+                           overwrite=overwrite, resume=resume, prompt_from=prompt_from)
 
     return run_sharded(job, Path(out), shard, device, lambda parts, o: merge_stores(parts, o, overwrite=True),
                        overwrite=overwrite, resume=resume, say=say)
@@ -138,32 +144,48 @@ def _open_generator(model: str, config: SamplingConfig, device: str | None) -> t
 @locked_output("out")
 def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Sequence[str], per_class: int,
                    config: SamplingConfig, negative: str = "", init: Path | None = None, strength: float = PROMPT_DEFAULTS["strength"],
-                   device: str | None = None, shard: str = "", overwrite: bool = False, resume: bool = False) -> Path:
-    """Generate per_class images of every class from prompt templates (img2img from `init` if given)."""
+                   device: str | None = None, shard: str = "", overwrite: bool = False, resume: bool = False,
+                   prompt_from: str | None = None) -> Path:
+    """Generate per_class images of every class from prompt templates (img2img from `init` if given). With
+    `prompt_from` (a text column of the init store, e.g. `caption` from synthkit caption), each sample's prompt is
+    its init image's own text, and sample k of a class takes the class's (k mod n)-th image, so that every image
+    is used as evenly as the counts allow (the original study made one Stable Diffusion image per real image)."""
     out = Path(out)
     if check_output(out, [partial_path(out)], overwrite, resume, inputs=[init, model]):
         return out
     check_sizes(config, device, shard)
+    if prompt_from is not None and (init is None or templates):
+        raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init, and no --prompt")
     config = replace(config, steps=config.steps or PROMPT_DEFAULTS["steps"],
                      guidance=PROMPT_DEFAULTS["guidance"] if config.guidance is None else config.guidance)
-    prompts, labels = prompt_plan(templates, classes, per_class)
+    prompts, labels = prompt_plan(templates if prompt_from is None else ["{class}"], classes, per_class)
     if init is not None and not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
     init_store = Store(init) if init is not None else None
     try:
-        init_members = None
+        init_members, chosen = None, None
         if init_store is not None:
             missing = [c for c in classes if c not in init_store.classes]
             if missing:
                 raise UserError(f"init store {init} has no class {', '.join(missing)}")
             init_labels = init_store.labels
             init_members = [np.flatnonzero(init_labels == init_store.classes.index(c)) for c in classes]
+            if prompt_from is not None:
+                if prompt_from not in init_store.column_names or init_store.column_kind(prompt_from) != "str":
+                    raise UserError(f"--prompt-from {prompt_from}: init store {init} has no text column of that name "
+                                    f"(it has: {', '.join(init_store.column_names) or 'none'}); make captions with synthkit caption")
+                chosen = np.array([init_members[c][k % len(init_members[c])] for c in range(len(classes)) for k in range(per_class)])
+                text = init_store.column(prompt_from)
+                prompts = [str(text[row]) for row in chosen]
         diffusion, resolution = _open_generator(model, config, device)
-        params = asdict(config) | {"model": model, "templates": list(templates), "classes": list(classes),
-                                   "per_class": per_class, "negative": negative, "init": str(init) if init else None,
-                                   "strength": strength if init else None, "resolution": resolution}
+        params = asdict(config) | {"model": model, "templates": list(templates), "prompt_from": prompt_from,
+                                   "classes": list(classes), "per_class": per_class, "negative": negative,
+                                   "init": str(init) if init else None, "strength": strength if init else None,
+                                   "resolution": resolution}
         sources = [{"path": str(init), "fingerprint": init_store.fingerprint}] if init_store else []
-        meta = provenance("sd", params, sources) | {"model": model, "device": str(diffusion.device), "shard": shard}
+        meta = provenance("sd", params, sources) | {"model": model, "device": str(diffusion.device), "shard": shard,
+                                                    "prompts": f"each init image's {prompt_from}" if prompt_from else
+                                                    "templates: " + "; ".join(templates)}
         size = config.save_size or resolution
         slices = batch_slices(len(prompts), config.batch_size, shard)
         total = sum(s.stop - s.start for s in slices)
@@ -188,7 +210,7 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
                 else:
                     for k, (i, s) in enumerate(zip(index, seeds)):
                         members = init_members[labels[i]]
-                        source_index[k] = members[np.random.default_rng(s).integers(len(members))]
+                        source_index[k] = chosen[i] if chosen is not None else members[np.random.default_rng(s).integers(len(members))]
                     start = config.steps - max(1, int(round(config.steps * strength)))
                     scheduler.set_timesteps(config.steps, device=diffusion.device)
                     clean, _ = encode_images(diffusion, init_store.images(source_index), resolution)

@@ -179,3 +179,12 @@ def cut_store(src: Path, out: Path, size: int, classes=("airplane", "cat", "ship
                      total=len(rows)) as w:
         w.append(pixels, labels)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_blip(tmp_path_factory) -> Path:
+    """The tiny random-weight BLIP captioner, built offline through the CLI."""
+    out = tmp_path_factory.mktemp("models") / "tiny-blip"
+    result = run("model", "tiny-blip", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out

@@ -115,9 +115,9 @@ def build_tiny_captioner(out: str | Path, seed: int = 0, overwrite: bool = False
     word-level BERT tokenizer, saved with save_pretrained: for tests and the demo (its captions are random words)."""
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-    from .diffusion import save_folder
+    from .diffusion import check_model_output, save_folder
 
-    check_output(Path(out), [], overwrite, resume=False, resumable=False, folder=True)
+    check_model_output(out, overwrite)
     quiet_libraries()
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *TINY_WORDS]
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, bos_token="[DEC]", model_max_length=64)

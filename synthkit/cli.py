@@ -86,7 +86,7 @@ def _dataset_command(dataset: str, title: str, source_help: str) -> None:
         download_root: Path = typer.Option(Path("data/downloads"), help="Where --download puts the files."),
         split: str = typer.Option("train", help="train or test."),
         per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
-        seed: int = typer.Option(0, help="Seed of the subset."),
+        seed: int = typer.Option(0, min=0, help="Seed of the subset."),
         memory_limit: Optional[str] = typer.Option(None, help=MEMORY_HELP),
         overwrite: bool = typer.Option(False, help="Replace an existing store."),
         resume: bool = typer.Option(False, help="Continue an interrupted import."),
@@ -119,7 +119,7 @@ def data_folder(
     split: Optional[str] = typer.Option(None, help="Take only <split>/<class>/<image> (e.g. train)."),
     class_name: Optional[str] = typer.Option(None, help='One class for every image (a flat folder), e.g. "urban scene".'),
     per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
-    seed: int = typer.Option(0, help="Seed of the subset."),
+    seed: int = typer.Option(0, min=0, help="Seed of the subset."),
     memory_limit: Optional[str] = typer.Option(None, help=MEMORY_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
     resume: bool = typer.Option(False, help="Continue an interrupted import."),
@@ -156,7 +156,7 @@ def show(
     store: str = typer.Argument(..., help="Store name or path."),
     out: Path = typer.Option(..., help="PNG to write."),
     per_row: int = typer.Option(10, min=1, help="Images per class."),
-    seed: int = typer.Option(0, help="Seed of the random picks."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random picks."),
     cell: int = typer.Option(64, min=8, help="Pixels per image in the grid."),
 ) -> None:
     """Draw a grid of sample images, a row per class."""
@@ -193,7 +193,7 @@ def subset(
     store: str = typer.Argument(..., help="A store (name or path), e.g. your own real training images."),
     out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
     per_class: Optional[int] = typer.Option(None, min=1, help="Keep a seeded, class-balanced N images per class (default: all)."),
-    seed: int = typer.Option(0, help="Seed of the subset."),
+    seed: int = typer.Option(0, min=0, help="Seed of the subset."),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
 ) -> None:
     """Copy a store, or a seeded class-balanced subset of it, keeping its kind, classes and columns."""
@@ -211,7 +211,7 @@ def caption(
     out: Path = typer.Option(..., help="Store to write: the same images with a caption column, e.g. data/real-captions.h5."),
     model: str = typer.Option(DEFAULT_CAPTIONER, help="BLIP captioning model: hub id or local folder (synthkit model tiny-blip makes a test one)."),
     batch_size: int = typer.Option(32, min=1, help="Images per batch."),
-    seed: int = typer.Option(0, help="Seed of torch before each batch (BLIP's default generation is greedy)."),
+    seed: int = typer.Option(0, min=0, help="Seed of torch before each batch (BLIP's default generation is greedy)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace an existing store."),
     resume: bool = typer.Option(False, help="Continue an interrupted run."),
@@ -242,7 +242,7 @@ def train(
     augment: Optional[str] = typer.Option(None, help=f"{', '.join(AUGMENTS)}."),
     per_class: Optional[int] = typer.Option(None, min=1, help="Use a seeded, class-balanced subset of N images per class of each store."),
     image_size: Optional[int] = typer.Option(None, min=8, help="Train at this size (default: the recipe's, else the first store's own); up to 64 px the CIFAR stem, above it the ImageNet stem."),
-    seed: List[int] = typer.Option([], help="Seed of the initialisation, the order and the augmentation (default 0). Repeat it to train one classifier per seed."),
+    seed: List[int] = typer.Option([], min=0, help="Seed of the initialisation, the order and the augmentation (default 0). Repeat it to train one classifier per seed."),
     test: Optional[str] = typer.Option(None, help="A real test store (name or path) to score during training (--evals times)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the models (faster on GPU after a warm-up)."),
     shard: str = typer.Option("", help="Train only shard i/n of the classifiers, e.g. 0/4; or auto: the shard torchrun or SLURM gives."),
@@ -335,7 +335,7 @@ app.add_typer(model_app, name="model")
 @user_errors
 def model_tiny(
     out: Path = typer.Option(Path("models/tiny-sd"), help="Folder to write the diffusers pipeline to."),
-    seed: int = typer.Option(0, help="Seed of the random weights."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random weights."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ) -> None:
     """Build a small random-weight Stable Diffusion pipeline offline (for tests, demos and smoke tests)."""
@@ -349,7 +349,7 @@ def model_tiny(
 @user_errors
 def model_tiny_blip(
     out: Path = typer.Option(Path("models/tiny-blip"), help="Folder to write the BLIP captioner to."),
-    seed: int = typer.Option(0, help="Seed of the random weights."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random weights."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ) -> None:
     """Build a small random-weight BLIP captioner offline (for tests and the demo: its captions are random words)."""
@@ -364,7 +364,7 @@ def model_tiny_blip(
 def model_random(
     out: Path = typer.Option(..., help="Folder to write the diffusers pipeline to (about 2 GB in fp16)."),
     like: str = typer.Option("sd15", help="Architecture whose exact shapes to copy: sd15 (Stable Diffusion 1.5)."),
-    seed: int = typer.Option(0, help="Seed of the random weights."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random weights."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ) -> None:
     """Build a full-size random-weight Stable Diffusion pipeline offline (for smoke tests and benchmarks at real scale)."""
@@ -397,7 +397,7 @@ def invert(
     updates: int = typer.Option(INV.updates, min=1, help=f"Gradient updates per image (epochs). The default {INV.updates} is the official scripts' (train_steps {INV.updates}, loaded for CIFAR as learned_embeds-steps-{INV.updates * INV.steps_per_update()}): with groups of {INV.group_size} at batch {INV.batch_size}, {INV.updates * INV.steps_per_update()} AdamW steps per group."),
     chunk_groups: int = typer.Option(INV.chunk_groups, min=1, help="Groups stepped together in one forward pass (the unit of sharding); does not change the result."),
     precision: str = typer.Option(INV.precision, help="fp32 (the official code's; TF32 matmuls on CUDA) or bf16 (UNet and VAE weights in bfloat16: faster on GPUs, embeddings and AdamW stay fp32)."),
-    seed: int = typer.Option(INV.seed, help="Seed of the initial tables, latent samples, noise and timesteps."),
+    seed: int = typer.Option(INV.seed, min=0, help="Seed of the initial tables, latent samples, noise and timesteps."),
     checkpoint_every: int = typer.Option(200, min=1, help="Save resumable state about every K steps."),
     preview_every: int = typer.Option(500, min=0, help="Redraw OUT's .preview.png (real images beside DDIM samples of their embeddings, and the loss curve) every K updates; also drawn at the start and the end (0: no preview)."),
     shard: str = typer.Option("", help="Do shard i/n of the work (chunks), e.g. 0/4, and merge the outputs with synthkit merge; or auto: the shard torchrun or SLURM gives (under torchrun rank 0 merges into --out)."),
@@ -454,7 +454,7 @@ def sample(
     resolution: Optional[int] = typer.Option(None, help="Generation size (default: the model's, or the inversion's for DI)."),
     save_size: Optional[int] = typer.Option(None, help="Store images resized (PIL bicubic) to this size (default: prompts keep the generation size; DI the size of the images it inverted)."),
     batch_size: int = typer.Option(16, min=1, help="Images per batch."),
-    seed: int = typer.Option(0, help="Seed of every random choice (each sample has its own, derived from it)."),
+    seed: int = typer.Option(0, min=0, help="Seed of every random choice (each sample has its own, derived from it)."),
     dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
     shard: str = typer.Option("", help="Do shard i/n of the work, e.g. 0/4, and merge the outputs with synthkit merge; or auto: the shard torchrun or SLURM gives (under torchrun rank 0 merges into --out)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -484,7 +484,7 @@ def gradcam(
     n: int = typer.Option(GRADCAM.n, min=1, help="Images (a seeded random pick, the same for every model)."),
     layer: str = typer.Option(GRADCAM.layer, help="Target layer: layer3 (8x8 maps at 32 px; the most faithful by ROAD, see bench/README.md), layer4 (4x4) or layer2 (16x16)."),
     target: str = typer.Option(GRADCAM.target, help="Explain the true class or the predicted one."),
-    seed: int = typer.Option(GRADCAM.seed, help="Seed of the image pick."),
+    seed: int = typer.Option(GRADCAM.seed, min=0, help="Seed of the image pick."),
     batch_size: int = typer.Option(GRADCAM.batch_size, min=1, help="Images per batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -515,7 +515,7 @@ def vanish(
     n: int = typer.Option(VANISH.n, min=1, help="Images per store (a seeded random pick)."),
     upsample: Optional[int] = typer.Option(VANISH.upsample, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."),
     focal: Optional[float] = typer.Option(VANISH.focal, help="Focal length in pixels (calibrated); default: estimated per image."),
-    seed: int = typer.Option(VANISH.seed, help="Seed of the image pick and of RANSAC."),
+    seed: int = typer.Option(VANISH.seed, min=0, help="Seed of the image pick and of RANSAC."),
     sources: Optional[str] = typer.Option(None, help="The real store the samples came from: for every store with a source_index column (DI, img2img), compare each sample's horizon and VPs with its source's."),
 ) -> None:
     """Line segments and vanishing points of stores, side by side (to score the detector itself: vanish-score)."""
@@ -552,7 +552,7 @@ def vanish_score(
     gt: Path = typer.Option(..., help="A folder like York Urban's: images/ and gt.json; entries with only a horizon (no camera, no VPs) are scored uncalibrated."),
     out: Path = typer.Option(Path("results/vanish-gt"), help="Folder for predictions.json and gt_scores.json."),
     limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N images."),
-    seed: int = typer.Option(VANISH.seed, help="Seed of RANSAC."),
+    seed: int = typer.Option(VANISH.seed, min=0, help="Seed of RANSAC."),
 ) -> None:
     """Score the vanishing-point detector against ground truth: horizon and VP AUCs, calibrated and not."""
     from rich.table import Table
@@ -587,7 +587,7 @@ def fidelity(
     k: int = typer.Option(FIDELITY.k, min=1, help="Nearest neighbours for precision, recall, density and coverage."),
     inception: Optional[Path] = typer.Option(None, help="torch-fidelity's Inception weights (.pth) for FID and KID; default: torch's cache, if there."),
     metric: str = typer.Option(FIDELITY.metric, help="The metric drawn per class in fidelity.png."),
-    seed: int = typer.Option(FIDELITY.seed, help="Seed of the pick."),
+    seed: int = typer.Option(FIDELITY.seed, min=0, help="Seed of the pick."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Judge synthetic stores against real data: Fréchet distance, KID, precision/recall, density/coverage, label agreement."""

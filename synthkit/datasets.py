@@ -17,7 +17,7 @@ import numpy as np
 
 from . import CIFAR10_CLASSES
 from .errors import UserError
-from .jobs import check_fits, check_output
+from .jobs import check_fits, check_outside, check_output
 from .memory import human, image_bytes, ram_budget
 from .locks import locked_output
 from .meta import provenance
@@ -127,6 +127,8 @@ def import_folder(
     out = Path(out)
     if size is not None and size < 8:
         raise UserError(f"--size must be at least 8, got {size}")
+    if class_name is not None and not class_name.strip():
+        raise UserError("--class-name is empty: give the class's name, e.g. \"urban scene\"")
     budget = ram_budget(memory_limit)
     if size is not None:
         check_fits(image_bytes(1, size), budget, f"one image at --size {size}")
@@ -135,6 +137,7 @@ def import_folder(
     source = Path(source)
     if not source.exists():
         raise UserError(f"source {source} does not exist")
+    check_outside(out, source)
     members = Members(source, budget)
     entries, folders, skipped = [], {}, []
     for name in members.names:
@@ -150,7 +153,7 @@ def import_folder(
             continue
         if class_name is None and len(parts) < 2:
             raise UserError(f"{source}: {name} is not inside a class folder: lay images out as <class>/<image>, or give --class-name")
-        entries.append((class_name or parts[-2], _natural_key(name), name))
+        entries.append((class_name if class_name is not None else parts[-2], _natural_key(name), name))
     if not entries:
         where = f"<{split}>/<class>/" if split else "<class>/"
         raise UserError(f"{source}: no images in {where} folders")
@@ -245,7 +248,7 @@ class Members:
             else:
                 raise UserError(f"{self.path}: unknown source type (expected a folder, .tar, .tar.gz, .tgz or .zip)")
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-            raise UserError(f"cannot read archive {self.path}: {err}") from None
+            raise UserError(f"cannot read archive {self.path}: {_first_line(err)}") from None
 
     @property
     def names(self) -> list[str]:
@@ -278,7 +281,7 @@ class Members:
                             if not left:
                                 break
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-            raise UserError(f"cannot read archive {self.path}: {err}") from None
+            raise UserError(f"cannot read archive {self.path}: {_first_line(err)}") from None
 
     def read_one(self, name: str) -> bytes:
         """The bytes of one file (the archive closed again at once)."""
@@ -287,6 +290,11 @@ class Members:
             return next(files)[1]
         finally:
             files.close()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0].rstrip(":") if text else type(err).__name__
 
 
 def _check_member_name(archive: Path, name: str) -> None:
@@ -364,7 +372,7 @@ def _decode_image(data: bytes, name: str, budget: int | None = None) -> np.ndarr
     than the memory budget once decoded) is one error naming the file."""
     import warnings
 
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -379,8 +387,10 @@ def _decode_image(data: bytes, name: str, budget: int | None = None) -> np.ndarr
         raise
     except Image.DecompressionBombError as err:
         raise UserError(f"{name} is not a safe image to decode ({err})") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{name} is not a readable image (not a format PIL reads): remove it or fix the source") from None
     except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ... for broken files
-        raise UserError(f"{name} is not a readable image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): "
+        raise UserError(f"{name} is not a readable image ({type(err).__name__}: {_first_line(err)}): "
                         "remove it or fix the source") from None
 
 

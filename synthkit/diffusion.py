@@ -312,14 +312,14 @@ def random_pipeline(like: str = "sd15", seed: int = 0, dtype: torch.dtype = torc
 @locked_output("out", folder=True)
 def build_random_pipeline(out: str | Path, like: str = "sd15", seed: int = 0, overwrite: bool = False) -> Path:
     """Save `random_pipeline(like, seed)` in fp16 (about 2 GB for sd15) as a diffusers folder, offline."""
-    check_output(Path(out), [], overwrite, resume=False, resumable=False, folder=True)
+    check_model_output(out, overwrite)
     return _save_pipeline(random_pipeline(like, seed, torch.float16), out, {"kind": "random", "like": like, "seed": seed})
 
 
 @locked_output("out", folder=True)
 def build_tiny_pipeline(out: str | Path, seed: int = 0, hidden: int = 32, overwrite: bool = False) -> Path:
     """A small random-weight SD pipeline (UNet, VAE, CLIP text encoder and a locally built tokenizer), saved offline."""
-    check_output(Path(out), [], overwrite, resume=False, resumable=False, folder=True)
+    check_model_output(out, overwrite)
     pipe = _assemble(build_components(tiny_spec(hidden), seed))
     return _save_pipeline(pipe, out, {"kind": "tiny-random", "seed": seed, "hidden": hidden})
 
@@ -348,6 +348,16 @@ def _assemble(parts: dict[str, Any]) -> StableDiffusionPipeline:
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def check_model_output(out: str | Path, overwrite: bool) -> None:
+    """A model folder to build: --overwrite replaces only a model synthkit built (its synthkit.json says so), never
+    a folder of anything else, which it would delete."""
+    out = Path(out)
+    check_output(out, [], overwrite, resume=False, resumable=False, folder=True)
+    if out.exists() and not (out / "synthkit.json").is_file():
+        raise UserError(f"{out} is not a model synthkit built (no synthkit.json): --overwrite replaces only those; "
+                        "choose another --out, or remove the folder yourself")
 
 
 def _save_pipeline(pipe: StableDiffusionPipeline, out: str | Path, note: dict[str, Any]) -> Path:

@@ -20,7 +20,7 @@ import torch
 from .config import EVAL
 from .device import autocast, configure_threads, image_bytes, memory_budget, memory_format, pick_device
 from .errors import UserError
-from .jobs import check_destination
+from .jobs import check_destination, check_distinct
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
 
@@ -119,6 +119,7 @@ def evaluate(models: Sequence[Path], test: Path, results: Path = Path("results")
              batch_size: int = EVAL.batch_size, memory_limit: str | None = None) -> list[dict[str, Any]]:
     """Score each classifier on the test store; write confusion figures and the accuracy table."""
     check_destination(results, [*models, test], folder=True)
+    check_distinct(models, "classifier")
     if not models:
         raise UserError("no models given: pass --model PATH (repeatable)")
     metas = [classifier_meta(path) for path in models]  # fail on a wrong file before loading any data

@@ -42,6 +42,12 @@ def inception_weights(path: Path | None) -> Path | None:
     if path is not None:
         if not Path(path).is_file():
             raise UserError(f"--inception {path} is not a file: give torch-fidelity's {INCEPTION_FILE}")
+        try:  # read it now, before any feature is computed: torch-fidelity loads it as a plain state dict
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise UserError(f"--inception {path} is not torch-fidelity's {INCEPTION_FILE} ({type(err).__name__})") from None
+        if not isinstance(state, dict):
+            raise UserError(f"--inception {path} is not torch-fidelity's {INCEPTION_FILE} (not a state dict)")
         return Path(path)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     return cached if cached.is_file() else None

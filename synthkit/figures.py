@@ -56,16 +56,21 @@ def store_grid(store: "Store", per_row: int = 10, seed: int = 0, cell: int = 64)
 
 
 def show_store(path: str | Path, out: str | Path, per_row: int = 10, seed: int = 0, cell: int = 64) -> Path:
-    """`synthkit show`: the grid of a store written to the PNG `out`, once `out` is checked (not the store, a file
-    that can be written)."""
+    """`synthkit show`: the grid of a store written to the image `out` (.png or .jpg), once `out` is checked (not the
+    store, a file that can be written, a grid that fits the memory budget)."""
     from .errors import UserError
-    from .jobs import check_destination
+    from .jobs import check_destination, check_fits
+    from .memory import image_bytes, ram_budget
     from .store import Store
 
     check_destination(out, [path])
+    if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UserError(f"--out {out}: the grid is written as .png (or .jpg); give a name ending in one of them")
     with Store(path) as store:
         if len(store) == 0:
             raise UserError(f"store {store.path} has no images: nothing to show")
+        check_fits(image_bytes(len(store.classes) * per_row, cell), ram_budget(),
+                   f"a grid of {len(store.classes)} x {per_row} images of {cell} px")
         grid = store_grid(store, per_row=per_row, seed=seed, cell=cell)
     return save_image(grid, out)
 

@@ -28,7 +28,7 @@ from .config import InversionConfig
 from .device import configure_threads, image_bytes, inversion_dtype, memory_budget, pick_device
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
-from .jobs import check_fits, check_output, check_same_options, parse_shard, shard_order, shard_range
+from .jobs import check_fits, check_output, check_range, check_same_options, parse_shard, shard_order, shard_range
 from .locks import locked_output
 from .meta import provenance
 from .progress import progress
@@ -184,6 +184,9 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
         return read_meta(out)
     if min(config.tokens, config.group_size, config.batch_size, config.updates) < 1 or preview_every < 0:
         raise UserError("--tokens, --group-size, --batch-size and --updates must be at least 1, --preview-every at least 0")
+    check_range(config.lr, "--lr", 0, open_low=True)
+    check_range(config.weight_decay, "--weight-decay", 0)
+    check_range(config.resolution, "--resolution", 8)
     configure_threads()
     dev = pick_device(device)
     check_fits(4 * image_bytes(config.batch_size, config.resolution), memory_budget(dev),

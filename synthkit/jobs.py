@@ -16,17 +16,39 @@ from .locks import refuse_leftover
 from .memory import human
 
 
+def check_range(value: float, option: str, low: float | None = None, high: float | None = None,
+                open_low: bool = False) -> None:
+    """A finite number within [low, high] (above low when `open_low`): one error line naming the option."""
+    import math
+
+    below = low is not None and (value <= low if open_low else value < low)
+    if not math.isfinite(value) or below or (high is not None and value > high):
+        bounds = ("above " if open_low else "at least ") + f"{low:g}" if low is not None else ""
+        bounds += (" and " if bounds else "") + f"at most {high:g}" if high is not None else ""
+        raise UserError(f"{option} must be a number{(' ' + bounds) if bounds else ''}, got {value}")
+
+
+def _resolved(path: Path) -> Path:
+    """The absolute path with links followed; a loop of links stays as given (opening it fails later, in one line)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return path.absolute()
+
+
 def check_destination(out: str | Path, inputs: Sequence[str | Path | None] = (), folder: bool = False) -> None:
     """`out` is none of `inputs` (compared as resolved paths and as files, so links and ./x count), is not a
     folder where a file goes (nor a file where a folder of results goes), and the nearest folder of it that
     exists can be written (tried with a file created and removed at once)."""
+    if not str(out).strip():
+        raise UserError("an empty output path was given: name the file or folder to write")
     out = Path(out)
-    target = out.resolve()
+    target = _resolved(out)
     for given in inputs:
         if given is None or str(given) == "":
             continue
         path = Path(given)
-        same = path.resolve() == target
+        same = _resolved(path) == target
         if not same and path.exists() and out.exists():
             try:
                 same = os.path.samefile(path, out)
@@ -51,6 +73,23 @@ def check_destination(out: str | Path, inputs: Sequence[str | Path | None] = (),
         os.unlink(probe)
     except OSError as err:
         raise UserError(f"cannot write {out}: {existing} is not writable ({err.strerror or err})") from None
+
+
+def check_distinct(paths: Sequence[str | Path], what: str) -> None:
+    """The same file given twice (by another name or through a link) would count twice: refused."""
+    seen: dict[Path, str] = {}
+    for path in paths:
+        key = _resolved(Path(path))
+        if key in seen:
+            raise UserError(f"{what} {path} is given twice (also as {seen[key]}): give each once")
+        seen[key] = str(path)
+
+
+def check_outside(out: str | Path, folder: str | Path) -> None:
+    """An output may not lie inside a folder the command reads whole (an image-folder tree): it would read itself."""
+    folder = Path(folder)
+    if folder.is_dir() and _resolved(Path(out)).is_relative_to(_resolved(folder)):
+        raise UserError(f"{out} is inside the source folder {folder}: the command would read its own output; write it elsewhere")
 
 
 def check_fits(need: int, budget: int, what: str) -> None:

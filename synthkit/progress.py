@@ -12,9 +12,10 @@ console = Console(stderr=True)
 
 
 def progress(*fields: str) -> Progress:
-    """A progress display: description, bar, count, the named task fields (e.g. loss), elapsed and ETA."""
+    """A progress display: description, bar, count, the named task fields (e.g. loss), elapsed and ETA. It is
+    transient, cleared when the work ends, so that a command's output is its result lines, or one error line."""
     extra = [TextColumn(f"{{task.fields[{name}]}}") for name in fields]
     disable = os.environ.get("SYNTHKIT_QUIET") == "1"
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     *extra, TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console, disable=disable)
+                    console=console, disable=disable, transient=True)

@@ -21,7 +21,7 @@ from .diffusion import (Diffusion, check_resolution, decode, denoise, derive_see
                         initial_noise, load_diffusion, make_scheduler, sample_seed)
 from .errors import UserError
 from .inversion import load_embeddings
-from .jobs import check_destination, check_fits, check_output, parse_shard, shard_range
+from .jobs import check_destination, check_fits, check_output, check_range, parse_shard, shard_range
 from .locks import locked_output
 from .meta import provenance
 from .progress import console, progress
@@ -43,6 +43,10 @@ def check_sizes(config: SamplingConfig, device: str | None, shard: str) -> None:
     any work."""
     if shard and shard != "auto":
         parse_shard(shard)
+    for value, option, low in ((config.resolution, "--resolution", 8), (config.save_size, "--save-size", 1),
+                               (config.guidance, "--guidance", 0), (config.steps, "--steps", 1)):
+        if value is not None:
+            check_range(value, option, low)
     budget = memory_budget(pick_device(device))
     for size, option in ((config.resolution, "--resolution"), (config.save_size, "--save-size")):
         if size:
@@ -73,15 +77,21 @@ def run_sample(out: Path, *, templates: Sequence[str] = (), prompt_file: Path | 
         raise UserError("give at least one --prompt template (or --prompt-file), --prompt-from with --init, or --embeddings")
     if prompt_from is not None and init is None:
         raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init STORE")
+    di = di or DIConfig()
+    for value, option, low in ((di.interp, "--interp", None), (di.noise, "--noise", 0), (di.eta, "--eta", 0),
+                               (strength, "--strength", 0)):
+        check_range(value, option, low)
     check_sizes(config, None if device == "auto" else device, shard)
+    names = None if embeddings else class_list(classes if classes is not None else (str(init) if init else None))
+    if names is not None:
+        prompt_plan(templates if prompt_from is None else ["{class}"], names, per_class)  # its checks, before any work
 
     def job(path: Path, part: str, dev: str) -> None:
         if embeddings:
             sample_embeddings(path, list(embeddings), di, config, model=model, device=dev, shard=part, overwrite=overwrite,
                               resume=resume, only=only)
         else:
-            sample_prompts(path, model or DEFAULT_MODEL, templates, class_list(classes or (str(init) if init else None)),
-                           per_class, config, negative=negative, init=init, strength=strength, device=dev, shard=part,
+            sample_prompts(path, model or DEFAULT_MODEL, templates, names, per_class, config, negative=negative, init=init, strength=strength, device=dev, shard=part,
                            overwrite=overwrite, resume=resume, prompt_from=prompt_from)
 
     return run_sharded(job, Path(out), shard, device, lambda parts, o: merge_stores(parts, o, overwrite=True),
@@ -111,18 +121,30 @@ def class_list(classes: str | None) -> list[str]:
 
     if classes is None:
         return list(CIFAR10_CLASSES)
+    check_names(classes)
     path = store_path(classes)
     if "," not in classes and path.suffix == ".h5" and path.exists():
         with Store(path) as s:
             return list(s.classes)
-    return [c.strip() for c in classes.split(",") if c.strip()]
+    return [c.strip() for c in classes.split(",")]
+
+
+def check_names(classes: str) -> None:
+    """--classes as names: none empty (a stray comma) and none blank."""
+    if any(not part.strip() for part in classes.split(",")):
+        raise UserError(f"--classes '{classes}' has an empty class name (a stray comma?): give names separated by single commas")
 
 
 def prompt_plan(templates: Sequence[str], classes: Sequence[str], per_class: int) -> tuple[list[str], np.ndarray]:
     """Prompts and labels of every sample, class by class; templates take turns, '{class}' becomes the name (with
-    spaces for underscores, as in CIFAR-100's names)."""
+    spaces for underscores, as in CIFAR-100's names). A template without '{class}' would give every class the same
+    prompt, so that the labels meant nothing: refused when there is more than one class."""
     if not templates:
         raise UserError("give at least one --prompt template (or --prompt-file)")
+    blind = [t for t in templates if "{class}" not in t]
+    if blind and len(classes) > 1:
+        raise UserError(f"the template '{blind[0]}' has no {{class}}: every class would get the same prompt; "
+                        "write it like 'a photo of a {class}'")
     prompts, labels = [], []
     for c, name in enumerate(classes):
         for k in range(per_class):

@@ -32,14 +32,19 @@ from .config import AUGMENTS, INITS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig
 from .device import autocast, configure_threads, image_bytes, memory_budget, memory_format, pick_device
 from .errors import UserError
 from .evaluation import TestImages
-from .jobs import check_fits, check_output, check_same_options
+from .jobs import check_destination, check_fits, check_output, check_range, check_same_options
 from .locks import writer_lock
 from .meta import provenance
-from .model import ResNet18, arch_for, class_mapping, kaiming_normal_init, resize_images
+from .memory import human
+from .model import CIFAR_STEM_MAX, ResNet18, arch_for, class_mapping, kaiming_normal_init, resize_images
 from .progress import console, progress
 from .store import Store, balanced_subset
 
 CHECKPOINT_EVERY = 1000  # steps between saved states, besides every evaluation
+# ResNet-18's training activations per image, as a multiple of the image in float32 (measured order of magnitude:
+# about 7 MB an image at 32 px with the CIFAR stem, which keeps full resolution through layer1; the ImageNet stem
+# quarters the image at once)
+ACTIVATIONS_CIFAR, ACTIVATIONS_IMAGENET = 600, 40
 
 
 @dataclass
@@ -344,6 +349,13 @@ def check_config(config: TrainConfig) -> None:
         raise UserError(f"--image-size must be at least 8, got {config.image_size}")
     if config.evals < 0 or config.warmup_steps < 0:
         raise UserError("--evals and --warmup-steps cannot be negative")
+    check_range(config.lr, "--lr", 0, open_low=True)
+    check_range(config.weight_decay, "--weight-decay", 0)
+    check_range(config.momentum, "--momentum", 0, 1)
+    check_range(config.warmup_start, "the warm-up's start factor", 0, 1, open_low=True)
+    check_range(config.min_lr, "the cosine's floor (min_lr)", 0, 1)
+    check_range(config.label_smoothing, "label smoothing", 0, 1)
+    check_range(config.step_gamma, "the step schedule's gamma", 0, open_low=True)
 
 
 def boundaries(config: TrainConfig, evaluating: bool, every: int | None = None) -> tuple[list[int], set[int]]:
@@ -481,6 +493,8 @@ class Run:
 def expand_jobs(data: Sequence[Sequence[Path]], out: str, seeds: Sequence[int], config: TrainConfig) -> list[TrainJob]:
     """One job per (stores, seed): `out` names each with {data} (the store names joined by '+') and {seed}, which it
     must hold when there is more than one classifier."""
+    if not str(out).strip():
+        raise UserError("an empty output path was given: name the file to write")
     seeds = list(seeds) or [config.seed]
     many = len(data) > 1 or len(seeds) > 1
     if many and not (("{data}" in out or len(data) == 1) and ("{seed}" in out or len(seeds) == 1)):
@@ -504,22 +518,28 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
     state file and checkpoint, and each equal to its run alone. They advance a step each in turn (on CUDA, each on
     its own stream, so their kernels can overlap). A classifier whose loss diverges stops alone; the others finish,
     and the job then fails naming it. Returns each classifier's metadata."""
+    inputs = [*(p for job in jobs for p in job.data), test]
     for job in jobs:
         check_config(job.config)
+        check_destination(job.out, inputs)
     with contextlib.ExitStack() as locks:
         for job in jobs:
             locks.enter_context(writer_lock(job.out))
-        todo = [job for job in jobs if not check_output(job.out, [state_path(job.out)], overwrite, resume,
-                                                        inputs=[*(p for other in jobs for p in other.data), test])]
+        todo = [job for job in jobs if not check_output(job.out, [state_path(job.out)], overwrite, resume, inputs=inputs)]
+        for job in jobs:
+            if job not in todo:  # finished: kept by --resume only if it was made as asked now
+                _check_finished(job)
         if not todo:
             return [read_meta(job.out) for job in jobs]
         configure_threads()
         dev = pick_device(device)
         budget = memory_budget(dev, memory_limit)
-        for job in todo:  # a batch of float images at the training size must fit, whatever streams
+        for job in todo:  # a batch and ResNet-18's activations for it must fit, whatever streams
             size = job.config.image_size or _store_size(job.data[0])
-            check_fits(4 * image_bytes(job.config.batch_size, size), budget,
-                       f"a batch of {job.config.batch_size} images at --image-size {size}")
+            per_image = 4 * image_bytes(1, size) * (ACTIVATIONS_CIFAR if size <= CIFAR_STEM_MAX else ACTIVATIONS_IMAGENET)
+            check_fits(job.config.batch_size * per_image, budget,
+                       f"a batch of {job.config.batch_size} images at --image-size {size} with ResNet-18's activations "
+                       f"(about {human(per_image)} an image)")
         test_images = TestImages(test, dev, budget // 4) if test is not None else None
         keys = {job.out: (tuple(job.data), job.config.per_class, job.config.seed if job.config.per_class else None,
                           job.config.image_size) for job in todo}
@@ -552,6 +572,20 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
             raise TrainingDiverged("; ".join(f"{run.job.name}: {run.failed}" for run in failed)
                                    + (f" (finished: {', '.join(finished)})" if finished and len(runs) > 1 else ""))
         return [read_meta(job.out) for job in jobs]
+
+
+def _check_finished(job: TrainJob) -> None:
+    meta = read_meta(job.out)
+    made = (meta.get("params"), [s.get("fingerprint") for s in meta.get("sources", [])])
+    asked = (asdict(job.config), [_fingerprint(p) for p in job.data])
+    if made != asked:
+        raise UserError(f"{job.out} was trained with other settings or data than asked now: pass --overwrite to train it "
+                        "again, or give the settings it was made with (synthkit info shows them)")
+
+
+def _fingerprint(path: Path) -> str:
+    with Store(path) as store:
+        return store.fingerprint
 
 
 def _store_size(path: Path) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import VANISH
 from .errors import UserError
-from .jobs import check_destination, check_fits
+from .jobs import check_destination, check_fits, check_range
 from .memory import image_bytes, ram_budget
 from .geometry import (VPResult, auc, detect_segments, direction_errors, estimate_vps, estimate_vps_uncalibrated,
                        horizon_error, line_features, measures, separability)
@@ -61,6 +61,8 @@ def run_vanish(paths: Sequence[Path], out: Path, sources: Path | None = None, n:
     (pairs.json, pairs_<store>.png); then the measures of every store (summary.json, written last: make's target).
     Returns the summary and the pairs."""
     check_destination(out, [*paths, sources], folder=True)
+    if focal is not None:
+        check_range(focal, "--focal", 0, open_low=True)
     paired = []
     for path in paths:
         with Store(path) as store:

@@ -126,3 +126,53 @@ def test_a_bad_output_is_refused_before_any_work(command, case, workspace, monke
     assert message.startswith("error:") and len(message.splitlines()) == 1 and expected in message, f"{command} / {case}: {message}"
     assert "Traceback" not in result.output and result.stdout == ""  # no note of work begun
     assert tree(workspace) == before, f"{command} / {case} changed the files"
+
+
+# Odd inputs a careless user tried (issue 21's "beyond this list"): each is one error line, exit 2, nothing written.
+ODD = {
+    "negative lr": (lambda c: ["train", "--data", c["store"], "--out", "m.safetensors", "--recipe", "quick", "--lr", "-1"], "--lr must be"),
+    "nan lr": (lambda c: ["train", "--data", c["store"], "--out", "m.safetensors", "--recipe", "quick", "--lr", "nan"], "--lr must be"),
+    "batch over memory": (lambda c: ["train", "--data", c["store"], "--out", "m.safetensors", "--recipe", "quick",
+                                     "--batch-size", "100000000"], "memory budget"),
+    "empty train out": (lambda c: ["train", "--data", c["store"], "--out", "", "--recipe", "quick"], "empty output path"),
+    "invert nan lr": (lambda c: ["invert", "--class", "all", "--data", c["store"], "--model", c["model"], "--lr", "nan",
+                                 "--out", "e.safetensors"], "--lr must be"),
+    "invert weight decay": (lambda c: ["invert", "--class", "all", "--data", c["store"], "--model", c["model"],
+                                       "--weight-decay", "-1", "--out", "e.safetensors"], "--weight-decay must be"),
+    "nan guidance": (lambda c: ["sample", "--prompt", "a {class}", "--model", c["model"], "--guidance", "nan", "--out", "s.h5"], "--guidance must be"),
+    "negative save size": (lambda c: ["sample", "--prompt", "a {class}", "--model", c["model"], "--save-size", "-4", "--out", "s.h5"], "--save-size must be"),
+    "zero resolution": (lambda c: ["sample", "--prompt", "a {class}", "--model", c["model"], "--resolution", "0", "--out", "s.h5"], "--resolution must be"),
+    "template without class": (lambda c: ["sample", "--prompt", "a {clas}", "--model", c["model"], "--out", "s.h5"], "has no {class}"),
+    "stray comma in classes": (lambda c: ["sample", "--prompt", "a {class}", "--classes", "cat,,dog", "--model", c["model"],
+                                          "--out", "s.h5"], "empty class name"),
+    "empty class name": (lambda c: ["data", "folder", "--source", c["archive"], "--class-name", "", "--out", "f.h5"], "--class-name is empty"),
+    "output inside the source": (lambda c: ["data", "folder", "--source", c["data"], "--out", c["data"] / "x.h5"], "inside the source folder"),
+    "grid not an image": (lambda c: ["show", c["store"], "--out", "grid.txt"], ".png"),
+    "grid over memory": (lambda c: ["show", c["store"], "--out", "grid.png", "--cell", "1000000"], "memory budget"),
+    "a loop of links": (lambda c: ["subset", "loop.h5", "--out", "y.h5"], "does not exist"),
+    "not inception weights": (lambda c: ["fidelity", "--real", c["store"], "--data", c["synthetic"], "--classifier",
+                                         c["classifier"], "--inception", c["store"], "--out", "fid"], "is not torch-fidelity's"),
+    "a model twice": (lambda c: ["evaluate", "--model", c["classifier"], "--model", c["classifier"], "--test", c["test"],
+                                 "--results", "r"], "given twice"),
+    "nan focal": (lambda c: ["vanish", "--data", c["store"], "--focal", "nan", "--out", "v"], "--focal must be"),
+    "report without models": (lambda c: ["report", "--results", "r", "--models", "no-models", "--data", c["data"]], "is not a folder"),
+    "overwrite a folder that is no model": (lambda c: ["model", "tiny", "--out", "a-folder", "--overwrite"], "not a model synthkit built"),
+    "a broken archive": (lambda c: ["data", "folder", "--source", "broken.tar.gz", "--out", "f.h5"], "cannot read archive"),
+    "resume with other settings": (lambda c: ["train", "--data", c["store"], "--out", c["classifier"], "--recipe", "quick",
+                                              "--steps", "99", "--resume"], "trained with other settings"),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD))
+def test_odd_inputs_are_one_error_line_and_write_nothing(case, workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    if not (workspace / "loop.h5").is_symlink():
+        (workspace / "loop.h5").symlink_to("loop.h5")
+        (workspace / "broken.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    build, expected = ODD[case]
+    before = tree(workspace)
+    result = run(*build(inputs(workspace)))
+    message = result.stderr.strip()
+    assert result.exit_code == 2 and message.startswith("error:") and len(message.splitlines()) == 1, f"{case}: {result.output}"
+    assert expected in message and "Traceback" not in result.output and result.stdout == "", f"{case}: {message}"
+    assert tree(workspace) == before, f"{case} changed the files"

@@ -8,7 +8,7 @@ import os
 import torch
 
 from .errors import UserError
-from .memory import image_bytes, parse_bytes, ram_budget  # noqa: F401  (the budget's parts, without torch)
+from .memory import available_ram, image_bytes, parse_bytes, ram_budget  # noqa: F401  (the budget's parts, without torch)
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -65,9 +65,17 @@ def memory_budget(device: torch.device, limit: str | None = None) -> int:
     """Bytes of images a command may hold on `device`: `limit` or $SYNTHKIT_MEMORY_LIMIT when given, else half of
     the GPU's free memory (CUDA) or half of the available RAM (CPU). Larger image sets are streamed in chunks."""
     if device.type == "cuda" and not (limit or os.environ.get("SYNTHKIT_MEMORY_LIMIT")):
+        return device_memory(device)
+    return ram_budget(limit)
+
+
+def device_memory(device: torch.device) -> int:
+    """Half of what the device has free (GPU memory, or available RAM), whatever limit is set for held images: what
+    a computation itself (a batch and its activations) may take."""
+    if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
-    return ram_budget(limit)
+    return available_ram() // 2
 
 
 def configure_threads() -> None:

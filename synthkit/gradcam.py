@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .config import GRADCAM
 from .device import configure_threads, pick_device
 from .errors import UserError
-from .jobs import check_destination, check_distinct
+from .jobs import check_destination
 from .evaluation import training_data_name
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
@@ -70,7 +70,6 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 
     check_destination(out, [*models, data], folder=True)
-    check_distinct(models, "classifier")
     if not models:
         raise UserError("no models given: pass --model PATH (repeatable)")
     if layer not in LAYERS:

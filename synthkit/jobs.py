@@ -96,7 +96,7 @@ def check_fits(need: int, budget: int, what: str) -> None:
     """Refuse work whose images alone would not fit the memory budget, before any of it is done."""
     if need > budget:
         raise UserError(f"{what} takes {human(need)}, over the memory budget of {human(budget)} (half the free memory, "
-                        "or --memory-limit / SYNTHKIT_MEMORY_LIMIT): ask for a smaller size")
+                        "or --memory-limit / SYNTHKIT_MEMORY_LIMIT where it applies): ask for a smaller size")
 
 
 def check_output(out: Path, leftovers: Sequence[Path], overwrite: bool, resume: bool, resumable: bool = True,

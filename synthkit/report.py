@@ -503,11 +503,11 @@ def scenes_section(results: Path) -> list[str]:
 def write_report(results: Path = Path("results"), models: Path = Path("models"), data: Path = Path("data")) -> Path:
     """Write results/README.md from the evaluation CSV, the analysis summaries, figures and file metadata."""
     check_destination(results, [models, data], folder=True)
+    if not results.exists():
+        raise UserError(f"{results}/ does not exist: run the pipeline first (make demo, or make reproduce)")
     for folder, option in ((models, "--models"), (data, "--data")):
         if not Path(folder).is_dir():
             raise UserError(f"{option} {folder} is not a folder: give the study's models/ and data/ folders")
-    if not results.exists():
-        raise UserError(f"{results}/ does not exist: run the pipeline first (make demo, or make reproduce)")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     lines = ["# synthkit study results", "", f"Written by `synthkit report` (synthkit {__version__}) at {now} from "
              f"`{results}/`, `{models}/` and `{data}/`.", ""]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from . import __version__
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .config import AUGMENTS, INITS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig
-from .device import autocast, configure_threads, image_bytes, memory_budget, memory_format, pick_device
+from .device import autocast, configure_threads, device_memory, image_bytes, memory_budget, memory_format, pick_device
 from .errors import UserError
 from .evaluation import TestImages
 from .jobs import check_destination, check_fits, check_output, check_range, check_same_options
@@ -537,7 +537,7 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
         for job in todo:  # a batch and ResNet-18's activations for it must fit, whatever streams
             size = job.config.image_size or _store_size(job.data[0])
             per_image = 4 * image_bytes(1, size) * (ACTIVATIONS_CIFAR if size <= CIFAR_STEM_MAX else ACTIVATIONS_IMAGENET)
-            check_fits(job.config.batch_size * per_image, budget,
+            check_fits(job.config.batch_size * per_image, device_memory(dev),
                        f"a batch of {job.config.batch_size} images at --image-size {size} with ResNet-18's activations "
                        f"(about {human(per_image)} an image)")
         test_images = TestImages(test, dev, budget // 4) if test is not None else None

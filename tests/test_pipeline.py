@@ -100,7 +100,7 @@ def test_makefile_runs_the_study_on_your_own_stores(tmp_path):
     plan = " ".join(out.stdout.split())
     assert "venv/bin/synthkit subset data/mine.h5 --seed 0 --out data/real.h5 --overwrite" in plan
     assert "venv/bin/synthkit subset data/mine-test.h5 --out data/test.h5 --overwrite" in plan
-    assert "sample --prompt 'a photo of a {class}' --classes data/real.h5" in plan
+    assert "caption --data data/real.h5" in plan and "sample --prompt-from caption" in plan and "--init data/real-captions.h5" in plan
     assert "invert --class all --data data/real.h5 --model my-sd" in plan and "invert --class airplane" not in plan
     assert "data cifar10" not in plan and "--data real,inv " in plan
     subset = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "data/real.h5", "STAMPS=stamps", "VENV=venv",
@@ -175,6 +175,7 @@ def test_makefile_sweep_plan(tmp_path):
 
 STUDY_FILES = [  # the graph under `train`, upstream first
     ["data/real.h5", "data/test.h5"],
+    ["data/real-captions.h5"],
     ["data/sd.h5", *(f"models/inv/{c}.safetensors" for c in
                      ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"))],
     ["data/inv.h5"],
@@ -229,7 +230,7 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
 
     planned(tmp_path)  # writes the stamps
     stamps = {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()}
-    assert set(stamps) == {"data", "sd", "invert", "inv", "filter", "train", "analysis", "sweep", "geometry"} and stamps["train"].split() == ["di"]
+    assert set(stamps) == {"data", "captions", "sd", "invert", "inv", "filter", "train", "analysis", "sweep", "geometry"} and stamps["train"].split() == ["di"]
     past = time.time() - 1000
     reset()
     assert "bin/synthkit" not in planned(tmp_path), "nothing to redo when nothing changed"
@@ -274,12 +275,12 @@ def test_a_prompt_with_quotes_survives_the_stamps_and_the_command(tmp_path):
     import shlex
 
     prompt = "a {class}'s \"photo\""
-    plan = planned(tmp_path, f"SD_PROMPT={prompt}")
+    plan = planned(tmp_path, f"SD_PROMPT={prompt}", "SD_PROMPTS=template")
     assert prompt in (tmp_path / "stamps" / "sd").read_text()
     command = next(line for line in plan.splitlines() if " sample --prompt " in line).rstrip(" \\")
     assert shlex.split(command)[shlex.split(command).index("--prompt") + 1] == prompt
     before = (tmp_path / "stamps" / "sd").stat().st_mtime_ns
-    planned(tmp_path, f"SD_PROMPT={prompt}")
+    planned(tmp_path, f"SD_PROMPT={prompt}", "SD_PROMPTS=template")
     assert (tmp_path / "stamps" / "sd").stat().st_mtime_ns == before  # the same settings leave the stamp alone
 
 

@@ -192,7 +192,7 @@ data/test.h5: $(STAMPS)/data $(TEST)
 
 sd: data/sd.h5  ## prompt generation (img2img from the real store by default, as the original study)
 
-$(if $(SHARDED),data/sd.shard-%.h5,data/sd.h5): $(STAMPS)/sd data/real.h5 $(SD_INIT_STORE) | $(SD_MODEL_DEP)
+$(if $(SHARDED),data/sd.shard-%-of-$(SHARDS).h5,data/sd.h5): $(STAMPS)/sd data/real.h5 $(SD_INIT_STORE) | $(SD_MODEL_DEP)
 	$(call leftovers,$@.partial)
 	$(SK) sample $(SD_PROMPT_ARGS) --per-class $(SD_PER_CLASS) --model $(SD_MODEL) $(SD_INIT_ARGS) \
 	  $(call opt,--steps,$(SD_STEPS)) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) $(call opt,--batch-size,$(GEN_BATCH)) \
@@ -217,13 +217,13 @@ models/inv/%.safetensors: data/real.h5 $(STAMPS)/invert | $(MODEL_DEP)
 
 inv: data/inv.h5  ## DI sampling from the learned embeddings
 
-$(if $(SHARDED),data/inv.shard-%.h5,data/inv.h5): $(INV_FILES) $(STAMPS)/inv
+$(if $(SHARDED),data/inv.shard-%-of-$(SHARDS).h5,data/inv.h5): $(INV_FILES) $(STAMPS)/inv
 	$(call leftovers,$@.partial)
 	$(SK) sample $(INV_FILES:%=--embeddings %) --model $(MODEL) $(call opt,--per-image,$(PER_IMAGE)) \
 	  $(call opt,--steps,$(DI_STEPS)) $(call opt,--batch-size,$(GEN_BATCH)) --seed $(SEED) --device $(DEVICE) $(SHARD_ARG) --out $@ --resume
 
 ifneq ($(SHARDED),)
-data/%.h5: $(foreach i,$(SHARD_IDS),data/%.shard-$(i).h5)
+data/%.h5: $(foreach i,$(SHARD_IDS),data/%.shard-$(i)-of-$(SHARDS).h5)
 	$(SK) merge $^ --out $@ --overwrite
 endif
 

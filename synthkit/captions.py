@@ -23,7 +23,8 @@ from .jobs import check_output
 from .locks import locked_output
 from .meta import provenance
 from .progress import progress
-from .store import Store, StoreWriter, partial_path
+from .outputs import partial_path
+from .store import Store, StoreWriter
 
 from . import DEFAULT_CAPTIONER
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .outputs import written_whole
 
 META_KEY = "synthkit"
 
@@ -17,11 +18,9 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Any], meta: dict[str, A
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    with written_whole(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return path
 
 

@@ -22,7 +22,8 @@ from .memory import human, image_bytes, ram_budget
 from .locks import locked_output
 from .meta import provenance
 from .progress import console, progress
-from .store import StoreWriter, balanced_subset, partial_path
+from .outputs import partial_path
+from .store import StoreWriter, balanced_subset
 
 SPLITS = ("train", "test")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")

@@ -17,6 +17,7 @@ import torch
 from .errors import UserError
 from .jobs import check_output
 from .locks import locked_output
+from .outputs import written_whole
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -369,13 +370,9 @@ def save_folder(out: str | Path, save: Callable[[Path], None], note: dict[str, A
     its weights are random. Written into OUT.partial and renamed when complete, so an interrupted save never looks
     like a model."""
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # an interrupted build: nothing in it is worth keeping
-    save(partial)
-    (partial / "synthkit.json").write_text(json.dumps({**note, "note": NOISE_NOTE}))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    with written_whole(out, folder=True) as partial:  # an interrupted build's .partial: nothing in it is worth keeping
+        save(partial)
+        (partial / "synthkit.json").write_text(json.dumps({**note, "note": NOISE_NOTE}))
     return out
 
 

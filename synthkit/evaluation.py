@@ -21,6 +21,7 @@ from .config import EVAL
 from .device import autocast, configure_threads, image_bytes, memory_budget, memory_format, pick_device
 from .errors import UserError
 from .jobs import check_destination, check_distinct
+from .outputs import written_whole
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
 
@@ -163,18 +164,17 @@ def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Append rows to the CSV, writing the header when the file is new (and rewriting a file of older columns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     old: list[dict[str, str]] = []
+    rewrite = not path.exists()
     if path.exists():
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames != CSV_FIELDS:
-                old = list(reader)
-    if old or not path.exists():
-        tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "w", newline="") as f:
+                old, rewrite = list(reader), True
+    if rewrite:
+        with written_whole(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(old)
-        tmp.replace(path)
     with open(path, "a", newline="") as f:
         csv.DictWriter(f, fieldnames=CSV_FIELDS).writerows(rows)
 

@@ -27,7 +27,8 @@ from .locks import locked_output
 from .meta import provenance
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .progress import progress
-from .store import Store, StoreWriter, partial_path
+from .outputs import partial_path
+from .store import Store, StoreWriter
 
 
 def _probabilities(model, images: np.ndarray, device: torch.device, batch: int) -> np.ndarray:

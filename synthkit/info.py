@@ -12,7 +12,8 @@ from rich.table import Table
 from .checkpoint import read_meta, tensor_shapes
 from .errors import UserError
 from .locks import holder
-from .store import Store, missing_store_message, partial_path, unfinished_message
+from .outputs import partial_path
+from .store import Store, missing_store_message, unfinished_message
 
 
 def describe(path: str | Path) -> Group:

@@ -30,6 +30,7 @@ from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, 
 from .errors import UserError
 from .jobs import check_fits, check_output, check_range, check_same_options, parse_shard, shard_order, shard_range
 from .locks import locked_output
+from .outputs import invert_state_dir, preview_path
 from .meta import provenance
 from .progress import progress
 from .store import Store
@@ -151,12 +152,6 @@ class GroupTables:
         self.optimizer.load_state_dict(optimizer_state)
 
 
-def state_dir(out: Path) -> Path:
-    """Where the resumable state of `out` lives until the job ends: one file per finished chunk,
-    and current.safetensors for the chunk in progress (so a checkpoint never rewrites finished work)."""
-    return out.with_name(out.stem + ".invert-state")
-
-
 def resolve_classes(names: str, classes: Sequence[str]) -> list[int]:
     """'all', one class name, or a comma-separated list -> class ids in the store's order."""
     if names == "all":
@@ -180,7 +175,7 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
     out = Path(out)
     if shard:
         parse_shard(shard)
-    if check_output(out, [state_dir(out)], overwrite, resume, inputs=[data, model]):
+    if check_output(out, [invert_state_dir(out)], overwrite, resume, inputs=[data, model]):
         return read_meta(out)
     if min(config.tokens, config.group_size, config.batch_size, config.updates) < 1 or preview_every < 0:
         raise UserError("--tokens, --group-size, --batch-size and --updates must be at least 1, --preview-every at least 0")
@@ -203,7 +198,7 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
         diffusion = load_diffusion(model, dev, inversion_dtype(dev, config.precision))
         check_resolution(config.resolution, diffusion)
         params = asdict(config) | {"model": model, "classes": class_names, "data": str(data), "shard": shard}
-        state = state_dir(out)
+        state = invert_state_dir(out)
         if state.exists() and not resume:
             shutil.rmtree(state)
         state.mkdir(parents=True, exist_ok=True)

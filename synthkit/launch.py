@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UserError
 from .jobs import check_output
+from .outputs import shard_path
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,6 @@ def detect(env: Mapping[str, str] | None = None) -> Launch:
         # a step started by srun; the batch script itself (no step id, or "batch") is one process, not a shard
         return Launch("slurm-step", _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"))
     return Launch("none")
-
-
-def shard_path(out: Path, rank: int, world: int) -> Path:
-    """Where shard rank/world of `out` is written: data/inv.h5 -> data/inv.shard-1-of-4.h5."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.shard-{rank}-of-{world}{out.suffix}")
 
 
 def launch_device(launch: Launch, device: str) -> str:

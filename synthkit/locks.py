@@ -20,14 +20,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import UserError
+from .outputs import lock_path
 
 _HELD: dict[str, list[int]] = {}  # lock path -> [fd, depth]
 _TRIES, _PAUSE = 5, 0.05  # a reader's brief probe (see holder) must not refuse a writer
-
-
-def lock_path(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".lock")
 
 
 def _key(path: Path) -> str:

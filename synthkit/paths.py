@@ -32,9 +32,3 @@ def store_paths(names: str | list[str]) -> list[Path]:
                             "give names or paths separated by single commas, e.g. real,inv")
         out.extend(store_path(part) for part in parts)
     return out
-
-
-def preview_path(embeddings: str | Path) -> Path:
-    """Where invert draws its preview: models/inv/airplane.safetensors -> models/inv/airplane.preview.png"""
-    embeddings = Path(embeddings)
-    return embeddings.with_name(embeddings.stem + ".preview.png")

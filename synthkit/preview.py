@@ -6,7 +6,6 @@ whether it is working."""
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from PIL import Image
 
 from .diffusion import Diffusion, decode, denoise, initial_noise, make_scheduler, sample_seed
 from .figures import image_grid
-from .paths import preview_path
+from .outputs import preview_path, written_whole
 
 PREVIEW_IMAGES = 8
 PREVIEW_STEPS = 25
@@ -90,8 +89,6 @@ class InversionPreview:
         canvas = Image.new("RGB", (max(grid.width, curve.width), grid.height + curve.height), "white")
         canvas.paste(grid, (0, 0))
         canvas.paste(curve, (0, grid.height))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".partial")
-        canvas.save(tmp, format="PNG")
-        os.replace(tmp, self.path)
+        with written_whole(self.path) as tmp:
+            canvas.save(tmp, format="PNG")
         return self.path

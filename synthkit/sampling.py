@@ -25,7 +25,8 @@ from .jobs import check_destination, check_fits, check_output, check_range, pars
 from .locks import locked_output
 from .meta import provenance
 from .progress import console, progress
-from .store import Store, StoreWriter, partial_path
+from .outputs import partial_path
+from .store import Store, StoreWriter
 
 
 def read_templates(templates: Sequence[str], prompt_file: Path | None) -> list[str]:

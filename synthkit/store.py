@@ -15,19 +15,12 @@ import numpy as np
 from .errors import UserError
 from .jobs import check_output, check_same_options, shard_order
 from .locks import acquire, busy_message, holder, locked_output, release
+from .outputs import PARTIAL_SUFFIX, partial_path
 
 FORMAT = "synthkit-store"
 FORMAT_VERSION = 1
 COLUMN_KINDS = {"int": np.int64, "float": np.float64, "str": h5py.string_dtype()}
 _CHUNK_BYTES = 256 * 1024
-
-
-PARTIAL_SUFFIX = ".partial"
-
-
-def partial_path(path: Path) -> Path:
-    """Where a store lives while it is being written; renamed to `path` only when complete."""
-    return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
 def missing_store_message(path: Path) -> str:

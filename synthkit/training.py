@@ -36,6 +36,7 @@ from .jobs import check_destination, check_fits, check_output, check_range, chec
 from .locks import writer_lock
 from .meta import provenance
 from .memory import human
+from .outputs import train_log_path, train_state_path, written_whole
 from .model import CIFAR_STEM_MAX, ResNet18, arch_for, class_mapping, kaiming_normal_init, resize_images
 from .progress import console, progress
 from .store import Store, balanced_subset
@@ -297,22 +298,10 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict(state)
 
 
-# ---- files beside a classifier
-
-def state_path(out: Path) -> Path:
-    """Where the resumable training state of `out` lives until training ends."""
-    return out.with_name(out.stem + ".train-state.safetensors")
-
-
-def log_path(out: Path) -> Path:
-    """The JSON-lines log beside the checkpoint: a line per saved step (loss, accuracy, lr, speed, test accuracy)."""
-    return out.with_name(out.stem + ".log.jsonl")
-
-
 def _write_log(out: Path, log: list[dict]) -> None:
-    tmp = log_path(out).with_suffix(".partial")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
-    tmp.replace(log_path(out))
+    """The JSON-lines log beside the checkpoint: a line per saved step (loss, accuracy, lr, speed, test accuracy)."""
+    with written_whole(train_log_path(out)) as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
 
 
 class TrainingDiverged(UserError):
@@ -384,7 +373,7 @@ class Run:
         self.optimizer = make_optimizer(self.model.parameters(), config)
         self.params = asdict(config)
         self.step, self.log, self.evals, self.seconds = 0, [], [], 0.0
-        self.state_file = state_path(job.out)
+        self.state_file = train_state_path(job.out)
         if resume and self.state_file.exists():
             tensors, meta = load_checkpoint(self.state_file, device)
             check_same_options((meta.get("params"), meta.get("data")), (self.params, data.sources), self.state_file)
@@ -525,7 +514,7 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
     with contextlib.ExitStack() as locks:
         for job in jobs:
             locks.enter_context(writer_lock(job.out))
-        todo = [job for job in jobs if not check_output(job.out, [state_path(job.out)], overwrite, resume, inputs=inputs)]
+        todo = [job for job in jobs if not check_output(job.out, [train_state_path(job.out)], overwrite, resume, inputs=inputs)]
         for job in jobs:
             if job not in todo:  # finished: kept by --resume only if it was made as asked now
                 _check_finished(job)

@@ -11,7 +11,8 @@ import torch
 
 import synthkit.captions as captions
 from conftest import run
-from synthkit.store import Store, partial_path
+from synthkit.outputs import partial_path
+from synthkit.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

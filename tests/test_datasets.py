@@ -10,7 +10,8 @@ from conftest import MINI_ARCHIVE, make_image_folder, png_bytes, run, tar_folder
 from synthkit import CIFAR10_CLASSES
 from synthkit.datasets import import_cifar10, import_folder
 from synthkit.errors import UserError
-from synthkit.store import Store, StoreWriter, partial_path
+from synthkit.outputs import partial_path
+from synthkit.store import Store, StoreWriter
 
 
 def read(path):

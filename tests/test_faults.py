@@ -22,10 +22,9 @@ import pytest
 from conftest import make_image_folder, png_bytes, run
 
 from synthkit import CIFAR10_CLASSES
-from synthkit.locks import lock_path
 from synthkit.meta import provenance
-from synthkit.store import FORMAT, Store, StoreWriter, partial_path
-from synthkit.training import state_path
+from synthkit.outputs import invert_state_dir, lock_path, partial_path, train_state_path
+from synthkit.store import FORMAT, Store, StoreWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -387,20 +386,19 @@ def test_data_with_a_leftover_partial_needs_resume_or_overwrite(tmp_path):
 def test_train_with_a_leftover_state_needs_resume_or_overwrite(tmp_path):
     store = crafted_store(tmp_path / "real.h5")
     out = tmp_path / "m.safetensors"
-    state_path(out).write_bytes(b"an interrupted training")
+    train_state_path(out).write_bytes(b"an interrupted training")
     before = snapshot(tmp_path)
     one_error_line(run("train", "--data", store, "--out", out, "--steps", "1", "--device", "cpu"),
-                   "interrupted run", str(state_path(out)), "--resume", "--overwrite")
+                   "interrupted run", str(train_state_path(out)), "--resume", "--overwrite")
     assert snapshot(tmp_path) == before and not out.exists()
 
 
 def test_invert_with_a_leftover_state_needs_resume_or_overwrite(tmp_path):
-    from synthkit.inversion import state_dir
 
     store = crafted_store(tmp_path / "real.h5")
     out = tmp_path / "inv.safetensors"
-    state_dir(out).mkdir()
-    (state_dir(out) / "chunk-00000.safetensors").write_bytes(b"a finished chunk")
+    invert_state_dir(out).mkdir()
+    (invert_state_dir(out) / "chunk-00000.safetensors").write_bytes(b"a finished chunk")
     before = snapshot(tmp_path)
     one_error_line(run("invert", "--class", "all", "--data", store, "--model", "no-such-model", "--out", out),
                    "interrupted run", "--resume", "--overwrite")

@@ -11,7 +11,8 @@ from conftest import run
 from synthkit.checkpoint import load_checkpoint, read_meta
 from synthkit.diffusion import encode_images, load_diffusion, training_scheduler
 from synthkit.inversion import (GroupTables, InversionConfig, draw, epoch_steps, fixed_loss, initial_table, invert,
-                                inversion_loss, plan_groups, state_dir)
+                                inversion_loss, plan_groups)
+from synthkit.outputs import invert_state_dir as state_dir
 from synthkit.preview import InversionPreview
 from synthkit.store import Store
 

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import run
 from synthkit.errors import UserError
-from synthkit.launch import Launch, detect, shard_path
+from synthkit.launch import Launch, detect
+from synthkit.outputs import shard_path
 from synthkit.store import Store
 
 

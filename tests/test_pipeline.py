@@ -265,8 +265,8 @@ def test_each_store_is_written_once_unless_sharded(tmp_path):
         assert len(writes(plan, store)) == 1, store
     plan = planned(tmp_path, "SHARDS=2", "INVERT_BY=all")
     for kind in ("sd", "inv"):
-        assert len(writes(plan, rf"data/{kind}\.shard-[01]\.h5")) == 2 and f"--shard 1/2 --out data/{kind}.shard-1.h5" in plan
-        assert f"merge data/{kind}.shard-0.h5 data/{kind}.shard-1.h5 --out data/{kind}.h5" in plan
+        assert len(writes(plan, rf"data/{kind}\.shard-[01]-of-2\.h5")) == 2 and f"--shard 1/2 --out data/{kind}.shard-1-of-2.h5" in plan
+        assert f"merge data/{kind}.shard-0-of-2.h5 data/{kind}.shard-1-of-2.h5 --out data/{kind}.h5" in plan
     assert len(re.findall(r" invert --class all ", plan)) == 1 and "--embeddings models/inv/all.safetensors " in plan
 
 

@@ -9,7 +9,8 @@ from synthkit.errors import UserError
 from synthkit.meta import provenance
 from synthkit.paths import store_path, store_paths
 from synthkit.jobs import shard_range
-from synthkit.store import Store, StoreWriter, balanced_subset, merge_stores, partial_path
+from synthkit.outputs import partial_path
+from synthkit.store import Store, StoreWriter, balanced_subset, merge_stores
 
 CLASSES = ["a", "b", "c"]
 

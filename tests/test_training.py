@@ -13,7 +13,9 @@ from synthkit.errors import UserError
 from synthkit.evaluation import predict
 from synthkit.store import Store, StoreWriter
 from synthkit.model import load_classifier
-from synthkit.training import (TrainConfig, augment, load_stores, log_path, rotate_jitter, state_path, step_rows, train,
+from synthkit.outputs import train_log_path as log_path
+from synthkit.outputs import train_state_path as state_path
+from synthkit.training import (TrainConfig, augment, load_stores, rotate_jitter, step_rows, train,
                                training_batch)
 
 CPU = torch.device("cpu")

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from common import CACHE, cifar_store, machine
-from synthkit.gradcam import LAYERS, explain
+from synthkit.config import GRADCAM_LAYERS as LAYERS
+from synthkit.gradcam import explain
 from synthkit.training import TrainConfig, train
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .device import configure_threads, pick_device
+from .device import job_device
 from .diffusion import quiet_libraries
 from .errors import UserError
 from .jobs import check_output
@@ -78,12 +78,10 @@ def caption_store(data: Path, out: Path, model: str = DEFAULT_CAPTIONER, batch_s
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     with Store(data) as store:
-        if len(store) == 0:
-            raise UserError(f"store {data} has no images")
+        store.require_images()
         if "caption" in store.column_names:
             raise UserError(f"store {data} already has captions (a column 'caption')")
-        configure_threads()
-        dev = pick_device(device)
+        dev = job_device(device)
         processor, captioner = load_captioner(model, dev)
         kinds = {name: store.column_kind(name) for name in store.column_names}
         params = {"model": model, "batch_size": batch_size, "seed": seed}

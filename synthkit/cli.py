@@ -8,17 +8,44 @@ from __future__ import annotations
 
 import functools
 import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Annotated, Callable, List, Optional
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
 from . import DEFAULT_CAPTIONER, DEFAULT_MODEL
-from .config import (AUGMENTS, DEFAULT_RECIPE, EVAL, FIDELITY, FILTER, FILTER_CRITERIA, GRADCAM, MIXES, PROMPT_DEFAULTS,
-                     RECIPES, UNCONDS, VANISH, DIConfig, InversionConfig)
+from .config import (AUGMENTS, CAPTION, DATA, DEFAULT_RECIPE, DTYPES, EVAL, FIDELITY, FIDELITY_METRICS, FILTER,
+                     FILTER_CRITERIA, GRADCAM, GRADCAM_LAYERS, GRADCAM_TARGETS, INVERT_JOB, LIKES, MIXES, PRECISIONS, PROMPT,
+                     RECIPES, SAMPLING, SCHEDULERS, SEED, SHOW, SPLITS, UNCONDS, VANISH, DIConfig, InversionConfig)
 from .errors import UserError
+
+# Options many commands share, declared once.
+AUTO = "auto"
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (auto: CUDA when there is a GPU; $SYNTHKIT_DEVICE sets it).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing output.")]
+Resume = Annotated[bool, typer.Option(help="Continue an interrupted run; a finished output made the same way is kept.")]
+
+
+def choice_type(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    """The type of an option with a few values: the CLI offers exactly `values` (declared in config.py)."""
+    return StrEnum(name, {value: value for value in values})
+
+
+Split, Recipe, Mix, Augment = (choice_type(n, v) for n, v in (("Split", SPLITS), ("Recipe", tuple(RECIPES)), ("Mix", MIXES),
+                                                               ("Augment", AUGMENTS)))
+Like, Precision, Uncond, Scheduler, Dtype = (choice_type(n, v) for n, v in (("Like", LIKES), ("Precision", PRECISIONS),
+                                                                          ("Uncond", UNCONDS), ("Scheduler", SCHEDULERS),
+                                                                          ("Dtype", DTYPES)))
+Layer, Target, Metric, Criterion = (choice_type(n, v) for n, v in (("Layer", GRADCAM_LAYERS), ("Target", GRADCAM_TARGETS),
+                                                                  ("Metric", FIDELITY_METRICS), ("Criterion", FILTER_CRITERIA)))
+
+
+def seed_option(what: str) -> typer.models.OptionInfo:
+    """--seed: a non-negative integer; `what` says what it seeds."""
+    return typer.Option(min=0, help=what)
 
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
 
@@ -83,13 +110,13 @@ def _dataset_command(dataset: str, title: str, source_help: str) -> None:
         out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
         source: Optional[Path] = typer.Option(None, help=source_help),
         download: bool = typer.Option(False, help=f"Download {title} with torchvision (needs internet) into --download-root."),
-        download_root: Path = typer.Option(Path("data/downloads"), help="Where --download puts the files."),
-        split: str = typer.Option("train", help="train or test."),
+        download_root: Path = typer.Option(Path(DATA.download_root), help="Where --download puts the files."),
+        split: Split = typer.Option(Split(DATA.split), help="train or test."),
         per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
-        seed: int = typer.Option(0, min=0, help="Seed of the subset."),
+        seed: Annotated[int, seed_option("Seed of the subset.")] = SEED,
         memory_limit: Optional[str] = typer.Option(None, help=MEMORY_HELP),
-        overwrite: bool = typer.Option(False, help="Replace an existing store."),
-        resume: bool = typer.Option(False, help="Continue an interrupted import."),
+        overwrite: Overwrite = False,
+        resume: Resume = False,
     ) -> None:
         if dataset == "cifar10":
             from .datasets import import_cifar10
@@ -119,10 +146,10 @@ def data_folder(
     split: Optional[str] = typer.Option(None, help="Take only <split>/<class>/<image> (e.g. train)."),
     class_name: Optional[str] = typer.Option(None, help='One class for every image (a flat folder), e.g. "urban scene".'),
     per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
-    seed: int = typer.Option(0, min=0, help="Seed of the subset."),
+    seed: Annotated[int, seed_option("Seed of the subset.")] = SEED,
     memory_limit: Optional[str] = typer.Option(None, help=MEMORY_HELP),
-    overwrite: bool = typer.Option(False, help="Replace an existing store."),
-    resume: bool = typer.Option(False, help="Continue an interrupted import."),
+    overwrite: Overwrite = False,
+    resume: Resume = False,
 ) -> None:
     """Import any image-folder tree or archive into a store: classes from the folder names, file names kept."""
     from .datasets import import_folder
@@ -155,9 +182,9 @@ def info(path: Path = typer.Argument(..., help="A store (.h5) or safetensors fil
 def show(
     store: str = typer.Argument(..., help="Store name or path."),
     out: Path = typer.Option(..., help="PNG to write."),
-    per_row: int = typer.Option(10, min=1, help="Images per class."),
-    seed: int = typer.Option(0, min=0, help="Seed of the random picks."),
-    cell: int = typer.Option(64, min=8, help="Pixels per image in the grid."),
+    per_row: int = typer.Option(SHOW.per_row, min=1, help="Images per class."),
+    seed: Annotated[int, seed_option("Seed of the random picks.")] = SEED,
+    cell: int = typer.Option(SHOW.cell, min=8, help="Pixels per image in the grid."),
 ) -> None:
     """Draw a grid of sample images, a row per class."""
     from .figures import show_store
@@ -171,7 +198,7 @@ def show(
 def merge(
     inputs: List[str] = typer.Argument(..., help="Stores (names or paths) of the same classes, or embeddings files of one inversion job."),
     out: Path = typer.Option(..., help="Store or embeddings file to write."),
-    overwrite: bool = typer.Option(False, help="Replace an existing file."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Merge shards (or any stores of the same classes) into one; shards go back in shard order."""
     if all(name.endswith(".safetensors") for name in inputs):
@@ -193,8 +220,8 @@ def subset(
     store: str = typer.Argument(..., help="A store (name or path), e.g. your own real training images."),
     out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
     per_class: Optional[int] = typer.Option(None, min=1, help="Keep a seeded, class-balanced N images per class (default: all)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the subset."),
-    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+    seed: Annotated[int, seed_option("Seed of the subset.")] = SEED,
+    overwrite: Overwrite = False,
 ) -> None:
     """Copy a store, or a seeded class-balanced subset of it, keeping its kind, classes and columns."""
     from .paths import store_path
@@ -210,11 +237,11 @@ def caption(
     data: str = typer.Option("real", help="Store to caption (name or path)."),
     out: Path = typer.Option(..., help="Store to write: the same images with a caption column, e.g. data/real-captions.h5."),
     model: str = typer.Option(DEFAULT_CAPTIONER, help="BLIP captioning model: hub id or local folder (synthkit model tiny-blip makes a test one)."),
-    batch_size: int = typer.Option(32, min=1, help="Images per batch."),
-    seed: int = typer.Option(0, min=0, help="Seed of torch before each batch (BLIP's default generation is greedy)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    overwrite: bool = typer.Option(False, help="Replace an existing store."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run."),
+    batch_size: int = typer.Option(CAPTION.batch_size, min=1, help="Images per batch."),
+    seed: Annotated[int, seed_option("Seed of torch before each batch (BLIP's default generation is greedy).")] = SEED,
+    device: Device = AUTO,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
 ) -> None:
     """Caption every image of a store with BLIP, as the original study made its Stable Diffusion prompts."""
     from .captions import caption_store
@@ -230,26 +257,26 @@ def caption(
 def train(
     data: List[str] = typer.Option(..., help="Stores of one classifier: names (data/NAME.h5) or paths, comma-separated, e.g. real,inv. Repeat --data to train several classifiers in one job."),
     out: str = typer.Option(..., help="Classifier to write, e.g. models/resnet18-real+inv.safetensors; for several, a pattern with {data} (store names joined by +) and {seed}."),
-    recipe: str = typer.Option(DEFAULT_RECIPE, help=f"Training recipe (synthkit/config.py): {', '.join(RECIPES)}. di: the official evaluation (50,000 steps at batch 128); study: the original study's; quick: a few hundred steps for CPUs. Every option below overrides the recipe's value."),
+    recipe: Recipe = typer.Option(Recipe(DEFAULT_RECIPE), help=f"Training recipe (synthkit/config.py): {', '.join(RECIPES)}. di: the official evaluation (50,000 steps at batch 128); study: the original study's; quick: a few hundred steps for CPUs. Every option below overrides the recipe's value."),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps: the same for every classifier, whatever its stores' sizes."),
     batch_size: Optional[int] = typer.Option(None, min=2, help="Images per step."),
     real_batch: Optional[int] = typer.Option(None, min=1, help="Mixed rows: real images per step, the rest synthetic."),
-    mix: Optional[str] = typer.Option(None, help=f"{', '.join(MIXES)}: auto mixes --real-batch real images (default half) and the rest synthetic when the stores hold both kinds; balanced insists; concat draws from the union."),
+    mix: Optional[Mix] = typer.Option(None, help=f"{', '.join(MIXES)}: auto mixes --real-batch real images (default half) and the rest synthetic when the stores hold both kinds; balanced insists; concat draws from the union."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     weight_decay: Optional[float] = typer.Option(None, min=0, help="Weight decay."),
     warmup_steps: Optional[int] = typer.Option(None, min=0, help="Linear warm-up steps (schedule warmup-cosine)."),
     evals: Optional[int] = typer.Option(None, min=0, help="Times to score the --test store during training (evenly spaced, the last at the end)."),
-    augment: Optional[str] = typer.Option(None, help=f"{', '.join(AUGMENTS)}."),
+    augment: Optional[Augment] = typer.Option(None, help=f"{', '.join(AUGMENTS)}."),
     per_class: Optional[int] = typer.Option(None, min=1, help="Use a seeded, class-balanced subset of N images per class of each store."),
     image_size: Optional[int] = typer.Option(None, min=8, help="Train at this size (default: the recipe's, else the first store's own); up to 64 px the CIFAR stem, above it the ImageNet stem."),
     seed: List[int] = typer.Option([], min=0, help="Seed of the initialisation, the order and the augmentation (default 0). Repeat it to train one classifier per seed."),
     test: Optional[str] = typer.Option(None, help="A real test store (name or path) to score during training (--evals times)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the models (faster on GPU after a warm-up)."),
     shard: str = typer.Option("", help="Train only shard i/n of the classifiers, e.g. 0/4; or auto: the shard torchrun or SLURM gives."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: Device = AUTO,
     memory_limit: Optional[str] = typer.Option(None, help="Image memory to hold on the device, e.g. 2GB (default $SYNTHKIT_MEMORY_LIMIT, else half the free GPU memory or half the available RAM); larger sets stream from the stores."),
-    overwrite: bool = typer.Option(False, help="Replace existing classifiers."),
-    resume: bool = typer.Option(False, help="Continue interrupted runs from their last saved step (finished classifiers are kept)."),
+    overwrite: Overwrite = False,
+    resume: Resume = False,
 ) -> None:
     """Train ResNet-18s on any mix of real and synthetic stores with the same classes, for a recipe's number of steps."""
     from .config import TrainConfig
@@ -257,8 +284,6 @@ def train(
     from .evaluation import batch_text
     from .training import check_config, expand_jobs, train_many
 
-    if recipe not in RECIPES:
-        raise UserError(f"--recipe must be one of {', '.join(RECIPES)}, got '{recipe}'")
     config = TrainConfig.from_recipe(recipe, steps=steps, batch_size=batch_size, real_batch=real_batch, mix=mix, lr=lr,
                                      weight_decay=weight_decay, warmup_steps=warmup_steps, evals=evals, augment=augment,
                                      per_class=per_class, image_size=image_size, compile=compile or None)
@@ -305,7 +330,7 @@ def evaluate(
     test: str = typer.Option("test", help="The real test store (name or path)."),
     results: Path = typer.Option(Path("results"), help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
     batch_size: int = typer.Option(EVAL.batch_size, min=1, help="Images per forward pass."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: Device = AUTO,
     memory_limit: Optional[str] = typer.Option(None, help="Test images to hold on the device at once, e.g. 2GB (default $SYNTHKIT_MEMORY_LIMIT, else half the free GPU memory or RAM); the store is read in chunks of that size."),
 ) -> None:
     """Score classifiers on a real test store with their classes: the accuracy table, per-class accuracy, confusion figures."""
@@ -335,8 +360,8 @@ app.add_typer(model_app, name="model")
 @user_errors
 def model_tiny(
     out: Path = typer.Option(Path("models/tiny-sd"), help="Folder to write the diffusers pipeline to."),
-    seed: int = typer.Option(0, min=0, help="Seed of the random weights."),
-    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    seed: Annotated[int, seed_option("Seed of the random weights.")] = SEED,
+    overwrite: Overwrite = False,
 ) -> None:
     """Build a small random-weight Stable Diffusion pipeline offline (for tests, demos and smoke tests)."""
     from .diffusion import build_tiny_pipeline
@@ -349,8 +374,8 @@ def model_tiny(
 @user_errors
 def model_tiny_blip(
     out: Path = typer.Option(Path("models/tiny-blip"), help="Folder to write the BLIP captioner to."),
-    seed: int = typer.Option(0, min=0, help="Seed of the random weights."),
-    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    seed: Annotated[int, seed_option("Seed of the random weights.")] = SEED,
+    overwrite: Overwrite = False,
 ) -> None:
     """Build a small random-weight BLIP captioner offline (for tests and the demo: its captions are random words)."""
     from .captions import build_tiny_captioner
@@ -363,9 +388,9 @@ def model_tiny_blip(
 @user_errors
 def model_random(
     out: Path = typer.Option(..., help="Folder to write the diffusers pipeline to (about 2 GB in fp16)."),
-    like: str = typer.Option("sd15", help="Architecture whose exact shapes to copy: sd15 (Stable Diffusion 1.5)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the random weights."),
-    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    like: Like = typer.Option(Like(LIKES[0]), help="Architecture whose exact shapes to copy: sd15 (Stable Diffusion 1.5)."),
+    seed: Annotated[int, seed_option("Seed of the random weights.")] = SEED,
+    overwrite: Overwrite = False,
 ) -> None:
     """Build a full-size random-weight Stable Diffusion pipeline offline (for smoke tests and benchmarks at real scale)."""
     import time
@@ -396,14 +421,14 @@ def invert(
     batch_size: int = typer.Option(INV.batch_size, min=1, help="Images of a group per AdamW step (fixed, unshuffled batches as the official code)."),
     updates: int = typer.Option(INV.updates, min=1, help=f"Gradient updates per image (epochs). The default {INV.updates} is the official scripts' (train_steps {INV.updates}, loaded for CIFAR as learned_embeds-steps-{INV.updates * INV.steps_per_update()}): with groups of {INV.group_size} at batch {INV.batch_size}, {INV.updates * INV.steps_per_update()} AdamW steps per group."),
     chunk_groups: int = typer.Option(INV.chunk_groups, min=1, help="Groups stepped together in one forward pass (the unit of sharding); does not change the result."),
-    precision: str = typer.Option(INV.precision, help="fp32 (the official code's; TF32 matmuls on CUDA) or bf16 (UNet and VAE weights in bfloat16: faster on GPUs, embeddings and AdamW stay fp32)."),
-    seed: int = typer.Option(INV.seed, min=0, help="Seed of the initial tables, latent samples, noise and timesteps."),
-    checkpoint_every: int = typer.Option(200, min=1, help="Save resumable state about every K steps."),
-    preview_every: int = typer.Option(500, min=0, help="Redraw OUT's .preview.png (real images beside DDIM samples of their embeddings, and the loss curve) every K updates; also drawn at the start and the end (0: no preview)."),
+    precision: Precision = typer.Option(Precision(INV.precision), help="fp32 (the official code's; TF32 matmuls on CUDA) or bf16 (UNet and VAE weights in bfloat16: faster on GPUs, embeddings and AdamW stay fp32)."),
+    seed: Annotated[int, seed_option("Seed of the initial tables, latent samples, noise and timesteps.")] = INV.seed,
+    checkpoint_every: int = typer.Option(INVERT_JOB.checkpoint_every, min=1, help="Save resumable state about every K steps."),
+    preview_every: int = typer.Option(INVERT_JOB.preview_every, min=0, help="Redraw OUT's .preview.png (real images beside DDIM samples of their embeddings, and the loss curve) every K updates; also drawn at the start and the end (0: no preview)."),
     shard: str = typer.Option("", help="Do shard i/n of the work (chunks), e.g. 0/4, and merge the outputs with synthkit merge; or auto: the shard torchrun or SLURM gives (under torchrun rank 0 merges into --out)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    overwrite: bool = typer.Option(False, help="Replace an existing file."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run."),
+    device: Device = AUTO,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
 ) -> None:
     """Diffusion Inversion: learn a conditioning embedding per real image with the diffusion model frozen, as the official code."""
     from .checkpoint import read_meta
@@ -435,31 +460,31 @@ def sample(
     prompt: List[str] = typer.Option([], help='Prompt template(s) with {class}, e.g. "a photo of a {class}" (repeatable).'),
     prompt_file: Optional[Path] = typer.Option(None, help="File of templates, one per line."),
     prompt_from: Optional[str] = typer.Option(None, help="Prompt mode: each --init image's own text as its prompt, from this text column of the init store (caption, made by synthkit caption): the original study's SD row."),
-    per_class: int = typer.Option(10, min=1, help="Prompt mode: images per class."),
+    per_class: int = typer.Option(PROMPT.per_class, min=1, help="Prompt mode: images per class."),
     classes: Optional[str] = typer.Option(None, help="Prompt mode: comma-separated class names, or a store whose classes to use (default: the --init store's, else CIFAR-10's)."),
     negative: str = typer.Option("", help="Prompt mode: negative prompt."),
     init: Optional[str] = typer.Option(None, help="Prompt mode: img2img from this real store (name or path)."),
-    strength: float = typer.Option(PROMPT_DEFAULTS["strength"], help="img2img: share of the schedule re-noised (0-1]."),
+    strength: float = typer.Option(PROMPT.strength, help="img2img: share of the schedule re-noised (0-1]."),
     embeddings: List[Path] = typer.Option([], help="DI mode: embeddings file(s) from synthkit invert (repeatable; shell globs work). Give every class's file in one run: groups stay apart and the default unconditional input mixes the classes."),
     only: Optional[str] = typer.Option(None, help="DI mode: sample only the embeddings of this store's images: the inverted store, or a subset of it made by synthkit subset (partners, groups and the unconditional mean come from its images alone)."),
     per_image: int = typer.Option(DI.per_image, min=1, help="DI mode: samples per learned embedding."),
     interp: float = typer.Option(DI.interp, help="DI mode: alpha, interpolation towards a partner drawn from the image's own group (same class)."),
     noise: float = typer.Option(DI.noise, help="DI mode: lambda, scale of the Gaussian perturbation."),
     eta: float = typer.Option(DI.eta, min=0, help="DI mode: eta of a scheduler whose step takes it (DDIM: 1 adds fresh noise every step, 0 is deterministic); the official pipeline passes 1, which SD 1.x's own PNDM ignores."),
-    uncond: str = typer.Option(DI.uncond, help=f"DI mode: unconditional input of guidance: {', '.join(UNCONDS)}. mixed = the mean of every loaded embedding, all classes (the official code's class-mixed group mean); group = the mean of the image's class-pure group; empty = the empty prompt."),
+    uncond: Uncond = typer.Option(Uncond(DI.uncond), help=f"DI mode: unconditional input of guidance: {', '.join(UNCONDS)}. mixed = the mean of every loaded embedding, all classes (the official code's class-mixed group mean); group = the mean of the image's class-pure group; empty = the empty prompt."),
     model: Optional[str] = typer.Option(None, help=f"SD checkpoint (default: {DEFAULT_MODEL}, or the embeddings' model)."),
-    guidance: Optional[float] = typer.Option(None, help=f"Classifier-free guidance (default {PROMPT_DEFAULTS['guidance']} for prompts, {DI.guidance} for DI)."),
-    steps: Optional[int] = typer.Option(None, min=1, help=f"Sampling steps (default {PROMPT_DEFAULTS['steps']} for prompts, {DI.steps} for DI)."),
-    scheduler: str = typer.Option("model", help="model (the checkpoint's own, as the official code), ddim, dpm++ or pndm."),
+    guidance: Optional[float] = typer.Option(None, help=f"Classifier-free guidance (default {PROMPT.guidance} for prompts, {DI.guidance} for DI)."),
+    steps: Optional[int] = typer.Option(None, min=1, help=f"Sampling steps (default {PROMPT.steps} for prompts, {DI.steps} for DI)."),
+    scheduler: Scheduler = typer.Option(Scheduler(SAMPLING.scheduler), help="model (the checkpoint's own, as the official code), ddim, dpm++ or pndm."),
     resolution: Optional[int] = typer.Option(None, help="Generation size (default: the model's, or the inversion's for DI)."),
     save_size: Optional[int] = typer.Option(None, help="Store images resized (PIL bicubic) to this size (default: prompts keep the generation size; DI the size of the images it inverted)."),
-    batch_size: int = typer.Option(16, min=1, help="Images per batch."),
-    seed: int = typer.Option(0, min=0, help="Seed of every random choice (each sample has its own, derived from it)."),
-    dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
+    batch_size: int = typer.Option(SAMPLING.batch_size, min=1, help="Images per batch."),
+    seed: Annotated[int, seed_option("Seed of every random choice (each sample has its own, derived from it).")] = SEED,
+    dtype: Dtype = typer.Option(Dtype(SAMPLING.dtype), help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
     shard: str = typer.Option("", help="Do shard i/n of the work, e.g. 0/4, and merge the outputs with synthkit merge; or auto: the shard torchrun or SLURM gives (under torchrun rank 0 merges into --out)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    overwrite: bool = typer.Option(False, help="Replace an existing store."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run."),
+    device: Device = AUTO,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
 ) -> None:
     """Generate images from class prompts (optionally img2img), or from learned DI embeddings (--embeddings)."""
     from .paths import store_path
@@ -482,11 +507,11 @@ def gradcam(
     data: str = typer.Option("test", help="Store of real images to explain them on (name or path)."),
     out: Path = typer.Option(Path("results/gradcam"), help="Folder for gradcam_grid.png, per_image.csv and summary.json."),
     n: int = typer.Option(GRADCAM.n, min=1, help="Images (a seeded random pick, the same for every model)."),
-    layer: str = typer.Option(GRADCAM.layer, help="Target layer: layer3 (8x8 maps at 32 px; the most faithful by ROAD, see bench/README.md), layer4 (4x4) or layer2 (16x16)."),
-    target: str = typer.Option(GRADCAM.target, help="Explain the true class or the predicted one."),
-    seed: int = typer.Option(GRADCAM.seed, min=0, help="Seed of the image pick."),
+    layer: Layer = typer.Option(Layer(GRADCAM.layer), help="Target layer: layer3 (8x8 maps at 32 px; the most faithful by ROAD, see bench/README.md), layer4 (4x4) or layer2 (16x16)."),
+    target: Target = typer.Option(Target(GRADCAM.target), help="Explain the true class or the predicted one."),
+    seed: Annotated[int, seed_option("Seed of the image pick.")] = GRADCAM.seed,
     batch_size: int = typer.Option(GRADCAM.batch_size, min=1, help="Images per batch."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: Device = AUTO,
 ) -> None:
     """Grad-CAM maps of classifiers on the same real images, with measures of how concentrated they are."""
     from rich.table import Table
@@ -515,7 +540,7 @@ def vanish(
     n: int = typer.Option(VANISH.n, min=1, help="Images per store (a seeded random pick)."),
     upsample: Optional[int] = typer.Option(VANISH.upsample, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."),
     focal: Optional[float] = typer.Option(VANISH.focal, help="Focal length in pixels (calibrated); default: estimated per image."),
-    seed: int = typer.Option(VANISH.seed, min=0, help="Seed of the image pick and of RANSAC."),
+    seed: Annotated[int, seed_option("Seed of the image pick and of RANSAC.")] = VANISH.seed,
     sources: Optional[str] = typer.Option(None, help="The real store the samples came from: for every store with a source_index column (DI, img2img), compare each sample's horizon and VPs with its source's."),
 ) -> None:
     """Line segments and vanishing points of stores, side by side (to score the detector itself: vanish-score)."""
@@ -552,7 +577,7 @@ def vanish_score(
     gt: Path = typer.Option(..., help="A folder like York Urban's: images/ and gt.json; entries with only a horizon (no camera, no VPs) are scored uncalibrated."),
     out: Path = typer.Option(Path("results/vanish-gt"), help="Folder for predictions.json and gt_scores.json."),
     limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N images."),
-    seed: int = typer.Option(VANISH.seed, min=0, help="Seed of RANSAC."),
+    seed: Annotated[int, seed_option("Seed of RANSAC.")] = VANISH.seed,
 ) -> None:
     """Score the vanishing-point detector against ground truth: horizon and VP AUCs, calibrated and not."""
     from rich.table import Table
@@ -586,9 +611,9 @@ def fidelity(
     per_class: int = typer.Option(FIDELITY.per_class, min=3, help="Images per class of every store (fewer if a store has fewer: all stores get the same)."),
     k: int = typer.Option(FIDELITY.k, min=1, help="Nearest neighbours for precision, recall, density and coverage."),
     inception: Optional[Path] = typer.Option(None, help="torch-fidelity's Inception weights (.pth) for FID and KID; default: torch's cache, if there."),
-    metric: str = typer.Option(FIDELITY.metric, help="The metric drawn per class in fidelity.png."),
-    seed: int = typer.Option(FIDELITY.seed, min=0, help="Seed of the pick."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    metric: Metric = typer.Option(Metric(FIDELITY.metric), help="The metric drawn per class in fidelity.png."),
+    seed: Annotated[int, seed_option("Seed of the pick.")] = FIDELITY.seed,
+    device: Device = AUTO,
 ) -> None:
     """Judge synthetic stores against real data: Fréchet distance, KID, precision/recall, density/coverage, label agreement."""
     from .fidelity import fidelity as score
@@ -611,10 +636,10 @@ def filter_command(
     classifier: Path = typer.Option(..., help="A classifier trained on real training data (never on test images)."),
     out: Path = typer.Option(..., help="Store to write, e.g. data/inv-kept.h5."),
     keep: float = typer.Option(FILTER.keep, help="Share of each class to keep, in (0, 1]."),
-    by: str = typer.Option(FILTER.by, help=f"Ranking: {', '.join(FILTER_CRITERIA)} (see synthkit/filtering.py)."),
+    by: Criterion = typer.Option(Criterion(FILTER.by), help=f"Ranking: {', '.join(FILTER_CRITERIA)} (see synthkit/filtering.py)."),
     real: Optional[str] = typer.Option(None, help="--by cam: real store giving each class's typical attention."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    overwrite: bool = typer.Option(False, help="Replace an existing store."),
+    device: Device = AUTO,
+    overwrite: Overwrite = False,
 ) -> None:
     """Keep the best share of each class of a synthetic store, by the real classifier's confidence, margin, Grad-CAM or geometry."""
     from .filtering import filter_store

@@ -8,7 +8,53 @@ from dataclasses import dataclass
 
 from .errors import UserError
 
+SEED = 0  # every command's seed unless --seed says otherwise
+
+# ---- the choices of every option that has a few, beside the defaults (the CLI offers exactly these)
 UNCONDS = ("mixed", "group", "empty")
+SPLITS = ("train", "test")
+PRECISIONS = ("fp32", "bf16")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+SCHEDULERS = ("model", "ddim", "dpm++", "pndm")
+LIKES = ("sd15",)
+GRADCAM_LAYERS = ("layer4", "layer3", "layer2")
+GRADCAM_TARGETS = ("true", "predicted")
+FIDELITY_METRICS = ("frechet", "kid", "precision", "recall", "density", "coverage", "agreement", "confidence")
+FILTER_CRITERIA = ("confidence", "margin", "cam", "geometry")
+MIXES = ("auto", "balanced", "concat")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("warmup-cosine", "step")
+AUGMENTS = ("crop-flip", "resized-crop-flip", "flip-rotate-jitter")
+INITS = ("torchvision", "kaiming-normal")
+
+
+def check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
+    """One error line when `value` is none of `choices`: the one home of a library caller's 'must be one of'."""
+    if value not in choices:
+        raise UserError(f"{option} must be one of {', '.join(choices)}, got '{value}'")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Imports: where --download puts what it fetches, and the split by default."""
+
+    download_root: str = "data/downloads"
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    """`synthkit show`: images per class and pixels per image of the grid."""
+
+    per_row: int = 10
+    cell: int = 64
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """`synthkit caption`: images per BLIP batch."""
+
+    batch_size: int = 32
 
 
 @dataclass
@@ -36,10 +82,19 @@ class InversionConfig:
         return math.ceil(self.group_size / self.batch_size)
 
 
+@dataclass(frozen=True)
+class InvertJobConfig:
+    """How an inversion job reports and saves, apart from what it computes: resumable state about every
+    `checkpoint_every` AdamW steps, the preview redrawn every `preview_every` updates (0: none)."""
+
+    checkpoint_every: int = 200
+    preview_every: int = 500
+
+
 @dataclass
 class SamplingConfig:
     """What both sampling modes share. steps, guidance and save_size left None take the mode's own
-    defaults: PROMPT_DEFAULTS for prompts, DIConfig's for Diffusion Inversion."""
+    defaults: PromptConfig's for prompts, DIConfig's for Diffusion Inversion."""
 
     steps: int | None = None
     guidance: float | None = None
@@ -51,7 +106,15 @@ class SamplingConfig:
     dtype: str = "auto"
 
 
-PROMPT_DEFAULTS = {"steps": 50, "guidance": 7.5, "strength": 0.75}  # strength: img2img's share of the schedule re-noised
+@dataclass(frozen=True)
+class PromptConfig:
+    """Prompt sampling (text to image, or img2img from a real store): diffusers' pipeline defaults of 50 steps and
+    guidance 7.5, and img2img's strength 0.75 (the share of the schedule re-noised), which the original study used."""
+
+    steps: int = 50
+    guidance: float = 7.5
+    strength: float = 0.75
+    per_class: int = 10
 
 
 @dataclass
@@ -73,12 +136,6 @@ class DIConfig:
     eta: float = 1.0  # sample_dataset.py:147,197 eta=1.; used where the scheduler's step takes it (DDIM), as pipeline_emb.py does
     save_size: int | None = None  # None: the size of the images inverted (sample_dataset.py:48 save_resolution=32 for CIFAR)
 
-
-MIXES = ("auto", "balanced", "concat")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("warmup-cosine", "step")
-AUGMENTS = ("crop-flip", "resized-crop-flip", "flip-rotate-jitter")
-INITS = ("torchvision", "kaiming-normal")
 
 # Training recipes, written as airbench writes its `hyp`: every value of a classifier's run, each with where it
 # comes from. `synthkit train --recipe NAME` starts from one; any option given on the command line overrides it.
@@ -231,9 +288,6 @@ class FidelityConfig:
     batch_size: int = 500
 
 
-FILTER_CRITERIA = ("confidence", "margin", "cam", "geometry")
-
-
 @dataclass(frozen=True)
 class FilterConfig:
     """Keep the best share of each class by a criterion (see synthkit/filtering.py)."""
@@ -245,3 +299,5 @@ class FilterConfig:
 
 EVAL, GRADCAM, VANISH = EvalConfig(), GradcamConfig(), VanishConfig()
 FIDELITY, FILTER = FidelityConfig(), FilterConfig()
+PROMPT, SAMPLING, INVERT_JOB = PromptConfig(), SamplingConfig(), InvertJobConfig()
+DATA, SHOW, CAPTION = DataConfig(), ShowConfig(), CaptionConfig()

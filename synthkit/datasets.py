@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from . import CIFAR10_CLASSES
+from .config import SPLITS, check_choice
 from .errors import UserError
 from .jobs import check_fits, check_outside, check_output
 from .memory import human, image_bytes, ram_budget
@@ -25,7 +26,6 @@ from .progress import console, progress
 from .outputs import partial_path
 from .store import StoreWriter, balanced_subset
 
-SPLITS = ("train", "test")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _BATCH_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
@@ -57,8 +57,7 @@ def import_cifar10(
 ) -> Path:
     """Write CIFAR-10's `split` (or a seeded class-balanced subset of it) to the store `out`, reading the source a
     file at a time within the memory budget (`memory_limit`, else half the available RAM)."""
-    if split not in SPLITS:
-        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    check_choice(split, SPLITS, "--split")
     if source is None and not download:
         raise UserError("give --source (an image-folder tree, an archive or cifar-10-batches-py) or --download")
     if source is not None and download:

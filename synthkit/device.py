@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from .config import DTYPES, PRECISIONS, check_choice
 from .errors import UserError
 from .memory import available_ram, image_bytes, parse_bytes, ram_budget  # noqa: F401  (the budget's parts, without torch)
 
@@ -34,22 +35,15 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 def diffusion_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     """Weights dtype for diffusion models: fp16 on CUDA by default, fp32 on the CPU."""
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    check_choice(name, DTYPES, "--dtype")
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in table:
-        raise UserError(f"unknown dtype '{name}': use auto, fp32, fp16 or bf16")
-    return table[name]
-
-
-PRECISIONS = ("fp32", "bf16")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def inversion_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype:
     """Weights dtype of inversion: fp32 as the official code (with TF32 matmuls on CUDA), or bf16 when asked."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    check_choice(precision, PRECISIONS, "--precision")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -76,6 +70,13 @@ def device_memory(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
     return available_ram() // 2
+
+
+def job_device(name: str | None = None) -> torch.device:
+    """The preamble of every job, once: torch's threads set to the cores this process may use, and the device
+    chosen (pick_device)."""
+    configure_threads()
+    return pick_device(name)
 
 
 def configure_threads() -> None:

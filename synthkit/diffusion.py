@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .config import LIKES, SCHEDULERS, check_choice
 from .errors import UserError
 from .jobs import check_output
 from .locks import locked_output
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-SCHEDULERS = ("model", "ddim", "dpm++", "pndm")
 
 
 @dataclass
@@ -106,8 +106,7 @@ def make_scheduler(diffusion: Diffusion, name: str = "model"):
 
     classes = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler",
                "model": diffusion.scheduler_class}
-    if name not in classes:
-        raise UserError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got '{name}'")
+    check_choice(name, SCHEDULERS, "--scheduler")
     cls = getattr(diffusers, classes[name])
     if name == "dpm++":
         return cls.from_config(diffusion.scheduler_config, algorithm_type="dpmsolver++")
@@ -248,7 +247,7 @@ SD15 = {  # Stable Diffusion 1.5's component configs (unet/, vae/, text_encoder/
                      "layer_norm_eps": 1e-5},
     "scheduler": ("PNDMScheduler", {**SD_SCHEDULE, "skip_prk_steps": True}),
 }
-LIKES = {"sd15": SD15}
+SPECS = {"sd15": SD15}  # one per name of config.LIKES
 
 
 def tiny_spec(hidden: int = 32) -> dict[str, Any]:
@@ -269,9 +268,8 @@ def tiny_spec(hidden: int = 32) -> dict[str, Any]:
 
 def like_spec(like: str) -> dict[str, Any]:
     """The component configs of a full-size architecture by name (only sd15 for now)."""
-    if like not in LIKES:
-        raise UserError(f"--like must be one of {', '.join(LIKES)}, got '{like}'")
-    return LIKES[like]
+    check_choice(like, LIKES, "--like")
+    return SPECS[like]
 
 
 def build_components(spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:

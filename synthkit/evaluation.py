@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .config import EVAL
-from .device import autocast, configure_threads, image_bytes, memory_budget, memory_format, pick_device
+from .device import autocast, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
 from .jobs import check_destination, check_distinct
 from .outputs import written_whole
@@ -126,8 +126,7 @@ def evaluate(models: Sequence[Path], test: Path, results: Path = Path("results")
     metas = [classifier_meta(path) for path in models]  # fail on a wrong file before loading any data
     with open_test_store(test) as store:
         truths = [class_mapping(store.classes, meta["classes"], f"test store {test}")[store.labels] for meta in metas]
-        configure_threads()
-        dev = pick_device(device)
+        dev = job_device(device)
         loaded = [load_classifier(path, dev)[0] for path in models]
         largest = max(meta["image_size"] for meta in metas + [{"image_size": store.image_shape[0]}])
         chunk = max(1, memory_budget(dev, memory_limit) // image_bytes(2, largest))  # the images and a resized copy

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .config import FIDELITY
-from .device import configure_threads, pick_device
+from .device import job_device
+from .config import FIDELITY_METRICS, check_choice
 from .errors import UserError
 from .jobs import check_destination
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
@@ -121,8 +122,7 @@ def fidelity(real: Path, stores: Sequence[Path], classifier: Path, out: Path, pe
     check_destination(out, [real, *stores, classifier, inception], folder=True)
     if not stores:
         raise UserError("no stores given: pass --data NAME (repeatable)")
-    if metric not in BETTER:
-        raise UserError(f"--metric must be one of {', '.join(BETTER)}, got '{metric}'")
+    check_choice(metric, FIDELITY_METRICS, "--metric")
     if k < 1 or per_class < 3:
         raise UserError("--k must be at least 1 and --per-class at least 3")
     meta = classifier_meta(classifier)
@@ -139,8 +139,7 @@ def fidelity(real: Path, stores: Sequence[Path], classifier: Path, out: Path, pe
     if n < 3:
         raise UserError(f"every store must have at least 3 images of every class (the smallest has {n}): "
                         "give larger stores")
-    configure_threads()
-    dev = pick_device(device)
+    dev = job_device(device)
     model, _ = load_classifier(classifier, dev)
     sources = {"classifier": f"penultimate layer of {classifier}"} | ({"inception": f"torch-fidelity Inception-v3 ({weights})"} if weights else {})
 

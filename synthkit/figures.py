@@ -67,8 +67,7 @@ def show_store(path: str | Path, out: str | Path, per_row: int = 10, seed: int =
     if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UserError(f"--out {out}: the grid is written as .png (or .jpg); give a name ending in one of them")
     with Store(path) as store:
-        if len(store) == 0:
-            raise UserError(f"store {store.path} has no images: nothing to show")
+        store.require_images(': nothing to show')
         check_fits(image_bytes(len(store.classes) * per_row, cell), ram_budget(),
                    f"a grid of {len(store.classes)} x {per_row} images of {cell} px")
         grid = store_grid(store, per_row=per_row, seed=seed, cell=cell)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import FILTER, FILTER_CRITERIA, GRADCAM
-from .device import configure_threads, pick_device
+from .config import FILTER, FILTER_CRITERIA, GRADCAM, check_choice
+from .device import job_device
 from .errors import UserError
 from .jobs import check_output
 from .locks import locked_output
@@ -75,16 +75,13 @@ def manhattan_support(image: np.ndarray, seed: int = 0) -> float:
 def scores(data: Path, classifier: Path, by: str, real: Path | None = None, device: str | None = None,
            batch_size: int = FILTER.batch_size) -> np.ndarray:
     """The criterion's score of every image of the store (higher is better)."""
-    if by not in FILTER_CRITERIA:
-        raise UserError(f"--by must be one of {', '.join(FILTER_CRITERIA)}, got '{by}'")
+    check_choice(by, FILTER_CRITERIA, "--by")
     if by == "cam" and real is None:
         raise UserError("--by cam needs --real STORE: the real images that give each class's typical attention")
     meta = classifier_meta(classifier)
-    configure_threads()
-    dev = pick_device(device)
+    dev = job_device(device)
     with Store(data) as store:
-        if len(store) == 0:
-            raise UserError(f"store {data} has no images")
+        store.require_images()
         images, labels = store.images(), class_mapping(store.classes, meta["classes"], f"store {data}")[store.labels]
     if by == "geometry":
         with progress() as bar:
@@ -139,8 +136,7 @@ def filter_store(data: Path, classifier: Path, out: Path, keep: float = FILTER.k
                  inputs=[data, classifier, real])
     values = scores(data, classifier, by, real, device, batch_size)
     with Store(data) as store:
-        if len(store) == 0:
-            raise UserError(f"store {data} has no images")
+        store.require_images()
         kept, thresholds = select(store.labels, values, keep)
         kinds = {name: store.column_kind(name) for name in store.column_names if name not in ("filter_score", "filter_source_row")}
         params = {"data": str(data), "classifier": str(classifier), "keep": keep, "by": by, "real": str(real) if real else None}

@@ -15,16 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from .config import GRADCAM
-from .device import configure_threads, pick_device
+from .device import job_device
+from .config import GRADCAM_LAYERS, GRADCAM_TARGETS, check_choice
 from .errors import UserError
 from .jobs import check_destination
 from .evaluation import training_data_name
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
 
-LAYERS = ("layer4", "layer3", "layer2")
 ROAD_PERCENTILES = (20, 40, 60, 80)  # share of pixels ROAD removes (most or least relevant first)
-TARGETS = ("true", "predicted")
 MEASURES = ("entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change", "road")
 
 
@@ -72,16 +71,12 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
     check_destination(out, [*models, data], folder=True)
     if not models:
         raise UserError("no models given: pass --model PATH (repeatable)")
-    if layer not in LAYERS:
-        raise UserError(f"--layer must be one of {', '.join(LAYERS)}, got '{layer}'")
-    if target not in TARGETS:
-        raise UserError(f"--target must be one of {', '.join(TARGETS)}, got '{target}'")
+    check_choice(layer, GRADCAM_LAYERS, "--layer")
+    check_choice(target, GRADCAM_TARGETS, "--target")
     metas = [classifier_meta(m) for m in models]
-    configure_threads()
-    dev = pick_device(device)
+    dev = job_device(device)
     with Store(data) as store:
-        if len(store) == 0:
-            raise UserError(f"store {data} has no images")
+        store.require_images()
         pick = np.sort(np.random.default_rng(seed).choice(len(store), min(n, len(store)), replace=False))
         images_np = store.images(pick)
         labels_np, store_classes = store.labels[pick], store.classes

@@ -25,7 +25,7 @@ import torch
 
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .config import InversionConfig
-from .device import configure_threads, image_bytes, inversion_dtype, memory_budget, pick_device
+from .device import image_bytes, inversion_dtype, job_device, memory_budget
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
 from .jobs import check_fits, check_output, check_range, check_same_options, parse_shard, shard_order, shard_range
@@ -182,8 +182,7 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
     check_range(config.lr, "--lr", 0, open_low=True)
     check_range(config.weight_decay, "--weight-decay", 0)
     check_range(config.resolution, "--resolution", 8)
-    configure_threads()
-    dev = pick_device(device)
+    dev = job_device(device)
     check_fits(4 * image_bytes(config.batch_size, config.resolution), memory_budget(dev),
                f"a batch of {config.batch_size} images at --resolution {config.resolution}")
     with Store(data) as store:

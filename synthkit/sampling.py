@@ -15,8 +15,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import PROMPT_DEFAULTS, UNCONDS, DIConfig, SamplingConfig
-from .device import configure_threads, diffusion_dtype, image_bytes, memory_budget, pick_device
+from .config import PROMPT, UNCONDS, DIConfig, SamplingConfig, check_choice
+from .device import diffusion_dtype, image_bytes, job_device, memory_budget, pick_device
 from .diffusion import (Diffusion, check_resolution, decode, denoise, derive_seed, encode_images, encode_text,
                         initial_noise, load_diffusion, make_scheduler, sample_seed)
 from .errors import UserError
@@ -55,8 +55,8 @@ def check_sizes(config: SamplingConfig, device: str | None, shard: str) -> None:
 
 
 def run_sample(out: Path, *, templates: Sequence[str] = (), prompt_file: Path | None = None, embeddings: Sequence[Path] = (),
-               only: Path | None = None, classes: str | None = None, per_class: int = 10, negative: str = "",
-               init: Path | None = None, strength: float = PROMPT_DEFAULTS["strength"], di: DIConfig | None = None,
+               only: Path | None = None, classes: str | None = None, per_class: int = PROMPT.per_class, negative: str = "",
+               init: Path | None = None, strength: float = PROMPT.strength, di: DIConfig | None = None,
                config: SamplingConfig | None = None, model: str | None = None, device: str = "auto", shard: str = "",
                overwrite: bool = False, resume: bool = False, say: Callable[[str], None] = print,
                prompt_from: str | None = None) -> Path:
@@ -155,8 +155,7 @@ def prompt_plan(templates: Sequence[str], classes: Sequence[str], per_class: int
 
 
 def _open_generator(model: str, config: SamplingConfig, device: str | None) -> tuple[Diffusion, int]:
-    configure_threads()
-    dev = pick_device(device)
+    dev = job_device(device)
     diffusion = load_diffusion(model, dev, diffusion_dtype(dev, config.dtype))
     resolution = config.resolution or diffusion.native_resolution
     check_resolution(resolution, diffusion)
@@ -166,7 +165,7 @@ def _open_generator(model: str, config: SamplingConfig, device: str | None) -> t
 
 @locked_output("out")
 def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Sequence[str], per_class: int,
-                   config: SamplingConfig, negative: str = "", init: Path | None = None, strength: float = PROMPT_DEFAULTS["strength"],
+                   config: SamplingConfig, negative: str = "", init: Path | None = None, strength: float = PROMPT.strength,
                    device: str | None = None, shard: str = "", overwrite: bool = False, resume: bool = False,
                    prompt_from: str | None = None) -> Path:
     """Generate per_class images of every class from prompt templates (img2img from `init` if given). With
@@ -179,8 +178,8 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
     check_sizes(config, device, shard)
     if prompt_from is not None and (init is None or templates):
         raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init, and no --prompt")
-    config = replace(config, steps=config.steps or PROMPT_DEFAULTS["steps"],
-                     guidance=PROMPT_DEFAULTS["guidance"] if config.guidance is None else config.guidance)
+    config = replace(config, steps=config.steps or PROMPT.steps,
+                     guidance=PROMPT.guidance if config.guidance is None else config.guidance)
     prompts, labels = prompt_plan(templates if prompt_from is None else ["{class}"], classes, per_class)
     if init is not None and not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
@@ -367,8 +366,7 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
     if check_output(Path(out), [partial_path(Path(out))], overwrite, resume, inputs=[*embedding_files, model, only]):
         return Path(out)
     check_sizes(config, device, shard)
-    if di.uncond not in UNCONDS:
-        raise UserError(f"--uncond must be one of {', '.join(UNCONDS)}, got '{di.uncond}'")
+    check_choice(di.uncond, UNCONDS, "--uncond")
     tensors, emb_meta = load_embeddings(embedding_files)
     sources = emb_meta["sources"]
     if only is not None:

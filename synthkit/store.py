@@ -162,6 +162,12 @@ class Store:
             self._labels = labels
         return self._labels
 
+    def require_images(self, why: str = "") -> "Store":
+        """This store, or one error line when it has no images (`why` says what they were needed for)."""
+        if len(self) == 0:
+            raise UserError(f"store {self.path} has no images{why}")
+        return self
+
     def counts(self) -> np.ndarray:
         """Images per class, in class order."""
         return np.bincount(self.labels, minlength=len(self.classes))
@@ -467,8 +473,7 @@ def subset_store(src: str | Path, out: str | Path, per_class: int | None = None,
 
     check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False, inputs=[src])
     with Store(src) as s:
-        if len(s) == 0:
-            raise UserError(f"store {src} has no images")
+        s.require_images()
         rows = np.arange(len(s)) if per_class is None else balanced_subset(s.labels, per_class, seed, len(s.classes))
         kinds = {name: s.column_kind(name) for name in s.column_names if name != "parent_row"}
         meta = provenance(s.meta.get("kind", "unknown"), {"per_class": per_class, "seed": seed},

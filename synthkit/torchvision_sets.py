@@ -14,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from .datasets import SPLITS, Members, Source, _BatchUnpickler, _describe, fetch_torchvision_archive, write_source
+from .config import SPLITS, check_choice
+from .datasets import Members, Source, _BatchUnpickler, _describe, fetch_torchvision_archive, write_source
 from .errors import UserError
 from .memory import ram_budget
 from .locks import locked_output
@@ -88,8 +89,7 @@ def import_torchvision_set(dataset: str, out: str | Path, *, source: str | Path 
     `download_root` and no `source`, torchvision downloads it there first."""
     if dataset not in READERS:
         raise UserError(f"unknown dataset '{dataset}': use {', '.join(READERS)}")
-    if split not in SPLITS:
-        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    check_choice(split, SPLITS, "--split")
     if (source is None) == (download_root is None):
         raise UserError(f"give either --source (the {dataset} folder or {DATASETS[dataset][2]}) or --download")
     params = {"dataset": dataset, "source": str(source) if source else "torchvision-download", "split": split,

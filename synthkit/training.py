@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from . import __version__
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .config import AUGMENTS, INITS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig
-from .device import autocast, configure_threads, device_memory, image_bytes, memory_budget, memory_format, pick_device
+from .config import AUGMENTS, INITS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig, check_choice
+from .device import autocast, device_memory, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
 from .evaluation import TestImages
 from .jobs import check_destination, check_fits, check_output, check_range, check_same_options
@@ -96,8 +96,7 @@ def load_stores(paths: Sequence[Path], device: torch.device, per_class: int | No
     labels, is_real, sources, parts = [], [], [], []
     for path in paths:
         with Store(path) as store:
-            if len(store) == 0:
-                raise UserError(f"store {path} has no images")
+            store.require_images()
             classes = list(classes or store.classes)
             image_size = image_size or store.image_shape[0]
             mapping = class_mapping(store.classes, classes, f"store {path}")
@@ -328,8 +327,7 @@ def check_config(config: TrainConfig) -> None:
     for value, choices, option in ((config.mix, MIXES, "--mix"), (config.optimizer, OPTIMIZERS, "--optimizer"),
                                    (config.schedule, SCHEDULES, "--schedule"), (config.augment, AUGMENTS, "--augment"),
                                    (config.init, INITS, "--init")):
-        if value not in choices:
-            raise UserError(f"{option} must be one of {', '.join(choices)}, got '{value}'")
+        check_choice(value, choices, option)
     if config.steps < 1 or config.batch_size < 2:
         raise UserError(f"--steps must be at least 1 and --batch-size at least 2, got {config.steps} and {config.batch_size}")
     if config.real_batch is not None and not 0 < config.real_batch < config.batch_size:
@@ -520,8 +518,7 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
                 _check_finished(job)
         if not todo:
             return [read_meta(job.out) for job in jobs]
-        configure_threads()
-        dev = pick_device(device)
+        dev = job_device(device)
         budget = memory_budget(dev, memory_limit)
         for job in todo:  # a batch and ResNet-18's activations for it must fit, whatever streams
             size = job.config.image_size or _store_size(job.data[0])

@@ -66,8 +66,7 @@ def run_vanish(paths: Sequence[Path], out: Path, sources: Path | None = None, n:
     paired = []
     for path in paths:
         with Store(path) as store:
-            if len(store) == 0:
-                raise UserError(f"store {path} has no images")
+            store.require_images()
             if upsample:
                 side = min(store.image_shape[:2]) * upsample
                 check_fits(4 * image_bytes(1, side), ram_budget(), f"an image upsampled x{upsample} to {side} px")
@@ -95,8 +94,7 @@ def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, u
         raise UserError("no stores given: pass --data NAME (repeatable)")
     for path in paths:  # every input checked before anything is written
         with Store(path) as store:
-            if len(store) == 0:
-                raise UserError(f"store {path} has no images")
+            store.require_images()
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"stores": {}}

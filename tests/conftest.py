@@ -188,3 +188,12 @@ def tiny_blip(tmp_path_factory) -> Path:
     result = run("model", "tiny-blip", "--out", out)
     assert result.exit_code == 0, result.output
     return out
+
+
+def usage_error(result, option: str, *expected: str) -> str:
+    """An option's value that is none of its choices: click's short usage message, exit 2, the last line
+    `Error: Invalid value for '<option>'` naming the choices."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 4 and lines[0].startswith("Usage: "), result.output
+    assert lines[-1].startswith(f"Error: Invalid value for '{option}'") and all(e in lines[-1] for e in expected), lines[-1]
+    return lines[-1]

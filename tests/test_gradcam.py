@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import run, usage_error
 from synthkit.gradcam import agreement, concentration
 from synthkit.meta import provenance
 from synthkit.store import StoreWriter
@@ -63,7 +63,9 @@ def test_bad_input_is_one_line(tmp_path, tiny_classifier, test_store):
     (tmp_path / "model.txt").write_text("not a model")
     cases = [(["--model", tiny_classifier, "--data", empty], "no images"),
              (["--model", tmp_path / "model.txt", "--data", test_store], "not a synthkit safetensors"),
-             (["--model", tiny_classifier, "--data", test_store, "--layer", "layer9"], "layer4, layer3")]
+             ]
+    usage_error(run("gradcam", "--model", tiny_classifier, "--data", test_store, "--layer", "layer9", "--out", tmp_path / "out"),
+                "--layer", "'layer4'", "'layer3'")
     for args, message in cases:
         result = run("gradcam", *args, "--out", tmp_path / "out")
         assert result.exit_code == 2, result.output

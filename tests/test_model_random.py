@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import run
+from conftest import run, usage_error
 from synthkit.diffusion import build_components, like_spec
 
 # Stable Diffusion 1.5's own config.json values (runwayml/stable-diffusion-v1-5), copied here as the reference
@@ -37,11 +37,9 @@ def test_sd15_shapes_match_stable_diffusion_15():
     assert max(ids) < SD15_TEXT["vocab_size"] and ids[-1] == parts["text_encoder"].config.eos_token_id
 
 
-def test_unknown_architecture_is_one_line(tmp_path):
+def test_unknown_architecture_is_a_usage_error(tmp_path):
     result = run("model", "random", "--like", "sdxl", "--out", tmp_path / "m")
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "--like must be one of sd15" in lines[0]
+    usage_error(result, "--like", "'sd15'")
     assert not (tmp_path / "m").exists()
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import synthkit.sampling as sampling
-from conftest import run
+from conftest import run, usage_error
 from synthkit.diffusion import build_tiny_pipeline
 from synthkit.inversion import InversionConfig, invert
 from synthkit.sampling import choose_partners, group_means, group_members, perturb
@@ -144,7 +144,7 @@ def test_uncond_group_and_empty_are_options_recorded_in_the_store(tiny_sd, embed
         else:
             assert uncond.shape == (8, 5, 32) and torch.allclose(uncond[0], uncond[7])  # the empty prompt, 5 tokens
     result = run("sample", "--embeddings", embeddings, "--uncond", "group-mean", "--out", tmp_path / "x.h5")
-    assert result.exit_code == 2 and "--uncond must be one of mixed, group, empty" in result.stderr
+    usage_error(result, "--uncond", "'mixed'", "'group'", "'empty'")
 
 
 @torch.no_grad()

@@ -118,17 +118,10 @@ def _dataset_command(dataset: str, title: str, source_help: str) -> None:
         overwrite: Overwrite = False,
         resume: Resume = False,
     ) -> None:
-        if dataset == "cifar10":
-            from .datasets import import_cifar10
+        from .torchvision_sets import import_dataset
 
-            path = import_cifar10(out, source=source, split=split, per_class=per_class, seed=seed, download=download,
-                                  download_root=download_root, memory_limit=memory_limit, overwrite=overwrite, resume=resume)
-        else:
-            from .torchvision_sets import import_torchvision_set
-
-            path = import_torchvision_set(dataset, out, source=source, split=split, per_class=per_class, seed=seed,
-                                          download_root=download_root if download else None, memory_limit=memory_limit,
-                                          overwrite=overwrite, resume=resume)
+        path = import_dataset(dataset, out, source=source, split=split, per_class=per_class, seed=seed, download=download,
+                              download_root=download_root, memory_limit=memory_limit, overwrite=overwrite, resume=resume)
         _print_store_line(path)
 
 
@@ -432,7 +425,7 @@ def invert(
 ) -> None:
     """Diffusion Inversion: learn a conditioning embedding per real image with the diffusion model frozen, as the official code."""
     from .checkpoint import read_meta
-    from .inversion import invert as run_inversion, merge_embeddings
+    from .inversion import invert as run_inversion, merge_embeddings, summary_line
     from .launch import run_sharded
     from .paths import store_path
 
@@ -445,12 +438,7 @@ def invert(
 
     out = run_sharded(job, out, shard, device, lambda parts, o: merge_embeddings(parts, o, overwrite=True),
                       overwrite=overwrite, resume=resume, say=typer.echo)
-    meta = read_meta(out)
-    losses = list(meta["group_loss"].values())
-    first = sum(v[0] for v in losses) / len(losses)
-    final = sum(v[1] for v in losses) / len(losses)
-    typer.echo(f"{out}: {len(losses)} groups, loss {first:.4f} (first epoch) -> {final:.4f} (final), {meta['seconds']:.0f} s"
-               + (f"; preview {meta['preview']}" if meta["preview"] else ""))
+    typer.echo(f"{out}: {summary_line(read_meta(out))}")
 
 
 @app.command()

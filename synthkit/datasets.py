@@ -21,7 +21,7 @@ from .errors import UserError
 from .jobs import check_fits, check_outside, check_output
 from .memory import human, image_bytes, ram_budget
 from .locks import locked_output
-from .meta import provenance
+from .meta import Kind, provenance
 from .progress import console, progress
 from .outputs import partial_path
 from .store import StoreWriter, balanced_subset
@@ -86,7 +86,7 @@ def write_source(out: str | Path, open_split: Callable[[], tuple[Source, list[st
         return out
     src, classes, described = open_split()
     index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(classes))
-    meta = provenance("real", params, [described])
+    meta = provenance(Kind.REAL, params, [described])
     window = max(1, (budget or ram_budget()) // (3 * src.image_shape[0] * src.image_shape[1]))
     with StoreWriter(out, classes=classes, image_shape=src.image_shape, meta=meta,
                      columns={"source_index": "int", "source_name": "str"}, total=len(index),

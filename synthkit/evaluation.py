@@ -20,6 +20,7 @@ import torch
 from .config import EVAL
 from .device import autocast, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
+from .meta import Kind
 from .jobs import check_destination, check_distinct
 from .outputs import written_whole
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
@@ -72,7 +73,7 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n: int) -> np.ndarra
 def open_test_store(test: Path) -> Store:
     """The test store, which must hold real images: models are scored on real data only."""
     store = Store(test)
-    if store.meta.get("kind") != "real":
+    if store.meta.get("kind") != Kind.REAL:
         store.close()
         raise UserError(f"test store {test} holds '{store.meta.get('kind')}' images: models are scored on real test images only")
     return store

@@ -31,7 +31,7 @@ from .errors import UserError
 from .jobs import check_fits, check_output, check_range, check_same_options, parse_shard, shard_order, shard_range
 from .locks import locked_output
 from .outputs import invert_state_dir, preview_path
-from .meta import provenance
+from .meta import Kind, check_record, provenance
 from .progress import progress
 from .store import Store
 
@@ -218,7 +218,7 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
                                                              state, params, checkpoint_every, preview,
                                                              lambda n, loss: bar.update(task, advance=n, loss=loss))
                     chunk_tensors |= {"source_index": torch.from_numpy(rows), "label": torch.from_numpy(store.labels[rows])}
-                    save_checkpoint(finished, chunk_tensors, {"kind": "invert-chunk", "params": params, "group_loss": chunk_loss})
+                    save_checkpoint(finished, chunk_tensors, {"kind": Kind.INVERT_CHUNK, "params": params, "group_loss": chunk_loss})
                     (state / "current.safetensors").unlink(missing_ok=True)
                 tensors, chunk_meta = load_checkpoint(finished)
                 check_same_options(chunk_meta.get("params"), params, state)
@@ -227,7 +227,7 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
                 bar.update(task, completed=sum(len(p["label"]) for p in parts) * config.updates)
         classes, fingerprint, image_size = store.classes, store.fingerprint, store.image_shape[0]
     tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
-    meta = provenance("embeddings", params, [{"path": str(data), "fingerprint": fingerprint}])
+    meta = provenance(Kind.EMBEDDINGS, params, [{"path": str(data), "fingerprint": fingerprint}])
     meta.update({"model": model, "classes": list(classes), "tokens": config.tokens, "hidden": diffusion.hidden_size,
                  "resolution": config.resolution, "image_size": image_size, "shard": shard, "device": str(dev),
                  "group_ids": GROUP_IDS,
@@ -291,7 +291,7 @@ def invert_chunk(diffusion: Diffusion, images: np.ndarray, groups: list[np.ndarr
             if since_save >= checkpoint_every:
                 since_save = 0
                 save_checkpoint(current, tables.state() | {"ema": ema, "first_loss": first_loss},
-                                {"kind": "invert-state", "params": params, "chunk": chunk_index, "epoch": epoch + 1,
+                                {"kind": Kind.INVERT_STATE, "params": params, "chunk": chunk_index, "epoch": epoch + 1,
                                  "history": history})
     preview.update(config.updates, tables.embeddings(), history, final=True)
     group_loss, start = {}, 0
@@ -322,8 +322,7 @@ def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dic
         raise UserError("no embeddings given: pass --embeddings models/inv/*.safetensors")
     metas = [read_meta(p) for p in paths]
     for path, meta in zip(paths, metas):
-        if meta.get("kind") != "embeddings":
-            raise UserError(f"{path} is not a synthkit embeddings file (its kind is '{meta.get('kind')}'): give files written by synthkit invert")
+        check_record(meta, Kind.EMBEDDINGS, path, "a synthkit embeddings file (give files written by synthkit invert)")
         if meta.get("group_ids") != GROUP_IDS:
             raise UserError(f"{path} was made by an older synthkit whose group ids restart at 0 in every file "
                             "(partners would cross classes): run synthkit invert on it again")
@@ -355,6 +354,15 @@ def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dic
     return tensors, meta
 
 
+def summary_line(meta: dict[str, Any]) -> str:
+    """What an inversion did, in a line: groups, the mean loss of the first and the last epoch, time, preview."""
+    losses = list(meta["group_loss"].values())
+    first = sum(v[0] for v in losses) / len(losses)
+    final = sum(v[1] for v in losses) / len(losses)
+    return (f"{len(losses)} groups, loss {first:.4f} (first epoch) -> {final:.4f} (final), {meta['seconds']:.0f} s"
+            + (f"; preview {meta['preview']}" if meta.get("preview") else ""))
+
+
 @locked_output("out")
 def merge_embeddings(paths: Sequence[Path], out: Path, overwrite: bool = False) -> Path:
     """Merge the shards of one inversion job into the file an unsharded run writes."""
@@ -368,7 +376,7 @@ def merge_embeddings(paths: Sequence[Path], out: Path, overwrite: bool = False) 
             raise UserError("the shards were made with different options and cannot be merged")
         paths = [paths[i] for i in order]
     tensors, meta = load_embeddings(paths)
-    meta = provenance("embeddings", {**meta["params"], "shard": ""}, meta["sources"]) | {
+    meta = provenance(Kind.EMBEDDINGS, {**meta["params"], "shard": ""}, meta["sources"]) | {
         k: v for k, v in meta.items() if k not in ("kind", "command", "params", "synthkit_version", "created", "sources")}
     meta["shard"] = ""
     meta["seconds"] = round(sum(m.get("seconds", 0) for m in metas), 1)

@@ -14,6 +14,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, read_meta
 from .device import memory_format
 from .errors import UserError
+from .meta import Kind, check_record
 
 ARCHS = ("resnet18-cifar", "resnet18-imagenet")  # the stem: 3x3 stride 1 without max-pool, or torchvision's own
 IMAGE_SIZE = 32  # CIFAR's, and that of classifiers written before the size was recorded
@@ -92,9 +93,9 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.T
 
 def classifier_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a synthkit classifier; refuses any other file with one clear line."""
-    meta = read_meta(path)
-    if meta.get("kind") != "classifier" or meta.get("arch") not in ARCHS:
-        raise UserError(f"{path} is not a synthkit classifier (its kind is '{meta.get('kind')}'): give a file written by synthkit train")
+    meta = check_record(read_meta(path), Kind.CLASSIFIER, path, "a synthkit classifier (give a file written by synthkit train)")
+    if meta["arch"] not in ARCHS:
+        raise UserError(f"{path} is a classifier of an unknown architecture '{meta['arch']}': give a file written by synthkit train")
     meta.setdefault("image_size", IMAGE_SIZE)
     return meta
 

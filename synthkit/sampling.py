@@ -23,7 +23,7 @@ from .errors import UserError
 from .inversion import load_embeddings
 from .jobs import check_destination, check_fits, check_output, check_range, parse_shard, shard_range
 from .locks import locked_output
-from .meta import provenance
+from .meta import Kind, provenance
 from .progress import console, progress
 from .outputs import partial_path
 from .store import Store, StoreWriter
@@ -205,7 +205,7 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
                                    "init": str(init) if init else None, "strength": strength if init else None,
                                    "resolution": resolution}
         sources = [{"path": str(init), "fingerprint": init_store.fingerprint}] if init_store else []
-        meta = provenance("sd", params, sources) | {"model": model, "device": str(diffusion.device), "shard": shard,
+        meta = provenance(Kind.SD, params, sources) | {"model": model, "device": str(diffusion.device), "shard": shard,
                                                     "prompts": f"each init image's {prompt_from}" if prompt_from else
                                                     "templates: " + "; ".join(templates)}
         size = config.save_size or resolution
@@ -388,7 +388,7 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
     members = group_members(groups)
     params = asdict(di) | asdict(config) | {"model": model, "embeddings": [str(p) for p in embedding_files],
                                             "resolution": resolution, "only": str(only) if only else None}
-    meta = provenance("inv", params, sources) | {"model": model, "embeddings_model": emb_meta["model"], "uncond": uncond_note,
+    meta = provenance(Kind.INV, params, sources) | {"model": model, "embeddings_model": emb_meta["model"], "uncond": uncond_note,
                                                  "device": str(diffusion.device), "shard": shard,
                                                  "real_images": len(embeddings)}
     total_samples = len(embeddings) * di.per_image

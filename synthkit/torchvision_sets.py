@@ -81,6 +81,22 @@ def read_stl10(source: Path, split: str) -> tuple[Source, list[str]]:
 READERS = {"cifar100": read_cifar100, "stl10": read_stl10}
 
 
+def import_dataset(dataset: str, out: str | Path, *, source: str | Path | None = None, split: str = "train",
+                   per_class: int | None = None, seed: int = 0, download: bool = False,
+                   download_root: str | Path = "data/downloads", memory_limit: str | None = None, overwrite: bool = False,
+                   resume: bool = False) -> Path:
+    """`synthkit data cifar10|cifar100|stl10`: one of the data sets torchvision downloads, from `source` or fetched
+    into `download_root`, written to the store `out`."""
+    if dataset == "cifar10":
+        from .datasets import import_cifar10
+
+        return import_cifar10(out, source=source, split=split, per_class=per_class, seed=seed, download=download,
+                              download_root=download_root, memory_limit=memory_limit, overwrite=overwrite, resume=resume)
+    return import_torchvision_set(dataset, out, source=source, split=split, per_class=per_class, seed=seed,
+                                  download_root=download_root if download else None, memory_limit=memory_limit,
+                                  overwrite=overwrite, resume=resume)
+
+
 @locked_output("out")
 def import_torchvision_set(dataset: str, out: str | Path, *, source: str | Path | None = None, split: str = "train",
                            per_class: int | None = None, seed: int = 0, download_root: str | Path | None = None,

@@ -34,7 +34,7 @@ from .errors import UserError
 from .evaluation import TestImages
 from .jobs import check_destination, check_fits, check_output, check_range, check_same_options
 from .locks import writer_lock
-from .meta import provenance
+from .meta import Kind, provenance
 from .memory import human
 from .outputs import train_log_path, train_state_path, written_whole
 from .model import CIFAR_STEM_MAX, ResNet18, arch_for, class_mapping, kaiming_normal_init, resize_images
@@ -103,12 +103,12 @@ def load_stores(paths: Sequence[Path], device: torch.device, per_class: int | No
             rows = np.arange(len(store)) if per_class is None else balanced_subset(store.labels, per_class, seed, len(store.classes))
             store_labels = mapping[store.labels[rows]]
             kind = store.meta.get("kind", "unknown")
-            real_images = len(store_labels) if kind == "real" else store.meta.get("real_images")
+            real_images = len(store_labels) if kind == Kind.REAL else store.meta.get("real_images")
             sources.append({"path": str(path), "kind": kind, "count": len(store_labels), "fingerprint": store.fingerprint,
                             "image_size": store.image_shape[0], "real_images": real_images})
         parts.append((Path(path), rows))
         labels.append(torch.from_numpy(np.asarray(store_labels, dtype=np.int64)))
-        is_real.append(torch.full((len(store_labels),), kind == "real", dtype=torch.bool))
+        is_real.append(torch.full((len(store_labels),), kind == Kind.REAL, dtype=torch.bool))
     data = TrainingSet(torch.cat(labels).to(device), torch.cat(is_real).to(device), classes, image_size, sources,
                        parts=parts, memory_limit=memory_limit)
     if memory_limit is None or image_bytes(len(data), image_size) <= memory_limit:
@@ -452,7 +452,7 @@ class Run:
         _write_log(self.job.out, self.log)
         if self.step < self.config.steps:
             tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()} | _optimizer_tensors(self.optimizer)
-            save_checkpoint(self.state_file, tensors, {"kind": "train-state", "params": self.params, "data": self.data.sources,
+            save_checkpoint(self.state_file, tensors, {"kind": Kind.TRAIN_STATE, "params": self.params, "data": self.data.sources,
                                                        "step": self.step, "log": self.log, "evals": self.evals,
                                                        "seconds": self.seconds})
             self._open_round()
@@ -461,7 +461,7 @@ class Run:
 
     def _write_classifier(self) -> None:
         config, data = self.config, self.data
-        meta = provenance("classifier", self.params, data.sources)
+        meta = provenance(Kind.CLASSIFIER, self.params, data.sources)
         meta.update({"arch": self.arch, "image_size": data.image_size, "streamed": data.streamed, "classes": data.classes,
                      "recipe": config.recipe, "steps": config.steps, "images_seen": config.steps * config.batch_size,
                      "batch": composition(data, config), "final_loss": self.log[-1]["loss"],

@@ -14,6 +14,7 @@ import numpy as np
 
 from .config import VANISH
 from .errors import UserError
+from .meta import Kind
 from .jobs import check_destination, check_fits, check_range
 from .memory import image_bytes, ram_budget
 from .geometry import (VPResult, auc, detect_segments, direction_errors, estimate_vps, estimate_vps_uncalibrated,
@@ -71,7 +72,7 @@ def run_vanish(paths: Sequence[Path], out: Path, sources: Path | None = None, n:
                 side = min(store.image_shape[:2]) * upsample
                 check_fits(4 * image_bytes(1, side), ram_budget(), f"an image upsampled x{upsample} to {side} px")
             # DI and img2img samples name their source row; prompt-only samples have -1
-            if sources and store.meta.get("kind") != "real" and "source_index" in store.column_names \
+            if sources and store.meta.get("kind") != Kind.REAL and "source_index" in store.column_names \
                     and (store.column("source_index") >= 0).any():
                 paired.append(path)
     if sources:

@@ -174,7 +174,9 @@ install:  ## create .venv and install synthkit with its test tools
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e '.[dev]'
 
-test: $(SK)  ## run the test suite (installing first if needed)
+test: $(SK)  ## lint and format check (ruff), then the test suite (installing first if needed)
+	$(VENV)/bin/ruff check synthkit tests bench
+	$(VENV)/bin/ruff format --check synthkit tests bench
 	$(VENV)/bin/pytest
 
 # ---- the study

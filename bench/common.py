@@ -18,8 +18,16 @@ def cifar_store(split: str, per_class: int | None = None, seed: int = 0) -> Path
 
     name = f"{split}-{per_class or 'all'}-{seed}.h5"
     source = ARCHIVE if ARCHIVE.exists() else None
-    return import_cifar10(CACHE / name, source=source, download=source is None, download_root=CACHE,
-                          split=split, per_class=per_class, seed=seed, resume=True)
+    return import_cifar10(
+        CACHE / name,
+        source=source,
+        download=source is None,
+        download_root=CACHE,
+        split=split,
+        per_class=per_class,
+        seed=seed,
+        resume=True,
+    )
 
 
 def machine() -> str:
@@ -28,4 +36,5 @@ def machine() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    processor = platform.processor() or platform.machine()
+    return f"CPU {processor}, {torch.get_num_threads()} threads, torch {torch.__version__}"

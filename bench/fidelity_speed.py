@@ -11,9 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CACHE, cifar_store, machine
 from synthkit.fidelity import fidelity
 from synthkit.training import TrainConfig, train
+
+from common import CACHE, cifar_store, machine
 
 
 def main() -> None:
@@ -23,14 +24,18 @@ def main() -> None:
     args = parser.parse_args()
     real, test = cifar_store("train", args.per_class), cifar_store("test", args.per_class)
     classifier = CACHE / "models" / "fidelity-bench.safetensors"
-    train([real], classifier, TrainConfig.from_recipe("quick", steps=5, batch_size=64), device=args.device, overwrite=True)
+    train(
+        [real], classifier, TrainConfig.from_recipe("quick", steps=5, batch_size=64), device=args.device, overwrite=True
+    )
     start = time.perf_counter()
     rows = fidelity(real, [test], classifier, Path(tempfile.mkdtemp()), per_class=args.per_class, device=args.device)
     seconds = time.perf_counter() - start
     row = next(r for r in rows if r["class"] == "all")
     print(f"machine: {machine()}")
-    print(f"fidelity, {row['n_fake']} test images against {row['n_real']} training images (all classes and each class): "
-          f"{seconds:.1f} s; Fréchet {row['frechet']:.3f}, precision {row['precision']:.3f}, recall {row['recall']:.3f}")
+    print(
+        f"fidelity, {row['n_fake']} test images against {row['n_real']} training images (all classes and each class): "
+        f"{seconds:.1f} s; Fréchet {row['frechet']:.3f}, precision {row['precision']:.3f}, recall {row['recall']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,20 +18,30 @@ from pathlib import Path
 
 import torch
 
-from common import cifar_store, machine
 from synthkit.config import TrainConfig
 from synthkit.training import TrainJob, train, train_many
 
+from common import cifar_store, machine
+
 
 def jobs(folder: Path, store: Path, n: int, config: TrainConfig) -> list[TrainJob]:
-    return [TrainJob([store], folder / f"m{k}.safetensors", TrainConfig(**{**config.__dict__, "seed": k})) for k in range(n)]
+    return [
+        TrainJob([store], folder / f"m{k}.safetensors", TrainConfig(**{**config.__dict__, "seed": k})) for k in range(n)
+    ]
 
 
-def timed(fn) -> float:
+def train_alone(jobs: list[TrainJob], device: str) -> None:
+    """The baseline: each classifier trained by itself, one after another."""
+    for job in jobs:
+        train(job.data, job.out, job.config, device=device)
+
+
+def timed(fn, *args, **kwargs) -> float:
+    """Seconds of fn(*args, **kwargs), the GPU's queue included."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
-    fn()
+    fn(*args, **kwargs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -48,24 +58,31 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     store = cifar_store("train", args.per_class)
-    config = TrainConfig.from_recipe("di", steps=args.steps, batch_size=args.batch_size, evals=0, compile=args.compile or None)
+    config = TrainConfig.from_recipe(
+        "di", steps=args.steps, batch_size=args.batch_size, evals=0, compile=args.compile or None
+    )
     images = args.classifiers * args.steps * args.batch_size
-    print(f"machine: {machine()}; {args.classifiers} classifiers x {args.steps} steps at batch {args.batch_size} per window; "
-          f"{args.windows} alternating windows after a warm-up")
+    print(
+        f"machine: {machine()}; {args.classifiers} classifiers x {args.steps} steps at batch {args.batch_size} per "
+        "window; "
+        f"{args.windows} alternating windows after a warm-up"
+    )
     rates: dict[str, list[float]] = {"one job": [], "one after another": []}
     with tempfile.TemporaryDirectory() as tmp:
         for w in range(args.windows + 1):
-            folder = Path(tmp) / str(w)
-            fleet = timed(lambda: train_many(jobs(folder / "fleet", store, args.classifiers, config), device=args.device))
-            alone = timed(lambda: [train(j.data, j.out, j.config, device=args.device)
-                                   for j in jobs(folder / "alone", store, args.classifiers, config)])
+            fleet_jobs = jobs(Path(tmp) / str(w) / "fleet", store, args.classifiers, config)
+            alone_jobs = jobs(Path(tmp) / str(w) / "alone", store, args.classifiers, config)
+            fleet = timed(train_many, fleet_jobs, device=args.device)
+            alone = timed(train_alone, alone_jobs, device=args.device)
             if w:
                 rates["one job"].append(images / fleet)
                 rates["one after another"].append(images / alone)
     a, b = (statistics.median(rates[k]) for k in ("one job", "one after another"))
     for name, value in (("one job", a), ("one after another", b)):
-        print(f"  {name:<18} {value:10.0f} img/s summed over {args.classifiers} classifiers "
-              f"(windows: {', '.join(f'{r:.0f}' for r in rates[name])})")
+        print(
+            f"  {name:<18} {value:10.0f} img/s summed over {args.classifiers} classifiers "
+            f"(windows: {', '.join(f'{r:.0f}' for r in rates[name])})"
+        )
     print(f"  ratio one job / one after another: {a / b:.2f}x")
 
 

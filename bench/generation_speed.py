@@ -23,12 +23,22 @@ import time
 import numpy as np
 import torch
 
-from common import machine
 from synthkit.config import InversionConfig
 from synthkit.device import configure_threads, inversion_dtype, pick_device
-from synthkit.diffusion import (Diffusion, build_tiny_pipeline, decode, denoise, encode_images, load_diffusion,
-                                make_scheduler, random_pipeline, training_scheduler)
+from synthkit.diffusion import (
+    Diffusion,
+    build_tiny_pipeline,
+    decode,
+    denoise,
+    encode_images,
+    load_diffusion,
+    make_scheduler,
+    random_pipeline,
+    training_scheduler,
+)
 from synthkit.inversion import GroupTables, draw, initial_table, inversion_loss
+
+from common import machine
 
 GROUP, BATCH = 100, 50  # the official CIFAR-10 setting
 
@@ -39,8 +49,17 @@ def sd15(device: torch.device, dtype: torch.dtype) -> Diffusion:
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).to(device).eval()
     pipe.unet.to(memory_format=torch.channels_last)
-    return Diffusion(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config),
-                     type(pipe.scheduler).__name__, device, dtype, "sd15-shaped")
+    return Diffusion(
+        pipe.unet,
+        pipe.vae,
+        pipe.text_encoder,
+        pipe.tokenizer,
+        dict(pipe.scheduler.config),
+        type(pipe.scheduler).__name__,
+        device,
+        dtype,
+        "sd15-shaped",
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -68,7 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["sd15", "tiny"], default="tiny")
     parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--groups", type=int, default=2, help="groups of 100 synthkit steps in one forward pass (a chunk)")
+    parser.add_argument(
+        "--groups", type=int, default=2, help="groups of 100 synthkit steps in one forward pass (a chunk)"
+    )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="for both inversion loops")
     parser.add_argument("--sample-batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="AdamW steps per timed window")
@@ -92,8 +113,13 @@ def main() -> None:
     # synthkit: latents encoded once, `groups` groups per forward pass, AdamW over each group
     parts = [encode_images(d, images[s : s + BATCH], res) for s in range(0, len(images), BATCH)]
     mean, std = torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float()
-    tables = GroupTables([initial_table(GROUP, tokens, d.hidden_size, GROUP, torch.Generator().manual_seed(g)).to(device)
-                          for g in range(args.groups)], config)
+    tables = GroupTables(
+        [
+            initial_table(GROUP, tokens, d.hidden_size, GROUP, torch.Generator().manual_seed(g)).to(device)
+            for g in range(args.groups)
+        ],
+        config,
+    )
     generators = [torch.Generator(device=device).manual_seed(g) for g in range(args.groups)]
     halves = [[(g, slice(h * BATCH, (h + 1) * BATCH)) for g in range(args.groups)] for h in range(GROUP // BATCH)]
 
@@ -102,7 +128,11 @@ def main() -> None:
             tables.step(d, schedule, halves[s % len(halves)], mean, std, generators)
 
     # the official loop: one group of 100, fixed batches of 50, the VAE encodes the batch at every step
-    table = initial_table(GROUP, tokens, d.hidden_size, GROUP, torch.Generator().manual_seed(0)).to(device).requires_grad_(True)
+    table = (
+        initial_table(GROUP, tokens, d.hidden_size, GROUP, torch.Generator().manual_seed(0))
+        .to(device)
+        .requires_grad_(True)
+    )
     optimizer = torch.optim.AdamW([table], lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -134,12 +164,22 @@ def main() -> None:
 
     sampling = [b / s for s in timed([sample_batch], args.windows, device)[0]]
     a, p, s = statistics.median(ours), statistics.median(theirs), statistics.median(sampling)
-    print(f"machine: {machine()}; model {args.model}; resolution {res}; hidden {d.hidden_size}; inversion in {args.precision} "
-          f"for both loops; {args.windows} windows of {args.steps} AdamW steps")
-    print(f"inversion, synthkit ({args.groups} groups of {GROUP} per forward pass, cached latents): {a:10.1f} image-steps/s")
-    print(f"inversion, official loop (one group of {GROUP}, batch {BATCH}, VAE every step):      {p:10.1f} image-steps/s")
+    print(
+        f"machine: {machine()}; model {args.model}; resolution {res}; hidden {d.hidden_size}; inversion in "
+        f"{args.precision} "
+        f"for both loops; {args.windows} windows of {args.steps} AdamW steps"
+    )
+    print(
+        f"inversion, synthkit ({args.groups} groups of {GROUP} per forward pass, cached latents): {a:10.1f} "
+        "image-steps/s"
+    )
+    print(
+        f"inversion, official loop (one group of {GROUP}, batch {BATCH}, VAE every step):      {p:10.1f} image-steps/s"
+    )
     pairs = statistics.median(x / y for x, y in zip(ours, theirs))
-    print(f"ratio synthkit / official: {a / p:.2f}x (median of the {args.windows} paired windows' ratios: {pairs:.2f}x)")
+    print(
+        f"ratio synthkit / official: {a / p:.2f}x (median of the {args.windows} paired windows' ratios: {pairs:.2f}x)"
+    )
     print(f"sampling, 25 DDIM steps with guidance, batch {b}, {str(sampling_dtype)[6:]}: {s:.2f} images/s")
 
 

@@ -16,11 +16,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import cifar_store, machine
 from synthkit.device import autocast, configure_threads, memory_format, pick_device
 from synthkit.model import ResNet18, arch_for, resize_images
 from synthkit.store import Store
 from synthkit.training import TrainConfig, load_stores, step_rows, training_batch
+
+from common import cifar_store, machine
 
 
 def step(model, optimizer, x, y, device):
@@ -97,8 +98,15 @@ def dataloader_loop(path, device, batch, workers, size):
     with Store(path) as store:
         images = resize_images(torch.from_numpy(store.images()).permute(0, 3, 1, 2), size).permute(0, 2, 3, 1).numpy()
         dataset = PilDataset(images, store.labels)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     batches = iter(loader)
 
     def next_batch():
@@ -128,11 +136,15 @@ def main():
     device = pick_device(args.device)
     workers = args.workers if args.workers is not None else len(__import__("os").sched_getaffinity(0))
     path = cifar_store("train", args.per_class)
-    print(f"machine: {machine()}; batch {args.batch_size}; {args.windows} alternating windows of {args.steps} steps; "
-          f"{torch.get_num_threads()} torch threads; DataLoader workers {workers}")
+    print(
+        f"machine: {machine()}; batch {args.batch_size}; {args.windows} alternating windows of {args.steps} steps; "
+        f"{torch.get_num_threads()} torch threads; DataLoader workers {workers}"
+    )
     for size in (int(x) for x in args.sizes.split(",")):
-        loops = {"synthkit": synthkit_loop(path, device, args.batch_size, size),
-                 "dataloader": dataloader_loop(path, device, args.batch_size, workers, size)}
+        loops = {
+            "synthkit": synthkit_loop(path, device, args.batch_size, size),
+            "dataloader": dataloader_loop(path, device, args.batch_size, workers, size),
+        }
         models = {name: fresh_model(device, size) for name in loops}
         rates = {name: [] for name in loops}
         for w in range(args.windows + 1):  # windows alternate, so drift in the machine's speed hits both alike
@@ -143,8 +155,14 @@ def main():
         ours, theirs = rates["synthkit"], rates["dataloader"]
         a, b = statistics.median(ours), statistics.median(theirs)
         print(f"{size} px ({arch_for(size)}):")
-        print(f"  synthkit (on-device data + augmentation): {a:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in ours)})")
-        print(f"  DataLoader + PIL transforms:              {b:10.0f} img/s  (windows: {', '.join(f'{r:.0f}' for r in theirs)})")
+        print(
+            f"  synthkit (on-device data + augmentation): {a:10.0f} img/s  (windows: "
+            f"{', '.join(f'{r:.0f}' for r in ours)})"
+        )
+        print(
+            f"  DataLoader + PIL transforms:              {b:10.0f} img/s  (windows: "
+            f"{', '.join(f'{r:.0f}' for r in theirs)})"
+        )
         print(f"  ratio synthkit / DataLoader: {a / b:.2f}x")
         del loops, models
 

@@ -3,8 +3,16 @@
 __version__ = "0.1.0"
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"  # the Stable Diffusion checkpoint Diffusion Inversion used

@@ -16,17 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import DEFAULT_CAPTIONER
 from .device import job_device
 from .diffusion import quiet_libraries
 from .errors import UserError
 from .jobs import check_output
 from .locks import locked_output
 from .meta import provenance
-from .progress import progress
 from .outputs import partial_path
-from .store import Store, StoreWriter
-
-from . import DEFAULT_CAPTIONER
+from .progress import progress
+from .store import DerivedWriter, Store
 
 
 def load_captioner(model: str, device: torch.device) -> tuple[Any, Any]:
@@ -35,7 +34,7 @@ def load_captioner(model: str, device: torch.device) -> tuple[Any, Any]:
 
     quiet_libraries()
     local = Path(model).exists()
-    for cache_only in ((False,) if local else (True, False)):  # the cache first, then a download unless offline
+    for cache_only in (False,) if local else (True, False):  # the cache first, then a download unless offline
         if not cache_only and not local and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
             break
         try:
@@ -44,11 +43,15 @@ def load_captioner(model: str, device: torch.device) -> tuple[Any, Any]:
             return processor, captioner.to(device).eval().requires_grad_(False)
         except Exception as err:  # hub, network and format errors come in many types
             if local:
-                raise UserError(f"{model} is not a BLIP captioning folder ({type(err).__name__}): it needs config.json, the "
-                                "model's weights and the processor's files") from None
-    raise UserError(f"cannot load model '{model}': it is not a local folder and is not in the Hugging Face cache, "
-                    "and it could not be downloaded (offline?). Pass --model PATH to a BLIP folder, "
-                    "or make a test model with: synthkit model tiny-blip --out models/tiny-blip")
+                raise UserError(
+                    f"{model} is not a BLIP captioning folder ({type(err).__name__}): it needs config.json, the "
+                    "model's weights and the processor's files"
+                ) from None
+    raise UserError(
+        f"cannot load model '{model}': it is not a local folder and is not in the Hugging Face cache, "
+        "and it could not be downloaded (offline?). Pass --model PATH to a BLIP folder, "
+        "or make a test model with: synthkit model tiny-blip --out models/tiny-blip"
+    )
 
 
 @torch.no_grad()
@@ -67,8 +70,16 @@ def caption_images(processor: Any, captioner: Any, images: np.ndarray, device: t
 
 
 @locked_output("out")
-def caption_store(data: Path, out: Path, model: str = DEFAULT_CAPTIONER, batch_size: int = 32, seed: int = 0,
-                  device: str | None = None, overwrite: bool = False, resume: bool = False) -> Path:
+def caption_store(
+    data: Path,
+    out: Path,
+    model: str = DEFAULT_CAPTIONER,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> Path:
     """Write `out`: the store `data` with a `caption` column, one BLIP caption per image, in batches (resumable:
     each batch's captions are written with its images). `seed` seeds torch before each batch, so that a
     captioner set to sample draws the same words in a resumed run."""
@@ -83,29 +94,41 @@ def caption_store(data: Path, out: Path, model: str = DEFAULT_CAPTIONER, batch_s
             raise UserError(f"store {data} already has captions (a column 'caption')")
         dev = job_device(device)
         processor, captioner = load_captioner(model, dev)
-        kinds = {name: store.column_kind(name) for name in store.column_names}
         params = {"model": model, "batch_size": batch_size, "seed": seed}
-        meta = provenance(store.meta.get("kind", "unknown"), params,
-                          [{"path": str(data), "fingerprint": store.fingerprint, "count": len(store),
-                            "sources": store.meta.get("sources", [])}])
+        meta = provenance(
+            store.meta.get("kind", "unknown"),
+            params,
+            [
+                {
+                    "path": str(data),
+                    "fingerprint": store.fingerprint,
+                    "count": len(store),
+                    "sources": store.meta.get("sources", []),
+                }
+            ],
+        )
         meta["captions"] = {"model": model, "device": str(dev), "of": store.meta.get("params", {})}
-        with StoreWriter(out, classes=store.classes, image_shape=store.image_shape[:2], meta=meta,
-                         columns=kinds | {"caption": "str"}, total=len(store), overwrite=overwrite,
-                         resume=resume) as writer, progress() as bar:
+        with (
+            DerivedWriter(
+                store, out, meta, {"caption": "str"}, len(store), overwrite=overwrite, resume=resume
+            ) as writer,
+            progress() as bar,
+        ):
             task = bar.add_task("caption", total=len(store), completed=writer.done)
             for start in range(writer.done, len(store), batch_size):
                 rows = slice(start, min(start + batch_size, len(store)))
                 images = store.images(rows)
                 torch.manual_seed(seed * 1_000_003 + start)
-                writer.append(images, store.labels[rows], caption=caption_images(processor, captioner, images, dev),
-                              **{name: store.column(name, rows) for name in kinds})
+                writer.append_rows(rows, images, caption=caption_images(processor, captioner, images, dev))
                 bar.advance(task, len(images))
     return out
 
 
-TINY_WORDS = ("a an the of on in with and photo picture image close up small large red blue green white black "
-              "brown yellow airplane automobile car bird cat deer dog frog horse ship truck boat sky road grass "
-              "water field tree sitting standing flying parked next to front background").split()
+TINY_WORDS = (
+    "a an the of on in with and photo picture image close up small large red blue green white black "
+    "brown yellow airplane automobile car bird cat deer dog frog horse ship truck boat sky road grass "
+    "water field tree sitting standing flying parked next to front background"
+).split()
 
 
 @locked_output("out", folder=True)
@@ -122,13 +145,33 @@ def build_tiny_captioner(out: str | Path, seed: int = 0, overwrite: bool = False
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, bos_token="[DEC]", model_max_length=64)
     ids = {token: vocab.index(token) for token in ("[PAD]", "[SEP]", "[DEC]")}
     config = BlipConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "encoder_hidden_size": 32, "intermediate_size": 37,
-                     "projection_dim": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 64,
-                     "bos_token_id": ids["[DEC]"], "eos_token_id": ids["[SEP]"], "sep_token_id": ids["[SEP]"],
-                     "pad_token_id": ids["[PAD]"], "initializer_range": 0.2},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "projection_dim": 32, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8, "initializer_range": 1.0},
-        projection_dim=32)  # the wide initial weights make its random captions differ from image to image
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "encoder_hidden_size": 32,
+            "intermediate_size": 37,
+            "projection_dim": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 64,
+            "bos_token_id": ids["[DEC]"],
+            "eos_token_id": ids["[SEP]"],
+            "sep_token_id": ids["[SEP]"],
+            "pad_token_id": ids["[PAD]"],
+            "initializer_range": 0.2,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "projection_dim": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+            "initializer_range": 1.0,
+        },
+        projection_dim=32,
+    )  # the wide initial weights make its random captions differ from image to image
     torch.manual_seed(seed)
     captioner = BlipForConditionalGeneration(config).eval()
     processor = BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer)

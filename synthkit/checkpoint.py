@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +57,23 @@ def _first_line(err: BaseException) -> str:
 
 
 # bytes per element of every dtype safetensors knows
-DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+DTYPE_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 
 
 def _open_header(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -103,18 +117,26 @@ def _header_problem(header: dict[str, Any], data_size: int) -> str | None:
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in DTYPE_SIZES:
             return f"tensor '{name}' has an unknown dtype {dtype!r}"
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             return f"tensor '{name}' has an invalid shape {shape!r}"
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
             return f"tensor '{name}' has invalid data offsets {offsets!r}"
         count = 1
         for d in shape:
             count *= d
         declared = count * DTYPE_SIZES[dtype]
         if declared != offsets[1] - offsets[0]:
-            return (f"tensor '{name}' declares {'x'.join(map(str, shape)) or 'a scalar'} {dtype} ({declared:,} bytes) "
-                    f"but spans {offsets[1] - offsets[0]:,} bytes")
+            return (
+                f"tensor '{name}' declares {'x'.join(map(str, shape)) or 'a scalar'} {dtype} ({declared:,} bytes) "
+                f"but spans {offsets[1] - offsets[0]:,} bytes"
+            )
         spans.append((offsets[0], offsets[1], name))
     end = 0
     for begin, stop, name in sorted(spans):

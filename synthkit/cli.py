@@ -8,24 +8,61 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Callable, List, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
 from . import DEFAULT_CAPTIONER, DEFAULT_MODEL
-from .config import (AUGMENTS, CAPTION, DATA, DEFAULT_RECIPE, DTYPES, EVAL, FIDELITY, FIDELITY_METRICS, FILTER,
-                     FILTER_CRITERIA, GRADCAM, GRADCAM_LAYERS, GRADCAM_TARGETS, INVERT_JOB, LIKES, MIXES, PRECISIONS, PROMPT,
-                     RECIPES, SAMPLING, SCHEDULERS, SEED, SHOW, SPLITS, UNCONDS, VANISH, DIConfig, InversionConfig)
+from .config import (
+    AUGMENTS,
+    CAPTION,
+    DATA,
+    DEFAULT_RECIPE,
+    DTYPES,
+    EVAL,
+    FIDELITY,
+    FIDELITY_METRICS,
+    FILTER,
+    FILTER_CRITERIA,
+    GRADCAM,
+    GRADCAM_LAYERS,
+    GRADCAM_TARGETS,
+    INVERT_JOB,
+    LIKES,
+    MIXES,
+    PRECISIONS,
+    PROMPT,
+    RECIPES,
+    SAMPLING,
+    SCHEDULERS,
+    SEED,
+    SHOW,
+    SPLITS,
+    UNCONDS,
+    VANISH,
+    DIConfig,
+    InversionConfig,
+)
 from .errors import UserError
 
 # Options many commands share, declared once.
 AUTO = "auto"
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (auto: CUDA when there is a GPU; $SYNTHKIT_DEVICE sets it).")]
+Device = Annotated[
+    str, typer.Option(help="auto, cpu, cuda or cuda:N (auto: CUDA when there is a GPU; $SYNTHKIT_DEVICE sets it).")
+]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing output.")]
+Shard = Annotated[
+    str,
+    typer.Option(
+        help="Do shard i/n of the work, e.g. 0/4, and merge the outputs with synthkit merge; or auto: the shard "
+        "torchrun or SLURM gives (under torchrun rank 0 merges into --out)."
+    ),
+]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run; a finished output made the same way is kept.")]
 
 
@@ -34,26 +71,49 @@ def choice_type(name: str, values: tuple[str, ...]) -> type[StrEnum]:
     return StrEnum(name, {value: value for value in values})
 
 
-Split, Recipe, Mix, Augment = (choice_type(n, v) for n, v in (("Split", SPLITS), ("Recipe", tuple(RECIPES)), ("Mix", MIXES),
-                                                               ("Augment", AUGMENTS)))
-Like, Precision, Uncond, Scheduler, Dtype = (choice_type(n, v) for n, v in (("Like", LIKES), ("Precision", PRECISIONS),
-                                                                          ("Uncond", UNCONDS), ("Scheduler", SCHEDULERS),
-                                                                          ("Dtype", DTYPES)))
-Layer, Target, Metric, Criterion = (choice_type(n, v) for n, v in (("Layer", GRADCAM_LAYERS), ("Target", GRADCAM_TARGETS),
-                                                                  ("Metric", FIDELITY_METRICS), ("Criterion", FILTER_CRITERIA)))
+Split, Recipe, Mix, Augment = (
+    choice_type(n, v) for n, v in (("Split", SPLITS), ("Recipe", tuple(RECIPES)), ("Mix", MIXES), ("Augment", AUGMENTS))
+)
+Like, Precision, Uncond, Scheduler, Dtype = (
+    choice_type(n, v)
+    for n, v in (
+        ("Like", LIKES),
+        ("Precision", PRECISIONS),
+        ("Uncond", UNCONDS),
+        ("Scheduler", SCHEDULERS),
+        ("Dtype", DTYPES),
+    )
+)
+Layer, Target, Metric, Criterion = (
+    choice_type(n, v)
+    for n, v in (
+        ("Layer", GRADCAM_LAYERS),
+        ("Target", GRADCAM_TARGETS),
+        ("Metric", FIDELITY_METRICS),
+        ("Criterion", FILTER_CRITERIA),
+    )
+)
 
 
 def seed_option(what: str) -> typer.models.OptionInfo:
     """--seed: a non-negative integer; `what` says what it seeds."""
     return typer.Option(min=0, help=what)
 
+
+SubsetSeed = Annotated[int, seed_option("Seed of the subset.")]
+PerClass = Annotated[
+    int | None, typer.Option(min=1, help="Take a seeded, class-balanced subset of N images per class.")
+]
+
+
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
 
-Pipeline: real images (data cifar10) -> invert (learn an embedding per real image) -> sample (new images from perturbed embeddings, or from prompts) -> train (ResNet-18 on any mix of stores) -> evaluate (on the real test set). gradcam and vanish analyse where models look and the geometry of the images.
+Pipeline: real images (data cifar10) -> invert (learn an embedding per real image) -> sample (new images from perturbed
+embeddings, or from prompts) -> train (ResNet-18 on any mix of stores) -> evaluate (on the real test set). gradcam and
+vanish analyse where models look and the geometry of the images.
 
 Stores live in data/ (a bare name NAME means data/NAME.h5), models in models/, tables and figures in results/.
 """
-
 
 
 class ShortUsageErrors(TyperGroup):
@@ -76,15 +136,20 @@ class ShortUsageErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-app = typer.Typer(cls=ShortUsageErrors, help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    cls=ShortUsageErrors, help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False
+)
 data_app = typer.Typer(help="Import real datasets into stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 err_console = Console(stderr=True)
 INV, DI = InversionConfig(), DIConfig()
 
 
-MEMORY_HELP = ("Memory for decoded images, e.g. 512MB (default $SYNTHKIT_MEMORY_LIMIT, else half the available RAM): the "
-               "source is read a file at a time, and decoded in windows of that size (an archive is read once per window).")
+MEMORY_HELP = (
+    "Memory for decoded images, e.g. 512MB (default $SYNTHKIT_MEMORY_LIMIT, else half the available RAM): the "
+    "source is read a file at a time, and decoded in windows of that size (an archive is read once per window)."
+)
+ImportMemory = Annotated[str | None, typer.Option(help=MEMORY_HELP)]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -108,47 +173,86 @@ def _dataset_command(dataset: str, title: str, source_help: str) -> None:
     @user_errors
     def command(
         out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
-        source: Optional[Path] = typer.Option(None, help=source_help),
-        download: bool = typer.Option(False, help=f"Download {title} with torchvision (needs internet) into --download-root."),
+        source: Path | None = typer.Option(None, help=source_help),
+        download: bool = typer.Option(
+            False, help=f"Download {title} with torchvision (needs internet) into --download-root."
+        ),
         download_root: Path = typer.Option(Path(DATA.download_root), help="Where --download puts the files."),
         split: Split = typer.Option(Split(DATA.split), help="train or test."),
-        per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
-        seed: Annotated[int, seed_option("Seed of the subset.")] = SEED,
-        memory_limit: Optional[str] = typer.Option(None, help=MEMORY_HELP),
+        per_class: PerClass = None,
+        seed: SubsetSeed = SEED,
+        memory_limit: ImportMemory = None,
         overwrite: Overwrite = False,
         resume: Resume = False,
     ) -> None:
         from .torchvision_sets import import_dataset
 
-        path = import_dataset(dataset, out, source=source, split=split, per_class=per_class, seed=seed, download=download,
-                              download_root=download_root, memory_limit=memory_limit, overwrite=overwrite, resume=resume)
+        path = import_dataset(
+            dataset,
+            out,
+            source=source,
+            split=split,
+            per_class=per_class,
+            seed=seed,
+            download=download,
+            download_root=download_root,
+            memory_limit=memory_limit,
+            overwrite=overwrite,
+            resume=resume,
+        )
         _print_store_line(path)
 
 
-_dataset_command("cifar10", "CIFAR-10", "Image-folder tree or .tar/.tar.gz/.zip of one (<split>/<class>/<image>), or cifar-10-batches-py/ or cifar-10-python.tar.gz.")
-_dataset_command("cifar100", "CIFAR-100 (100 classes, 32 px)", "The folder torchvision downloads, or cifar-100-python.tar.gz.")
-_dataset_command("stl10", "STL-10's labelled images (10 classes, 96 px)", "The folder torchvision downloads, or stl10_binary.tar.gz.")
+_dataset_command(
+    "cifar10",
+    "CIFAR-10",
+    "Image-folder tree or .tar/.tar.gz/.zip of one (<split>/<class>/<image>), or cifar-10-batches-py/ or "
+    "cifar-10-python.tar.gz.",
+)
+_dataset_command(
+    "cifar100", "CIFAR-100 (100 classes, 32 px)", "The folder torchvision downloads, or cifar-100-python.tar.gz."
+)
+_dataset_command(
+    "stl10", "STL-10's labelled images (10 classes, 96 px)", "The folder torchvision downloads, or stl10_binary.tar.gz."
+)
 
 
 @data_app.command("folder")
 @user_errors
 def data_folder(
-    source: Path = typer.Option(..., help="An image-folder tree or .tar/.tar.gz/.zip of one: <class>/<image>, optionally under <split>/."),
+    source: Path = typer.Option(
+        ..., help="An image-folder tree or .tar/.tar.gz/.zip of one: <class>/<image>, optionally under <split>/."
+    ),
     out: Path = typer.Option(..., help="Store to write, e.g. data/scenes.h5."),
-    size: Optional[int] = typer.Option(None, min=8, help="Resize so that the shorter side is SIZE (PIL bicubic), then centre-crop to SIZE x SIZE. Without it all images must share one size."),
-    split: Optional[str] = typer.Option(None, help="Take only <split>/<class>/<image> (e.g. train)."),
-    class_name: Optional[str] = typer.Option(None, help='One class for every image (a flat folder), e.g. "urban scene".'),
-    per_class: Optional[int] = typer.Option(None, min=1, help="Take a seeded, class-balanced subset of N images per class."),
-    seed: Annotated[int, seed_option("Seed of the subset.")] = SEED,
-    memory_limit: Optional[str] = typer.Option(None, help=MEMORY_HELP),
+    size: int | None = typer.Option(
+        None,
+        min=8,
+        help="Resize so that the shorter side is SIZE (PIL bicubic), then centre-crop to SIZE x SIZE. Without it all "
+        "images must share one size.",
+    ),
+    split: str | None = typer.Option(None, help="Take only <split>/<class>/<image> (e.g. train)."),
+    class_name: str | None = typer.Option(None, help='One class for every image (a flat folder), e.g. "urban scene".'),
+    per_class: PerClass = None,
+    seed: SubsetSeed = SEED,
+    memory_limit: ImportMemory = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
     """Import any image-folder tree or archive into a store: classes from the folder names, file names kept."""
     from .datasets import import_folder
 
-    import_folder(out, source=source, size=size, split=split, class_name=class_name, per_class=per_class, seed=seed,
-                  memory_limit=memory_limit, overwrite=overwrite, resume=resume)
+    import_folder(
+        out,
+        source=source,
+        size=size,
+        split=split,
+        class_name=class_name,
+        per_class=per_class,
+        seed=seed,
+        memory_limit=memory_limit,
+        overwrite=overwrite,
+        resume=resume,
+    )
     _print_store_line(out)
 
 
@@ -157,8 +261,10 @@ def _print_store_line(path: Path) -> None:
 
     with Store(path) as store:
         counts = store.counts()
-        typer.echo(f"{path}: {len(store)} images, {counts.min()}-{counts.max()} per class, "
-                   f"{'x'.join(map(str, store.image_shape))}")
+        typer.echo(
+            f"{path}: {len(store)} images, {counts.min()}-{counts.max()} per class, "
+            f"{'x'.join(map(str, store.image_shape))}"
+        )
 
 
 @app.command()
@@ -189,7 +295,9 @@ def show(
 @app.command()
 @user_errors
 def merge(
-    inputs: List[str] = typer.Argument(..., help="Stores (names or paths) of the same classes, or embeddings files of one inversion job."),
+    inputs: list[str] = typer.Argument(
+        ..., help="Stores (names or paths) of the same classes, or embeddings files of one inversion job."
+    ),
     out: Path = typer.Option(..., help="Store or embeddings file to write."),
     overwrite: Overwrite = False,
 ) -> None:
@@ -212,8 +320,10 @@ def merge(
 def subset(
     store: str = typer.Argument(..., help="A store (name or path), e.g. your own real training images."),
     out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
-    per_class: Optional[int] = typer.Option(None, min=1, help="Keep a seeded, class-balanced N images per class (default: all)."),
-    seed: Annotated[int, seed_option("Seed of the subset.")] = SEED,
+    per_class: int | None = typer.Option(
+        None, min=1, help="Keep a seeded, class-balanced N images per class (default: all)."
+    ),
+    seed: SubsetSeed = SEED,
     overwrite: Overwrite = False,
 ) -> None:
     """Copy a store, or a seeded class-balanced subset of it, keeping its kind, classes and columns."""
@@ -228,8 +338,13 @@ def subset(
 @user_errors
 def caption(
     data: str = typer.Option("real", help="Store to caption (name or path)."),
-    out: Path = typer.Option(..., help="Store to write: the same images with a caption column, e.g. data/real-captions.h5."),
-    model: str = typer.Option(DEFAULT_CAPTIONER, help="BLIP captioning model: hub id or local folder (synthkit model tiny-blip makes a test one)."),
+    out: Path = typer.Option(
+        ..., help="Store to write: the same images with a caption column, e.g. data/real-captions.h5."
+    ),
+    model: str = typer.Option(
+        DEFAULT_CAPTIONER,
+        help="BLIP captioning model: hub id or local folder (synthkit model tiny-blip makes a test one).",
+    ),
     batch_size: int = typer.Option(CAPTION.batch_size, min=1, help="Images per batch."),
     seed: Annotated[int, seed_option("Seed of torch before each batch (BLIP's default generation is greedy).")] = SEED,
     device: Device = AUTO,
@@ -240,46 +355,108 @@ def caption(
     from .captions import caption_store
     from .paths import store_path
 
-    path = caption_store(store_path(data), out, model=model, batch_size=batch_size, seed=seed, device=device,
-                         overwrite=overwrite, resume=resume)
+    path = caption_store(
+        store_path(data),
+        out,
+        model=model,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        overwrite=overwrite,
+        resume=resume,
+    )
     _print_store_line(path)
 
 
 @app.command()
 @user_errors
 def train(
-    data: List[str] = typer.Option(..., help="Stores of one classifier: names (data/NAME.h5) or paths, comma-separated, e.g. real,inv. Repeat --data to train several classifiers in one job."),
-    out: str = typer.Option(..., help="Classifier to write, e.g. models/resnet18-real+inv.safetensors; for several, a pattern with {data} (store names joined by +) and {seed}."),
-    recipe: Recipe = typer.Option(Recipe(DEFAULT_RECIPE), help=f"Training recipe (synthkit/config.py): {', '.join(RECIPES)}. di: the official evaluation (50,000 steps at batch 128); study: the original study's; quick: a few hundred steps for CPUs. Every option below overrides the recipe's value."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps: the same for every classifier, whatever its stores' sizes."),
-    batch_size: Optional[int] = typer.Option(None, min=2, help="Images per step."),
-    real_batch: Optional[int] = typer.Option(None, min=1, help="Mixed rows: real images per step, the rest synthetic."),
-    mix: Optional[Mix] = typer.Option(None, help=f"{', '.join(MIXES)}: auto mixes --real-batch real images (default half) and the rest synthetic when the stores hold both kinds; balanced insists; concat draws from the union."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    weight_decay: Optional[float] = typer.Option(None, min=0, help="Weight decay."),
-    warmup_steps: Optional[int] = typer.Option(None, min=0, help="Linear warm-up steps (schedule warmup-cosine)."),
-    evals: Optional[int] = typer.Option(None, min=0, help="Times to score the --test store during training (evenly spaced, the last at the end)."),
-    augment: Optional[Augment] = typer.Option(None, help=f"{', '.join(AUGMENTS)}."),
-    per_class: Optional[int] = typer.Option(None, min=1, help="Use a seeded, class-balanced subset of N images per class of each store."),
-    image_size: Optional[int] = typer.Option(None, min=8, help="Train at this size (default: the recipe's, else the first store's own); up to 64 px the CIFAR stem, above it the ImageNet stem."),
-    seed: List[int] = typer.Option([], min=0, help="Seed of the initialisation, the order and the augmentation (default 0). Repeat it to train one classifier per seed."),
-    test: Optional[str] = typer.Option(None, help="A real test store (name or path) to score during training (--evals times)."),
+    data: list[str] = typer.Option(
+        ...,
+        help="Stores of one classifier: names (data/NAME.h5) or paths, comma-separated, e.g. real,inv. Repeat --data "
+        "to train several classifiers in one job.",
+    ),
+    out: str = typer.Option(
+        ...,
+        help="Classifier to write, e.g. models/resnet18-real+inv.safetensors; for several, a pattern with {data} "
+        "(store names joined by +) and {seed}.",
+    ),
+    recipe: Recipe = typer.Option(
+        Recipe(DEFAULT_RECIPE),
+        help=f"Training recipe (synthkit/config.py): {', '.join(RECIPES)}. di: the official evaluation (50,000 steps "
+        "at batch 128); study: the original study's; quick: a few hundred steps for CPUs. Every option below "
+        "overrides the recipe's value.",
+    ),
+    steps: int | None = typer.Option(
+        None, min=1, help="Optimiser steps: the same for every classifier, whatever its stores' sizes."
+    ),
+    batch_size: int | None = typer.Option(None, min=2, help="Images per step."),
+    real_batch: int | None = typer.Option(None, min=1, help="Mixed rows: real images per step, the rest synthetic."),
+    mix: Mix | None = typer.Option(
+        None,
+        help=f"{', '.join(MIXES)}: auto mixes --real-batch real images (default half) and the rest synthetic when "
+        "the stores hold both kinds; balanced insists; concat draws from the union.",
+    ),
+    lr: float | None = typer.Option(None, help="Peak learning rate."),
+    weight_decay: float | None = typer.Option(None, min=0, help="Weight decay."),
+    warmup_steps: int | None = typer.Option(None, min=0, help="Linear warm-up steps (schedule warmup-cosine)."),
+    evals: int | None = typer.Option(
+        None, min=0, help="Times to score the --test store during training (evenly spaced, the last at the end)."
+    ),
+    augment: Augment | None = typer.Option(None, help=f"{', '.join(AUGMENTS)}."),
+    per_class: int | None = typer.Option(
+        None, min=1, help="Use a seeded, class-balanced subset of N images per class of each store."
+    ),
+    image_size: int | None = typer.Option(
+        None,
+        min=8,
+        help="Train at this size (default: the recipe's, else the first store's own); up to 64 px the CIFAR stem, "
+        "above it the ImageNet stem.",
+    ),
+    seed: list[int] = typer.Option(
+        [],
+        min=0,
+        help="Seed of the initialisation, the order and the augmentation (default 0). Repeat it to train one "
+        "classifier per seed.",
+    ),
+    test: str | None = typer.Option(
+        None, help="A real test store (name or path) to score during training (--evals times)."
+    ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the models (faster on GPU after a warm-up)."),
-    shard: str = typer.Option("", help="Train only shard i/n of the classifiers, e.g. 0/4; or auto: the shard torchrun or SLURM gives."),
+    shard: str = typer.Option(
+        "", help="Train only shard i/n of the classifiers, e.g. 0/4; or auto: the shard torchrun or SLURM gives."
+    ),
     device: Device = AUTO,
-    memory_limit: Optional[str] = typer.Option(None, help="Image memory to hold on the device, e.g. 2GB (default $SYNTHKIT_MEMORY_LIMIT, else half the free GPU memory or half the available RAM); larger sets stream from the stores."),
+    memory_limit: str | None = typer.Option(
+        None,
+        help="Image memory to hold on the device, e.g. 2GB (default $SYNTHKIT_MEMORY_LIMIT, else half the free GPU "
+        "memory or half the available RAM); larger sets stream from the stores.",
+    ),
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
-    """Train ResNet-18s on any mix of real and synthetic stores with the same classes, for a recipe's number of steps."""
+    """Train ResNet-18s on any mix of real and synthetic stores with the same classes, for a recipe's number of
+    steps."""
     from .config import TrainConfig
-    from .paths import store_path, store_paths
     from .evaluation import batch_text
+    from .paths import store_path, store_paths
     from .training import check_config, expand_jobs, train_many
 
-    config = TrainConfig.from_recipe(recipe, steps=steps, batch_size=batch_size, real_batch=real_batch, mix=mix, lr=lr,
-                                     weight_decay=weight_decay, warmup_steps=warmup_steps, evals=evals, augment=augment,
-                                     per_class=per_class, image_size=image_size, compile=compile or None)
+    config = TrainConfig.from_recipe(
+        recipe,
+        steps=steps,
+        batch_size=batch_size,
+        real_batch=real_batch,
+        mix=mix,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        evals=evals,
+        augment=augment,
+        per_class=per_class,
+        image_size=image_size,
+        compile=compile or None,
+    )
     check_config(config)
     jobs = expand_jobs([store_paths(d) for d in data], out, seed, config)
     part, dev = shard_of(shard, device)
@@ -289,14 +466,26 @@ def train(
         total = len(jobs)
         first, stop = shard_range(total, part)
         jobs = jobs[first:stop]
-    metas = train_many(jobs, device=dev, test=store_path(test) if test else None, overwrite=overwrite, resume=resume,
-                       memory_limit=memory_limit)
+    metas = train_many(
+        jobs,
+        device=dev,
+        test=store_path(test) if test else None,
+        overwrite=overwrite,
+        resume=resume,
+        memory_limit=memory_limit,
+    )
     for job, meta in zip(jobs, metas):
-        tested = (f", test accuracy {100 * meta['final_test_acc']:.2f}% (best of {len(meta['evals'])}: {100 * meta['best_test_acc']:.2f}%)"
-                  if "evals" in meta else "")
-        typer.echo(f"{job.out}: {meta['arch']} at {meta['image_size']} px, recipe {meta.get('recipe')}, {meta['steps']} steps "
-                   f"of {batch_text(meta.get('batch'))}, final loss {meta['final_loss']:.4f}, "
-                   f"train accuracy {100 * meta['final_train_acc']:.1f}%{tested}, {meta['seconds']:.0f} s on {meta['device']}")
+        tested = (
+            f", test accuracy {100 * meta['final_test_acc']:.2f}% (best of {len(meta['evals'])}: "
+            f"{100 * meta['best_test_acc']:.2f}%)"
+            if "evals" in meta
+            else ""
+        )
+        typer.echo(
+            f"{job.out}: {meta['arch']} at {meta['image_size']} px, recipe {meta.get('recipe')}, {meta['steps']} steps "
+            f"of {batch_text(meta.get('batch'))}, final loss {meta['final_loss']:.4f}, "
+            f"train accuracy {100 * meta['final_train_acc']:.1f}%{tested}, {meta['seconds']:.0f} s on {meta['device']}"
+        )
     if part:
         typer.echo(f"shard {part}: trained classifiers {first + 1}-{stop} of {total} on {dev}")
 
@@ -319,73 +508,93 @@ def shard_of(shard: str, device: str) -> tuple[str, str]:
 @app.command()
 @user_errors
 def evaluate(
-    model: List[Path] = typer.Option(..., help="Classifier(s) to score (repeat --model)."),
+    model: list[Path] = typer.Option(..., help="Classifier(s) to score (repeat --model)."),
     test: str = typer.Option("test", help="The real test store (name or path)."),
     results: Path = typer.Option(Path("results"), help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
     batch_size: int = typer.Option(EVAL.batch_size, min=1, help="Images per forward pass."),
     device: Device = AUTO,
-    memory_limit: Optional[str] = typer.Option(None, help="Test images to hold on the device at once, e.g. 2GB (default $SYNTHKIT_MEMORY_LIMIT, else half the free GPU memory or RAM); the store is read in chunks of that size."),
+    memory_limit: str | None = typer.Option(
+        None,
+        help="Test images to hold on the device at once, e.g. 2GB (default $SYNTHKIT_MEMORY_LIMIT, else half the "
+        "free GPU memory or RAM); the store is read in chunks of that size.",
+    ),
 ) -> None:
-    """Score classifiers on a real test store with their classes: the accuracy table, per-class accuracy, confusion figures."""
+    """Score classifiers on a real test store with their classes: the accuracy table, per-class accuracy, confusion
+    figures."""
     from rich.table import Table
 
     from .evaluation import batch_text, group_rows, mean_std
     from .evaluation import evaluate as evaluate_models
     from .paths import store_path
 
-    rows = evaluate_models(model, store_path(test), results, device=device, batch_size=batch_size, memory_limit=memory_limit)
+    rows = evaluate_models(
+        model, store_path(test), results, device=device, batch_size=batch_size, memory_limit=memory_limit
+    )
     table = Table(title=f"test accuracy on {rows[0]['test_images']} real test images ({rows[0]['test']})")
     for column in ("training data", "accuracy % (mean ± std)", "n", "recipe", "steps", "batch"):
         table.add_column(column, justify="left" if column in ("training data", "recipe", "batch") else "right")
     for group in group_rows([{k: str(v) for k, v in row.items()} for row in rows]):
         first = group["rows"][0]
-        table.add_row(group["training_data"], mean_std(group), f"n={group['n']}", first["recipe"] or "?",
-                      first["steps"] or "?", batch_text(first["batch"]))
+        table.add_row(
+            group["training_data"],
+            mean_std(group),
+            f"n={group['n']}",
+            first["recipe"] or "?",
+            first["steps"] or "?",
+            batch_text(first["batch"]),
+        )
     Console().print(table)
-    typer.echo(f"appended to {results / 'accuracy.csv'}; table in {results / 'accuracy.md'}; figures in {results / 'confusion'}/")
+    typer.echo(
+        f"appended to {results / 'accuracy.csv'}; table in {results / 'accuracy.md'}; figures in "
+        f"{results / 'confusion'}/"
+    )
 
 
 model_app = typer.Typer(help="Stable Diffusion checkpoints for testing and smoke tests.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
-@model_app.command("tiny")
-@user_errors
-def model_tiny(
-    out: Path = typer.Option(Path("models/tiny-sd"), help="Folder to write the diffusers pipeline to."),
-    seed: Annotated[int, seed_option("Seed of the random weights.")] = SEED,
-    overwrite: Overwrite = False,
-) -> None:
-    """Build a small random-weight Stable Diffusion pipeline offline (for tests, demos and smoke tests)."""
-    from .diffusion import build_tiny_pipeline
+def _tiny_command(name: str, folder: str, what: str, note: str, build: str) -> None:
+    """`synthkit model tiny|tiny-blip`: one command shape for the small random-weight models built offline."""
 
-    build_tiny_pipeline(out, seed=seed, overwrite=overwrite)
-    typer.echo(f"wrote {out} (random weights: it makes noise, not pictures)")
+    @model_app.command(name, help=f"Build a small random-weight {what} offline (for tests, demos and smoke tests).")
+    @user_errors
+    def command(
+        out: Path = typer.Option(Path(folder), help=f"Folder to write the {what} to."),
+        seed: Annotated[int, seed_option("Seed of the random weights.")] = SEED,
+        overwrite: Overwrite = False,
+    ) -> None:
+        import importlib
+
+        module, function = build.rsplit(".", 1)
+        getattr(importlib.import_module(module, __package__), function)(out, seed=seed, overwrite=overwrite)
+        typer.echo(f"wrote {out} (random weights: {note})")
 
 
-@model_app.command("tiny-blip")
-@user_errors
-def model_tiny_blip(
-    out: Path = typer.Option(Path("models/tiny-blip"), help="Folder to write the BLIP captioner to."),
-    seed: Annotated[int, seed_option("Seed of the random weights.")] = SEED,
-    overwrite: Overwrite = False,
-) -> None:
-    """Build a small random-weight BLIP captioner offline (for tests and the demo: its captions are random words)."""
-    from .captions import build_tiny_captioner
-
-    build_tiny_captioner(out, seed=seed, overwrite=overwrite)
-    typer.echo(f"wrote {out} (random weights: its captions are random words)")
+_tiny_command(
+    "tiny",
+    "models/tiny-sd",
+    "Stable Diffusion pipeline",
+    "it makes noise, not pictures",
+    ".diffusion.build_tiny_pipeline",
+)
+_tiny_command(
+    "tiny-blip", "models/tiny-blip", "BLIP captioner", "its captions are random words", ".captions.build_tiny_captioner"
+)
 
 
 @model_app.command("random")
 @user_errors
 def model_random(
     out: Path = typer.Option(..., help="Folder to write the diffusers pipeline to (about 2 GB in fp16)."),
-    like: Like = typer.Option(Like(LIKES[0]), help="Architecture whose exact shapes to copy: sd15 (Stable Diffusion 1.5)."),
+    like: Like = typer.Option(
+        Like(LIKES[0]), help="Architecture whose exact shapes to copy: sd15 (Stable Diffusion 1.5)."
+    ),
     seed: Annotated[int, seed_option("Seed of the random weights.")] = SEED,
     overwrite: Overwrite = False,
 ) -> None:
-    """Build a full-size random-weight Stable Diffusion pipeline offline (for smoke tests and benchmarks at real scale)."""
+    """Build a full-size random-weight Stable Diffusion pipeline offline (for smoke tests and benchmarks at real
+    scale)."""
     import time
 
     from .diffusion import build_random_pipeline, folder_bytes, like_spec, parameter_counts
@@ -394,9 +603,11 @@ def model_random(
     started = time.perf_counter()
     build_random_pipeline(out, like=like, seed=seed, overwrite=overwrite)
     counts = {k: f"{v / 1e6:.1f}M" for k, v in parameter_counts(out).items()}
-    typer.echo(f"wrote {out}: {like}-shaped, UNet {counts['unet']}, text encoder {counts['text_encoder']}, "
-               f"VAE {counts['vae']} parameters, {folder_bytes(out) / 1e9:.2f} GB, {time.perf_counter() - started:.0f} s "
-               "(random weights: it makes noise, not pictures)")
+    typer.echo(
+        f"wrote {out}: {like}-shaped, UNet {counts['unet']}, text encoder {counts['text_encoder']}, "
+        f"VAE {counts['vae']} parameters, {folder_bytes(out) / 1e9:.2f} GB, {time.perf_counter() - started:.0f} s "
+        "(random weights: it makes noise, not pictures)"
+    )
 
 
 @app.command()
@@ -404,40 +615,108 @@ def model_random(
 def invert(
     class_: str = typer.Option(..., "--class", help="Class name, comma-separated names, or all."),
     data: str = typer.Option("real", help="Real store to invert (name or path)."),
-    out: Path = typer.Option(..., help="Embeddings file to write, e.g. models/inv/airplane.safetensors (and its preview, models/inv/airplane.preview.png)."),
+    out: Path = typer.Option(
+        ...,
+        help="Embeddings file to write, e.g. models/inv/airplane.safetensors (and its preview, "
+        "models/inv/airplane.preview.png).",
+    ),
     model: str = typer.Option(DEFAULT_MODEL, help="SD checkpoint: hub id or diffusers folder."),
     tokens: int = typer.Option(INV.tokens, min=1, help="Tokens per learned embedding."),
-    resolution: int = typer.Option(INV.resolution, help="Images are resized (PIL bicubic, as the official code) to this size; a multiple of 8."),
+    resolution: int = typer.Option(
+        INV.resolution, help="Images are resized (PIL bicubic, as the official code) to this size; a multiple of 8."
+    ),
     lr: float = typer.Option(INV.lr, help="AdamW learning rate."),
-    weight_decay: float = typer.Option(INV.weight_decay, help="AdamW weight decay (applied to the whole group every step, as the official code)."),
-    group_size: int = typer.Option(INV.group_size, min=1, help="Images per (class-pure) group; each group has its own AdamW, and its table starts uniform in +-1/sqrt(group size)."),
-    batch_size: int = typer.Option(INV.batch_size, min=1, help="Images of a group per AdamW step (fixed, unshuffled batches as the official code)."),
-    updates: int = typer.Option(INV.updates, min=1, help=f"Gradient updates per image (epochs). The default {INV.updates} is the official scripts' (train_steps {INV.updates}, loaded for CIFAR as learned_embeds-steps-{INV.updates * INV.steps_per_update()}): with groups of {INV.group_size} at batch {INV.batch_size}, {INV.updates * INV.steps_per_update()} AdamW steps per group."),
-    chunk_groups: int = typer.Option(INV.chunk_groups, min=1, help="Groups stepped together in one forward pass (the unit of sharding); does not change the result."),
-    precision: Precision = typer.Option(Precision(INV.precision), help="fp32 (the official code's; TF32 matmuls on CUDA) or bf16 (UNet and VAE weights in bfloat16: faster on GPUs, embeddings and AdamW stay fp32)."),
+    weight_decay: float = typer.Option(
+        INV.weight_decay, help="AdamW weight decay (applied to the whole group every step, as the official code)."
+    ),
+    group_size: int = typer.Option(
+        INV.group_size,
+        min=1,
+        help="Images per (class-pure) group; each group has its own AdamW, and its table starts uniform in "
+        "+-1/sqrt(group size).",
+    ),
+    batch_size: int = typer.Option(
+        INV.batch_size, min=1, help="Images of a group per AdamW step (fixed, unshuffled batches as the official code)."
+    ),
+    updates: int = typer.Option(
+        INV.updates,
+        min=1,
+        help=f"Gradient updates per image (epochs). The default {INV.updates} is the official scripts' (train_steps "
+        f"{INV.updates}, loaded for CIFAR as learned_embeds-steps-{INV.updates * INV.steps_per_update()}): with "
+        f"groups of {INV.group_size} at batch {INV.batch_size}, {INV.updates * INV.steps_per_update()} AdamW steps "
+        "per group.",
+    ),
+    chunk_groups: int = typer.Option(
+        INV.chunk_groups,
+        min=1,
+        help="Groups stepped together in one forward pass (the unit of sharding); does not change the result.",
+    ),
+    precision: Precision = typer.Option(
+        Precision(INV.precision),
+        help="fp32 (the official code's; TF32 matmuls on CUDA) or bf16 (UNet and VAE weights in bfloat16: faster on "
+        "GPUs, embeddings and AdamW stay fp32).",
+    ),
     seed: Annotated[int, seed_option("Seed of the initial tables, latent samples, noise and timesteps.")] = INV.seed,
-    checkpoint_every: int = typer.Option(INVERT_JOB.checkpoint_every, min=1, help="Save resumable state about every K steps."),
-    preview_every: int = typer.Option(INVERT_JOB.preview_every, min=0, help="Redraw OUT's .preview.png (real images beside DDIM samples of their embeddings, and the loss curve) every K updates; also drawn at the start and the end (0: no preview)."),
-    shard: str = typer.Option("", help="Do shard i/n of the work (chunks), e.g. 0/4, and merge the outputs with synthkit merge; or auto: the shard torchrun or SLURM gives (under torchrun rank 0 merges into --out)."),
+    checkpoint_every: int = typer.Option(
+        INVERT_JOB.checkpoint_every, min=1, help="Save resumable state about every K steps."
+    ),
+    preview_every: int = typer.Option(
+        INVERT_JOB.preview_every,
+        min=0,
+        help="Redraw OUT's .preview.png (real images beside DDIM samples of their embeddings, and the loss curve) "
+        "every K updates; also drawn at the start and the end (0: no preview).",
+    ),
+    shard: Shard = "",
     device: Device = AUTO,
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
-    """Diffusion Inversion: learn a conditioning embedding per real image with the diffusion model frozen, as the official code."""
+    """Diffusion Inversion: learn a conditioning embedding per real image with the diffusion model frozen, as the
+    official code."""
     from .checkpoint import read_meta
-    from .inversion import invert as run_inversion, merge_embeddings, summary_line
+    from .inversion import invert as run_inversion
+    from .inversion import merge_embeddings, summary_line
     from .launch import run_sharded
     from .paths import store_path
 
-    config = InversionConfig(tokens=tokens, resolution=resolution, lr=lr, weight_decay=weight_decay, group_size=group_size,
-                             batch_size=batch_size, updates=updates, chunk_groups=chunk_groups, precision=precision, seed=seed)
+    config = InversionConfig(
+        tokens=tokens,
+        resolution=resolution,
+        lr=lr,
+        weight_decay=weight_decay,
+        group_size=group_size,
+        batch_size=batch_size,
+        updates=updates,
+        chunk_groups=chunk_groups,
+        precision=precision,
+        seed=seed,
+    )
 
     def job(path: Path, part: str, dev: str) -> None:
-        run_inversion(store_path(data), path, class_, model, config, device=dev, shard=part, checkpoint_every=checkpoint_every,
-                      preview_every=preview_every, overwrite=overwrite, resume=resume)
+        run_inversion(
+            store_path(data),
+            path,
+            class_,
+            model,
+            config,
+            device=dev,
+            shard=part,
+            checkpoint_every=checkpoint_every,
+            preview_every=preview_every,
+            overwrite=overwrite,
+            resume=resume,
+        )
 
-    out = run_sharded(job, out, shard, device, lambda parts, o: merge_embeddings(parts, o, overwrite=True),
-                      overwrite=overwrite, resume=resume, say=typer.echo)
+    out = run_sharded(
+        job,
+        out,
+        shard,
+        device,
+        lambda parts, o: merge_embeddings(parts, o, overwrite=True),
+        overwrite=overwrite,
+        resume=resume,
+        say=typer.echo,
+    )
     typer.echo(f"{out}: {summary_line(read_meta(out))}")
 
 
@@ -445,31 +724,73 @@ def invert(
 @user_errors
 def sample(
     out: Path = typer.Option(..., help="Store to write, e.g. data/sd.h5 or data/inv.h5."),
-    prompt: List[str] = typer.Option([], help='Prompt template(s) with {class}, e.g. "a photo of a {class}" (repeatable).'),
-    prompt_file: Optional[Path] = typer.Option(None, help="File of templates, one per line."),
-    prompt_from: Optional[str] = typer.Option(None, help="Prompt mode: each --init image's own text as its prompt, from this text column of the init store (caption, made by synthkit caption): the original study's SD row."),
+    prompt: list[str] = typer.Option(
+        [], help='Prompt template(s) with {class}, e.g. "a photo of a {class}" (repeatable).'
+    ),
+    prompt_file: Path | None = typer.Option(None, help="File of templates, one per line."),
+    prompt_from: str | None = typer.Option(
+        None,
+        help="Prompt mode: each --init image's own text as its prompt, from this text column of the init store "
+        "(caption, made by synthkit caption): the original study's SD row.",
+    ),
     per_class: int = typer.Option(PROMPT.per_class, min=1, help="Prompt mode: images per class."),
-    classes: Optional[str] = typer.Option(None, help="Prompt mode: comma-separated class names, or a store whose classes to use (default: the --init store's, else CIFAR-10's)."),
+    classes: str | None = typer.Option(
+        None,
+        help="Prompt mode: comma-separated class names, or a store whose classes to use (default: the --init "
+        "store's, else CIFAR-10's).",
+    ),
     negative: str = typer.Option("", help="Prompt mode: negative prompt."),
-    init: Optional[str] = typer.Option(None, help="Prompt mode: img2img from this real store (name or path)."),
+    init: str | None = typer.Option(None, help="Prompt mode: img2img from this real store (name or path)."),
     strength: float = typer.Option(PROMPT.strength, help="img2img: share of the schedule re-noised (0-1]."),
-    embeddings: List[Path] = typer.Option([], help="DI mode: embeddings file(s) from synthkit invert (repeatable; shell globs work). Give every class's file in one run: groups stay apart and the default unconditional input mixes the classes."),
-    only: Optional[str] = typer.Option(None, help="DI mode: sample only the embeddings of this store's images: the inverted store, or a subset of it made by synthkit subset (partners, groups and the unconditional mean come from its images alone)."),
+    embeddings: list[Path] = typer.Option(
+        [],
+        help="DI mode: embeddings file(s) from synthkit invert (repeatable; shell globs work). Give every class's "
+        "file in one run: groups stay apart and the default unconditional input mixes the classes.",
+    ),
+    only: str | None = typer.Option(
+        None,
+        help="DI mode: sample only the embeddings of this store's images: the inverted store, or a subset of it made "
+        "by synthkit subset (partners, groups and the unconditional mean come from its images alone).",
+    ),
     per_image: int = typer.Option(DI.per_image, min=1, help="DI mode: samples per learned embedding."),
-    interp: float = typer.Option(DI.interp, help="DI mode: alpha, interpolation towards a partner drawn from the image's own group (same class)."),
+    interp: float = typer.Option(
+        DI.interp, help="DI mode: alpha, interpolation towards a partner drawn from the image's own group (same class)."
+    ),
     noise: float = typer.Option(DI.noise, help="DI mode: lambda, scale of the Gaussian perturbation."),
-    eta: float = typer.Option(DI.eta, min=0, help="DI mode: eta of a scheduler whose step takes it (DDIM: 1 adds fresh noise every step, 0 is deterministic); the official pipeline passes 1, which SD 1.x's own PNDM ignores."),
-    uncond: Uncond = typer.Option(Uncond(DI.uncond), help=f"DI mode: unconditional input of guidance: {', '.join(UNCONDS)}. mixed = the mean of every loaded embedding, all classes (the official code's class-mixed group mean); group = the mean of the image's class-pure group; empty = the empty prompt."),
-    model: Optional[str] = typer.Option(None, help=f"SD checkpoint (default: {DEFAULT_MODEL}, or the embeddings' model)."),
-    guidance: Optional[float] = typer.Option(None, help=f"Classifier-free guidance (default {PROMPT.guidance} for prompts, {DI.guidance} for DI)."),
-    steps: Optional[int] = typer.Option(None, min=1, help=f"Sampling steps (default {PROMPT.steps} for prompts, {DI.steps} for DI)."),
-    scheduler: Scheduler = typer.Option(Scheduler(SAMPLING.scheduler), help="model (the checkpoint's own, as the official code), ddim, dpm++ or pndm."),
-    resolution: Optional[int] = typer.Option(None, help="Generation size (default: the model's, or the inversion's for DI)."),
-    save_size: Optional[int] = typer.Option(None, help="Store images resized (PIL bicubic) to this size (default: prompts keep the generation size; DI the size of the images it inverted)."),
+    eta: float = typer.Option(
+        DI.eta,
+        min=0,
+        help="DI mode: eta of a scheduler whose step takes it (DDIM: 1 adds fresh noise every step, 0 is "
+        "deterministic); the official pipeline passes 1, which SD 1.x's own PNDM ignores.",
+    ),
+    uncond: Uncond = typer.Option(
+        Uncond(DI.uncond),
+        help=f"DI mode: unconditional input of guidance: {', '.join(UNCONDS)}. mixed = the mean of every loaded "
+        "embedding, all classes (the official code's class-mixed group mean); group = the mean of the image's "
+        "class-pure group; empty = the empty prompt.",
+    ),
+    model: str | None = typer.Option(None, help=f"SD checkpoint (default: {DEFAULT_MODEL}, or the embeddings' model)."),
+    guidance: float | None = typer.Option(
+        None, help=f"Classifier-free guidance (default {PROMPT.guidance} for prompts, {DI.guidance} for DI)."
+    ),
+    steps: int | None = typer.Option(
+        None, min=1, help=f"Sampling steps (default {PROMPT.steps} for prompts, {DI.steps} for DI)."
+    ),
+    scheduler: Scheduler = typer.Option(
+        Scheduler(SAMPLING.scheduler), help="model (the checkpoint's own, as the official code), ddim, dpm++ or pndm."
+    ),
+    resolution: int | None = typer.Option(
+        None, help="Generation size (default: the model's, or the inversion's for DI)."
+    ),
+    save_size: int | None = typer.Option(
+        None,
+        help="Store images resized (PIL bicubic) to this size (default: prompts keep the generation size; DI the "
+        "size of the images it inverted).",
+    ),
     batch_size: int = typer.Option(SAMPLING.batch_size, min=1, help="Images per batch."),
     seed: Annotated[int, seed_option("Seed of every random choice (each sample has its own, derived from it).")] = SEED,
     dtype: Dtype = typer.Option(Dtype(SAMPLING.dtype), help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
-    shard: str = typer.Option("", help="Do shard i/n of the work, e.g. 0/4, and merge the outputs with synthkit merge; or auto: the shard torchrun or SLURM gives (under torchrun rank 0 merges into --out)."),
+    shard: Shard = "",
     device: Device = AUTO,
     overwrite: Overwrite = False,
     resume: Resume = False,
@@ -478,24 +799,54 @@ def sample(
     from .paths import store_path
     from .sampling import SamplingConfig, run_sample
 
-    config = SamplingConfig(steps=steps, guidance=guidance, scheduler=scheduler, resolution=resolution, save_size=save_size,
-                            batch_size=batch_size, seed=seed, dtype=dtype)
-    out = run_sample(out, templates=prompt, prompt_file=prompt_file, embeddings=embeddings, only=store_path(only) if only else None,
-                     classes=classes, per_class=per_class, negative=negative, init=store_path(init) if init else None,
-                     strength=strength, di=DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond, eta=eta),
-                     config=config, model=model, device=device, shard=shard, overwrite=overwrite, resume=resume, say=typer.echo,
-                     prompt_from=prompt_from)
+    config = SamplingConfig(
+        steps=steps,
+        guidance=guidance,
+        scheduler=scheduler,
+        resolution=resolution,
+        save_size=save_size,
+        batch_size=batch_size,
+        seed=seed,
+        dtype=dtype,
+    )
+    out = run_sample(
+        out,
+        templates=prompt,
+        prompt_file=prompt_file,
+        embeddings=embeddings,
+        only=store_path(only) if only else None,
+        classes=classes,
+        per_class=per_class,
+        negative=negative,
+        init=store_path(init) if init else None,
+        strength=strength,
+        di=DIConfig(per_image=per_image, interp=interp, noise=noise, uncond=uncond, eta=eta),
+        config=config,
+        model=model,
+        device=device,
+        shard=shard,
+        overwrite=overwrite,
+        resume=resume,
+        say=typer.echo,
+        prompt_from=prompt_from,
+    )
     _print_store_line(out)
 
 
 @app.command()
 @user_errors
 def gradcam(
-    model: List[Path] = typer.Option(..., help="Classifier(s) to explain (repeat --model)."),
+    model: list[Path] = typer.Option(..., help="Classifier(s) to explain (repeat --model)."),
     data: str = typer.Option("test", help="Store of real images to explain them on (name or path)."),
-    out: Path = typer.Option(Path("results/gradcam"), help="Folder for gradcam_grid.png, per_image.csv and summary.json."),
+    out: Path = typer.Option(
+        Path("results/gradcam"), help="Folder for gradcam_grid.png, per_image.csv and summary.json."
+    ),
     n: int = typer.Option(GRADCAM.n, min=1, help="Images (a seeded random pick, the same for every model)."),
-    layer: Layer = typer.Option(Layer(GRADCAM.layer), help="Target layer: layer3 (8x8 maps at 32 px; the most faithful by ROAD, see bench/README.md), layer4 (4x4) or layer2 (16x16)."),
+    layer: Layer = typer.Option(
+        Layer(GRADCAM.layer),
+        help="Target layer: layer3 (8x8 maps at 32 px; the most faithful by ROAD, see bench/README.md), layer4 (4x4) "
+        "or layer2 (16x16).",
+    ),
     target: Target = typer.Option(Target(GRADCAM.target), help="Explain the true class or the predicted one."),
     seed: Annotated[int, seed_option("Seed of the image pick.")] = GRADCAM.seed,
     batch_size: int = typer.Option(GRADCAM.batch_size, min=1, help="Images per batch."),
@@ -507,7 +858,9 @@ def gradcam(
     from .gradcam import MEASURES, explain
     from .paths import store_path
 
-    summary = explain(model, store_path(data), out, n=n, layer=layer, target=target, seed=seed, batch_size=batch_size, device=device)
+    summary = explain(
+        model, store_path(data), out, n=n, layer=layer, target=target, seed=seed, batch_size=batch_size, device=device
+    )
     table = Table(title=f"Grad-CAM ({layer}, {target} class) on {summary['images']} images of {summary['data']}: means")
     table.add_column("model")
     for key in MEASURES:
@@ -523,13 +876,21 @@ def gradcam(
 @app.command()
 @user_errors
 def vanish(
-    data: List[str] = typer.Option(..., help="Store(s) to analyse (repeat --data)."),
+    data: list[str] = typer.Option(..., help="Store(s) to analyse (repeat --data)."),
     out: Path = typer.Option(Path("results/vanish"), help="Folder for the CSV, summary, predictions and figures."),
     n: int = typer.Option(VANISH.n, min=1, help="Images per store (a seeded random pick)."),
-    upsample: Optional[int] = typer.Option(VANISH.upsample, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."),
-    focal: Optional[float] = typer.Option(VANISH.focal, help="Focal length in pixels (calibrated); default: estimated per image."),
+    upsample: int | None = typer.Option(
+        VANISH.upsample, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."
+    ),
+    focal: float | None = typer.Option(
+        VANISH.focal, help="Focal length in pixels (calibrated); default: estimated per image."
+    ),
     seed: Annotated[int, seed_option("Seed of the image pick and of RANSAC.")] = VANISH.seed,
-    sources: Optional[str] = typer.Option(None, help="The real store the samples came from: for every store with a source_index column (DI, img2img), compare each sample's horizon and VPs with its source's."),
+    sources: str | None = typer.Option(
+        None,
+        help="The real store the samples came from: for every store with a source_index column (DI, img2img), "
+        "compare each sample's horizon and VPs with its source's.",
+    ),
 ) -> None:
     """Line segments and vanishing points of stores, side by side (to score the detector itself: vanish-score)."""
     from rich.table import Table
@@ -537,34 +898,65 @@ def vanish(
     from .paths import store_path, store_paths
     from .vanish import MEASURES, run_vanish
 
-    summary, pairs = run_vanish(store_paths(data), out, sources=store_path(sources) if sources else None, n=n,
-                                upsample=upsample, focal=focal, seed=seed)
+    summary, pairs = run_vanish(
+        store_paths(data),
+        out,
+        sources=store_path(sources) if sources else None,
+        n=n,
+        upsample=upsample,
+        focal=focal,
+        seed=seed,
+    )
     table = Table(title=f"line geometry per store ({summary['mode']}): median [q1, q3]")
     table.add_column("measure")
     for name, st in summary["stores"].items():
         table.add_column(f"{name} ({st['image_size'][0]} px, x{st['upsample']})", justify="right")
     stores = list(summary["stores"].values())
-    table.add_row("images / with VPs / no lines", *(f"{st['images']} / {st['with_vps']} / {st['no_lines']}" for st in stores))
+    table.add_row(
+        "images / with VPs / no lines", *(f"{st['images']} / {st['with_vps']} / {st['no_lines']}" for st in stores)
+    )
     if any("line_classifier_auc" in st for st in stores):
-        table.add_row("real or generated, lines alone: ROC AUC", *(f"{st['line_classifier_auc']:.3f}" if "line_classifier_auc" in st
-                                                                   else "(real)" if st["kind"] == "real" else "-" for st in stores))
+        table.add_row(
+            "real or generated, lines alone: ROC AUC",
+            *(
+                f"{st['line_classifier_auc']:.3f}"
+                if "line_classifier_auc" in st
+                else "(real)"
+                if st["kind"] == "real"
+                else "-"
+                for st in stores
+            ),
+        )
     for key in MEASURES:
-        table.add_row(key, *(f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, {st['measures'][key]['q3']:.3g}]" for st in stores))
+        table.add_row(
+            key,
+            *(
+                f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, "
+                f"{st['measures'][key]['q3']:.3g}]"
+                for st in stores
+            ),
+        )
     Console().print(table)
     if pairs:
         for name, p in pairs.items():
-            typer.echo(f"{name} against its sources: median horizon error {p['median_horizon_error']:.3f} of the height, "
-                       f"{100 * p['within_5pct_height']:.0f}% within 5%, median VP error {p['median_vp_error_deg']:.1f} deg "
-                       f"({p['samples']} samples, {p['with_source_vps']} sources with VPs)")
+            typer.echo(
+                f"{name} against its sources: median horizon error {p['median_horizon_error']:.3f} of the height, "
+                f"{100 * p['within_5pct_height']:.0f}% within 5%, median VP error {p['median_vp_error_deg']:.1f} deg "
+                f"({p['samples']} samples, {p['with_source_vps']} sources with VPs)"
+            )
     typer.echo(f"wrote {out}/")
 
 
 @app.command("vanish-score")
 @user_errors
 def vanish_score(
-    gt: Path = typer.Option(..., help="A folder like York Urban's: images/ and gt.json; entries with only a horizon (no camera, no VPs) are scored uncalibrated."),
+    gt: Path = typer.Option(
+        ...,
+        help="A folder like York Urban's: images/ and gt.json; entries with only a horizon (no camera, no VPs) are "
+        "scored uncalibrated.",
+    ),
     out: Path = typer.Option(Path("results/vanish-gt"), help="Folder for predictions.json and gt_scores.json."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N images."),
+    limit: int | None = typer.Option(None, min=1, help="Score only the first N images."),
     seed: Annotated[int, seed_option("Seed of RANSAC.")] = VANISH.seed,
 ) -> None:
     """Score the vanishing-point detector against ground truth: horizon and VP AUCs, calibrated and not."""
@@ -593,27 +985,50 @@ def vanish_score(
 @user_errors
 def fidelity(
     real: str = typer.Option("real", help="The real store every store is compared with (name or path)."),
-    data: List[str] = typer.Option(..., help="Store(s) to judge (repeat --data)."),
-    classifier: Path = typer.Option(..., help="A classifier trained on real data: its penultimate features, and its labels for agreement."),
-    out: Path = typer.Option(Path("results/fidelity"), help="Folder for fidelity.csv, fidelity.md, fidelity.png, summary.json."),
-    per_class: int = typer.Option(FIDELITY.per_class, min=3, help="Images per class of every store (fewer if a store has fewer: all stores get the same)."),
+    data: list[str] = typer.Option(..., help="Store(s) to judge (repeat --data)."),
+    classifier: Path = typer.Option(
+        ..., help="A classifier trained on real data: its penultimate features, and its labels for agreement."
+    ),
+    out: Path = typer.Option(
+        Path("results/fidelity"), help="Folder for fidelity.csv, fidelity.md, fidelity.png, summary.json."
+    ),
+    per_class: int = typer.Option(
+        FIDELITY.per_class,
+        min=3,
+        help="Images per class of every store (fewer if a store has fewer: all stores get the same).",
+    ),
     k: int = typer.Option(FIDELITY.k, min=1, help="Nearest neighbours for precision, recall, density and coverage."),
-    inception: Optional[Path] = typer.Option(None, help="torch-fidelity's Inception weights (.pth) for FID and KID; default: torch's cache, if there."),
+    inception: Path | None = typer.Option(
+        None, help="torch-fidelity's Inception weights (.pth) for FID and KID; default: torch's cache, if there."
+    ),
     metric: Metric = typer.Option(Metric(FIDELITY.metric), help="The metric drawn per class in fidelity.png."),
     seed: Annotated[int, seed_option("Seed of the pick.")] = FIDELITY.seed,
     device: Device = AUTO,
 ) -> None:
-    """Judge synthetic stores against real data: Fréchet distance, KID, precision/recall, density/coverage, label agreement."""
+    """Judge synthetic stores against real data: Fréchet distance, KID, precision/recall, density/coverage, label
+    agreement."""
     from .fidelity import fidelity as score
     from .paths import store_path, store_paths
 
-    rows = score(store_path(real), store_paths(data), classifier, out, per_class=per_class, k=k, seed=seed,
-                 inception=inception, metric=metric, device=device)
+    rows = score(
+        store_path(real),
+        store_paths(data),
+        classifier,
+        out,
+        per_class=per_class,
+        k=k,
+        seed=seed,
+        inception=inception,
+        metric=metric,
+        device=device,
+    )
     for row in (r for r in rows if r["class"] == "all"):
         extra = f", agreement {row['agreement']:.3f}" if "agreement" in row else ""
-        typer.echo(f"{row['store']} ({row['features']}, {row['n_fake']} images): Fréchet {row['frechet']:.3f}, "
-                   f"precision {row['precision']:.3f}, recall {row['recall']:.3f}, density {row['density']:.3f}, "
-                   f"coverage {row['coverage']:.3f}{extra}")
+        typer.echo(
+            f"{row['store']} ({row['features']}, {row['n_fake']} images): Fréchet {row['frechet']:.3f}, "
+            f"precision {row['precision']:.3f}, recall {row['recall']:.3f}, density {row['density']:.3f}, "
+            f"coverage {row['coverage']:.3f}{extra}"
+        )
     typer.echo(f"wrote {out}/fidelity.csv, fidelity.md, fidelity.png")
 
 
@@ -624,17 +1039,28 @@ def filter_command(
     classifier: Path = typer.Option(..., help="A classifier trained on real training data (never on test images)."),
     out: Path = typer.Option(..., help="Store to write, e.g. data/inv-kept.h5."),
     keep: float = typer.Option(FILTER.keep, help="Share of each class to keep, in (0, 1]."),
-    by: Criterion = typer.Option(Criterion(FILTER.by), help=f"Ranking: {', '.join(FILTER_CRITERIA)} (see synthkit/filtering.py)."),
-    real: Optional[str] = typer.Option(None, help="--by cam: real store giving each class's typical attention."),
+    by: Criterion = typer.Option(
+        Criterion(FILTER.by), help=f"Ranking: {', '.join(FILTER_CRITERIA)} (see synthkit/filtering.py)."
+    ),
+    real: str | None = typer.Option(None, help="--by cam: real store giving each class's typical attention."),
     device: Device = AUTO,
     overwrite: Overwrite = False,
 ) -> None:
-    """Keep the best share of each class of a synthetic store, by the real classifier's confidence, margin, Grad-CAM or geometry."""
+    """Keep the best share of each class of a synthetic store, by the real classifier's confidence, margin, Grad-CAM or
+    geometry."""
     from .filtering import filter_store
     from .paths import store_path
 
-    meta = filter_store(store_path(data), classifier, out, keep=keep, by=by, real=store_path(real) if real else None,
-                        device=device, overwrite=overwrite)
+    meta = filter_store(
+        store_path(data),
+        classifier,
+        out,
+        keep=keep,
+        by=by,
+        real=store_path(real) if real else None,
+        device=device,
+        overwrite=overwrite,
+    )
     f = meta["filter"]
     typer.echo(f"kept {f['kept']} of {f['of']} images by {f['criterion']} (keep {keep} of each class)")
     _print_store_line(out)

@@ -60,7 +60,8 @@ class CaptionConfig:
 @dataclass
 class InversionConfig:
     """The official inversion's settings (yongchaoz/diffusion_inversion, src/diffuser_inversion.py and README.md:44-51):
-    AdamW lr 0.03 (--learning_rate=3e-02), weight decay 0.01 (the adam_weight_decay default), groups of 100 (--num_emb=100)
+    AdamW lr 0.03 (--learning_rate=3e-02), weight decay 0.01 (the adam_weight_decay default), groups of 100
+    (--num_emb=100)
     at batch 50 (--train_batch_size=50), 5 tokens (--num_tokens=5). `updates` 3000 per image is the README's
     --train_steps=3000, which di/sample_dataset.py:110-112 loads for CIFAR as learned_embeds-steps-6000 (2 AdamW steps a
     group epoch); the script's own default is train_steps 2000. The resolution 128 is sample_dataset.py's
@@ -130,11 +131,16 @@ class DIConfig:
     per_image: int = 5  # README.md:59 --num_samples=5 (sample_dataset.py:47 default 5)
     interp: float = 0.1  # README.md:59 --interpolation_strength=0.1 (sample_dataset.py:47 default 0.1)
     noise: float = 0.1  # README.md:59 --emb_noise=0.1 (sample_dataset.py:47 default 0.0)
-    uncond: str = "mixed"  # pipeline_emb.py:306-332 avg_uncond_embeddings: the mean of the group's embeddings (see README)
+    uncond: str = (
+        "mixed"  # pipeline_emb.py:306-332 avg_uncond_embeddings: the mean of the group's embeddings (see README)
+    )
     guidance: float = 2.0  # sample_dataset.py:48 guidance_scale=2.0 (the README does not override it)
     steps: int = 100  # README.md:59 --num_inference_steps=100 (sample_dataset.py:48 default 200)
-    eta: float = 1.0  # sample_dataset.py:147,197 eta=1.; used where the scheduler's step takes it (DDIM), as pipeline_emb.py does
-    save_size: int | None = None  # None: the size of the images inverted (sample_dataset.py:48 save_resolution=32 for CIFAR)
+    # sample_dataset.py:147,197 eta=1.; used where the scheduler's step takes it (DDIM), as pipeline_emb.py does
+    eta: float = 1.0
+    save_size: int | None = (
+        None  # None: the size of the images inverted (sample_dataset.py:48 save_resolution=32 for CIFAR)
+    )
 
 
 # Training recipes, written as airbench writes its `hyp`: every value of a classifier's run, each with where it
@@ -144,50 +150,51 @@ class DIConfig:
 # (cifake-classifier.py).
 RECIPES: dict[str, dict] = {
     "di": {  # the Diffusion Inversion paper's evaluation: every row the same 50,000 steps at batch 128
-        "steps": 50_000,          # README.md:71 --num-steps=50000 (train_net.py:107 default 50000)
-        "batch_size": 128,        # README.md:71 --syn-bs=128 for single-source rows
-        "real_batch": None,       # half: train_net.py:101-102 --real-bs 64 --syn-bs 64 for mixed rows, concatenated (:403)
-        "optimizer": "sgd",       # README.md:71 --optimizer=sgd; train_net.py:326-327
-        "lr": 0.1,                # README.md:75,78 --lr=1e-1 (train_net.py:104 defaults to 1e-3; the command overrides it)
-        "momentum": 0.9,          # train_net.py:327 momentum=0.9 (no Nesterov)
-        "weight_decay": 5e-4,     # README.md:71 --weight-decay=5e-4
-        "schedule": "warmup-cosine",  # train_net.py:333-336 ChainedScheduler(LinearLR, CosineAnnealingLR), per step (:411)
-        "warmup_steps": 1000,     # README.md:71 --warmup-steps=1000 -> LinearLR(total_iters=1000)
-        "warmup_start": 0.001,    # train_net.py:335 LinearLR(start_factor=0.001)
-        "min_lr": 0.001,          # train_net.py:336 CosineAnnealingLR(T_max=num_steps, eta_min=lr * 0.001)
-        "label_smoothing": 0.0,   # train_net.py:324 nn.CrossEntropyLoss()
-        "augment": "crop-flip",   # train_net.py:196-197 RandomCrop(res, padding=res // 8), RandomHorizontalFlip
-        "init": "torchvision",    # see the README's departures: the official ResNet18 keeps PyTorch's default init
-        "image_size": None,       # train_net.py:180-187: the data set's own size (32 for CIFAR-10)
-        "evals": 20,              # README.md:72 --num-evals=20 on the real test split (train_net.py:376, :428-430)
+        "steps": 50_000,  # README.md:71 --num-steps=50000 (train_net.py:107 default 50000)
+        "batch_size": 128,  # README.md:71 --syn-bs=128 for single-source rows
+        "real_batch": None,  # half: train_net.py:101-102 --real-bs 64 --syn-bs 64 for mixed rows, concatenated (:403)
+        "optimizer": "sgd",  # README.md:71 --optimizer=sgd; train_net.py:326-327
+        "lr": 0.1,  # README.md:75,78 --lr=1e-1 (train_net.py:104 defaults to 1e-3; the command overrides it)
+        "momentum": 0.9,  # train_net.py:327 momentum=0.9 (no Nesterov)
+        "weight_decay": 5e-4,  # README.md:71 --weight-decay=5e-4
+        # train_net.py:333-336 ChainedScheduler(LinearLR, CosineAnnealingLR), per step (:411)
+        "schedule": "warmup-cosine",
+        "warmup_steps": 1000,  # README.md:71 --warmup-steps=1000 -> LinearLR(total_iters=1000)
+        "warmup_start": 0.001,  # train_net.py:335 LinearLR(start_factor=0.001)
+        "min_lr": 0.001,  # train_net.py:336 CosineAnnealingLR(T_max=num_steps, eta_min=lr * 0.001)
+        "label_smoothing": 0.0,  # train_net.py:324 nn.CrossEntropyLoss()
+        "augment": "crop-flip",  # train_net.py:196-197 RandomCrop(res, padding=res // 8), RandomHorizontalFlip
+        "init": "torchvision",  # see the README's departures: the official ResNet18 keeps PyTorch's default init
+        "image_size": None,  # train_net.py:180-187: the data set's own size (32 for CIFAR-10)
+        "evals": 20,  # README.md:72 --num-evals=20 on the real test split (train_net.py:376, :428-430)
     },
     "study": {  # the original study's classifier (cifake-classifier.py), scored on real test images here
-        "steps": 15_700,          # 100 epochs (:138) of 157 batches of 32 (:111): the 5,000 real images of its real row
-        "batch_size": 32,         # :111 batch_size = 32
-        "real_batch": None,       # the script trains no mixed row; synthkit mixes half and half
-        "optimizer": "adam",      # :134 Adam(lr=0.001), no weight decay
+        "steps": 15_700,  # 100 epochs (:138) of 157 batches of 32 (:111): the 5,000 real images of its real row
+        "batch_size": 32,  # :111 batch_size = 32
+        "real_batch": None,  # the script trains no mixed row; synthkit mixes half and half
+        "optimizer": "adam",  # :134 Adam(lr=0.001), no weight decay
         "lr": 1e-3,
-        "momentum": 0.9,          # unused by Adam (its betas stay torch's defaults, as in the script)
+        "momentum": 0.9,  # unused by Adam (its betas stay torch's defaults, as in the script)
         "weight_decay": 0.0,
-        "schedule": "step",       # :135 StepLR(step_size=30, gamma=0.1), stepped once per epoch (:169)
-        "step_every": 4_710,      # 30 epochs of 157 steps
+        "schedule": "step",  # :135 StepLR(step_size=30, gamma=0.1), stepped once per epoch (:169)
+        "step_every": 4_710,  # 30 epochs of 157 steps
         "step_gamma": 0.1,
-        "label_smoothing": 0.1,   # :133 CrossEntropyLoss(label_smoothing=0.1)
+        "label_smoothing": 0.1,  # :133 CrossEntropyLoss(label_smoothing=0.1)
         "augment": "flip-rotate-jitter",  # :18-20 flip, RandomRotation(20), ColorJitter(0.2, 0.2, 0.2, 0.1)
-        "init": "kaiming-normal", # :128 kaiming_normal_ on every Conv2d and Linear weight
-        "image_size": 224,        # :17 Resize((224, 224)); torchvision's ResNet-18 with its ImageNet stem (:126)
-        "evals": 100,             # once per epoch, as the script validates (:165-167); the best is labelled as such
+        "init": "kaiming-normal",  # :128 kaiming_normal_ on every Conv2d and Linear weight
+        "image_size": 224,  # :17 Resize((224, 224)); torchvision's ResNet-18 with its ImageNet stem (:126)
+        "evals": 100,  # once per epoch, as the script validates (:165-167); the best is labelled as such
     },
     "quick": {  # CPU runs and the demo: the official schedule's shape over a few hundred steps
         "steps": 300,
         "batch_size": 32,
         "real_batch": None,
         "optimizer": "sgd",
-        "lr": 0.025,              # the linear scaling of di's 0.1 at batch 128 to batch 32
+        "lr": 0.025,  # the linear scaling of di's 0.1 at batch 128 to batch 32
         "momentum": 0.9,
         "weight_decay": 5e-4,
         "schedule": "warmup-cosine",
-        "warmup_steps": 15,       # 5% of the steps
+        "warmup_steps": 15,  # 5% of the steps
         "warmup_start": 0.001,
         "min_lr": 0.001,
         "label_smoothing": 0.0,
@@ -230,7 +237,7 @@ class TrainConfig:
     compile: bool = False
 
     @classmethod
-    def from_recipe(cls, name: str = DEFAULT_RECIPE, **overrides) -> "TrainConfig":
+    def from_recipe(cls, name: str = DEFAULT_RECIPE, **overrides) -> TrainConfig:
         """The recipe's values, then every override that is not None."""
         if name not in RECIPES:
             raise UserError(f"unknown recipe '{name}': use one of {', '.join(RECIPES)}")

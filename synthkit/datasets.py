@@ -9,21 +9,21 @@ import pickle
 import re
 import tarfile
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import CIFAR10_CLASSES
 from .config import SPLITS, check_choice
 from .errors import UserError
-from .jobs import check_fits, check_outside, check_output
-from .memory import human, image_bytes, ram_budget
+from .jobs import check_fits, check_output, check_outside
 from .locks import locked_output
+from .memory import human, image_bytes, ram_budget
 from .meta import Kind, provenance
-from .progress import console, progress
 from .outputs import partial_path
+from .progress import console, progress
 from .store import StoreWriter, balanced_subset
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -62,8 +62,12 @@ def import_cifar10(
         raise UserError("give --source (an image-folder tree, an archive or cifar-10-batches-py) or --download")
     if source is not None and download:
         raise UserError("give either --source or --download, not both")
-    params = {"source": str(source) if source else "torchvision-download", "split": split,
-              "per_class": per_class, "seed": seed}
+    params = {
+        "source": str(source) if source else "torchvision-download",
+        "split": split,
+        "per_class": per_class,
+        "seed": seed,
+    }
 
     budget = ram_budget(memory_limit)
 
@@ -71,13 +75,24 @@ def import_cifar10(
         src = download_cifar10(download_root, split) if download else open_source(Path(source), split, budget)
         return src, list(CIFAR10_CLASSES), _describe(Path(source)) if source else {"path": str(download_root)}
 
-    return write_source(out, open_split, params, split, per_class, seed, batch_size, overwrite, resume,
-                        inputs=[source], budget=budget)
+    return write_source(
+        out, open_split, params, split, per_class, seed, batch_size, overwrite, resume, inputs=[source], budget=budget
+    )
 
 
-def write_source(out: str | Path, open_split: Callable[[], tuple[Source, list[str], dict]], params: dict, split: str,
-                 per_class: int | None, seed: int, batch_size: int = 2000, overwrite: bool = False,
-                 resume: bool = False, inputs: Sequence[str | Path | None] = (), budget: int | None = None) -> Path:
+def write_source(
+    out: str | Path,
+    open_split: Callable[[], tuple[Source, list[str], dict]],
+    params: dict,
+    split: str,
+    per_class: int | None,
+    seed: int,
+    batch_size: int = 2000,
+    overwrite: bool = False,
+    resume: bool = False,
+    inputs: Sequence[str | Path | None] = (),
+    budget: int | None = None,
+) -> Path:
     """Write a dataset split (or a seeded class-balanced subset) to the store `out`, opening the source only when
     there is work to do; each row keeps its index and name in the source. Rows are decoded a window at a time, as
     many as `budget` bytes hold (one pass over an archive per window)."""
@@ -85,20 +100,36 @@ def write_source(out: str | Path, open_split: Callable[[], tuple[Source, list[st
     if check_output(out, [partial_path(out)], overwrite, resume, inputs=inputs):
         return out
     src, classes, described = open_split()
-    index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(classes))
+    index = (
+        np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(classes))
+    )
     meta = provenance(Kind.REAL, params, [described])
     window = max(1, (budget or ram_budget()) // (3 * src.image_shape[0] * src.image_shape[1]))
-    with StoreWriter(out, classes=classes, image_shape=src.image_shape, meta=meta,
-                     columns={"source_index": "int", "source_name": "str"}, total=len(index),
-                     overwrite=overwrite, resume=resume) as writer, progress() as bar:
+    with (
+        StoreWriter(
+            out,
+            classes=classes,
+            image_shape=src.image_shape,
+            meta=meta,
+            columns={"source_index": "int", "source_name": "str"},
+            total=len(index),
+            overwrite=overwrite,
+            resume=resume,
+        ) as writer,
+        progress() as bar,
+    ):
         task = bar.add_task(f"import {split}", total=len(index), completed=writer.done)
         for first in range(writer.done, len(index), window):
             rows_of_window = index[first : first + window]
             pixels = src.decode(rows_of_window)
             for start in range(0, len(rows_of_window), batch_size):
                 rows = rows_of_window[start : start + batch_size]
-                writer.append(pixels[start : start + batch_size], src.labels[rows], source_index=rows,
-                              source_name=[src.names[i] for i in rows])
+                writer.append(
+                    pixels[start : start + batch_size],
+                    src.labels[rows],
+                    source_index=rows,
+                    source_name=[src.names[i] for i in rows],
+                )
                 bar.advance(task, len(rows))
     return out
 
@@ -128,7 +159,7 @@ def import_folder(
     if size is not None and size < 8:
         raise UserError(f"--size must be at least 8, got {size}")
     if class_name is not None and not class_name.strip():
-        raise UserError("--class-name is empty: give the class's name, e.g. \"urban scene\"")
+        raise UserError('--class-name is empty: give the class\'s name, e.g. "urban scene"')
     budget = ram_budget(memory_limit)
     if size is not None:
         check_fits(image_bytes(1, size), budget, f"one image at --size {size}")
@@ -152,25 +183,50 @@ def import_folder(
             skipped.append(name)
             continue
         if class_name is None and len(parts) < 2:
-            raise UserError(f"{source}: {name} is not inside a class folder: lay images out as <class>/<image>, or give --class-name")
+            raise UserError(
+                f"{source}: {name} is not inside a class folder: lay images out as <class>/<image>, or give "
+                "--class-name"
+            )
         entries.append((class_name if class_name is not None else parts[-2], _natural_key(name), name))
     if not entries:
         where = f"<{split}>/<class>/" if split else "<class>/"
         raise UserError(f"{source}: no images in {where} folders")
     empty = sorted(c for c in folders if c not in {e[0] for e in entries})
     if empty:
-        raise UserError(f"{source}: class folder(s) {', '.join(empty)} hold no image (only {', '.join(folders[empty[0]][:3])}): "
-                        "add images or remove the folder")
+        raise UserError(
+            f"{source}: class folder(s) {', '.join(empty)} hold no image (only {', '.join(folders[empty[0]][:3])}): "
+            "add images or remove the folder"
+        )
     note_skipped(skipped)
     classes = sorted({e[0] for e in entries}, key=_natural_key)
     entries.sort(key=lambda e: (classes.index(e[0]), e[1]))
     names, labels = [e[2] for e in entries], np.array([classes.index(e[0]) for e in entries], dtype=np.int64)
     shape = (size, size) if size else _decode_image(members.read_one(names[0]), names[0], budget).shape[:2]
     hint = "" if size else ": give --size to resize and centre-crop them all"
-    source_of = Source(labels, names, lambda rows: decode_rows(members, [names[i] for i in rows], shape, size, hint), shape)
-    params = {"source": str(source), "size": size, "split": split, "class_name": class_name, "per_class": per_class, "seed": seed}
-    return write_source(out, lambda: (source_of, classes, _describe(source)), params, split or "all", per_class, seed,
-                        batch_size, overwrite=overwrite, resume=resume, inputs=[source], budget=budget)
+    source_of = Source(
+        labels, names, lambda rows: decode_rows(members, [names[i] for i in rows], shape, size, hint), shape
+    )
+    params = {
+        "source": str(source),
+        "size": size,
+        "split": split,
+        "class_name": class_name,
+        "per_class": per_class,
+        "seed": seed,
+    }
+    return write_source(
+        out,
+        lambda: (source_of, classes, _describe(source)),
+        params,
+        split or "all",
+        per_class,
+        seed,
+        batch_size,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=[source],
+        budget=budget,
+    )
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -206,8 +262,14 @@ def open_source(path: Path, split: str, budget: int | None = None) -> Source:
     members = Members(path, budget)
     batch_names = {name.rsplit("/", 1)[-1]: name for name in members.names}
     if "data_batch_1" in batch_names or "test_batch" in batch_names:
-        return _batches_source({name: (lambda full=batch_names[name]: members.read_one(full))
-                                for name in _BATCH_FILES[split] if name in batch_names}, split)
+        return _batches_source(
+            {
+                name: (lambda full=batch_names[name]: members.read_one(full))
+                for name in _BATCH_FILES[split]
+                if name in batch_names
+            },
+            split,
+        )
     return _folder_source(members, split, path)
 
 
@@ -230,7 +292,9 @@ class Members:
         try:
             if self.path.is_dir():
                 self.kind = "folder"
-                self.sizes = {str(p.relative_to(self.path)): p.stat().st_size for p in self.path.rglob("*") if p.is_file()}
+                self.sizes = {
+                    str(p.relative_to(self.path)): p.stat().st_size for p in self.path.rglob("*") if p.is_file()
+                }
             elif name.endswith(".zip"):
                 self.kind = "zip"
                 with zipfile.ZipFile(self.path) as archive:
@@ -261,8 +325,10 @@ class Members:
             if name not in self.sizes:
                 raise KeyError(name)
             if self.budget is not None and self.sizes[name] > self.budget:
-                raise UserError(f"{name} in {self.path} is {human(self.sizes[name])}, over the memory budget of "
-                                f"{human(self.budget)} (--memory-limit)")
+                raise UserError(
+                    f"{name} in {self.path} is {human(self.sizes[name])}, over the memory budget of "
+                    f"{human(self.budget)} (--memory-limit)"
+                )
         try:
             if self.kind == "folder":
                 for name in wanted:
@@ -302,8 +368,10 @@ def _check_member_name(archive: Path, name: str) -> None:
     made from an image-folder tree, and quietly skipping those members would import a different data set."""
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or ".." in parts or (parts and len(parts[0]) == 2 and parts[0][1] == ":"):
-        raise UserError(f"{archive}: member '{name}' points outside the archive (absolute or with ..): "
-                        "refusing the archive; rebuild it from the image folder")
+        raise UserError(
+            f"{archive}: member '{name}' points outside the archive (absolute or with ..): "
+            "refusing the archive; rebuild it from the image folder"
+        )
 
 
 def _natural_key(name: str) -> list:
@@ -329,18 +397,29 @@ def _folder_source(members: Members, split: str, where: Path) -> Source:
             continue
         entries.append((CIFAR10_CLASSES.index(cls), _natural_key(parts[-1]), name))
     if unknown:
-        raise UserError(f"{where}: unknown class folder(s) {', '.join(sorted(unknown))}; CIFAR-10's classes are {', '.join(CIFAR10_CLASSES)}")
+        raise UserError(
+            f"{where}: unknown class folder(s) {', '.join(sorted(unknown))}; CIFAR-10's classes are "
+            f"{', '.join(CIFAR10_CLASSES)}"
+        )
     if not entries:
-        raise UserError(f"{where}: no images in <{split}>/<class>/ folders (expected e.g. cifar10/{split}/airplane/0000.jpg)")
+        raise UserError(
+            f"{where}: no images in <{split}>/<class>/ folders (expected e.g. cifar10/{split}/airplane/0000.jpg)"
+        )
     missing = set(range(len(CIFAR10_CLASSES))) - {e[0] for e in entries}
     if missing:
-        raise UserError(f"{where}: no {split} images for class(es) {', '.join(CIFAR10_CLASSES[c] for c in sorted(missing))}")
+        raise UserError(
+            f"{where}: no {split} images for class(es) {', '.join(CIFAR10_CLASSES[c] for c in sorted(missing))}"
+        )
     note_skipped(skipped)
     entries.sort()
     names = [e[2] for e in entries]
     first = _decode_image(members.read_one(names[0]), names[0], members.budget)
-    return Source(np.array([e[0] for e in entries], dtype=np.int64), names,
-                  lambda rows: decode_rows(members, [names[i] for i in rows], first.shape[:2], None), first.shape[:2])
+    return Source(
+        np.array([e[0] for e in entries], dtype=np.int64),
+        names,
+        lambda rows: decode_rows(members, [names[i] for i in rows], first.shape[:2], None),
+        first.shape[:2],
+    )
 
 
 def note_skipped(skipped: Sequence[str]) -> None:
@@ -350,7 +429,9 @@ def note_skipped(skipped: Sequence[str]) -> None:
         console.print(f"note: skipped {len(skipped)} file(s) that are not images: {shown}", highlight=False)
 
 
-def decode_rows(members: Members, names: Sequence[str], shape: tuple[int, int], size: int | None, hint: str = "") -> np.ndarray:
+def decode_rows(
+    members: Members, names: Sequence[str], shape: tuple[int, int], size: int | None, hint: str = ""
+) -> np.ndarray:
     """The images of `names`, in that order, as uint8 (len, H, W, 3): decoded one file at a time as the source
     gives them, resized and centre-cropped to `size` when given, else all of `shape`."""
     out = np.empty((len(names), *((size, size) if size else shape), 3), dtype=np.uint8)
@@ -362,7 +443,9 @@ def decode_rows(members: Members, names: Sequence[str], shape: tuple[int, int], 
         if size:
             image = centre_crop(image, size)
         elif image.shape[:2] != tuple(shape):
-            raise UserError(f"{name} is {image.shape[1]}x{image.shape[0]}, but the images before it are {shape[1]}x{shape[0]}{hint}")
+            raise UserError(
+                f"{name} is {image.shape[1]}x{image.shape[0]}, but the images before it are {shape[1]}x{shape[0]}{hint}"
+            )
         out[position[name]] = image
     return out
 
@@ -380,26 +463,36 @@ def _decode_image(data: bytes, name: str, budget: int | None = None) -> np.ndarr
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if budget is not None and 3 * width * height > budget:
-                    raise UserError(f"{name} is {width}x{height} pixels: decoded it takes {human(3 * width * height)}, over "
-                                    f"the memory budget of {human(budget)} (--memory-limit); remove it or shrink it")
+                    raise UserError(
+                        f"{name} is {width}x{height} pixels: decoded it takes {human(3 * width * height)}, over "
+                        f"the memory budget of {human(budget)} (--memory-limit); remove it or shrink it"
+                    )
                 return np.asarray(image.convert("RGB"))
     except UserError:
         raise
     except Image.DecompressionBombError as err:
         raise UserError(f"{name} is not a safe image to decode ({err})") from None
     except UnidentifiedImageError:
-        raise UserError(f"{name} is not a readable image (not a format PIL reads): remove it or fix the source") from None
+        raise UserError(
+            f"{name} is not a readable image (not a format PIL reads): remove it or fix the source"
+        ) from None
     except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ... for broken files
-        raise UserError(f"{name} is not a readable image ({type(err).__name__}: {_first_line(err)}): "
-                        "remove it or fix the source") from None
+        raise UserError(
+            f"{name} is not a readable image ({type(err).__name__}: {_first_line(err)}): remove it or fix the source"
+        ) from None
 
 
 class _BatchUnpickler(pickle.Unpickler):
     """CIFAR-10's batches and CIFAR-100's files are pickles; this reader admits numpy arrays and plain data,
     nothing executable."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
@@ -442,8 +535,10 @@ def fetch_torchvision_archive(name: str, root: str | Path) -> Path:
         try:
             download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
         except Exception as err:  # URLError, RuntimeError (bad checksum), ... when offline or interrupted
-            raise UserError(f"could not download {name} ({type(err).__name__}: {err}); on a machine without internet "
-                            f"pass --source with a local copy (the folder or {cls.filename})") from None
+            raise UserError(
+                f"could not download {name} ({type(err).__name__}: {err}); on a machine without internet "
+                f"pass --source with a local copy (the folder or {cls.filename})"
+            ) from None
     return folder
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from .outputs import written_whole
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
-
 
 
 @dataclass
@@ -65,9 +64,8 @@ class Diffusion:
 def quiet_libraries() -> None:
     """diffusers and transformers print loading bars and advice; synthkit shows its own progress."""
     import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
-
     import huggingface_hub.utils.logging as hlog
+    import transformers.utils.logging as tlog
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
@@ -82,30 +80,48 @@ def load_diffusion(model: str, device: torch.device, dtype: torch.dtype) -> Diff
 
     quiet_libraries()
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype, safety_checker=None,
-                                                       feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     except Exception as err:  # hub, network and format errors come in many types
         if Path(model).exists():
-            raise UserError(f"{model} is not a diffusers Stable Diffusion folder ({type(err).__name__}): "
-                            "it needs model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/") from None
-        raise UserError(f"cannot load model '{model}': it is not a local folder and is not in the Hugging Face cache, "
-                        "and it could not be downloaded (offline?). Pass --model PATH to a diffusers folder, "
-                        "or make a test model with: synthkit model tiny --out models/tiny-sd") from None
+            raise UserError(
+                f"{model} is not a diffusers Stable Diffusion folder ({type(err).__name__}): "
+                "it needs model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/"
+            ) from None
+        raise UserError(
+            f"cannot load model '{model}': it is not a local folder and is not in the Hugging Face cache, "
+            "and it could not be downloaded (offline?). Pass --model PATH to a diffusers folder, "
+            "or make a test model with: synthkit model tiny --out models/tiny-sd"
+        ) from None
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
         part.to(device)
         part.eval()
     pipe.unet.to(memory_format=torch.channels_last)
-    return Diffusion(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config),
-                     type(pipe.scheduler).__name__, device, dtype, model)
+    return Diffusion(
+        pipe.unet,
+        pipe.vae,
+        pipe.text_encoder,
+        pipe.tokenizer,
+        dict(pipe.scheduler.config),
+        type(pipe.scheduler).__name__,
+        device,
+        dtype,
+        model,
+    )
 
 
 def make_scheduler(diffusion: Diffusion, name: str = "model"):
     """A fresh sampling scheduler: the model's own, DDIM, DPM-Solver++ or PNDM, from the model's config."""
     import diffusers
 
-    classes = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler",
-               "model": diffusion.scheduler_class}
+    classes = {
+        "ddim": "DDIMScheduler",
+        "dpm++": "DPMSolverMultistepScheduler",
+        "pndm": "PNDMScheduler",
+        "model": diffusion.scheduler_class,
+    }
     check_choice(name, SCHEDULERS, "--scheduler")
     cls = getattr(diffusers, classes[name])
     if name == "dpm++":
@@ -124,15 +140,22 @@ def training_scheduler(diffusion: Diffusion):
 def encode_text(diffusion: Diffusion, prompts: list[str], length: int | None = None) -> torch.Tensor:
     """CLIP hidden states (B, length, hidden) of prompts, as the UNet's conditioning; length defaults to the
     tokenizer's 77 (the official DI code pads its empty prompt to the embeddings' token count instead)."""
-    tok = diffusion.tokenizer(prompts, padding="max_length", max_length=length or diffusion.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt")
+    tok = diffusion.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=length or diffusion.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
     return diffusion.text_encoder(tok.input_ids.to(diffusion.device))[0].to(diffusion.dtype)
 
 
 def check_resolution(resolution: int, diffusion: Diffusion) -> None:
     """Resolutions must be multiples of the VAE's downsampling factor (8 for SD)."""
     if resolution <= 0 or resolution % diffusion.vae_scale:
-        raise UserError(f"--resolution {resolution} is not a multiple of {diffusion.vae_scale} (the VAE's downsampling factor)")
+        raise UserError(
+            f"--resolution {resolution} is not a multiple of {diffusion.vae_scale} (the VAE's downsampling factor)"
+        )
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -152,8 +175,9 @@ def sample_seed(seed: int, index: int) -> int:
     return derive_seed(seed, index)
 
 
-def variance_noise(seeds: Sequence[int], shape: tuple[int, ...], device: torch.device,
-                   dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+def variance_noise(
+    seeds: Sequence[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> Callable[[], torch.Tensor]:
     """The noise a stochastic sampler (DDIM at eta > 0) adds at each step: one stream per sample, derived from its
     seed, so that a sample depends neither on its batch nor on its shard. Each call gives the next step's draw."""
     generators = [torch.Generator().manual_seed(derive_seed(int(s), 2)) for s in seeds]
@@ -167,9 +191,18 @@ def accepts_eta(scheduler) -> bool:
 
 
 @torch.no_grad()
-def denoise(diffusion: Diffusion, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
-            steps: int, guidance: float, start_step: int = 0, eta: float = 0.0,
-            seeds: Sequence[int] | None = None) -> torch.Tensor:
+def denoise(
+    diffusion: Diffusion,
+    scheduler,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    steps: int,
+    guidance: float,
+    start_step: int = 0,
+    eta: float = 0.0,
+    seeds: Sequence[int] | None = None,
+) -> torch.Tensor:
     """Run the sampler from `latents` with classifier-free guidance; cond and uncond may differ in length. With
     eta > 0 a scheduler that accepts it (DDIM) adds noise at every step, drawn from each sample's own stream."""
     scheduler.set_timesteps(steps, device=diffusion.device)
@@ -218,7 +251,9 @@ def pil_resize(images: np.ndarray, size: int) -> np.ndarray:
 def to_model_input(images: np.ndarray, resolution: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """uint8 images (B, H, W, 3) to [-1, 1] tensors, resized as the official DI code does: PIL bicubic on the
     uint8 image, then scaled."""
-    return (torch.from_numpy(pil_resize(images, resolution)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1).to(dtype)
+    return (torch.from_numpy(pil_resize(images, resolution)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1).to(
+        dtype
+    )
 
 
 @torch.no_grad()
@@ -228,23 +263,61 @@ def encode_images(diffusion: Diffusion, images: np.ndarray, resolution: int) -> 
     return dist.mean * diffusion.latent_scale, dist.std * diffusion.latent_scale
 
 
-SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-               "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False}  # SD 1.x's scheduler_config.json
+SD_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+}  # SD 1.x's scheduler_config.json
 NOISE_NOTE = "random weights: it makes noise, not pictures"
 
 SD15 = {  # Stable Diffusion 1.5's component configs (unet/, vae/, text_encoder/ and scheduler/ config.json)
-    "unet": {"sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-             "block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
-             "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-             "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-             "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
-             "downsample_padding": 1, "mid_block_scale_factor": 1, "center_input_sample": False},
-    "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (128, 256, 512, 512),
-            "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
-            "layers_per_block": 2, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 512, "scaling_factor": 0.18215},
-    "text_encoder": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-                     "vocab_size": 49408, "max_position_embeddings": 77, "projection_dim": 768, "hidden_act": "quick_gelu",
-                     "layer_norm_eps": 1e-5},
+    "unet": {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 2,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "act_fn": "silu",
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "center_input_sample": False,
+    },
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": (128, 256, 512, 512),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "act_fn": "silu",
+        "sample_size": 512,
+        "scaling_factor": 0.18215,
+    },
+    "text_encoder": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+        "projection_dim": 768,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+    },
     "scheduler": ("PNDMScheduler", {**SD_SCHEDULE, "skip_prk_steps": True}),
 }
 SPECS = {"sd15": SD15}  # one per name of config.LIKES
@@ -253,15 +326,32 @@ SPECS = {"sd15": SD15}  # one per name of config.LIKES
 def tiny_spec(hidden: int = 32) -> dict[str, Any]:
     """Component configs of the tiny test model: SD's layout at a fraction of the size, with a DDIM scheduler."""
     return {
-        "unet": {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "block_out_channels": (32, 64),
-                 "norm_num_groups": 8, "cross_attention_dim": hidden, "attention_head_dim": 8,
-                 "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-                 "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")},
-        "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (16, 16, 32, 32),
-                "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
-                "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64},
-        "text_encoder": {"hidden_size": hidden, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
-                         "max_position_embeddings": 77},
+        "unet": {
+            "sample_size": 8,
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 1,
+            "block_out_channels": (32, 64),
+            "norm_num_groups": 8,
+            "cross_attention_dim": hidden,
+            "attention_head_dim": 8,
+            "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        },
+        "vae": SD15["vae"]
+        | {
+            "block_out_channels": (16, 16, 32, 32),
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "sample_size": 64,
+        },  # SD's VAE layout, narrower
+        "text_encoder": {
+            "hidden_size": hidden,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "max_position_embeddings": 77,
+        },
         "scheduler": ("DDIMScheduler", SD_SCHEDULE),
     }
 
@@ -273,7 +363,8 @@ def like_spec(like: str) -> dict[str, Any]:
 
 
 def build_components(spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """Random-weight UNet, VAE and CLIP text encoder, an offline tokenizer and a scheduler, in the default dtype and device."""
+    """Random-weight UNet, VAE and CLIP text encoder, an offline tokenizer and a scheduler, in the default dtype and
+    device."""
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -285,9 +376,17 @@ def build_components(spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     tokenizer = offline_tokenizer()
     text = {"vocab_size": len(tokenizer), **spec["text_encoder"]}
     if len(tokenizer) > text["vocab_size"]:
-        raise ValueError(f"the offline tokenizer has {len(tokenizer)} tokens, more than the text encoder's {text['vocab_size']}")
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                                pad_token_id=tokenizer.pad_token_id))
+        raise ValueError(
+            f"the offline tokenizer has {len(tokenizer)} tokens, more than the text encoder's {text['vocab_size']}"
+        )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            **text,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     scheduler_class, schedule = spec["scheduler"]
     scheduler = getattr(diffusers, scheduler_class).from_config(schedule)
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
@@ -301,7 +400,8 @@ def offline_tokenizer() -> CLIPTokenizer:
 
 
 def random_pipeline(like: str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float16) -> StableDiffusionPipeline:
-    """A full-size model's exact shapes with random weights, in memory; drawn in fp16 (2.5x faster on a CPU), cast to dtype."""
+    """A full-size model's exact shapes with random weights, in memory; drawn in fp16 (2.5x faster on a CPU), cast to
+    dtype."""
     spec = like_spec(like)
     with _default_dtype(torch.float16):
         parts = build_components(spec, seed)
@@ -312,7 +412,9 @@ def random_pipeline(like: str = "sd15", seed: int = 0, dtype: torch.dtype = torc
 def build_random_pipeline(out: str | Path, like: str = "sd15", seed: int = 0, overwrite: bool = False) -> Path:
     """Save `random_pipeline(like, seed)` in fp16 (about 2 GB for sd15) as a diffusers folder, offline."""
     check_model_output(out, overwrite)
-    return _save_pipeline(random_pipeline(like, seed, torch.float16), out, {"kind": "random", "like": like, "seed": seed})
+    return _save_pipeline(
+        random_pipeline(like, seed, torch.float16), out, {"kind": "random", "like": like, "seed": seed}
+    )
 
 
 @locked_output("out", folder=True)
@@ -324,7 +426,8 @@ def build_tiny_pipeline(out: str | Path, seed: int = 0, hidden: int = 32, overwr
 
 
 def parameter_counts(folder: str | Path) -> dict[str, int]:
-    """Parameters of each weighted part (unet, text_encoder, vae) of a diffusers folder, read from the safetensors headers."""
+    """Parameters of each weighted part (unet, text_encoder, vae) of a diffusers folder, read from the safetensors
+    headers."""
     from safetensors import safe_open
 
     counts = {}
@@ -355,8 +458,10 @@ def check_model_output(out: str | Path, overwrite: bool) -> None:
     out = Path(out)
     check_output(out, [], overwrite, resume=False, resumable=False, folder=True)
     if out.exists() and not (out / "synthkit.json").is_file():
-        raise UserError(f"{out} is not a model synthkit built (no synthkit.json): --overwrite replaces only those; "
-                        "choose another --out, or remove the folder yourself")
+        raise UserError(
+            f"{out} is not a model synthkit built (no synthkit.json): --overwrite replaces only those; "
+            "choose another --out, or remove the folder yourself"
+        )
 
 
 def _save_pipeline(pipe: StableDiffusionPipeline, out: str | Path, note: dict[str, Any]) -> Path:
@@ -387,9 +492,10 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def _byte_vocab() -> dict[str, int]:
     """A character-level CLIP vocabulary (GPT-2 byte alphabet, word-final forms, special tokens)."""
-    alphabet = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    alphabet = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     extra = [b for b in range(256) if b not in alphabet]
     chars = [chr(b) for b in alphabet] + [chr(256 + i) for i in range(len(extra))]
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     return {t: i for i, t in enumerate(tokens)}
-

@@ -11,8 +11,9 @@ import csv
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,15 +21,32 @@ import torch
 from .config import EVAL
 from .device import autocast, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
-from .meta import Kind
 from .jobs import check_destination, check_distinct
-from .outputs import written_whole
+from .meta import Kind
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
+from .outputs import written_whole
 from .store import Store
 
-CSV_FIELDS = ["evaluated", "model", "training_data", "train_images", "recipe", "steps", "images_seen", "batch", "seed",
-              "group", "test", "test_fingerprint", "test_images", "accuracy", "best_eval_accuracy", "best_eval_step",
-              "evals", "per_class"]
+CSV_FIELDS = [
+    "evaluated",
+    "model",
+    "training_data",
+    "train_images",
+    "recipe",
+    "steps",
+    "images_seen",
+    "batch",
+    "seed",
+    "group",
+    "test",
+    "test_fingerprint",
+    "test_images",
+    "accuracy",
+    "best_eval_accuracy",
+    "best_eval_step",
+    "evals",
+    "per_class",
+]
 
 
 def training_data_name(meta: dict[str, Any]) -> str:
@@ -51,7 +69,9 @@ def seed_group(meta: dict[str, Any]) -> str:
     """A key shared by classifiers that differ only by seed: the same stores (by content) and every other value."""
     params = {k: v for k, v in meta.get("params", {}).items() if k != "seed"}
     stores = [s.get("fingerprint") for s in meta.get("sources", [])]
-    return hashlib.sha256(json.dumps([training_data_name(meta), stores, params], sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps([training_data_name(meta), stores, params], sort_keys=True).encode()).hexdigest()[
+        :12
+    ]
 
 
 @torch.no_grad()
@@ -59,7 +79,13 @@ def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device, 
     """Predicted class of every uint8 image (N, 3, S, S), in batches."""
     preds = []
     for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device).float().div_(255).contiguous(memory_format=memory_format(device))
+        x = (
+            images[start : start + batch_size]
+            .to(device)
+            .float()
+            .div_(255)
+            .contiguous(memory_format=memory_format(device))
+        )
         with autocast(device):
             preds.append(model(x).argmax(1))
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=device)
@@ -75,7 +101,9 @@ def open_test_store(test: Path) -> Store:
     store = Store(test)
     if store.meta.get("kind") != Kind.REAL:
         store.close()
-        raise UserError(f"test store {test} holds '{store.meta.get('kind')}' images: models are scored on real test images only")
+        raise UserError(
+            f"test store {test} holds '{store.meta.get('kind')}' images: models are scored on real test images only"
+        )
     return store
 
 
@@ -106,19 +134,32 @@ class TestImages:
                 yield start, resize_images(pixels, size)
 
     @torch.no_grad()
-    def accuracy(self, model: torch.nn.Module, classes: Sequence[str], size: int, batch_size: int = EVAL.batch_size) -> float:
-        """Share of the test images `model` (of these classes, at this size) classifies right; it is left in training mode."""
-        truth = torch.from_numpy(class_mapping(self.classes, classes, f"test store {self.path}")[self.labels]).to(self.device)
+    def accuracy(
+        self, model: torch.nn.Module, classes: Sequence[str], size: int, batch_size: int = EVAL.batch_size
+    ) -> float:
+        """Share of the test images `model` (of these classes, at this size) classifies right; it is left in training
+        mode."""
+        truth = torch.from_numpy(class_mapping(self.classes, classes, f"test store {self.path}")[self.labels]).to(
+            self.device
+        )
         model.eval()
         correct = 0
         for start, images in self._chunks(size):
-            correct += int((predict(model, images, self.device, batch_size) == truth[start : start + len(images)]).sum())
+            correct += int(
+                (predict(model, images, self.device, batch_size) == truth[start : start + len(images)]).sum()
+            )
         model.train()
         return correct / max(self.count, 1)
 
 
-def evaluate(models: Sequence[Path], test: Path, results: Path = Path("results"), device: str | None = None,
-             batch_size: int = EVAL.batch_size, memory_limit: str | None = None) -> list[dict[str, Any]]:
+def evaluate(
+    models: Sequence[Path],
+    test: Path,
+    results: Path = Path("results"),
+    device: str | None = None,
+    batch_size: int = EVAL.batch_size,
+    memory_limit: str | None = None,
+) -> list[dict[str, Any]]:
     """Score each classifier on the test store; write confusion figures and the accuracy table."""
     check_destination(results, [*models, test], folder=True)
     check_distinct(models, "classifier")
@@ -143,17 +184,32 @@ def evaluate(models: Sequence[Path], test: Path, results: Path = Path("results")
             counts = confusion_matrix(truth, pred, n)
             per_class = {c: float(counts[i, i] / max(counts[i].sum(), 1)) for i, c in enumerate(meta["classes"])}
             same_test = meta.get("test", {}).get("fingerprint") == store.fingerprint
-            row = {"evaluated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "model": str(path),
-                   "training_data": training_data_name(meta), "train_images": sum(s["count"] for s in meta["sources"]),
-                   "recipe": meta.get("recipe", ""), "steps": meta.get("steps"), "images_seen": meta.get("images_seen", ""),
-                   "batch": json.dumps(meta.get("batch", {})), "seed": meta["params"].get("seed"), "group": seed_group(meta),
-                   "test": str(test), "test_fingerprint": store.fingerprint, "test_images": len(truth),
-                   "accuracy": float((pred == truth).mean()),
-                   "best_eval_accuracy": meta.get("best_test_acc", "") if same_test else "",
-                   "best_eval_step": meta.get("best_test_step", "") if same_test else "",
-                   "evals": json.dumps(meta.get("evals", [])) if same_test else "[]", "per_class": json.dumps(per_class)}
-            save_confusion_figure(counts, meta["classes"], results / "confusion" / f"{Path(path).stem}.png",
-                                  f"{row['training_data']}: {100 * row['accuracy']:.2f}% on {len(truth)} real test images")
+            row = {
+                "evaluated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "model": str(path),
+                "training_data": training_data_name(meta),
+                "train_images": sum(s["count"] for s in meta["sources"]),
+                "recipe": meta.get("recipe", ""),
+                "steps": meta.get("steps"),
+                "images_seen": meta.get("images_seen", ""),
+                "batch": json.dumps(meta.get("batch", {})),
+                "seed": meta["params"].get("seed"),
+                "group": seed_group(meta),
+                "test": str(test),
+                "test_fingerprint": store.fingerprint,
+                "test_images": len(truth),
+                "accuracy": float((pred == truth).mean()),
+                "best_eval_accuracy": meta.get("best_test_acc", "") if same_test else "",
+                "best_eval_step": meta.get("best_test_step", "") if same_test else "",
+                "evals": json.dumps(meta.get("evals", [])) if same_test else "[]",
+                "per_class": json.dumps(per_class),
+            }
+            save_confusion_figure(
+                counts,
+                meta["classes"],
+                results / "confusion" / f"{Path(path).stem}.png",
+                f"{row['training_data']}: {100 * row['accuracy']:.2f}% on {len(truth)} real test images",
+            )
             rows.append(row)
     append_rows(results / "accuracy.csv", rows)
     write_markdown(results / "accuracy.csv", results / "accuracy.md")
@@ -200,10 +256,17 @@ def group_rows(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     for members in groups.values():
         acc = np.array([float(r["accuracy"]) for r in members])
         best = [float(r["best_eval_accuracy"]) for r in members if r.get("best_eval_accuracy")]
-        out.append({"training_data": members[0]["training_data"], "rows": members, "n": len(members),
-                    "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                    "best_mean": float(np.mean(best)) if best else None,
-                    "seeds": sorted(int(r["seed"]) for r in members if str(r["seed"]).lstrip("-").isdigit())})
+        out.append(
+            {
+                "training_data": members[0]["training_data"],
+                "rows": members,
+                "n": len(members),
+                "mean": float(acc.mean()),
+                "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                "best_mean": float(np.mean(best)) if best else None,
+                "seeds": sorted(int(r["seed"]) for r in members if str(r["seed"]).lstrip("-").isdigit()),
+            }
+        )
     return out
 
 
@@ -214,15 +277,19 @@ def mean_std(group: dict[str, Any]) -> str:
 
 def write_markdown(csv_path: Path, md_path: Path) -> None:
     """Rewrite the markdown accuracy table from the CSV: one line per row, its seeds grouped into mean ± std."""
-    lines = ["| training data | accuracy % (final; mean ± std) | n | best of evals % (selected on the test set) | recipe | "
-             "steps | images seen | batch | train images | test images | seeds |",
-             "|---|---:|---:|---:|---|---:|---:|---|---:|---:|---|"]
+    lines = [
+        "| training data | accuracy % (final; mean ± std) | n | best of evals % (selected on the test set) | recipe | "
+        "steps | images seen | batch | train images | test images | seeds |",
+        "|---|---:|---:|---:|---|---:|---:|---|---:|---:|---|",
+    ]
     for g in group_rows(read_rows(csv_path)):
         r = g["rows"][0]
         best = f"{100 * g['best_mean']:.2f}" if g["best_mean"] is not None else "–"
-        lines.append(f"| {g['training_data']} | {mean_std(g)} | {g['n']} | {best} | {r.get('recipe') or '?'} | "
-                     f"{r.get('steps') or '?'} | {r.get('images_seen') or '?'} | {batch_text(r.get('batch'))} | "
-                     f"{r['train_images']} | {r['test_images']} | {', '.join(map(str, g['seeds']))} |")
+        lines.append(
+            f"| {g['training_data']} | {mean_std(g)} | {g['n']} | {best} | {r.get('recipe') or '?'} | "
+            f"{r.get('steps') or '?'} | {r.get('images_seen') or '?'} | {batch_text(r.get('batch'))} | "
+            f"{r['train_images']} | {r['test_images']} | {', '.join(map(str, g['seeds']))} |"
+        )
     md_path.write_text("# Test accuracy (real test images)\n\n" + "\n".join(lines) + "\n")
 
 
@@ -240,15 +307,24 @@ def save_confusion_figure(counts: np.ndarray, classes: Sequence[str], path: Path
     label_size = 9 if n <= 20 else 6
     fig, ax = plt.subplots(figsize=(side + 1, side))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center", fontsize=label_size)
+    ax.set_xticks(
+        range(n), classes, rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center", fontsize=label_size
+    )
     ax.set_yticks(range(n), classes, fontsize=label_size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

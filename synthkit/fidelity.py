@@ -14,16 +14,16 @@ import csv
 import io
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import FIDELITY
+from .config import FIDELITY, FIDELITY_METRICS, check_choice
 from .device import job_device
-from .config import FIDELITY_METRICS, check_choice
 from .errors import UserError
 from .jobs import check_destination
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
@@ -34,8 +34,16 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's
 SET_METRICS = ("frechet", "kid", "precision", "recall", "density", "coverage")
 LABEL_METRICS = ("agreement", "confidence")
 COLUMNS = ("store", "class", "features", "n_real", "n_fake", "k", *SET_METRICS, *LABEL_METRICS)
-BETTER = {"frechet": "lower", "kid": "lower", "precision": "higher", "recall": "higher", "density": "higher",
-          "coverage": "higher", "agreement": "higher", "confidence": "higher"}
+BETTER = {
+    "frechet": "lower",
+    "kid": "lower",
+    "precision": "higher",
+    "recall": "higher",
+    "density": "higher",
+    "coverage": "higher",
+    "agreement": "higher",
+    "confidence": "higher",
+}
 
 
 def inception_weights(path: Path | None) -> Path | None:
@@ -46,7 +54,9 @@ def inception_weights(path: Path | None) -> Path | None:
         try:  # read it now, before any feature is computed: torch-fidelity loads it as a plain state dict
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise UserError(f"--inception {path} is not torch-fidelity's {INCEPTION_FILE} ({type(err).__name__})") from None
+            raise UserError(
+                f"--inception {path} is not torch-fidelity's {INCEPTION_FILE} ({type(err).__name__})"
+            ) from None
         if not isinstance(state, dict):
             raise UserError(f"--inception {path} is not torch-fidelity's {INCEPTION_FILE} (not a state dict)")
         return Path(path)
@@ -88,7 +98,9 @@ def set_scores(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
     return scores
 
 
-def _classifier_outputs(model: nn.Module, images: np.ndarray, device: torch.device, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def _classifier_outputs(
+    model: nn.Module, images: np.ndarray, device: torch.device, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features and class probabilities of uint8 images (N, H, W, 3)."""
     feats, probs = [], []
     with torch.no_grad():
@@ -105,7 +117,9 @@ def _inception_outputs(weights: Path, images: np.ndarray, device: torch.device, 
     """torch-fidelity's Inception-v3 pool features (N, 2048) of uint8 images, as torchmetrics' FID computes them."""
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights)).to(device)
+    net = NoTrainInceptionV3(
+        name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights)
+    ).to(device)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
@@ -114,9 +128,19 @@ def _inception_outputs(weights: Path, images: np.ndarray, device: torch.device, 
     return torch.cat(out).numpy()
 
 
-def fidelity(real: Path, stores: Sequence[Path], classifier: Path, out: Path, per_class: int = FIDELITY.per_class,
-             k: int = FIDELITY.k, seed: int = FIDELITY.seed, inception: Path | None = None, metric: str = FIDELITY.metric,
-             device: str | None = None, batch_size: int = FIDELITY.batch_size) -> list[dict[str, Any]]:
+def fidelity(
+    real: Path,
+    stores: Sequence[Path],
+    classifier: Path,
+    out: Path,
+    per_class: int = FIDELITY.per_class,
+    k: int = FIDELITY.k,
+    seed: int = FIDELITY.seed,
+    inception: Path | None = None,
+    metric: str = FIDELITY.metric,
+    device: str | None = None,
+    batch_size: int = FIDELITY.batch_size,
+) -> list[dict[str, Any]]:
     """Score each store against the real store, over all images and per class; write fidelity.csv, fidelity.md,
     fidelity.png and summary.json to `out`. Returns the rows."""
     check_destination(out, [real, *stores, classifier, inception], folder=True)
@@ -137,11 +161,14 @@ def fidelity(real: Path, stores: Sequence[Path], classifier: Path, out: Path, pe
     class_mapping(classes, meta["classes"], f"the real store {real}")
     n = min(per_class, int(np.min(counts)))
     if n < 3:
-        raise UserError(f"every store must have at least 3 images of every class (the smallest has {n}): "
-                        "give larger stores")
+        raise UserError(
+            f"every store must have at least 3 images of every class (the smallest has {n}): give larger stores"
+        )
     dev = job_device(device)
     model, _ = load_classifier(classifier, dev)
-    sources = {"classifier": f"penultimate layer of {classifier}"} | ({"inception": f"torch-fidelity Inception-v3 ({weights})"} if weights else {})
+    sources = {"classifier": f"penultimate layer of {classifier}"} | (
+        {"inception": f"torch-fidelity Inception-v3 ({weights})"} if weights else {}
+    )
 
     def outputs(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Features per source, labels (real store's order), confidence in the own label, own label and prediction."""
@@ -168,12 +195,20 @@ def fidelity(real: Path, stores: Sequence[Path], classifier: Path, out: Path, pe
                 rows_fake = fake_labels >= 0 if cls == "all" else fake_labels == classes.index(cls)
                 kk = min(k, int(rows_real.sum()) - 2, int(rows_fake.sum()) - 2)  # prdc needs more than k + 1 of each
                 for source in sources:
-                    row = {"store": path.stem, "class": cls, "features": source, "n_real": int(rows_real.sum()),
-                           "n_fake": int(rows_fake.sum()), "k": kk}
+                    row = {
+                        "store": path.stem,
+                        "class": cls,
+                        "features": source,
+                        "n_real": int(rows_real.sum()),
+                        "n_fake": int(rows_fake.sum()),
+                        "k": kk,
+                    }
                     row |= set_scores(real_f[source][rows_real], fake_f[source][rows_fake], kk)
                     if source == "classifier":
-                        row |= {"agreement": float((predicted[rows_fake] == own[rows_fake]).mean()),
-                                "confidence": float(confidence[rows_fake].mean())}
+                        row |= {
+                            "agreement": float((predicted[rows_fake] == own[rows_fake]).mean()),
+                            "confidence": float(confidence[rows_fake].mean()),
+                        }
                     rows.append(row)
             bar.advance(task)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,26 +216,55 @@ def fidelity(real: Path, stores: Sequence[Path], classifier: Path, out: Path, pe
     return rows
 
 
-def _write(rows: list[dict[str, Any]], out: Path, real: Path, classifier: Path, sources: dict[str, str], n: int, k: int,
-           seed: int, metric: str) -> None:
+def _write(
+    rows: list[dict[str, Any]],
+    out: Path,
+    real: Path,
+    classifier: Path,
+    sources: dict[str, str],
+    n: int,
+    k: int,
+    seed: int,
+    metric: str,
+) -> None:
     with open(out / "fidelity.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({key: (f"{v:.6g}" if isinstance(v, float) else v) for key, v in row.items()})
-    lines = [f"Each store against the real store `{real}`, on {n} images per class of each (a seeded pick, seed {seed}), "
-             f"k = {k} nearest neighbours for precision, recall, density and coverage (fewer within a class when it is small). "
-             "With fewer images than feature dimensions (512 for the classifier) the Fréchet distance is biased upwards: "
-             "compare stores with each other, at the same number of images, not with zero.",
-             "", *(f"- features `{name}`: {text}" for name, text in sources.items()), "",
-             "| store | features | images | " + " | ".join(f"{m} ({BETTER[m]} is better)" for m in (*SET_METRICS, *LABEL_METRICS)) + " |",
-             "|---|---|---:|" + "---:|" * (len(SET_METRICS) + len(LABEL_METRICS))]
+    lines = [
+        f"Each store against the real store `{real}`, on {n} images per class of each (a seeded pick, seed {seed}), "
+        f"k = {k} nearest neighbours for precision, recall, density and coverage (fewer within a class when it is "
+        "small). "
+        "With fewer images than feature dimensions (512 for the classifier) the Fréchet distance is biased upwards: "
+        "compare stores with each other, at the same number of images, not with zero.",
+        "",
+        *(f"- features `{name}`: {text}" for name, text in sources.items()),
+        "",
+        "| store | features | images | "
+        + " | ".join(f"{m} ({BETTER[m]} is better)" for m in (*SET_METRICS, *LABEL_METRICS))
+        + " |",
+        "|---|---|---:|" + "---:|" * (len(SET_METRICS) + len(LABEL_METRICS)),
+    ]
     for row in (r for r in rows if r["class"] == "all"):
         values = [f"{row[m]:.3f}" if m in row else "–" for m in (*SET_METRICS, *LABEL_METRICS)]
         lines.append(f"| {row['store']} | {row['features']} | {row['n_fake']} | " + " | ".join(values) + " |")
     (out / "fidelity.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps({"real": str(real), "classifier": str(classifier), "per_class": n, "k": k,
-                                                  "seed": seed, "features": sources, "metric": metric, "rows": rows}, indent=1))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "real": str(real),
+                "classifier": str(classifier),
+                "per_class": n,
+                "k": k,
+                "seed": seed,
+                "features": sources,
+                "metric": metric,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     _figure(rows, out / "fidelity.png", metric)
 
 
@@ -216,22 +280,33 @@ def _figure(rows: list[dict[str, Any]], path: Path, metric: str) -> None:
     classes = list(dict.fromkeys(r["class"] for r in ours if r["class"] != "all"))
     many = len(classes) > 20  # e.g. CIFAR-100: narrower bars and upright labels keep the figure readable
     bars = min(0.25 * len(classes) * max(1, len(stores)), 3 * len(classes) if many else 60, 40)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(6 + bars, 4 + (1.5 if many else 0)),
-                                      gridspec_kw={"width_ratios": [6, max(bars, 6)]})
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(6 + bars, 4 + (1.5 if many else 0)), gridspec_kw={"width_ratios": [6, max(bars, 6)]}
+    )
     for name in stores:
         row = next(r for r in ours if r["store"] == name and r["class"] == "all")
         left.scatter(row["recall"], row["precision"], s=50)
         left.annotate(name, (row["recall"], row["precision"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     n_all = next(r["n_fake"] for r in ours if r["class"] == "all")
     n_class = next((r["n_fake"] for r in ours if r["class"] != "all"), 0)
-    left.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="recall", ylabel="precision",
-             title=f"all classes ({n_all} images per store)")
+    left.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.02),
+        xlabel="recall",
+        ylabel="precision",
+        title=f"all classes ({n_all} images per store)",
+    )
     width = 0.8 / max(1, len(stores))
     for i, name in enumerate(stores):
         values = [next(r[metric] for r in ours if r["store"] == name and r["class"] == c) for c in classes]
         right.bar(np.arange(len(classes)) + i * width, values, width, label=name)
-    right.set_xticks(np.arange(len(classes)) + width * (len(stores) - 1) / 2, classes, rotation=90 if many else 45,
-                     ha="center" if many else "right", fontsize=6 if many else 8)
+    right.set_xticks(
+        np.arange(len(classes)) + width * (len(stores) - 1) / 2,
+        classes,
+        rotation=90 if many else 45,
+        ha="center" if many else "right",
+        fontsize=6 if many else 8,
+    )
     right.set(title=f"{metric} per class, {n_class} images each ({BETTER[metric]} is better)")
     right.legend(fontsize=8)
     fig.tight_layout()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -12,8 +13,14 @@ if TYPE_CHECKING:
     from .store import Store
 
 
-def image_grid(rows: Sequence[np.ndarray], labels: Sequence[str], cell: int = 64, pad: int = 2,
-               label_width: int = 110, title: str = "") -> Image.Image:
+def image_grid(
+    rows: Sequence[np.ndarray],
+    labels: Sequence[str],
+    cell: int = 64,
+    pad: int = 2,
+    label_width: int = 110,
+    title: str = "",
+) -> Image.Image:
     """One row of images (B, H, W, 3 uint8) per label, each scaled to `cell` pixels, labels on the left."""
     cols = max((len(r) for r in rows), default=0)
     top = 24 if title else 0
@@ -42,7 +49,7 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def store_grid(store: "Store", per_row: int = 10, seed: int = 0, cell: int = 64) -> Image.Image:
+def store_grid(store: Store, per_row: int = 10, seed: int = 0, cell: int = 64) -> Image.Image:
     """A grid of a store's images: a row per class, `per_row` seeded random picks in each."""
     rng = np.random.default_rng(seed)
     labels = store.labels
@@ -67,15 +74,19 @@ def show_store(path: str | Path, out: str | Path, per_row: int = 10, seed: int =
     if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UserError(f"--out {out}: the grid is written as .png (or .jpg); give a name ending in one of them")
     with Store(path) as store:
-        store.require_images(': nothing to show')
-        check_fits(image_bytes(len(store.classes) * per_row, cell), ram_budget(),
-                   f"a grid of {len(store.classes)} x {per_row} images of {cell} px")
+        store.require_images(": nothing to show")
+        check_fits(
+            image_bytes(len(store.classes) * per_row, cell),
+            ram_budget(),
+            f"a grid of {len(store.classes)} x {per_row} images of {cell} px",
+        )
         grid = store_grid(store, per_row=per_row, seed=seed, cell=cell)
     return save_image(grid, out)
 
 
-def prompt_sheet(rows: Sequence[tuple[np.ndarray | None, np.ndarray, str]], cell: int = 64, text_width: int = 520,
-                 title: str = "") -> Image.Image:
+def prompt_sheet(
+    rows: Sequence[tuple[np.ndarray | None, np.ndarray, str]], cell: int = 64, text_width: int = 520, title: str = ""
+) -> Image.Image:
     """A row per sample: its source image (img2img; blank when none), the sample, and the prompt that made it."""
     import textwrap
 

@@ -26,15 +26,19 @@ from .jobs import check_output
 from .locks import locked_output
 from .meta import provenance
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
-from .progress import progress
 from .outputs import partial_path
-from .store import Store, StoreWriter
+from .progress import progress
+from .store import DerivedWriter, Store
 
 
 def _probabilities(model, images: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
     with torch.no_grad():
-        return torch.cat([model(_tensor(images[s : s + batch], device, model.image_size)).softmax(1).float().cpu()
-                          for s in range(0, len(images), batch)]).numpy()
+        return torch.cat(
+            [
+                model(_tensor(images[s : s + batch], device, model.image_size)).softmax(1).float().cpu()
+                for s in range(0, len(images), batch)
+            ]
+        ).numpy()
 
 
 def _tensor(images: np.ndarray, device: torch.device, size: int) -> torch.Tensor:
@@ -42,7 +46,8 @@ def _tensor(images: np.ndarray, device: torch.device, size: int) -> torch.Tensor
 
 
 def _cams(model, images: np.ndarray, targets: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
-    """Grad-CAM maps (N, S, S) at the model's input size for the given target classes, at grad-cam's default for our layer choice."""
+    """Grad-CAM maps (N, S, S) at the model's input size for the given target classes, at grad-cam's default for our
+    layer choice."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -50,8 +55,12 @@ def _cams(model, images: np.ndarray, targets: np.ndarray, device: torch.device, 
     maps = []
     with GradCAM(model=model, target_layers=[model.layer(GRADCAM.layer)]) as cam:
         for s in range(0, len(images), batch):
-            maps.append(cam(input_tensor=_tensor(images[s : s + batch], device, model.image_size),
-                            targets=[ClassifierOutputTarget(int(c)) for c in targets[s : s + batch]]))
+            maps.append(
+                cam(
+                    input_tensor=_tensor(images[s : s + batch], device, model.image_size),
+                    targets=[ClassifierOutputTarget(int(c)) for c in targets[s : s + batch]],
+                )
+            )
     return np.concatenate(maps)
 
 
@@ -72,8 +81,14 @@ def manhattan_support(image: np.ndarray, seed: int = 0) -> float:
     return float((result.assignment >= 0).mean())
 
 
-def scores(data: Path, classifier: Path, by: str, real: Path | None = None, device: str | None = None,
-           batch_size: int = FILTER.batch_size) -> np.ndarray:
+def scores(
+    data: Path,
+    classifier: Path,
+    by: str,
+    real: Path | None = None,
+    device: str | None = None,
+    batch_size: int = FILTER.batch_size,
+) -> np.ndarray:
     """The criterion's score of every image of the store (higher is better)."""
     check_choice(by, FILTER_CRITERIA, "--by")
     if by == "cam" and real is None:
@@ -107,8 +122,12 @@ def scores(data: Path, classifier: Path, by: str, real: Path | None = None, devi
     if missing:
         raise UserError(f"--real {real} has no images of {', '.join(meta['classes'][c] for c in missing)}")
     real_maps = _cams(model, real_images, real_labels, dev, batch_size)
-    typical = np.stack([real_maps[real_labels == c].mean(0) if (real_labels == c).any() else np.zeros(real_maps.shape[1:])
-                        for c in range(len(meta["classes"]))])
+    typical = np.stack(
+        [
+            real_maps[real_labels == c].mean(0) if (real_labels == c).any() else np.zeros(real_maps.shape[1:])
+            for c in range(len(meta["classes"]))
+        ]
+    )
     return _correlation(_cams(model, images, labels, dev, batch_size), typical[labels])
 
 
@@ -125,33 +144,55 @@ def select(labels: np.ndarray, values: np.ndarray, keep: float) -> tuple[np.ndar
 
 
 @locked_output("out")
-def filter_store(data: Path, classifier: Path, out: Path, keep: float = FILTER.keep, by: str = FILTER.by,
-                 real: Path | None = None, device: str | None = None, batch_size: int = FILTER.batch_size,
-                 overwrite: bool = False) -> dict[str, Any]:
+def filter_store(
+    data: Path,
+    classifier: Path,
+    out: Path,
+    keep: float = FILTER.keep,
+    by: str = FILTER.by,
+    real: Path | None = None,
+    device: str | None = None,
+    batch_size: int = FILTER.batch_size,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write the kept rows of `data` to `out` with their columns, the score of each kept row and the source row,
     and in its metadata the criterion, the threshold per class and the scores' spread. Returns that metadata."""
     if not (isinstance(keep, (int, float)) and 0 < keep <= 1):
         raise UserError(f"--keep must be in (0, 1], got {keep}")
-    check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False,
-                 inputs=[data, classifier, real])
+    check_output(
+        Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False, inputs=[data, classifier, real]
+    )
     values = scores(data, classifier, by, real, device, batch_size)
     with Store(data) as store:
         store.require_images()
         kept, thresholds = select(store.labels, values, keep)
-        kinds = {name: store.column_kind(name) for name in store.column_names if name not in ("filter_score", "filter_source_row")}
-        params = {"data": str(data), "classifier": str(classifier), "keep": keep, "by": by, "real": str(real) if real else None}
-        meta = provenance(store.meta.get("kind", "synthetic"), params,
-                          [{"path": str(data), "fingerprint": store.fingerprint},
-                           {"path": str(classifier), "fingerprint": classifier_meta(classifier).get("fingerprint", "")}])
-        meta["filter"] = {"criterion": by, "keep": keep, "kept": int(len(kept)), "of": len(store),
-                          "threshold_per_class": {store.classes[c]: t for c, t in thresholds.items()},
-                          "score_quantiles": {q: float(np.quantile(values, q / 100)) for q in (0, 10, 50, 90, 100)},
-                          "source_meta": store.meta}
-        with StoreWriter(out, classes=store.classes, image_shape=store.image_shape[:2], meta=meta,
-                         columns=kinds | {"filter_score": "float", "filter_source_row": "int"}, total=len(kept),
-                         overwrite=overwrite) as writer:
+        params = {
+            "data": str(data),
+            "classifier": str(classifier),
+            "keep": keep,
+            "by": by,
+            "real": str(real) if real else None,
+        }
+        meta = provenance(
+            store.meta.get("kind", "synthetic"),
+            params,
+            [
+                {"path": str(data), "fingerprint": store.fingerprint},
+                {"path": str(classifier), "fingerprint": classifier_meta(classifier).get("fingerprint", "")},
+            ],
+        )
+        meta["filter"] = {
+            "criterion": by,
+            "keep": keep,
+            "kept": int(len(kept)),
+            "of": len(store),
+            "threshold_per_class": {store.classes[c]: t for c, t in thresholds.items()},
+            "score_quantiles": {q: float(np.quantile(values, q / 100)) for q in (0, 10, 50, 90, 100)},
+            "source_meta": store.meta,
+        }
+        extra = {"filter_score": "float", "filter_source_row": "int"}
+        with DerivedWriter(store, out, meta, extra, len(kept), overwrite=overwrite) as writer:
             for s in range(0, len(kept), 4096):
                 rows = kept[s : s + 4096]
-                writer.append(store.images(rows), store.labels[rows], filter_score=values[rows], filter_source_row=rows,
-                              **{name: store.column(name, rows) for name in kinds})
+                writer.append_rows(rows, filter_score=values[rows], filter_source_row=rows)
     return meta

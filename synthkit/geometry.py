@@ -106,7 +106,9 @@ def _refit(normals: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.linalg.eigh(m)[1][:, 0]
 
 
-def _ransac(segments: np.ndarray, K: np.ndarray, iters: int, sin_thr: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+def _ransac(
+    segments: np.ndarray, K: np.ndarray, iters: int, sin_thr: float, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
     """Best Manhattan triplet (3, 3) of directions by inlier length, and its score."""
     n = _normals(segments, K)
     w = segment_lengths(segments)
@@ -139,8 +141,15 @@ def _assign(segments: np.ndarray, directions: np.ndarray, K: np.ndarray, sin_thr
     return np.where(sines.min(0) < sin_thr, best, -1)
 
 
-def estimate_vps(segments: np.ndarray, focal: float, principal_point: tuple[float, float], angle_deg: float = ANGLE_DEG,
-                 iters: int = RANSAC_ITERS, seed: int = 0, refit_rounds: int = 3) -> tuple[VPResult, float]:
+def estimate_vps(
+    segments: np.ndarray,
+    focal: float,
+    principal_point: tuple[float, float],
+    angle_deg: float = ANGLE_DEG,
+    iters: int = RANSAC_ITERS,
+    seed: int = 0,
+    refit_rounds: int = 3,
+) -> tuple[VPResult, float]:
     """Manhattan VPs for a known focal length: joint-triplet RANSAC, then per-VP least-squares refits.
 
     Returns the result and its inlier score (total length of consistent segments)."""
@@ -167,8 +176,14 @@ def estimate_vps(segments: np.ndarray, focal: float, principal_point: tuple[floa
     return result, float((w * (result.assignment >= 0)).sum())
 
 
-def estimate_vps_uncalibrated(segments: np.ndarray, width: int, height: int, angle_deg: float = ANGLE_DEG,
-                              iters: int = RANSAC_ITERS, seed: int = 0) -> VPResult:
+def estimate_vps_uncalibrated(
+    segments: np.ndarray,
+    width: int,
+    height: int,
+    angle_deg: float = ANGLE_DEG,
+    iters: int = RANSAC_ITERS,
+    seed: int = 0,
+) -> VPResult:
     """No K: principal point at the image centre; the focal length is the one (on a grid of
     0.45-2.5 x the larger side, then a finer grid around the best) whose best Manhattan triplet has the most support."""
     pp = ((width - 1) / 2, (height - 1) / 2)
@@ -192,9 +207,15 @@ def measures(result: VPResult, width: int, height: int, max_pairs: int = 2000, s
     seg = result.segments
     lengths = segment_lengths(seg)
     diag = float(np.hypot(width, height))
-    out = {"n_segments": int(len(seg)), "mean_length": float(lengths.mean() / diag) if len(seg) else float("nan"),
-           "total_length": float(lengths.sum() / diag), "vp_share": float("nan"), "intersection_spread_deg": float("nan"),
-           "orthogonality_deg": float("nan"), "focal": result.focal}
+    out = {
+        "n_segments": int(len(seg)),
+        "mean_length": float(lengths.mean() / diag) if len(seg) else float("nan"),
+        "total_length": float(lengths.sum() / diag),
+        "vp_share": float("nan"),
+        "intersection_spread_deg": float("nan"),
+        "orthogonality_deg": float("nan"),
+        "focal": result.focal,
+    }
     if not result.found:
         return out
     out["vp_share"] = float(lengths[result.assignment >= 0].sum() / lengths.sum())

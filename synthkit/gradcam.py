@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import GRADCAM
+from .config import GRADCAM, GRADCAM_LAYERS, GRADCAM_TARGETS, check_choice
 from .device import job_device
-from .config import GRADCAM_LAYERS, GRADCAM_TARGETS, check_choice
 from .errors import UserError
-from .jobs import check_destination
 from .evaluation import training_data_name
+from .jobs import check_destination
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
 
@@ -60,8 +60,18 @@ def agreement(a: np.ndarray, b: np.ndarray, top: float = 0.2) -> dict[str, float
     return {"correlation": corr, "top_iou": len(ta & tb) / len(ta | tb)}
 
 
-def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, layer: str = GRADCAM.layer,
-            target: str = GRADCAM.target, seed: int = GRADCAM.seed, batch_size: int = GRADCAM.batch_size, device: str | None = None, figure_rows: int = 8) -> dict[str, Any]:
+def explain(
+    models: Sequence[Path],
+    data: Path,
+    out: Path,
+    n: int = GRADCAM.n,
+    layer: str = GRADCAM.layer,
+    target: str = GRADCAM.target,
+    seed: int = GRADCAM.seed,
+    batch_size: int = GRADCAM.batch_size,
+    device: str | None = None,
+    figure_rows: int = 8,
+) -> dict[str, Any]:
     """Grad-CAM of every model on the same n real images; writes the grid, per-image CSV and summary JSON."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
@@ -91,7 +101,9 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
         images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), meta["image_size"]).float() / 255
         truth = class_mapping(store_classes, meta["classes"], f"store {data}")[labels_np]
         with torch.no_grad():
-            probs = torch.cat([model(images[s : s + batch_size].to(dev)).softmax(1).cpu() for s in range(0, len(images), batch_size)])
+            probs = torch.cat(
+                [model(images[s : s + batch_size].to(dev)).softmax(1).cpu() for s in range(0, len(images), batch_size)]
+            )
         predicted = probs.argmax(1).numpy()
         chosen = truth if target == "true" else predicted
         maps, changes, faithful = [], [], []
@@ -108,9 +120,14 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
         cams[name] = same_size(np.concatenate(maps), images_np.shape[1])  # models of other input sizes compare
         change, faith = np.concatenate(changes), np.concatenate(faithful)
         for k, index in enumerate(pick):
-            row = {"model": name, "image": int(index), "label": store_classes[labels_np[k]],
-                   "target": meta["classes"][chosen[k]], "predicted": meta["classes"][predicted[k]],
-                   "confidence": float(probs[k, chosen[k]])}
+            row = {
+                "model": name,
+                "image": int(index),
+                "label": store_classes[labels_np[k]],
+                "target": meta["classes"][chosen[k]],
+                "predicted": meta["classes"][predicted[k]],
+                "confidence": float(probs[k, chosen[k]]),
+            }
             row |= concentration(cams[name][k]) | {"confidence_change": float(change[k]), "road": float(faith[k])}
             rows.append(row)
     summary = summarise(rows, cams, names, models, layer, target, data, len(pick))
@@ -121,8 +138,12 @@ def explain(models: Sequence[Path], data: Path, out: Path, n: int = GRADCAM.n, l
         writer.writerows(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     shown = np.unique(np.linspace(0, len(pick) - 1, min(figure_rows, len(pick))).round().astype(int))  # across classes
-    save_grid(images_np[shown], [store_classes[c] for c in labels_np[shown]],
-              {name: cams[name][shown] for name in names}, out / "gradcam_grid.png")
+    save_grid(
+        images_np[shown],
+        [store_classes[c] for c in labels_np[shown]],
+        {name: cams[name][shown] for name in names},
+        out / "gradcam_grid.png",
+    )
     return summary
 
 
@@ -130,7 +151,9 @@ def same_size(maps: np.ndarray, size: int) -> np.ndarray:
     """Maps (N, h, w) resized to size x size (bilinear), so that models trained at other sizes can be compared."""
     if maps.shape[1:] == (size, size):
         return maps
-    resized = F.interpolate(torch.from_numpy(maps).float()[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    resized = F.interpolate(
+        torch.from_numpy(maps).float()[:, None], size=(size, size), mode="bilinear", align_corners=False
+    )
     return resized[:, 0].clamp(0, 1).numpy()
 
 
@@ -143,23 +166,46 @@ def _unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def summarise(rows: list[dict[str, Any]], cams: dict[str, np.ndarray], names: list[str], models: Sequence[Path],
-              layer: str, target: str, data: Path, n: int) -> dict[str, Any]:
+def summarise(
+    rows: list[dict[str, Any]],
+    cams: dict[str, np.ndarray],
+    names: list[str],
+    models: Sequence[Path],
+    layer: str,
+    target: str,
+    data: Path,
+    n: int,
+) -> dict[str, Any]:
     """Mean and median of each measure per model, and pairwise agreement of the models' maps."""
-    summary: dict[str, Any] = {"data": str(data), "images": n, "layer": layer, "target": target, "models": {}, "agreement": {}}
+    summary: dict[str, Any] = {
+        "data": str(data),
+        "images": n,
+        "layer": layer,
+        "target": target,
+        "models": {},
+        "agreement": {},
+    }
     for name, path in zip(names, models):
         mine = [r for r in rows if r["model"] == name]
-        stats = {"path": str(path), "accuracy_on_these_images": float(np.mean([r["target"] == r["predicted"] for r in mine]))
-                 if target == "true" else None}
+        stats = {
+            "path": str(path),
+            "accuracy_on_these_images": float(np.mean([r["target"] == r["predicted"] for r in mine]))
+            if target == "true"
+            else None,
+        }
         for key in MEASURES:
             values = np.array([r[key] for r in mine], dtype=float)
             values = values[np.isfinite(values)]
-            stats[key] = {"mean": float(values.mean()) if len(values) else float("nan"),
-                          "median": float(np.median(values)) if len(values) else float("nan")}
+            stats[key] = {
+                "mean": float(values.mean()) if len(values) else float("nan"),
+                "median": float(np.median(values)) if len(values) else float("nan"),
+            }
         summary["models"][name] = stats
     for a, b in combinations(names, 2):
         pairs = [agreement(x, y) for x, y in zip(cams[a], cams[b])]
-        summary["agreement"][f"{a} vs {b}"] = {k: float(np.nanmean([p[k] for p in pairs])) for k in ("correlation", "top_iou")}
+        summary["agreement"][f"{a} vs {b}"] = {
+            k: float(np.nanmean([p[k] for p in pairs])) for k in ("correlation", "top_iou")
+        }
     return summary
 
 
@@ -181,7 +227,10 @@ def save_grid(images: np.ndarray, labels: list[str], cams: dict[str, np.ndarray]
         base = np.asarray(Image.fromarray(image).resize((cell, cell), Image.BICUBIC), dtype=np.float32) / 255
         tiles = [(base * 255).astype(np.uint8)]
         for name in cams:
-            heat = np.asarray(Image.fromarray((cams[name][r] * 255).astype(np.uint8)).resize((cell, cell), Image.BILINEAR)) / 255
+            heat = (
+                np.asarray(Image.fromarray((cams[name][r] * 255).astype(np.uint8)).resize((cell, cell), Image.BILINEAR))
+                / 255
+            )
             tiles.append(show_cam_on_image(base, heat.astype(np.float32), use_rgb=True, image_weight=0.55))
         for c, tile in enumerate(tiles):
             canvas.paste(Image.fromarray(tile), (left + c * (cell + pad), y))

@@ -54,7 +54,9 @@ def _provenance_table(meta: dict[str, Any]) -> Table:
 def _describe_store(path: Path) -> Group:
     with Store(path) as store:
         counts = store.counts()
-        summary = Table(title=f"{path}: {len(store)} images of {'x'.join(map(str, store.image_shape))}", show_header=True)
+        summary = Table(
+            title=f"{path}: {len(store)} images of {'x'.join(map(str, store.image_shape))}", show_header=True
+        )
         summary.add_column("label", justify="right")
         summary.add_column("class")
         summary.add_column("images", justify="right")
@@ -97,7 +99,9 @@ def _describe_safetensors(path: Path) -> Group:
 def _describe_model_folder(path: Path) -> Group:
     index = path / "model_index.json"
     if not index.exists():
-        raise UserError(f"{path} is a folder but not a diffusers model: give a store (.h5), a safetensors file or a model folder")
+        raise UserError(
+            f"{path} is a folder but not a diffusers model: give a store (.h5), a safetensors file or a model folder"
+        )
     table = Table(title=f"{path}: diffusers pipeline", show_header=False)
     for key, value in json.loads(index.read_text()).items():
         table.add_row(key, json.dumps(value))

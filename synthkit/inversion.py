@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +31,8 @@ from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, 
 from .errors import UserError
 from .jobs import check_fits, check_output, check_range, check_same_options, parse_shard, shard_order, shard_range
 from .locks import locked_output
-from .outputs import invert_state_dir, preview_path
 from .meta import Kind, check_record, provenance
+from .outputs import invert_state_dir
 from .progress import progress
 from .store import Store
 
@@ -54,18 +55,22 @@ def epoch_steps(sizes: Sequence[int], batch_size: int) -> list[list[tuple[int, s
     """The AdamW steps of one epoch: at step s every group with more than s batches gives its s-th batch
     (the official DataLoader's fixed, unshuffled batches); a group without one does not step."""
     n_steps = max(math.ceil(n / batch_size) for n in sizes)
-    return [[(k, slice(s * batch_size, min((s + 1) * batch_size, n))) for k, n in enumerate(sizes) if s * batch_size < n]
-            for s in range(n_steps)]
+    return [
+        [(k, slice(s * batch_size, min((s + 1) * batch_size, n))) for k, n in enumerate(sizes) if s * batch_size < n]
+        for s in range(n_steps)
+    ]
 
 
 def initial_table(n: int, tokens: int, hidden: int, fan_in: int, generator: torch.Generator) -> torch.Tensor:
-    """The official one-hot table's start: nn.Linear's default init, uniform in +-1/sqrt(fan_in) (fan_in = the group's size)."""
+    """The official one-hot table's start: nn.Linear's default init, uniform in +-1/sqrt(fan_in) (fan_in = the group's
+    size)."""
     bound = 1 / math.sqrt(fan_in)
     return torch.empty(n, tokens, hidden).uniform_(-bound, bound, generator=generator)
 
 
-def draw(generator: torch.Generator, n: int, latent_shape: Sequence[int], timesteps: int,
-         device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw(
+    generator: torch.Generator, n: int, latent_shape: Sequence[int], timesteps: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step's randomness for n images: the standard-normal part of a fresh latent sample, noise, timesteps."""
     eps = torch.randn((n, *latent_shape), generator=generator, device=device)
     noise = torch.randn((n, *latent_shape), generator=generator, device=device)
@@ -73,27 +78,46 @@ def draw(generator: torch.Generator, n: int, latent_shape: Sequence[int], timest
     return eps, noise, t
 
 
-def inversion_loss(diffusion: Diffusion, noise_schedule, embeddings: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def inversion_loss(
+    diffusion: Diffusion,
+    noise_schedule,
+    embeddings: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
     """Per-image noise-prediction MSE (B,): latent = mean + std * eps from the cached VAE distribution, noised at t."""
     eps, noise, t = draws
     latents = mean + std * eps
     noisy = noise_schedule.add_noise(latents, noise, t)
-    target = noise if noise_schedule.config.prediction_type == "epsilon" else noise_schedule.get_velocity(latents, noise, t)
+    target = (
+        noise if noise_schedule.config.prediction_type == "epsilon" else noise_schedule.get_velocity(latents, noise, t)
+    )
     pred = diffusion.unet(noisy.to(diffusion.dtype), t, encoder_hidden_states=embeddings.to(diffusion.dtype)).sample
     return ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
 
 
 @torch.no_grad()
-def fixed_loss(diffusion: Diffusion, embeddings: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, seed: int = 0,
-               draws: int = 8) -> torch.Tensor:
+def fixed_loss(
+    diffusion: Diffusion, embeddings: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, seed: int = 0, draws: int = 8
+) -> torch.Tensor:
     """Per-image loss averaged over `draws` fixed draws of timestep and noise: comparable before and after."""
     schedule = training_scheduler(diffusion)
     generator = torch.Generator(device=mean.device).manual_seed(seed)
     steps = schedule.config.num_train_timesteps
-    return torch.stack([inversion_loss(diffusion, schedule, embeddings, mean, std,
-                                       draw(generator, len(mean), mean.shape[1:], steps, mean.device))
-                        for _ in range(draws)]).mean(0)
+    return torch.stack(
+        [
+            inversion_loss(
+                diffusion,
+                schedule,
+                embeddings,
+                mean,
+                std,
+                draw(generator, len(mean), mean.shape[1:], steps, mean.device),
+            )
+            for _ in range(draws)
+        ]
+    ).mean(0)
 
 
 class GroupTables:
@@ -106,14 +130,23 @@ class GroupTables:
         self.tables = [t.detach().clone().requires_grad_(True) for t in tables]
         self.sizes = [len(t) for t in self.tables]
         self.offsets = np.cumsum([0] + self.sizes[:-1])
-        self.optimizer = torch.optim.AdamW(self.tables, lr=config.lr, betas=BETAS, eps=EPS, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.tables, lr=config.lr, betas=BETAS, eps=EPS, weight_decay=config.weight_decay
+        )
 
     def embeddings(self) -> torch.Tensor:
         """All rows of the chunk, in order (detached)."""
         return torch.cat([t.detach() for t in self.tables])
 
-    def step(self, diffusion: Diffusion, schedule, batches: list[tuple[int, slice]], mean: torch.Tensor, std: torch.Tensor,
-             generators: list[torch.Generator]) -> tuple[np.ndarray, torch.Tensor]:
+    def step(
+        self,
+        diffusion: Diffusion,
+        schedule,
+        batches: list[tuple[int, slice]],
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        generators: list[torch.Generator],
+    ) -> tuple[np.ndarray, torch.Tensor]:
         """One AdamW step of every group in `batches`; each group's loss is the mean over its own batch, as in
         the official loop. Returns the chunk rows of the batch and their per-image losses."""
         rows = np.concatenate([np.arange(self.offsets[k] + s.start, self.offsets[k] + s.stop) for k, s in batches])
@@ -123,7 +156,9 @@ class GroupTables:
         draws = tuple(torch.cat(p) for p in zip(*parts))
         index = torch.from_numpy(rows).to(mean.device)
         losses = inversion_loss(diffusion, schedule, cond, mean[index], std[index], draws)
-        weights = torch.cat([torch.full((s.stop - s.start,), 1.0 / (s.stop - s.start), device=losses.device) for _, s in batches])
+        weights = torch.cat(
+            [torch.full((s.stop - s.start,), 1.0 / (s.stop - s.start), device=losses.device) for _, s in batches]
+        )
         (losses * weights).sum().backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -146,9 +181,15 @@ class GroupTables:
             for k, table in enumerate(self.tables):
                 table.copy_(saved[f"table.{k}"])
         optimizer_state = self.optimizer.state_dict()
-        optimizer_state["state"] = {k: {"step": saved[f"step.{k}"].reshape(()).float().cpu(), "exp_avg": saved[f"exp_avg.{k}"],
-                                        "exp_avg_sq": saved[f"exp_avg_sq.{k}"]}
-                                    for k in range(len(self.tables)) if f"step.{k}" in saved}
+        optimizer_state["state"] = {
+            k: {
+                "step": saved[f"step.{k}"].reshape(()).float().cpu(),
+                "exp_avg": saved[f"exp_avg.{k}"],
+                "exp_avg_sq": saved[f"exp_avg_sq.{k}"],
+            }
+            for k in range(len(self.tables))
+            if f"step.{k}" in saved
+        }
         self.optimizer.load_state_dict(optimizer_state)
 
 
@@ -165,9 +206,19 @@ def resolve_classes(names: str, classes: Sequence[str]) -> list[int]:
 
 
 @locked_output("out")  # one writer per output: its state, preview and file
-def invert(data: Path, out: Path, class_names: str, model: str, config: InversionConfig, device: str | None = None,
-           shard: str = "", checkpoint_every: int = 200, preview_every: int = 500, overwrite: bool = False,
-           resume: bool = False) -> dict[str, Any]:
+def invert(
+    data: Path,
+    out: Path,
+    class_names: str,
+    model: str,
+    config: InversionConfig,
+    device: str | None = None,
+    shard: str = "",
+    checkpoint_every: int = 200,
+    preview_every: int = 500,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Learn one embedding per real image of the chosen classes; write them (and provenance) to `out`,
     and a preview of real images beside what their embeddings reproduce to <out>.preview.png."""
     from .preview import InversionPreview
@@ -178,13 +229,18 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
     if check_output(out, [invert_state_dir(out)], overwrite, resume, inputs=[data, model]):
         return read_meta(out)
     if min(config.tokens, config.group_size, config.batch_size, config.updates) < 1 or preview_every < 0:
-        raise UserError("--tokens, --group-size, --batch-size and --updates must be at least 1, --preview-every at least 0")
+        raise UserError(
+            "--tokens, --group-size, --batch-size and --updates must be at least 1, --preview-every at least 0"
+        )
     check_range(config.lr, "--lr", 0, open_low=True)
     check_range(config.weight_decay, "--weight-decay", 0)
     check_range(config.resolution, "--resolution", 8)
     dev = job_device(device)
-    check_fits(4 * image_bytes(config.batch_size, config.resolution), memory_budget(dev),
-               f"a batch of {config.batch_size} images at --resolution {config.resolution}")
+    check_fits(
+        4 * image_bytes(config.batch_size, config.resolution),
+        memory_budget(dev),
+        f"a batch of {config.batch_size} images at --resolution {config.resolution}",
+    )
     with Store(data) as store:
         class_ids = resolve_classes(class_names, store.classes)
         groups = plan_groups(store.labels, class_ids, config.group_size)
@@ -214,11 +270,25 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
                 if not finished.exists():
                     images = store.images(rows)
                     preview.start_chunk(images, f"chunk {chunk_index + 1} of {len(chunks)}")
-                    chunk_tensors, chunk_loss = invert_chunk(diffusion, images, [r for _, r in chunk], config, chunk_index,
-                                                             state, params, checkpoint_every, preview,
-                                                             lambda n, loss: bar.update(task, advance=n, loss=loss))
-                    chunk_tensors |= {"source_index": torch.from_numpy(rows), "label": torch.from_numpy(store.labels[rows])}
-                    save_checkpoint(finished, chunk_tensors, {"kind": Kind.INVERT_CHUNK, "params": params, "group_loss": chunk_loss})
+                    chunk_tensors, chunk_loss = invert_chunk(
+                        diffusion,
+                        images,
+                        [r for _, r in chunk],
+                        config,
+                        chunk_index,
+                        state,
+                        params,
+                        checkpoint_every,
+                        preview,
+                        lambda n, loss: bar.update(task, advance=n, loss=loss),
+                    )
+                    chunk_tensors |= {
+                        "source_index": torch.from_numpy(rows),
+                        "label": torch.from_numpy(store.labels[rows]),
+                    }
+                    save_checkpoint(
+                        finished, chunk_tensors, {"kind": Kind.INVERT_CHUNK, "params": params, "group_loss": chunk_loss}
+                    )
                     (state / "current.safetensors").unlink(missing_ok=True)
                 tensors, chunk_meta = load_checkpoint(finished)
                 check_same_options(chunk_meta.get("params"), params, state)
@@ -228,23 +298,45 @@ def invert(data: Path, out: Path, class_names: str, model: str, config: Inversio
         classes, fingerprint, image_size = store.classes, store.fingerprint, store.image_shape[0]
     tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
     meta = provenance(Kind.EMBEDDINGS, params, [{"path": str(data), "fingerprint": fingerprint}])
-    meta.update({"model": model, "classes": list(classes), "tokens": config.tokens, "hidden": diffusion.hidden_size,
-                 "resolution": config.resolution, "image_size": image_size, "shard": shard, "device": str(dev),
-                 "group_ids": GROUP_IDS,
-                 "optimizer": "AdamW over each group (official)", "init": "nn.Linear default (official)",
-                 "adamw_steps_per_group": config.updates * config.steps_per_update(),
-                 "group_loss": group_loss, "group_loss_fields": ["first_epoch", "final_ema"],
-                 "prediction_type": training_scheduler(diffusion).config.prediction_type,
-                 "preview": str(preview.path) if preview_every else "", "seconds": round(time.perf_counter() - started, 1),
-                 "image_steps": int(n_images * config.updates)})
+    meta.update(
+        {
+            "model": model,
+            "classes": list(classes),
+            "tokens": config.tokens,
+            "hidden": diffusion.hidden_size,
+            "resolution": config.resolution,
+            "image_size": image_size,
+            "shard": shard,
+            "device": str(dev),
+            "group_ids": GROUP_IDS,
+            "optimizer": "AdamW over each group (official)",
+            "init": "nn.Linear default (official)",
+            "adamw_steps_per_group": config.updates * config.steps_per_update(),
+            "group_loss": group_loss,
+            "group_loss_fields": ["first_epoch", "final_ema"],
+            "prediction_type": training_scheduler(diffusion).config.prediction_type,
+            "preview": str(preview.path) if preview_every else "",
+            "seconds": round(time.perf_counter() - started, 1),
+            "image_steps": int(n_images * config.updates),
+        }
+    )
     save_checkpoint(out, tensors, meta)
     shutil.rmtree(state)
     return meta
 
 
-def invert_chunk(diffusion: Diffusion, images: np.ndarray, groups: list[np.ndarray], config: InversionConfig,
-                 chunk_index: int, state: Path, params: dict, checkpoint_every: int, preview,
-                 advance: Callable[[int, str], None]) -> tuple[dict, dict]:
+def invert_chunk(
+    diffusion: Diffusion,
+    images: np.ndarray,
+    groups: list[np.ndarray],
+    config: InversionConfig,
+    chunk_index: int,
+    state: Path,
+    params: dict,
+    checkpoint_every: int,
+    preview,
+    advance: Callable[[int, str], None],
+) -> tuple[dict, dict]:
     """Optimise the embeddings of one chunk (several groups, in one forward pass per step); every epoch
     updates each embedding once. Saves current.safetensors about every `checkpoint_every` steps and
     continues from it if present."""
@@ -253,9 +345,15 @@ def invert_chunk(diffusion: Diffusion, images: np.ndarray, groups: list[np.ndarr
     mean, std = _encode_all(diffusion, images, config.resolution)
     group_ids = [int(rows[0]) for rows in groups]
     sizes = [len(rows) for rows in groups]
-    tables = GroupTables([initial_table(n, config.tokens, diffusion.hidden_size, n,
-                                        torch.Generator().manual_seed(_seed(config.seed, gid, -1))).to(dev)
-                          for gid, n in zip(group_ids, sizes)], config)
+    tables = GroupTables(
+        [
+            initial_table(
+                n, config.tokens, diffusion.hidden_size, n, torch.Generator().manual_seed(_seed(config.seed, gid, -1))
+            ).to(dev)
+            for gid, n in zip(group_ids, sizes)
+        ],
+        config,
+    )
     n = len(images)
     ema, first_loss = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
     history: list[float] = []
@@ -290,14 +388,24 @@ def invert_chunk(diffusion: Diffusion, images: np.ndarray, groups: list[np.ndarr
             preview.update(epoch + 1, tables.embeddings(), history)
             if since_save >= checkpoint_every:
                 since_save = 0
-                save_checkpoint(current, tables.state() | {"ema": ema, "first_loss": first_loss},
-                                {"kind": Kind.INVERT_STATE, "params": params, "chunk": chunk_index, "epoch": epoch + 1,
-                                 "history": history})
+                save_checkpoint(
+                    current,
+                    tables.state() | {"ema": ema, "first_loss": first_loss},
+                    {
+                        "kind": Kind.INVERT_STATE,
+                        "params": params,
+                        "chunk": chunk_index,
+                        "epoch": epoch + 1,
+                        "history": history,
+                    },
+                )
     preview.update(config.updates, tables.embeddings(), history, final=True)
     group_loss, start = {}, 0
     for gid, size in zip(group_ids, sizes):
-        group_loss[str(gid)] = [round(first_loss[start : start + size].mean().item(), 6),
-                                round(ema[start : start + size].mean().item(), 6)]
+        group_loss[str(gid)] = [
+            round(first_loss[start : start + size].mean().item(), 6),
+            round(ema[start : start + size].mean().item(), 6),
+        ]
         start += size
     group = torch.from_numpy(np.repeat(group_ids, sizes).astype(np.int64))
     return {"embeddings": tables.embeddings().cpu(), "group": group}, group_loss
@@ -308,7 +416,9 @@ def _seed(seed: int, group: int, epoch: int) -> int:
     return derive_seed(seed, group, epoch + 1)
 
 
-def _encode_all(diffusion: Diffusion, images: np.ndarray, resolution: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_all(
+    diffusion: Diffusion, images: np.ndarray, resolution: int, batch: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     parts = [encode_images(diffusion, images[s : s + batch], resolution) for s in range(0, len(images), batch)]
     return torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float()
 
@@ -324,32 +434,51 @@ def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dic
     for path, meta in zip(paths, metas):
         check_record(meta, Kind.EMBEDDINGS, path, "a synthkit embeddings file (give files written by synthkit invert)")
         if meta.get("group_ids") != GROUP_IDS:
-            raise UserError(f"{path} was made by an older synthkit whose group ids restart at 0 in every file "
-                            "(partners would cross classes): run synthkit invert on it again")
+            raise UserError(
+                f"{path} was made by an older synthkit whose group ids restart at 0 in every file "
+                "(partners would cross classes): run synthkit invert on it again"
+            )
         for key in ("classes", "hidden", "tokens", "resolution", "model"):
             if meta.get(key) != metas[0].get(key):
-                raise UserError(f"{path} differs from {paths[0]} in {key}: embeddings must come from the same model and setup")
+                raise UserError(
+                    f"{path} differs from {paths[0]} in {key}: embeddings must come from the same model and setup"
+                )
         setup = {k: v for k, v in meta["params"].items() if k not in SETUP_FREE}
         first = {k: v for k, v in metas[0]["params"].items() if k not in SETUP_FREE}
         if setup != first:
             differ = sorted(k for k in setup.keys() | first.keys() if setup.get(k) != first.get(k))
-            raise UserError(f"{path} was inverted with other options than {paths[0]} ({', '.join(differ)}): "
-                            "embeddings sampled together must come from one setup")
+            raise UserError(
+                f"{path} was inverted with other options than {paths[0]} ({', '.join(differ)}): "
+                "embeddings sampled together must come from one setup"
+            )
         if meta["sources"][0]["fingerprint"] != metas[0]["sources"][0]["fingerprint"]:
-            raise UserError(f"{path} inverts another real store than {paths[0]}: sample each store's embeddings separately")
+            raise UserError(
+                f"{path} inverts another real store than {paths[0]}: sample each store's embeddings separately"
+            )
     parts = [load_checkpoint(p)[0] for p in paths]
     owner: dict[int, int] = {}
     for k, part in enumerate(parts):
         for row in part["source_index"].tolist():
             if owner.setdefault(row, k) != k:
-                raise UserError(f"{paths[k]} and {paths[owner[row]]} both hold store row {row}: give each image's embeddings once")
+                raise UserError(
+                    f"{paths[k]} and {paths[owner[row]]} both hold store row {row}: give each image's embeddings once"
+                )
     tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
     pairs = torch.unique(torch.stack([tensors["group"], tensors["label"]]), dim=1)
     if len(torch.unique(pairs[0])) != pairs.shape[1]:
-        raise UserError(f"the groups of {', '.join(map(str, paths))} mix classes: they were not written by synthkit invert")
+        raise UserError(
+            f"the groups of {', '.join(map(str, paths))} mix classes: they were not written by synthkit invert"
+        )
     meta = dict(metas[0])
-    meta["sources"] = [{"path": str(p), "classes": m["params"]["classes"], "shard": m.get("shard", ""),
-                        "fingerprint": m["sources"][0]["fingerprint"]} for p, m in zip(paths, metas)]
+    meta["sources"] = [
+        {
+            "path": str(p),
+            "classes": m["params"]["classes"],
+            "shard": m.get("shard", ""),
+            "fingerprint": m["sources"][0]["fingerprint"],
+        }
+        for p, m in zip(paths, metas)
+    ]
     meta["group_loss"] = {k: v for m in metas for k, v in m.get("group_loss", {}).items()}
     return tensors, meta
 
@@ -359,8 +488,9 @@ def summary_line(meta: dict[str, Any]) -> str:
     losses = list(meta["group_loss"].values())
     first = sum(v[0] for v in losses) / len(losses)
     final = sum(v[1] for v in losses) / len(losses)
-    return (f"{len(losses)} groups, loss {first:.4f} (first epoch) -> {final:.4f} (final), {meta['seconds']:.0f} s"
-            + (f"; preview {meta['preview']}" if meta.get("preview") else ""))
+    return f"{len(losses)} groups, loss {first:.4f} (first epoch) -> {final:.4f} (final), {meta['seconds']:.0f} s" + (
+        f"; preview {meta['preview']}" if meta.get("preview") else ""
+    )
 
 
 @locked_output("out")
@@ -377,7 +507,10 @@ def merge_embeddings(paths: Sequence[Path], out: Path, overwrite: bool = False) 
         paths = [paths[i] for i in order]
     tensors, meta = load_embeddings(paths)
     meta = provenance(Kind.EMBEDDINGS, {**meta["params"], "shard": ""}, meta["sources"]) | {
-        k: v for k, v in meta.items() if k not in ("kind", "command", "params", "synthkit_version", "created", "sources")}
+        k: v
+        for k, v in meta.items()
+        if k not in ("kind", "command", "params", "synthkit_version", "created", "sources")
+    }
     meta["shard"] = ""
     meta["seconds"] = round(sum(m.get("seconds", 0) for m in metas), 1)
     meta["image_steps"] = sum(m.get("image_steps", 0) for m in metas)

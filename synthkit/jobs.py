@@ -16,8 +16,9 @@ from .locks import refuse_leftover
 from .memory import human
 
 
-def check_range(value: float, option: str, low: float | None = None, high: float | None = None,
-                open_low: bool = False) -> None:
+def check_range(
+    value: float, option: str, low: float | None = None, high: float | None = None, open_low: bool = False
+) -> None:
     """A finite number within [low, high] (above low when `open_low`): one error line naming the option."""
     import math
 
@@ -55,8 +56,9 @@ def check_destination(out: str | Path, inputs: Sequence[str | Path | None] = (),
             except OSError:
                 same = False
         if same:
-            raise UserError(f"{out} is the input {given}: writing it would replace what this command reads; "
-                            "choose another output")
+            raise UserError(
+                f"{out} is the input {given}: writing it would replace what this command reads; choose another output"
+            )
     if out.exists():
         if out.is_dir() and not folder:
             raise UserError(f"{out} is a folder: give the path of a file to write")
@@ -89,18 +91,29 @@ def check_outside(out: str | Path, folder: str | Path) -> None:
     """An output may not lie inside a folder the command reads whole (an image-folder tree): it would read itself."""
     folder = Path(folder)
     if folder.is_dir() and _resolved(Path(out)).is_relative_to(_resolved(folder)):
-        raise UserError(f"{out} is inside the source folder {folder}: the command would read its own output; write it elsewhere")
+        raise UserError(
+            f"{out} is inside the source folder {folder}: the command would read its own output; write it elsewhere"
+        )
 
 
 def check_fits(need: int, budget: int, what: str) -> None:
     """Refuse work whose images alone would not fit the memory budget, before any of it is done."""
     if need > budget:
-        raise UserError(f"{what} takes {human(need)}, over the memory budget of {human(budget)} (half the free memory, "
-                        "or --memory-limit / SYNTHKIT_MEMORY_LIMIT where it applies): ask for a smaller size")
+        raise UserError(
+            f"{what} takes {human(need)}, over the memory budget of {human(budget)} (half the free memory, "
+            "or --memory-limit / SYNTHKIT_MEMORY_LIMIT where it applies): ask for a smaller size"
+        )
 
 
-def check_output(out: Path, leftovers: Sequence[Path], overwrite: bool, resume: bool, resumable: bool = True,
-                 inputs: Sequence[str | Path | None] = (), folder: bool = False) -> bool:
+def check_output(
+    out: Path,
+    leftovers: Sequence[Path],
+    overwrite: bool,
+    resume: bool,
+    resumable: bool = True,
+    inputs: Sequence[str | Path | None] = (),
+    folder: bool = False,
+) -> bool:
     """Whether `out` is already finished and `--resume` keeps it. First its destination (check_destination);
     then refuses to replace an output, or to start over from an interrupted run's leftovers (a .partial, a state
     file), unless --overwrite or --resume says so."""
@@ -121,7 +134,9 @@ def check_output(out: Path, leftovers: Sequence[Path], overwrite: bool, resume: 
 def check_same_options(saved: Any, current: Any, state: Path) -> None:
     """A resumed state must come from the same options (and data): else continuing it would mix two jobs."""
     if saved != current:
-        raise UserError(f"{state} was started with other options or data: rerun with the same ones, or --overwrite to start again")
+        raise UserError(
+            f"{state} was started with other options or data: rerun with the same ones, or --overwrite to start again"
+        )
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -149,5 +164,8 @@ def shard_order(shards: Sequence[str]) -> list[int]:
     order = sorted(range(len(shards)), key=lambda k: parsed[k][0])
     n = parsed[0][1]
     if [shards[k] for k in order] != [f"{i}/{n}" for i in range(n)]:
-        raise UserError(f"the shards given are {', '.join(shards[k] for k in order)}: all of 0/{n} .. {n - 1}/{n} are needed, once each")
+        raise UserError(
+            f"the shards given are {', '.join(shards[k] for k in order)}: all of 0/{n} .. {n - 1}/{n} are needed, "
+            "once each"
+        )
     return order

@@ -13,10 +13,11 @@ Without a launcher, auto means the whole job (1/1).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .errors import UserError
 from .jobs import check_output
@@ -71,9 +72,16 @@ def launch_device(launch: Launch, device: str) -> str:
     return str(resolved)
 
 
-def run_sharded(job: Callable[[Path, str, str], Any], out: Path, shard: str, device: str,
-                merge: Callable[[Sequence[Path], Path], Any], overwrite: bool = False, resume: bool = False,
-                say: Callable[[str], None] = print) -> Path:
+def run_sharded(
+    job: Callable[[Path, str, str], Any],
+    out: Path,
+    shard: str,
+    device: str,
+    merge: Callable[[Sequence[Path], Path], Any],
+    overwrite: bool = False,
+    resume: bool = False,
+    say: Callable[[str], None] = print,
+) -> Path:
     """Run job(out, shard, device); with shard 'auto' on the launcher's shard, and under torchrun merge into `out`
     (the shards are removed once merged). Returns the file this process wrote (or merged)."""
     if shard != "auto":

@@ -16,8 +16,8 @@ import functools
 import inspect
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .errors import UserError
 from .outputs import lock_path
@@ -57,7 +57,7 @@ def acquire(out: str | Path) -> None:
     except OSError as err:
         raise UserError(f"cannot write {out}: {err.strerror or err} ({path})") from None
     os.close(fd)
-    for attempt in range(1000):
+    for _attempt in range(1000):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         for _ in range(_TRIES):
             try:
@@ -157,5 +157,7 @@ def holder(out: str | Path) -> int | None:
 
 def refuse_leftover(leftover: Path, out: Path) -> None:
     """An interrupted run's .partial or state exists and neither --resume nor --overwrite was given."""
-    raise UserError(f"an interrupted run of {out} left {leftover}: pass --resume to continue it, "
-                    "or --overwrite to discard it and start again")
+    raise UserError(
+        f"an interrupted run of {out} left {leftover}: pass --resume to continue it, "
+        "or --overwrite to discard it and start again"
+    )

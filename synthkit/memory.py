@@ -44,8 +44,10 @@ def available_ram() -> int:
                 sizes.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit, used in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             cap, taken = Path(limit).read_text().strip(), Path(used).read_text().strip()
             if cap.isdigit() and taken.isdigit():

@@ -1,7 +1,6 @@
 """Provenance: the metadata every store and safetensors file carries about how it was made, and the kinds of file
 synthkit writes, each with the record it carries (declared here, checked here when a file is read)."""
 
-
 import datetime as _dt
 import json
 import shlex
@@ -88,8 +87,13 @@ class EmbeddingsRecord(Provenance):
     group_ids: NotRequired[str]  # the naming of groups; files of older synthkit versions lack it (and are refused)
 
 
-RECORDS: dict[str, type] = {Kind.REAL: StoreRecord, Kind.INV: StoreRecord, Kind.SD: StoreRecord,
-                            Kind.CLASSIFIER: ClassifierRecord, Kind.EMBEDDINGS: EmbeddingsRecord}
+RECORDS: dict[str, type] = {
+    Kind.REAL: StoreRecord,
+    Kind.INV: StoreRecord,
+    Kind.SD: StoreRecord,
+    Kind.CLASSIFIER: ClassifierRecord,
+    Kind.EMBEDDINGS: EmbeddingsRecord,
+}
 
 
 def check_record(meta: dict[str, Any], kind: Kind, path: str | Path, what: str) -> dict[str, Any]:
@@ -119,7 +123,7 @@ def provenance(kind: str, params: dict[str, Any], sources: list[Any] | None = No
         "command": command_line(),
         "params": jsonable(params),
         "synthkit_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "sources": jsonable(sources or []),
     }
 

@@ -3,8 +3,9 @@ stem above; loading a trained one, and fitting stores to it (class order, image 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,9 +94,13 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.T
 
 def classifier_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a synthkit classifier; refuses any other file with one clear line."""
-    meta = check_record(read_meta(path), Kind.CLASSIFIER, path, "a synthkit classifier (give a file written by synthkit train)")
+    meta = check_record(
+        read_meta(path), Kind.CLASSIFIER, path, "a synthkit classifier (give a file written by synthkit train)"
+    )
     if meta["arch"] not in ARCHS:
-        raise UserError(f"{path} is a classifier of an unknown architecture '{meta['arch']}': give a file written by synthkit train")
+        raise UserError(
+            f"{path} is a classifier of an unknown architecture '{meta['arch']}': give a file written by synthkit train"
+        )
     meta.setdefault("image_size", IMAGE_SIZE)
     return meta
 
@@ -104,6 +109,8 @@ def load_classifier(path: str | Path, device: torch.device) -> tuple[ResNet18, d
     """A trained classifier in eval mode on `device`, and its metadata (its input size is meta["image_size"])."""
     meta = classifier_meta(path)
     tensors, _ = load_checkpoint(path, device)
-    model = ResNet18(len(meta["classes"]), meta["arch"], meta["image_size"]).to(device, memory_format=memory_format(device))
+    model = ResNet18(len(meta["classes"]), meta["arch"], meta["image_size"]).to(
+        device, memory_format=memory_format(device)
+    )
     model.load_state_dict(tensors)
     return model.eval(), meta

@@ -8,50 +8,50 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 PARTIAL_SUFFIX = ".partial"
 
 
+def _beside(out: str | Path, ending: str, keep_suffix: bool = True) -> Path:
+    out = Path(out)
+    return out.with_name((out.name if keep_suffix else out.stem) + ending)
+
+
 def partial_path(out: str | Path) -> Path:
     """Where `out` lives while it is being written: data/real.h5 -> data/real.h5.partial."""
-    out = Path(out)
-    return out.with_name(out.name + PARTIAL_SUFFIX)
+    return _beside(out, PARTIAL_SUFFIX)
 
 
 def lock_path(out: str | Path) -> Path:
     """The writer lock beside `out`: data/real.h5 -> data/real.h5.lock."""
-    out = Path(out)
-    return out.with_name(out.name + ".lock")
+    return _beside(out, ".lock")
 
 
 def train_state_path(out: str | Path) -> Path:
     """A classifier's resumable training state: models/m.safetensors -> models/m.train-state.safetensors."""
-    out = Path(out)
-    return out.with_name(out.stem + ".train-state.safetensors")
+    return _beside(out, ".train-state.safetensors", keep_suffix=False)
 
 
 def train_log_path(out: str | Path) -> Path:
     """A classifier's JSON-lines log: models/m.safetensors -> models/m.log.jsonl."""
-    out = Path(out)
-    return out.with_name(out.stem + ".log.jsonl")
+    return _beside(out, ".log.jsonl", keep_suffix=False)
 
 
 def invert_state_dir(out: str | Path) -> Path:
     """An inversion's resumable state: models/inv/cat.safetensors -> models/inv/cat.invert-state/."""
-    out = Path(out)
-    return out.with_name(out.stem + ".invert-state")
+    return _beside(out, ".invert-state", keep_suffix=False)
 
 
 def preview_path(embeddings: str | Path) -> Path:
     """Where invert draws its preview: models/inv/airplane.safetensors -> models/inv/airplane.preview.png."""
-    embeddings = Path(embeddings)
-    return embeddings.with_name(embeddings.stem + ".preview.png")
+    return _beside(embeddings, ".preview.png", keep_suffix=False)
 
 
 def shard_path(out: str | Path, rank: int, world: int) -> Path:
-    """Where shard rank/world of `out` is written: data/inv.h5 -> data/inv.shard-1-of-4.h5 (the Makefile's naming too)."""
+    """Where shard rank/world of `out` is written: data/inv.h5 -> data/inv.shard-1-of-4.h5 (the Makefile's naming
+    too)."""
     out = Path(out)
     return out.with_name(f"{out.stem}.shard-{rank}-of-{world}{out.suffix}")
 

@@ -28,7 +28,9 @@ def store_paths(names: str | list[str]) -> list[Path]:
     for item in items:
         parts = [part.strip() for part in str(item).split(",")]
         if not all(parts):
-            raise UserError(f"'{item}' has an empty store name (a stray or trailing comma?): "
-                            "give names or paths separated by single commas, e.g. real,inv")
+            raise UserError(
+                f"'{item}' has an empty store name (a stray or trailing comma?): "
+                "give names or paths separated by single commas, e.g. real,inv"
+            )
         out.extend(store_path(part) for part in parts)
     return out

@@ -26,7 +26,9 @@ def preview_rows(n: int, k: int = PREVIEW_IMAGES) -> np.ndarray:
 
 
 @torch.no_grad()
-def reconstruct(diffusion: Diffusion, embeddings: torch.Tensor, resolution: int, steps: int = PREVIEW_STEPS) -> np.ndarray:
+def reconstruct(
+    diffusion: Diffusion, embeddings: torch.Tensor, resolution: int, steps: int = PREVIEW_STEPS
+) -> np.ndarray:
     """What embeddings reproduce alone: DDIM, no guidance, no perturbation, from the same noise every time."""
     seeds = [sample_seed(0, i) for i in range(len(embeddings))]
     noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
@@ -78,7 +80,9 @@ class InversionPreview:
     def update(self, done: int, embeddings: torch.Tensor, history: list[float], final: bool = False) -> None:
         """Draw after `done` updates if it is time (the start, every `every` updates, the end; never if every is 0)."""
         if self.every and (final or done % self.every == 0):
-            samples = reconstruct(self.diffusion, embeddings[torch.from_numpy(self.rows).to(embeddings.device)], self.resolution)
+            samples = reconstruct(
+                self.diffusion, embeddings[torch.from_numpy(self.rows).to(embeddings.device)], self.resolution
+            )
             self.draw(samples, history, done)
 
     def draw(self, samples: np.ndarray, history: list[float], done: int) -> Path:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
 
@@ -16,6 +15,15 @@ def progress(*fields: str) -> Progress:
     transient, cleared when the work ends, so that a command's output is its result lines, or one error line."""
     extra = [TextColumn(f"{{task.fields[{name}]}}") for name in fields]
     disable = os.environ.get("SYNTHKIT_QUIET") == "1"
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    *extra, TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console, disable=disable, transient=True)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra,
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+        transient=True,
+    )

@@ -17,8 +17,13 @@ from .meta import model_note
 from .outputs import preview_path
 
 # The original study's reported test accuracies (CIFAR-10, ResNet-18), by synthkit's store names.
-STUDY = {"real": ("real", 81.80), "inv": ("Diffusion Inversion", 78.63), "sd": ("Stable Diffusion prompts", 52.57),
-         "real+inv": ("real + Diffusion Inversion", 86.14), "real+sd": ("real + Stable Diffusion", 83.94)}
+STUDY = {
+    "real": ("real", 81.80),
+    "inv": ("Diffusion Inversion", 78.63),
+    "sd": ("Stable Diffusion prompts", 52.57),
+    "real+inv": ("real + Diffusion Inversion", 86.14),
+    "real+sd": ("real + Stable Diffusion", 83.94),
+}
 
 
 # Rows this toolkit adds: the DI store filtered by the real classifier (synthkit filter), alone and with real data.
@@ -32,19 +37,28 @@ def _store_meta(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     with Store(path) as store:
-        return {"meta": store.meta, "images": len(store), "size": store.image_shape[0], "fingerprint": store.fingerprint,
-                "classes": store.classes}
+        return {
+            "meta": store.meta,
+            "images": len(store),
+            "size": store.image_shape[0],
+            "fingerprint": store.fingerprint,
+            "classes": store.classes,
+        }
 
 
 PROTOCOL_NOTE = [
     "**How the original study's figures were obtained, and what synthkit does instead.** The study's classifier "
-    "(`cifake-classifier.py` in PankajGadhwal/Fixing-the-Synthetic-Data-for-Representational-Learning) is torchvision's "
+    "(`cifake-classifier.py` in PankajGadhwal/Fixing-the-Synthetic-Data-for-Representational-Learning) is "
+    "torchvision's "
     "ResNet-18 at 224 px, Adam 1e-3 with StepLR(30 epochs, 0.1), label smoothing 0.1, 100 epochs at batch 32, the "
     "best-validation epoch kept; its DI and SD rows were scored on the DI and SD versions of the test images "
-    "(`test_di`, `test_sd`), not on real ones, and the script trains no mixed row. synthkit scores every row on the same "
+    "(`test_di`, `test_sd`), not on real ones, and the script trains no mixed row. synthkit scores every row on the "
+    "same "
     "real test images, trains every row for the same number of steps under one recipe (`di` by default: the Diffusion "
     "Inversion paper's evaluation, `di/train_net.py`; `study` is the study's recipe), and reports the final accuracy, "
-    "with the best of the evaluations during training beside it, labelled as selected on the test set.", ""]
+    "with the best of the evaluations during training beside it, labelled as selected on the test set.",
+    "",
+]
 
 
 def _our_rows(results: Path, models: Path) -> list[dict[str, str]]:
@@ -54,22 +68,49 @@ def _our_rows(results: Path, models: Path) -> list[dict[str, str]]:
     csv_path = results / "accuracy.csv"
     if not csv_path.exists():
         return []
-    return [r for r in read_rows(csv_path) if Path(r["model"]).exists() and Path(r["model"]).resolve().parent == models.resolve()]
+    return [
+        r
+        for r in read_rows(csv_path)
+        if Path(r["model"]).exists() and Path(r["model"]).resolve().parent == models.resolve()
+    ]
 
 
 def spread_notes(groups: list[dict[str, Any]]) -> list[str]:
     """Which rows differ by less than their spread (the sum of their standard deviations), and a word when there is
     no spread to judge by."""
     if all(g["n"] < 2 for g in groups):
-        return ["One seed per row: no spread was measured, so a difference of a point or two cannot be told from "
-                "noise; `make reproduce SEEDS=\"0 1 2\"` trains every row once per seed."]
-    close = [f"{a['training_data']} – {b['training_data']} ({100 * abs(a['mean'] - b['mean']):.2f})"
-             for i, a in enumerate(groups) for b in groups[i + 1 :]
-             if a["n"] > 1 and b["n"] > 1 and abs(a["mean"] - b["mean"]) < a["std"] + b["std"]]
+        return [
+            "One seed per row: no spread was measured, so a difference of a point or two cannot be told from "
+            'noise; `make reproduce SEEDS="0 1 2"` trains every row once per seed.'
+        ]
+    close = [
+        f"{a['training_data']} – {b['training_data']} ({100 * abs(a['mean'] - b['mean']):.2f})"
+        for i, a in enumerate(groups)
+        for b in groups[i + 1 :]
+        if a["n"] > 1 and b["n"] > 1 and abs(a["mean"] - b["mean"]) < a["std"] + b["std"]
+    ]
     if not close:
         return ["Every two rows with several seeds differ by more than the sum of their standard deviations."]
-    return ["These pairs of rows differ by less than their spread (the sum of their standard deviations; the difference "
-            "in points in brackets), so this run cannot order them: " + "; ".join(close) + "."]
+    return [
+        "These pairs of rows differ by less than their spread (the sum of their standard deviations; the difference "
+        "in points in brackets), so this run cannot order them: " + "; ".join(close) + "."
+    ]
+
+
+def accuracy_plot(fig, ax, out: Path, xlabel: str, title: str) -> Path:
+    """The labels, grid and legend the report's accuracy figures share; saved to `out` and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy % (real test images)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | None:
@@ -100,23 +141,16 @@ def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | No
         steps = [e["step"] for e in runs[0]]
         acc = 100 * np.array([[e["accuracy"] for e in r] for r in runs])
         mean = acc.mean(0)
-        line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{names[key]} (n={len(runs)})")
+        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{names[key]} (n={len(runs)})")
         if len(runs) > 1:
             std = acc.std(0, ddof=1)
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("training step")
-    ax.set_ylabel("test accuracy % (real test images)")
-    ax.set_title("Test accuracy during training (mean over seeds, band: ± 1 std)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return accuracy_plot(
+        fig, ax, out, "training step", "Test accuracy during training (mean over seeds, band: ± 1 std)"
+    )
 
 
 def accuracy_section(results: Path, models: Path) -> list[str]:
@@ -132,25 +166,42 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
     groups = sorted(group_rows(rows), key=lambda g: (order.get(g["training_data"], len(order)), g["training_data"]))
     test = _store_meta(Path(rows[0]["test"])) if rows else None
     cifar = test is None or test["classes"] == list(CIFAR10_CLASSES)  # the study's figures are CIFAR-10's
-    where = "real CIFAR-10 test images" if cifar else f"real test images of `{rows[0]['test']}`, {len(test['classes'])} classes"
-    lines = [f"## Test accuracy (ResNet-18, {where})", "",
-             "| training data | this run: final accuracy % (mean ± std) | n | best of evals % (selected on the test set) | "
-             "original study % | recipe | steps | images seen | batch | train images | test images |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|"]
+    where = (
+        "real CIFAR-10 test images"
+        if cifar
+        else f"real test images of `{rows[0]['test']}`, {len(test['classes'])} classes"
+    )
+    lines = [
+        f"## Test accuracy (ResNet-18, {where})",
+        "",
+        "| training data | this run: final accuracy % (mean ± std) | n | best of evals % (selected on the test set) | "
+        "original study % | recipe | steps | images seen | batch | train images | test images |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|",
+    ]
     for g in groups:
         r = g["rows"][0]
         label, reference = STUDY.get(g["training_data"], (ADDED.get(g["training_data"], g["training_data"]), None))
         ref = f"{reference:.2f}" if reference is not None and cifar else "-"
         best = f"{100 * g['best_mean']:.2f}" if g["best_mean"] is not None else "–"
-        lines.append(f"| {label} (`{g['training_data']}`) | {mean_std(g)} | {g['n']} | {best} | {ref} | {r.get('recipe') or '?'} | "
-                     f"{r.get('steps') or '?'} | {r.get('images_seen') or '?'} | {batch_text(r.get('batch'))} | "
-                     f"{r['train_images']} | {r['test_images']} |")
+        lines.append(
+            f"| {label} (`{g['training_data']}`) | {mean_std(g)} | {g['n']} | {best} | {ref} | "
+            f"{r.get('recipe') or '?'} | "
+            f"{r.get('steps') or '?'} | {r.get('images_seen') or '?'} | {batch_text(r.get('batch'))} | "
+            f"{r['train_images']} | {r['test_images']} |"
+        )
     steps = {g["rows"][0].get("steps") for g in groups}
-    lines += ["", f"Rows are the latest evaluation of each classifier in `{models}/`, from `{csv_path}`, grouped over seeds "
-              "(n classifiers that differ only by their seed; ± is their standard deviation); every classifier is scored on "
-              "the same real test store. " + ("Every row trained the same number of steps." if len(steps) == 1 else
-                                               f"**The rows trained different numbers of steps ({', '.join(sorted(map(str, steps)))}): "
-                                               "they are not comparable.**")]
+    lines += [
+        "",
+        f"Rows are the latest evaluation of each classifier in `{models}/`, from `{csv_path}`, grouped over seeds "
+        "(n classifiers that differ only by their seed; ± is their standard deviation); every classifier is scored on "
+        "the same real test store. "
+        + (
+            "Every row trained the same number of steps."
+            if len(steps) == 1
+            else f"**The rows trained different numbers of steps ({', '.join(sorted(map(str, steps)))}): "
+            "they are not comparable.**"
+        ),
+    ]
     if groups:
         lines += [""] + spread_notes(groups)
     figure = accuracy_figure(models, results / "accuracy_steps.png", order)
@@ -162,10 +213,13 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
     else:
         lines += ["The original study's figures are CIFAR-10's, so none is shown beside another data set.", ""]
     if any(g["training_data"] in ADDED for g in groups):
-        lines += ["The filtered rows (`inv-kept`) train on the share of the DI store that the real-trained classifier "
-                  "ranks best in each class (`synthkit filter`); the study has no such row. They can show whether "
-                  "keeping the images a real-data model finds convincing helps; with a random-weight generator (noise) "
-                  "or a weak real classifier they can only show that the stage runs.", ""]
+        lines += [
+            "The filtered rows (`inv-kept`) train on the share of the DI store that the real-trained classifier "
+            "ranks best in each class (`synthkit filter`); the study has no such row. They can show whether "
+            "keeping the images a real-data model finds convincing helps; with a random-weight generator (noise) "
+            "or a weak real classifier they can only show that the stage runs.",
+            "",
+        ]
     return lines
 
 
@@ -211,22 +265,19 @@ def sweep_figure(points: dict[str, dict[float, list[float]]], out: Path) -> Path
         sizes = sorted(points[row])
         mean = np.array([np.mean(points[row][n]) for n in sizes])
         std = np.array([np.std(points[row][n], ddof=1) if len(points[row][n]) > 1 else 0.0 for n in sizes])
-        line, = ax.plot(sizes, mean, marker="o", label=f"{row} (n={min(len(points[row][k]) for k in sizes)} seeds)")
+        (line,) = ax.plot(sizes, mean, marker="o", label=f"{row} (n={min(len(points[row][k]) for k in sizes)} seeds)")
         ax.fill_between(sizes, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
     every = sorted({n for row in points.values() for n in row})
     ax.set_xticks(every, [f"{n:g}" for n in every])
     ax.minorticks_off()
-    ax.set_xlabel("real images per class (log scale)")
-    ax.set_ylabel("test accuracy % (real test images)")
-    ax.set_title("Sample complexity: accuracy against real images per class (band: ± 1 std over seeds)", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return accuracy_plot(
+        fig,
+        ax,
+        out,
+        "real images per class (log scale)",
+        "Sample complexity: accuracy against real images per class (band: ± 1 std over seeds)",
+    )
 
 
 def real_equivalent(real: dict[float, list[float]], accuracy: float) -> str:
@@ -254,19 +305,33 @@ def sweep_section(results: Path) -> list[str]:
     figure = sweep_figure(points, results / "sweep" / "sweep.png")
     rows = sweep_order(points)
     sizes = sorted({n for row in rows for n in points[row]})
-    cell = lambda v: (f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f} ({len(v)})" if len(v) > 1 else f"{v[0]:.2f} (1)") if v else "–"  # noqa: E731
-    lines = ["## Sample complexity: accuracy against the number of real images", "",
-             "`make sweep`: nested subsets of one real store (each smaller size inside every larger one), the largest "
-             "inverted once; each size's DI store samples the embeddings of its own images only. Test accuracy % on the "
-             "real test store, mean ± std (seeds).", "",
-             "| real images per class | " + " | ".join(f"`{r}`" for r in rows) + " |",
-             "|---:|" + "---:|" * len(rows)]
+    cell = lambda v: (
+        (f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f} ({len(v)})" if len(v) > 1 else f"{v[0]:.2f} (1)") if v else "–"
+    )  # noqa: E731
+    lines = [
+        "## Sample complexity: accuracy against the number of real images",
+        "",
+        "`make sweep`: nested subsets of one real store (each smaller size inside every larger one), the largest "
+        "inverted once; each size's DI store samples the embeddings of its own images only. Test accuracy % on the "
+        "real test store, mean ± std (seeds).",
+        "",
+        "| real images per class | " + " | ".join(f"`{r}`" for r in rows) + " |",
+        "|---:|" + "---:|" * len(rows),
+    ]
     for n in sizes:
         lines.append(f"| {n:g} | " + " | ".join(cell(points[r].get(n, [])) for r in rows) + " |")
     if "real" in points:
-        lines += ["", "Real images alone needed to match each DI row (read off the `real` curve): " + "; ".join(
-            f"`{r}` at {n:g} per class ≈ {real_equivalent(points['real'], float(np.mean(points[r][n])))}"
-            for r in rows if r != "real" for n in sorted(points[r])) + "."]
+        lines += [
+            "",
+            "Real images alone needed to match each DI row (read off the `real` curve): "
+            + "; ".join(
+                f"`{r}` at {n:g} per class ≈ {real_equivalent(points['real'], float(np.mean(points[r][n])))}"
+                for r in rows
+                if r != "real"
+                for n in sorted(points[r])
+            )
+            + ".",
+        ]
     return lines + ["", f"![sample complexity](sweep/{figure.name})", ""]
 
 
@@ -279,26 +344,40 @@ def fidelity_section(results: Path) -> list[str]:
         return []
     summary = json.loads(path.read_text())
     rows = [r for r in summary["rows"] if r["class"] == "all"]
-    lines = ["## Fidelity: synthetic stores against real data", "",
-             f"Against `{summary['real']}` on {summary['per_class']} images per class of each store, k = {summary['k']} "
-             f"(`synthkit fidelity`; per class in `fidelity/fidelity.csv`).", "",
-             "| store | features | Fréchet ↓ | KID ↓ | precision ↑ | recall ↑ | density ↑ | coverage ↑ | label agreement ↑ |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Fidelity: synthetic stores against real data",
+        "",
+        f"Against `{summary['real']}` on {summary['per_class']} images per class of each store, k = {summary['k']} "
+        f"(`synthkit fidelity`; per class in `fidelity/fidelity.csv`).",
+        "",
+        "| store | features | Fréchet ↓ | KID ↓ | precision ↑ | recall ↑ | density ↑ | coverage ↑ | label agreement "
+        "↑ |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         agree = f"{r['agreement']:.3f}" if "agreement" in r else "–"
-        lines.append(f"| {r['store']} | {r['features']} | {r['frechet']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} | "
-                     f"{r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | {agree} |")
+        lines.append(
+            f"| {r['store']} | {r['features']} | {r['frechet']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} | "
+            f"{r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | {agree} |"
+        )
     lines += ["", "![fidelity](fidelity/fidelity.png)", ""]
     csv_path = results / "accuracy.csv"
     accuracy = {r["training_data"]: float(r["accuracy"]) for r in read_rows(csv_path)} if csv_path.exists() else {}
-    ours = {r["store"]: r["frechet"] for r in rows if r["features"] == "classifier" and r["store"] in accuracy and r["store"] != "real"}
+    ours = {
+        r["store"]: r["frechet"]
+        for r in rows
+        if r["features"] == "classifier" and r["store"] in accuracy and r["store"] != "real"
+    }
     if len(ours) >= 2:
         by_fidelity = sorted(ours, key=lambda name: ours[name])
         by_accuracy = sorted(ours, key=lambda name: -accuracy[name])
         verdict = "the same order" if by_fidelity == by_accuracy else "a different order"
-        lines += [f"Does fidelity predict accuracy? Ranked by Fréchet distance (closest first): {', '.join(by_fidelity)}; "
-                  f"by the test accuracy of a classifier trained on each store alone: {', '.join(by_accuracy)}. "
-                  f"In this run they give {verdict}.", ""]
+        lines += [
+            f"Does fidelity predict accuracy? Ranked by Fréchet distance (closest first): {', '.join(by_fidelity)}; "
+            f"by the test accuracy of a classifier trained on each store alone: {', '.join(by_accuracy)}. "
+            f"In this run they give {verdict}.",
+            "",
+        ]
     return lines
 
 
@@ -310,12 +389,18 @@ def provenance_section(models: Path, data: Path) -> list[str]:
     for path in sorted(models.glob("resnet18-*.safetensors")):
         meta = read_meta(path)
         p = meta.get("params", {})
-        lines.append(f"- `{path}`: {meta.get('arch')} at {meta.get('image_size', 32)} px, recipe `{meta.get('recipe', '?')}`, "
-                     f"{meta.get('steps')} steps of {batch_text(meta.get('batch'))} ({meta.get('images_seen', '?')} images seen), "
-                     f"{p.get('optimizer', 'sgd')} lr {p.get('lr')}, schedule {p.get('schedule', '?')}, seed {p.get('seed')}, "
-                     f"{meta.get('seconds')} s on {meta.get('device')}, final training loss {meta.get('final_loss')}")
+        lines.append(
+            f"- `{path}`: {meta.get('arch')} at {meta.get('image_size', 32)} px, recipe `{meta.get('recipe', '?')}`, "
+            f"{meta.get('steps')} steps of {batch_text(meta.get('batch'))} ({meta.get('images_seen', '?')} images "
+            "seen), "
+            f"{p.get('optimizer', 'sgd')} lr {p.get('lr')}, schedule {p.get('schedule', '?')}, seed {p.get('seed')}, "
+            f"{meta.get('seconds')} s on {meta.get('device')}, final training loss {meta.get('final_loss')}"
+        )
         for source in meta.get("sources", []):
-            lines.append(f"  - `{source['path']}`: {source['count']} images of kind `{source['kind']}`, fingerprint `{source['fingerprint']}`")
+            lines.append(
+                f"  - `{source['path']}`: {source['count']} images of kind `{source['kind']}`, fingerprint "
+                f"`{source['fingerprint']}`"
+            )
     stores = [data / f"{name}.h5" for name in ("real", "test", "sd", "inv")]
     lines += ["", "Stores:", ""]
     for store in stores:
@@ -324,10 +409,31 @@ def provenance_section(models: Path, data: Path) -> list[str]:
             continue
         meta = info["meta"]
         params = meta.get("params", {})
-        keys = [k for k in ("per_class", "seed", "model", "templates", "init", "strength", "steps", "guidance",
-                            "resolution", "save_size", "per_image", "interp", "noise", "uncond") if k in params]
+        keys = [
+            k
+            for k in (
+                "per_class",
+                "seed",
+                "model",
+                "templates",
+                "init",
+                "strength",
+                "steps",
+                "guidance",
+                "resolution",
+                "save_size",
+                "per_image",
+                "interp",
+                "noise",
+                "uncond",
+            )
+            if k in params
+        ]
         detail = ", ".join(f"{k} {json.dumps(params[k])}" for k in keys)
-        lines.append(f"- `{store}` ({meta.get('kind')}): {info['images']} images of {info['size']} px; {detail}; made by `{meta.get('command')}`")
+        lines.append(
+            f"- `{store}` ({meta.get('kind')}): {info['images']} images of {info['size']} px; {detail}; made by "
+            f"`{meta.get('command')}`"
+        )
     return lines + [""]
 
 
@@ -343,9 +449,14 @@ def generator_warning(data: Path) -> list[str]:
             notes.append(f"`{data / name}.h5` (from `{model}`)")
     if not notes:
         return []
-    return ["> **These synthetic images are noise.** " + " and ".join(notes) + " came from a random-weight pipeline "
-            "built by synthkit (`synthkit model tiny` or `synthkit model random`), so the synthetic rows below mean nothing "
-            "except that the pipeline runs end to end. Run `make reproduce MODEL=...` with a real Stable Diffusion checkpoint for the study.", ""]
+    return [
+        "> **These synthetic images are noise.** " + " and ".join(notes) + " came from a random-weight pipeline "
+        "built by synthkit (`synthkit model tiny` or `synthkit model random`), so the synthetic rows below mean "
+        "nothing "
+        "except that the pipeline runs end to end. Run `make reproduce MODEL=...` with a real Stable Diffusion "
+        "checkpoint for the study.",
+        "",
+    ]
 
 
 def sd_section(results: Path, data: Path, shown: int = 6) -> list[str]:
@@ -360,23 +471,35 @@ def sd_section(results: Path, data: Path, shown: int = 6) -> list[str]:
     with Store(path) as sd:
         meta, p = sd.meta, sd.meta.get("params", {})
         rows = np.linspace(0, len(sd) - 1, min(shown, len(sd))).astype(int) if len(sd) else np.zeros(0, int)
-        samples, prompts = sd.images(rows), sd.column("prompt", rows) if "prompt" in sd.column_names else [""] * len(rows)
+        samples, prompts = (
+            sd.images(rows),
+            sd.column("prompt", rows) if "prompt" in sd.column_names else [""] * len(rows),
+        )
         sources = sd.column("source_index", rows) if "source_index" in sd.column_names else np.full(len(rows), -1)
     init = Path(p["init"]) if p.get("init") else None
     source_images = [None] * len(rows)
     if init is not None and init.exists():
         with Store(init) as s:
             source_images = [s.images([int(i)])[0] if 0 <= i < len(s) else None for i in sources]
-    how = (f"each init image's own `{p['prompt_from']}` as its prompt" if p.get("prompt_from")
-           else "the template(s) " + ", ".join(f"`{t}`" for t in p.get("templates", [])))
+    how = (
+        f"each init image's own `{p['prompt_from']}` as its prompt"
+        if p.get("prompt_from")
+        else "the template(s) " + ", ".join(f"`{t}`" for t in p.get("templates", []))
+    )
     mode = f"img2img from `{init}` at strength {p.get('strength')}" if init else "text to image"
-    lines = ["## The Stable Diffusion row: how its images were made", "",
-             f"`{path}`: {mode}, {how}; model `{p.get('model')}`, guidance {p.get('guidance')}, {p.get('steps')} steps "
-             f"(`{meta.get('command')}`). The original study prompted `runwayml/stable-diffusion-v1-5` img2img with each real "
-             "image's BLIP caption (`Salesforce/blip-image-captioning-base`), strength 0.75, guidance 7.5.", ""]
+    lines = [
+        "## The Stable Diffusion row: how its images were made",
+        "",
+        f"`{path}`: {mode}, {how}; model `{p.get('model')}`, guidance {p.get('guidance')}, {p.get('steps')} steps "
+        f"(`{meta.get('command')}`). The original study prompted `runwayml/stable-diffusion-v1-5` img2img with each "
+        "real "
+        "image's BLIP caption (`Salesforce/blip-image-captioning-base`), strength 0.75, guidance 7.5.",
+        "",
+    ]
     if len(rows):
-        sheet = prompt_sheet(list(zip(source_images, samples, map(str, prompts))),
-                             title="source image | sample | its prompt")
+        sheet = prompt_sheet(
+            list(zip(source_images, samples, map(str, prompts))), title="source image | sample | its prompt"
+        )
         save_image(sheet, results / "sd_prompts.png")
         lines += ["![samples beside their sources and prompts](sd_prompts.png)", ""]
     return lines
@@ -398,11 +521,16 @@ def inversion_section(results: Path, models: Path) -> list[str]:
     files = sorted(p for p in (models / "inv").glob("*.safetensors")) if (models / "inv").is_dir() else []
     if not files:
         return []
-    lines = ["## Diffusion Inversion: does each embedding reproduce its image?", "",
-             "Each preview shows real images (top row) beside DDIM samples of their learned embeddings (25 steps, no "
-             "guidance, no perturbation), and the loss per update below.", "",
-             "| embeddings | images | groups | updates per image | AdamW steps per group | precision | loss first -> final | s |",
-             "|---|---:|---:|---:|---:|---|---|---:|"]
+    lines = [
+        "## Diffusion Inversion: does each embedding reproduce its image?",
+        "",
+        "Each preview shows real images (top row) beside DDIM samples of their learned embeddings (25 steps, no "
+        "guidance, no perturbation), and the loss per update below.",
+        "",
+        "| embeddings | images | groups | updates per image | AdamW steps per group | precision | loss first -> "
+        "final | s |",
+        "|---|---:|---:|---:|---:|---|---|---:|",
+    ]
     previews = []
     for path in files:
         meta = read_meta(path)
@@ -410,8 +538,10 @@ def inversion_section(results: Path, models: Path) -> list[str]:
         first = sum(v[0] for v in losses) / max(1, len(losses))
         final = sum(v[1] for v in losses) / max(1, len(losses))
         images = meta.get("image_steps", 0) // max(1, p.get("updates", 1))
-        lines.append(f"| `{path}` | {images} | {len(losses)} | {p.get('updates')} | {meta.get('adamw_steps_per_group')} | "
-                     f"{p.get('precision')} | {first:.4f} -> {final:.4f} | {meta.get('seconds')} |")
+        lines.append(
+            f"| `{path}` | {images} | {len(losses)} | {p.get('updates')} | {meta.get('adamw_steps_per_group')} | "
+            f"{p.get('precision')} | {first:.4f} -> {final:.4f} | {meta.get('seconds')} |"
+        )
         preview = preview_path(path)
         if preview.is_file():
             previews.append(f"![{path.stem} preview]({os.path.relpath(preview.resolve(), results.resolve())})")
@@ -424,15 +554,25 @@ def gradcam_section(results: Path) -> list[str]:
         return []
     s = json.loads(path.read_text())
     measures = ["entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change", "road"]
-    lines = ["## Where the models look (Grad-CAM)", "",
-             f"{s['images']} real images of `{s['data']}`, target layer `{s['layer']}`, {s['target']} class; means over images "
-             "(lower entropy and spread, higher Gini and top-10% mass: more concentrated maps; `road` is grad-cam's ROAD "
-             "faithfulness, higher when removing the pixels a map ranks first hurts the model more than removing the last).", "",
-             "| model | " + " | ".join(measures) + " |", "|---|" + "---:|" * len(measures)]
+    lines = [
+        "## Where the models look (Grad-CAM)",
+        "",
+        f"{s['images']} real images of `{s['data']}`, target layer `{s['layer']}`, {s['target']} class; means over "
+        "images "
+        "(lower entropy and spread, higher Gini and top-10% mass: more concentrated maps; `road` is grad-cam's ROAD "
+        "faithfulness, higher when removing the pixels a map ranks first hurts the model more than removing the last).",
+        "",
+        "| model | " + " | ".join(measures) + " |",
+        "|---|" + "---:|" * len(measures),
+    ]
     for name, stats in s["models"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{stats[m]['mean']:.3f}" if m in stats else "–" for m in measures) + " |")
-    lines += [""] + [f"- agreement {pair}: correlation {v['correlation']:.3f}, IoU of top 20% {v['top_iou']:.3f}"
-                     for pair, v in s["agreement"].items()]
+        lines.append(
+            f"| {name} | " + " | ".join(f"{stats[m]['mean']:.3f}" if m in stats else "–" for m in measures) + " |"
+        )
+    lines += [""] + [
+        f"- agreement {pair}: correlation {v['correlation']:.3f}, IoU of top 20% {v['top_iou']:.3f}"
+        for pair, v in s["agreement"].items()
+    ]
     return lines + ["", "![Grad-CAM grid](gradcam/gradcam_grid.png)", ""]
 
 
@@ -443,29 +583,61 @@ def geometry_section(results: Path) -> list[str]:
     s = json.loads(path.read_text())
     stores = s["stores"]
     names = list(stores)
-    lines = ["## Projective geometry (line segments and vanishing points)", "",
-             f"Mode: {s['mode']}. Median [q1, q3] per store; lengths are shares of the image diagonal.", "",
-             "| measure | " + " | ".join(f"{n} ({stores[n]['image_size'][0]} px, upsampled x{stores[n]['upsample']})" for n in names) + " |",
-             "|---|" + "---:|" * len(names),
-             "| images / with 3 VPs / no lines | " + " | ".join(f"{stores[n]['images']} / {stores[n]['with_vps']} / {stores[n]['no_lines']}" for n in names) + " |"]
+    lines = [
+        "## Projective geometry (line segments and vanishing points)",
+        "",
+        f"Mode: {s['mode']}. Median [q1, q3] per store; lengths are shares of the image diagonal.",
+        "",
+        "| measure | "
+        + " | ".join(f"{n} ({stores[n]['image_size'][0]} px, upsampled x{stores[n]['upsample']})" for n in names)
+        + " |",
+        "|---|" + "---:|" * len(names),
+        "| images / with 3 VPs / no lines | "
+        + " | ".join(f"{stores[n]['images']} / {stores[n]['with_vps']} / {stores[n]['no_lines']}" for n in names)
+        + " |",
+    ]
     for key in stores[names[0]]["measures"]:
-        lines.append(f"| {key} | " + " | ".join(
-            f"{stores[n]['measures'][key]['median']:.3g} [{stores[n]['measures'][key]['q1']:.3g}, {stores[n]['measures'][key]['q3']:.3g}]"
-            for n in names) + " |")
+        lines.append(
+            f"| {key} | "
+            + " | ".join(
+                f"{stores[n]['measures'][key]['median']:.3g} [{stores[n]['measures'][key]['q1']:.3g}, "
+                f"{stores[n]['measures'][key]['q3']:.3g}]"
+                for n in names
+            )
+            + " |"
+        )
     small = [n for n in names if stores[n]["image_size"][0] <= 64]
     if small:
-        lines += ["", "How many lines a small image really yields: " + "; ".join(
-            f"`{n}` ({stores[n]['image_size'][0]} px) gives a median of {stores[n]['measures']['n_segments']['median']:.0f} "
-            f"segments (detected after upsampling x{stores[n]['upsample']}, kept if at least 4 of its own pixels long)" for n in small) + "."]
-    lines += ["", "![histograms](vanish/histograms.png)", ""] + [f"![{n} overlays](vanish/overlay_{n}.png)" for n in names]
+        lines += [
+            "",
+            "How many lines a small image really yields: "
+            + "; ".join(
+                f"`{n}` ({stores[n]['image_size'][0]} px) gives a median of "
+                f"{stores[n]['measures']['n_segments']['median']:.0f} "
+                f"segments (detected after upsampling x{stores[n]['upsample']}, kept if at least 4 of its own pixels "
+                "long)"
+                for n in small
+            )
+            + ".",
+        ]
+    lines += ["", "![histograms](vanish/histograms.png)", ""] + [
+        f"![{n} overlays](vanish/overlay_{n}.png)" for n in names
+    ]
     yud = results / "vanish-yud" / "gt_scores.json"
     if yud.exists():
         g = json.loads(yud.read_text())
         c, u = g["calibrated"], g["uncalibrated"]
-        calibrated = (f"calibrated horizon AUC {c['horizon_auc_0.25']:.2f}%, VP AUC@3/5/10 deg {c['vp_auc_3deg']:.2f} / "
-                      f"{c['vp_auc_5deg']:.2f} / {c['vp_auc_10deg']:.2f}%" if "vp_auc_3deg" in c else "no calibrated entries")
-        lines += ["", f"The detector on {g['images']} ground-truth images of `{g['folder']}`: {calibrated}; "
-                  f"uncalibrated horizon AUC {u['horizon_auc_0.25']:.2f}%."]
+        calibrated = (
+            f"calibrated horizon AUC {c['horizon_auc_0.25']:.2f}%, VP AUC@3/5/10 deg {c['vp_auc_3deg']:.2f} / "
+            f"{c['vp_auc_5deg']:.2f} / {c['vp_auc_10deg']:.2f}%"
+            if "vp_auc_3deg" in c
+            else "no calibrated entries"
+        )
+        lines += [
+            "",
+            f"The detector on {g['images']} ground-truth images of `{g['folder']}`: {calibrated}; "
+            f"uncalibrated horizon AUC {u['horizon_auc_0.25']:.2f}%.",
+        ]
     return lines + [""]
 
 
@@ -477,26 +649,47 @@ def scenes_section(results: Path) -> list[str]:
         return []
     s = json.loads(path.read_text())
     stores = s["stores"]
-    lines = ["## Geometry of scenes: do generated images keep projective structure?", "",
-             f"`synthkit vanish` on scene stores ({s['mode']}); medians over images.", "",
-             "| store | images | size | with 3 VPs | segments | VP support | intersection spread (deg) | lines-only real/generated AUC |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Geometry of scenes: do generated images keep projective structure?",
+        "",
+        f"`synthkit vanish` on scene stores ({s['mode']}); medians over images.",
+        "",
+        "| store | images | size | with 3 VPs | segments | VP support | intersection spread (deg) | lines-only "
+        "real/generated AUC |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, st in stores.items():
         m = st["measures"]
-        auc_text = f"{st['line_classifier_auc']:.3f}" if "line_classifier_auc" in st else ("(the real store)" if st["kind"] == "real" else "–")
-        lines.append(f"| {name} | {st['images']} | {st['image_size'][0]} | {st['with_vps']} | {m['n_segments']['median']:.0f} | "
-                     f"{m['vp_share']['median']:.3f} | {m['intersection_spread_deg']['median']:.2f} | {auc_text} |")
+        auc_text = (
+            f"{st['line_classifier_auc']:.3f}"
+            if "line_classifier_auc" in st
+            else ("(the real store)" if st["kind"] == "real" else "–")
+        )
+        lines.append(
+            f"| {name} | {st['images']} | {st['image_size'][0]} | {st['with_vps']} | {m['n_segments']['median']:.0f} | "
+            f"{m['vp_share']['median']:.3f} | {m['intersection_spread_deg']['median']:.2f} | {auc_text} |"
+        )
     pairs_file = results / "geometry" / "pairs.json"
     if pairs_file.exists():
-        lines += ["", "Each sample against its own source (both at the sample's size; the focal length estimated once per pair):", "",
-                  "| store | samples | median horizon error (share of height) | within 5% of the height | median VP error (deg) |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "Each sample against its own source (both at the sample's size; the focal length estimated once per pair):",
+            "",
+            "| store | samples | median horizon error (share of height) | within 5% of the height | median VP error "
+            "(deg) |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for name, p in json.loads(pairs_file.read_text()).items():
-            lines.append(f"| {name} | {p['samples']} | {p['median_horizon_error']:.3f} | {100 * p['within_5pct_height']:.0f}% | "
-                         f"{p['median_vp_error_deg']:.1f} |")
+            lines.append(
+                f"| {name} | {p['samples']} | {p['median_horizon_error']:.3f} | {100 * p['within_5pct_height']:.0f}% | "
+                f"{p['median_vp_error_deg']:.1f} |"
+            )
         lines += [""] + [f"![{name} pairs](geometry/pairs_{name}.png)" for name in json.loads(pairs_file.read_text())]
-    lines += ["", "An AUC of 0.5 means the store's line statistics are as real as real; 1 means they always give it away.",
-              "![scene histograms](geometry/histograms.png)"]
+    lines += [
+        "",
+        "An AUC of 0.5 means the store's line statistics are as real as real; 1 means they always give it away.",
+        "![scene histograms](geometry/histograms.png)",
+    ]
     return lines + [""]
 
 
@@ -508,11 +701,20 @@ def write_report(results: Path = Path("results"), models: Path = Path("models"),
     for folder, option in ((models, "--models"), (data, "--data")):
         if not Path(folder).is_dir():
             raise UserError(f"{option} {folder} is not a folder: give the study's models/ and data/ folders")
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    lines = ["# synthkit study results", "", f"Written by `synthkit report` (synthkit {__version__}) at {now} from "
-             f"`{results}/`, `{models}/` and `{data}/`.", ""]
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    lines = [
+        "# synthkit study results",
+        "",
+        f"Written by `synthkit report` (synthkit {__version__}) at {now} from `{results}/`, `{models}/` and `{data}/`.",
+        "",
+    ]
     lines += generator_warning(data) + accuracy_section(results, models) + provenance_section(models, data)
-    lines += sd_section(results, data) + figures_section(results) + inversion_section(results, models) + fidelity_section(results)
+    lines += (
+        sd_section(results, data)
+        + figures_section(results)
+        + inversion_section(results, models)
+        + fidelity_section(results)
+    )
     lines += sweep_section(results) + gradcam_section(results) + geometry_section(results) + scenes_section(results)
     confusions = sorted((results / "confusion").glob("*.png"))
     if confusions:

@@ -8,24 +8,35 @@ equals an uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .config import PROMPT, UNCONDS, DIConfig, SamplingConfig, check_choice
 from .device import diffusion_dtype, image_bytes, job_device, memory_budget, pick_device
-from .diffusion import (Diffusion, check_resolution, decode, denoise, derive_seed, encode_images, encode_text,
-                        initial_noise, load_diffusion, make_scheduler, sample_seed)
+from .diffusion import (
+    Diffusion,
+    check_resolution,
+    decode,
+    denoise,
+    derive_seed,
+    encode_images,
+    encode_text,
+    initial_noise,
+    load_diffusion,
+    make_scheduler,
+    sample_seed,
+)
 from .errors import UserError
 from .inversion import load_embeddings
 from .jobs import check_destination, check_fits, check_output, check_range, parse_shard, shard_range
 from .locks import locked_output
 from .meta import Kind, provenance
-from .progress import console, progress
 from .outputs import partial_path
+from .progress import console, progress
 from .store import Store, StoreWriter
 
 
@@ -44,22 +55,46 @@ def check_sizes(config: SamplingConfig, device: str | None, shard: str) -> None:
     any work."""
     if shard and shard != "auto":
         parse_shard(shard)
-    for value, option, low in ((config.resolution, "--resolution", 8), (config.save_size, "--save-size", 1),
-                               (config.guidance, "--guidance", 0), (config.steps, "--steps", 1)):
+    for value, option, low in (
+        (config.resolution, "--resolution", 8),
+        (config.save_size, "--save-size", 1),
+        (config.guidance, "--guidance", 0),
+        (config.steps, "--steps", 1),
+    ):
         if value is not None:
             check_range(value, option, low)
     budget = memory_budget(pick_device(device))
     for size, option in ((config.resolution, "--resolution"), (config.save_size, "--save-size")):
         if size:
-            check_fits(4 * image_bytes(config.batch_size, size), budget, f"a batch of {config.batch_size} images at {option} {size}")
+            check_fits(
+                4 * image_bytes(config.batch_size, size),
+                budget,
+                f"a batch of {config.batch_size} images at {option} {size}",
+            )
 
 
-def run_sample(out: Path, *, templates: Sequence[str] = (), prompt_file: Path | None = None, embeddings: Sequence[Path] = (),
-               only: Path | None = None, classes: str | None = None, per_class: int = PROMPT.per_class, negative: str = "",
-               init: Path | None = None, strength: float = PROMPT.strength, di: DIConfig | None = None,
-               config: SamplingConfig | None = None, model: str | None = None, device: str = "auto", shard: str = "",
-               overwrite: bool = False, resume: bool = False, say: Callable[[str], None] = print,
-               prompt_from: str | None = None) -> Path:
+def run_sample(
+    out: Path,
+    *,
+    templates: Sequence[str] = (),
+    prompt_file: Path | None = None,
+    embeddings: Sequence[Path] = (),
+    only: Path | None = None,
+    classes: str | None = None,
+    per_class: int = PROMPT.per_class,
+    negative: str = "",
+    init: Path | None = None,
+    strength: float = PROMPT.strength,
+    di: DIConfig | None = None,
+    config: SamplingConfig | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    shard: str = "",
+    overwrite: bool = False,
+    resume: bool = False,
+    say: Callable[[str], None] = print,
+    prompt_from: str | None = None,
+) -> Path:
     """`synthkit sample`: the output, the mode and the sizes checked before any work, then DI sampling (with
     `embeddings`) or prompt sampling, sharded as asked (launch.run_sharded). Returns the store written."""
     from . import DEFAULT_MODEL
@@ -69,18 +104,33 @@ def run_sample(out: Path, *, templates: Sequence[str] = (), prompt_file: Path | 
     config = config or SamplingConfig()
     check_destination(out, [prompt_file, init, only, model, *embeddings])
     templates = read_templates(templates, prompt_file)
-    modes = [name for name, given in (("--embeddings", embeddings), ("--prompt/--prompt-file", templates),
-                                      ("--prompt-from", prompt_from)) if given]
+    modes = [
+        name
+        for name, given in (
+            ("--embeddings", embeddings),
+            ("--prompt/--prompt-file", templates),
+            ("--prompt-from", prompt_from),
+        )
+        if given
+    ]
     if len(modes) > 1:
-        raise UserError(f"give one of --embeddings (DI sampling), --prompt/--prompt-file (prompt templates) or --prompt-from "
-                        f"(each init image's own text), not {' and '.join(modes)}")
+        raise UserError(
+            f"give one of --embeddings (DI sampling), --prompt/--prompt-file (prompt templates) or --prompt-from "
+            f"(each init image's own text), not {' and '.join(modes)}"
+        )
     if not modes:
-        raise UserError("give at least one --prompt template (or --prompt-file), --prompt-from with --init, or --embeddings")
+        raise UserError(
+            "give at least one --prompt template (or --prompt-file), --prompt-from with --init, or --embeddings"
+        )
     if prompt_from is not None and init is None:
         raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init STORE")
     di = di or DIConfig()
-    for value, option, low in ((di.interp, "--interp", None), (di.noise, "--noise", 0), (di.eta, "--eta", 0),
-                               (strength, "--strength", 0)):
+    for value, option, low in (
+        (di.interp, "--interp", None),
+        (di.noise, "--noise", 0),
+        (di.eta, "--eta", 0),
+        (strength, "--strength", 0),
+    ):
         check_range(value, option, low)
     check_sizes(config, None if device == "auto" else device, shard)
     names = None if embeddings else class_list(classes if classes is not None else (str(init) if init else None))
@@ -89,14 +139,46 @@ def run_sample(out: Path, *, templates: Sequence[str] = (), prompt_file: Path | 
 
     def job(path: Path, part: str, dev: str) -> None:
         if embeddings:
-            sample_embeddings(path, list(embeddings), di, config, model=model, device=dev, shard=part, overwrite=overwrite,
-                              resume=resume, only=only)
+            sample_embeddings(
+                path,
+                list(embeddings),
+                di,
+                config,
+                model=model,
+                device=dev,
+                shard=part,
+                overwrite=overwrite,
+                resume=resume,
+                only=only,
+            )
         else:
-            sample_prompts(path, model or DEFAULT_MODEL, templates, names, per_class, config, negative=negative, init=init, strength=strength, device=dev, shard=part,
-                           overwrite=overwrite, resume=resume, prompt_from=prompt_from)
+            sample_prompts(
+                path,
+                model or DEFAULT_MODEL,
+                templates,
+                names,
+                per_class,
+                config,
+                negative=negative,
+                init=init,
+                strength=strength,
+                device=dev,
+                shard=part,
+                overwrite=overwrite,
+                resume=resume,
+                prompt_from=prompt_from,
+            )
 
-    return run_sharded(job, Path(out), shard, device, lambda parts, o: merge_stores(parts, o, overwrite=True),
-                       overwrite=overwrite, resume=resume, say=say)
+    return run_sharded(
+        job,
+        Path(out),
+        shard,
+        device,
+        lambda parts, o: merge_stores(parts, o, overwrite=True),
+        overwrite=overwrite,
+        resume=resume,
+        say=say,
+    )
 
 
 def batch_slices(total: int, batch: int, shard: str) -> list[slice]:
@@ -133,7 +215,9 @@ def class_list(classes: str | None) -> list[str]:
 def check_names(classes: str) -> None:
     """--classes as names: none empty (a stray comma) and none blank."""
     if any(not part.strip() for part in classes.split(",")):
-        raise UserError(f"--classes '{classes}' has an empty class name (a stray comma?): give names separated by single commas")
+        raise UserError(
+            f"--classes '{classes}' has an empty class name (a stray comma?): give names separated by single commas"
+        )
 
 
 def prompt_plan(templates: Sequence[str], classes: Sequence[str], per_class: int) -> tuple[list[str], np.ndarray]:
@@ -144,8 +228,10 @@ def prompt_plan(templates: Sequence[str], classes: Sequence[str], per_class: int
         raise UserError("give at least one --prompt template (or --prompt-file)")
     blind = [t for t in templates if "{class}" not in t]
     if blind and len(classes) > 1:
-        raise UserError(f"the template '{blind[0]}' has no {{class}}: every class would get the same prompt; "
-                        "write it like 'a photo of a {class}'")
+        raise UserError(
+            f"the template '{blind[0]}' has no {{class}}: every class would get the same prompt; "
+            "write it like 'a photo of a {class}'"
+        )
     prompts, labels = [], []
     for c, name in enumerate(classes):
         for k in range(per_class):
@@ -164,10 +250,22 @@ def _open_generator(model: str, config: SamplingConfig, device: str | None) -> t
 
 
 @locked_output("out")
-def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Sequence[str], per_class: int,
-                   config: SamplingConfig, negative: str = "", init: Path | None = None, strength: float = PROMPT.strength,
-                   device: str | None = None, shard: str = "", overwrite: bool = False, resume: bool = False,
-                   prompt_from: str | None = None) -> Path:
+def sample_prompts(
+    out: Path,
+    model: str,
+    templates: Sequence[str],
+    classes: Sequence[str],
+    per_class: int,
+    config: SamplingConfig,
+    negative: str = "",
+    init: Path | None = None,
+    strength: float = PROMPT.strength,
+    device: str | None = None,
+    shard: str = "",
+    overwrite: bool = False,
+    resume: bool = False,
+    prompt_from: str | None = None,
+) -> Path:
     """Generate per_class images of every class from prompt templates (img2img from `init` if given). With
     `prompt_from` (a text column of the init store, e.g. `caption` from synthkit caption), each sample's prompt is
     its init image's own text, and sample k of a class takes the class's (k mod n)-th image, so that every image
@@ -178,8 +276,11 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
     check_sizes(config, device, shard)
     if prompt_from is not None and (init is None or templates):
         raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init, and no --prompt")
-    config = replace(config, steps=config.steps or PROMPT.steps,
-                     guidance=PROMPT.guidance if config.guidance is None else config.guidance)
+    config = replace(
+        config,
+        steps=config.steps or PROMPT.steps,
+        guidance=PROMPT.guidance if config.guidance is None else config.guidance,
+    )
     prompts, labels = prompt_plan(templates if prompt_from is None else ["{class}"], classes, per_class)
     if init is not None and not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
@@ -194,26 +295,51 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
             init_members = [np.flatnonzero(init_labels == init_store.classes.index(c)) for c in classes]
             if prompt_from is not None:
                 if prompt_from not in init_store.column_names or init_store.column_kind(prompt_from) != "str":
-                    raise UserError(f"--prompt-from {prompt_from}: init store {init} has no text column of that name "
-                                    f"(it has: {', '.join(init_store.column_names) or 'none'}); make captions with synthkit caption")
-                chosen = np.array([init_members[c][k % len(init_members[c])] for c in range(len(classes)) for k in range(per_class)])
+                    raise UserError(
+                        f"--prompt-from {prompt_from}: init store {init} has no text column of that name "
+                        f"(it has: {', '.join(init_store.column_names) or 'none'}); make captions with synthkit caption"
+                    )
+                chosen = np.array(
+                    [init_members[c][k % len(init_members[c])] for c in range(len(classes)) for k in range(per_class)]
+                )
                 text = init_store.column(prompt_from)
                 prompts = [str(text[row]) for row in chosen]
         diffusion, resolution = _open_generator(model, config, device)
-        params = asdict(config) | {"model": model, "templates": list(templates), "prompt_from": prompt_from,
-                                   "classes": list(classes), "per_class": per_class, "negative": negative,
-                                   "init": str(init) if init else None, "strength": strength if init else None,
-                                   "resolution": resolution}
+        params = asdict(config) | {
+            "model": model,
+            "templates": list(templates),
+            "prompt_from": prompt_from,
+            "classes": list(classes),
+            "per_class": per_class,
+            "negative": negative,
+            "init": str(init) if init else None,
+            "strength": strength if init else None,
+            "resolution": resolution,
+        }
         sources = [{"path": str(init), "fingerprint": init_store.fingerprint}] if init_store else []
-        meta = provenance(Kind.SD, params, sources) | {"model": model, "device": str(diffusion.device), "shard": shard,
-                                                    "prompts": f"each init image's {prompt_from}" if prompt_from else
-                                                    "templates: " + "; ".join(templates)}
+        meta = provenance(Kind.SD, params, sources) | {
+            "model": model,
+            "device": str(diffusion.device),
+            "shard": shard,
+            "prompts": f"each init image's {prompt_from}" if prompt_from else "templates: " + "; ".join(templates),
+        }
         size = config.save_size or resolution
         slices = batch_slices(len(prompts), config.batch_size, shard)
         total = sum(s.stop - s.start for s in slices)
-        with StoreWriter(out, classes=classes, image_shape=(size, size), meta=meta, total=total, shard=shard,
-                         columns={"prompt": "str", "seed": "int", "source_index": "int"},
-                         overwrite=overwrite, resume=resume) as writer, progress() as bar:
+        with (
+            StoreWriter(
+                out,
+                classes=classes,
+                image_shape=(size, size),
+                meta=meta,
+                total=total,
+                shard=shard,
+                columns={"prompt": "str", "seed": "int", "source_index": "int"},
+                overwrite=overwrite,
+                resume=resume,
+            ) as writer,
+            progress() as bar,
+        ):
             if writer.complete:
                 return out
             task = bar.add_task("sample", total=total, completed=writer.done)
@@ -232,15 +358,26 @@ def sample_prompts(out: Path, model: str, templates: Sequence[str], classes: Seq
                 else:
                     for k, (i, s) in enumerate(zip(index, seeds)):
                         members = init_members[labels[i]]
-                        source_index[k] = chosen[i] if chosen is not None else members[np.random.default_rng(s).integers(len(members))]
+                        source_index[k] = (
+                            chosen[i]
+                            if chosen is not None
+                            else members[np.random.default_rng(s).integers(len(members))]
+                        )
                     start = config.steps - max(1, int(round(config.steps * strength)))
                     scheduler.set_timesteps(config.steps, device=diffusion.device)
                     clean, _ = encode_images(diffusion, init_store.images(source_index), resolution)
                     t0 = scheduler.timesteps[start].repeat(count)
                     latents = scheduler.add_noise(clean, noise, t0)
-                    latents = denoise(diffusion, scheduler, latents, cond, uncond, config.steps, config.guidance, start_step=start)
-                writer.append(decode(diffusion, latents, config.save_size), labels[index],
-                              prompt=[prompts[i] for i in index], seed=seeds, source_index=source_index)
+                    latents = denoise(
+                        diffusion, scheduler, latents, cond, uncond, config.steps, config.guidance, start_step=start
+                    )
+                writer.append(
+                    decode(diffusion, latents, config.save_size),
+                    labels[index],
+                    prompt=[prompts[i] for i in index],
+                    seed=seeds,
+                    source_index=source_index,
+                )
                 bar.advance(task, count)
     finally:
         if init_store is not None:
@@ -256,8 +393,14 @@ def group_members(groups: torch.Tensor) -> dict[int, np.ndarray]:
     return {int(k): rows for k, rows in zip(keys, np.split(order, starts[1:]))}
 
 
-def choose_partners(groups: torch.Tensor, members: dict[int, np.ndarray], rows: np.ndarray, per_image: int,
-                    seed: int, source: np.ndarray) -> np.ndarray:
+def choose_partners(
+    groups: torch.Tensor,
+    members: dict[int, np.ndarray],
+    rows: np.ndarray,
+    per_image: int,
+    seed: int,
+    source: np.ndarray,
+) -> np.ndarray:
     """(len(rows), per_image) interpolation partners: as the official code, per_image distinct members of the
     image's own (class-pure) group, the image itself included, with replacement only in groups smaller than
     per_image. Seeded by the image's store row, so a partner depends neither on batch, shard nor file order."""
@@ -269,8 +412,9 @@ def choose_partners(groups: torch.Tensor, members: dict[int, np.ndarray], rows: 
     return out
 
 
-def perturb(embeddings: torch.Tensor, rows: np.ndarray, partners: np.ndarray, seeds: Sequence[int], interp: float,
-            noise: float) -> torch.Tensor:
+def perturb(
+    embeddings: torch.Tensor, rows: np.ndarray, partners: np.ndarray, seeds: Sequence[int], interp: float, noise: float
+) -> torch.Tensor:
     """c = e_i + interp (e_j - e_i) + noise * eps for each sample (row i, partner j); eps from a stream of its
     own, derived from the sample's seed (never another sample's latent noise)."""
     out = []
@@ -285,8 +429,9 @@ def group_means(embeddings: torch.Tensor, groups: torch.Tensor) -> dict[int, tor
     return {int(g): embeddings[groups == g].mean(0) for g in torch.unique(groups)}
 
 
-def unconditional(mode: str, diffusion: Diffusion, embeddings: torch.Tensor, groups: torch.Tensor,
-                  labels: torch.Tensor) -> tuple[Callable[[np.ndarray], torch.Tensor], str]:
+def unconditional(
+    mode: str, diffusion: Diffusion, embeddings: torch.Tensor, groups: torch.Tensor, labels: torch.Tensor
+) -> tuple[Callable[[np.ndarray], torch.Tensor], str]:
     """The unconditional input of guidance for rows of the embeddings, and a line saying what it is.
 
     mixed (default): the mean of every loaded embedding, all classes together. The official code uses the
@@ -297,10 +442,14 @@ def unconditional(mode: str, diffusion: Diffusion, embeddings: torch.Tensor, gro
     if mode == "mixed":
         mean = embeddings.mean(0)
         n_classes = len(torch.unique(labels))
-        return (lambda rows: mean.expand(len(rows), -1, -1)), f"mixed: the mean of all {len(embeddings)} embeddings ({n_classes} classes)"
+        return (
+            lambda rows: mean.expand(len(rows), -1, -1)
+        ), f"mixed: the mean of all {len(embeddings)} embeddings ({n_classes} classes)"
     if mode == "group":
         means = group_means(embeddings, groups)
-        return (lambda rows: torch.stack([means[int(groups[r])] for r in rows])), "group: the mean of the image's own group"
+        return (
+            lambda rows: torch.stack([means[int(groups[r])] for r in rows])
+        ), "group: the mean of the image's own group"
     empty = encode_text(diffusion, [""], length=embeddings.shape[1]).float().cpu()
     return (lambda rows: empty.expand(len(rows), -1, -1)), f"empty: the empty prompt ({embeddings.shape[1]} tokens)"
 
@@ -336,12 +485,17 @@ def restrict_to(tensors: dict[str, torch.Tensor], emb_meta: dict, only: Path) ->
     inverted = emb_meta["sources"][0]["fingerprint"]
     with Store(only) as store:
         if store.classes != emb_meta["classes"]:
-            raise UserError(f"--only {only} has classes {', '.join(store.classes)}, not the embeddings' {', '.join(emb_meta['classes'])}")
+            raise UserError(
+                f"--only {only} has classes {', '.join(store.classes)}, not the embeddings' "
+                f"{', '.join(emb_meta['classes'])}"
+            )
         labels, record = store.labels, {"path": str(only), "fingerprint": store.fingerprint, "count": len(store)}
     parent = inverted_rows(Path(only), inverted)
     if parent is None:
-        raise UserError(f"--only {only}: its images are not the ones inverted in the embeddings given (it is neither "
-                        "the inverted store nor a subset of it, or of a subset of it, made by synthkit subset)")
+        raise UserError(
+            f"--only {only}: its images are not the ones inverted in the embeddings given (it is neither "
+            "the inverted store nor a subset of it, or of a subset of it, made by synthkit subset)"
+        )
     index_of = {int(row): k for k, row in enumerate(tensors["source_index"])}
     missing = sum(int(row) not in index_of for row in parent)
     if missing:
@@ -350,15 +504,28 @@ def restrict_to(tensors: dict[str, torch.Tensor], emb_meta: dict, only: Path) ->
     group = torch.empty(len(parent), dtype=torch.long)
     for _, rows in plan_groups(labels, range(len(store.classes)), emb_meta["params"]["group_size"]):
         group[rows] = int(rows[0])  # a group is named by its first row, as invert names them
-    restricted = {"embeddings": tensors["embeddings"][take], "label": tensors["label"][take], "group": group,
-                  "source_index": torch.arange(len(parent))}
+    restricted = {
+        "embeddings": tensors["embeddings"][take],
+        "label": tensors["label"][take],
+        "group": group,
+        "source_index": torch.arange(len(parent)),
+    }
     return restricted, record | {"embeddings": emb_meta["sources"]}
 
 
 @locked_output("out")
-def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig | None = None,
-                      config: SamplingConfig | None = None, model: str | None = None, device: str | None = None,
-                      shard: str = "", overwrite: bool = False, resume: bool = False, only: Path | None = None) -> Path:
+def sample_embeddings(
+    out: Path,
+    embedding_files: Sequence[Path],
+    di: DIConfig | None = None,
+    config: SamplingConfig | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    shard: str = "",
+    overwrite: bool = False,
+    resume: bool = False,
+    only: Path | None = None,
+) -> Path:
     """Generate di.per_image samples from every learned embedding (Diffusion Inversion sampling); with `only`, from
     those of that store's images alone (see restrict_to). What `config` leaves None takes DI's defaults: DIConfig's
     steps, guidance and save size (the training images' size)."""
@@ -373,31 +540,72 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
         tensors, record = restrict_to(tensors, emb_meta, Path(only))
         sources = [record]
     model = model or emb_meta["model"]
-    config = replace(config, steps=config.steps or di.steps, guidance=di.guidance if config.guidance is None else config.guidance,
-                     save_size=config.save_size or di.save_size or emb_meta["image_size"],
-                     resolution=config.resolution or emb_meta["resolution"])
+    config = replace(
+        config,
+        steps=config.steps or di.steps,
+        guidance=di.guidance if config.guidance is None else config.guidance,
+        save_size=config.save_size or di.save_size or emb_meta["image_size"],
+        resolution=config.resolution or emb_meta["resolution"],
+    )
     diffusion, resolution = _open_generator(model, config, device)
     if diffusion.hidden_size != emb_meta["hidden"]:
-        raise UserError(f"the embeddings have hidden size {emb_meta['hidden']} but model {model} expects {diffusion.hidden_size}: "
-                        "sample with the model they were inverted with")
+        raise UserError(
+            f"the embeddings have hidden size {emb_meta['hidden']} but model {model} expects {diffusion.hidden_size}: "
+            "sample with the model they were inverted with"
+        )
     embeddings, groups, labels = tensors["embeddings"].float(), tensors["group"], tensors["label"]
     uncond_of, uncond_note = unconditional(di.uncond, diffusion, embeddings, groups, labels)
     if di.uncond == "mixed" and len(torch.unique(labels)) == 1:
-        console.print("note: the embeddings hold one class, so the mixed unconditional input is that class's mean; "
-                      "give every class's file for the official class-mixed mean", highlight=False)
+        console.print(
+            "note: the embeddings hold one class, so the mixed unconditional input is that class's mean; "
+            "give every class's file for the official class-mixed mean",
+            highlight=False,
+        )
     members = group_members(groups)
-    params = asdict(di) | asdict(config) | {"model": model, "embeddings": [str(p) for p in embedding_files],
-                                            "resolution": resolution, "only": str(only) if only else None}
-    meta = provenance(Kind.INV, params, sources) | {"model": model, "embeddings_model": emb_meta["model"], "uncond": uncond_note,
-                                                 "device": str(diffusion.device), "shard": shard,
-                                                 "real_images": len(embeddings)}
+    params = (
+        asdict(di)
+        | asdict(config)
+        | {
+            "model": model,
+            "embeddings": [str(p) for p in embedding_files],
+            "resolution": resolution,
+            "only": str(only) if only else None,
+        }
+    )
+    meta = provenance(Kind.INV, params, sources) | {
+        "model": model,
+        "embeddings_model": emb_meta["model"],
+        "uncond": uncond_note,
+        "device": str(diffusion.device),
+        "shard": shard,
+        "real_images": len(embeddings),
+    }
     total_samples = len(embeddings) * di.per_image
     slices = batch_slices(total_samples, config.batch_size, shard)
     total = sum(s.stop - s.start for s in slices)
-    columns = {"source_index": "int", "partner": "int", "alpha": "float", "noise": "float", "seed": "int", "group": "int"}
+    columns = {
+        "source_index": "int",
+        "partner": "int",
+        "alpha": "float",
+        "noise": "float",
+        "seed": "int",
+        "group": "int",
+    }
     source = tensors["source_index"].numpy()
-    with StoreWriter(out, classes=emb_meta["classes"], image_shape=(config.save_size, config.save_size), meta=meta,
-                     columns=columns, total=total, shard=shard, overwrite=overwrite, resume=resume) as writer, progress() as bar:
+    with (
+        StoreWriter(
+            out,
+            classes=emb_meta["classes"],
+            image_shape=(config.save_size, config.save_size),
+            meta=meta,
+            columns=columns,
+            total=total,
+            shard=shard,
+            overwrite=overwrite,
+            resume=resume,
+        ) as writer,
+        progress() as bar,
+    ):
         if writer.complete:
             return Path(out)
         task = bar.add_task("sample", total=total, completed=writer.done)
@@ -411,11 +619,26 @@ def sample_embeddings(out: Path, embedding_files: Sequence[Path], di: DIConfig |
             seeds = [derive_seed(config.seed, source[r], k) for r, k in zip(rows, nth)]
             cond = perturb(embeddings, rows, partners, seeds, di.interp, di.noise)
             noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
-            latents = denoise(diffusion, make_scheduler(diffusion, config.scheduler), noise,
-                              cond.to(diffusion.device, diffusion.dtype), uncond_of(rows).to(diffusion.device, diffusion.dtype),
-                              config.steps, config.guidance, eta=di.eta, seeds=seeds)
-            writer.append(decode(diffusion, latents, config.save_size), labels.numpy()[rows],
-                          source_index=source[rows], partner=source[partners], alpha=np.full(count, di.interp),
-                          noise=np.full(count, di.noise), seed=seeds, group=groups.numpy()[rows])
+            latents = denoise(
+                diffusion,
+                make_scheduler(diffusion, config.scheduler),
+                noise,
+                cond.to(diffusion.device, diffusion.dtype),
+                uncond_of(rows).to(diffusion.device, diffusion.dtype),
+                config.steps,
+                config.guidance,
+                eta=di.eta,
+                seeds=seeds,
+            )
+            writer.append(
+                decode(diffusion, latents, config.save_size),
+                labels.numpy()[rows],
+                source_index=source[rows],
+                partner=source[partners],
+                alpha=np.full(count, di.interp),
+                noise=np.full(count, di.noise),
+                seed=seeds,
+                group=groups.numpy()[rows],
+            )
             bar.advance(task, count)
     return Path(out)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -29,8 +30,10 @@ def missing_store_message(path: Path) -> str:
     if pid is not None:
         return f"store {path} does not exist yet: {busy_message(path, pid)}"
     if partial_path(path).exists():
-        return (f"store {path} does not exist, but an interrupted run left {partial_path(path)}: rerun that command "
-                "with --resume to continue it, or with --overwrite to discard it")
+        return (
+            f"store {path} does not exist, but an interrupted run left {partial_path(path)}: rerun that command "
+            "with --resume to continue it, or with --overwrite to discard it"
+        )
     return f"store {path} does not exist"
 
 
@@ -63,8 +66,12 @@ def _problem(f: h5py.File) -> str | None:
     if labels.shape[0] != n:
         return f"it has {labels.shape[0]} labels for {n} images"
     classes = _json_attr(f, "classes")
-    if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes)
-            or len(set(classes)) != len(classes)):
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
         return "its class list is not a list of distinct names"
     if not isinstance(_json_attr(f, "meta", {}), dict):
         return "its provenance is not a record"
@@ -84,8 +91,10 @@ def _problem(f: h5py.File) -> str | None:
         declared = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
         stored = ds.id.get_storage_size()
         if stored < declared or stored > file_size:
-            return (f"'{ds.name.lstrip('/')}' declares {'x'.join(map(str, ds.shape))} {ds.dtype} ({declared:,} bytes) "
-                    f"but the file holds {stored:,} bytes of it")
+            return (
+                f"'{ds.name.lstrip('/')}' declares {'x'.join(map(str, ds.shape))} {ds.dtype} ({declared:,} bytes) "
+                f"but the file holds {stored:,} bytes of it"
+            )
     return None
 
 
@@ -120,7 +129,8 @@ class Store:
             problem = _problem(self._file)
         except (KeyError, OSError, ValueError, TypeError, AttributeError, RuntimeError) as err:
             # h5py reports a damaged file as KeyError ("bad local heap signature"), OSError, ...
-            problem = f"it cannot be read ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            problem = f"it cannot be read ({type(err).__name__}: {first})"
         if problem:
             self._file.close()
             raise UserError(f"{self.path} is damaged or not a synthkit store: {problem}")
@@ -130,7 +140,7 @@ class Store:
         self.shard: str = str(self._file.attrs.get("shard", ""))
         self._labels: np.ndarray | None = None
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -157,12 +167,14 @@ class Store:
             labels = self._file["labels"][...].astype(np.int64)
             if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
                 bad = int(labels.min() if labels.min() < 0 else labels.max())
-                raise UserError(f"{self.path} is damaged or not a synthkit store: label {bad} is not one of its "
-                                f"{len(self.classes)} classes")
+                raise UserError(
+                    f"{self.path} is damaged or not a synthkit store: label {bad} is not one of its "
+                    f"{len(self.classes)} classes"
+                )
             self._labels = labels
         return self._labels
 
-    def require_images(self, why: str = "") -> "Store":
+    def require_images(self, why: str = "") -> Store:
         """This store, or one error line when it has no images (`why` says what they were needed for)."""
         if len(self) == 0:
             raise UserError(f"store {self.path} has no images{why}")
@@ -179,7 +191,9 @@ class Store:
     def column(self, name: str, index: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
         """A per-image column (strings come back as Python str)."""
         if name not in self._file["columns"]:
-            raise UserError(f"store {self.path} has no column '{name}' (it has: {', '.join(self.column_names) or 'none'})")
+            raise UserError(
+                f"store {self.path} has no column '{name}' (it has: {', '.join(self.column_names) or 'none'})"
+            )
         ds = self._file["columns"][name]
         values = _read_rows(ds, index)
         if h5py.check_string_dtype(ds.dtype):
@@ -194,7 +208,8 @@ class Store:
 
 
 _BLOCK_BYTES = 64 << 20
-_DENSE = 64  # a block is read whole when it holds at least 1 wanted row in 64: HDF5 point reads cost ~80x a row of a block read
+# a block is read whole when it holds at least 1 wanted row in 64: HDF5 point reads cost ~80x a row of a block read
+_DENSE = 64
 
 
 def _read_rows(ds: h5py.Dataset, index: Sequence[int] | np.ndarray | slice | None) -> np.ndarray:
@@ -286,8 +301,13 @@ class StoreWriter:
         f.attrs["shard"] = shard
         f.attrs["done"] = 0
         rows = _chunk_rows(height, width)
-        f.create_dataset("images", shape=(0, height, width, 3), maxshape=(None, height, width, 3),
-                         dtype=np.uint8, chunks=(rows, height, width, 3))
+        f.create_dataset(
+            "images",
+            shape=(0, height, width, 3),
+            maxshape=(None, height, width, 3),
+            dtype=np.uint8,
+            chunks=(rows, height, width, 3),
+        )
         f.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
         group = f.create_group("columns")
         for name, kind in columns.items():
@@ -316,7 +336,7 @@ class StoreWriter:
     def _datasets(f: h5py.File) -> list[h5py.Dataset]:
         return [f["images"], f["labels"], *f["columns"].values()]
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -393,6 +413,40 @@ class StoreWriter:
             raise UserError(f"{self.partial} holds {rows} images after writing {self.done}: it keeps its .partial name")
 
 
+class DerivedWriter(StoreWriter):
+    """A writer of a store made from `source` (a subset, a filtered part, the same images with captions): its
+    classes, image size and columns, plus `extra` columns (replacing the source's of those names)."""
+
+    def __init__(
+        self,
+        source: Store,
+        out: str | Path,
+        meta: dict[str, Any],
+        extra: dict[str, str],
+        total: int,
+        overwrite: bool = False,
+        resume: bool = False,
+    ):
+        self.source = source
+        self.copied = [name for name in source.column_names if name not in extra]
+        super().__init__(
+            out,
+            classes=source.classes,
+            image_shape=source.image_shape[:2],
+            meta=meta,
+            columns={name: source.column_kind(name) for name in self.copied} | extra,
+            total=total,
+            overwrite=overwrite,
+            resume=resume,
+        )
+
+    def append_rows(self, rows: np.ndarray | slice, images: np.ndarray | None = None, **extra: Any) -> None:
+        """The source's rows (their images unless given, labels and columns) with the extra columns' values."""
+        images = self.source.images(rows) if images is None else images
+        columns = {name: self.source.column(name, rows) for name in self.copied}
+        self.append(images, self.source.labels[rows], **columns, **extra)
+
+
 def _fingerprint(f: h5py.File) -> str:
     """sha256 over images and labels: two stores with the same pixels and labels share it."""
     digest = hashlib.sha256()
@@ -421,8 +475,9 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int, n_classes: in
 
 
 @locked_output("out")
-def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> Path:
+def merge_stores(
+    inputs: Sequence[str | Path], out: str | Path, meta: dict[str, Any] | None = None, overwrite: bool = False
+) -> Path:
     """Concatenate stores of the same classes into one; shards are put back in shard order.
 
     Without `meta`, the merged store keeps the first store's kind and, for shards, the job's parameters."""
@@ -447,11 +502,28 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, 
         if meta is None:
             params = {k: v for k, v in first.meta.get("params", {}).items() if k != "shard"} if first.shard else {}
             meta = provenance(first.meta.get("kind", "merged"), params)
-        meta = dict(meta, sources=[{"path": str(s.path), "fingerprint": s.fingerprint, "shard": s.shard,
-                                    "sources": s.meta.get("sources", [])} for s in stores])
+        meta = dict(
+            meta,
+            sources=[
+                {
+                    "path": str(s.path),
+                    "fingerprint": s.fingerprint,
+                    "shard": s.shard,
+                    "sources": s.meta.get("sources", []),
+                }
+                for s in stores
+            ],
+        )
         total = sum(len(s) for s in stores)
-        with StoreWriter(out, classes=first.classes, image_shape=first.image_shape[:2], meta=meta,
-                         columns=kinds, total=total, overwrite=overwrite) as writer:
+        with StoreWriter(
+            out,
+            classes=first.classes,
+            image_shape=first.image_shape[:2],
+            meta=meta,
+            columns=kinds,
+            total=total,
+            overwrite=overwrite,
+        ) as writer:
             for s in stores:
                 for start in range(0, len(s), 4096):
                     rows = slice(start, min(start + 4096, len(s)))
@@ -463,8 +535,9 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, meta: dict[str, 
 
 
 @locked_output("out")
-def subset_store(src: str | Path, out: str | Path, per_class: int | None = None, seed: int = 0,
-                 overwrite: bool = False) -> Path:
+def subset_store(
+    src: str | Path, out: str | Path, per_class: int | None = None, seed: int = 0, overwrite: bool = False
+) -> Path:
     """A copy of a store, or a seeded class-balanced subset of `per_class` images of every class: how a user's own
     store enters the study (make reproduce REAL=...). Kind and columns are kept, the source is recorded, and each
     image's row in the source goes in the column `parent_row` (replacing one the source had), so that what was made
@@ -475,12 +548,13 @@ def subset_store(src: str | Path, out: str | Path, per_class: int | None = None,
     with Store(src) as s:
         s.require_images()
         rows = np.arange(len(s)) if per_class is None else balanced_subset(s.labels, per_class, seed, len(s.classes))
-        kinds = {name: s.column_kind(name) for name in s.column_names if name != "parent_row"}
-        meta = provenance(s.meta.get("kind", "unknown"), {"per_class": per_class, "seed": seed},
-                          [{"path": str(src), "fingerprint": s.fingerprint, "count": len(s), "sources": s.meta.get("sources", [])}])
-        with StoreWriter(out, classes=s.classes, image_shape=s.image_shape[:2], meta=meta, columns=kinds | {"parent_row": "int"},
-                         total=len(rows), overwrite=overwrite) as writer:
+        meta = provenance(
+            s.meta.get("kind", "unknown"),
+            {"per_class": per_class, "seed": seed},
+            [{"path": str(src), "fingerprint": s.fingerprint, "count": len(s), "sources": s.meta.get("sources", [])}],
+        )
+        with DerivedWriter(s, out, meta, {"parent_row": "int"}, len(rows), overwrite=overwrite) as writer:
             for start in range(0, len(rows), 4096):
                 part = rows[start : start + 4096]
-                writer.append(s.images(part), s.labels[part], parent_row=part, **{name: s.column(name, part) for name in kinds})
+                writer.append_rows(part, parent_row=part)
     return Path(out)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
 from .config import SPLITS, check_choice
 from .datasets import Members, Source, _BatchUnpickler, _describe, fetch_torchvision_archive, write_source
 from .errors import UserError
-from .memory import ram_budget
 from .locks import locked_output
+from .memory import ram_budget
 
 DATASETS = {  # name: (torchvision class, folder inside the download, archive torchvision downloads)
     "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz"),
@@ -33,7 +34,9 @@ def _files(source: Path, folder: str) -> dict[str, Callable[[], bytes]]:
     if source.is_dir():
         root = source / folder if (source / folder).is_dir() else source
         return {p.name: p.read_bytes for p in root.iterdir() if p.is_file()}
-    members = Members(source)  # an index only: a file's bytes are read when asked for (STL-10's unlabeled_X.bin never is)
+    members = Members(
+        source
+    )  # an index only: a file's bytes are read when asked for (STL-10's unlabeled_X.bin never is)
     return {name.rsplit("/", 1)[-1]: (lambda name=name: members.read_one(name)) for name in members.names}
 
 
@@ -74,33 +77,47 @@ def read_stl10(source: Path, split: str) -> tuple[Source, list[str]]:
     labels = np.frombuffer(files[f"{split}_y.bin"](), dtype=np.uint8).astype(np.int64) - 1  # stored 1..10
     if not len(labels) or raw.size != len(labels) * 3 * 96 * 96 or labels.min() < 0 or labels.max() >= len(names):
         raise UserError(f"{split}_X.bin holds {raw.size} bytes for {len(labels)} labels: not STL-10's 96x96 images")
-    images = np.ascontiguousarray(raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1))  # column-major, as torchvision reads it
+    images = np.ascontiguousarray(
+        raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1)
+    )  # column-major, as torchvision reads it
     return Source(labels, [f"{split}:{i}" for i in range(len(labels))], lambda rows: images[rows], (96, 96)), names
 
 
 READERS = {"cifar100": read_cifar100, "stl10": read_stl10}
 
 
-def import_dataset(dataset: str, out: str | Path, *, source: str | Path | None = None, split: str = "train",
-                   per_class: int | None = None, seed: int = 0, download: bool = False,
-                   download_root: str | Path = "data/downloads", memory_limit: str | None = None, overwrite: bool = False,
-                   resume: bool = False) -> Path:
+def import_dataset(
+    dataset: str,
+    out: str | Path,
+    *,
+    download: bool = False,
+    download_root: str | Path = "data/downloads",
+    **options: Any,
+) -> Path:
     """`synthkit data cifar10|cifar100|stl10`: one of the data sets torchvision downloads, from `source` or fetched
-    into `download_root`, written to the store `out`."""
+    into `download_root`, written to the store `out`; `options` are the importers' own (source, split, per_class,
+    seed, memory_limit, overwrite, resume)."""
     if dataset == "cifar10":
         from .datasets import import_cifar10
 
-        return import_cifar10(out, source=source, split=split, per_class=per_class, seed=seed, download=download,
-                              download_root=download_root, memory_limit=memory_limit, overwrite=overwrite, resume=resume)
-    return import_torchvision_set(dataset, out, source=source, split=split, per_class=per_class, seed=seed,
-                                  download_root=download_root if download else None, memory_limit=memory_limit,
-                                  overwrite=overwrite, resume=resume)
+        return import_cifar10(out, download=download, download_root=download_root, **options)
+    return import_torchvision_set(dataset, out, download_root=download_root if download else None, **options)
 
 
 @locked_output("out")
-def import_torchvision_set(dataset: str, out: str | Path, *, source: str | Path | None = None, split: str = "train",
-                           per_class: int | None = None, seed: int = 0, download_root: str | Path | None = None,
-                           memory_limit: str | None = None, overwrite: bool = False, resume: bool = False) -> Path:
+def import_torchvision_set(
+    dataset: str,
+    out: str | Path,
+    *,
+    source: str | Path | None = None,
+    split: str = "train",
+    per_class: int | None = None,
+    seed: int = 0,
+    download_root: str | Path | None = None,
+    memory_limit: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> Path:
     """Write CIFAR-100's or STL-10's `split` (or a seeded class-balanced subset) to the store `out`; with
     `download_root` and no `source`, torchvision downloads it there first."""
     if dataset not in READERS:
@@ -108,12 +125,27 @@ def import_torchvision_set(dataset: str, out: str | Path, *, source: str | Path 
     check_choice(split, SPLITS, "--split")
     if (source is None) == (download_root is None):
         raise UserError(f"give either --source (the {dataset} folder or {DATASETS[dataset][2]}) or --download")
-    params = {"dataset": dataset, "source": str(source) if source else "torchvision-download", "split": split,
-              "per_class": per_class, "seed": seed}
+    params = {
+        "dataset": dataset,
+        "source": str(source) if source else "torchvision-download",
+        "split": split,
+        "per_class": per_class,
+        "seed": seed,
+    }
 
     def open_split() -> tuple[Source, list[str], dict]:
         path = Path(source) if source is not None else fetch_torchvision_archive(DATASETS[dataset][0], download_root)
         return (*READERS[dataset](path, split), _describe(path))
 
-    return write_source(out, open_split, params, split, per_class, seed, overwrite=overwrite, resume=resume, inputs=[source],
-                        budget=ram_budget(memory_limit))
+    return write_source(
+        out,
+        open_split,
+        params,
+        split,
+        per_class,
+        seed,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=[source],
+        budget=ram_budget(memory_limit),
+    )

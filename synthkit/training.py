@@ -18,9 +18,10 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +35,10 @@ from .errors import UserError
 from .evaluation import TestImages
 from .jobs import check_destination, check_fits, check_output, check_range, check_same_options
 from .locks import writer_lock
-from .meta import Kind, provenance
 from .memory import human
-from .outputs import train_log_path, train_state_path, written_whole
+from .meta import Kind, provenance
 from .model import CIFAR_STEM_MAX, ResNet18, arch_for, class_mapping, kaiming_normal_init, resize_images
+from .outputs import train_log_path, train_state_path, written_whole
 from .progress import console, progress
 from .store import Store, balanced_subset
 
@@ -86,9 +87,15 @@ class TrainingSet:
         return out
 
 
-def load_stores(paths: Sequence[Path], device: torch.device, per_class: int | None = None, seed: int = 0,
-                classes: Sequence[str] | None = None, image_size: int | None = None,
-                memory_limit: int | None = None) -> TrainingSet:
+def load_stores(
+    paths: Sequence[Path],
+    device: torch.device,
+    per_class: int | None = None,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+    image_size: int | None = None,
+    memory_limit: int | None = None,
+) -> TrainingSet:
     """The stores (optionally a seeded class-balanced subset of each) as one training set at `image_size` (default:
     the first store's size). Classes must agree by name. Held on the device when it fits `memory_limit` bytes."""
     if not paths:
@@ -100,24 +107,44 @@ def load_stores(paths: Sequence[Path], device: torch.device, per_class: int | No
             classes = list(classes or store.classes)
             image_size = image_size or store.image_shape[0]
             mapping = class_mapping(store.classes, classes, f"store {path}")
-            rows = np.arange(len(store)) if per_class is None else balanced_subset(store.labels, per_class, seed, len(store.classes))
+            rows = (
+                np.arange(len(store))
+                if per_class is None
+                else balanced_subset(store.labels, per_class, seed, len(store.classes))
+            )
             store_labels = mapping[store.labels[rows]]
             kind = store.meta.get("kind", "unknown")
             real_images = len(store_labels) if kind == Kind.REAL else store.meta.get("real_images")
-            sources.append({"path": str(path), "kind": kind, "count": len(store_labels), "fingerprint": store.fingerprint,
-                            "image_size": store.image_shape[0], "real_images": real_images})
+            sources.append(
+                {
+                    "path": str(path),
+                    "kind": kind,
+                    "count": len(store_labels),
+                    "fingerprint": store.fingerprint,
+                    "image_size": store.image_shape[0],
+                    "real_images": real_images,
+                }
+            )
         parts.append((Path(path), rows))
         labels.append(torch.from_numpy(np.asarray(store_labels, dtype=np.int64)))
         is_real.append(torch.full((len(store_labels),), kind == Kind.REAL, dtype=torch.bool))
-    data = TrainingSet(torch.cat(labels).to(device), torch.cat(is_real).to(device), classes, image_size, sources,
-                       parts=parts, memory_limit=memory_limit)
+    data = TrainingSet(
+        torch.cat(labels).to(device),
+        torch.cat(is_real).to(device),
+        classes,
+        image_size,
+        sources,
+        parts=parts,
+        memory_limit=memory_limit,
+    )
     if memory_limit is None or image_bytes(len(data), image_size) <= memory_limit:
         data.images = data.read(np.arange(len(data)), device).contiguous()
     return data
 
 
-def batch_images(data: TrainingSet, batches: Sequence[torch.Tensor], device: torch.device
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batch_images(
+    data: TrainingSet, batches: Sequence[torch.Tensor], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Each batch's rows and uint8 images. A streamed set is read in windows of consecutive batches whose rows fit
     its memory limit, so the batches, and so the trained weights, are the same as with the set on the device."""
     if not data.streamed:
@@ -141,6 +168,7 @@ def batch_images(data: TrainingSet, batches: Sequence[torch.Tensor], device: tor
 
 
 # ---- the batches: which rows each step takes
+
 
 def mix_of(data: TrainingSet, config: TrainConfig) -> str:
     """The batch composition: `balanced` (config.real_share real images and the rest synthetic every step) or
@@ -184,12 +212,16 @@ def step_rows(data: TrainingSet, config: TrainConfig, first: int, stop: int) -> 
     else:
         parts = [(np.arange(len(data)), config.batch_size)]
     steps = stop - first
-    blocks = [rows[part_stream(len(rows), (config.seed, k), first * b, steps * b)].reshape(steps, b)
-              for k, (rows, b) in enumerate(parts) if b > 0]
+    blocks = [
+        rows[part_stream(len(rows), (config.seed, k), first * b, steps * b)].reshape(steps, b)
+        for k, (rows, b) in enumerate(parts)
+        if b > 0
+    ]
     return torch.from_numpy(np.concatenate(blocks, axis=1)).to(data.labels.device)
 
 
 # ---- augmentation, on the device
+
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop (zero padding `pad`) and horizontal flip of a uint8 batch, all on the device."""
@@ -200,13 +232,19 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> t
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
     rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-    crops = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+    crops = padded[
+        torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols
+    ]
     flip = torch.rand(b, generator=generator, device=dev) < 0.5
     return torch.where(flip[:, None, None, None], crops.flip(-1), crops)
 
 
-def random_resized_crop(images: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.35, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+def random_resized_crop(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """Inception-style crops of a float batch (a random area share and aspect ratio, resized back to the batch's
     size) and horizontal flips, as one batched affine resampling on the device."""
     b, _, h, w = images.shape
@@ -224,8 +262,12 @@ def random_resized_crop(images: torch.Tensor, generator: torch.Generator, scale:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def rotate_jitter(images: torch.Tensor, generator: torch.Generator, degrees: float = 20.0,
-                  jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1)) -> torch.Tensor:
+def rotate_jitter(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    degrees: float = 20.0,
+    jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
+) -> torch.Tensor:
     """The original study's augmentation of a float batch: horizontal flip, a rotation within +-`degrees` (nearest
     pixel, black corners, as torchvision's RandomRotation) and colour jitter (brightness, contrast, saturation
     factors in 1 +- 0.2 and a hue shift within +-0.1, as ColorJitter(0.2, 0.2, 0.2, 0.1), in that order)."""
@@ -239,12 +281,19 @@ def rotate_jitter(images: torch.Tensor, generator: torch.Generator, degrees: flo
     theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) * flip, -torch.sin(angle)
     theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) * flip, torch.cos(angle)
-    x = F.grid_sample(images, F.affine_grid(theta, [b, 3, h, w], align_corners=False), mode="nearest",
-                      padding_mode="zeros", align_corners=False)
+    x = F.grid_sample(
+        images,
+        F.affine_grid(theta, [b, 3, h, w], align_corners=False),
+        mode="nearest",
+        padding_mode="zeros",
+        align_corners=False,
+    )
     brightness, contrast, saturation = (1 + (2 * u[:, 2 + k] - 1) * jitter[k] for k in range(3))
     x = (x * brightness[:, None, None, None]).clamp(0, 1)
     gray = TF.rgb_to_grayscale(x)
-    x = (gray.mean((1, 2, 3), keepdim=True) + (x - gray.mean((1, 2, 3), keepdim=True)) * contrast[:, None, None, None]).clamp(0, 1)
+    x = (
+        gray.mean((1, 2, 3), keepdim=True) + (x - gray.mean((1, 2, 3), keepdim=True)) * contrast[:, None, None, None]
+    ).clamp(0, 1)
     gray = TF.rgb_to_grayscale(x)
     x = (gray + (x - gray) * saturation[:, None, None, None]).clamp(0, 1)
     hue = ((2 * u[:, 5] - 1) * jitter[3]).tolist()
@@ -264,6 +313,7 @@ def training_batch(images: torch.Tensor, generator: torch.Generator, how: str = 
 
 # ---- the optimiser and its schedule
 
+
 def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the official evaluation) or Adam (the original study)."""
     if config.optimizer == "adam":
@@ -278,9 +328,12 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torc
     sched = torch.optim.lr_scheduler
     if config.schedule == "step":
         return sched.StepLR(optimizer, step_size=max(1, config.step_every), gamma=config.step_gamma)
-    return sched.ChainedScheduler([
-        sched.LinearLR(optimizer, start_factor=config.warmup_start, total_iters=config.warmup_steps),
-        sched.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * config.min_lr)])
+    return sched.ChainedScheduler(
+        [
+            sched.LinearLR(optimizer, start_factor=config.warmup_start, total_iters=config.warmup_steps),
+            sched.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * config.min_lr),
+        ]
+    )
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -309,6 +362,7 @@ class TrainingDiverged(UserError):
 
 # ---- one classifier, and many in one job
 
+
 @dataclass
 class TrainJob:
     """One classifier to train: its stores, its output and its resolved recipe."""
@@ -324,14 +378,22 @@ class TrainJob:
 
 def check_config(config: TrainConfig) -> None:
     """Values no recipe could mean: refused before any work."""
-    for value, choices, option in ((config.mix, MIXES, "--mix"), (config.optimizer, OPTIMIZERS, "--optimizer"),
-                                   (config.schedule, SCHEDULES, "--schedule"), (config.augment, AUGMENTS, "--augment"),
-                                   (config.init, INITS, "--init")):
+    for value, choices, option in (
+        (config.mix, MIXES, "--mix"),
+        (config.optimizer, OPTIMIZERS, "--optimizer"),
+        (config.schedule, SCHEDULES, "--schedule"),
+        (config.augment, AUGMENTS, "--augment"),
+        (config.init, INITS, "--init"),
+    ):
         check_choice(value, choices, option)
     if config.steps < 1 or config.batch_size < 2:
-        raise UserError(f"--steps must be at least 1 and --batch-size at least 2, got {config.steps} and {config.batch_size}")
+        raise UserError(
+            f"--steps must be at least 1 and --batch-size at least 2, got {config.steps} and {config.batch_size}"
+        )
     if config.real_batch is not None and not 0 < config.real_batch < config.batch_size:
-        raise UserError(f"--real-batch must be between 1 and --batch-size - 1, got {config.real_batch} of {config.batch_size}")
+        raise UserError(
+            f"--real-batch must be between 1 and --batch-size - 1, got {config.real_batch} of {config.batch_size}"
+        )
     if config.image_size is not None and config.image_size < 8:
         raise UserError(f"--image-size must be at least 8, got {config.image_size}")
     if config.evals < 0 or config.warmup_steps < 0:
@@ -349,7 +411,11 @@ def boundaries(config: TrainConfig, evaluating: bool, every: int | None = None) 
     """The steps after which a run saves its state and logs (every evaluation, every `every` steps and the last),
     and those of them at which it scores the test store (`evals` evenly spaced, the last at the final step)."""
     every = every or CHECKPOINT_EVERY
-    evals = {math.ceil(k * config.steps / config.evals) for k in range(1, config.evals + 1)} if evaluating and config.evals else set()
+    evals = (
+        {math.ceil(k * config.steps / config.evals) for k in range(1, config.evals + 1)}
+        if evaluating and config.evals
+        else set()
+    )
     saves = set(range(every, config.steps, every)) | evals | {config.steps}
     return sorted(saves), evals
 
@@ -357,8 +423,7 @@ def boundaries(config: TrainConfig, evaluating: bool, every: int | None = None) 
 class Run:
     """One classifier in training: its model, optimiser, schedule, batches and log, advanced one step at a time."""
 
-    def __init__(self, job: TrainJob, data: TrainingSet, device: torch.device, test: TestImages | None,
-                 resume: bool):
+    def __init__(self, job: TrainJob, data: TrainingSet, device: torch.device, test: TestImages | None, resume: bool):
         self.job, self.config, self.data, self.device, self.test = job, job.config, data, device, test
         config = job.config
         self.mix = mix_of(data, config)
@@ -375,7 +440,7 @@ class Run:
         if resume and self.state_file.exists():
             tensors, meta = load_checkpoint(self.state_file, device)
             check_same_options((meta.get("params"), meta.get("data")), (self.params, data.sources), self.state_file)
-            self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+            self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
             _load_optimizer(self.optimizer, tensors)
             self.step, self.log, self.evals, self.seconds = meta["step"], meta["log"], meta["evals"], meta["seconds"]
         self.schedule = make_schedule(self.optimizer, config)
@@ -398,7 +463,9 @@ class Run:
         if self.step >= self.config.steps:
             return
         self.round_end = next(s for s in self.saves if s > self.step)
-        self._batches = batch_images(self.data, list(step_rows(self.data, self.config, self.step, self.round_end)), self.device)
+        self._batches = batch_images(
+            self.data, list(step_rows(self.data, self.config, self.step, self.round_end)), self.device
+        )
         self.loss_sum = torch.zeros((), device=self.device)
         self.correct = torch.zeros((), device=self.device, dtype=torch.long)
         self.seen, self.busy = 0, 0.0
@@ -419,7 +486,9 @@ class Run:
         with self._context():
             rows, images = next(self._batches)
             generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 2**32 + self.step)
-            x = training_batch(images, generator, self.config.augment).contiguous(memory_format=memory_format(self.device))
+            x = training_batch(images, generator, self.config.augment).contiguous(
+                memory_format=memory_format(self.device)
+            )
             y = self.data.labels[rows]
             with autocast(self.device):
                 logits = self.forward(x)
@@ -437,14 +506,22 @@ class Run:
         loss = (self.loss_sum / max(self.seen, 1)).item()  # waits for this run's stream
         elapsed = max(self.busy, 1e-9)  # this run's own stepping time, not that of the runs stepped in between
         if not math.isfinite(loss):
-            kept = (f"the last good state (step {self.log[-1]['step']}) is kept in {self.state_file}" if self.log
-                    else "no state was saved")
+            kept = (
+                f"the last good state (step {self.log[-1]['step']}) is kept in {self.state_file}"
+                if self.log
+                else "no state was saved"
+            )
             self.failed = f"the loss became {loss} by step {self.step}; {kept}; lower --lr and rerun with --overwrite"
             return
         self.seconds += elapsed
-        entry = {"step": self.step, "loss": round(loss, 5), "train_acc": round(self.correct.item() / max(self.seen, 1), 5),
-                 "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": round(self.seen / elapsed, 1),
-                 "seconds": round(elapsed, 2)}
+        entry = {
+            "step": self.step,
+            "loss": round(loss, 5),
+            "train_acc": round(self.correct.item() / max(self.seen, 1), 5),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "img_per_s": round(self.seen / elapsed, 1),
+            "seconds": round(elapsed, 2),
+        }
         if self.step in self.eval_steps:
             entry["test_acc"] = round(self.test.accuracy(self.model, self.data.classes, self.data.image_size), 5)
             self.evals.append({"step": self.step, "accuracy": entry["test_acc"]})
@@ -452,9 +529,19 @@ class Run:
         _write_log(self.job.out, self.log)
         if self.step < self.config.steps:
             tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()} | _optimizer_tensors(self.optimizer)
-            save_checkpoint(self.state_file, tensors, {"kind": Kind.TRAIN_STATE, "params": self.params, "data": self.data.sources,
-                                                       "step": self.step, "log": self.log, "evals": self.evals,
-                                                       "seconds": self.seconds})
+            save_checkpoint(
+                self.state_file,
+                tensors,
+                {
+                    "kind": Kind.TRAIN_STATE,
+                    "params": self.params,
+                    "data": self.data.sources,
+                    "step": self.step,
+                    "log": self.log,
+                    "evals": self.evals,
+                    "seconds": self.seconds,
+                },
+            )
             self._open_round()
         else:
             self._write_classifier()
@@ -462,16 +549,34 @@ class Run:
     def _write_classifier(self) -> None:
         config, data = self.config, self.data
         meta = provenance(Kind.CLASSIFIER, self.params, data.sources)
-        meta.update({"arch": self.arch, "image_size": data.image_size, "streamed": data.streamed, "classes": data.classes,
-                     "recipe": config.recipe, "steps": config.steps, "images_seen": config.steps * config.batch_size,
-                     "batch": composition(data, config), "final_loss": self.log[-1]["loss"],
-                     "final_train_acc": self.log[-1]["train_acc"], "seconds": round(self.seconds, 1),
-                     "device": str(self.device), "versions": {"synthkit": __version__, "torch": torch.__version__}})
+        meta.update(
+            {
+                "arch": self.arch,
+                "image_size": data.image_size,
+                "streamed": data.streamed,
+                "classes": data.classes,
+                "recipe": config.recipe,
+                "steps": config.steps,
+                "images_seen": config.steps * config.batch_size,
+                "batch": composition(data, config),
+                "final_loss": self.log[-1]["loss"],
+                "final_train_acc": self.log[-1]["train_acc"],
+                "seconds": round(self.seconds, 1),
+                "device": str(self.device),
+                "versions": {"synthkit": __version__, "torch": torch.__version__},
+            }
+        )
         if self.evals:
             best = max(self.evals, key=lambda e: e["accuracy"])
-            meta.update({"test": {"path": str(self.test.path), "fingerprint": self.test.fingerprint}, "evals": self.evals,
-                         "final_test_acc": self.evals[-1]["accuracy"], "best_test_acc": best["accuracy"],
-                         "best_test_step": best["step"]})
+            meta.update(
+                {
+                    "test": {"path": str(self.test.path), "fingerprint": self.test.fingerprint},
+                    "evals": self.evals,
+                    "final_test_acc": self.evals[-1]["accuracy"],
+                    "best_test_acc": best["accuracy"],
+                    "best_test_step": best["step"],
+                }
+            )
         save_checkpoint(self.job.out, self.model.state_dict(), meta)
         self.state_file.unlink(missing_ok=True)
         self.meta = meta
@@ -485,22 +590,35 @@ def expand_jobs(data: Sequence[Sequence[Path]], out: str, seeds: Sequence[int], 
     seeds = list(seeds) or [config.seed]
     many = len(data) > 1 or len(seeds) > 1
     if many and not (("{data}" in out or len(data) == 1) and ("{seed}" in out or len(seeds) == 1)):
-        raise UserError(f"--out {out} names one file for {len(data) * len(seeds)} classifiers: put {{data}} and {{seed}} in it, "
-                        "e.g. models/resnet18-{data}-s{seed}.safetensors")
+        raise UserError(
+            f"--out {out} names one file for {len(data) * len(seeds)} classifiers: put {{data}} and {{seed}} in it, "
+            "e.g. models/resnet18-{data}-s{seed}.safetensors"
+        )
     jobs = []
     for stores in data:
         for seed in seeds:
             name = "+".join(Path(p).stem for p in stores)
-            jobs.append(TrainJob(list(map(Path, stores)), Path(out.replace("{data}", name).replace("{seed}", str(seed))),
-                                 TrainConfig(**(asdict(config) | {"seed": seed}))))
+            jobs.append(
+                TrainJob(
+                    list(map(Path, stores)),
+                    Path(out.replace("{data}", name).replace("{seed}", str(seed))),
+                    TrainConfig(**(asdict(config) | {"seed": seed})),
+                )
+            )
     outs = [job.out for job in jobs]
     if len(set(outs)) != len(outs):
         raise UserError(f"--out {out} gives two classifiers the same file: put {{data}} and {{seed}} in it")
     return jobs
 
 
-def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path | None = None, overwrite: bool = False,
-               resume: bool = False, memory_limit: str | None = None) -> list[dict[str, Any]]:
+def train_many(
+    jobs: Sequence[TrainJob],
+    device: str | None = None,
+    test: Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    memory_limit: str | None = None,
+) -> list[dict[str, Any]]:
     """Train several classifiers in one process, each with its own data order, augmentation draws, optimiser,
     state file and checkpoint, and each equal to its run alone. They advance a step each in turn (on CUDA, each on
     its own stream, so their kernels can overlap). A classifier whose loss diverges stops alone; the others finish,
@@ -512,7 +630,11 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
     with contextlib.ExitStack() as locks:
         for job in jobs:
             locks.enter_context(writer_lock(job.out))
-        todo = [job for job in jobs if not check_output(job.out, [train_state_path(job.out)], overwrite, resume, inputs=inputs)]
+        todo = [
+            job
+            for job in jobs
+            if not check_output(job.out, [train_state_path(job.out)], overwrite, resume, inputs=inputs)
+        ]
         for job in jobs:
             if job not in todo:  # finished: kept by --resume only if it was made as asked now
                 _check_finished(job)
@@ -522,24 +644,45 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
         budget = memory_budget(dev, memory_limit)
         for job in todo:  # a batch and ResNet-18's activations for it must fit, whatever streams
             size = job.config.image_size or _store_size(job.data[0])
-            per_image = 4 * image_bytes(1, size) * (ACTIVATIONS_CIFAR if size <= CIFAR_STEM_MAX else ACTIVATIONS_IMAGENET)
-            check_fits(job.config.batch_size * per_image, device_memory(dev),
-                       f"a batch of {job.config.batch_size} images at --image-size {size} with ResNet-18's activations "
-                       f"(about {human(per_image)} an image)")
+            per_image = (
+                4 * image_bytes(1, size) * (ACTIVATIONS_CIFAR if size <= CIFAR_STEM_MAX else ACTIVATIONS_IMAGENET)
+            )
+            check_fits(
+                job.config.batch_size * per_image,
+                device_memory(dev),
+                f"a batch of {job.config.batch_size} images at --image-size {size} with ResNet-18's activations "
+                f"(about {human(per_image)} an image)",
+            )
         test_images = TestImages(test, dev, budget // 4) if test is not None else None
-        keys = {job.out: (tuple(job.data), job.config.per_class, job.config.seed if job.config.per_class else None,
-                          job.config.image_size) for job in todo}
+        keys = {
+            job.out: (
+                tuple(job.data),
+                job.config.per_class,
+                job.config.seed if job.config.per_class else None,
+                job.config.image_size,
+            )
+            for job in todo
+        }
         share = (budget - (budget // 4 if test is not None else 0)) // max(1, len(set(keys.values())))
         sets: dict[tuple, TrainingSet] = {}
         for job in todo:
             if keys[job.out] not in sets:
-                sets[keys[job.out]] = load_stores(job.data, dev, job.config.per_class, job.config.seed,
-                                                  image_size=job.config.image_size, memory_limit=share)
+                sets[keys[job.out]] = load_stores(
+                    job.data,
+                    dev,
+                    job.config.per_class,
+                    job.config.seed,
+                    image_size=job.config.image_size,
+                    memory_limit=share,
+                )
                 data = sets[keys[job.out]]
                 if data.streamed:
-                    console.print(f"streaming: {len(data)} images at {data.image_size} px take "
-                                  f"{image_bytes(len(data), data.image_size) / 2**20:.2f} MiB, over the memory limit of "
-                                  f"{share / 2**20:.2f} MiB; reading them from the stores in windows", highlight=False)
+                    console.print(
+                        f"streaming: {len(data)} images at {data.image_size} px take "
+                        f"{image_bytes(len(data), data.image_size) / 2**20:.2f} MiB, over the memory limit of "
+                        f"{share / 2**20:.2f} MiB; reading them from the stores in windows",
+                        highlight=False,
+                    )
         if test_images is not None:  # a test store of other classes is refused before any training
             for data in sets.values():
                 class_mapping(test_images.classes, data.classes, f"test store {test}")
@@ -555,8 +698,10 @@ def train_many(jobs: Sequence[TrainJob], device: str | None = None, test: Path |
         failed = [run for run in runs if run.failed]
         if failed:
             finished = [str(run.job.out) for run in runs if not run.failed]
-            raise TrainingDiverged("; ".join(f"{run.job.name}: {run.failed}" for run in failed)
-                                   + (f" (finished: {', '.join(finished)})" if finished and len(runs) > 1 else ""))
+            raise TrainingDiverged(
+                "; ".join(f"{run.job.name}: {run.failed}" for run in failed)
+                + (f" (finished: {', '.join(finished)})" if finished and len(runs) > 1 else "")
+            )
         return [read_meta(job.out) for job in jobs]
 
 
@@ -565,8 +710,10 @@ def _check_finished(job: TrainJob) -> None:
     made = (meta.get("params"), [s.get("fingerprint") for s in meta.get("sources", [])])
     asked = (asdict(job.config), [_fingerprint(p) for p in job.data])
     if made != asked:
-        raise UserError(f"{job.out} was trained with other settings or data than asked now: pass --overwrite to train it "
-                        "again, or give the settings it was made with (synthkit info shows them)")
+        raise UserError(
+            f"{job.out} was trained with other settings or data than asked now: pass --overwrite to train it "
+            "again, or give the settings it was made with (synthkit info shows them)"
+        )
 
 
 def _fingerprint(path: Path) -> str:
@@ -583,9 +730,23 @@ def _advance_all(runs: list[Run]) -> None:
     """Step every unfinished run in turn until all are done, with a progress bar per run (one in all beyond 8)."""
     with progress("loss", "acc", "speed") as bar:
         many = len(runs) > 8
-        tasks = [bar.add_task("train", total=sum(r.config.steps for r in runs), completed=sum(r.step for r in runs),
-                              loss="", acc="", speed="")] if many else \
-            [bar.add_task(r.job.name, total=r.config.steps, completed=r.step, loss="", acc="", speed="") for r in runs]
+        tasks = (
+            [
+                bar.add_task(
+                    "train",
+                    total=sum(r.config.steps for r in runs),
+                    completed=sum(r.step for r in runs),
+                    loss="",
+                    acc="",
+                    speed="",
+                )
+            ]
+            if many
+            else [
+                bar.add_task(r.job.name, total=r.config.steps, completed=r.step, loss="", acc="", speed="")
+                for r in runs
+            ]
+        )
         while True:
             active = [r for r in runs if not r.done]
             if not active:
@@ -599,16 +760,32 @@ def _advance_all(runs: list[Run]) -> None:
                 task = tasks[runs.index(run)]
                 if len(run.log) > logged:
                     last = run.log[-1]
-                    acc = f"test {100 * last['test_acc']:.1f}%" if "test_acc" in last else f"train {100 * last['train_acc']:.1f}%"
-                    bar.update(task, completed=run.step, loss=f"loss {last['loss']:.3f}", acc=acc,
-                               speed=f"{last['img_per_s']:.0f} img/s")
+                    acc = (
+                        f"test {100 * last['test_acc']:.1f}%"
+                        if "test_acc" in last
+                        else f"train {100 * last['train_acc']:.1f}%"
+                    )
+                    bar.update(
+                        task,
+                        completed=run.step,
+                        loss=f"loss {last['loss']:.3f}",
+                        acc=acc,
+                        speed=f"{last['img_per_s']:.0f} img/s",
+                    )
                 elif run.step % 20 == 0:
                     bar.update(task, completed=run.step)
 
 
-def train(data_paths: Sequence[Path], out: Path, config: TrainConfig | None = None, device: str | None = None,
-          overwrite: bool = False, resume: bool = False, memory_limit: str | None = None,
-          test: Path | None = None) -> dict[str, Any]:
+def train(
+    data_paths: Sequence[Path],
+    out: Path,
+    config: TrainConfig | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    memory_limit: str | None = None,
+    test: Path | None = None,
+) -> dict[str, Any]:
     """Train one ResNet-18 on the stores, write the safetensors checkpoint, and return its metadata. Images are
     trained at config.image_size (default: the first store's); a set larger than the device's memory budget
     (device.memory_budget, or `memory_limit` such as '2GB') is streamed from the stores in windows. With a real

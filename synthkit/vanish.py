@@ -7,24 +7,43 @@ import csv
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .config import VANISH
 from .errors import UserError
-from .meta import Kind
+from .geometry import (
+    VPResult,
+    auc,
+    detect_segments,
+    direction_errors,
+    estimate_vps,
+    estimate_vps_uncalibrated,
+    horizon_error,
+    line_features,
+    measures,
+    separability,
+)
 from .jobs import check_destination, check_fits, check_range
 from .memory import image_bytes, ram_budget
-from .geometry import (VPResult, auc, detect_segments, direction_errors, estimate_vps, estimate_vps_uncalibrated,
-                       horizon_error, line_features, measures, separability)
+from .meta import Kind
 from .progress import progress
 from .store import Store
 
 MIN_LENGTH = 10 / 640  # shortest segment kept, as a share of the image's larger side...
 MIN_PIXELS = 4.0  # ...and in the image's own pixels: upsampling must not turn pixel stairs into lines
-MEASURES = ["n_segments", "mean_length", "total_length", "vp_share", "intersection_spread_deg", "orthogonality_deg", "focal"]
+MEASURES = [
+    "n_segments",
+    "mean_length",
+    "total_length",
+    "vp_share",
+    "intersection_spread_deg",
+    "orthogonality_deg",
+    "focal",
+]
 COLOURS = [(230, 60, 60), (60, 200, 60), (60, 120, 255)]
 
 
@@ -33,8 +52,13 @@ def auto_upsample(height: int, width: int, target: int = 256) -> int:
     return max(1, math.ceil(target / min(height, width)))
 
 
-def analyse_image(image: np.ndarray, upsample: int, focal: float | None = None,
-                  principal_point: tuple[float, float] | None = None, seed: int = 0) -> VPResult:
+def analyse_image(
+    image: np.ndarray,
+    upsample: int,
+    focal: float | None = None,
+    principal_point: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> VPResult:
     """Segments and VPs of one image: calibrated when a focal length is given, else uncalibrated."""
     h, w = image.shape[:2]
     segments = detect_segments(image, upsample, max(MIN_LENGTH * max(h, w), MIN_PIXELS))
@@ -47,16 +71,29 @@ def analyse_image(image: np.ndarray, upsample: int, focal: float | None = None,
 def prediction_record(name: str, result: VPResult, mode: str) -> dict[str, Any]:
     """The JSON-lines record any scorer can read: VPs as homogeneous pixel points, horizon as (a, b, c)."""
     horizon = result.horizon()
-    return {"image": name, "mode": mode, "focal": result.focal, "focal_estimated": result.focal_estimated,
-            "principal_point": list(result.principal_point), "n_segments": int(len(result.segments)),
-            "vps": result.vps().tolist() if result.found else [], "vertical": result.vertical,
-            "horizon": horizon.tolist() if horizon is not None else None,
-            "status": "ok" if result.found else ("no lines" if len(result.segments) == 0 else "too few lines")}
+    return {
+        "image": name,
+        "mode": mode,
+        "focal": result.focal,
+        "focal_estimated": result.focal_estimated,
+        "principal_point": list(result.principal_point),
+        "n_segments": int(len(result.segments)),
+        "vps": result.vps().tolist() if result.found else [],
+        "vertical": result.vertical,
+        "horizon": horizon.tolist() if horizon is not None else None,
+        "status": "ok" if result.found else ("no lines" if len(result.segments) == 0 else "too few lines"),
+    }
 
 
-def run_vanish(paths: Sequence[Path], out: Path, sources: Path | None = None, n: int | None = VANISH.n,
-               upsample: int | None = VANISH.upsample, focal: float | None = VANISH.focal,
-               seed: int = VANISH.seed) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_vanish(
+    paths: Sequence[Path],
+    out: Path,
+    sources: Path | None = None,
+    n: int | None = VANISH.n,
+    upsample: int | None = VANISH.upsample,
+    focal: float | None = VANISH.focal,
+    seed: int = VANISH.seed,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """`synthkit vanish`: every store (and the output folder, and the upsampled size) checked before anything is
     written; with `sources`, each store of samples that name their source rows (DI, img2img) is paired with it
     (pairs.json, pairs_<store>.png); then the measures of every store (summary.json, written last: make's target).
@@ -72,12 +109,18 @@ def run_vanish(paths: Sequence[Path], out: Path, sources: Path | None = None, n:
                 side = min(store.image_shape[:2]) * upsample
                 check_fits(4 * image_bytes(1, side), ram_budget(), f"an image upsampled x{upsample} to {side} px")
             # DI and img2img samples name their source row; prompt-only samples have -1
-            if sources and store.meta.get("kind") != Kind.REAL and "source_index" in store.column_names \
-                    and (store.column("source_index") >= 0).any():
+            if (
+                sources
+                and store.meta.get("kind") != Kind.REAL
+                and "source_index" in store.column_names
+                and (store.column("source_index") >= 0).any()
+            ):
                 paired.append(path)
     if sources:
         if not paired:
-            raise UserError("--sources: none of the stores has samples with a source (only DI and img2img samples know theirs)")
+            raise UserError(
+                "--sources: none of the stores has samples with a source (only DI and img2img samples know theirs)"
+            )
         with Store(sources) as src:
             for path in paired:
                 with Store(path) as store:
@@ -88,8 +131,15 @@ def run_vanish(paths: Sequence[Path], out: Path, sources: Path | None = None, n:
     return analyse_stores(paths, out, n=n, upsample=upsample, focal=focal, seed=seed), pairs
 
 
-def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, upsample: int | None = VANISH.upsample,
-                   focal: float | None = VANISH.focal, seed: int = VANISH.seed, overlays: int = 6) -> dict[str, Any]:
+def analyse_stores(
+    paths: Sequence[Path],
+    out: Path,
+    n: int | None = VANISH.n,
+    upsample: int | None = VANISH.upsample,
+    focal: float | None = VANISH.focal,
+    seed: int = VANISH.seed,
+    overlays: int = 6,
+) -> dict[str, Any]:
     """Measures for up to n images of each store: per-image CSV, predictions, summary, histograms, overlays."""
     if not paths:
         raise UserError("no stores given: pass --data NAME (repeatable)")
@@ -102,8 +152,11 @@ def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, u
     features: dict[str, list[np.ndarray]] = {}
     for path in paths:
         with Store(path) as store:
-            pick = np.arange(len(store)) if n is None or n >= len(store) else np.sort(
-                np.random.default_rng(seed).choice(len(store), n, replace=False))
+            pick = (
+                np.arange(len(store))
+                if n is None or n >= len(store)
+                else np.sort(np.random.default_rng(seed).choice(len(store), n, replace=False))
+            )
             h, w = store.image_shape[:2]
             factor = upsample or auto_upsample(h, w)
             name = path.stem
@@ -125,11 +178,16 @@ def analyse_stores(paths: Sequence[Path], out: Path, n: int | None = VANISH.n, u
                         jsonl.write(json.dumps(record) + "\n")
                     bar.advance(task, len(batch))
             store_rows = [r for r in rows if r["store"] == name]
-            summary["stores"][name] = {"path": str(path), "kind": store.meta.get("kind"), "images": len(pick),
-                                       "image_size": [h, w], "upsample": factor,
-                                       "with_vps": sum(r["status"] == "ok" for r in store_rows),
-                                       "no_lines": sum(r["status"] == "no lines" for r in store_rows),
-                                       "measures": summarise(store_rows)}
+            summary["stores"][name] = {
+                "path": str(path),
+                "kind": store.meta.get("kind"),
+                "images": len(pick),
+                "image_size": [h, w],
+                "upsample": factor,
+                "with_vps": sum(r["status"] == "ok" for r in store_rows),
+                "no_lines": sum(r["status"] == "no lines" for r in store_rows),
+                "measures": summarise(store_rows),
+            }
             save_overlays(shown, factor, out / f"overlay_{name}.png", f"{name} ({h}x{w}, upsampled x{factor})")
     real = [name for name, st in summary["stores"].items() if st["kind"] == "real"]
     for name, st in summary["stores"].items():  # real or generated, from lines alone: 0.5 is "as real as real"
@@ -181,8 +239,16 @@ def pair_errors(sample: np.ndarray, source: np.ndarray, upsample: int, seed: int
     truth = ref.horizon()
     horizon = horizon_error(out.horizon(), truth, w, h) if truth is not None else float("inf")
     vp = float(direction_errors(out.directions, ref.directions).mean()) if ref.found else float("nan")
-    return {"horizon_error": horizon, "vp_error_deg": vp, "focal": ref.focal, "source_found": ref.found,
-            "sample_found": out.found, "source_result": ref, "sample_result": out, "source_image": source}
+    return {
+        "horizon_error": horizon,
+        "vp_error_deg": vp,
+        "focal": ref.focal,
+        "source_found": ref.found,
+        "sample_found": out.found,
+        "source_result": ref,
+        "sample_result": out,
+        "source_image": source,
+    }
 
 
 def lineage_fingerprints(meta: Any) -> set[str]:
@@ -203,11 +269,20 @@ def check_made_from(store: Store, sources: Store) -> None:
     """Refuse to pair a store's samples with another store's images than the ones they were made from."""
     lineage = lineage_fingerprints(store.meta)
     if lineage and sources.fingerprint not in lineage:
-        raise UserError(f"{store.path} was not made from {sources.path} (no store it came from has that store's fingerprint)")
+        raise UserError(
+            f"{store.path} was not made from {sources.path} (no store it came from has that store's fingerprint)"
+        )
 
 
-def source_geometry(path: Path, sources: Path, out: Path, n: int | None = VANISH.n, upsample: int | None = VANISH.upsample,
-                    seed: int = VANISH.seed, shown: int = 4) -> dict[str, Any]:
+def source_geometry(
+    path: Path,
+    sources: Path,
+    out: Path,
+    n: int | None = VANISH.n,
+    upsample: int | None = VANISH.upsample,
+    seed: int = VANISH.seed,
+    shown: int = 4,
+) -> dict[str, Any]:
     """pair_errors for up to n samples of a store whose rows name their source (the column source_index) in `sources`;
     writes pairs_<store>.csv and pairs_<store>.png (sources beside samples, both horizons drawn)."""
     with Store(path) as store, Store(sources) as src:
@@ -218,7 +293,11 @@ def source_geometry(path: Path, sources: Path, out: Path, n: int | None = VANISH
         if len(valid) == 0:
             raise UserError(f"no sample of {path} has a source in {sources}")
         check_made_from(store, src)
-        pick = valid if n is None or n >= len(valid) else np.sort(np.random.default_rng(seed).choice(valid, n, replace=False))
+        pick = (
+            valid
+            if n is None or n >= len(valid)
+            else np.sort(np.random.default_rng(seed).choice(valid, n, replace=False))
+        )
         unique, back = np.unique(index[pick], return_inverse=True)  # several samples may share a source
         samples, originals = store.images(pick), src.images(unique)[back]
         factor = upsample or auto_upsample(*samples.shape[1:3])
@@ -227,9 +306,18 @@ def source_geometry(path: Path, sources: Path, out: Path, n: int | None = VANISH
             task = bar.add_task(f"pairs {path.stem}", total=len(pick))
             for row, sample, source in zip(pick, samples, originals):
                 e = pair_errors(sample, source, factor, seed)
-                rows.append({"store": path.stem, "row": int(row), "source_index": int(index[row]),
-                             "horizon_error": e["horizon_error"], "vp_error_deg": e["vp_error_deg"], "focal": e["focal"],
-                             "source_found": e["source_found"], "sample_found": e["sample_found"]})
+                rows.append(
+                    {
+                        "store": path.stem,
+                        "row": int(row),
+                        "source_index": int(index[row]),
+                        "horizon_error": e["horizon_error"],
+                        "vp_error_deg": e["vp_error_deg"],
+                        "focal": e["focal"],
+                        "source_found": e["source_found"],
+                        "sample_found": e["sample_found"],
+                    }
+                )
                 if len(figure) < shown and e["source_found"]:
                     figure += [(e["source_image"], e["source_result"]), (sample, e["sample_result"])]
                 bar.advance(task)
@@ -238,9 +326,14 @@ def source_geometry(path: Path, sources: Path, out: Path, n: int | None = VANISH
     save_overlays(figure, factor, out / f"pairs_{path.stem}.png", f"{path.stem}: each source, then its sample")
     horizon = np.array([r["horizon_error"] for r in rows])
     vp = np.array([r["vp_error_deg"] for r in rows if r["source_found"]])
-    return {"samples": len(rows), "sources": str(sources), "with_source_vps": int(len(vp)),
-            "median_horizon_error": float(np.median(horizon)), "within_5pct_height": float(np.mean(horizon <= 0.05)),
-            "median_vp_error_deg": float(np.median(vp)) if len(vp) else float("nan")}
+    return {
+        "samples": len(rows),
+        "sources": str(sources),
+        "with_source_vps": int(len(vp)),
+        "median_horizon_error": float(np.median(horizon)),
+        "within_5pct_height": float(np.mean(horizon <= 0.05)),
+        "median_vp_error_deg": float(np.median(vp)) if len(vp) else float("nan"),
+    }
 
 
 def _number_list(value: Any, length: int) -> bool:
@@ -257,7 +350,12 @@ def ground_truth_entry(entry: Any, k: int) -> dict[str, Any]:
     missing = [key for key in ("name", "file", "width", "height", "horizon") if key not in entry]
     if missing:
         raise UserError(f"{where} has no {', '.join(missing)}")
-    if not (isinstance(entry["width"], int) and isinstance(entry["height"], int) and entry["width"] > 0 and entry["height"] > 0):
+    if not (
+        isinstance(entry["width"], int)
+        and isinstance(entry["height"], int)
+        and entry["width"] > 0
+        and entry["height"] > 0
+    ):
         raise UserError(f"{where}: width and height must be positive integers")
     if not isinstance(entry["file"], str) or not entry["file"]:
         raise UserError(f"{where}: file must be a path inside the folder")
@@ -266,21 +364,34 @@ def ground_truth_entry(entry: Any, k: int) -> dict[str, Any]:
         abc = np.array(horizon["abc"], float)
     elif _number_list(horizon, 3):
         abc = np.array(horizon, float)
-    elif isinstance(horizon, dict) and isinstance(horizon.get("points"), list) and len(horizon["points"]) == 2 \
-            and all(_number_list(p, 2) for p in horizon["points"]):
+    elif (
+        isinstance(horizon, dict)
+        and isinstance(horizon.get("points"), list)
+        and len(horizon["points"]) == 2
+        and all(_number_list(p, 2) for p in horizon["points"])
+    ):
         (x1, y1), (x2, y2) = horizon["points"]
         abc = np.cross([x1, y1, 1.0], [x2, y2, 1.0])
     else:
-        raise UserError(f'{where}: horizon must be {{"abc": [a, b, c]}}, [a, b, c] or {{"points": [[x1, y1], [x2, y2]]}}')
+        raise UserError(
+            f'{where}: horizon must be {{"abc": [a, b, c]}}, [a, b, c] or {{"points": [[x1, y1], [x2, y2]]}}'
+        )
     if abs(abc[1]) < 1e-12:
         raise UserError(f"{where}: the horizon is vertical")
     camera = [key for key in ("focal_px", "cx", "cy", "vps") if key in entry]
     if camera and len(camera) < 4:
         raise UserError(f"{where} has {', '.join(camera)} but not all of focal_px, cx, cy and vps")
-    if camera and not (isinstance(entry["vps"], list) and entry["vps"] and all(isinstance(v, dict) and _number_list(v.get("dir"), 3) for v in entry["vps"])):
+    if camera and not (
+        isinstance(entry["vps"], list)
+        and entry["vps"]
+        and all(isinstance(v, dict) and _number_list(v.get("dir"), 3) for v in entry["vps"])
+    ):
         raise UserError(f'{where}: vps must be a list of {{"dir": [x, y, z]}}')
-    if camera and not (_number_list([entry["focal_px"], entry["cx"], entry["cy"]], 3)
-                       and all(math.isfinite(v) for v in (entry["focal_px"], entry["cx"], entry["cy"])) and entry["focal_px"] > 0):
+    if camera and not (
+        _number_list([entry["focal_px"], entry["cx"], entry["cy"]], 3)
+        and all(math.isfinite(v) for v in (entry["focal_px"], entry["cx"], entry["cy"]))
+        and entry["focal_px"] > 0
+    ):
         raise UserError(f"{where}: focal_px, cx and cy must be finite numbers, focal_px above 0")
     return dict(entry, abc=abc, calibrated=bool(camera))
 
@@ -321,14 +432,16 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
             task = bar.add_task("vanish gt", total=len(entries))
             for entry in entries:
                 image = np.asarray(Image.open(folder / entry["file"]).convert("RGB"))
-                for mode in (("calibrated", "uncalibrated") if entry["calibrated"] else ("uncalibrated",)):
+                for mode in ("calibrated", "uncalibrated") if entry["calibrated"] else ("uncalibrated",):
                     start = time.perf_counter()
                     if mode == "calibrated":
                         result = analyse_image(image, 1, entry["focal_px"], (entry["cx"], entry["cy"]), seed=seed)
                     else:
                         result = analyse_image(image, 1, None, seed=seed)
                     seconds[mode].append(time.perf_counter() - start)
-                    errors[mode]["horizon"].append(horizon_error(result.horizon(), entry["abc"], entry["width"], entry["height"]))
+                    errors[mode]["horizon"].append(
+                        horizon_error(result.horizon(), entry["abc"], entry["width"], entry["height"])
+                    )
                     if mode == "calibrated":
                         truth_d = np.array([v["dir"] for v in entry["vps"]], float)
                         errors[mode]["vp"].extend(direction_errors(result.directions, truth_d).tolist())
@@ -342,14 +455,22 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
     scores: dict[str, Any] = {"images": len(entries), "folder": str(folder)}
     for mode, errs in errors.items():
         if not errs["horizon"]:
-            scores[mode] = {"images": 0, "note": "no entry has a camera (focal_px, cx, cy) and vanishing points: "
-                                                 "nothing to score calibrated"}
+            scores[mode] = {
+                "images": 0,
+                "note": "no entry has a camera (focal_px, cx, cy) and vanishing points: nothing to score calibrated",
+            }
             continue
-        scores[mode] = {"images": len(errs["horizon"]), "horizon_auc_0.25": 100 * auc(np.array(errs["horizon"]), 0.25),
-                        "median_seconds_per_image": float(np.median(seconds[mode]))}
+        scores[mode] = {
+            "images": len(errs["horizon"]),
+            "horizon_auc_0.25": 100 * auc(np.array(errs["horizon"]), 0.25),
+            "median_seconds_per_image": float(np.median(seconds[mode])),
+        }
         if errs["vp"]:
             scores[mode].update({f"vp_auc_{t}deg": 100 * auc(np.array(errs["vp"]), t) for t in (3, 5, 10)})
-    scores["uncalibrated"]["focal"] = "principal point at the image centre; focal length chosen by a grid search (0.45-2.5 x the larger side) maximising Manhattan support"
+    scores["uncalibrated"]["focal"] = (
+        "principal point at the image centre; focal length chosen by a grid search (0.45-2.5 x the larger side) "
+        "maximising Manhattan support"
+    )
     (out / "gt_scores.json").write_text(json.dumps(scores, indent=2))
     save_overlays(overlay, 1, out / "overlay_gt.png", f"{folder.name}: detections")
     return scores
@@ -359,7 +480,9 @@ def draw_overlay(image: np.ndarray, result: VPResult, factor: int) -> np.ndarray
     """The image (upsampled) with segments coloured by the VP they support, VPs inside it, and the horizon."""
     import cv2
 
-    canvas = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) if factor != 1 else image.copy()
+    canvas = (
+        cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) if factor != 1 else image.copy()
+    )
     canvas = np.ascontiguousarray((canvas * 0.6).astype(np.uint8))
     scale = lambda x, y: (int(round((x + 0.5) * factor - 0.5)), int(round((y + 0.5) * factor - 0.5)))  # noqa: E731
     for k, seg in enumerate(result.segments):
@@ -379,7 +502,9 @@ def draw_overlay(image: np.ndarray, result: VPResult, factor: int) -> np.ndarray
     return canvas
 
 
-def save_overlays(items: list[tuple[np.ndarray, VPResult]], factor: int, path: Path, title: str, height: int = 256) -> None:
+def save_overlays(
+    items: list[tuple[np.ndarray, VPResult]], factor: int, path: Path, title: str, height: int = 256
+) -> None:
     """A row of overlays (see draw_overlay), each scaled to `height` pixels, keeping its aspect."""
     from PIL import Image, ImageDraw, ImageFont
 

@@ -24,8 +24,10 @@ SHARED = Path(os.environ.get("SYNTHKIT_SHARED") or Path(__file__).resolve().pare
 SHARED_ARCHIVE = SHARED / "data" / "cifar10-jpeg.tar.gz"
 MINI_ARCHIVE = Path(__file__).resolve().parent / "data" / "cifar10-mini.tar.gz"  # see tests/data/README.md
 # The tests allowed to skip, each only for its reason; under SYNTHKIT_NO_SKIPS=1 any other skip fails the run.
-ALLOWED_SKIPS = {"test_datasets.py::test_shared_archive_test_split_and_seeded_subset": "shared CIFAR-10 archive not found",
-                 "test_yud.py::": "York Urban training half not found"}
+ALLOWED_SKIPS = {
+    "test_datasets.py::test_shared_archive_test_split_and_seeded_subset": "shared CIFAR-10 archive not found",
+    "test_yud.py::": "York Urban training half not found",
+}
 _unexpected_skips: list[str] = []
 
 
@@ -34,8 +36,10 @@ def pytest_runtest_logreport(report):
         return
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     reason = reason.removeprefix("Skipped: ")
-    allowed = any((test.endswith("::") and f"{test}" in report.nodeid or report.nodeid.endswith(test)) and reason.startswith(why)
-                  for test, why in ALLOWED_SKIPS.items())
+    allowed = any(
+        (test.endswith("::") and f"{test}" in report.nodeid or report.nodeid.endswith(test)) and reason.startswith(why)
+        for test, why in ALLOWED_SKIPS.items()
+    )
     if not allowed:
         _unexpected_skips.append(f"{report.nodeid}: {reason}")
 
@@ -54,8 +58,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("unexpected skips (SYNTHKIT_NO_SKIPS=1)", red=True)
         for line in _unexpected_skips:
             terminalreporter.line(line, red=True)
-        terminalreporter.line(f"FAILED: {len(_unexpected_skips)} test(s) skipped; only {', '.join(ALLOWED_SKIPS)} may skip "
-                              "(without ../shared)", red=True, bold=True)
+        terminalreporter.line(
+            f"FAILED: {len(_unexpected_skips)} test(s) skipped; only {', '.join(ALLOWED_SKIPS)} may skip "
+            "(without ../shared)",
+            red=True,
+            bold=True,
+        )
 
 
 def run(*args: str):
@@ -124,7 +132,12 @@ def tiny_classifier(tmp_path_factory, real_store) -> Path:
     from synthkit.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "resnet18-real.safetensors"
-    train([real_store], out, TrainConfig.from_recipe("quick", steps=6, batch_size=40, lr=0.05, warmup_steps=1), device="cpu")
+    train(
+        [real_store],
+        out,
+        TrainConfig.from_recipe("quick", steps=6, batch_size=40, lr=0.05, warmup_steps=1),
+        device="cpu",
+    )
     return out
 
 
@@ -133,8 +146,16 @@ def copy_store_as(src: Path, out: Path, kind: str, classes=None) -> Path:
     from synthkit.meta import provenance
     from synthkit.store import Store, StoreWriter
 
-    with Store(src) as s, StoreWriter(out, classes=classes or s.classes, image_shape=s.image_shape[:2],
-                                      meta=provenance(kind, {"from": str(src)}), total=len(s)) as w:
+    with (
+        Store(src) as s,
+        StoreWriter(
+            out,
+            classes=classes or s.classes,
+            image_shape=s.image_shape[:2],
+            meta=provenance(kind, {"from": str(src)}),
+            total=len(s),
+        ) as w,
+    ):
         w.append(s.images(), s.labels)
     return out
 
@@ -157,8 +178,9 @@ def small_real(tmp_path_factory, real_store) -> Path:
     out = tmp_path_factory.mktemp("stores") / "real4.h5"
     with Store(real_store) as s:
         idx = balanced_subset(s.labels, 4, seed=0)
-        with StoreWriter(out, classes=s.classes, image_shape=(32, 32), meta=provenance("real", {"per_class": 4}),
-                         total=len(idx)) as w:
+        with StoreWriter(
+            out, classes=s.classes, image_shape=(32, 32), meta=provenance("real", {"per_class": 4}), total=len(idx)
+        ) as w:
             w.append(s.images(idx), s.labels[idx])
     return out
 
@@ -175,8 +197,9 @@ def cut_store(src: Path, out: Path, size: int, classes=("airplane", "cat", "ship
         rows = np.flatnonzero(np.isin(np.array(s.classes)[s.labels], classes))
         pixels = resize_images(torch.from_numpy(s.images(rows)).permute(0, 3, 1, 2), size).permute(0, 2, 3, 1).numpy()
         labels = [list(classes).index(s.classes[c]) for c in s.labels[rows]]
-    with StoreWriter(out, classes=list(classes), image_shape=(size, size), meta=provenance(kind, {"from": str(src)}),
-                     total=len(rows)) as w:
+    with StoreWriter(
+        out, classes=list(classes), image_shape=(size, size), meta=provenance(kind, {"from": str(src)}), total=len(rows)
+    ) as w:
         w.append(pixels, labels)
     return out
 
@@ -195,5 +218,7 @@ def usage_error(result, option: str, *expected: str) -> str:
     `Error: Invalid value for '<option>'` naming the choices."""
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 4 and lines[0].startswith("Usage: "), result.output
-    assert lines[-1].startswith(f"Error: Invalid value for '{option}'") and all(e in lines[-1] for e in expected), lines[-1]
+    assert lines[-1].startswith(f"Error: Invalid value for '{option}'") and all(e in lines[-1] for e in expected), (
+        lines[-1]
+    )
     return lines[-1]

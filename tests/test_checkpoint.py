@@ -36,10 +36,12 @@ def test_read_meta_does_not_import_torch(tmp_path):
 
     meta = provenance("embeddings", {"lr": 0.03}, [{"path": "data/real.h5"}])
     path = save_checkpoint(tmp_path / "e.safetensors", {"emb": torch.zeros(2, 5, 8)}, meta)
-    code = ("import json, sys\n"
-            "from synthkit.checkpoint import read_meta\n"
-            f"meta = read_meta({str(path)!r})\n"
-            "print(json.dumps({'meta': meta, 'torch': 'torch' in sys.modules}))\n")
+    code = (
+        "import json, sys\n"
+        "from synthkit.checkpoint import read_meta\n"
+        f"meta = read_meta({str(path)!r})\n"
+        "print(json.dumps({'meta': meta, 'torch': 'torch' in sys.modules}))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     import json
 

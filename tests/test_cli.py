@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from conftest import run
 from synthkit.store import Store
 
+from conftest import run
 
 # `python -m synthkit --help`, then report which heavy modules it imported.
 HELP_WITHOUT_TORCH = """
@@ -27,7 +27,21 @@ def test_help_explains_the_pipeline_and_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", HELP_WITHOUT_TORCH], capture_output=True, text=True, check=True).stdout
     assert out.rstrip().endswith("HEAVY:"), f"--help imported {out.rsplit('HEAVY:', 1)[-1].strip()}"
     assert "invert" in out and "evaluate" in out
-    for command in ("data", "info", "show", "merge", "model", "invert", "sample", "train", "evaluate", "gradcam", "vanish", "vanish-score", "report"):
+    for command in (
+        "data",
+        "info",
+        "show",
+        "merge",
+        "model",
+        "invert",
+        "sample",
+        "train",
+        "evaluate",
+        "gradcam",
+        "vanish",
+        "vanish-score",
+        "report",
+    ):
         assert command in out
 
 
@@ -37,9 +51,12 @@ def test_info_on_store_and_checkpoint(tmp_path, real_store):
     assert "airplane" in result.output and "120" in result.output
     assert re.search(r"\bkind\W+real\b", result.output), result.output  # the kind row, not the path (which says real)
     import torch
+
     from synthkit.checkpoint import save_checkpoint
 
-    save_checkpoint(tmp_path / "m.safetensors", {"emb": torch.zeros(2, 5, 8)}, {"kind": "embeddings", "params": {"lr": 0.03}})
+    save_checkpoint(
+        tmp_path / "m.safetensors", {"emb": torch.zeros(2, 5, 8)}, {"kind": "embeddings", "params": {"lr": 0.03}}
+    )
     result = run("info", tmp_path / "m.safetensors")
     assert result.exit_code == 0 and "emb" in result.output and "2x5x8" in result.output and "0.03" in result.output
 
@@ -75,9 +92,11 @@ def test_not_a_store_is_one_line_exit_2(tmp_path):
 
 
 def test_malformed_options_get_a_short_usage_message(tmp_path):
-    for args, error in [(("evaluate", "--out", "x"), "No such option: --out"),
-                        (("train", "--data", "real", "--out", tmp_path / "m.safetensors", "--steps", 0), "'--steps'"),
-                        (("vanish-score",), "Missing option '--gt'")]:
+    for args, error in [
+        (("evaluate", "--out", "x"), "No such option: --out"),
+        (("train", "--data", "real", "--out", tmp_path / "m.safetensors", "--steps", 0), "'--steps'"),
+        (("vanish-score",), "Missing option '--gt'"),
+    ]:
         result = run(*args)
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 4, result.stderr

@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MINI_ARCHIVE, make_image_folder, png_bytes, run, tar_folder
 from synthkit import CIFAR10_CLASSES
 from synthkit.datasets import import_cifar10, import_folder
 from synthkit.errors import UserError
 from synthkit.outputs import partial_path
 from synthkit.store import Store, StoreWriter
+
+from conftest import MINI_ARCHIVE, make_image_folder, png_bytes, run, tar_folder
 
 
 def read(path):
@@ -100,7 +101,18 @@ def test_shared_archive_test_split_and_seeded_subset(tmp_path, shared_archive):
         assert len(s) == 10_000 and list(s.counts()) == [1000] * 10 and s.image_shape == (32, 32, 3)
     fingerprints = []
     for name in ("a", "b"):
-        result = run("data", "cifar10", "--source", shared_archive, "--per-class", 500, "--seed", 0, "--out", tmp_path / f"{name}.h5")
+        result = run(
+            "data",
+            "cifar10",
+            "--source",
+            shared_archive,
+            "--per-class",
+            500,
+            "--seed",
+            0,
+            "--out",
+            tmp_path / f"{name}.h5",
+        )
         assert result.exit_code == 0, result.output
         with Store(tmp_path / f"{name}.h5") as s:
             assert len(s) == 5000 and list(s.counts()) == [500] * 10
@@ -158,8 +170,14 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, case):
     assert len(message.splitlines()) == 1, message
     assert not (tmp_path / "out.h5.partial").exists()
     assert (out.read_bytes() == b"previous") if case == "exists" else not out.exists()
-    expected = {"missing": "does not exist", "no_classes": "no images", "corrupt": "1.png is not a readable image",
-                "unknown_class": "unicorn", "exists": "--overwrite", "no_source": "--source"}[case]
+    expected = {
+        "missing": "does not exist",
+        "no_classes": "no images",
+        "corrupt": "1.png is not a readable image",
+        "unknown_class": "unicorn",
+        "exists": "--overwrite",
+        "no_source": "--source",
+    }[case]
     assert expected in message
 
 
@@ -209,15 +227,31 @@ def test_folder_import_resizes_and_centre_crops_or_names_the_odd_size(tmp_path):
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "s.h5") as s:
         assert s.classes == ["street", "tower"] and list(s.counts()) == [3, 3] and s.image_shape == (48, 48, 3)
-        assert [n.split("/")[-1] for n in s.column("source_name")] == ["img1.png", "img3.png", "img5.png",
-                                                                      "img0.png", "img2.png", "img4.png"]
+        assert [n.split("/")[-1] for n in s.column("source_name")] == [
+            "img1.png",
+            "img3.png",
+            "img5.png",
+            "img0.png",
+            "img2.png",
+            "img4.png",
+        ]
     from synthkit.datasets import centre_crop
 
     wide = np.zeros((30, 90, 3), np.uint8)
     wide[:, 30:60] = 255  # the centre third is white
     assert np.all(centre_crop(wide, 30) == 255)
-    result = run("data", "folder", "--source", root / "tower", "--class-name", "urban scene", "--size", 32,
-                 "--out", tmp_path / "one.h5")
+    result = run(
+        "data",
+        "folder",
+        "--source",
+        root / "tower",
+        "--class-name",
+        "urban scene",
+        "--size",
+        32,
+        "--out",
+        tmp_path / "one.h5",
+    )
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "one.h5") as s:
         assert s.classes == ["urban scene"] and len(s) == 3
@@ -291,7 +325,9 @@ def test_an_archive_larger_than_the_memory_limit_is_read_within_it(tmp_path, kin
     for cls in ("cat", "dog"):
         (tmp_path / "tree" / cls).mkdir(parents=True)
         for i in range(30):
-            (tmp_path / "tree" / cls / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)))
+            (tmp_path / "tree" / cls / f"{i}.png").write_bytes(
+                png_bytes(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
+            )
     archive = tmp_path / f"tree.{kind}"
     if kind == "zip":
         with zipfile.ZipFile(archive, "w") as z:
@@ -308,5 +344,9 @@ def test_an_archive_larger_than_the_memory_limit_is_read_within_it(tmp_path, kin
     import_folder(tmp_path / "whole.h5", source=archive, size=64)
     import_folder(tmp_path / "windows.h5", source=archive, size=64, memory_limit="300KB")  # 3 windows of 25 rows
     with Store(tmp_path / "limited.h5") as a, Store(tmp_path / "whole.h5") as b, Store(tmp_path / "windows.h5") as c:
-        assert len(a) == 60 and np.array_equal(a.images(), b.images()) and list(a.column("source_name")) == list(b.column("source_name"))
+        assert (
+            len(a) == 60
+            and np.array_equal(a.images(), b.images())
+            and list(a.column("source_name")) == list(b.column("source_name"))
+        )
         assert np.array_equal(c.images(), b.images()) and np.array_equal(c.labels, b.labels)

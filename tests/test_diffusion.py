@@ -1,8 +1,8 @@
-
 import torch
 
-from conftest import run
 from synthkit.diffusion import build_tiny_pipeline, check_resolution, encode_text, load_diffusion
+
+from conftest import run
 
 CPU = torch.device("cpu")
 
@@ -76,9 +76,15 @@ def test_guidance_with_cond_and_uncond_of_different_lengths_equals_the_branches_
     guided = denoise(d, make_scheduler(d, "ddim"), latents, cond, uncond, steps=3, guidance=4.0)
     torch.testing.assert_close(guided, guided_by_hand(d, latents, cond, uncond, 3, 4.0), rtol=1e-5, atol=1e-5)
     unguided = denoise(d, make_scheduler(d, "ddim"), latents, cond, uncond, steps=3, guidance=1.0)
-    torch.testing.assert_close(unguided, denoise(d, make_scheduler(d, "ddim"), latents, cond, None, steps=3, guidance=4.0))
+    torch.testing.assert_close(
+        unguided, denoise(d, make_scheduler(d, "ddim"), latents, cond, None, steps=3, guidance=4.0)
+    )
     assert (guided - unguided).abs().max() > 1e-3  # the uncond branch really changes the result
     # the same-length branch (one batched call) agrees with the branches by hand too
     uncond5 = encode_text(d, ["", ""], length=5)
-    torch.testing.assert_close(denoise(d, make_scheduler(d, "ddim"), latents, cond, uncond5, steps=3, guidance=4.0),
-                               guided_by_hand(d, latents, cond, uncond5, 3, 4.0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        denoise(d, make_scheduler(d, "ddim"), latents, cond, uncond5, steps=3, guidance=4.0),
+        guided_by_hand(d, latents, cond, uncond5, 3, 4.0),
+        rtol=1e-4,
+        atol=1e-4,
+    )

@@ -19,20 +19,25 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_image_folder, png_bytes, run
 
 from synthkit import CIFAR10_CLASSES
+from synthkit.errors import UserError
 from synthkit.meta import provenance
 from synthkit.outputs import invert_state_dir, lock_path, partial_path, train_state_path
 from synthkit.store import FORMAT, Store, StoreWriter
+
+from conftest import make_image_folder, png_bytes, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` and a hash of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_error_line(result, *expected: str) -> str:
@@ -74,8 +79,19 @@ def slow_archive(tmp_path_factory, cifar_small_archive) -> Path:
 def test_two_real_imports_of_one_out_one_wins_the_other_is_refused(tmp_path, slow_archive):
     """Two `synthkit data cifar10` processes on one --out, the second started while the first writes."""
     out = tmp_path / "conc" / "same.h5"
-    cmd = [sys.executable, "-m", "synthkit", "data", "cifar10", "--source", str(slow_archive), "--split", "test",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "synthkit",
+        "data",
+        "cifar10",
+        "--source",
+        str(slow_archive),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, SYNTHKIT_QUIET="1", SYNTHKIT_DEVICE="cpu")
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -118,14 +134,46 @@ WRITERS = {
     "data": lambda out, ctx: ["data", "cifar10", "--source", ctx["archive"], "--split", "test", "--out", out],
     "data-overwrite": lambda out, ctx: ["data", "cifar10", "--source", ctx["archive"], "--out", out, "--overwrite"],
     "data-resume": lambda out, ctx: ["data", "cifar10", "--source", ctx["archive"], "--out", out, "--resume"],
-    "sample": lambda out, ctx: ["sample", "--prompt", "a {class}", "--classes", "a,b", "--model", "no-such-model",
-                                "--out", out, "--overwrite"],
+    "sample": lambda out, ctx: [
+        "sample",
+        "--prompt",
+        "a {class}",
+        "--classes",
+        "a,b",
+        "--model",
+        "no-such-model",
+        "--out",
+        out,
+        "--overwrite",
+    ],
     "sample-di": lambda out, ctx: ["sample", "--embeddings", "no-such.safetensors", "--out", out],
     "merge": lambda out, ctx: ["merge", ctx["store"], ctx["store"], "--out", out, "--overwrite"],
     "merge-embeddings": lambda out, ctx: ["merge", "a.safetensors", "b.safetensors", "--out", out],
-    "train": lambda out, ctx: ["train", "--data", ctx["store"], "--out", out, "--recipe", "quick", "--steps", "1", "--device", "cpu"],
-    "invert": lambda out, ctx: ["invert", "--class", "all", "--data", ctx["store"], "--model", "no-such-model",
-                                "--out", out, "--overwrite"],
+    "train": lambda out, ctx: [
+        "train",
+        "--data",
+        ctx["store"],
+        "--out",
+        out,
+        "--recipe",
+        "quick",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+    ],
+    "invert": lambda out, ctx: [
+        "invert",
+        "--class",
+        "all",
+        "--data",
+        ctx["store"],
+        "--model",
+        "no-such-model",
+        "--out",
+        out,
+        "--overwrite",
+    ],
     "model-tiny": lambda out, ctx: ["model", "tiny", "--out", out, "--overwrite"],
     "model-random": lambda out, ctx: ["model", "random", "--out", out, "--overwrite"],
 }
@@ -137,7 +185,8 @@ def test_a_second_writer_is_refused_before_it_touches_anything(command, tmp_path
     store = empty_store(tmp_path / "in" / "small.h5")
     archive = make_image_folder(tmp_path / "src", per_class=1)
     suffix = {"train": ".safetensors", "invert": ".safetensors", "merge-embeddings": ".safetensors"}.get(
-        command, "" if command.startswith("model") else ".h5")
+        command, "" if command.startswith("model") else ".h5"
+    )
     out = other_writer(tmp_path / "out" / f"busy{suffix}")
     before = snapshot(tmp_path)
     result = run(*WRITERS[command](out, {"archive": archive, "store": store}))
@@ -171,7 +220,7 @@ def test_the_lock_is_released_and_removed_after_a_write_and_after_an_error(tmp_p
         assert lock_path(out).exists()
         w.append(np.zeros((1, 8, 8, 3), np.uint8), [0])
     assert out.exists() and not lock_path(out).exists()
-    with pytest.raises(Exception):
+    with pytest.raises(UserError, match="already exists"):
         StoreWriter(out, classes=["a"], image_shape=(8, 8), meta={})  # exists, no --overwrite
     assert not lock_path(out).exists()
     with StoreWriter(out, classes=["a"], image_shape=(8, 8), meta={}, total=0, overwrite=True):
@@ -195,16 +244,31 @@ def test_a_damaged_partial_never_gets_the_final_name(tmp_path):
 # ---------------------------------------------------------------- 2. nothing in a file is trusted unchecked
 
 
-def crafted_store(path: Path, *, n=4, labels_n=None, image_dtype=np.uint8, image_shape=(32, 32, 3), label_values=None,
-                  classes=("a", "b", "c"), column_rows=None, write=True) -> Path:
+def crafted_store(
+    path: Path,
+    *,
+    n=4,
+    labels_n=None,
+    image_dtype=np.uint8,
+    image_shape=(32, 32, 3),
+    label_values=None,
+    classes=("a", "b", "c"),
+    column_rows=None,
+    write=True,
+) -> Path:
     with h5py.File(path, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = 1
         f.attrs["classes"] = json.dumps(list(classes)) if not isinstance(classes, str) else classes
         f.attrs["meta"] = json.dumps(provenance("real", {}))
         f.attrs["shard"] = ""
-        images = f.create_dataset("images", shape=(n, *image_shape), dtype=image_dtype,
-                                  chunks=(min(max(n, 1), 64), *image_shape), maxshape=(None, *image_shape))
+        images = f.create_dataset(
+            "images",
+            shape=(n, *image_shape),
+            dtype=image_dtype,
+            chunks=(min(max(n, 1), 64), *image_shape),
+            maxshape=(None, *image_shape),
+        )
         labels_n = n if labels_n is None else labels_n
         labels = f.create_dataset("labels", shape=(labels_n,), dtype=np.int64, chunks=(4096,), maxshape=(None,))
         if write:
@@ -235,8 +299,23 @@ def test_a_crafted_store_is_refused_by_every_reader(case, command, tmp_path, mon
     path = crafted_store(tmp_path / "crafted.h5", **kwargs)
     assert path.stat().st_size < 200_000  # the 10^8-image case is a few KB
     before = snapshot(tmp_path)
-    args = {"info": ["info", path], "show": ["show", path, "--out", "grid.png"],
-            "train": ["train", "--data", path, "--out", "m.safetensors", "--recipe", "quick", "--steps", "1", "--device", "cpu"]}[command]
+    args = {
+        "info": ["info", path],
+        "show": ["show", path, "--out", "grid.png"],
+        "train": [
+            "train",
+            "--data",
+            path,
+            "--out",
+            "m.safetensors",
+            "--recipe",
+            "quick",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    }[command]
     started = time.perf_counter()
     one_error_line(run(*args), expected)
     assert time.perf_counter() - started < 30  # refused from the metadata, nothing large read or allocated
@@ -244,17 +323,28 @@ def test_a_crafted_store_is_refused_by_every_reader(case, command, tmp_path, mon
 
 
 def safetensors_bytes(header: dict, data: bytes, meta: dict | None = None) -> bytes:
-    header = dict(header, __metadata__={"synthkit": json.dumps(meta or {"kind": "classifier", "arch": "resnet18-cifar"})})
+    header = dict(
+        header, __metadata__={"synthkit": json.dumps(meta or {"kind": "classifier", "arch": "resnet18-cifar"})}
+    )
     text = json.dumps(header).encode()
     return struct.pack("<Q", len(text)) + text + data
 
 
 SAFETENSORS = {
-    "1e6 x 1e6 tensor": ({"w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 16]}}, 16,
-                         "declares 1000000x1000000 F32"),
+    "1e6 x 1e6 tensor": (
+        {"w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 16]}},
+        16,
+        "declares 1000000x1000000 F32",
+    ),
     "past the end": ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, 8, "file holds 8 bytes"),
-    "overlap": ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
-                 "v": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, 16, "gap or an overlap"),
+    "overlap": (
+        {
+            "w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+            "v": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+        },
+        16,
+        "gap or an overlap",
+    ),
     "unknown dtype": ({"w": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, 16, "unknown dtype"),
     "negative shape": ({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}, 16, "invalid shape"),
 }
@@ -269,8 +359,11 @@ def test_a_crafted_safetensors_header_is_refused(case, command, tmp_path, monkey
     model.write_bytes(safetensors_bytes(header, bytes(size)))
     test = crafted_store(tmp_path / "test.h5")
     before = snapshot(tmp_path)
-    args = {"info": ["info", model], "evaluate": ["evaluate", "--model", model, "--test", test, "--device", "cpu"],
-            "gradcam": ["gradcam", "--model", model, "--data", test, "--out", "cams", "--device", "cpu"]}[command]
+    args = {
+        "info": ["info", model],
+        "evaluate": ["evaluate", "--model", model, "--test", test, "--device", "cpu"],
+        "gradcam": ["gradcam", "--model", model, "--data", test, "--out", "cams", "--device", "cpu"],
+    }[command]
     one_error_line(run(*args), "is damaged", expected)
     assert snapshot(tmp_path) == before
 
@@ -312,8 +405,10 @@ def test_a_diffusers_folder_given_as_a_classifier(command, tmp_path, monkeypatch
         with pytest.raises(UserError, match="diffusers model folder"):
             classifier_meta(folder)
         return
-    args = {"evaluate": ["evaluate", "--model", folder, "--test", test, "--device", "cpu"],
-            "gradcam": ["gradcam", "--model", folder, "--data", test, "--out", "cams", "--device", "cpu"]}[command]
+    args = {
+        "evaluate": ["evaluate", "--model", folder, "--test", test, "--device", "cpu"],
+        "gradcam": ["gradcam", "--model", folder, "--data", test, "--out", "cams", "--device", "cpu"],
+    }[command]
     one_error_line(run(*args), "is a diffusers model folder, not a safetensors file")
     assert snapshot(tmp_path) == before
 
@@ -327,8 +422,9 @@ def test_show_refuses_an_empty_store(tmp_path):
 def test_invert_on_an_empty_store_says_it_has_no_images_not_a_shard(tmp_path):
     store = empty_store(tmp_path / "empty.h5")
     out = tmp_path / "inv.safetensors"
-    message = one_error_line(run("invert", "--class", "all", "--data", store, "--model", "no-such-model", "--out", out),
-                             "has no images")
+    message = one_error_line(
+        run("invert", "--class", "all", "--data", store, "--model", "no-such-model", "--out", out), "has no images"
+    )
     assert "shard" not in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.h5"]
 
@@ -336,7 +432,9 @@ def test_invert_on_an_empty_store_says_it_has_no_images_not_a_shard(tmp_path):
 @pytest.mark.parametrize("data", ["real,", ",real", "real,,inv", " , "])
 def test_empty_store_names_are_refused(data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    one_error_line(run("train", "--data", data, "--out", "m.safetensors", "--recipe", "quick", "--steps", "1"), "empty store name")
+    one_error_line(
+        run("train", "--data", data, "--out", "m.safetensors", "--recipe", "quick", "--steps", "1"), "empty store name"
+    )
     one_error_line(run("vanish", "--data", data, "--out", "v"), "empty store name")
     assert list(tmp_path.iterdir()) == []
 
@@ -373,8 +471,13 @@ def test_data_with_a_leftover_partial_needs_resume_or_overwrite(tmp_path):
     out = tmp_path / "real.h5"
     partial_path(out).write_bytes(b"an interrupted import")
     before = snapshot(tmp_path)
-    one_error_line(run("data", "cifar10", "--source", source, "--out", out),
-                   "interrupted run", str(partial_path(out)), "--resume", "--overwrite")
+    one_error_line(
+        run("data", "cifar10", "--source", source, "--out", out),
+        "interrupted run",
+        str(partial_path(out)),
+        "--resume",
+        "--overwrite",
+    )
     assert snapshot(tmp_path) == before and not out.exists()
     result = run("data", "cifar10", "--source", source, "--out", out, "--overwrite")
     assert result.exit_code == 0, result.output
@@ -388,8 +491,13 @@ def test_train_with_a_leftover_state_needs_resume_or_overwrite(tmp_path):
     out = tmp_path / "m.safetensors"
     train_state_path(out).write_bytes(b"an interrupted training")
     before = snapshot(tmp_path)
-    one_error_line(run("train", "--data", store, "--out", out, "--steps", "1", "--device", "cpu"),
-                   "interrupted run", str(train_state_path(out)), "--resume", "--overwrite")
+    one_error_line(
+        run("train", "--data", store, "--out", out, "--steps", "1", "--device", "cpu"),
+        "interrupted run",
+        str(train_state_path(out)),
+        "--resume",
+        "--overwrite",
+    )
     assert snapshot(tmp_path) == before and not out.exists()
 
 
@@ -400,8 +508,12 @@ def test_invert_with_a_leftover_state_needs_resume_or_overwrite(tmp_path):
     invert_state_dir(out).mkdir()
     (invert_state_dir(out) / "chunk-00000.safetensors").write_bytes(b"a finished chunk")
     before = snapshot(tmp_path)
-    one_error_line(run("invert", "--class", "all", "--data", store, "--model", "no-such-model", "--out", out),
-                   "interrupted run", "--resume", "--overwrite")
+    one_error_line(
+        run("invert", "--class", "all", "--data", store, "--model", "no-such-model", "--out", out),
+        "interrupted run",
+        "--resume",
+        "--overwrite",
+    )
     assert snapshot(tmp_path) == before and not out.exists()
 
 
@@ -410,8 +522,11 @@ def test_sample_with_a_leftover_partial_needs_resume_or_overwrite(mode, tmp_path
     out = tmp_path / "sd.h5"
     partial_path(out).write_bytes(b"an interrupted sampling")
     before = snapshot(tmp_path)
-    args = (["--prompt", "a {class}", "--classes", "a,b", "--model", "no-such-model"] if mode == "prompts"
-            else ["--embeddings", "no-such.safetensors"])
+    args = (
+        ["--prompt", "a {class}", "--classes", "a,b", "--model", "no-such-model"]
+        if mode == "prompts"
+        else ["--embeddings", "no-such.safetensors"]
+    )
     one_error_line(run("sample", *args, "--out", out), "interrupted run", "--resume", "--overwrite")
     assert snapshot(tmp_path) == before and not out.exists()
 
@@ -424,8 +539,12 @@ def test_info_on_a_missing_store_names_its_partial(tmp_path):
 
 def test_reading_a_partial_that_a_writer_holds_says_so(tmp_path, other_writer):
     out = other_writer(tmp_path / "busy.h5")
-    for args in (["info", partial_path(out)], ["info", out], ["show", partial_path(out), "--out", tmp_path / "g.png"],
-                 ["show", out, "--out", tmp_path / "g.png"]):
+    for args in (
+        ["info", partial_path(out)],
+        ["info", out],
+        ["show", partial_path(out), "--out", tmp_path / "g.png"],
+        ["show", out, "--out", tmp_path / "g.png"],
+    ):
         message = one_error_line(run(*args), "being written by another synthkit process (pid 4242)")
         assert "not an HDF5 file" not in message
     assert partial_path(out).read_bytes() == b"the other writer's half-written file"

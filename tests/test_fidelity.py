@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from conftest import run
 from synthkit.fidelity import fidelity, set_scores
 from synthkit.filtering import select
 from synthkit.meta import provenance
 from synthkit.store import Store, StoreWriter
+
+from conftest import run
 
 
 def degraded(src: Path, out: Path, fn) -> Path:
@@ -37,11 +38,15 @@ def jpeg(quality):
         buf = io.BytesIO()
         Image.fromarray(i).save(buf, "JPEG", quality=quality)
         return np.asarray(Image.open(buf))
+
     return fn
 
 
-LEVELS = {"blur": [blur(s) for s in (0.6, 1.5, 3)], "noise": [noise(s) for s in (12, 35, 80)],
-          "jpeg": [jpeg(q) for q in (20, 5, 1)]}
+LEVELS = {
+    "blur": [blur(s) for s in (0.6, 1.5, 3)],
+    "noise": [noise(s) for s in (12, 35, 80)],
+    "jpeg": [jpeg(q) for q in (20, 5, 1)],
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,9 @@ def scored(tmp_path_factory, real_store, test_store, tiny_classifier):
     for family, fns in LEVELS.items():
         stores += [degraded(test_store, root / f"{family}{k + 1}.h5", fn) for k, fn in enumerate(fns)]
     rng = np.random.default_rng(1)
-    stores.append(degraded(test_store, root / "noise-store.h5", lambda i: rng.integers(0, 256, i.shape, dtype=np.uint8)))
+    stores.append(
+        degraded(test_store, root / "noise-store.h5", lambda i: rng.integers(0, 256, i.shape, dtype=np.uint8))
+    )
     out = root / "out"
     rows = fidelity(real_store, stores, tiny_classifier, out, device="cpu")
     return {(r["store"], r["class"], r["features"]): r for r in rows}, out
@@ -98,11 +105,15 @@ def test_outputs_per_class_and_the_figure(scored):
 
 
 def test_bad_inputs_are_one_line(tmp_path, real_store, tiny_classifier):
-    for args, message in [(("--data", real_store, "--classifier", real_store), "not a synthkit safetensors file"),
-                          (("--data", real_store, "--classifier", tiny_classifier, "--metric", "beauty"), "--metric"),
-                          (("--data", real_store, "--classifier", tiny_classifier, "--inception", tmp_path / "no.pth"), "--inception")]:
+    for args, message in [
+        (("--data", real_store, "--classifier", real_store), "not a synthkit safetensors file"),
+        (("--data", real_store, "--classifier", tiny_classifier, "--metric", "beauty"), "--metric"),
+        (("--data", real_store, "--classifier", tiny_classifier, "--inception", tmp_path / "no.pth"), "--inception"),
+    ]:
         result = run("fidelity", "--real", real_store, *args, "--out", tmp_path / "out")
-        assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
+            result.output
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -120,13 +131,30 @@ def test_filter_keeps_a_share_of_each_class_deterministically(by, tmp_path, real
     outs = []
     for k in range(2):
         out = tmp_path / f"kept{k}.h5"
-        result = run("filter", "--data", synthetic, "--classifier", tiny_classifier, "--keep", 0.5, "--by", by,
-                     "--real", real_store, "--out", out, "--device", "cpu")
+        result = run(
+            "filter",
+            "--data",
+            synthetic,
+            "--classifier",
+            tiny_classifier,
+            "--keep",
+            0.5,
+            "--by",
+            by,
+            "--real",
+            real_store,
+            "--out",
+            out,
+            "--device",
+            "cpu",
+        )
         assert result.exit_code == 0, result.output
         outs.append(out)
     with Store(outs[0]) as a, Store(outs[1]) as b, Store(synthetic) as src:
         assert list(a.counts()) == [3] * 10 and len(a) == 30
-        assert np.array_equal(a.images(), b.images()) and np.array_equal(a.column("filter_score"), b.column("filter_score"))
+        assert np.array_equal(a.images(), b.images()) and np.array_equal(
+            a.column("filter_score"), b.column("filter_score")
+        )
         rows = a.column("filter_source_row")
         assert np.array_equal(a.images(), src.images(rows)) and np.array_equal(a.labels, src.labels[rows])
         f = a.meta["filter"]
@@ -144,10 +172,16 @@ def test_filter_bad_inputs(tmp_path, test_store, tiny_classifier):
     import shutil
 
     shutil.rmtree(tmp_path / "empty")
-    for args, message in [(("--keep", 0), "--keep must be in (0, 1]"), (("--keep", 1.5), "--keep must be in (0, 1]"),
-                          (("--by", "taste"), "--by must be one of"), (("--by", "cam"), "--by cam needs --real")]:
+    for args, message in [
+        (("--keep", 0), "--keep must be in (0, 1]"),
+        (("--keep", 1.5), "--keep must be in (0, 1]"),
+        (("--by", "taste"), "--by must be one of"),
+        (("--by", "cam"), "--by cam needs --real"),
+    ]:
         result = run("filter", "--data", test_store, "--classifier", tiny_classifier, *args, "--out", tmp_path / "k.h5")
-        assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
+            result.output
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -172,24 +206,31 @@ def random_inception_weights(path: Path) -> Path:
 
 def test_inception_rows_when_weights_are_given(tmp_path, real_store, test_store, tiny_classifier):
     weights = random_inception_weights(tmp_path / "inception.pth")
-    rows = fidelity(real_store, [test_store], tiny_classifier, tmp_path / "out", per_class=3, inception=weights, device="cpu")
+    rows = fidelity(
+        real_store, [test_store], tiny_classifier, tmp_path / "out", per_class=3, inception=weights, device="cpu"
+    )
     sources = {(r["class"], r["features"]) for r in rows}
     assert ("all", "inception") in sources and ("cat", "inception") in sources and ("all", "classifier") in sources
     inception = next(r for r in rows if r["class"] == "all" and r["features"] == "inception")
-    assert inception["n_real"] == inception["n_fake"] == 30 and np.isfinite(inception["frechet"]) and "agreement" not in inception
+    assert (
+        inception["n_real"] == inception["n_fake"] == 30
+        and np.isfinite(inception["frechet"])
+        and "agreement" not in inception
+    )
     assert "torch-fidelity Inception-v3" in (tmp_path / "out" / "fidelity.md").read_text()
 
 
 def test_filter_by_geometry_keeps_the_scenes_with_manhattan_lines(tmp_path, tiny_classifier):
     from PIL import Image
-
     from test_geometry import render_box, rotation
 
     rng = np.random.default_rng(0)
     boxes = [render_box(rotation(10 * k, 5), seed=k) for k in range(3)]
     shape = boxes[0].shape[:2]
-    noise_images = [np.asarray(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(shape[::-1]))
-                    for _ in range(3)]
+    noise_images = [
+        np.asarray(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(shape[::-1]))
+        for _ in range(3)
+    ]
     store = tmp_path / "scenes.h5"
     with StoreWriter(store, classes=["scene"], image_shape=shape, meta=provenance("sd", {}), total=6) as w:
         w.append(np.stack([noise_images[0], boxes[0], noise_images[1], boxes[1], noise_images[2], boxes[2]]), [0] * 6)
@@ -197,7 +238,9 @@ def test_filter_by_geometry_keeps_the_scenes_with_manhattan_lines(tmp_path, tiny
     from synthkit.training import TrainConfig, train
 
     train([store], clf, TrainConfig.from_recipe("quick", steps=1, batch_size=6), device="cpu")
-    result = run("filter", "--data", store, "--classifier", clf, "--keep", 0.5, "--by", "geometry", "--out", tmp_path / "k.h5")
+    result = run(
+        "filter", "--data", store, "--classifier", clf, "--keep", 0.5, "--by", "geometry", "--out", tmp_path / "k.h5"
+    )
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "k.h5") as kept:
         assert kept.column("filter_source_row").tolist() == [1, 3, 5]

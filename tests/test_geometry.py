@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
 
-from synthkit.geometry import (auc, camera_matrix, detect_segments, direction_errors, estimate_vps,
-                               estimate_vps_uncalibrated, horizon_error, measures)
+from synthkit.geometry import (
+    auc,
+    camera_matrix,
+    detect_segments,
+    direction_errors,
+    estimate_vps,
+    estimate_vps_uncalibrated,
+    horizon_error,
+    measures,
+)
 from synthkit.vanish import analyse_image
 
 W, H, F = 640, 480, 600.0

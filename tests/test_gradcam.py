@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run, usage_error
 from synthkit.gradcam import agreement, concentration
 from synthkit.meta import provenance
 from synthkit.store import StoreWriter
+
+from conftest import run, usage_error
 
 
 def test_a_one_pixel_map_is_more_concentrated_than_a_flat_one():
@@ -30,8 +31,25 @@ def test_agreement_of_maps():
 
 def test_gradcam_on_tiny_classifiers(tmp_path, tiny_classifier, test_store):
     out = tmp_path / "gradcam"
-    result = run("gradcam", "--model", tiny_classifier, "--model", tiny_classifier, "--data", test_store, "--n", 10,
-                 "--layer", "layer3", "--batch-size", 4, "--out", out, "--device", "cpu")
+    result = run(
+        "gradcam",
+        "--model",
+        tiny_classifier,
+        "--model",
+        tiny_classifier,
+        "--data",
+        test_store,
+        "--n",
+        10,
+        "--layer",
+        "layer3",
+        "--batch-size",
+        4,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 10 and summary["layer"] == "layer3" and len(summary["models"]) == 2
@@ -49,8 +67,21 @@ def test_gradcam_on_tiny_classifiers(tmp_path, tiny_classifier, test_store):
 
 
 def test_predicted_target_and_layer4(tmp_path, tiny_classifier, test_store):
-    result = run("gradcam", "--model", tiny_classifier, "--data", test_store, "--n", 4, "--target", "predicted",
-                 "--out", tmp_path, "--device", "cpu")
+    result = run(
+        "gradcam",
+        "--model",
+        tiny_classifier,
+        "--data",
+        test_store,
+        "--n",
+        4,
+        "--target",
+        "predicted",
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     rows = (tmp_path / "per_image.csv").read_text().splitlines()[1:]
     assert all(r.split(",")[3] == r.split(",")[4] for r in rows)  # target == predicted
@@ -61,11 +92,18 @@ def test_bad_input_is_one_line(tmp_path, tiny_classifier, test_store):
     with StoreWriter(empty, classes=["a"], image_shape=(32, 32), meta=provenance("real", {})):
         pass
     (tmp_path / "model.txt").write_text("not a model")
-    cases = [(["--model", tiny_classifier, "--data", empty], "no images"),
-             (["--model", tmp_path / "model.txt", "--data", test_store], "not a synthkit safetensors"),
-             ]
-    usage_error(run("gradcam", "--model", tiny_classifier, "--data", test_store, "--layer", "layer9", "--out", tmp_path / "out"),
-                "--layer", "'layer4'", "'layer3'")
+    cases = [
+        (["--model", tiny_classifier, "--data", empty], "no images"),
+        (["--model", tmp_path / "model.txt", "--data", test_store], "not a synthkit safetensors"),
+    ]
+    usage_error(
+        run(
+            "gradcam", "--model", tiny_classifier, "--data", test_store, "--layer", "layer9", "--out", tmp_path / "out"
+        ),
+        "--layer",
+        "'layer4'",
+        "'layer3'",
+    )
     for args, message in cases:
         result = run("gradcam", *args, "--out", tmp_path / "out")
         assert result.exit_code == 2, result.output
@@ -109,11 +147,24 @@ def test_gradcam_numbers_are_those_of_a_hand_computed_grad_cam(tmp_path, tiny_cl
 
     import torch
 
-    from synthkit.store import Store
     from synthkit.model import load_classifier
+    from synthkit.store import Store
 
-    result = run("gradcam", "--model", tiny_classifier, "--data", test_store, "--n", 8, "--layer", "layer3",
-                 "--out", tmp_path, "--device", "cpu")
+    result = run(
+        "gradcam",
+        "--model",
+        tiny_classifier,
+        "--data",
+        test_store,
+        "--n",
+        8,
+        "--layer",
+        "layer3",
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "per_image.csv")))
     assert len(rows) == 8
@@ -133,15 +184,22 @@ def test_gradcam_numbers_are_those_of_a_hand_computed_grad_cam(tmp_path, tiny_cl
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
     torch.manual_seed(0)  # the seed of the pick, which gradcam also gives ROAD's noise
-    road = ROADCombined(percentiles=[20, 40, 60, 80])(images, cams, [ClassifierOutputSoftmaxTarget(int(c)) for c in labels], model)
+    road = ROADCombined(percentiles=[20, 40, 60, 80])(
+        images, cams, [ClassifierOutputSoftmaxTarget(int(c)) for c in labels], model
+    )
     for k, row in enumerate(rows):
-        expected = concentration(cams[k]) | {"confidence": float(probs[k, labels[k]]), "road": float(road[k]),
-                                             "confidence_change": float(masked[k, labels[k]] - probs[k, labels[k]])}
+        expected = concentration(cams[k]) | {
+            "confidence": float(probs[k, labels[k]]),
+            "road": float(road[k]),
+            "confidence_change": float(masked[k, labels[k]] - probs[k, labels[k]]),
+        }
         for key, value in expected.items():
             assert float(row[key]) == pytest.approx(value, rel=1e-3, abs=1e-4, nan_ok=True), (k, key)
     assert sum(cam.max() > 0.5 for cam in cams) >= len(cams) // 2, "most maps should not be empty"
     summary = json.loads((tmp_path / "summary.json").read_text())
     (stats,) = summary["models"].values()
     for key in ("entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change", "road"):
-        assert stats[key]["mean"] == pytest.approx(np.nanmean([float(r[key]) for r in rows]), rel=1e-6), key  # NaN: empty map
+        assert stats[key]["mean"] == pytest.approx(np.nanmean([float(r[key]) for r in rows]), rel=1e-6), (
+            key
+        )  # NaN: empty map
     assert stats["accuracy_on_these_images"] == pytest.approx(np.mean([r["target"] == r["predicted"] for r in rows]))

@@ -7,14 +7,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 import synthkit.inversion as inversion
-from conftest import run, usage_error
 from synthkit.checkpoint import load_checkpoint, read_meta
 from synthkit.diffusion import encode_images, load_diffusion, training_scheduler
-from synthkit.inversion import (GroupTables, InversionConfig, draw, epoch_steps, fixed_loss, initial_table, invert,
-                                inversion_loss, plan_groups)
+from synthkit.inversion import (
+    GroupTables,
+    InversionConfig,
+    draw,
+    epoch_steps,
+    fixed_loss,
+    initial_table,
+    inversion_loss,
+    invert,
+    plan_groups,
+)
 from synthkit.outputs import invert_state_dir as state_dir
 from synthkit.preview import InversionPreview
 from synthkit.store import Store
+
+from conftest import run, usage_error
 
 CPU = torch.device("cpu")
 FAST = dict(resolution=64, batch_size=4, group_size=3, chunk_groups=1)
@@ -45,8 +55,17 @@ class Recorder:
         return [d for s in seeds for k, d in self.draws if k == s]
 
 
-def official_inversion(diffusion, images: np.ndarray, table: torch.Tensor, draws: list, resolution: int, lr: float,
-                       weight_decay: float, batch_size: int, updates: int) -> torch.Tensor:
+def official_inversion(
+    diffusion,
+    images: np.ndarray,
+    table: torch.Tensor,
+    draws: list,
+    resolution: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    updates: int,
+) -> torch.Tensor:
     """A compact copy of the official update loop (yongchaoz/diffusion_inversion, src/diffuser_inversion.py) for
     one group: a one-hot nn.Linear table, AdamW over the whole group, fixed unshuffled batches, the VAE sampled
     afresh at every step, with the given draws in place of the official torch.randn / randint calls."""
@@ -58,7 +77,9 @@ def official_inversion(diffusion, images: np.ndarray, table: torch.Tensor, draws
         emb.weight.copy_(table.reshape(num_emb, tokens * hidden).T)
     optimizer = torch.optim.AdamW(emb.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-08)
     noise_scheduler = DDPMScheduler.from_config(diffusion.scheduler_config)
-    pixels = np.stack([np.array(Image.fromarray(im).resize((resolution, resolution), resample=Image.BICUBIC)) for im in images])
+    pixels = np.stack(
+        [np.array(Image.fromarray(im).resize((resolution, resolution), resample=Image.BICUBIC)) for im in images]
+    )
     pixel_values = torch.from_numpy((pixels / 127.5 - 1.0).astype(np.float32)).permute(0, 3, 1, 2)
     one_hot = torch.eye(num_emb)
     steps = iter(draws)
@@ -93,7 +114,11 @@ def test_initial_table_is_nn_linear_default_init():
     table = initial_table(100, 5, 768, fan_in=100, generator=torch.Generator().manual_seed(0))
     reference = torch.nn.Linear(100, 5 * 768, bias=False).weight  # the official table: (tokens x hidden, group size)
     assert table.abs().max() <= 0.1 and reference.abs().max() <= 0.1
-    assert table.std().item() == pytest.approx(reference.std().item(), rel=0.02) == pytest.approx(0.1 / math.sqrt(3), rel=0.02)
+    assert (
+        table.std().item()
+        == pytest.approx(reference.std().item(), rel=0.02)
+        == pytest.approx(0.1 / math.sqrt(3), rel=0.02)
+    )
     again = initial_table(100, 5, 768, fan_in=100, generator=torch.Generator().manual_seed(0))
     assert torch.equal(table, again)
 
@@ -124,14 +149,20 @@ def test_the_draws_follow_the_official_distributions(tiny_sd, small_real, tmp_pa
     invert(small_real, tmp_path / "ship.safetensors", "ship", str(tiny_sd), InversionConfig(updates=3, **FAST))
     assert len(recorder.draws) == 3 * 2  # 3 updates of a group of 3 (2 batches) and of 1 (1 batch)
     eps, noise, t = draw(torch.Generator().manual_seed(0), 4000, (4, 2, 2), 1000, CPU)
-    for sample in (eps, noise, torch.cat([d[0].flatten() for _, d in recorder.draws]),
-                   torch.cat([d[1].flatten() for _, d in recorder.draws])):
+    for sample in (
+        eps,
+        noise,
+        torch.cat([d[0].flatten() for _, d in recorder.draws]),
+        torch.cat([d[1].flatten() for _, d in recorder.draws]),
+    ):
         assert stats.kstest(sample.flatten().numpy(), "norm").pvalue > 1e-3
     assert t.min() >= 0 and t.max() <= 999 and t.dtype == torch.int64
     assert stats.chisquare(np.bincount(t.numpy() // 100, minlength=10)).pvalue > 1e-3  # uniform over [0, 1000)
     assert t.min() < 10 and t.max() > 990
     assert all(0 <= int(d[2].min()) and int(d[2].max()) < 1000 for _, d in recorder.draws)
-    assert torch.corrcoef(torch.stack([eps.flatten()[:4000], noise.flatten()[:4000]]))[0, 1].abs() < 0.1  # separate draws
+    assert (
+        torch.corrcoef(torch.stack([eps.flatten()[:4000], noise.flatten()[:4000]]))[0, 1].abs() < 0.1
+    )  # separate draws
 
 
 def test_adamw_skips_a_group_without_a_batch_but_decays_the_rows_outside_a_batch():
@@ -161,16 +192,25 @@ def test_each_embedding_gets_gradient_from_its_own_image_only(tiny_sd, small_rea
 
 
 @pytest.mark.parametrize("group_size, batch_size, chunk_groups", [(2, 1, 1), (3, 2, 2)])
-def test_synthkit_matches_the_official_update_loop(tiny_sd, small_real, tmp_path, monkeypatch, group_size, batch_size,
-                                                   chunk_groups):
+def test_synthkit_matches_the_official_update_loop(
+    tiny_sd, small_real, tmp_path, monkeypatch, group_size, batch_size, chunk_groups
+):
     """The proof that synthkit's inversion is the published one: same start, same draws, same embeddings.
     The second case packs a group of 3 (two batches) and a group of 1 (one batch) into one forward pass."""
     d = load_diffusion(str(tiny_sd), CPU, torch.float32)
     assert d.latent_scale == 0.18215
     recorder = Recorder(monkeypatch)
     monkeypatch.setattr(inversion, "load_diffusion", lambda *a, **k: d)
-    config = InversionConfig(resolution=64, group_size=group_size, batch_size=batch_size, chunk_groups=chunk_groups,
-                             updates=4, lr=0.03, weight_decay=0.01, seed=3)
+    config = InversionConfig(
+        resolution=64,
+        group_size=group_size,
+        batch_size=batch_size,
+        chunk_groups=chunk_groups,
+        updates=4,
+        lr=0.03,
+        weight_decay=0.01,
+        seed=3,
+    )
     out = tmp_path / "bird.safetensors"
     invert(small_real, out, "bird", str(tiny_sd), config, preview_every=100)
     tensors, _ = load_checkpoint(out)
@@ -180,8 +220,17 @@ def test_synthkit_matches_the_official_update_loop(tiny_sd, small_real, tmp_path
         for table, group in zip(recorder.tables, groups):
             members = (tensors["group"] == group).nonzero().flatten()
             images = s.images(tensors["source_index"][members].numpy())
-            reference = official_inversion(d, images, table, recorder.draws_of(group, config.seed, config.updates),
-                                           config.resolution, config.lr, config.weight_decay, batch_size, config.updates)
+            reference = official_inversion(
+                d,
+                images,
+                table,
+                recorder.draws_of(group, config.seed, config.updates),
+                config.resolution,
+                config.lr,
+                config.weight_decay,
+                batch_size,
+                config.updates,
+            )
             learned = tensors["embeddings"][members]
             assert (learned - table).abs().max() > 1e-3  # it did move
             # One AdamW step moves an element by up to lr (0.03); float summation order (several groups in one
@@ -202,12 +251,17 @@ def test_every_token_vector_learns(tiny_sd, small_real, tmp_path, monkeypatch):
 
 def test_inversion_lowers_the_loss_and_changes_only_the_embeddings(tiny_sd, small_real, tmp_path, monkeypatch):
     d = load_diffusion(str(tiny_sd), CPU, torch.float32)
-    frozen = {k: v.clone() for k, v in list(d.unet.state_dict().items()) + [("vae." + k, v) for k, v in d.vae.state_dict().items()]}
+    frozen = {
+        k: v.clone()
+        for k, v in list(d.unet.state_dict().items()) + [("vae." + k, v) for k, v in d.vae.state_dict().items()]
+    }
     monkeypatch.setattr(inversion, "load_diffusion", lambda *a, **k: d)
     recorder = Recorder(monkeypatch)
     out = tmp_path / "airplane.safetensors"
     meta = invert(small_real, out, "airplane", str(tiny_sd), InversionConfig(updates=100, lr=0.1, **FAST))
-    after = {k: v for k, v in list(d.unet.state_dict().items()) + [("vae." + k, v) for k, v in d.vae.state_dict().items()]}
+    after = {
+        k: v for k, v in list(d.unet.state_dict().items()) + [("vae." + k, v) for k, v in d.vae.state_dict().items()]
+    }
     assert all(torch.equal(frozen[k], after[k]) for k in frozen)
     tensors, _ = load_checkpoint(out)
     assert tensors["embeddings"].shape == (4, 5, 32) and set(tensors["label"].tolist()) == {0}
@@ -234,8 +288,27 @@ def test_preview_is_drawn_at_the_start_every_k_updates_and_at_the_end(tiny_sd, s
 
     monkeypatch.setattr(InversionPreview, "draw", spy)
     out = tmp_path / "inv" / "cat.safetensors"
-    result = run("invert", "--class", "cat", "--data", small_real, "--model", tiny_sd, "--updates", 5, "--preview-every", 2,
-                 "--resolution", 64, "--group-size", 4, "--batch-size", 4, "--out", out)
+    result = run(
+        "invert",
+        "--class",
+        "cat",
+        "--data",
+        small_real,
+        "--model",
+        tiny_sd,
+        "--updates",
+        5,
+        "--preview-every",
+        2,
+        "--resolution",
+        64,
+        "--group-size",
+        4,
+        "--batch-size",
+        4,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert [(d, h) for d, h, _ in drawn] == [(0, 0), (2, 2), (4, 4), (5, 5)]
     assert all(shape == (4, 64, 64, 3) for _, _, shape in drawn)
@@ -246,13 +319,31 @@ def test_preview_is_drawn_at_the_start_every_k_updates_and_at_the_end(tiny_sd, s
 
 
 def test_shards_merged_equal_an_unsharded_run(tiny_sd, small_real, tmp_path):
-    config = ["--updates", 3, "--resolution", 64, "--batch-size", 4, "--group-size", 3, "--chunk-groups", 1,
-              "--model", tiny_sd, "--data", small_real, "--class", "cat,dog"]
+    config = [
+        "--updates",
+        3,
+        "--resolution",
+        64,
+        "--batch-size",
+        4,
+        "--group-size",
+        3,
+        "--chunk-groups",
+        1,
+        "--model",
+        tiny_sd,
+        "--data",
+        small_real,
+        "--class",
+        "cat,dog",
+    ]
     assert run("invert", *config, "--out", tmp_path / "all.safetensors").exit_code == 0
     for i in (1, 0, 2):
         result = run("invert", *config, "--shard", f"{i}/3", "--out", tmp_path / f"s{i}.safetensors")
         assert result.exit_code == 0, result.output
-    result = run("merge", *(tmp_path / f"s{i}.safetensors" for i in (2, 0, 1)), "--out", tmp_path / "merged.safetensors")
+    result = run(
+        "merge", *(tmp_path / f"s{i}.safetensors" for i in (2, 0, 1)), "--out", tmp_path / "merged.safetensors"
+    )
     assert result.exit_code == 0, result.output
     a, _ = load_checkpoint(tmp_path / "all.safetensors")
     b, _ = load_checkpoint(tmp_path / "merged.safetensors")
@@ -291,8 +382,23 @@ def test_resume_equals_an_uninterrupted_run(tiny_sd, small_real, tmp_path, monke
 
 def test_bf16_precision_runs_and_is_recorded(tiny_sd, small_real, tmp_path):
     out = tmp_path / "x.safetensors"
-    result = run("invert", "--class", "ship", "--data", small_real, "--model", tiny_sd, "--precision", "bf16",
-                 "--updates", 2, "--resolution", 64, "--out", out)
+    result = run(
+        "invert",
+        "--class",
+        "ship",
+        "--data",
+        small_real,
+        "--model",
+        tiny_sd,
+        "--precision",
+        "bf16",
+        "--updates",
+        2,
+        "--resolution",
+        64,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     tensors, meta = load_checkpoint(out)
     assert meta["params"]["precision"] == "bf16"
@@ -300,32 +406,74 @@ def test_bf16_precision_runs_and_is_recorded(tiny_sd, small_real, tmp_path):
 
 
 def test_unknown_precision_is_a_usage_error(tiny_sd, small_real, tmp_path):
-    result = run("invert", "--class", "cat", "--data", small_real, "--model", tiny_sd, "--precision", "fp8",
-                 "--out", tmp_path / "x.safetensors")
+    result = run(
+        "invert",
+        "--class",
+        "cat",
+        "--data",
+        small_real,
+        "--model",
+        tiny_sd,
+        "--precision",
+        "fp8",
+        "--out",
+        tmp_path / "x.safetensors",
+    )
     usage_error(result, "--precision", "'fp32'", "'bf16'")
     assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_unknown_class_is_one_line(tiny_sd, small_real, tmp_path):
-    result = run("invert", "--class", "unicorn", "--data", small_real, "--model", tiny_sd, "--out", tmp_path / "x.safetensors")
+    result = run(
+        "invert", "--class", "unicorn", "--data", small_real, "--model", tiny_sd, "--out", tmp_path / "x.safetensors"
+    )
     assert result.exit_code == 2 and "unknown class 'unicorn'" in result.stderr
     assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_resolution_not_multiple_of_8_is_refused(tiny_sd, small_real, tmp_path):
-    result = run("invert", "--class", "cat", "--data", small_real, "--model", tiny_sd, "--resolution", 100,
-                 "--out", tmp_path / "x.safetensors")
+    result = run(
+        "invert",
+        "--class",
+        "cat",
+        "--data",
+        small_real,
+        "--model",
+        tiny_sd,
+        "--resolution",
+        100,
+        "--out",
+        tmp_path / "x.safetensors",
+    )
     assert result.exit_code == 2 and "multiple of 8" in result.stderr
 
 
 def test_merging_shards_made_with_other_options_is_one_error_line(tiny_sd, small_real, tmp_path):
-    config = ["--resolution", 64, "--batch-size", 4, "--group-size", 3, "--chunk-groups", 1, "--model", tiny_sd,
-              "--data", small_real, "--class", "cat"]
+    config = [
+        "--resolution",
+        64,
+        "--batch-size",
+        4,
+        "--group-size",
+        3,
+        "--chunk-groups",
+        1,
+        "--model",
+        tiny_sd,
+        "--data",
+        small_real,
+        "--class",
+        "cat",
+    ]
     for i, updates in ((0, 1), (1, 2)):  # the two halves of a job, but with other --updates
-        result = run("invert", *config, "--updates", updates, "--shard", f"{i}/2", "--out", tmp_path / f"s{i}.safetensors")
+        result = run(
+            "invert", *config, "--updates", updates, "--shard", f"{i}/2", "--out", tmp_path / f"s{i}.safetensors"
+        )
         assert result.exit_code == 0, result.output
     assert read_meta(tmp_path / "s0.safetensors")["params"] != read_meta(tmp_path / "s1.safetensors")["params"]
-    result = run("merge", tmp_path / "s1.safetensors", tmp_path / "s0.safetensors", "--out", tmp_path / "merged.safetensors")
+    result = run(
+        "merge", tmp_path / "s1.safetensors", tmp_path / "s0.safetensors", "--out", tmp_path / "merged.safetensors"
+    )
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "different options" in lines[0], result.stderr

@@ -6,19 +6,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run
 from synthkit.errors import UserError
 from synthkit.launch import Launch, detect
 from synthkit.outputs import shard_path
 from synthkit.store import Store
 
+from conftest import run
+
 
 def test_the_launchers_are_read_from_the_environment():
     assert detect({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Launch("torchrun", 1, 4, 1)
-    assert detect({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}) == Launch("slurm-array", 2, 3)
+    assert detect({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}) == Launch(
+        "slurm-array", 2, 3
+    )
     assert detect({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}).shard == "0/2"
     assert detect({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0"}) == Launch("slurm-step", 3, 8)
-    assert detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "1"}) == Launch("none")  # the batch script itself
+    assert detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "1"}) == Launch(
+        "none"
+    )  # the batch script itself
     assert detect({"PATH": "/bin"}) == Launch("none") and Launch("none").shard == ""
     with pytest.raises(UserError, match="RANK"):
         detect({"RANK": "x", "WORLD_SIZE": "2"})
@@ -28,8 +33,27 @@ def test_the_launchers_are_read_from_the_environment():
 def test_shard_auto_without_a_launcher_is_the_whole_job(tiny_sd, tmp_path, monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(name, raising=False)
-    result = run("sample", "--prompt", "a {class}", "--classes", "a,b", "--per-class", 2, "--model", tiny_sd, "--steps", 1,
-                 "--resolution", 64, "--shard", "auto", "--device", "cpu", "--out", tmp_path / "s.h5")
+    result = run(
+        "sample",
+        "--prompt",
+        "a {class}",
+        "--classes",
+        "a,b",
+        "--per-class",
+        2,
+        "--model",
+        tiny_sd,
+        "--steps",
+        1,
+        "--resolution",
+        64,
+        "--shard",
+        "auto",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "s.h5",
+    )
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].startswith("shard auto: no launcher") and "device cpu" in result.output
     with Store(tmp_path / "s.h5") as s:
@@ -38,10 +62,30 @@ def test_shard_auto_without_a_launcher_is_the_whole_job(tiny_sd, tmp_path, monke
 
 def torchrun(*args, cwd) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node 2 -m synthkit ARGS` on the CPU, outside any launcher's environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
+    }
     env |= {"OMP_NUM_THREADS": "1", "SYNTHKIT_DEVICE": "cpu"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "synthkit", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "synthkit",
+            *map(str, args),
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def same_store(a: Path, b: Path) -> None:
@@ -53,8 +97,25 @@ def same_store(a: Path, b: Path) -> None:
 
 
 def test_torchrun_ranks_sample_their_shards_and_rank_0_merges(tiny_sd, tmp_path):
-    args = ["sample", "--prompt", "a {class}", "--classes", "a,b,c", "--per-class", 3, "--model", tiny_sd, "--steps", 2,
-            "--resolution", 64, "--batch-size", 2, "--seed", 3]
+    args = [
+        "sample",
+        "--prompt",
+        "a {class}",
+        "--classes",
+        "a,b,c",
+        "--per-class",
+        3,
+        "--model",
+        tiny_sd,
+        "--steps",
+        2,
+        "--resolution",
+        64,
+        "--batch-size",
+        2,
+        "--seed",
+        3,
+    ]
     done = torchrun(*args, "--shard", "auto", "--out", tmp_path / "ranks.h5", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "shard 0/2 from torchrun, device cpu" in done.stdout and "shard 1/2 from torchrun" in done.stdout
@@ -68,8 +129,27 @@ def test_torchrun_ranks_sample_their_shards_and_rank_0_merges(tiny_sd, tmp_path)
 def test_torchrun_inversion_equals_an_unsharded_run(tiny_sd, small_real, tmp_path):
     from synthkit.checkpoint import load_checkpoint
 
-    args = ["invert", "--class", "all", "--data", small_real, "--model", tiny_sd, "--resolution", 64, "--updates", 2,
-            "--group-size", 4, "--batch-size", 4, "--chunk-groups", 3, "--preview-every", 0]
+    args = [
+        "invert",
+        "--class",
+        "all",
+        "--data",
+        small_real,
+        "--model",
+        tiny_sd,
+        "--resolution",
+        64,
+        "--updates",
+        2,
+        "--group-size",
+        4,
+        "--batch-size",
+        4,
+        "--chunk-groups",
+        3,
+        "--preview-every",
+        0,
+    ]
     done = torchrun(*args, "--shard", "auto", "--out", tmp_path / "ranks.safetensors", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = run(*args, "--device", "cpu", "--out", tmp_path / "whole.safetensors")
@@ -83,8 +163,26 @@ def test_torchrun_inversion_equals_an_unsharded_run(tiny_sd, small_real, tmp_pat
 def test_a_failed_rank_fails_the_job_and_nothing_is_merged(tiny_sd, tmp_path):
     out = tmp_path / "ranks.h5"
     Path(str(shard_path(out, 1, 2)) + ".partial").write_bytes(b"an interrupted run")  # rank 1 refuses to start over
-    done = torchrun("sample", "--prompt", "a {class}", "--classes", "a,b", "--per-class", 2, "--model", tiny_sd,
-                    "--steps", 1, "--resolution", 64, "--shard", "auto", "--out", out, cwd=tmp_path)
+    done = torchrun(
+        "sample",
+        "--prompt",
+        "a {class}",
+        "--classes",
+        "a,b",
+        "--per-class",
+        2,
+        "--model",
+        tiny_sd,
+        "--steps",
+        1,
+        "--resolution",
+        64,
+        "--shard",
+        "auto",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
     assert done.returncode != 0
     assert "an interrupted run of" in done.stderr and "ranks.shard-1-of-2.h5" in done.stderr
     assert not out.exists()

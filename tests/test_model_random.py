@@ -3,22 +3,61 @@ import json
 import pytest
 import torch
 
-from conftest import run, usage_error
 from synthkit.diffusion import build_components, like_spec
 
+from conftest import run, usage_error
+
 # Stable Diffusion 1.5's own config.json values (runwayml/stable-diffusion-v1-5), copied here as the reference
-SD15_UNET = {"sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-             "block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
-             "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-             "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-             "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu", "flip_sin_to_cos": True, "freq_shift": 0,
-             "downsample_padding": 1, "mid_block_scale_factor": 1, "center_input_sample": False}
-SD15_VAE = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (128, 256, 512, 512),
-            "layers_per_block": 2, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 512, "scaling_factor": 0.18215}
-SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "vocab_size": 49408, "max_position_embeddings": 77, "projection_dim": 768, "hidden_act": "quick_gelu"}
-SD15_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "skip_prk_steps": True,
-                  "steps_offset": 1, "set_alpha_to_one": False, "num_train_timesteps": 1000, "clip_sample": False}
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "act_fn": "silu",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "center_input_sample": False,
+}
+SD15_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "act_fn": "silu",
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+SD15_TEXT = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "vocab_size": 49408,
+    "max_position_embeddings": 77,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+}
+SD15_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+}
 
 
 def _same(config, expected: dict) -> bool:
@@ -58,8 +97,16 @@ def test_report_says_a_random_model_makes_noise(tmp_path, small_real):
     (model / "synthkit.json").write_text(json.dumps({"kind": "random", "like": "sd15"}))
     data = tmp_path / "data"
     data.mkdir()
-    with Store(small_real) as s, StoreWriter(data / "inv.h5", classes=s.classes, image_shape=s.image_shape[:2],
-                                             meta={"kind": "inv", "params": {"model": str(model)}}, total=len(s)) as w:
+    with (
+        Store(small_real) as s,
+        StoreWriter(
+            data / "inv.h5",
+            classes=s.classes,
+            image_shape=s.image_shape[:2],
+            meta={"kind": "inv", "params": {"model": str(model)}},
+            total=len(s),
+        ) as w,
+    ):
         w.append(s.images(), s.labels)
     assert "These synthetic images are noise" in "\n".join(generator_warning(data))
 
@@ -77,8 +124,29 @@ def test_invert_sample_train_on_the_sd15_shaped_model(tmp_path, small_real, monk
     assert "UNet 859.5M" in result.stdout and "text encoder 123.1M" in result.stdout
     assert json.loads((model / "synthkit.json").read_text())["kind"] == "random"
 
-    result = run("invert", "--class", "airplane", "--data", small_real, "--model", model, "--resolution", 64, "--updates", 2,
-                 "--batch-size", 2, "--group-size", 2, "--preview-every", 0, "--out", emb, "--device", "cpu")
+    result = run(
+        "invert",
+        "--class",
+        "airplane",
+        "--data",
+        small_real,
+        "--model",
+        model,
+        "--resolution",
+        64,
+        "--updates",
+        2,
+        "--batch-size",
+        2,
+        "--group-size",
+        2,
+        "--preview-every",
+        0,
+        "--out",
+        emb,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert emb.exists()
 
@@ -87,6 +155,8 @@ def test_invert_sample_train_on_the_sd15_shaped_model(tmp_path, small_real, monk
     with Store(inv) as store:
         assert len(store) == 4 and set(store.labels.tolist()) == {store.classes.index("airplane")}
 
-    result = run("train", "--data", inv, "--out", clf, "--recipe", "quick", "--steps", 2, "--batch-size", 2, "--device", "cpu")
+    result = run(
+        "train", "--data", inv, "--out", clf, "--recipe", "quick", "--steps", 2, "--batch-size", 2, "--device", "cpu"
+    )
     assert result.exit_code == 0, result.output
     assert clf.exists()

@@ -49,45 +49,177 @@ def workspace(tmp_path_factory, real_store, test_store, tiny_classifier, tiny_sd
 
 
 def inputs(w: Path) -> dict[str, Path]:
-    return {"store": w / "data" / "real.h5", "test": w / "data" / "test.h5", "synthetic": w / "data" / "inv.h5",
-            "classifier": w / "models" / "resnet18-real.safetensors", "model": w / "models" / "tiny-sd",
-            "archive": w / "cifar10-mini.tar.gz", "gt": w / "gt", "models": w / "models", "data": w / "data"}
+    return {
+        "store": w / "data" / "real.h5",
+        "test": w / "data" / "test.h5",
+        "synthetic": w / "data" / "inv.h5",
+        "classifier": w / "models" / "resnet18-real.safetensors",
+        "model": w / "models" / "tiny-sd",
+        "archive": w / "cifar10-mini.tar.gz",
+        "gt": w / "gt",
+        "models": w / "models",
+        "data": w / "data",
+    }
 
 
 # name: (what it writes, the input its output is tried on, its arguments for an output, arguments of an absurd size)
 COMMANDS = {
-    "data cifar10": ("file", "archive", lambda c, o: ["data", "cifar10", "--source", c["archive"], "--split", "test", "--out", o, "--overwrite"], None),
-    "data folder": ("file", "archive", lambda c, o: ["data", "folder", "--source", c["archive"], "--split", "test", "--out", o, "--overwrite"], ["--size", "100000"]),
-    "data cifar100": ("file", "archive", lambda c, o: ["data", "cifar100", "--source", c["archive"], "--out", o, "--overwrite"], None),
-    "data stl10": ("file", "archive", lambda c, o: ["data", "stl10", "--source", c["archive"], "--out", o, "--overwrite"], None),
+    "data cifar10": (
+        "file",
+        "archive",
+        lambda c, o: ["data", "cifar10", "--source", c["archive"], "--split", "test", "--out", o, "--overwrite"],
+        None,
+    ),
+    "data folder": (
+        "file",
+        "archive",
+        lambda c, o: ["data", "folder", "--source", c["archive"], "--split", "test", "--out", o, "--overwrite"],
+        ["--size", "100000"],
+    ),
+    "data cifar100": (
+        "file",
+        "archive",
+        lambda c, o: ["data", "cifar100", "--source", c["archive"], "--out", o, "--overwrite"],
+        None,
+    ),
+    "data stl10": (
+        "file",
+        "archive",
+        lambda c, o: ["data", "stl10", "--source", c["archive"], "--out", o, "--overwrite"],
+        None,
+    ),
     "subset": ("file", "store", lambda c, o: ["subset", c["store"], "--out", o, "--overwrite"], None),
     "merge": ("file", "store", lambda c, o: ["merge", c["store"], c["test"], "--out", o, "--overwrite"], None),
-    "train": ("file", "store", lambda c, o: ["train", "--data", c["store"], "--out", o, "--recipe", "quick", "--steps", "1",
-                                             "--device", "cpu", "--overwrite"], ["--image-size", "100000"]),
-    "invert": ("file", "store", lambda c, o: ["invert", "--class", "all", "--data", c["store"], "--model", c["model"], "--out", o,
-                                              "--device", "cpu", "--overwrite"], ["--resolution", "100000"]),
-    "sample prompts": ("file", "store", lambda c, o: ["sample", "--prompt", "a {class}", "--init", c["store"], "--model", c["model"],
-                                                      "--device", "cpu", "--out", o, "--overwrite"], ["--resolution", "100000"]),
-    "sample embeddings": ("file", "classifier", lambda c, o: ["sample", "--embeddings", c["classifier"], "--device", "cpu", "--out", o,
-                                                              "--overwrite"], None),
-    "filter": ("file", "synthetic", lambda c, o: ["filter", "--data", c["synthetic"], "--classifier", c["classifier"], "--out", o,
-                                                  "--device", "cpu", "--overwrite"], None),
+    "train": (
+        "file",
+        "store",
+        lambda c, o: [
+            "train",
+            "--data",
+            c["store"],
+            "--out",
+            o,
+            "--recipe",
+            "quick",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--overwrite",
+        ],
+        ["--image-size", "100000"],
+    ),
+    "invert": (
+        "file",
+        "store",
+        lambda c, o: [
+            "invert",
+            "--class",
+            "all",
+            "--data",
+            c["store"],
+            "--model",
+            c["model"],
+            "--out",
+            o,
+            "--device",
+            "cpu",
+            "--overwrite",
+        ],
+        ["--resolution", "100000"],
+    ),
+    "sample prompts": (
+        "file",
+        "store",
+        lambda c, o: [
+            "sample",
+            "--prompt",
+            "a {class}",
+            "--init",
+            c["store"],
+            "--model",
+            c["model"],
+            "--device",
+            "cpu",
+            "--out",
+            o,
+            "--overwrite",
+        ],
+        ["--resolution", "100000"],
+    ),
+    "sample embeddings": (
+        "file",
+        "classifier",
+        lambda c, o: ["sample", "--embeddings", c["classifier"], "--device", "cpu", "--out", o, "--overwrite"],
+        None,
+    ),
+    "filter": (
+        "file",
+        "synthetic",
+        lambda c, o: [
+            "filter",
+            "--data",
+            c["synthetic"],
+            "--classifier",
+            c["classifier"],
+            "--out",
+            o,
+            "--device",
+            "cpu",
+            "--overwrite",
+        ],
+        None,
+    ),
     "show": ("file", "store", lambda c, o: ["show", c["store"], "--out", o], None),
-    "fidelity": ("folder", "store", lambda c, o: ["fidelity", "--real", c["store"], "--data", c["synthetic"], "--classifier",
-                                                  c["classifier"], "--device", "cpu", "--out", o], None),
-    "evaluate": ("folder", "test", lambda c, o: ["evaluate", "--model", c["classifier"], "--test", c["test"], "--device", "cpu",
-                                                 "--results", o], None),
-    "gradcam": ("folder", "test", lambda c, o: ["gradcam", "--model", c["classifier"], "--data", c["test"], "--device", "cpu",
-                                                "--out", o], None),
+    "fidelity": (
+        "folder",
+        "store",
+        lambda c, o: [
+            "fidelity",
+            "--real",
+            c["store"],
+            "--data",
+            c["synthetic"],
+            "--classifier",
+            c["classifier"],
+            "--device",
+            "cpu",
+            "--out",
+            o,
+        ],
+        None,
+    ),
+    "evaluate": (
+        "folder",
+        "test",
+        lambda c, o: ["evaluate", "--model", c["classifier"], "--test", c["test"], "--device", "cpu", "--results", o],
+        None,
+    ),
+    "gradcam": (
+        "folder",
+        "test",
+        lambda c, o: ["gradcam", "--model", c["classifier"], "--data", c["test"], "--device", "cpu", "--out", o],
+        None,
+    ),
     "vanish": ("folder", "store", lambda c, o: ["vanish", "--data", c["store"], "--out", o], ["--upsample", "10000"]),
     "vanish-score": ("folder", "gt", lambda c, o: ["vanish-score", "--gt", c["gt"], "--out", o], None),
     "model tiny": ("folder", None, lambda c, o: ["model", "tiny", "--out", o, "--overwrite"], None),
     "model random": ("folder", None, lambda c, o: ["model", "random", "--out", o, "--overwrite"], None),
-    "report": ("folder", "models", lambda c, o: ["report", "--results", o, "--models", c["models"], "--data", c["data"]], None),
+    "report": (
+        "folder",
+        "models",
+        lambda c, o: ["report", "--results", o, "--models", c["models"], "--data", c["data"]],
+        None,
+    ),
 }
 CASES = ["input", "link", "dot", "unwritable", "wrong kind", "absurd size"]
-EXPECTED = {"input": "is the input", "link": "is the input", "dot": "is the input", "unwritable": "cannot write",
-            "absurd size": "memory budget"}
+EXPECTED = {
+    "input": "is the input",
+    "link": "is the input",
+    "dot": "is the input",
+    "unwritable": "cannot write",
+    "absurd size": "memory budget",
+}
 
 
 def applies(command: str, case: str) -> bool:
@@ -111,7 +243,9 @@ def arguments(command: str, case: str, w: Path) -> tuple[list, str]:
     if case == "unwritable":
         return build(c, Path("/proc") / ("x.h5" if kind == "file" else "x")), EXPECTED[case]
     if case == "wrong kind":
-        return build(c, w / ("a-folder" if kind == "file" else "a-file.txt")), "is a folder" if kind == "file" else "is a file"
+        return build(
+            c, w / ("a-folder" if kind == "file" else "a-file.txt")
+        ), "is a folder" if kind == "file" else "is a file"
     return build(c, w / "fresh-output") + size, EXPECTED[case]
 
 
@@ -123,43 +257,162 @@ def test_a_bad_output_is_refused_before_any_work(command, case, workspace, monke
     result = run(*args)
     assert result.exit_code == 2, f"{command} / {case}: {result.output}"
     message = result.stderr.strip()
-    assert message.startswith("error:") and len(message.splitlines()) == 1 and expected in message, f"{command} / {case}: {message}"
+    assert message.startswith("error:") and len(message.splitlines()) == 1 and expected in message, (
+        f"{command} / {case}: {message}"
+    )
     assert "Traceback" not in result.output and result.stdout == ""  # no note of work begun
     assert tree(workspace) == before, f"{command} / {case} changed the files"
 
 
 # Odd inputs a careless user tried (issue 21's "beyond this list"): each is one error line, exit 2, nothing written.
 ODD = {
-    "negative lr": (lambda c: ["train", "--data", c["store"], "--out", "m.safetensors", "--recipe", "quick", "--lr", "-1"], "--lr must be"),
-    "nan lr": (lambda c: ["train", "--data", c["store"], "--out", "m.safetensors", "--recipe", "quick", "--lr", "nan"], "--lr must be"),
-    "batch over memory": (lambda c: ["train", "--data", c["store"], "--out", "m.safetensors", "--recipe", "quick",
-                                     "--batch-size", "100000000"], "memory budget"),
-    "empty train out": (lambda c: ["train", "--data", c["store"], "--out", "", "--recipe", "quick"], "empty output path"),
-    "invert nan lr": (lambda c: ["invert", "--class", "all", "--data", c["store"], "--model", c["model"], "--lr", "nan",
-                                 "--out", "e.safetensors"], "--lr must be"),
-    "invert weight decay": (lambda c: ["invert", "--class", "all", "--data", c["store"], "--model", c["model"],
-                                       "--weight-decay", "-1", "--out", "e.safetensors"], "--weight-decay must be"),
-    "nan guidance": (lambda c: ["sample", "--prompt", "a {class}", "--model", c["model"], "--guidance", "nan", "--out", "s.h5"], "--guidance must be"),
-    "negative save size": (lambda c: ["sample", "--prompt", "a {class}", "--model", c["model"], "--save-size", "-4", "--out", "s.h5"], "--save-size must be"),
-    "zero resolution": (lambda c: ["sample", "--prompt", "a {class}", "--model", c["model"], "--resolution", "0", "--out", "s.h5"], "--resolution must be"),
-    "template without class": (lambda c: ["sample", "--prompt", "a {clas}", "--model", c["model"], "--out", "s.h5"], "has no {class}"),
-    "stray comma in classes": (lambda c: ["sample", "--prompt", "a {class}", "--classes", "cat,,dog", "--model", c["model"],
-                                          "--out", "s.h5"], "empty class name"),
-    "empty class name": (lambda c: ["data", "folder", "--source", c["archive"], "--class-name", "", "--out", "f.h5"], "--class-name is empty"),
-    "output inside the source": (lambda c: ["data", "folder", "--source", c["data"], "--out", c["data"] / "x.h5"], "inside the source folder"),
+    "negative lr": (
+        lambda c: ["train", "--data", c["store"], "--out", "m.safetensors", "--recipe", "quick", "--lr", "-1"],
+        "--lr must be",
+    ),
+    "nan lr": (
+        lambda c: ["train", "--data", c["store"], "--out", "m.safetensors", "--recipe", "quick", "--lr", "nan"],
+        "--lr must be",
+    ),
+    "batch over memory": (
+        lambda c: [
+            "train",
+            "--data",
+            c["store"],
+            "--out",
+            "m.safetensors",
+            "--recipe",
+            "quick",
+            "--batch-size",
+            "100000000",
+        ],
+        "memory budget",
+    ),
+    "empty train out": (
+        lambda c: ["train", "--data", c["store"], "--out", "", "--recipe", "quick"],
+        "empty output path",
+    ),
+    "invert nan lr": (
+        lambda c: [
+            "invert",
+            "--class",
+            "all",
+            "--data",
+            c["store"],
+            "--model",
+            c["model"],
+            "--lr",
+            "nan",
+            "--out",
+            "e.safetensors",
+        ],
+        "--lr must be",
+    ),
+    "invert weight decay": (
+        lambda c: [
+            "invert",
+            "--class",
+            "all",
+            "--data",
+            c["store"],
+            "--model",
+            c["model"],
+            "--weight-decay",
+            "-1",
+            "--out",
+            "e.safetensors",
+        ],
+        "--weight-decay must be",
+    ),
+    "nan guidance": (
+        lambda c: ["sample", "--prompt", "a {class}", "--model", c["model"], "--guidance", "nan", "--out", "s.h5"],
+        "--guidance must be",
+    ),
+    "negative save size": (
+        lambda c: ["sample", "--prompt", "a {class}", "--model", c["model"], "--save-size", "-4", "--out", "s.h5"],
+        "--save-size must be",
+    ),
+    "zero resolution": (
+        lambda c: ["sample", "--prompt", "a {class}", "--model", c["model"], "--resolution", "0", "--out", "s.h5"],
+        "--resolution must be",
+    ),
+    "template without class": (
+        lambda c: ["sample", "--prompt", "a {clas}", "--model", c["model"], "--out", "s.h5"],
+        "has no {class}",
+    ),
+    "stray comma in classes": (
+        lambda c: ["sample", "--prompt", "a {class}", "--classes", "cat,,dog", "--model", c["model"], "--out", "s.h5"],
+        "empty class name",
+    ),
+    "empty class name": (
+        lambda c: ["data", "folder", "--source", c["archive"], "--class-name", "", "--out", "f.h5"],
+        "--class-name is empty",
+    ),
+    "output inside the source": (
+        lambda c: ["data", "folder", "--source", c["data"], "--out", c["data"] / "x.h5"],
+        "inside the source folder",
+    ),
     "grid not an image": (lambda c: ["show", c["store"], "--out", "grid.txt"], ".png"),
     "grid over memory": (lambda c: ["show", c["store"], "--out", "grid.png", "--cell", "1000000"], "memory budget"),
     "a loop of links": (lambda c: ["subset", "loop.h5", "--out", "y.h5"], "does not exist"),
-    "not inception weights": (lambda c: ["fidelity", "--real", c["store"], "--data", c["synthetic"], "--classifier",
-                                         c["classifier"], "--inception", c["store"], "--out", "fid"], "is not torch-fidelity's"),
-    "a model twice": (lambda c: ["evaluate", "--model", c["classifier"], "--model", c["classifier"], "--test", c["test"],
-                                 "--results", "r"], "given twice"),
+    "not inception weights": (
+        lambda c: [
+            "fidelity",
+            "--real",
+            c["store"],
+            "--data",
+            c["synthetic"],
+            "--classifier",
+            c["classifier"],
+            "--inception",
+            c["store"],
+            "--out",
+            "fid",
+        ],
+        "is not torch-fidelity's",
+    ),
+    "a model twice": (
+        lambda c: [
+            "evaluate",
+            "--model",
+            c["classifier"],
+            "--model",
+            c["classifier"],
+            "--test",
+            c["test"],
+            "--results",
+            "r",
+        ],
+        "given twice",
+    ),
     "nan focal": (lambda c: ["vanish", "--data", c["store"], "--focal", "nan", "--out", "v"], "--focal must be"),
-    "report without models": (lambda c: ["report", "--results", "r", "--models", "no-models", "--data", c["data"]], "is not a folder"),
-    "overwrite a folder that is no model": (lambda c: ["model", "tiny", "--out", "a-folder", "--overwrite"], "not a model synthkit built"),
-    "a broken archive": (lambda c: ["data", "folder", "--source", "broken.tar.gz", "--out", "f.h5"], "cannot read archive"),
-    "resume with other settings": (lambda c: ["train", "--data", c["store"], "--out", c["classifier"], "--recipe", "quick",
-                                              "--steps", "99", "--resume"], "trained with other settings"),
+    "report without models": (
+        lambda c: ["report", "--results", "r", "--models", "no-models", "--data", c["data"]],
+        "is not a folder",
+    ),
+    "overwrite a folder that is no model": (
+        lambda c: ["model", "tiny", "--out", "a-folder", "--overwrite"],
+        "not a model synthkit built",
+    ),
+    "a broken archive": (
+        lambda c: ["data", "folder", "--source", "broken.tar.gz", "--out", "f.h5"],
+        "cannot read archive",
+    ),
+    "resume with other settings": (
+        lambda c: [
+            "train",
+            "--data",
+            c["store"],
+            "--out",
+            c["classifier"],
+            "--recipe",
+            "quick",
+            "--steps",
+            "99",
+            "--resume",
+        ],
+        "trained with other settings",
+    ),
 }
 
 
@@ -173,6 +426,8 @@ def test_odd_inputs_are_one_error_line_and_write_nothing(case, workspace, monkey
     before = tree(workspace)
     result = run(*build(inputs(workspace)))
     message = result.stderr.strip()
-    assert result.exit_code == 2 and message.startswith("error:") and len(message.splitlines()) == 1, f"{case}: {result.output}"
+    assert result.exit_code == 2 and message.startswith("error:") and len(message.splitlines()) == 1, (
+        f"{case}: {result.output}"
+    )
     assert expected in message and "Traceback" not in result.output and result.stdout == "", f"{case}: {message}"
     assert tree(workspace) == before, f"{case} changed the files"

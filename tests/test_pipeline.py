@@ -22,16 +22,70 @@ def ok(*args):
 def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, tiny_sd):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_sd, "models/tiny-sd")
-    ok("data", "cifar10", "--source", cifar_small_archive, "--split", "train", "--per-class", 4, "--out", "data/real.h5")
+    ok(
+        "data",
+        "cifar10",
+        "--source",
+        cifar_small_archive,
+        "--split",
+        "train",
+        "--per-class",
+        4,
+        "--out",
+        "data/real.h5",
+    )
     ok("data", "cifar10", "--source", cifar_small_archive, "--split", "test", "--out", "data/test.h5")
-    ok("sample", "--prompt", "a photo of a {class}", "--per-class", 4, "--model", "models/tiny-sd", "--steps", 2,
-       "--resolution", 64, "--init", "real", "--out", "data/sd.h5")
-    ok("invert", "--class", "all", "--data", "real", "--model", "models/tiny-sd", "--resolution", 64, "--updates", 2,
-       "--out", "models/inv/all.safetensors")
+    ok(
+        "sample",
+        "--prompt",
+        "a photo of a {class}",
+        "--per-class",
+        4,
+        "--model",
+        "models/tiny-sd",
+        "--steps",
+        2,
+        "--resolution",
+        64,
+        "--init",
+        "real",
+        "--out",
+        "data/sd.h5",
+    )
+    ok(
+        "invert",
+        "--class",
+        "all",
+        "--data",
+        "real",
+        "--model",
+        "models/tiny-sd",
+        "--resolution",
+        64,
+        "--updates",
+        2,
+        "--out",
+        "models/inv/all.safetensors",
+    )
     ok("sample", "--embeddings", "models/inv/all.safetensors", "--per-image", 1, "--steps", 2, "--out", "data/inv.h5")
-    ok("train", *(x for d in ("real", "inv", "sd", "real,inv", "real,sd") for x in ("--data", d)),
-       "--out", "models/resnet18-{data}.safetensors", "--recipe", "quick", "--steps", 2, "--batch-size", 20,
-       "--evals", 1, "--test", "test", "--device", "cpu")
+    ok(
+        "train",
+        *(x for d in ("real", "inv", "sd", "real,inv", "real,sd") for x in ("--data", d)),
+        "--out",
+        "models/resnet18-{data}.safetensors",
+        "--recipe",
+        "quick",
+        "--steps",
+        2,
+        "--batch-size",
+        20,
+        "--evals",
+        1,
+        "--test",
+        "test",
+        "--device",
+        "cpu",
+    )
     models = [f"models/resnet18-{d}.safetensors" for d in ("real", "inv", "sd", "real+inv", "real+sd")]
     ok("evaluate", *(x for m in models for x in ("--model", m)), "--device", "cpu")
     ok("fidelity", "--real", "real", "--data", "sd", "--data", "inv", "--classifier", models[0], "--device", "cpu")
@@ -43,8 +97,11 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
 
     readme = Path("results/README.md").read_text()
     rows = {r["training_data"]: r for r in csv.DictReader(open("results/accuracy.csv"))}
-    table = re.findall(r"^\| .*\(`(.+?)`\) \| ([\d.]+) \| 1 \| ([\d.]+) \| ([\d.-]+) \| quick \| 2 \| 40 \| (.+?) \| (\d+) \| 60 \|$",
-                       readme, re.M)
+    table = re.findall(
+        r"^\| .*\(`(.+?)`\) \| ([\d.]+) \| 1 \| ([\d.]+) \| ([\d.-]+) \| quick \| 2 \| 40 \| (.+?) \| (\d+) \| 60 \|$",
+        readme,
+        re.M,
+    )
     assert [t[0] for t in table] == ["real", "inv", "sd", "real+inv", "real+sd"]
     for name, ours, best, _, batch, train_images in table:
         assert ours == f"{100 * float(rows[name]['accuracy']):.2f}" and train_images == rows[name]["train_images"]
@@ -55,7 +112,13 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
     assert "were scored on the DI and SD versions of the test images" in readme
     assert [t[3] for t in table] == ["81.80", "78.63", "52.57", "86.14", "83.94"]
     assert "These synthetic images are noise" in readme
-    for figure in ("grids/real.png", "grids/sd.png", "grids/inv.png", "gradcam/gradcam_grid.png", "vanish/histograms.png"):
+    for figure in (
+        "grids/real.png",
+        "grids/sd.png",
+        "grids/inv.png",
+        "gradcam/gradcam_grid.png",
+        "vanish/histograms.png",
+    ):
         assert f"]({figure})" in readme and (Path("results") / figure).exists()
     assert "## Fidelity" in readme and "| inv | classifier |" in readme and "Does fidelity predict accuracy?" in readme
     assert "| n_segments |" in readme and "How many lines a small image really yields" in readme
@@ -75,16 +138,41 @@ def test_report_without_results_is_one_line(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_makefile_shows_the_plan(tmp_path):
-    out = subprocess.run(["make", "-n", "-C", str(ROOT), "reproduce", f"STAMPS={tmp_path}/stamps", f"VENV={tmp_path}/venv"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "reproduce", f"STAMPS={tmp_path}/stamps", f"VENV={tmp_path}/venv"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
-    for step in ("data cifar10", "sample --prompt", "invert --class airplane", "sample --embeddings",
-                 "train --data real --data inv --data sd --data real,inv --data real,sd --out 'models/resnet18-{data}-s{seed}.safetensors' --seed 0",
-                 "filter --data data/inv.h5 --classifier models/resnet18-real-s0.safetensors",
-                 "train --data inv-kept --data real,inv-kept", "evaluate", "fidelity --real data/real.h5", "gradcam", "vanish", "report"):
+    for step in (
+        "data cifar10",
+        "sample --prompt",
+        "invert --class airplane",
+        "sample --embeddings",
+        "train --data real --data inv --data sd --data real,inv --data real,sd --out "
+        "'models/resnet18-{data}-s{seed}.safetensors' --seed 0",
+        "filter --data data/inv.h5 --classifier models/resnet18-real-s0.safetensors",
+        "train --data inv-kept --data real,inv-kept",
+        "evaluate",
+        "fidelity --real data/real.h5",
+        "gradcam",
+        "vanish",
+        "report",
+    ):
         assert step in out.stdout, step
     help_text = subprocess.run(["make", "-C", str(ROOT), "help"], capture_output=True, text=True).stdout
-    for var in ("MODEL", "PER_CLASS", "PER_IMAGE", "SD_PER_CLASS", "RECIPE", "SEEDS", "TRAIN_STEPS", "SEED", "DEVICE", "SHARDS"):
+    for var in (
+        "MODEL",
+        "PER_CLASS",
+        "PER_IMAGE",
+        "SD_PER_CLASS",
+        "RECIPE",
+        "SEEDS",
+        "TRAIN_STEPS",
+        "SEED",
+        "DEVICE",
+        "SHARDS",
+    ):
         assert var + "=" in help_text
 
 
@@ -94,21 +182,59 @@ def test_makefile_runs_the_study_on_your_own_stores(tmp_path):
     (tmp_path / "data").mkdir()
     for name in ("mine.h5", "mine-test.h5"):
         (tmp_path / "data" / name).touch()
-    out = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "reproduce", "STAMPS=stamps", "VENV=venv",
-                          "REAL=data/mine.h5", "TEST=data/mine-test.h5", "MODEL=my-sd"], cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-f",
+            str(ROOT / "Makefile"),
+            "reproduce",
+            "STAMPS=stamps",
+            "VENV=venv",
+            "REAL=data/mine.h5",
+            "TEST=data/mine-test.h5",
+            "MODEL=my-sd",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     plan = " ".join(out.stdout.split())
     assert "venv/bin/synthkit subset data/mine.h5 --seed 0 --out data/real.h5 --overwrite" in plan
     assert "venv/bin/synthkit subset data/mine-test.h5 --out data/test.h5 --overwrite" in plan
-    assert "caption --data data/real.h5" in plan and "sample --prompt-from caption" in plan and "--init data/real-captions.h5" in plan
+    assert (
+        "caption --data data/real.h5" in plan
+        and "sample --prompt-from caption" in plan
+        and "--init data/real-captions.h5" in plan
+    )
     assert "invert --class all --data data/real.h5 --model my-sd" in plan and "invert --class airplane" not in plan
     assert "data cifar10" not in plan and "--data real,inv " in plan
-    subset = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "data/real.h5", "STAMPS=stamps", "VENV=venv",
-                             "REAL=data/mine.h5", "TEST=data/mine-test.h5", "PER_CLASS=50"], cwd=tmp_path, capture_output=True, text=True).stdout
+    subset = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-f",
+            str(ROOT / "Makefile"),
+            "data/real.h5",
+            "STAMPS=stamps",
+            "VENV=venv",
+            "REAL=data/mine.h5",
+            "TEST=data/mine-test.h5",
+            "PER_CLASS=50",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout
     subset = " ".join(subset.split())
     assert "subset data/mine.h5 --per-class 50 --seed 0 --out data/real.h5" in subset
-    alone = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "reproduce", "STAMPS=stamps", "VENV=venv",
-                            "REAL=data/mine.h5"], cwd=tmp_path, capture_output=True, text=True)
+    alone = subprocess.run(
+        ["make", "-n", "-f", str(ROOT / "Makefile"), "reproduce", "STAMPS=stamps", "VENV=venv", "REAL=data/mine.h5"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert alone.returncode != 0 and "REAL=data/mine.h5 needs TEST=" in alone.stderr
 
 
@@ -118,7 +244,10 @@ def test_every_classifier_trains_at_the_real_store_size_or_image_size(tmp_path):
     plan = " ".join(planned(tmp_path).split())
     commands = re.findall(r"synthkit train (.*?)--resume", plan)
     assert len(commands) == 2  # the rows that need no filtered store, then the filtered ones
-    size_of_real = "--image-size $(venv/bin/python -c 'import sys; from synthkit.store import Store; print(Store(sys.argv[1]).image_shape[0])' data/real.h5)"
+    size_of_real = (
+        "--image-size $(venv/bin/python -c 'import sys; from synthkit.store import Store; "
+        "print(Store(sys.argv[1]).image_shape[0])' data/real.h5)"
+    )
     assert all(size_of_real in c for c in commands)
     plan = " ".join(planned(tmp_path, "IMAGE_SIZE=64").split())
     assert len(re.findall(r"synthkit train .*?--image-size 64 ", plan)) == 2
@@ -129,8 +258,10 @@ def test_every_row_trains_the_recipes_steps_once_per_seed(tmp_path):
     or TRAIN_STEPS), scoring the real test store on the way."""
     plan = " ".join(planned(tmp_path, "SEEDS=0 1 2", "TRAIN_STEPS=77", "RECIPE=quick").split())
     commands = re.findall(r"synthkit train (.*?)--resume", plan)
-    assert len(commands) == 2 and all("--recipe quick" in c and "--steps 77" in c and "--seed 0 --seed 1 --seed 2" in c
-                                      and "--test data/test.h5" in c for c in commands)
+    assert len(commands) == 2 and all(
+        "--recipe quick" in c and "--steps 77" in c and "--seed 0 --seed 1 --seed 2" in c and "--test data/test.h5" in c
+        for c in commands
+    )
     assert sum(len(re.findall(r"--data \S+", c)) for c in commands) == 7
     assert "--classifier models/resnet18-real-s0.safetensors" in plan  # the filter uses the first seed's classifier
     plan = " ".join(planned(tmp_path).split())
@@ -139,8 +270,12 @@ def test_every_row_trains_the_recipes_steps_once_per_seed(tmp_path):
 
 def planned(cwd, *variables):
     """`make -n train` run in cwd (so data/ and models/ are cwd's), stamps in cwd/stamps: the planned commands."""
-    out = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "train", "STAMPS=stamps", "VENV=venv", *variables],
-                         cwd=cwd, capture_output=True, text=True)
+    out = subprocess.run(
+        ["make", "-n", "-f", str(ROOT / "Makefile"), "train", "STAMPS=stamps", "VENV=venv", *variables],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -149,8 +284,23 @@ def planned(cwd, *variables):
 def test_makefile_sweep_plan(tmp_path):
     """make sweep: nested subsets cut from the largest size, one inversion, each size's DI store from its own images'
     embeddings, every classifier of the sweep in one job, evaluated apart from the table, then the report."""
-    out = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "sweep", "STAMPS=stamps", "VENV=venv", "MODEL=my-sd",
-                          "SIZES=50 10 200", "SWEEP_SEEDS=0 1"], cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-f",
+            str(ROOT / "Makefile"),
+            "sweep",
+            "STAMPS=stamps",
+            "VENV=venv",
+            "MODEL=my-sd",
+            "SIZES=50 10 200",
+            "SWEEP_SEEDS=0 1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     plan = " ".join(out.stdout.split())
     assert "data cifar10 " in plan and "--per-class 200 --seed 0 --out data/sweep/real-200.h5" in plan
@@ -160,24 +310,50 @@ def test_makefile_sweep_plan(tmp_path):
     assert plan.count(" invert --class all --data data/sweep/real-200.h5 ") == 1 and plan.count("synthkit train ") == 1
     train = re.search(r"synthkit train (.*?)--resume", plan).group(1)
     assert len(re.findall(r"--data \S+", train)) == 9 and "--seed 0 --seed 1" in train
-    assert "--data data/sweep/real-10.h5,data/sweep/inv-10.h5 " in train and "'models/sweep/resnet18-{data}-s{seed}.safetensors'" in train
+    assert (
+        "--data data/sweep/real-10.h5,data/sweep/inv-10.h5 " in train
+        and "'models/sweep/resnet18-{data}-s{seed}.safetensors'" in train
+    )
     assert "data/sweep/real-200.h5)" in train  # trained at the sweep's real size
     evaluate = re.search(r"synthkit evaluate (.*?)--results results/sweep", plan).group(1)
     assert evaluate.count("--model") == 18 and "models/sweep/resnet18-real-10+inv-10-s1.safetensors" in evaluate
     assert plan.endswith("venv/bin/synthkit report")
-    reuse = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "sweep", "STAMPS=stamps", "VENV=venv", "SIZES=5 20",
-                            "SWEEP_FROM=data/real.h5", "SWEEP_EMB=models/inv/all.safetensors", "INVERT_BY=all"],
-                           cwd=tmp_path, capture_output=True, text=True).stdout
+    reuse = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-f",
+            str(ROOT / "Makefile"),
+            "sweep",
+            "STAMPS=stamps",
+            "VENV=venv",
+            "SIZES=5 20",
+            "SWEEP_FROM=data/real.h5",
+            "SWEEP_EMB=models/inv/all.safetensors",
+            "INVERT_BY=all",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout
     reuse = " ".join(reuse.split())
     assert "subset data/real.h5 --per-class 20 --seed 0 --out data/sweep/real-20.h5" in reuse
-    assert "--embeddings models/inv/all.safetensors --only data/sweep/real-5.h5" in reuse and "models/sweep/inv.safetensors" not in reuse
+    assert (
+        "--embeddings models/inv/all.safetensors --only data/sweep/real-5.h5" in reuse
+        and "models/sweep/inv.safetensors" not in reuse
+    )
 
 
 STUDY_FILES = [  # the graph under `train`, upstream first
     ["data/real.h5", "data/test.h5"],
     ["data/real-captions.h5"],
-    ["data/sd.h5", *(f"models/inv/{c}.safetensors" for c in
-                     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"))],
+    [
+        "data/sd.h5",
+        *(
+            f"models/inv/{c}.safetensors"
+            for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+        ),
+    ],
     ["data/inv.h5"],
     [f"models/resnet18-{d}-s0.safetensors" for d in ("real", "inv", "sd", "real+inv", "real+sd")],
     ["data/inv-kept.h5"],
@@ -210,10 +386,19 @@ def retrained(cwd, *variables):
     fake = cwd / "fake-synthkit"
     fake.write_text(FAKE_SYNTHKIT)
     fake.chmod(0o755)
-    out = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "train", "STAMPS=stamps", "VENV=venv", f"SK={fake}",
-                          *variables], cwd=cwd, capture_output=True, text=True)
+    out = subprocess.run(
+        ["make", "-f", str(ROOT / "Makefile"), "train", "STAMPS=stamps", "VENV=venv", f"SK={fake}", *variables],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
-    gone = [name for layer in STUDY_FILES for name in layer if name.startswith("models/resnet18-") and not (cwd / name).exists()]
+    gone = [
+        name
+        for layer in STUDY_FILES
+        for name in layer
+        if name.startswith("models/resnet18-") and not (cwd / name).exists()
+    ]
     return sorted(re.fullmatch(r"models/resnet18-(.+)-s0\.safetensors", name).group(1) for name in gone), out.stdout
 
 
@@ -230,13 +415,26 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
 
     planned(tmp_path)  # writes the stamps
     stamps = {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()}
-    assert set(stamps) == {"data", "captions", "sd", "invert", "inv", "filter", "train", "analysis", "sweep", "geometry"} and stamps["train"].split() == ["di"]
+    assert set(stamps) == {
+        "data",
+        "captions",
+        "sd",
+        "invert",
+        "inv",
+        "filter",
+        "train",
+        "analysis",
+        "sweep",
+        "geometry",
+    } and stamps["train"].split() == ["di"]
     past = time.time() - 1000
     reset()
     assert "bin/synthkit" not in planned(tmp_path), "nothing to redo when nothing changed"
     assert all(p.stat().st_mtime == past for p in (tmp_path / "stamps").iterdir())  # same settings: stamps untouched
 
-    rows, plan = retrained(tmp_path, "TRAIN_STEPS=5")  # a training setting: the train stamp is rewritten, all seven retrain
+    rows, plan = retrained(
+        tmp_path, "TRAIN_STEPS=5"
+    )  # a training setting: the train stamp is rewritten, all seven retrain
     assert (tmp_path / "stamps" / "train").read_text().split() == ["di", "5"]
     assert all(p.stat().st_mtime == past for p in (tmp_path / "stamps").iterdir() if p.name != "train")
     assert rows == SEVEN and "--steps 5" in plan
@@ -244,15 +442,21 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
 
     reset()  # as if the seven had been retrained since
     assert "bin/synthkit" not in planned(tmp_path, "TRAIN_STEPS=5")
-    rows, plan = retrained(tmp_path, "TRAIN_STEPS=5", "UPDATES=7")  # an inversion setting: inversion, DI sampling, their rows
+    rows, plan = retrained(
+        tmp_path, "TRAIN_STEPS=5", "UPDATES=7"
+    )  # an inversion setting: inversion, DI sampling, their rows
     assert "--updates 7" in plan and len(re.findall(r" invert --class ", plan)) == 10
     assert "sample --embeddings" in plan and "--out data/inv.h5" in plan and " merge " not in plan
     assert rows == ["inv", "inv-kept", "real+inv", "real+inv-kept"] and " filter --data data/inv.h5 " in plan
     assert "sample --prompt" not in plan and "data cifar10" not in plan
 
     reset()
-    rows, plan = retrained(tmp_path, "TRAIN_STEPS=5", "UPDATES=7", "PER_CLASS=20")  # the real subset: everything is redone
-    assert "data cifar10" in plan and "--per-class 20" in plan and "sample --prompt" in plan and "invert --class" in plan
+    rows, plan = retrained(
+        tmp_path, "TRAIN_STEPS=5", "UPDATES=7", "PER_CLASS=20"
+    )  # the real subset: everything is redone
+    assert (
+        "data cifar10" in plan and "--per-class 20" in plan and "sample --prompt" in plan and "invert --class" in plan
+    )
     assert rows == SEVEN
 
 
@@ -265,7 +469,10 @@ def test_each_store_is_written_once_unless_sharded(tmp_path):
         assert len(writes(plan, store)) == 1, store
     plan = planned(tmp_path, "SHARDS=2", "INVERT_BY=all")
     for kind in ("sd", "inv"):
-        assert len(writes(plan, rf"data/{kind}\.shard-[01]-of-2\.h5")) == 2 and f"--shard 1/2 --out data/{kind}.shard-1-of-2.h5" in plan
+        assert (
+            len(writes(plan, rf"data/{kind}\.shard-[01]-of-2\.h5")) == 2
+            and f"--shard 1/2 --out data/{kind}.shard-1-of-2.h5" in plan
+        )
         assert f"merge data/{kind}.shard-0-of-2.h5 data/{kind}.shard-1-of-2.h5 --out data/{kind}.h5" in plan
     assert len(re.findall(r" invert --class all ", plan)) == 1 and "--embeddings models/inv/all.safetensors " in plan
 
@@ -274,7 +481,7 @@ def test_each_store_is_written_once_unless_sharded(tmp_path):
 def test_a_prompt_with_quotes_survives_the_stamps_and_the_command(tmp_path):
     import shlex
 
-    prompt = "a {class}'s \"photo\""
+    prompt = 'a {class}\'s "photo"'
     plan = planned(tmp_path, f"SD_PROMPT={prompt}", "SD_PROMPTS=template")
     assert prompt in (tmp_path / "stamps" / "sd").read_text()
     command = next(line for line in plan.splitlines() if " sample --prompt " in line).rstrip(" \\")
@@ -291,8 +498,22 @@ def test_makefile_continues_fresh_leftovers_and_discards_stale_ones(tmp_path):
     import time
 
     def make(*variables):
-        out = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "data/real.h5", "models/inv/cat.safetensors",
-                              "SK=true", "STAMPS=stamps", "VENV=venv", *variables], cwd=tmp_path, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                "make",
+                "-f",
+                str(ROOT / "Makefile"),
+                "data/real.h5",
+                "models/inv/cat.safetensors",
+                "SK=true",
+                "STAMPS=stamps",
+                "VENV=venv",
+                *variables,
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
 
     partial, state = tmp_path / "data" / "real.h5.partial", tmp_path / "models" / "inv" / "cat.invert-state"
@@ -313,15 +534,38 @@ def test_makefile_continues_fresh_leftovers_and_discards_stale_ones(tmp_path):
 def test_makefile_geometry_plan(tmp_path):
     scenes = tmp_path / "my scenes"
     scenes.mkdir()
-    out = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "geometry", "STAMPS=stamps", "VENV=venv",
-                          f"SCENES={scenes}", "GEO_SIZE=128", "GEO_CLASS="], cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-f",
+            str(ROOT / "Makefile"),
+            "geometry",
+            "STAMPS=stamps",
+            "VENV=venv",
+            f"SCENES={scenes}",
+            "GEO_SIZE=128",
+            "GEO_CLASS=",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     plan = out.stdout
-    for step in (f"data folder --source '{scenes}' --size 128", "invert --class all --data data/scenes.h5",
-                 "sample --embeddings models/inv-scenes/all.safetensors", "--classes data/scenes.h5",
-                 "vanish --data data/scenes.h5 --data data/scenes-inv.h5 --data data/scenes-sd.h5 --sources data/scenes.h5"):
+    for step in (
+        f"data folder --source '{scenes}' --size 128",
+        "invert --class all --data data/scenes.h5",
+        "sample --embeddings models/inv-scenes/all.safetensors",
+        "--classes data/scenes.h5",
+        "vanish --data data/scenes.h5 --data data/scenes-inv.h5 --data data/scenes-sd.h5 --sources data/scenes.h5",
+    ):
         assert step in plan, step
     assert "--class-name" not in plan  # GEO_CLASS empty: classes from the folder names
-    default = subprocess.run(["make", "-n", "-f", str(ROOT / "Makefile"), "geometry", "STAMPS=stamps2", "VENV=venv",
-                              f"SCENES={scenes}"], cwd=tmp_path, capture_output=True, text=True).stdout
+    default = subprocess.run(
+        ["make", "-n", "-f", str(ROOT / "Makefile"), "geometry", "STAMPS=stamps2", "VENV=venv", f"SCENES={scenes}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "--class-name 'urban scene' " in default and "--size 256" in default

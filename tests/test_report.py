@@ -10,10 +10,15 @@ from synthkit.report import real_equivalent, spread_notes, sweep_section
 
 
 def fake_classifier(path, kinds, real_images, classes=10):
-    sources = [{"path": f"data/sweep/{k}.h5", "kind": k.split("-")[0], "count": 1, "fingerprint": k, "real_images": r}
-               for k, r in zip(kinds, real_images)]
-    save_checkpoint(path, {"w": torch.zeros(1)}, {"kind": "classifier", "sources": sources, "classes": [f"c{i}" for i in range(classes)],
-                                                   "params": {"seed": 0}})
+    sources = [
+        {"path": f"data/sweep/{k}.h5", "kind": k.split("-")[0], "count": 1, "fingerprint": k, "real_images": r}
+        for k, r in zip(kinds, real_images)
+    ]
+    save_checkpoint(
+        path,
+        {"w": torch.zeros(1)},
+        {"kind": "classifier", "sources": sources, "classes": [f"c{i}" for i in range(classes)], "params": {"seed": 0}},
+    )
     return path
 
 
@@ -26,13 +31,24 @@ def test_the_sweep_section_groups_rows_by_kind_and_real_images_per_class(tmp_pat
                 model = fake_classifier(tmp_path / f"{row}-{n}-{seed}.safetensors", kinds, [10 * n] * len(kinds))
                 accuracy = 0.1 + 0.001 * n + 0.01 * seed + (0.05 if "inv" in row else 0)
                 truth.setdefault((row, n), []).append(100 * accuracy)
-                rows.append({"model": str(model), "training_data": row, "accuracy": accuracy, "test_fingerprint": "t",
-                             "seed": seed, "group": f"{row}-{n}"})
+                rows.append(
+                    {
+                        "model": str(model),
+                        "training_data": row,
+                        "accuracy": accuracy,
+                        "test_fingerprint": "t",
+                        "seed": seed,
+                        "group": f"{row}-{n}",
+                    }
+                )
     append_rows(tmp_path / "sweep" / "accuracy.csv", rows)
     lines = "\n".join(sweep_section(tmp_path))
     assert "| real images per class | `real` | `inv` | `real+inv` |" in lines
     for n in (5, 50):
-        cells = [f"{np.mean(truth[(r, n)]):.2f} ± {np.std(truth[(r, n)], ddof=1):.2f} (2)" for r in ("real", "inv", "real+inv")]
+        cells = [
+            f"{np.mean(truth[(r, n)]):.2f} ± {np.std(truth[(r, n)], ddof=1):.2f} (2)"
+            for r in ("real", "inv", "real+inv")
+        ]
         assert f"| {n} | " + " | ".join(cells) + " |" in lines
     assert (tmp_path / "sweep" / "sweep.png").exists() and "![sample complexity](sweep/sweep.png)" in lines
     assert "`inv` at 5 per class ≈ " in lines
@@ -45,9 +61,20 @@ def test_real_equivalent_reads_the_real_curve_on_a_log_axis():
 
 
 def test_rows_within_their_spread_are_named():
-    rows = [{"model": f"m{k}", "training_data": name, "accuracy": acc, "test_fingerprint": "t", "seed": k % 2,
-             "group": name, "best_eval_accuracy": ""}
-            for k, (name, acc) in enumerate([("real", 0.80), ("real", 0.82), ("inv", 0.805), ("inv", 0.815), ("sd", 0.5), ("sd", 0.51)])]
+    rows = [
+        {
+            "model": f"m{k}",
+            "training_data": name,
+            "accuracy": acc,
+            "test_fingerprint": "t",
+            "seed": k % 2,
+            "group": name,
+            "best_eval_accuracy": "",
+        }
+        for k, (name, acc) in enumerate(
+            [("real", 0.80), ("real", 0.82), ("inv", 0.805), ("inv", 0.815), ("sd", 0.5), ("sd", 0.51)]
+        )
+    ]
     notes = " ".join(spread_notes(group_rows(rows)))
     assert "real – inv (0.00)" in notes and "sd" not in notes
     one = [r for r in rows if r["seed"] == 0]

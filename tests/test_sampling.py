@@ -3,11 +3,12 @@ import pytest
 import torch
 
 import synthkit.sampling as sampling
-from conftest import run, usage_error
 from synthkit.diffusion import build_tiny_pipeline
 from synthkit.inversion import InversionConfig, invert
 from synthkit.sampling import choose_partners, group_means, group_members, perturb
 from synthkit.store import Store, StoreWriter
+
+from conftest import run, usage_error
 
 FAST = ["--steps", 3, "--resolution", 64]
 
@@ -15,15 +16,40 @@ FAST = ["--steps", 3, "--resolution", 64]
 @pytest.fixture(scope="module")
 def embeddings(tmp_path_factory, tiny_sd, small_real):
     out = tmp_path_factory.mktemp("inv") / "emb.safetensors"
-    invert(small_real, out, "airplane,cat", str(tiny_sd),
-           InversionConfig(updates=3, resolution=64, batch_size=4, group_size=2, chunk_groups=2))
+    invert(
+        small_real,
+        out,
+        "airplane,cat",
+        str(tiny_sd),
+        InversionConfig(updates=3, resolution=64, batch_size=4, group_size=2, chunk_groups=2),
+    )
     return out
 
 
 def test_prompt_sampling_counts_labels_prompts_and_metadata(tiny_sd, tmp_path):
     out = tmp_path / "sd.h5"
-    result = run("sample", "--prompt", "a photo of a {class}", "--prompt", "a {class}", "--classes", "cat,dog,ship",
-                 "--per-class", 3, "--model", tiny_sd, "--seed", 7, "--batch-size", 4, "--scheduler", "ddim", *FAST, "--out", out)
+    result = run(
+        "sample",
+        "--prompt",
+        "a photo of a {class}",
+        "--prompt",
+        "a {class}",
+        "--classes",
+        "cat,dog,ship",
+        "--per-class",
+        3,
+        "--model",
+        tiny_sd,
+        "--seed",
+        7,
+        "--batch-size",
+        4,
+        "--scheduler",
+        "ddim",
+        *FAST,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     with Store(out) as s:
         assert len(s) == 9 and s.classes == ["cat", "dog", "ship"] and s.image_shape == (64, 64, 3)
@@ -38,8 +64,24 @@ def test_prompt_sampling_counts_labels_prompts_and_metadata(tiny_sd, tmp_path):
 
 def test_img2img_from_a_real_store_and_save_size(tiny_sd, small_real, tmp_path):
     out = tmp_path / "sd.h5"
-    result = run("sample", "--prompt", "a {class}", "--per-class", 2, "--init", small_real, "--strength", 0.5,
-                 "--save-size", 32, "--model", tiny_sd, *FAST, "--out", out)
+    result = run(
+        "sample",
+        "--prompt",
+        "a {class}",
+        "--per-class",
+        2,
+        "--init",
+        small_real,
+        "--strength",
+        0.5,
+        "--save-size",
+        32,
+        "--model",
+        tiny_sd,
+        *FAST,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     with Store(out) as s, Store(small_real) as real:
         assert s.image_shape == (32, 32, 3) and len(s) == 20
@@ -53,8 +95,20 @@ def test_prompts_take_their_classes_from_the_init_store(tiny_sd, small_real, tmp
 
     mine = cut_store(small_real, tmp_path / "mine.h5", 32, classes=("ship", "cat"))
     out = tmp_path / "sd.h5"
-    result = run("sample", "--prompt", "a photo of a {class}", "--per-class", 1, "--init", mine, "--model", tiny_sd, *FAST,
-                 "--out", out)
+    result = run(
+        "sample",
+        "--prompt",
+        "a photo of a {class}",
+        "--per-class",
+        1,
+        "--init",
+        mine,
+        "--model",
+        tiny_sd,
+        *FAST,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     with Store(out) as s:
         assert s.classes == ["ship", "cat"] and list(s.column("prompt")) == ["a photo of a ship", "a photo of a cat"]
@@ -72,8 +126,12 @@ def test_partners_are_distinct_members_of_the_own_group_and_perturbation_honours
     assert all(groups[j] == groups[i] for i, row in zip(rows, partners) for j in row)
     assert len(set(partners[0])) == 3 and len(set(partners[1])) == 3  # without replacement where the group allows
     assert list(partners[3]) == [7, 7, 7]
-    assert np.array_equal(choose_partners(groups, members, rows[1:2], 3, seed=1, source=source), partners[1:2])  # per image
-    chosen = np.concatenate([choose_partners(groups, members, np.array([0]), 3, seed=s, source=source)[0] for s in range(200)])
+    assert np.array_equal(
+        choose_partners(groups, members, rows[1:2], 3, seed=1, source=source), partners[1:2]
+    )  # per image
+    chosen = np.concatenate(
+        [choose_partners(groups, members, np.array([0]), 3, seed=s, source=source)[0] for s in range(200)]
+    )
     assert set(chosen) == {0, 1, 2, 3, 4}  # the image itself is a candidate, as in the official code
     j, seeds = partners[:, 0], [11, 12, 13, 14]
     assert torch.equal(perturb(emb, rows, j, seeds, interp=0.0, noise=0.0), emb[rows])
@@ -92,8 +150,13 @@ def spy_denoise(monkeypatch, fast: bool = False) -> list:
 
     def spy(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step=0, eta=0.0, seeds=None):
         seen.append((cond.clone(), uncond.clone(), steps, guidance))
-        return latents if fast else original(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step,
-                                             eta=eta, seeds=seeds)
+        return (
+            latents
+            if fast
+            else original(
+                diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step, eta=eta, seeds=seeds
+            )
+        )
 
     monkeypatch.setattr(sampling, "denoise", spy)
     return seen
@@ -102,8 +165,23 @@ def spy_denoise(monkeypatch, fast: bool = False) -> list:
 def test_di_sampling_store_and_class_mixed_guidance(tiny_sd, embeddings, tmp_path, monkeypatch):
     seen = spy_denoise(monkeypatch)
     out = tmp_path / "inv.h5"
-    result = run("sample", "--embeddings", embeddings, "--per-image", 2, "--steps", 3, "--interp", 0.2, "--noise", 0.05,
-                 "--batch-size", 5, "--out", out)
+    result = run(
+        "sample",
+        "--embeddings",
+        embeddings,
+        "--per-image",
+        2,
+        "--steps",
+        3,
+        "--interp",
+        0.2,
+        "--noise",
+        0.05,
+        "--batch-size",
+        5,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     from synthkit.checkpoint import load_checkpoint
 
@@ -114,10 +192,18 @@ def test_di_sampling_store_and_class_mixed_guidance(tiny_sd, embeddings, tmp_pat
         index_of = {int(x): k for k, x in enumerate(tensors["source_index"])}
         for src, par, g, label in zip(source, partner, group, s.labels):
             k, j = index_of[int(src)], index_of[int(par)]
-            assert tensors["group"][j] == g == tensors["group"][k] and tensors["label"][k] == label == tensors["label"][j]
+            assert (
+                tensors["group"][j] == g == tensors["group"][k] and tensors["label"][k] == label == tensors["label"][j]
+            )
         assert (s.column("alpha") == 0.2).all() and (s.column("noise") == 0.05).all()
-        assert s.meta["params"]["uncond"] == "mixed" and s.meta["uncond"].startswith("mixed: the mean of all 8 embeddings (2 classes)")
-        assert (s.meta["params"]["steps"], s.meta["params"]["guidance"], s.meta["params"]["save_size"]) == (3, 2.0, 32)  # as run
+        assert s.meta["params"]["uncond"] == "mixed" and s.meta["uncond"].startswith(
+            "mixed: the mean of all 8 embeddings (2 classes)"
+        )
+        assert (s.meta["params"]["steps"], s.meta["params"]["guidance"], s.meta["params"]["save_size"]) == (
+            3,
+            2.0,
+            32,
+        )  # as run
     mixed = tensors["embeddings"].mean(0)
     assert all(torch.allclose(u, mixed) for _, uncond, _, _ in seen for u in uncond)
     class_means = [tensors["embeddings"][tensors["label"] == c].mean(0) for c in tensors["label"].unique()]
@@ -133,7 +219,9 @@ def test_uncond_group_and_empty_are_options_recorded_in_the_store(tiny_sd, embed
     for mode in ("group", "empty"):
         seen = spy_denoise(monkeypatch, fast=True)
         out = tmp_path / f"{mode}.h5"
-        result = run("sample", "--embeddings", embeddings, "--per-image", 1, "--uncond", mode, "--batch-size", 8, "--out", out)
+        result = run(
+            "sample", "--embeddings", embeddings, "--per-image", 1, "--uncond", mode, "--batch-size", 8, "--out", out
+        )
         assert result.exit_code == 0, result.output
         with Store(out) as s:
             assert s.meta["params"]["uncond"] == mode and s.meta["uncond"].startswith(mode)
@@ -148,9 +236,22 @@ def test_uncond_group_and_empty_are_options_recorded_in_the_store(tiny_sd, embed
 
 
 @torch.no_grad()
-def official_sampling(diffusion, table: torch.Tensor, i: list[int], j: list[int], strength: float, emb_noise: float,
-                      eps: torch.Tensor, latents: torch.Tensor, guidance: float, steps: int, scheduler, eta: float,
-                      variance, save_resolution: int) -> np.ndarray:
+def official_sampling(
+    diffusion,
+    table: torch.Tensor,
+    i: list[int],
+    j: list[int],
+    strength: float,
+    emb_noise: float,
+    eps: torch.Tensor,
+    latents: torch.Tensor,
+    guidance: float,
+    steps: int,
+    scheduler,
+    eta: float,
+    variance,
+    save_resolution: int,
+) -> np.ndarray:
     """A compact copy of the official sampling (yongchaoz/diffusion_inversion: di/sample_dataset.py's cifar/stl branch,
     :155-203, and src/pipeline_emb.py's __call__, :439-602) for one group whose table is `table` (num_emb, tokens,
     hidden): soft one-hot prompts through the nn.Linear table, embedding noise on the conditional tokens only, the
@@ -163,7 +264,9 @@ def official_sampling(diffusion, table: torch.Tensor, i: list[int], j: list[int]
     num_emb, tokens, hidden = table.shape
     weight = table.reshape(num_emb, tokens * hidden).T  # nn.Linear(num_emb, hidden * tokens).weight
     one_hot = np.eye(num_emb)
-    prompt = torch.from_numpy(np.stack([one_hot[a] + strength * (one_hot[b] - one_hot[a]) for a, b in zip(i, j)])).float()
+    prompt = torch.from_numpy(
+        np.stack([one_hot[a] + strength * (one_hot[b] - one_hot[a]) for a, b in zip(i, j)])
+    ).float()
     text = (prompt @ weight.T).view(-1, tokens, hidden)  # EmbModel.forward
     text = text + eps * emb_noise  # pipeline_emb.py:299-302
     uncond = weight.mean(dim=1).view(1, tokens, hidden).expand(len(i), -1, -1)  # :306-332, avg_uncond_embeddings
@@ -196,8 +299,13 @@ def test_synthkit_matches_the_official_sampling(tiny_sd, embeddings, tmp_path, s
     from synthkit.inversion import load_embeddings
 
     out = tmp_path / f"inv-{scheduler}.h5"
-    sampling.sample_embeddings(out, [embeddings], DIConfig(per_image=2, noise=0.3, interp=0.25),
-                               SamplingConfig(steps=4, scheduler=scheduler, batch_size=5), device="cpu")
+    sampling.sample_embeddings(
+        out,
+        [embeddings],
+        DIConfig(per_image=2, noise=0.3, interp=0.25),
+        SamplingConfig(steps=4, scheduler=scheduler, batch_size=5),
+        device="cpu",
+    )
     tensors, meta = load_embeddings([embeddings])
     d = load_diffusion(str(tiny_sd), torch.device("cpu"), torch.float32)
     with Store(out) as s:
@@ -206,11 +314,29 @@ def test_synthkit_matches_the_official_sampling(tiny_sd, embeddings, tmp_path, s
     index_of = {int(row): k for k, row in enumerate(tensors["source_index"])}
     i, j = [index_of[int(r)] for r in source], [index_of[int(r)] for r in partner]
     table = tensors["embeddings"].float()  # the 8 embeddings of the fixture, as one official group of 8
-    eps = torch.stack([torch.randn(table.shape[1:], generator=torch.Generator().manual_seed(derive_seed(int(x), 1))) for x in seeds])
+    eps = torch.stack(
+        [torch.randn(table.shape[1:], generator=torch.Generator().manual_seed(derive_seed(int(x), 1))) for x in seeds]
+    )
     latents = initial_noise(list(seeds), d.latent_shape(meta["resolution"]), d.device, torch.float32)
-    official_scheduler = getattr(diffusers, {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler"}[scheduler]).from_config(d.scheduler_config)
-    reference = official_sampling(d, table, i, j, 0.25, 0.3, eps, latents, 2.0, 4, official_scheduler, 1.0,
-                                  variance_noise(list(seeds), tuple(latents.shape[1:]), d.device, torch.float32), 32)
+    official_scheduler = getattr(diffusers, {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler"}[scheduler]).from_config(
+        d.scheduler_config
+    )
+    reference = official_sampling(
+        d,
+        table,
+        i,
+        j,
+        0.25,
+        0.3,
+        eps,
+        latents,
+        2.0,
+        4,
+        official_scheduler,
+        1.0,
+        variance_noise(list(seeds), tuple(latents.shape[1:]), d.device, torch.float32),
+        32,
+    )
     assert images.shape == reference.shape == (16, 32, 32, 3)
     assert np.abs(images.astype(int) - reference.astype(int)).max() <= 1
     assert images.std() > 5  # not an empty comparison
@@ -221,7 +347,15 @@ def test_a_python_caller_gets_the_official_di_defaults(embeddings, tmp_path, mon
     out = sampling.sample_embeddings(tmp_path / "inv.h5", [embeddings])
     with Store(out) as s:
         p = s.meta["params"]
-        assert (p["per_image"], p["interp"], p["noise"], p["guidance"], p["steps"], p["uncond"], p["eta"]) == (5, 0.1, 0.1, 2.0, 100, "mixed", 1.0)
+        assert (p["per_image"], p["interp"], p["noise"], p["guidance"], p["steps"], p["uncond"], p["eta"]) == (
+            5,
+            0.1,
+            0.1,
+            2.0,
+            100,
+            "mixed",
+            1.0,
+        )
         assert len(s) == 40 and s.image_shape == (32, 32, 3)  # saved at the size of the images it inverted
     assert {(steps, guidance) for _, _, steps, guidance in seen} == {(100, 2.0)}
 
@@ -231,12 +365,31 @@ def test_per_class_files_as_the_makefile_makes_them_keep_partners_in_class(tiny_
     files = []
     for name in ("airplane", "automobile", "bird"):
         files.append(tmp_path / "inv" / f"{name}.safetensors")
-        result = run("invert", "--class", name, "--data", small_real, "--model", tiny_sd, "--resolution", 64, "--updates", 1,
-                     "--group-size", 2, "--batch-size", 2, "--out", files[-1])
+        result = run(
+            "invert",
+            "--class",
+            name,
+            "--data",
+            small_real,
+            "--model",
+            tiny_sd,
+            "--resolution",
+            64,
+            "--updates",
+            1,
+            "--group-size",
+            2,
+            "--batch-size",
+            2,
+            "--out",
+            files[-1],
+        )
         assert result.exit_code == 0, result.output
     spy_denoise(monkeypatch, fast=True)
     out = tmp_path / "inv.h5"
-    result = run("sample", *(x for f in files for x in ("--embeddings", f)), "--per-image", 5, "--batch-size", 16, "--out", out)
+    result = run(
+        "sample", *(x for f in files for x in ("--embeddings", f)), "--per-image", 5, "--batch-size", 16, "--out", out
+    )
     assert result.exit_code == 0, result.output
     with Store(out) as s, Store(small_real) as real:
         labels = real.labels
@@ -246,12 +399,18 @@ def test_per_class_files_as_the_makefile_makes_them_keep_partners_in_class(tiny_
         assert len(set(groups)) == 6  # two groups per class file, none shared between files
         for g in set(groups):
             assert len(set(s.labels[groups == g])) == 1
-        forward = {int(seed): (int(p), im.tobytes()) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())}
+        forward = {
+            int(seed): (int(p), im.tobytes()) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())
+        }
     reverse = tmp_path / "reverse.h5"
-    result = run("sample", *(x for f in reversed(files) for x in ("--embeddings", f)), "--per-image", 5, "--out", reverse)
+    result = run(
+        "sample", *(x for f in reversed(files) for x in ("--embeddings", f)), "--per-image", 5, "--out", reverse
+    )
     assert result.exit_code == 0, result.output
     with Store(reverse) as s:  # the same samples of every image, whatever the order of the files
-        assert {int(seed): (int(p), im.tobytes()) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())} == forward
+        assert {
+            int(seed): (int(p), im.tobytes()) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())
+        } == forward
 
 
 def test_embeddings_that_would_cross_or_repeat_are_refused(tiny_sd, small_real, embeddings, tmp_path):
@@ -272,7 +431,19 @@ def test_embeddings_that_would_cross_or_repeat_are_refused(tiny_sd, small_real, 
 
 
 def test_prompt_shards_merged_equal_an_unsharded_run(tiny_sd, tmp_path):
-    args = ["--prompt", "a {class}", "--classes", "cat,dog,frog", "--per-class", 3, "--model", tiny_sd, "--batch-size", 2, *FAST]
+    args = [
+        "--prompt",
+        "a {class}",
+        "--classes",
+        "cat,dog,frog",
+        "--per-class",
+        3,
+        "--model",
+        tiny_sd,
+        "--batch-size",
+        2,
+        *FAST,
+    ]
     assert run("sample", *args, "--out", tmp_path / "all.h5").exit_code == 0
     for i in range(3):
         assert run("sample", *args, "--shard", f"{i}/3", "--out", tmp_path / f"s{i}.h5").exit_code == 0
@@ -297,8 +468,12 @@ def test_di_resume_equals_uninterrupted(tiny_sd, embeddings, tmp_path, monkeypat
 
     monkeypatch.setattr(StoreWriter, "append", dying)
     with pytest.raises(KeyboardInterrupt):
-        sampling.sample_embeddings(tmp_path / "x.h5", [embeddings], sampling.DIConfig(per_image=2),
-                                   sampling.SamplingConfig(steps=2, guidance=2.0, batch_size=3, save_size=32))
+        sampling.sample_embeddings(
+            tmp_path / "x.h5",
+            [embeddings],
+            sampling.DIConfig(per_image=2),
+            sampling.SamplingConfig(steps=2, guidance=2.0, batch_size=3, save_size=32),
+        )
     monkeypatch.setattr(StoreWriter, "append", original)
     assert not (tmp_path / "x.h5").exists()
     result = run("sample", *args, "--out", tmp_path / "x.h5", "--resume")
@@ -322,8 +497,25 @@ def test_not_embeddings_and_mixed_modes_are_refused(tiny_classifier, embeddings,
 
 
 def test_classes_can_come_from_a_store(tiny_sd, small_real, tmp_path):
-    result = run("sample", "--prompt", "{class}", "--classes", small_real, "--per-class", 1, "--model", tiny_sd,
-                 "--steps", 1, "--resolution", 64, "--batch-size", 10, "--out", tmp_path / "sd.h5")
+    result = run(
+        "sample",
+        "--prompt",
+        "{class}",
+        "--classes",
+        small_real,
+        "--per-class",
+        1,
+        "--model",
+        tiny_sd,
+        "--steps",
+        1,
+        "--resolution",
+        64,
+        "--batch-size",
+        10,
+        "--out",
+        tmp_path / "sd.h5",
+    )
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "sd.h5") as s, Store(small_real) as real:
         assert s.classes == real.classes and list(s.column("prompt")) == real.classes
@@ -332,14 +524,18 @@ def test_classes_can_come_from_a_store(tiny_sd, small_real, tmp_path):
 def test_only_samples_the_embeddings_of_a_subsets_images(tiny_sd, small_real, tmp_path, monkeypatch):
     """A sweep's smaller store reuses the larger one's inversion: `--only` takes the embeddings of its images alone,
     regrouped as its own inversion would group them, with partners and the unconditional mean from them alone."""
-    from conftest import cut_store
     from synthkit.checkpoint import load_checkpoint
+
+    from conftest import cut_store
 
     two = cut_store(small_real, tmp_path / "two.h5", 32, classes=("airplane", "cat"))  # 4 images of each class
     emb = tmp_path / "two.safetensors"
     invert(two, emb, "all", str(tiny_sd), InversionConfig(updates=1, resolution=64, batch_size=4, group_size=4))
     assert run("subset", two, "--per-class", 3, "--seed", 1, "--out", tmp_path / "three.h5").exit_code == 0
-    assert run("subset", tmp_path / "three.h5", "--per-class", 2, "--seed", 1, "--out", tmp_path / "pair.h5").exit_code == 0
+    assert (
+        run("subset", tmp_path / "three.h5", "--per-class", 2, "--seed", 1, "--out", tmp_path / "pair.h5").exit_code
+        == 0
+    )
     tensors, _ = load_checkpoint(emb)
     by_row = {int(r): e for r, e in zip(tensors["source_index"], tensors["embeddings"])}
     seen = spy_denoise(monkeypatch, fast=True)
@@ -358,8 +554,10 @@ def test_only_samples_the_embeddings_of_a_subsets_images(tiny_sd, small_real, tm
     result = run("sample", "--embeddings", emb, "--only", small_real, "--out", tmp_path / "x.h5")
     assert result.exit_code == 2 and "not the embeddings' airplane, cat" in result.stderr
     other = cut_store(small_real, tmp_path / "other.h5", 32, classes=("airplane", "cat"), kind="real")
-    with Store(other) as o, StoreWriter(tmp_path / "flipped.h5", classes=o.classes, image_shape=(32, 32), meta=o.meta,
-                                        total=len(o)) as w:
+    with (
+        Store(other) as o,
+        StoreWriter(tmp_path / "flipped.h5", classes=o.classes, image_shape=(32, 32), meta=o.meta, total=len(o)) as w,
+    ):
         w.append(o.images()[:, ::-1].copy(), o.labels)  # other pixels: not the inverted images
     result = run("sample", "--embeddings", emb, "--only", tmp_path / "flipped.h5", "--out", tmp_path / "x.h5")
     assert result.exit_code == 2 and "are not the ones inverted" in result.stderr

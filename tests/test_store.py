@@ -4,13 +4,14 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run
 from synthkit.errors import UserError
-from synthkit.meta import provenance
-from synthkit.paths import store_path, store_paths
 from synthkit.jobs import shard_range
+from synthkit.meta import provenance
 from synthkit.outputs import partial_path
+from synthkit.paths import store_path, store_paths
 from synthkit.store import Store, StoreWriter, balanced_subset, merge_stores
+
+from conftest import run
 
 CLASSES = ["a", "b", "c"]
 
@@ -22,11 +23,19 @@ def fake_images(n: int, seed: int = 0) -> np.ndarray:
 def write(path, images, labels, *, batch=4, shard="", first=0, **kwargs):
     """A store of `images` whose columns number them from `first` (a shard's first row in the whole)."""
     meta = provenance("test", {"n": len(images)})
-    with StoreWriter(path, classes=CLASSES, image_shape=(8, 8), meta=meta, columns={"idx": "int", "note": "str"},
-                     total=len(images), shard=shard, **kwargs) as w:
+    with StoreWriter(
+        path,
+        classes=CLASSES,
+        image_shape=(8, 8),
+        meta=meta,
+        columns={"idx": "int", "note": "str"},
+        total=len(images),
+        shard=shard,
+        **kwargs,
+    ) as w:
         for s in range(w.done, len(images), batch):
             rows = range(first + s, first + min(s + batch, len(images)))
-            w.append(images[s:s + batch], labels[s:s + batch], idx=np.array(rows), note=[f"img{i}" for i in rows])
+            w.append(images[s : s + batch], labels[s : s + batch], idx=np.array(rows), note=[f"img{i}" for i in rows])
     return Path(path)
 
 
@@ -72,7 +81,9 @@ def test_interrupted_write_leaves_no_final_file_and_resume_matches(tmp_path):
     out = tmp_path / "s.h5"
     meta = provenance("test", {"n": 21})
     with pytest.raises(KeyboardInterrupt):
-        with StoreWriter(out, classes=CLASSES, image_shape=(8, 8), meta=meta, columns={"idx": "int", "note": "str"}, total=21) as w:
+        with StoreWriter(
+            out, classes=CLASSES, image_shape=(8, 8), meta=meta, columns={"idx": "int", "note": "str"}, total=21
+        ) as w:
             w.append(images[:4], labels[:4], idx=np.arange(4), note=[f"img{i}" for i in range(4)])
             raise KeyboardInterrupt
     assert not out.exists() and partial_path(out).exists()
@@ -134,7 +145,9 @@ def test_merge_shards_equals_unsharded(tmp_path):
 def test_merge_refuses_other_classes(tmp_path):
     a = write(tmp_path / "a.h5", fake_images(3), np.zeros(3, int))
     meta = provenance("test", {})
-    with StoreWriter(tmp_path / "b.h5", classes=["x", "y", "z"], image_shape=(8, 8), meta=meta, columns={"idx": "int", "note": "str"}) as w:
+    with StoreWriter(
+        tmp_path / "b.h5", classes=["x", "y", "z"], image_shape=(8, 8), meta=meta, columns={"idx": "int", "note": "str"}
+    ) as w:
         w.append(fake_images(1), [0], idx=[0], note=["n"])
     with pytest.raises(UserError, match="classes differ"):
         merge_stores([a, tmp_path / "b.h5"], tmp_path / "m.h5", meta)
@@ -187,7 +200,12 @@ def test_block_reads_match_for_dense_and_sparse_selections(tmp_path, monkeypatch
     monkeypatch.setattr(store_module, "_BLOCK_BYTES", 40 * 8 * 8 * 3)  # 40 rows a block
     rng = np.random.default_rng(0)
     with Store(path) as s:
-        for idx in (np.arange(0, 300, 2), rng.choice(300, 7, replace=False), rng.integers(0, 300, 500), np.array([299, 0])):
+        for idx in (
+            np.arange(0, 300, 2),
+            rng.choice(300, 7, replace=False),
+            rng.integers(0, 300, 500),
+            np.array([299, 0]),
+        ):
             np.testing.assert_array_equal(s.images(idx), images[idx])
 
 
@@ -203,10 +221,14 @@ def test_subset_copies_a_store_or_a_balanced_part_of_it(tmp_path, real_store):
     assert whole.exit_code == 0 and part.exit_code == 0, whole.output + part.output
     with Store(real_store) as r, Store(tmp_path / "whole.h5") as w, Store(tmp_path / "part.h5") as p:
         assert np.array_equal(w.images(), r.images()) and w.meta["kind"] == "real"
-        assert w.column_names == sorted(r.column_names + ["parent_row"]) and list(w.column("parent_row")) == list(range(len(r)))
+        assert w.column_names == sorted(r.column_names + ["parent_row"]) and list(w.column("parent_row")) == list(
+            range(len(r))
+        )
         assert list(p.counts()) == [2] * 10 and p.meta["sources"][0]["fingerprint"] == r.fingerprint
         assert set(p.column("source_name")) <= set(r.column("source_name"))
         parent = p.column("parent_row")  # each image's row in the source
-        assert np.array_equal(p.images(), r.images(parent)) and list(p.column("source_name")) == list(r.column("source_name", parent))
+        assert np.array_equal(p.images(), r.images(parent)) and list(p.column("source_name")) == list(
+            r.column("source_name", parent)
+        )
     again = run("subset", real_store, "--out", tmp_path / "whole.h5")
     assert again.exit_code == 2 and "exists" in again.stderr

@@ -7,8 +7,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import run
 from synthkit.store import Store
+
+from conftest import run
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,12 @@ def write_cifar100(root, images, labels, names):
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     for split in ("train", "test"):
-        batch = {b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1), b"fine_labels": list(map(int, labels)),
-                 b"coarse_labels": [0] * len(labels), b"filenames": [f"{i}.png".encode() for i in range(len(labels))]}
+        batch = {
+            b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+            b"fine_labels": list(map(int, labels)),
+            b"coarse_labels": [0] * len(labels),
+            b"filenames": [f"{i}.png".encode() for i in range(len(labels))],
+        }
         (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
     (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [n.encode() for n in names]}, protocol=2))
     return folder
@@ -50,7 +55,16 @@ def test_cifar100_pickles_become_a_store_with_their_fine_classes(tmp_path, pixel
         assert s.meta["params"]["dataset"] == "cifar100"
     with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "dl" / "cifar-100-python", arcname="cifar-100-python")
-    result = run("data", "cifar100", "--source", tmp_path / "cifar-100-python.tar.gz", "--per-class", 1, "--out", tmp_path / "sub.h5")
+    result = run(
+        "data",
+        "cifar100",
+        "--source",
+        tmp_path / "cifar-100-python.tar.gz",
+        "--per-class",
+        1,
+        "--out",
+        tmp_path / "sub.h5",
+    )
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "sub.h5") as s:
         assert len(s) == 100 and s.counts().max() == 1
@@ -97,7 +111,9 @@ def test_download_without_internet_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
     for dataset, name in (("stl10", "STL10"), ("cifar100", "CIFAR100"), ("cifar10", "CIFAR10")):
-        result = run("data", dataset, "--download", "--download-root", tmp_path / "dl", "--out", tmp_path / f"{dataset}.h5")
+        result = run(
+            "data", dataset, "--download", "--download-root", tmp_path / "dl", "--out", tmp_path / f"{dataset}.h5"
+        )
         assert result.exit_code == 2 and result.stderr.startswith(f"error: could not download {name}"), result.output
         assert result.stderr.count("\n") == 1 and not (tmp_path / f"{dataset}.h5").exists()
     both = run("data", "cifar100", "--download", "--source", tmp_path, "--out", tmp_path / "c.h5")
@@ -105,7 +121,8 @@ def test_download_without_internet_is_one_line(tmp_path, monkeypatch):
 
 
 def test_a_downloaded_cifar100_is_read_only_by_the_restricted_unpickler(tmp_path, monkeypatch, pixels):
-    """torchvision's downloader fetches the archive; its dataset class, which would pickle.load the files, is not used."""
+    """torchvision's downloader fetches the archive; its dataset class, which would pickle.load the files, is not
+    used."""
     import torchvision.datasets.utils
 
     images, labels = pixels
@@ -126,8 +143,20 @@ def test_a_downloaded_cifar100_is_read_only_by_the_restricted_unpickler(tmp_path
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", download_and_extract_archive)
     monkeypatch.setattr(pickle, "load", unrestricted)
     monkeypatch.setattr(pickle, "loads", unrestricted)
-    result = run("data", "cifar100", "--download", "--download-root", tmp_path / "dl", "--split", "test", "--out", tmp_path / "c.h5")
+    result = run(
+        "data",
+        "cifar100",
+        "--download",
+        "--download-root",
+        tmp_path / "dl",
+        "--split",
+        "test",
+        "--out",
+        tmp_path / "c.h5",
+    )
     assert result.exit_code == 0, result.output
-    assert fetched == [(torchvision.datasets.CIFAR100.url, "cifar-100-python.tar.gz", torchvision.datasets.CIFAR100.tgz_md5)]
+    assert fetched == [
+        (torchvision.datasets.CIFAR100.url, "cifar-100-python.tar.gz", torchvision.datasets.CIFAR100.tgz_md5)
+    ]
     with Store(tmp_path / "c.h5") as s:
         assert s.classes == names and len(s) == len(labels)

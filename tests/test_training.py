@@ -5,18 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_store_as, run, usage_error
 from synthkit.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from synthkit.meta import provenance
 from synthkit.device import pick_device
 from synthkit.errors import UserError
 from synthkit.evaluation import predict
-from synthkit.store import Store, StoreWriter
+from synthkit.meta import provenance
 from synthkit.model import load_classifier
 from synthkit.outputs import train_log_path as log_path
 from synthkit.outputs import train_state_path as state_path
-from synthkit.training import (TrainConfig, augment, load_stores, rotate_jitter, step_rows, train,
-                               training_batch)
+from synthkit.store import Store, StoreWriter
+from synthkit.training import TrainConfig, augment, load_stores, rotate_jitter, step_rows, train, training_batch
+
+from conftest import copy_store_as, run, usage_error
 
 CPU = torch.device("cpu")
 
@@ -51,17 +51,53 @@ def test_overfits_twenty_images(tmp_path, real_store):
 
 def test_recipes_resolve_and_every_option_overrides_its_value(tmp_path, real_store):
     di = TrainConfig.from_recipe("di")
-    assert (di.steps, di.batch_size, di.real_share, di.lr, di.momentum, di.weight_decay) == (50_000, 128, 64, 0.1, 0.9, 5e-4)
-    assert (di.schedule, di.warmup_steps, di.warmup_start, di.min_lr, di.evals, di.augment) == ("warmup-cosine", 1000, 0.001, 0.001, 20, "crop-flip")
+    assert (di.steps, di.batch_size, di.real_share, di.lr, di.momentum, di.weight_decay) == (
+        50_000,
+        128,
+        64,
+        0.1,
+        0.9,
+        5e-4,
+    )
+    assert (di.schedule, di.warmup_steps, di.warmup_start, di.min_lr, di.evals, di.augment) == (
+        "warmup-cosine",
+        1000,
+        0.001,
+        0.001,
+        20,
+        "crop-flip",
+    )
     assert TrainConfig() == di  # the library's default is the official evaluation
     study = TrainConfig.from_recipe("study")
-    assert (study.optimizer, study.lr, study.batch_size, study.label_smoothing, study.image_size, study.schedule) == ("adam", 1e-3, 32, 0.1, 224, "step")
+    assert (study.optimizer, study.lr, study.batch_size, study.label_smoothing, study.image_size, study.schedule) == (
+        "adam",
+        1e-3,
+        32,
+        0.1,
+        224,
+        "step",
+    )
     assert TrainConfig.from_recipe("quick", lr=0.5, steps=None).lr == 0.5  # None keeps the recipe's value
     with pytest.raises(UserError, match="unknown recipe 'nope'"):
         TrainConfig.from_recipe("nope")
     out = tmp_path / "m.safetensors"
-    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 3, "--lr", 0.05,
-                 "--batch-size", 10, "--device", "cpu")
+    result = run(
+        "train",
+        "--data",
+        real_store,
+        "--out",
+        out,
+        "--recipe",
+        "quick",
+        "--steps",
+        3,
+        "--lr",
+        0.05,
+        "--batch-size",
+        10,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     meta = read_meta(out)
     resolved = asdict(TrainConfig.from_recipe("quick", steps=3, lr=0.05, batch_size=10))
@@ -72,13 +108,18 @@ def test_recipes_resolve_and_every_option_overrides_its_value(tmp_path, real_sto
 
 
 def test_every_row_trains_the_same_steps_whatever_its_stores_size(tmp_path, real_store):
-    """A store of 120 images and one of 20 train the same 6 steps at the same batch, so see the same number of images."""
+    """A store of 120 images and one of 20 train the same 6 steps at the same batch, so see the same number of
+    images."""
     small = tmp_path / "small.h5"
-    with Store(real_store) as s, StoreWriter(small, classes=s.classes, image_shape=(32, 32), meta=provenance("inv", {}),
-                                             total=20) as w:
+    with (
+        Store(real_store) as s,
+        StoreWriter(small, classes=s.classes, image_shape=(32, 32), meta=provenance("inv", {}), total=20) as w,
+    ):
         w.append(s.images(np.arange(20)), s.labels[:20])
-    metas = [train([store], tmp_path / f"{store.stem}.safetensors", quick(steps=6, batch_size=16), device="cpu")
-             for store in (real_store, small)]
+    metas = [
+        train([store], tmp_path / f"{store.stem}.safetensors", quick(steps=6, batch_size=16), device="cpu")
+        for store in (real_store, small)
+    ]
     assert [m["steps"] for m in metas] == [6, 6] and [m["images_seen"] for m in metas] == [96, 96]
     assert [m["sources"][0]["count"] for m in metas] == [120, 20]
 
@@ -101,9 +142,12 @@ def test_the_schedule_is_torchs_chained_linear_warmup_and_cosine(tmp_path, real_
     train([real_store], tmp_path / "m.safetensors", config, device="cpu")
     weight = torch.nn.Parameter(torch.zeros(1))
     reference = torch.optim.SGD([weight], lr=0.2, momentum=0.9)
-    schedule = torch.optim.lr_scheduler.ChainedScheduler([
-        torch.optim.lr_scheduler.LinearLR(reference, start_factor=0.001, total_iters=8),
-        torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=30, eta_min=0.2 * 0.001)])
+    schedule = torch.optim.lr_scheduler.ChainedScheduler(
+        [
+            torch.optim.lr_scheduler.LinearLR(reference, start_factor=0.001, total_iters=8),
+            torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=30, eta_min=0.2 * 0.001),
+        ]
+    )
     expected = []
     for _ in range(30):
         expected.append(reference.param_groups[0]["lr"])
@@ -119,22 +163,35 @@ def test_mixed_rows_take_real_and_synthetic_images_every_step(tmp_path, real_sto
     import synthkit.training as training
 
     synthetic = tmp_path / "inv.h5"
-    with Store(real_store) as s, StoreWriter(synthetic, classes=s.classes, image_shape=(32, 32), meta=provenance("inv", {}),
-                                             total=50) as w:
+    with (
+        Store(real_store) as s,
+        StoreWriter(synthetic, classes=s.classes, image_shape=(32, 32), meta=provenance("inv", {}), total=50) as w,
+    ):
         w.append(s.images(np.arange(50)), s.labels[:50])
     seen = []
     original = training.batch_images
-    monkeypatch.setattr(training, "batch_images", lambda data, batches, device: (
-        seen.extend(rows.tolist() for rows in batches) or original(data, batches, device)))
-    train([real_store, synthetic], tmp_path / "mixed.safetensors", quick(steps=7, batch_size=20, real_batch=12), device="cpu")
+    monkeypatch.setattr(
+        training,
+        "batch_images",
+        lambda data, batches, device: seen.extend(rows.tolist() for rows in batches) or original(data, batches, device),
+    )
+    train(
+        [real_store, synthetic],
+        tmp_path / "mixed.safetensors",
+        quick(steps=7, batch_size=20, real_batch=12),
+        device="cpu",
+    )
     assert len(seen) == 7
     for rows in seen:  # rows 0-119 come from the real store, 120-169 from the synthetic one
         assert sum(r < 120 for r in rows) == 12 and sum(r >= 120 for r in rows) == 8 and len(rows) == 20
     assert read_meta(tmp_path / "mixed.safetensors")["batch"] == {"real": 12, "synthetic": 8}
     seen.clear()
     train([synthetic], tmp_path / "one.safetensors", quick(steps=3, batch_size=20, real_batch=12), device="cpu")
-    assert [len(rows) for rows in seen] == [20, 20, 20] and read_meta(tmp_path / "one.safetensors")["batch"] == {"any": 20}
-    # each part is an endless stream of shuffled passes: the 50 synthetic rows are all seen in the first 7 steps (56 rows)
+    assert [len(rows) for rows in seen] == [20, 20, 20] and read_meta(tmp_path / "one.safetensors")["batch"] == {
+        "any": 20
+    }
+    # each part is an endless stream of shuffled passes: the 50 synthetic rows are all seen in the first 7 steps (56
+    # rows)
     data = load_stores([real_store, synthetic], CPU)
     rows = step_rows(data, quick(batch_size=20, real_batch=12), 0, 7)
     assert set(rows[:, 12:].flatten().tolist()) == set(range(120, 170))
@@ -143,8 +200,27 @@ def test_mixed_rows_take_real_and_synthetic_images_every_step(tmp_path, real_sto
 
 def test_evaluations_during_training_are_logged_and_the_last_is_the_final_accuracy(tmp_path, real_store, test_store):
     out = tmp_path / "m.safetensors"
-    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 6, "--batch-size", 20,
-                 "--warmup-steps", 1, "--evals", 3, "--test", test_store, "--device", "cpu")
+    result = run(
+        "train",
+        "--data",
+        real_store,
+        "--out",
+        out,
+        "--recipe",
+        "quick",
+        "--steps",
+        6,
+        "--batch-size",
+        20,
+        "--warmup-steps",
+        1,
+        "--evals",
+        3,
+        "--test",
+        test_store,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     log = [json.loads(line) for line in log_path(out).read_text().splitlines()]
     assert [(row["step"], "test_acc" in row) for row in log] == [(2, True), (4, True), (6, True)]
@@ -166,18 +242,41 @@ def test_evaluations_during_training_are_logged_and_the_last_is_the_final_accura
 
 def test_seeds_train_in_one_job_and_are_grouped_into_mean_and_spread(tmp_path, real_store, test_store):
     out = tmp_path / "models" / "resnet18-{data}-s{seed}.safetensors"
-    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 2, "--batch-size", 10,
-                 "--seed", 0, "--seed", 1, "--seed", 2, "--device", "cpu")
+    result = run(
+        "train",
+        "--data",
+        real_store,
+        "--out",
+        out,
+        "--recipe",
+        "quick",
+        "--steps",
+        2,
+        "--batch-size",
+        10,
+        "--seed",
+        0,
+        "--seed",
+        1,
+        "--seed",
+        2,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     models = [tmp_path / "models" / f"resnet18-real-s{k}.safetensors" for k in range(3)]
     assert all(m.exists() for m in models) and [read_meta(m)["params"]["seed"] for m in models] == [0, 1, 2]
-    result = run("evaluate", *(x for m in models for x in ("--model", m)), "--test", test_store, "--results", tmp_path / "r")
+    result = run(
+        "evaluate", *(x for m in models for x in ("--model", m)), "--test", test_store, "--results", tmp_path / "r"
+    )
     assert result.exit_code == 0, result.output
     import csv
 
     accuracy = [100 * float(r["accuracy"]) for r in csv.DictReader(open(tmp_path / "r" / "accuracy.csv"))]
     table = (tmp_path / "r" / "accuracy.md").read_text()
-    assert f"| real | {np.mean(accuracy):.2f} ± {np.std(accuracy, ddof=1):.2f} | 3 |" in table and "| 0, 1, 2 |" in table
+    assert (
+        f"| real | {np.mean(accuracy):.2f} ± {np.std(accuracy, ddof=1):.2f} | 3 |" in table and "| 0, 1, 2 |" in table
+    )
     assert "± " in result.output and "n=3" in result.output
     bad = run("train", "--data", real_store, "--out", tmp_path / "one.safetensors", "--seed", 0, "--seed", 1)
     assert bad.exit_code == 2 and "put {data} and {seed} in it" in bad.stderr
@@ -205,7 +304,9 @@ def test_the_studys_augmentation_rotates_and_jitters_within_its_ranges():
     b = training_batch((images * 255).to(torch.uint8), torch.Generator().manual_seed(0), "flip-rotate-jitter")
     assert torch.equal(a, b) and a.shape == images.shape and 0 <= a.min() and a.max() <= 1
     still = rotate_jitter(images, torch.Generator().manual_seed(0), degrees=0.0, jitter=(0.0, 0.0, 0.0, 0.0))
-    assert all(torch.allclose(x, y, atol=1e-5) or torch.allclose(x, y.flip(-1), atol=1e-5) for x, y in zip(still, images))
+    assert all(
+        torch.allclose(x, y, atol=1e-5) or torch.allclose(x, y.flip(-1), atol=1e-5) for x, y in zip(still, images)
+    )
     turned = rotate_jitter(torch.ones(8, 3, 32, 32), torch.Generator().manual_seed(1), jitter=(0.0, 0.0, 0.0, 0.0))
     assert (turned == 0).any()  # black corners from the rotation
 
@@ -232,8 +333,30 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_s
         train([real_store], out, config, device="cpu")
     assert not out.exists() and state_path(out).exists()
     monkeypatch.setattr(training, "augment", original)
-    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 9, "--batch-size", 20,
-                 "--lr", 0.05, "--per-class", 2, "--seed", 3, "--warmup-steps", 1, "--device", "cpu", "--resume")
+    result = run(
+        "train",
+        "--data",
+        real_store,
+        "--out",
+        out,
+        "--recipe",
+        "quick",
+        "--steps",
+        9,
+        "--batch-size",
+        20,
+        "--lr",
+        0.05,
+        "--per-class",
+        2,
+        "--seed",
+        3,
+        "--warmup-steps",
+        1,
+        "--device",
+        "cpu",
+        "--resume",
+    )
     assert result.exit_code == 0, result.output
     a, _ = load_classifier(out, CPU)
     b, _ = load_classifier(ref, CPU)
@@ -249,18 +372,24 @@ def three_jobs(tmp_path, real_store, folder: str) -> list:
 
     half = tmp_path / "half.h5"
     if not half.exists():
-        with Store(real_store) as s, StoreWriter(half, classes=s.classes, image_shape=(32, 32), meta=provenance("inv", {}),
-                                                 total=60) as w:
+        with (
+            Store(real_store) as s,
+            StoreWriter(half, classes=s.classes, image_shape=(32, 32), meta=provenance("inv", {}), total=60) as w,
+        ):
             w.append(s.images(np.arange(0, 120, 2)), s.labels[0::2])
     stores = [[real_store], [half], [real_store, half]]
-    return [TrainJob(data, tmp_path / folder / f"m{k}.safetensors", quick(steps=4, batch_size=10, seed=k))
-            for k, data in enumerate(stores)]
+    return [
+        TrainJob(data, tmp_path / folder / f"m{k}.safetensors", quick(steps=4, batch_size=10, seed=k))
+        for k, data in enumerate(stores)
+    ]
 
 
 def same_weights(a, b) -> bool:
     x, _ = load_classifier(a, CPU)
     y, _ = load_classifier(b, CPU)
-    return all(torch.allclose(p, q, atol=1e-6, rtol=0) for p, q in zip(x.state_dict().values(), y.state_dict().values()))
+    return all(
+        torch.allclose(p, q, atol=1e-6, rtol=0) for p, q in zip(x.state_dict().values(), y.state_dict().values())
+    )
 
 
 def test_classifiers_trained_in_one_job_equal_each_trained_alone_even_after_a_kill(tmp_path, real_store, monkeypatch):
@@ -272,7 +401,11 @@ def test_classifiers_trained_in_one_job_equal_each_trained_alone_even_after_a_ki
         train(job.data, job.out, job.config, device="cpu")
     together = three_jobs(tmp_path, real_store, "together")
     metas = train_many(together, device="cpu")
-    assert [m["params"]["seed"] for m in metas] == [0, 1, 2] and [m["sources"][0]["count"] for m in metas] == [120, 60, 120]
+    assert [m["params"]["seed"] for m in metas] == [0, 1, 2] and [m["sources"][0]["count"] for m in metas] == [
+        120,
+        60,
+        120,
+    ]
     assert all(same_weights(a.out, b.out) for a, b in zip(alone, together))
 
     monkeypatch.setattr(training, "CHECKPOINT_EVERY", 2)
@@ -311,12 +444,34 @@ def test_a_diverging_classifier_stops_alone_and_the_others_finish(tmp_path, real
 
 def test_shards_split_the_classifiers_of_a_job(tmp_path, real_store, monkeypatch):
     out = tmp_path / "m-{data}-s{seed}.safetensors"
-    args = ["train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 1, "--batch-size", 4,
-            "--seed", 0, "--seed", 1, "--seed", 2, "--device", "cpu"]
+    args = [
+        "train",
+        "--data",
+        real_store,
+        "--out",
+        out,
+        "--recipe",
+        "quick",
+        "--steps",
+        1,
+        "--batch-size",
+        4,
+        "--seed",
+        0,
+        "--seed",
+        1,
+        "--seed",
+        2,
+        "--device",
+        "cpu",
+    ]
     result = run(*args, "--shard", "1/2")
     assert result.exit_code == 0, result.output
     made = sorted(p.name for p in tmp_path.glob("m-*.safetensors"))
-    assert made == ["m-real-s1.safetensors", "m-real-s2.safetensors"] and "shard 1/2: trained classifiers 2-3 of 3" in result.output
+    assert (
+        made == ["m-real-s1.safetensors", "m-real-s2.safetensors"]
+        and "shard 1/2: trained classifiers 2-3 of 3" in result.output
+    )
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
     result = run(*args, "--shard", "auto")
@@ -331,9 +486,22 @@ def test_checkpoint_metadata_round_trips(tiny_classifier, real_store):
     assert meta["kind"] == "classifier" and meta["arch"] == "resnet18-cifar"
     assert meta["classes"][0] == "airplane" and len(meta["classes"]) == 10
     with Store(real_store) as s:
-        assert meta["sources"] == [{"path": str(real_store), "kind": "real", "count": 120, "fingerprint": s.fingerprint, "image_size": 32,
-                                    "real_images": 120}]
-    assert meta["params"]["lr"] == 0.05 and meta["params"]["seed"] == 0 and meta["steps"] == 6 and meta["recipe"] == "quick"
+        assert meta["sources"] == [
+            {
+                "path": str(real_store),
+                "kind": "real",
+                "count": 120,
+                "fingerprint": s.fingerprint,
+                "image_size": 32,
+                "real_images": 120,
+            }
+        ]
+    assert (
+        meta["params"]["lr"] == 0.05
+        and meta["params"]["seed"] == 0
+        and meta["steps"] == 6
+        and meta["recipe"] == "quick"
+    )
     assert meta["versions"]["torch"] and meta["seconds"] >= 0 and np.isfinite(meta["final_loss"])
 
 
@@ -345,20 +513,43 @@ def test_stores_of_other_sizes_are_resized_and_classes_matched_by_name(tmp_path,
         classes = list(reversed(s.classes))
         big = np.repeat(np.repeat(s.images(slice(0, 4)), 2, axis=1), 2, axis=2)
         labels = 9 - s.labels[:4]
-    with StoreWriter(tmp_path / "big.h5", classes=classes, image_shape=(64, 64), meta=provenance("sd", {}), total=4) as w:
+    with StoreWriter(
+        tmp_path / "big.h5", classes=classes, image_shape=(64, 64), meta=provenance("sd", {}), total=4
+    ) as w:
         w.append(big, labels)
     data = load_stores([real_store, tmp_path / "big.h5"], CPU)
     assert data.images.shape == (124, 3, 32, 32)
     with Store(real_store) as s:
         assert torch.equal(data.labels[120:], torch.from_numpy(s.labels[:4]))
-        diff = (data.images[120:].float() - torch.from_numpy(s.images(slice(0, 4))).permute(0, 3, 1, 2).float()).abs().mean()
+        diff = (
+            (data.images[120:].float() - torch.from_numpy(s.images(slice(0, 4))).permute(0, 3, 1, 2).float())
+            .abs()
+            .mean()
+        )
     assert diff < 8  # antialiased resizing blurs a little; a wrong image or label order differs by ~50
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, real_store):
     out = tmp_path / "m.safetensors"
-    result = run("train", "--data", real_store, "--out", out, "--recipe", "quick", "--steps", 5, "--batch-size", 40,
-                 "--lr", 1e30, "--per-class", 4, "--device", "cpu")
+    result = run(
+        "train",
+        "--data",
+        real_store,
+        "--out",
+        out,
+        "--recipe",
+        "quick",
+        "--steps",
+        5,
+        "--batch-size",
+        40,
+        "--lr",
+        1e30,
+        "--per-class",
+        4,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 2, result.output
     assert "loss became" in result.stderr and "lower --lr" in result.stderr
     assert not out.exists()
@@ -388,8 +579,19 @@ def test_bad_input_one_line_exit_2(tmp_path, real_store, case):
 
 def test_evaluate_matches_a_hand_count(tmp_path, tiny_classifier, test_store):
     results = tmp_path / "results"
-    result = run("evaluate", "--model", tiny_classifier, "--test", test_store, "--results", results, "--device", "cpu",
-                 "--batch-size", 7)
+    result = run(
+        "evaluate",
+        "--model",
+        tiny_classifier,
+        "--test",
+        test_store,
+        "--results",
+        results,
+        "--device",
+        "cpu",
+        "--batch-size",
+        7,
+    )
     assert result.exit_code == 0, result.output
     model, _ = load_classifier(tiny_classifier, CPU)
     with Store(test_store) as s:
@@ -444,7 +646,10 @@ def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, t
     filter and fidelity feed the model at its own size."""
     from conftest import cut_store
 
-    train_store, test = cut_store(real_store, tmp_path / "mine.h5", size), cut_store(test_store, tmp_path / "mine-test.h5", size)
+    train_store, test = (
+        cut_store(real_store, tmp_path / "mine.h5", size),
+        cut_store(test_store, tmp_path / "mine-test.h5", size),
+    )
     out = tmp_path / "m.safetensors"
     result = run("train", "--data", train_store, "--out", out, "--recipe", "quick", "--steps", 4, "--batch-size", 12)
     assert result.exit_code == 0, result.output
@@ -463,17 +668,52 @@ def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, t
     assert row["test_images"] == "18" and set(json.loads(row["per_class"])) == {"airplane", "cat", "ship"}
     assert (tmp_path / "results" / "confusion" / "m.png").exists()
     others = [tiny_classifier_at(tmp_path, real_store)] if size > 64 else []  # models of two input sizes compared
-    result = run("gradcam", "--model", out, *(x for o in others for x in ("--model", o)), "--data", test,
-                 "--n", 6, "--out", tmp_path / "cam")
+    result = run(
+        "gradcam",
+        "--model",
+        out,
+        *(x for o in others for x in ("--model", o)),
+        "--data",
+        test,
+        "--n",
+        6,
+        "--out",
+        tmp_path / "cam",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "cam" / "summary.json").read_text())
     assert len(summary["models"]) == 1 + len(others) and (summary["agreement"] or not others)
-    result = run("filter", "--data", test, "--classifier", out, "--by", "cam", "--real", train_store, "--keep", 0.5,
-                 "--out", tmp_path / "kept.h5")
+    result = run(
+        "filter",
+        "--data",
+        test,
+        "--classifier",
+        out,
+        "--by",
+        "cam",
+        "--real",
+        train_store,
+        "--keep",
+        0.5,
+        "--out",
+        tmp_path / "kept.h5",
+    )
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "kept.h5") as kept:
         assert list(kept.counts()) == [3, 3, 3]
-    result = run("fidelity", "--real", train_store, "--data", test, "--classifier", out, "--per-class", 6, "--out", tmp_path / "fid")
+    result = run(
+        "fidelity",
+        "--real",
+        train_store,
+        "--data",
+        test,
+        "--classifier",
+        out,
+        "--per-class",
+        6,
+        "--out",
+        tmp_path / "fid",
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -482,7 +722,9 @@ def tiny_classifier_at(tmp_path, real_store, size: int = 32):
     from conftest import cut_store
 
     out = tmp_path / f"other-{size}.safetensors"
-    train([cut_store(real_store, tmp_path / f"other-{size}.h5", size)], out, quick(steps=2, batch_size=12), device="cpu")
+    train(
+        [cut_store(real_store, tmp_path / f"other-{size}.h5", size)], out, quick(steps=2, batch_size=12), device="cpu"
+    )
     return out
 
 
@@ -492,9 +734,13 @@ def test_training_stores_must_agree_on_classes_by_name(tmp_path, real_store):
     mine = cut_store(real_store, tmp_path / "mine.h5", 32)
     other = cut_store(real_store, tmp_path / "other.h5", 32, classes=("airplane", "cat", "dog"))
     reordered = cut_store(real_store, tmp_path / "reordered.h5", 32, classes=("ship", "airplane", "cat"))
-    result = run("train", "--data", f"{mine},{other}", "--out", tmp_path / "m.safetensors", "--recipe", "quick", "--steps", 1)
+    result = run(
+        "train", "--data", f"{mine},{other}", "--out", tmp_path / "m.safetensors", "--recipe", "quick", "--steps", 1
+    )
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert f"store {other} has classes airplane, cat, dog" in result.stderr and not (tmp_path / "m.safetensors").exists()
+    assert (
+        f"store {other} has classes airplane, cat, dog" in result.stderr and not (tmp_path / "m.safetensors").exists()
+    )
     data = load_stores([mine, reordered], CPU)
     with Store(mine) as a, Store(reordered) as b:
         assert torch.equal(data.labels, torch.from_numpy(np.concatenate([a.labels, [[2, 0, 1][c] for c in b.labels]])))
@@ -518,8 +764,12 @@ def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_pat
     """Two stores (120 real and 60 synthetic images, mixed half and half per batch, so rows repeat) trained at 40 px
     take 864 KiB: under a 300 KB limit they are read from the stores a window of batches at a time, and the weights
     equal those of the run that held them all on the device."""
-    with Store(real_store) as s, StoreWriter(tmp_path / "half.h5", classes=s.classes, image_shape=(32, 32),
-                                             meta=provenance("sd", {}), total=60) as w:
+    with (
+        Store(real_store) as s,
+        StoreWriter(
+            tmp_path / "half.h5", classes=s.classes, image_shape=(32, 32), meta=provenance("sd", {}), total=60
+        ) as w,
+    ):
         w.append(s.images(np.arange(0, 120, 2)), s.labels[0::2])
     stores = [real_store, tmp_path / "half.h5"]
     held, streamed = tmp_path / "held.safetensors", tmp_path / "streamed.safetensors"
@@ -529,8 +779,29 @@ def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_pat
     reads = []
     original = Store.images
     monkeypatch.setattr(Store, "images", lambda self, index=None: reads.append(index) or original(self, index))
-    result = run("train", "--data", f"{stores[0]},{stores[1]}", "--out", streamed, "--recipe", "quick", "--steps", 4,
-                 "--batch-size", 24, "--warmup-steps", 1, "--lr", 0.05, "--seed", 3, "--mix", "balanced", "--image-size", 40)
+    result = run(
+        "train",
+        "--data",
+        f"{stores[0]},{stores[1]}",
+        "--out",
+        streamed,
+        "--recipe",
+        "quick",
+        "--steps",
+        4,
+        "--batch-size",
+        24,
+        "--warmup-steps",
+        1,
+        "--lr",
+        0.05,
+        "--seed",
+        3,
+        "--mix",
+        "balanced",
+        "--image-size",
+        40,
+    )
     assert result.exit_code == 0, result.output
     assert "streaming: 180 images at 40 px" in result.output
     # 300 KB hold 64 rows at 40 px: a window is two batches of 24 (the next batch is counted before it is added),
@@ -542,7 +813,9 @@ def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_pat
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     reads.clear()
     whole = run("evaluate", "--model", held, "--test", real_store, "--results", tmp_path / "whole")
-    chunked = run("evaluate", "--model", held, "--test", real_store, "--results", tmp_path / "chunked", "--memory-limit", "20KB")
+    chunked = run(
+        "evaluate", "--model", held, "--test", real_store, "--results", tmp_path / "chunked", "--memory-limit", "20KB"
+    )
     assert whole.exit_code == 0 and chunked.exit_code == 0, whole.output + chunked.output
     assert len(reads) > 2  # the test store is read in chunks too
     rows = [(tmp_path / r / "accuracy.csv").read_text().splitlines()[1].split(",")[9:] for r in ("whole", "chunked")]
@@ -554,10 +827,16 @@ def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_pat
 def test_a_classifier_written_before_sizes_were_recorded_still_loads(tmp_path, tiny_classifier, test_store):
     tensors, meta = load_checkpoint(tiny_classifier, CPU)
     old = tmp_path / "old.safetensors"
-    save_checkpoint(old, tensors, {k: v for k, v in meta.items() if k not in ("image_size", "streamed")} | {"arch": "resnet18-cifar"})
+    save_checkpoint(
+        old,
+        tensors,
+        {k: v for k, v in meta.items() if k not in ("image_size", "streamed")} | {"arch": "resnet18-cifar"},
+    )
     model, loaded = load_classifier(old, CPU)
     assert model.image_size == 32 and loaded["image_size"] == 32
-    result = run("evaluate", "--model", old, "--model", tiny_classifier, "--test", test_store, "--results", tmp_path / "r")
+    result = run(
+        "evaluate", "--model", old, "--model", tiny_classifier, "--test", test_store, "--results", tmp_path / "r"
+    )
     assert result.exit_code == 0, result.output
 
 

@@ -3,11 +3,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_geometry import F, H, W, render_box, rotation
 
-from conftest import run
 from synthkit.meta import provenance
 from synthkit.store import StoreWriter
-from test_geometry import F, H, W, render_box, rotation
+
+from conftest import run
 
 
 def make_gt_folder(root):
@@ -22,9 +23,19 @@ def make_gt_folder(root):
         h = np.cross(K @ R[:, 0], K @ R[:, 2])
         h = h / np.linalg.norm(h[:2])
         h = -h if h[1] < 0 else h
-        entries.append({"name": f"P{k}", "file": f"images/P{k}.jpg", "width": W, "height": H, "focal_px": F,
-                        "cx": (W - 1) / 2, "cy": (H - 1) / 2, "vps": [{"dir": list(R[:, i])} for i in range(3)],
-                        "horizon": {"abc": list(h)}})
+        entries.append(
+            {
+                "name": f"P{k}",
+                "file": f"images/P{k}.jpg",
+                "width": W,
+                "height": H,
+                "focal_px": F,
+                "cx": (W - 1) / 2,
+                "cy": (H - 1) / 2,
+                "vps": [{"dir": list(R[:, i])} for i in range(3)],
+                "horizon": {"abc": list(h)},
+            }
+        )
     (root / "gt.json").write_text(json.dumps({"images": entries}))
     return root
 
@@ -70,20 +81,24 @@ def test_horizon_only_ground_truth_is_scored_uncalibrated(tmp_path, form):
     reference = json.loads((tmp_path / "full" / "gt_scores.json").read_text())
     assert scores["calibrated"]["images"] == 0 and "horizon_auc_0.25" not in scores["calibrated"]
     assert scores["uncalibrated"]["images"] == len(both["images"])
-    assert scores["uncalibrated"]["horizon_auc_0.25"] == pytest.approx(reference["uncalibrated"]["horizon_auc_0.25"], abs=1e-6)
+    assert scores["uncalibrated"]["horizon_auc_0.25"] == pytest.approx(
+        reference["uncalibrated"]["horizon_auc_0.25"], abs=1e-6
+    )
     assert not (tmp_path / "out" / "predictions_gt_calibrated.jsonl").read_text()
 
 
 def test_malformed_ground_truth_entries_are_named(tmp_path):
     gt = make_gt_folder(tmp_path / "gt")
     good = json.loads((gt / "gt.json").read_text())["images"][0]
-    for bad, message in [({k: v for k, v in good.items() if k != "horizon"}, "entry 1 (P0) has no horizon"),
-                         (good | {"horizon": {"abc": [1, 2]}}, "entry 1 (P0): horizon must be"),
-                         ({k: v for k, v in good.items() if k != "vps"}, "not all of focal_px, cx, cy and vps"),
-                         (good | {"width": "wide"}, "width and height must be positive integers"),
-                         (good | {"file": "images/none.jpg"}, "does not exist"),
-                         (good | {"focal_px": "600"}, "focal_px, cx and cy must be finite numbers"),
-                         (good | {"file": "gt.json"}, "is not a readable image")]:
+    for bad, message in [
+        ({k: v for k, v in good.items() if k != "horizon"}, "entry 1 (P0) has no horizon"),
+        (good | {"horizon": {"abc": [1, 2]}}, "entry 1 (P0): horizon must be"),
+        ({k: v for k, v in good.items() if k != "vps"}, "not all of focal_px, cx, cy and vps"),
+        (good | {"width": "wide"}, "width and height must be positive integers"),
+        (good | {"file": "images/none.jpg"}, "does not exist"),
+        (good | {"focal_px": "600"}, "focal_px, cx and cy must be finite numbers"),
+        (good | {"file": "gt.json"}, "is not a readable image"),
+    ]:
         (gt / "gt.json").write_text(json.dumps({"images": [good, bad]}))
         result = run("vanish-score", "--gt", gt, "--out", tmp_path / "out")
         assert result.exit_code == 2 and message in result.stderr, (message, result.output)
@@ -113,9 +128,11 @@ def test_bad_input_is_one_line(tmp_path):
     empty = tmp_path / "empty.h5"
     with StoreWriter(empty, classes=["a"], image_shape=(8, 8), meta=provenance("sd", {})):
         pass
-    for command, args, message in [("vanish-score", ("--gt", tmp_path / "gt"), "no gt.json"),
-                                   ("vanish", ("--data", tmp_path / "notes.txt"), "not an HDF5"),
-                                   ("vanish", ("--data", empty), "no images")]:
+    for command, args, message in [
+        ("vanish-score", ("--gt", tmp_path / "gt"), "no gt.json"),
+        ("vanish", ("--data", tmp_path / "notes.txt"), "not an HDF5"),
+        ("vanish", ("--data", empty), "no images"),
+    ]:
         result = run(command, *args, "--out", tmp_path / "out")
         assert result.exit_code == 2, result.output
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -149,7 +166,11 @@ def test_a_sample_against_its_source_measures_the_warp(tmp_path):
             p, q = (M @ e for e in ends)  # the source's horizon carried by the warp
             implied = horizon_error(np.cross([*p, 1.0], [*q, 1.0]), truth, W, H)
             e = pair_errors(sample, scene, 1)
-            assert e["sample_found"] and abs(e["horizon_error"] - implied) < 0.01 + 0.15 * implied, (angle, e["horizon_error"], implied)
+            assert e["sample_found"] and abs(e["horizon_error"] - implied) < 0.01 + 0.15 * implied, (
+                angle,
+                e["horizon_error"],
+                implied,
+            )
             assert 0.3 * angle < e["vp_error_deg"] < 1.5 * angle, (angle, e["vp_error_deg"])
 
 
@@ -173,7 +194,9 @@ def test_vanish_with_sources_reports_pairs(tmp_path):
         fingerprint = r.fingerprint
     samples = tmp_path / "inv.h5"
     meta = provenance("inv", {}, [{"path": str(real), "fingerprint": fingerprint}])
-    with StoreWriter(samples, classes=["scene"], image_shape=(H, W), meta=meta, columns={"source_index": "int"}, total=3) as w:
+    with StoreWriter(
+        samples, classes=["scene"], image_shape=(H, W), meta=meta, columns={"source_index": "int"}, total=3
+    ) as w:
         w.append(np.stack([scenes[1], warped(scenes[0], 3.0)[0], scenes[0]]), [0, 0, 0], source_index=[1, 0, 0])
     out = tmp_path / "out"
     result = run("vanish", "--data", samples, "--sources", real, "--out", out)
@@ -193,8 +216,11 @@ def test_line_classifier_tells_noise_from_real_but_not_real_from_real(tmp_path, 
         images, labels, classes = s.images(), s.labels, s.classes
     rng = np.random.default_rng(0)
     stores = {}
-    for name, kind, pixels in [("real-a", "real", images[0::2]), ("real-b", "sd", images[1::2]),
-                               ("noise", "sd", rng.integers(0, 256, images[0::2].shape, dtype=np.uint8))]:
+    for name, kind, pixels in [
+        ("real-a", "real", images[0::2]),
+        ("real-b", "sd", images[1::2]),
+        ("noise", "sd", rng.integers(0, 256, images[0::2].shape, dtype=np.uint8)),
+    ]:
         stores[name] = tmp_path / f"{name}.h5"
         with StoreWriter(stores[name], classes=classes, image_shape=(32, 32), meta=provenance(kind, {}), total=60) as w:
             w.append(pixels, labels[0::2])

@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+from test_vanish import warped
 
 from conftest import SHARED, run
-from test_vanish import warped
 
 YUD = SHARED / "data" / "yud-train"
 SIZE = 128
@@ -26,7 +26,9 @@ def yud():
 def scenes(yud, tmp_path_factory):
     """All 51 York Urban photos as one 'urban scene' class at 128 px, through the CLI."""
     out = tmp_path_factory.mktemp("yud") / "scenes.h5"
-    result = run("data", "folder", "--source", yud / "images", "--class-name", "urban scene", "--size", SIZE, "--out", out)
+    result = run(
+        "data", "folder", "--source", yud / "images", "--class-name", "urban scene", "--size", SIZE, "--out", out
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -64,7 +66,9 @@ def test_horizon_only_ground_truth_from_york_urban_scores_like_the_full_file(yud
     assert full.exit_code == 0, full.output
     reference = json.loads((tmp_path / "full" / "gt_scores.json").read_text())
     assert reference["calibrated"]["images"] == 6
-    assert scores["uncalibrated"]["horizon_auc_0.25"] == pytest.approx(reference["uncalibrated"]["horizon_auc_0.25"], abs=1e-6)
+    assert scores["uncalibrated"]["horizon_auc_0.25"] == pytest.approx(
+        reference["uncalibrated"]["horizon_auc_0.25"], abs=1e-6
+    )
     assert scores["uncalibrated"]["horizon_auc_0.25"] > 80  # the detector finds York Urban's horizons
 
 
@@ -91,9 +95,14 @@ def test_york_urban_scene_against_itself_and_under_known_warps(scenes):
         turn = camera_matrix(ref.focal, ((SIZE - 1) / 2, (SIZE - 1) / 2))
         turn = turn @ pitch @ np.linalg.inv(turn)
         rotated, M = warped(scene, 3.0)
-        for name, sample, Hm in (("rotation", rotated, np.vstack([M, [0, 0, 1]])),
-                                 ("pitch", cv2.warpPerspective(scene, turn, (SIZE, SIZE), flags=cv2.INTER_CUBIC,
-                                                               borderMode=cv2.BORDER_REFLECT), turn)):
+        for name, sample, Hm in (
+            ("rotation", rotated, np.vstack([M, [0, 0, 1]])),
+            (
+                "pitch",
+                cv2.warpPerspective(scene, turn, (SIZE, SIZE), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT),
+                turn,
+            ),
+        ):
             ends = [Hm @ np.array([x, -(a * x + c) / b, 1.0]) for x in (0, SIZE - 1)]
             implied = horizon_error(np.cross(*ends), truth, SIZE, SIZE)
             e = pair_errors(sample, scene, 2)
@@ -123,14 +132,22 @@ def test_vanish_sources_and_line_classifier_on_york_urban(scenes, tmp_path):
         return np.concatenate(rows, 0)
 
     stores = {}
-    for name, kind, pixels, source in [("real-a", "real", photos[0::2], None), ("real-b", "sd", photos[1::2], None),
-                                       ("tiles", "sd", np.stack([scrambled(p) for p in photos[0::2]]), None),
-                                       ("inv", "inv", np.stack([warped(photos[k], 3.0)[0] for k in range(0, 51, 10)]),
-                                        np.arange(0, 51, 10))]:
+    for name, kind, pixels, source in [
+        ("real-a", "real", photos[0::2], None),
+        ("real-b", "sd", photos[1::2], None),
+        ("tiles", "sd", np.stack([scrambled(p) for p in photos[0::2]]), None),
+        ("inv", "inv", np.stack([warped(photos[k], 3.0)[0] for k in range(0, 51, 10)]), np.arange(0, 51, 10)),
+    ]:
         stores[name] = tmp_path / f"{name}.h5"
         sources = [{"path": str(scenes), "fingerprint": fingerprint}] if source is not None else []
-        with StoreWriter(stores[name], classes=["urban scene"], image_shape=(SIZE, SIZE), meta=provenance(kind, {}, sources),
-                         columns={"source_index": "int"} if source is not None else None, total=len(pixels)) as w:
+        with StoreWriter(
+            stores[name],
+            classes=["urban scene"],
+            image_shape=(SIZE, SIZE),
+            meta=provenance(kind, {}, sources),
+            columns={"source_index": "int"} if source is not None else None,
+            total=len(pixels),
+        ) as w:
             w.append(pixels, np.zeros(len(pixels), int), **({"source_index": source} if source is not None else {}))
     out = tmp_path / "out"
     result = run("vanish", *(x for k in ("real-a", "real-b", "tiles") for x in ("--data", stores[k])), "--out", out)

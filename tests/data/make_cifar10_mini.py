@@ -20,9 +20,12 @@ DEFAULT_SOURCE = HERE.parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def cut(source: Path, out: Path) -> Path:
-    with tarfile.open(source, "r:gz") as src, open(out, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as dst:
+    with (
+        tarfile.open(source, "r:gz") as src,
+        open(out, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as dst,
+    ):
         for member in src:
             parts = member.name.split("/")
             if member.isfile() and len(parts) == 4 and int(parts[3].split(".")[0]) < KEEP[parts[1]]:

@@ -12,7 +12,7 @@ from synthkit.filtering import select
 from synthkit.meta import provenance
 from synthkit.store import Store, StoreWriter
 
-from conftest import run
+from conftest import run, usage_error
 
 
 def degraded(src: Path, out: Path, fn) -> Path:
@@ -107,13 +107,26 @@ def test_outputs_per_class_and_the_figure(scored):
 def test_bad_inputs_are_one_line(tmp_path, real_store, tiny_classifier):
     for args, message in [
         (("--data", real_store, "--classifier", real_store), "not a synthkit safetensors file"),
-        (("--data", real_store, "--classifier", tiny_classifier, "--metric", "beauty"), "--metric"),
         (("--data", real_store, "--classifier", tiny_classifier, "--inception", tmp_path / "no.pth"), "--inception"),
     ]:
         result = run("fidelity", "--real", real_store, *args, "--out", tmp_path / "out")
         assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
             result.output
         )
+    bad = run(
+        "fidelity",
+        "--real",
+        real_store,
+        "--data",
+        real_store,
+        "--classifier",
+        tiny_classifier,
+        "--metric",
+        "beauty",
+        "--out",
+        tmp_path / "out",
+    )
+    usage_error(bad, "--metric", "'frechet'", "'coverage'")
     assert not (tmp_path / "out").exists()
 
 
@@ -175,13 +188,16 @@ def test_filter_bad_inputs(tmp_path, test_store, tiny_classifier):
     for args, message in [
         (("--keep", 0), "--keep must be in (0, 1]"),
         (("--keep", 1.5), "--keep must be in (0, 1]"),
-        (("--by", "taste"), "--by must be one of"),
         (("--by", "cam"), "--by cam needs --real"),
     ]:
         result = run("filter", "--data", test_store, "--classifier", tiny_classifier, *args, "--out", tmp_path / "k.h5")
         assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
             result.output
         )
+    bad = run(
+        "filter", "--data", test_store, "--classifier", tiny_classifier, "--by", "taste", "--out", tmp_path / "k.h5"
+    )
+    usage_error(bad, "--by", "'confidence'", "'margin'", "'cam'", "'geometry'")
     assert not list(tmp_path.iterdir())
 
 

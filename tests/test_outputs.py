@@ -387,7 +387,7 @@ ODD = {
     ),
     "nan focal": (lambda c: ["vanish", "--data", c["store"], "--focal", "nan", "--out", "v"], "--focal must be"),
     "report without models": (
-        lambda c: ["report", "--results", "r", "--models", "no-models", "--data", c["data"]],
+        lambda c: ["report", "--results", c["data"].parent / "gt", "--models", "no-models", "--data", c["data"]],
         "is not a folder",
     ),
     "overwrite a folder that is no model": (

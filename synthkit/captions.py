@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import DEFAULT_CAPTIONER
+from .config import CAPTION, SEED
 from .device import job_device
 from .diffusion import quiet_libraries
 from .errors import UserError
@@ -74,8 +75,8 @@ def caption_store(
     data: Path,
     out: Path,
     model: str = DEFAULT_CAPTIONER,
-    batch_size: int = 32,
-    seed: int = 0,
+    batch_size: int = CAPTION.batch_size,
+    seed: int = SEED,
     device: str | None = None,
     overwrite: bool = False,
     resume: bool = False,

@@ -37,12 +37,14 @@ from .config import (
     MIXES,
     PRECISIONS,
     PROMPT,
+    REAL_STORE,
     RECIPES,
     SAMPLING,
     SCHEDULERS,
     SEED,
     SHOW,
     SPLITS,
+    TEST_STORE,
     UNCONDS,
     VANISH,
     DIConfig,
@@ -337,7 +339,7 @@ def subset(
 @app.command()
 @user_errors
 def caption(
-    data: str = typer.Option("real", help="Store to caption (name or path)."),
+    data: str = typer.Option(REAL_STORE, help="Store to caption (name or path)."),
     out: Path = typer.Option(
         ..., help="Store to write: the same images with a caption column, e.g. data/real-captions.h5."
     ),
@@ -509,7 +511,7 @@ def shard_of(shard: str, device: str) -> tuple[str, str]:
 @user_errors
 def evaluate(
     model: list[Path] = typer.Option(..., help="Classifier(s) to score (repeat --model)."),
-    test: str = typer.Option("test", help="The real test store (name or path)."),
+    test: str = typer.Option(TEST_STORE, help="The real test store (name or path)."),
     results: Path = typer.Option(Path("results"), help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
     batch_size: int = typer.Option(EVAL.batch_size, min=1, help="Images per forward pass."),
     device: Device = AUTO,
@@ -614,7 +616,7 @@ def model_random(
 @user_errors
 def invert(
     class_: str = typer.Option(..., "--class", help="Class name, comma-separated names, or all."),
-    data: str = typer.Option("real", help="Real store to invert (name or path)."),
+    data: str = typer.Option(REAL_STORE, help="Real store to invert (name or path)."),
     out: Path = typer.Option(
         ...,
         help="Embeddings file to write, e.g. models/inv/airplane.safetensors (and its preview, "
@@ -837,7 +839,7 @@ def sample(
 @user_errors
 def gradcam(
     model: list[Path] = typer.Option(..., help="Classifier(s) to explain (repeat --model)."),
-    data: str = typer.Option("test", help="Store of real images to explain them on (name or path)."),
+    data: str = typer.Option(TEST_STORE, help="Store of real images to explain them on (name or path)."),
     out: Path = typer.Option(
         Path("results/gradcam"), help="Folder for gradcam_grid.png, per_image.csv and summary.json."
     ),
@@ -984,7 +986,7 @@ def vanish_score(
 @app.command()
 @user_errors
 def fidelity(
-    real: str = typer.Option("real", help="The real store every store is compared with (name or path)."),
+    real: str = typer.Option(REAL_STORE, help="The real store every store is compared with (name or path)."),
     data: list[str] = typer.Option(..., help="Store(s) to judge (repeat --data)."),
     classifier: Path = typer.Option(
         ..., help="A classifier trained on real data: its penultimate features, and its labels for agreement."

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .errors import UserError
 
 SEED = 0  # every command's seed unless --seed says otherwise
+REAL_STORE, TEST_STORE = "real", "test"  # the store names (data/<name>.h5) commands read unless told otherwise
 
 # ---- the choices of every option that has a few, beside the defaults (the CLI offers exactly these)
 UNCONDS = ("mixed", "group", "empty")
@@ -40,6 +41,8 @@ class DataConfig:
 
     download_root: str = "data/downloads"
     split: str = "train"
+    batch_size: int = 2000  # images decoded and written at a time
+    folder_batch_size: int = 256  # image-folder files decoded at a time
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ class GradcamConfig:
     target: str = "true"
     seed: int = 0
     batch_size: int = 64
+    figure_rows: int = 8  # images in the figure, picked across classes
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,8 @@ class VanishConfig:
     upsample: int | None = None
     focal: float | None = None
     seed: int = 0
+    overlays: int = 6  # images drawn with their detections per store
+    pairs_shown: int = 4  # source and sample pairs drawn per store
 
 
 @dataclass(frozen=True)

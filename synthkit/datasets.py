@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CIFAR10_CLASSES
-from .config import SPLITS, check_choice
+from .config import DATA, SEED, SPLITS, check_choice
 from .errors import UserError
 from .jobs import check_fits, check_output, check_outside
 from .locks import locked_output
@@ -45,12 +45,12 @@ def import_cifar10(
     out: str | Path,
     *,
     source: str | Path | None = None,
-    split: str = "train",
+    split: str = DATA.split,
     per_class: int | None = None,
-    seed: int = 0,
+    seed: int = SEED,
     download: bool = False,
-    download_root: str | Path = "data/downloads",
-    batch_size: int = 2000,
+    download_root: str | Path = DATA.download_root,
+    batch_size: int = DATA.batch_size,
     memory_limit: str | None = None,
     overwrite: bool = False,
     resume: bool = False,
@@ -87,7 +87,7 @@ def write_source(
     split: str,
     per_class: int | None,
     seed: int,
-    batch_size: int = 2000,
+    batch_size: int = DATA.batch_size,
     overwrite: bool = False,
     resume: bool = False,
     inputs: Sequence[str | Path | None] = (),
@@ -143,8 +143,8 @@ def import_folder(
     split: str | None = None,
     class_name: str | None = None,
     per_class: int | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
+    seed: int = SEED,
+    batch_size: int = DATA.folder_batch_size,
     memory_limit: str | None = None,
     overwrite: bool = False,
     resume: bool = False,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import SEED
+
 ANGLE_DEG = 1.5
 RANSAC_ITERS = 1500
 FOCAL_GRID = np.geomspace(0.45, 2.5, 9)
@@ -147,7 +149,7 @@ def estimate_vps(
     principal_point: tuple[float, float],
     angle_deg: float = ANGLE_DEG,
     iters: int = RANSAC_ITERS,
-    seed: int = 0,
+    seed: int = SEED,
     refit_rounds: int = 3,
 ) -> tuple[VPResult, float]:
     """Manhattan VPs for a known focal length: joint-triplet RANSAC, then per-VP least-squares refits.
@@ -182,7 +184,7 @@ def estimate_vps_uncalibrated(
     height: int,
     angle_deg: float = ANGLE_DEG,
     iters: int = RANSAC_ITERS,
-    seed: int = 0,
+    seed: int = SEED,
 ) -> VPResult:
     """No K: principal point at the image centre; the focal length is the one (on a grid of
     0.45-2.5 x the larger side, then a finer grid around the best) whose best Manhattan triplet has the most support."""

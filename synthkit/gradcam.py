@@ -70,7 +70,7 @@ def explain(
     seed: int = GRADCAM.seed,
     batch_size: int = GRADCAM.batch_size,
     device: str | None = None,
-    figure_rows: int = 8,
+    figure_rows: int = GRADCAM.figure_rows,
 ) -> dict[str, Any]:
     """Grad-CAM of every model on the same n real images; writes the grid, per-image CSV and summary JSON."""
     from pytorch_grad_cam import GradCAM

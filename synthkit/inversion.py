@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .config import InversionConfig
+from .config import INVERT_JOB, InversionConfig
 from .device import image_bytes, inversion_dtype, job_device, memory_budget
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
@@ -214,8 +214,8 @@ def invert(
     config: InversionConfig,
     device: str | None = None,
     shard: str = "",
-    checkpoint_every: int = 200,
-    preview_every: int = 500,
+    checkpoint_every: int = INVERT_JOB.checkpoint_every,
+    preview_every: int = INVERT_JOB.preview_every,
     overwrite: bool = False,
     resume: bool = False,
 ) -> dict[str, Any]:

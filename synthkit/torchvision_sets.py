@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import SPLITS, check_choice
+from .config import DATA, SEED, SPLITS, check_choice
 from .datasets import Members, Source, _BatchUnpickler, _describe, fetch_torchvision_archive, write_source
 from .errors import UserError
 from .locks import locked_output
@@ -91,7 +91,7 @@ def import_dataset(
     out: str | Path,
     *,
     download: bool = False,
-    download_root: str | Path = "data/downloads",
+    download_root: str | Path = DATA.download_root,
     **options: Any,
 ) -> Path:
     """`synthkit data cifar10|cifar100|stl10`: one of the data sets torchvision downloads, from `source` or fetched
@@ -110,9 +110,9 @@ def import_torchvision_set(
     out: str | Path,
     *,
     source: str | Path | None = None,
-    split: str = "train",
+    split: str = DATA.split,
     per_class: int | None = None,
-    seed: int = 0,
+    seed: int = SEED,
     download_root: str | Path | None = None,
     memory_limit: str | None = None,
     overwrite: bool = False,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .config import AUGMENTS, INITS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig, check_choice
+from .config import AUGMENTS, INITS, MIXES, OPTIMIZERS, SCHEDULES, SEED, TrainConfig, check_choice
 from .device import autocast, device_memory, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
 from .evaluation import TestImages
@@ -91,7 +91,7 @@ def load_stores(
     paths: Sequence[Path],
     device: torch.device,
     per_class: int | None = None,
-    seed: int = 0,
+    seed: int = SEED,
     classes: Sequence[str] | None = None,
     image_size: int | None = None,
     memory_limit: int | None = None,

@@ -57,7 +57,7 @@ def analyse_image(
     upsample: int,
     focal: float | None = None,
     principal_point: tuple[float, float] | None = None,
-    seed: int = 0,
+    seed: int = VANISH.seed,
 ) -> VPResult:
     """Segments and VPs of one image: calibrated when a focal length is given, else uncalibrated."""
     h, w = image.shape[:2]
@@ -138,7 +138,7 @@ def analyse_stores(
     upsample: int | None = VANISH.upsample,
     focal: float | None = VANISH.focal,
     seed: int = VANISH.seed,
-    overlays: int = 6,
+    overlays: int = VANISH.overlays,
 ) -> dict[str, Any]:
     """Measures for up to n images of each store: per-image CSV, predictions, summary, histograms, overlays."""
     if not paths:
@@ -281,7 +281,7 @@ def source_geometry(
     n: int | None = VANISH.n,
     upsample: int | None = VANISH.upsample,
     seed: int = VANISH.seed,
-    shown: int = 4,
+    shown: int = VANISH.pairs_shown,
 ) -> dict[str, Any]:
     """pair_errors for up to n samples of a store whose rows name their source (the column source_index) in `sources`;
     writes pairs_<store>.csv and pairs_<store>.png (sources beside samples, both horizons drawn)."""

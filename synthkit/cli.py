@@ -402,6 +402,9 @@ def train(
     lr: float | None = typer.Option(None, help="Peak learning rate."),
     weight_decay: float | None = typer.Option(None, min=0, help="Weight decay."),
     warmup_steps: int | None = typer.Option(None, min=0, help="Linear warm-up steps (schedule warmup-cosine)."),
+    step_every: int | None = typer.Option(
+        None, min=1, help="Steps between the learning rate's drops (schedule step, the study's recipe)."
+    ),
     evals: int | None = typer.Option(
         None, min=0, help="Times to score the --test store during training (evenly spaced, the last at the end)."
     ),
@@ -453,6 +456,7 @@ def train(
         lr=lr,
         weight_decay=weight_decay,
         warmup_steps=warmup_steps,
+        step_every=step_every,
         evals=evals,
         augment=augment,
         per_class=per_class,

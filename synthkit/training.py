@@ -269,13 +269,12 @@ def rotate_jitter(
     jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
 ) -> torch.Tensor:
     """The original study's augmentation of a float batch: horizontal flip, a rotation within +-`degrees` (nearest
-    pixel, black corners, as torchvision's RandomRotation) and colour jitter (brightness, contrast, saturation
-    factors in 1 +- 0.2 and a hue shift within +-0.1, as ColorJitter(0.2, 0.2, 0.2, 0.1), in that order)."""
-    from torchvision.transforms.v2 import functional as TF
-
+    pixel, black corners, as torchvision's RandomRotation) and ColorJitter(*jitter): brightness, contrast and
+    saturation factors in 1 +- jitter, a hue shift within +-jitter[3], in an order drawn per image (colour_jitter)."""
     b, _, h, w = images.shape
     dev = images.device
     u = torch.rand(b, 6, generator=generator, device=dev)
+    order = torch.rand(b, 4, generator=generator, device=dev).argsort(dim=1)
     flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0)
     angle = torch.deg2rad((2 * u[:, 1] - 1) * degrees)
     theta = torch.zeros(b, 2, 3, device=dev)
@@ -288,22 +287,51 @@ def rotate_jitter(
         padding_mode="zeros",
         align_corners=False,
     )
-    brightness, contrast, saturation = (1 + (2 * u[:, 2 + k] - 1) * jitter[k] for k in range(3))
-    x = (x * brightness[:, None, None, None]).clamp(0, 1)
-    gray = TF.rgb_to_grayscale(x)
-    x = (
-        gray.mean((1, 2, 3), keepdim=True) + (x - gray.mean((1, 2, 3), keepdim=True)) * contrast[:, None, None, None]
-    ).clamp(0, 1)
-    gray = TF.rgb_to_grayscale(x)
-    x = (gray + (x - gray) * saturation[:, None, None, None]).clamp(0, 1)
-    hue = ((2 * u[:, 5] - 1) * jitter[3]).tolist()
-    return torch.stack([TF.adjust_hue(image, shift) for image, shift in zip(x, hue)])
+    factors = torch.stack(
+        [1 + (2 * u[:, 2 + k] - 1) * jitter[k] for k in range(3)] + [(2 * u[:, 5] - 1) * jitter[3]], 1
+    )
+    return colour_jitter(x, factors, order, active=tuple(j > 0 for j in jitter))
+
+
+def colour_jitter(
+    x: torch.Tensor,
+    factors: torch.Tensor,
+    order: torch.Tensor,
+    active: tuple[bool, bool, bool, bool] = (True, True, True, True),
+) -> torch.Tensor:
+    """torchvision's ColorJitter on a float batch (B, 3, H, W) in [0, 1], each image with its own draws: factors (B, 4)
+    of brightness, contrast, saturation and hue, applied in the image's order (B, 4), a permutation of 0..3 as
+    ColorJitter draws one per call; an adjustment whose range is 0 is skipped, as there."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x = x.clone()
+    for slot in range(4):
+        for op in range(4):
+            rows = (order[:, slot] == op).nonzero().flatten()
+            if not active[op] or rows.numel() == 0:
+                continue
+            part, f = x[rows], factors[rows, op]
+            if op == 3:
+                x[rows] = torch.stack([TF.adjust_hue(image, shift) for image, shift in zip(part, f.tolist())])
+                continue
+            toward = (
+                torch.zeros_like(part)
+                if op == 0
+                else TF.rgb_to_grayscale(part).mean((1, 2, 3), keepdim=True)
+                if op == 1
+                else TF.rgb_to_grayscale(part)
+            )
+            x[rows] = (toward + (part - toward) * f[:, None, None, None]).clamp(0, 1)
+    return x
 
 
 def training_batch(images: torch.Tensor, generator: torch.Generator, how: str = "crop-flip") -> torch.Tensor:
     """A uint8 batch augmented by `how`, in [0, 1]: crop-flip (a random crop with size // 8 padding and a flip, the
     official RandomCrop(res, padding=res // 8)), resized-crop-flip (random-resized-crop and flip) or
-    flip-rotate-jitter (the original study's)."""
+    flip-rotate-jitter (the original study's), or none (what the study's script trained with in effect: it replaces
+    its datasets' transform by the test one before training)."""
+    if how == "none":
+        return images.float().div_(255)
     if how == "crop-flip":
         return augment(images, generator, pad=max(1, images.shape[-1] // 8)).float().div_(255)
     if how == "resized-crop-flip":

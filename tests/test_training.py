@@ -14,7 +14,16 @@ from synthkit.model import load_classifier
 from synthkit.outputs import train_log_path as log_path
 from synthkit.outputs import train_state_path as state_path
 from synthkit.store import Store, StoreWriter
-from synthkit.training import TrainConfig, augment, load_stores, rotate_jitter, step_rows, train, training_batch
+from synthkit.training import (
+    TrainConfig,
+    augment,
+    colour_jitter,
+    load_stores,
+    rotate_jitter,
+    step_rows,
+    train,
+    training_batch,
+)
 
 from conftest import copy_store_as, run, usage_error
 
@@ -95,12 +104,14 @@ def test_recipes_resolve_and_every_option_overrides_its_value(tmp_path, real_sto
         0.05,
         "--batch-size",
         10,
+        "--step-every",
+        2,
         "--device",
         "cpu",
     )
     assert result.exit_code == 0, result.output
     meta = read_meta(out)
-    resolved = asdict(TrainConfig.from_recipe("quick", steps=3, lr=0.05, batch_size=10))
+    resolved = asdict(TrainConfig.from_recipe("quick", steps=3, lr=0.05, batch_size=10, step_every=2))
     assert meta["recipe"] == "quick" and meta["params"] == resolved  # the recipe's name and every resolved value
     assert "recipe quick, 3 steps of 10 from all stores" in result.output
     bad = run("train", "--data", real_store, "--out", out, "--recipe", "fast", "--overwrite")
@@ -309,6 +320,31 @@ def test_the_studys_augmentation_rotates_and_jitters_within_its_ranges():
     )
     turned = rotate_jitter(torch.ones(8, 3, 32, 32), torch.Generator().manual_seed(1), jitter=(0.0, 0.0, 0.0, 0.0))
     assert (turned == 0).any()  # black corners from the rotation
+
+
+def test_colour_jitter_is_torchvisions_adjustments_in_each_images_own_order():
+    from torchvision.transforms.v2 import functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 3, 8, 8, generator=g)
+    factors = torch.cat([0.8 + 0.4 * torch.rand(12, 3, generator=g), 0.2 * torch.rand(12, 1, generator=g) - 0.1], 1)
+    order = torch.stack([torch.randperm(4, generator=g) for _ in range(12)])
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+
+    def by_hand(orders: torch.Tensor) -> torch.Tensor:
+        out = []
+        for image, f, o in zip(x, factors, orders):
+            for op in o.tolist():
+                image = adjust[op](image, f[op].item())
+            out.append(image)
+        return torch.stack(out)
+
+    jittered = colour_jitter(x, factors, order)
+    assert torch.allclose(jittered, by_hand(order), atol=1e-5)
+    fixed = torch.arange(4).expand(12, 4)
+    assert not torch.allclose(jittered, by_hand(fixed), atol=1e-3)  # the order matters, so it was followed
+    plain = training_batch((x * 255).to(torch.uint8), g, "none")
+    assert torch.equal(plain, (x * 255).to(torch.uint8).float() / 255)
 
 
 def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_store, monkeypatch):

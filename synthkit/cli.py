@@ -51,6 +51,7 @@ from .config import (
     InversionConfig,
 )
 from .errors import UserError
+from .paths import DATA_DIR, MODELS_DIR, RESULTS_DIR
 
 # Options many commands share, declared once.
 AUTO = "auto"
@@ -516,7 +517,7 @@ def shard_of(shard: str, device: str) -> tuple[str, str]:
 def evaluate(
     model: list[Path] = typer.Option(..., help="Classifier(s) to score (repeat --model)."),
     test: str = typer.Option(TEST_STORE, help="The real test store (name or path)."),
-    results: Path = typer.Option(Path("results"), help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
+    results: Path = typer.Option(RESULTS_DIR, help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
     batch_size: int = typer.Option(EVAL.batch_size, min=1, help="Images per forward pass."),
     device: Device = AUTO,
     memory_limit: str | None = typer.Option(
@@ -560,13 +561,13 @@ model_app = typer.Typer(help="Stable Diffusion checkpoints for testing and smoke
 app.add_typer(model_app, name="model")
 
 
-def _tiny_command(name: str, folder: str, what: str, note: str, build: str) -> None:
+def _tiny_command(name: str, folder: Path, what: str, note: str, build: str) -> None:
     """`synthkit model tiny|tiny-blip`: one command shape for the small random-weight models built offline."""
 
     @model_app.command(name, help=f"Build a small random-weight {what} offline (for tests, demos and smoke tests).")
     @user_errors
     def command(
-        out: Path = typer.Option(Path(folder), help=f"Folder to write the {what} to."),
+        out: Path = typer.Option(folder, help=f"Folder to write the {what} to."),
         seed: Annotated[int, seed_option("Seed of the random weights.")] = SEED,
         overwrite: Overwrite = False,
     ) -> None:
@@ -579,13 +580,17 @@ def _tiny_command(name: str, folder: str, what: str, note: str, build: str) -> N
 
 _tiny_command(
     "tiny",
-    "models/tiny-sd",
+    MODELS_DIR / "tiny-sd",
     "Stable Diffusion pipeline",
     "it makes noise, not pictures",
     ".diffusion.build_tiny_pipeline",
 )
 _tiny_command(
-    "tiny-blip", "models/tiny-blip", "BLIP captioner", "its captions are random words", ".captions.build_tiny_captioner"
+    "tiny-blip",
+    MODELS_DIR / "tiny-blip",
+    "BLIP captioner",
+    "its captions are random words",
+    ".captions.build_tiny_captioner",
 )
 
 
@@ -883,7 +888,7 @@ def gradcam(
 @user_errors
 def vanish(
     data: list[str] = typer.Option(..., help="Store(s) to analyse (repeat --data)."),
-    out: Path = typer.Option(Path("results/vanish"), help="Folder for the CSV, summary, predictions and figures."),
+    out: Path = typer.Option(RESULTS_DIR / "vanish", help="Folder for the CSV, summary, predictions and figures."),
     n: int = typer.Option(VANISH.n, min=1, help="Images per store (a seeded random pick)."),
     upsample: int | None = typer.Option(
         VANISH.upsample, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."
@@ -961,7 +966,7 @@ def vanish_score(
         help="A folder like York Urban's: images/ and gt.json; entries with only a horizon (no camera, no VPs) are "
         "scored uncalibrated.",
     ),
-    out: Path = typer.Option(Path("results/vanish-gt"), help="Folder for predictions.json and gt_scores.json."),
+    out: Path = typer.Option(RESULTS_DIR / "vanish-gt", help="Folder for predictions.json and gt_scores.json."),
     limit: int | None = typer.Option(None, min=1, help="Score only the first N images."),
     seed: Annotated[int, seed_option("Seed of RANSAC.")] = VANISH.seed,
 ) -> None:
@@ -1075,9 +1080,9 @@ def filter_command(
 @app.command()
 @user_errors
 def report(
-    results: Path = typer.Option(Path("results"), help="Results folder (accuracy.csv, gradcam/, vanish/, grids/)."),
-    models: Path = typer.Option(Path("models"), help="Models folder."),
-    data: Path = typer.Option(Path("data"), help="Stores folder."),
+    results: Path = typer.Option(RESULTS_DIR, help="Results folder (accuracy.csv, gradcam/, vanish/, grids/)."),
+    models: Path = typer.Option(MODELS_DIR, help="Models folder."),
+    data: Path = typer.Option(DATA_DIR, help="Stores folder."),
 ) -> None:
     """Write results/README.md: the accuracy table beside the original study's, provenance, samples, CAMs, geometry."""
     from .report import write_report

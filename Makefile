@@ -362,10 +362,14 @@ results/README.md: $(if $(wildcard $(SCENES)),results/geometry/summary.json) res
 reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, filter, train, evaluate, analysis, geometry (when SCENES exists), report
 
 # ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
-# Its work is fixed, not its time: each classifier trains 25 steps of 32 images (5,600 images for the seven),
-# every class is inverted in one job, and the detector is not scored on York Urban (YUD=). The scene study runs on
-# 12 York Urban photos at 64 px when ../shared has them (SCENES). bench/README.md gives each stage's work and seconds.
-DEMO_VARS := MODEL=models/tiny-sd SD_MODEL=models/tiny-sd CAPTION_MODEL=models/tiny-blip PER_CLASS=20 TEST_PER_CLASS=10 PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
+# Its work is fixed, not its time: each classifier trains 8 steps of 16 images (7 rows x 2 seeds), every class is
+# inverted in one job, and the detector is not scored on York Urban (YUD=). The scene study runs on 12 York Urban
+# photos at 64 px when ../shared has them (SCENES). bench/README.md gives each stage's work and seconds.
+# Its images: 20 train and 10 test per class from CIFAR; without it (a clone without ../shared), the committed sample
+# of 12 and 6 per class (tests/data), so that the demo runs offline anywhere.
+DEMO_DATA := $(if $(wildcard $(CIFAR)),CIFAR=$(CIFAR) PER_CLASS=20 TEST_PER_CLASS=10,\
+  CIFAR=tests/data/cifar10-mini.tar.gz PER_CLASS=12 TEST_PER_CLASS=6)
+DEMO_VARS := MODEL=models/tiny-sd SD_MODEL=models/tiny-sd CAPTION_MODEL=models/tiny-blip $(DEMO_DATA) PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
   SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
   RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= SCENES=$(YUD) \
   GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \

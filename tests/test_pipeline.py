@@ -176,6 +176,30 @@ def test_makefile_shows_the_plan(tmp_path):
         assert var + "=" in help_text
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_the_demo_takes_the_committed_sample_where_there_is_no_cifar_archive(tmp_path):
+    """A clone without ../shared runs the demo offline on tests/data's 12 train and 6 test images per class; with the
+    archive, 20 and 10 per class from it."""
+
+    def plan(cifar: Path) -> str:
+        out = subprocess.run(
+            ["make", "-n", "-C", str(ROOT), "demo", f"CIFAR={cifar}", f"STAMPS={tmp_path}/st", f"VENV={tmp_path}/v"],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    absent = plan(tmp_path / "absent.tar.gz")
+    assert "data cifar10 --source tests/data/cifar10-mini.tar.gz --split train --per-class 12 " in absent
+    assert "data cifar10 --source tests/data/cifar10-mini.tar.gz --split test --per-class 6 " in absent
+    archive = tmp_path / "cifar.tar.gz"
+    archive.write_bytes(b"")
+    present = plan(archive)
+    assert f"data cifar10 --source {archive} --split train --per-class 20 " in present
+    assert f"data cifar10 --source {archive} --split test --per-class 10 " in present
+
+
 def test_makefile_runs_the_study_on_your_own_stores(tmp_path):
     """make reproduce REAL=... TEST=...: the stores are taken whole (or PER_CLASS of each class), classes and prompts
     come from them, and inversion runs as one job over whatever classes they hold."""

@@ -30,6 +30,7 @@ from synthkit.diffusion import (
     build_tiny_pipeline,
     decode,
     denoise,
+    diffusion_from_pipeline,
     encode_images,
     load_diffusion,
     make_scheduler,
@@ -45,21 +46,7 @@ GROUP, BATCH = 100, 50  # the official CIFAR-10 setting
 
 def sd15(device: torch.device, dtype: torch.dtype) -> Diffusion:
     """Stable Diffusion 1.5's shapes with random weights, on the device."""
-    pipe = random_pipeline("sd15", dtype=dtype)
-    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
-        part.requires_grad_(False).to(device).eval()
-    pipe.unet.to(memory_format=torch.channels_last)
-    return Diffusion(
-        pipe.unet,
-        pipe.vae,
-        pipe.text_encoder,
-        pipe.tokenizer,
-        dict(pipe.scheduler.config),
-        type(pipe.scheduler).__name__,
-        device,
-        dtype,
-        "sd15-shaped",
-    )
+    return diffusion_from_pipeline(random_pipeline("sd15", dtype=dtype), device, dtype, "sd15-shaped")
 
 
 def sync(device: torch.device) -> None:

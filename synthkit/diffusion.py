@@ -94,6 +94,11 @@ def load_diffusion(model: str, device: torch.device, dtype: torch.dtype) -> Diff
             "and it could not be downloaded (offline?). Pass --model PATH to a diffusers folder, "
             "or make a test model with: synthkit model tiny --out models/tiny-sd"
         ) from None
+    return diffusion_from_pipeline(pipe, device, dtype, model)
+
+
+def diffusion_from_pipeline(pipe: Any, device: torch.device, dtype: torch.dtype, name: str) -> Diffusion:
+    """The frozen parts of a loaded or built StableDiffusionPipeline, on the device, the UNet channels-last."""
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
         part.to(device)
@@ -108,7 +113,7 @@ def load_diffusion(model: str, device: torch.device, dtype: torch.dtype) -> Diff
         type(pipe.scheduler).__name__,
         device,
         dtype,
-        model,
+        name,
     )
 
 

@@ -35,6 +35,11 @@ def quick(**overrides) -> TrainConfig:
     return TrainConfig.from_recipe("quick", **({"warmup_steps": 1} | overrides))
 
 
+def train_cli(data, out, *options):
+    """`synthkit train` on the CPU under the quick recipe, with `options` (flag, value, ...) on top."""
+    return run("train", "--data", data, "--out", out, "--recipe", "quick", "--device", "cpu", *options)
+
+
 def test_a_few_steps_lower_the_loss(tmp_path, real_store, monkeypatch):
     import synthkit.training as training
 
@@ -90,25 +95,7 @@ def test_recipes_resolve_and_every_option_overrides_its_value(tmp_path, real_sto
     with pytest.raises(UserError, match="unknown recipe 'nope'"):
         TrainConfig.from_recipe("nope")
     out = tmp_path / "m.safetensors"
-    result = run(
-        "train",
-        "--data",
-        real_store,
-        "--out",
-        out,
-        "--recipe",
-        "quick",
-        "--steps",
-        3,
-        "--lr",
-        0.05,
-        "--batch-size",
-        10,
-        "--step-every",
-        2,
-        "--device",
-        "cpu",
-    )
+    result = train_cli(real_store, out, "--steps", 3, "--lr", 0.05, "--batch-size", 10, "--step-every", 2)
     assert result.exit_code == 0, result.output
     meta = read_meta(out)
     resolved = asdict(TrainConfig.from_recipe("quick", steps=3, lr=0.05, batch_size=10, step_every=2))
@@ -211,26 +198,8 @@ def test_mixed_rows_take_real_and_synthetic_images_every_step(tmp_path, real_sto
 
 def test_evaluations_during_training_are_logged_and_the_last_is_the_final_accuracy(tmp_path, real_store, test_store):
     out = tmp_path / "m.safetensors"
-    result = run(
-        "train",
-        "--data",
-        real_store,
-        "--out",
-        out,
-        "--recipe",
-        "quick",
-        "--steps",
-        6,
-        "--batch-size",
-        20,
-        "--warmup-steps",
-        1,
-        "--evals",
-        3,
-        "--test",
-        test_store,
-        "--device",
-        "cpu",
+    result = train_cli(
+        real_store, out, "--steps", 6, "--batch-size", 20, "--warmup-steps", 1, "--evals", 3, "--test", test_store
     )
     assert result.exit_code == 0, result.output
     log = [json.loads(line) for line in log_path(out).read_text().splitlines()]
@@ -253,27 +222,7 @@ def test_evaluations_during_training_are_logged_and_the_last_is_the_final_accura
 
 def test_seeds_train_in_one_job_and_are_grouped_into_mean_and_spread(tmp_path, real_store, test_store):
     out = tmp_path / "models" / "resnet18-{data}-s{seed}.safetensors"
-    result = run(
-        "train",
-        "--data",
-        real_store,
-        "--out",
-        out,
-        "--recipe",
-        "quick",
-        "--steps",
-        2,
-        "--batch-size",
-        10,
-        "--seed",
-        0,
-        "--seed",
-        1,
-        "--seed",
-        2,
-        "--device",
-        "cpu",
-    )
+    result = train_cli(real_store, out, "--steps", 2, "--batch-size", 10, "--seed", 0, "--seed", 1, "--seed", 2)
     assert result.exit_code == 0, result.output
     models = [tmp_path / "models" / f"resnet18-real-s{k}.safetensors" for k in range(3)]
     assert all(m.exists() for m in models) and [read_meta(m)["params"]["seed"] for m in models] == [0, 1, 2]
@@ -369,14 +318,9 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_s
         train([real_store], out, config, device="cpu")
     assert not out.exists() and state_path(out).exists()
     monkeypatch.setattr(training, "augment", original)
-    result = run(
-        "train",
-        "--data",
+    result = train_cli(
         real_store,
-        "--out",
         out,
-        "--recipe",
-        "quick",
         "--steps",
         9,
         "--batch-size",
@@ -389,8 +333,6 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_s
         3,
         "--warmup-steps",
         1,
-        "--device",
-        "cpu",
         "--resume",
     )
     assert result.exit_code == 0, result.output
@@ -567,25 +509,7 @@ def test_stores_of_other_sizes_are_resized_and_classes_matched_by_name(tmp_path,
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, real_store):
     out = tmp_path / "m.safetensors"
-    result = run(
-        "train",
-        "--data",
-        real_store,
-        "--out",
-        out,
-        "--recipe",
-        "quick",
-        "--steps",
-        5,
-        "--batch-size",
-        40,
-        "--lr",
-        1e30,
-        "--per-class",
-        4,
-        "--device",
-        "cpu",
-    )
+    result = train_cli(real_store, out, "--steps", 5, "--batch-size", 40, "--lr", 1e30, "--per-class", 4)
     assert result.exit_code == 2, result.output
     assert "loss became" in result.stderr and "lower --lr" in result.stderr
     assert not out.exists()

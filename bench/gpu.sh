@@ -4,7 +4,8 @@
 # own time limit, so that one slow step cannot take the others' time; logs go to OUTDIR/<step>.log.
 # Usage: bench/gpu.sh OUTDIR [STEP...]   (synthkit importable, e.g. `pip install -e .`; CIFAR-10 as for the
 # benchmarks). With STEP names, only those steps run (smoke generation-bf16 generation-fp32 train-speed fleet
-# di-accuracy accuracy any-store).
+# di-accuracy mini-4 mini-8 accuracy any-store). PARALLEL=1 runs the named steps side by side (each still under its
+# limit); DEADLINE=SECONDS cuts every limit to end within that many seconds of the script's start.
 set -uo pipefail
 out=${1:-bench/.cache/gpu}
 shift || true
@@ -16,6 +17,11 @@ step() {  # step NAME SECONDS COMMAND...: run it under a limit, log it, go on wh
     local name=$1 limit=$2
     shift 2
     [[ "$only" == "  " || "$only" == *" $name "* ]] || return 0
+    if [[ -n "${DEADLINE:-}" ]] && ((DEADLINE - SECONDS < limit)); then limit=$((DEADLINE - SECONDS)); fi
+    if [[ "${PARALLEL:-}" == 1 && -z "${IN_STEP:-}" ]]; then
+        IN_STEP=1 step "$name" "$limit" "$@" &
+        return 0
+    fi
     echo "== [$(date +%T)] $name (limit ${limit}s): $*" | tee -a "$out/$name.log"
     local start=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee -a "$out/$name.log"
@@ -43,7 +49,18 @@ di_accuracy() {  # issue 19: the official evaluation's recipe on all 50,000 real
     set -e
     python3 -m synthkit data cifar10 --source "$ARCHIVE" --split train --out "$w/real.h5"
     python3 -m synthkit data cifar10 --source "$ARCHIVE" --split test --out "$w/test.h5"
-    /usr/bin/time -f "train wall %e s" python3 -m synthkit train --data "$w/real.h5" --recipe di --test "$w/test.h5" --out "$w/di.safetensors"
+    local start=$SECONDS
+    python3 -m synthkit train --data "$w/real.h5" --recipe di --test "$w/test.h5" --out "$out/di.safetensors"
+    echo "train wall $((SECONDS - start)) s"
+}
+mini() {  # issue 29: the miniature generator on all 50,000 training images; $1 latent channels, MINI_ARGS the sizes
+    local w
+    w=$(mktemp -d)
+    set -e
+    python3 -m synthkit data cifar10 --source "$ARCHIVE" --split train --out "$w/real.h5"
+    local start=$SECONDS
+    python3 -m synthkit model train --data "$w/real.h5" --out "$out/mini-sd-$1" --latent-channels "$1" $MINI_ARGS
+    echo "model train wall $((SECONDS - start)) s"
 }
 any_store() {  # train at 96 px (ImageNet stem) on CUDA with the set over a small memory limit, so it streams
     local w
@@ -57,14 +74,19 @@ any_store() {  # train at 96 px (ImageNet stem) on CUDA with the set over a smal
 }
 ARCHIVE=$(python3 -c 'import sys; sys.path.insert(0, "bench"); from common import ARCHIVE; print(ARCHIVE)')
 export ARCHIVE
-export -f smoke any_store di_accuracy
+MINI_ARGS=${MINI_ARGS:---vae-steps 6000 --vae-batch-size 256 --steps 8000 --batch-size 512 --lr 1e-3 --vae-width 48}
+export ARCHIVE out MINI_ARGS
+export -f smoke any_store di_accuracy mini
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log"
 step smoke 150 bash -c smoke
 step generation-bf16 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision bf16 --sample-batch 128 --windows 5 --steps 4
 step generation-fp32 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision fp32 --sample-batch 128 --windows 5 --steps 4
 step train-speed 240 python3 bench/train_speed.py --sizes 32,64,96 --batch-size 512 --windows 5 --steps 20
-step fleet 240 python3 bench/fleet_speed.py --classifiers 8 --steps 200 --batch-size 128 --windows 3
+step fleet 240 python3 bench/fleet_speed.py --classifiers 8 --steps 200 --batch-size 128 --windows "${FLEET_WINDOWS:-3}"
 step di-accuracy 560 bash -c di_accuracy
 step accuracy 150 python3 bench/accuracy_vs_size.py --sizes 5000 --steps 12000 --out "$out/accuracy.md"
 step any-store 120 bash -c any_store
+step mini-4 560 bash -c "mini 4"
+step mini-8 560 bash -c "mini 8"
+wait

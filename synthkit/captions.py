@@ -138,7 +138,7 @@ def build_tiny_captioner(out: str | Path, seed: int = 0, overwrite: bool = False
     word-level BERT tokenizer, saved with save_pretrained: for tests and the demo (its captions are random words)."""
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-    from .diffusion import check_model_output, save_folder
+    from .diffusion import NOISE_NOTE, check_model_output, save_folder
 
     check_model_output(out, overwrite)
     quiet_libraries()
@@ -181,4 +181,4 @@ def build_tiny_captioner(out: str | Path, seed: int = 0, overwrite: bool = False
         captioner.save_pretrained(folder)
         processor.save_pretrained(folder)
 
-    return save_folder(out, save, {"kind": "tiny-random-blip", "seed": seed})
+    return save_folder(out, save, {"kind": "tiny-random-blip", "seed": seed, "note": NOISE_NOTE})

@@ -34,6 +34,7 @@ from .config import (
     GRADCAM_TARGETS,
     INVERT_JOB,
     LIKES,
+    MINI,
     MIXES,
     PRECISIONS,
     PROMPT,
@@ -592,6 +593,67 @@ _tiny_command(
     "its captions are random words",
     ".captions.build_tiny_captioner",
 )
+
+
+@model_app.command("train")
+@user_errors
+def model_train(
+    data: str = typer.Option(REAL_STORE, help="Store to learn from (name or path), e.g. CIFAR-10's training set."),
+    out: Path = typer.Option(MODELS_DIR / "mini-sd", help="Folder to write the diffusers pipeline to."),
+    vae_steps: int = typer.Option(MINI.vae_steps, min=1, help="Stage 1: VAE steps."),
+    vae_batch_size: int = typer.Option(MINI.vae_batch_size, min=1, help="Stage 1: images per VAE step."),
+    steps: int = typer.Option(MINI.steps, min=1, help="Stage 2: UNet and text-encoder steps."),
+    batch_size: int = typer.Option(MINI.batch_size, min=1, help="Stage 2: latents per step."),
+    lr: float = typer.Option(MINI.lr, help="Stage 2: peak AdamW learning rate (warm-up, then cosine to a tenth)."),
+    vae_lr: float = typer.Option(MINI.vae_lr, help="Stage 1: peak AdamW learning rate."),
+    template: str = typer.Option(MINI.template, help="The class prompt it learns, with {class}."),
+    uncond_prob: float = typer.Option(MINI.uncond_prob, help="Share of steps with the empty prompt (for guidance)."),
+    width: int = typer.Option(
+        MINI.unet_channels[0], min=32, help="UNet width: its three levels have WIDTH, 2 WIDTH and 2 WIDTH channels."
+    ),
+    vae_width: int = typer.Option(
+        MINI.vae_channels[0], min=16, help="VAE width: its three levels have VAE_WIDTH, 2 and 2 VAE_WIDTH channels."
+    ),
+    latent_channels: int = typer.Option(MINI.latent_channels, min=1, help="Channels of the latents (SD's 4)."),
+    preview_every: float = typer.Option(
+        MINI.preview_every, min=0, help="Seconds between preview grids (OUT.preview.png, a row per class); 0: none."
+    ),
+    seed: Annotated[int, seed_option("Seed of the weights, the batches and the noise.")] = SEED,
+    device: Device = AUTO,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+) -> None:
+    """Train a miniature Stable Diffusion on a store, in SD's own format: VAE first, then UNet and text encoder on
+    class prompts. It loads as SD loads (--model FOLDER); the one trained on CIFAR-10 ships as --model mini."""
+    from dataclasses import replace
+
+    from .minisd import train_mini
+    from .paths import store_path
+
+    config = replace(
+        MINI,
+        vae_steps=vae_steps,
+        vae_batch_size=vae_batch_size,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        vae_lr=vae_lr,
+        template=template,
+        uncond_prob=uncond_prob,
+        unet_channels=(width, 2 * width, 2 * width),
+        vae_channels=(vae_width, 2 * vae_width, 2 * vae_width),
+        latent_channels=latent_channels,
+        preview_every=preview_every,
+        seed=seed,
+    )
+    record = train_mini(
+        store_path(data), out, config, device=device, overwrite=overwrite, resume=resume, say=typer.echo
+    )
+    typer.echo(
+        f"wrote {out}: {record['images']} images of {len(record['classes'])} classes at {record['image_size']} px, "
+        f"VAE PSNR {record['final_vae_psnr']:.2f} dB (training), {record['seconds'] / 60:.1f} min on "
+        f"{record['machine']}"
+    )
 
 
 @model_app.command("random")

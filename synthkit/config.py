@@ -257,6 +257,35 @@ class TrainConfig:
         return self.batch_size - self.real_share
 
 
+@dataclass
+class MiniConfig:
+    """`synthkit model train`: a miniature Stable Diffusion trained on a store. Stage 1 trains the VAE (reconstruction
+    plus SD's small KL weight), stage 2 the UNet and the CLIP text encoder on class prompts, with the unconditional
+    prompt dropped in at `uncond_prob` so that guidance works (SD 1.x's 10%). The architecture is SD's at a
+    fraction of the width: the VAE downsamples by 4 (32 px -> 8x8x4 latents), the UNet has three levels with
+    cross-attention at the first two. Sized to ship: under 25 MB in fp16."""
+
+    vae_steps: int = 3000
+    vae_batch_size: int = 64
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6  # SD's KL-regularised autoencoder (LDM's kl-f8: 1e-6)
+    steps: int = 8000  # UNet steps
+    batch_size: int = 128
+    lr: float = 5e-4
+    warmup_steps: int = 300
+    ema: float = 0.999
+    uncond_prob: float = 0.1
+    template: str = "a photo of a {class}"
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    latent_channels: int = 4  # SD's
+    text_hidden: int = 128
+    text_layers: int = 2
+    seed: int = 0
+    preview_every: float = 300.0  # seconds between preview grids
+    checkpoint_every: float = 120.0  # seconds between resumable states
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Scoring classifiers on the real test set."""
@@ -311,6 +340,6 @@ class FilterConfig:
 
 
 EVAL, GRADCAM, VANISH = EvalConfig(), GradcamConfig(), VanishConfig()
-FIDELITY, FILTER = FidelityConfig(), FilterConfig()
+FIDELITY, FILTER, MINI = FidelityConfig(), FilterConfig(), MiniConfig()
 PROMPT, SAMPLING, INVERT_JOB = PromptConfig(), SamplingConfig(), InvertJobConfig()
 DATA, SHOW, CAPTION = DataConfig(), ShowConfig(), CaptionConfig()

@@ -75,13 +75,17 @@ def quiet_libraries() -> None:
 
 
 def load_diffusion(model: str, device: torch.device, dtype: torch.dtype) -> Diffusion:
-    """Load a diffusers-format SD 1.x/2.x checkpoint from a local folder or the hub (cache or download)."""
+    """Load a diffusers-format SD 1.x/2.x checkpoint from a local folder or the hub (cache or download); `mini` is
+    the miniature shipped with synthkit."""
     from diffusers import StableDiffusionPipeline
 
+    from .minisd import resolve_model
+
     quiet_libraries()
+    source = resolve_model(model)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            model, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            source, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
     except Exception as err:  # hub, network and format errors come in many types
         if Path(model).exists():
@@ -470,17 +474,17 @@ def check_model_output(out: str | Path, overwrite: bool) -> None:
 
 
 def _save_pipeline(pipe: StableDiffusionPipeline, out: str | Path, note: dict[str, Any]) -> Path:
-    return save_folder(out, lambda folder: pipe.save_pretrained(str(folder)), note)
+    return save_folder(out, lambda folder: pipe.save_pretrained(str(folder)), {**note, "note": NOISE_NOTE})
 
 
 def save_folder(out: str | Path, save: Callable[[Path], None], note: dict[str, Any]) -> Path:
-    """save(folder) (a model's save_pretrained) into `out` plus synthkit.json, which says how it was made and that
-    its weights are random. Written into OUT.partial and renamed when complete, so an interrupted save never looks
+    """save(folder) (a model's save_pretrained) into `out` plus synthkit.json, which says how it was made (`note`).
+    Written into OUT.partial and renamed when complete, so an interrupted save never looks
     like a model."""
     out = Path(out)
     with written_whole(out, folder=True) as partial:  # an interrupted build's .partial: nothing in it is worth keeping
         save(partial)
-        (partial / "synthkit.json").write_text(json.dumps({**note, "note": NOISE_NOTE}))
+        (partial / "synthkit.json").write_text(json.dumps(note, indent=1))
     return out
 
 

@@ -1,0 +1,464 @@
+"""A miniature Stable Diffusion that synthkit trains on a store and ships (`--model mini`), so that every stage of
+the study makes real pictures offline. It is SD's own format (AutoencoderKL, UNet2DConditionModel, a CLIP text
+encoder and tokenizer, SD 1.x's PNDM scheduler), so everything that loads SD loads it unchanged.
+
+Two stages, each resumable: the VAE learns to reconstruct the store's images (MSE plus SD's small KL weight), then,
+on the VAE's latents, the UNet and the text encoder learn to predict noise under SD's schedule, conditioned on
+class prompts ("a photo of a {class}") with the empty prompt dropped in at SD's 10% so that guidance works. The
+text encoder is trained with the UNet (it starts random: no pretrained CLIP is reachable offline). The UNet and
+text encoder ship as an exponential moving average of their weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import MiniConfig
+from .diffusion import SD_SCHEDULE, build_components, check_model_output, derive_seed, quiet_libraries, save_folder
+from .errors import UserError
+from .jobs import check_same_options
+from .locks import locked_output
+from .meta import command_line, jsonable
+from .outputs import preview_path, written_whole
+
+MINI = "mini"  # the name --model takes for the shipped model
+ASSET = Path(__file__).parent / "assets" / "mini-sd"
+VAE_FACTOR = 4  # the VAE halves the side twice: 32 px images, 8x8 latents
+
+
+def resolve_model(name: str) -> str:
+    """A --model value as diffusers loads it: `mini` is the model shipped in synthkit/assets/mini-sd."""
+    if str(name) != MINI:
+        return str(name)
+    if not (ASSET / "model_index.json").is_file():
+        raise UserError(f"--model mini: the shipped model is missing from {ASSET} (a broken install?)")
+    return str(ASSET)
+
+
+def mini_spec(config: MiniConfig, image_size: int) -> dict[str, Any]:
+    """Component configs: SD 1.x's layout (its block types, attention, scheduler) at a fraction of the width."""
+    unet = config.unet_channels
+    levels = len(unet)
+    heads = max(1, unet[0] // 32)
+    return {
+        "unet": {
+            "sample_size": image_size // VAE_FACTOR,
+            "in_channels": config.latent_channels,
+            "out_channels": config.latent_channels,
+            "layers_per_block": 1,
+            "block_out_channels": unet,
+            "down_block_types": ("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+            "cross_attention_dim": config.text_hidden,
+            "attention_head_dim": heads,
+            "norm_num_groups": 32,
+        },
+        "vae": {
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": config.latent_channels,
+            "block_out_channels": config.vae_channels,
+            "down_block_types": ("DownEncoderBlock2D",) * len(config.vae_channels),
+            "up_block_types": ("UpDecoderBlock2D",) * len(config.vae_channels),
+            "layers_per_block": 1,
+            "norm_num_groups": 16,
+            "act_fn": "silu",
+            "sample_size": image_size,
+            "scaling_factor": 1.0,  # measured after stage 1, as SD's 0.18215 was
+        },
+        "text_encoder": {
+            "hidden_size": config.text_hidden,
+            "intermediate_size": 4 * config.text_hidden,
+            "num_attention_heads": max(1, config.text_hidden // 32),
+            "num_hidden_layers": config.text_layers,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+        },
+        "scheduler": ("PNDMScheduler", {**SD_SCHEDULE, "skip_prk_steps": True}),
+    }
+
+
+def check_mini(config: MiniConfig, image_size: int) -> None:
+    """One error line for settings that cannot train, before anything is built."""
+    side = image_size // VAE_FACTOR
+    if image_size % VAE_FACTOR or side < 2 ** (len(config.unet_channels) - 1):
+        raise UserError(
+            f"the store's images are {image_size} px: the miniature needs a multiple of {VAE_FACTOR} of at least "
+            f"{VAE_FACTOR * 2 ** (len(config.unet_channels) - 1)} px (import with --size)"
+        )
+    for name in ("vae_lr", "lr"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if not 0 <= config.uncond_prob < 1:
+        raise UserError(f"--uncond-prob must be in [0, 1), got {config.uncond_prob}")
+    if "{class}" not in config.template:
+        raise UserError(f"--template must contain {{class}}, got '{config.template}'")
+    if any(c % 32 for c in config.unet_channels) or any(c % 16 for c in config.vae_channels):
+        raise UserError("UNet widths must be multiples of 32 and VAE widths multiples of 16 (their group norms)")
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then a cosine from the peak down to a tenth of it."""
+    return min(1.0, (step + 1) / max(1, warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+
+
+class Stage:
+    """One stage's optimiser, schedule and moving average: what `state` saves and `load` restores."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], lr: float, steps: int, warmup: int, ema: float | None):
+        self.modules = modules
+        params = [p for m in modules.values() for p in m.parameters()]
+        fused = params[0].device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _lr_factor(step, steps, warmup))
+        self.ema_decay = ema
+        self.ema = {k: [p.detach().clone() for p in m.parameters()] for k, m in modules.items()} if ema else {}
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        if not self.ema:
+            return
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        for key, module in self.modules.items():
+            torch._foreach_lerp_(self.ema[key], [p.detach() for p in module.parameters()], 1 - decay)
+
+    @torch.no_grad()
+    def swap_in_ema(self) -> None:
+        """Put the moving average into the modules (what ships)."""
+        for key, module in self.modules.items():
+            for p, e in zip(module.parameters(), self.ema.get(key, [])):
+                p.copy_(e)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ema": self.ema,
+        }
+
+    def load(self, saved: dict[str, Any]) -> None:
+        for key, module in self.modules.items():
+            module.load_state_dict(saved["modules"][key])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.ema = saved["ema"]
+
+
+def state_path(out: Path) -> Path:
+    """The resumable state of a model being trained: models/mini-sd -> models/mini-sd.train-state.pt."""
+    return out.with_name(out.name + ".train-state.pt")
+
+
+def log_path(out: Path) -> Path:
+    """The JSON-lines log of losses: models/mini-sd -> models/mini-sd.log.jsonl."""
+    return out.with_name(out.name + ".log.jsonl")
+
+
+def _step_generators(seed: int, stage: int, step: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """The random streams of one step (rows on the CPU, noise on the device), from the seed, stage and step alone:
+    a resumed run draws what the uninterrupted one drew."""
+    value = derive_seed(seed, stage, step)
+    return torch.Generator().manual_seed(value), torch.Generator(device).manual_seed(value)
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) on the device to float (B, 3, H, W) in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{platform.processor() or platform.machine()} CPU, {cores} cores"
+
+
+@locked_output("out", folder=True)
+def train_mini(
+    data: Path,
+    out: Path,
+    config: MiniConfig | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    say=print,
+) -> dict[str, Any]:
+    """Train a miniature SD pipeline on the store `data` and save it as a diffusers folder at `out` (fp16 weights,
+    synthkit.json saying how it was made). Returns that record."""
+    from .device import job_device
+    from .progress import progress
+    from .store import Store
+
+    config = config or MiniConfig()
+    out = Path(out)
+    state_file = state_path(out)
+    if out.exists() and resume and (out / "synthkit.json").is_file() and not state_file.exists():
+        return json.loads((out / "synthkit.json").read_text())
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists: pass --overwrite to replace it")
+    if out.exists():
+        check_model_output(out, overwrite)
+    if state_file.exists() and not (resume or overwrite):
+        raise UserError(
+            f"an interrupted run of {out} left {state_file}: pass --resume to continue it, or --overwrite to start "
+            "again"
+        )
+    with Store(data) as store:
+        store.require_images(" to train a model on")
+        size = store.image_shape[0]
+        check_mini(config, size)
+        images_np, labels_np, classes = store.images(), store.labels, list(store.classes)
+        fingerprint = store.fingerprint
+    dev = job_device(device)
+    quiet_libraries()
+    settings = {"config": jsonable(asdict(config)), "data": fingerprint, "image_size": size}
+    saved: dict[str, Any] = {}
+    if resume and state_file.exists():
+        saved = torch.load(state_file, map_location="cpu", weights_only=False)
+        check_same_options(saved.get("settings"), settings, state_file)
+    elif state_file.exists():
+        state_file.unlink()
+        log_path(out).unlink(missing_ok=True)
+    parts = build_components(mini_spec(config, size), config.seed)
+    vae, unet, text, tokenizer = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
+    for module in (vae, unet, text):
+        module.to(dev).train()
+    unet.to(memory_format=torch.channels_last)
+    images = torch.from_numpy(images_np).to(dev)
+    labels = torch.from_numpy(labels_np).to(dev)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
+    elapsed = float(saved.get("seconds", 0.0))
+    started = time.perf_counter() - elapsed
+    log = list(saved.get("log", []))
+    last_save = last_preview = time.perf_counter()
+
+    def save_state(stage_name: str, step: int, stage: Stage, extra: dict[str, Any]) -> None:
+        payload = {
+            "settings": settings,
+            "stage": stage_name,
+            "step": step,
+            "seconds": time.perf_counter() - started,
+            "log": log,
+            "trainer": stage.state(),
+            **extra,
+        }
+        if stage_name == "unet":
+            payload["vae"] = vae.state_dict()
+        with written_whole(state_file) as tmp:
+            torch.save(payload, tmp)
+        with written_whole(log_path(out)) as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
+
+    # ---- stage 1: the VAE
+    vae_stage = Stage({"vae": vae}, config.vae_lr, config.vae_steps, config.warmup_steps, None)
+    vae_done = saved.get("stage") == "unet"
+    first = 0
+    if saved.get("stage") == "vae":
+        vae_stage.load(saved["trainer"])
+        first = int(saved["step"])
+    elif vae_done:
+        vae.load_state_dict(saved["vae"])
+    if not vae_done:
+        with progress("loss") as bar:
+            task = bar.add_task("VAE", total=config.vae_steps, completed=first, loss="")
+            for step in range(first, config.vae_steps):
+                rows_gen, noise_gen = _step_generators(config.seed, 1, step, dev)
+                rows = torch.randint(len(images), (config.vae_batch_size,), generator=rows_gen).to(dev)
+                x = _flip(_to_unit(images[rows]), rows_gen)
+                with autocast:
+                    dist = vae.encode(x).latent_dist
+                    z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise_gen, device=dev)
+                    recon = vae.decode(z).sample
+                mse = torch.nn.functional.mse_loss(recon.float(), x)
+                loss = mse + config.kl_weight * dist.kl().float().mean()
+                loss.backward()
+                vae_stage.optimizer.step()
+                vae_stage.optimizer.zero_grad(set_to_none=True)
+                vae_stage.schedule.step()
+                if step % 50 == 0 or step == config.vae_steps - 1:
+                    psnr = 10 * math.log10(4 / max(mse.item(), 1e-12))
+                    log.append({"stage": "vae", "step": step, "mse": mse.item(), "psnr": psnr})
+                    bar.update(task, completed=step + 1, loss=f"PSNR {psnr:.1f} dB")
+                if time.perf_counter() - last_save > config.checkpoint_every:
+                    save_state("vae", step + 1, vae_stage, {})
+                    last_save = time.perf_counter()
+        say(f"VAE: {config.vae_steps} steps, training PSNR {log[-1]['psnr']:.2f} dB")
+    vae.eval().requires_grad_(False)
+    scale = _latent_scale(vae, images, dev, autocast)
+    vae.register_to_config(scaling_factor=scale)
+
+    # ---- stage 2: UNet and text encoder on the latents, class prompts with the empty prompt dropped in
+    mean, std = _encode_all(vae, images, dev, autocast)
+    prompts = [config.template.format(**{"class": name}) for name in classes] + [""]
+    ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = ids.to(dev)
+    from diffusers import DDPMScheduler
+
+    schedule = DDPMScheduler.from_config(SD_SCHEDULE)
+    alphas = schedule.alphas_cumprod.to(dev)
+    unet_stage = Stage({"unet": unet, "text_encoder": text}, config.lr, config.steps, config.warmup_steps, config.ema)
+    first = 0
+    if saved.get("stage") == "unet":
+        unet_stage.load(saved["trainer"])
+        unet_stage.ema = {k: [t.to(dev) for t in v] for k, v in unet_stage.ema.items()}
+        first = int(saved["step"])
+    preview = preview_path(out)
+    with progress("loss") as bar:
+        task = bar.add_task("UNet", total=config.steps, completed=first, loss="")
+        for step in range(first, config.steps):
+            rows_gen, noise_gen = _step_generators(config.seed, 2, step, dev)
+            rows = torch.randint(len(images), (config.batch_size,), generator=rows_gen).to(dev)
+            flip = torch.rand(config.batch_size, generator=rows_gen).to(dev) < 0.5
+            drop = torch.rand(config.batch_size, generator=rows_gen).to(dev) < config.uncond_prob
+            t = torch.randint(0, schedule.config.num_train_timesteps, (config.batch_size,), generator=rows_gen).to(dev)
+            m = torch.where(flip[:, None, None, None], mean[rows].flip(-1), mean[rows])
+            s = torch.where(flip[:, None, None, None], std[rows].flip(-1), std[rows])
+            eps = torch.randn(m.shape, generator=noise_gen, device=dev)
+            z = (m + s * torch.randn(m.shape, generator=noise_gen, device=dev)) * scale
+            a = alphas[t].view(-1, 1, 1, 1)
+            noisy = a.sqrt() * z + (1 - a).sqrt() * eps
+            prompt = torch.where(drop, len(classes), labels[rows])
+            with autocast:
+                cond = text(ids[prompt])[0]
+                pred = unet(noisy.contiguous(memory_format=torch.channels_last), t, encoder_hidden_states=cond).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), eps)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for mod in unet_stage.modules.values() for p in mod.parameters()], 1.0)
+            unet_stage.optimizer.step()
+            unet_stage.optimizer.zero_grad(set_to_none=True)
+            unet_stage.schedule.step()
+            unet_stage.update_ema(step)
+            if step % 50 == 0 or step == config.steps - 1:
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise UserError(f"training diverged at UNet step {step} (loss {value}): try a lower --lr")
+                log.append({"stage": "unet", "step": step, "loss": value})
+                bar.update(task, completed=step + 1, loss=f"loss {value:.4f}")
+            if time.perf_counter() - last_save > config.checkpoint_every:
+                save_state("unet", step + 1, unet_stage, {})
+                last_save = time.perf_counter()
+            if config.preview_every and time.perf_counter() - last_preview > config.preview_every:
+                _preview(parts, unet_stage, classes, config, dev, preview, f"step {step + 1} of {config.steps}")
+                last_preview = time.perf_counter()
+    unet_stage.swap_in_ema()
+    seconds = time.perf_counter() - started
+    record = {
+        "kind": "mini",
+        "command": command_line(),
+        "data": str(data),
+        "data_fingerprint": fingerprint,
+        "images": len(images_np),
+        "classes": classes,
+        "image_size": size,
+        "vae_steps": config.vae_steps,
+        "unet_steps": config.steps,
+        "seconds": round(seconds, 1),
+        "machine": _machine(dev),
+        "device": str(dev),
+        "torch": torch.__version__,
+        "final_vae_psnr": next((r["psnr"] for r in reversed(log) if r["stage"] == "vae"), None),
+        "final_loss": next((r["loss"] for r in reversed(log) if r["stage"] == "unet"), None),
+        "config": jsonable(asdict(config)),
+        "note": "trained by synthkit model train: it makes pictures of its training classes",
+    }
+    _save(parts, out, record)
+    _preview(parts, None, classes, config, dev, preview, f"final, {config.steps} steps")
+    state_file.unlink(missing_ok=True)
+    say(f"UNet: {config.steps} steps, final loss {record['final_loss']:.4f}")
+    return record
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip half the images left to right (the usual augmentation)."""
+    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@torch.no_grad()
+def _latent_scale(vae, images: torch.Tensor, dev: torch.device, autocast, n: int = 4096) -> float:
+    """1 / std of the latents, so that scaled latents have unit variance (how SD's 0.18215 was chosen)."""
+    pick = torch.linspace(0, len(images) - 1, min(n, len(images))).long().to(dev)
+    means = [vae.encode(_to_unit(images[pick[i : i + 512]])).latent_dist.mean.float() for i in range(0, len(pick), 512)]
+    return float(1 / torch.cat(means).std())
+
+
+@torch.no_grad()
+def _encode_all(vae, images: torch.Tensor, dev: torch.device, autocast, batch: int = 512):
+    """The latent distribution (mean, std) of every image, once, so that stage 2 never runs the encoder."""
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        dist = vae.encode(_to_unit(images[i : i + batch])).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def _assemble_pipeline(parts: dict[str, Any]):
+    from .diffusion import _assemble
+
+    return _assemble(parts)
+
+
+def _save(parts: dict[str, Any], out: Path, record: dict[str, Any]) -> None:
+    """The pipeline in fp16 safetensors (what ships), with synthkit.json."""
+    import copy
+
+    pipe = _assemble_pipeline({k: (copy.deepcopy(v).to("cpu") if hasattr(v, "to") else v) for k, v in parts.items()})
+    pipe = pipe.to(dtype=torch.float16)
+    save_folder(out, lambda folder: pipe.save_pretrained(str(folder), safe_serialization=True), record)
+
+
+@torch.no_grad()
+def _preview(
+    parts: dict[str, Any], stage: Stage | None, classes: list[str], config: MiniConfig, dev, path: Path, title: str
+) -> None:
+    """A grid of prompt samples, a row per class (EMA weights), so a long run can be watched."""
+    from .diffusion import decode, denoise, diffusion_from_pipeline, encode_text, initial_noise, make_scheduler
+    from .figures import image_grid
+
+    unet, text = parts["unet"], parts["text_encoder"]
+    backup = None
+    if stage is not None and stage.ema:
+        backup = {k: [p.detach().clone() for p in m.parameters()] for k, m in stage.modules.items()}
+        stage.swap_in_ema()
+    try:
+        pipe = _assemble_pipeline(parts)
+        diffusion = diffusion_from_pipeline(pipe, dev, torch.float32, "preview")
+        resolution = diffusion.native_resolution
+        per = 8
+        rows = []
+        for c, name in enumerate(classes[:10]):
+            seeds = [derive_seed(config.seed, 3, c, i) for i in range(per)]
+            noise = initial_noise(seeds, diffusion.latent_shape(resolution), dev, torch.float32)
+            cond = encode_text(diffusion, [config.template.format(**{"class": name})] * per)
+            uncond = encode_text(diffusion, [""] * per)
+            latents = denoise(diffusion, make_scheduler(diffusion, "model"), noise, cond, uncond, 25, 5.0)
+            rows.append(decode(diffusion, latents))
+        with written_whole(path) as tmp:
+            image_grid(rows, classes[:10], cell=48, title=f"{path.name.split('.')[0]}: {title}").save(tmp, format="PNG")
+    finally:
+        if backup is not None:
+            for key, module in stage.modules.items():
+                for p, b in zip(module.parameters(), backup[key]):
+                    p.copy_(b)
+        for module in (unet, text):
+            module.requires_grad_(True).train()

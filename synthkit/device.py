@@ -80,7 +80,14 @@ def job_device(name: str | None = None) -> torch.device:
 
 
 def configure_threads() -> None:
-    """Use every core the process may run on (containers often report more than they grant)."""
+    """Use every core the process may run on (containers often report more than they grant), or $SYNTHKIT_THREADS
+    when set (e.g. 1, to check that results do not depend on the thread count)."""
+    wanted = os.environ.get("SYNTHKIT_THREADS", "").strip()
+    if wanted:
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise UserError(f"SYNTHKIT_THREADS must be a positive integer, got '{wanted}'")
+        torch.set_num_threads(int(wanted))
+        return
     try:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     except AttributeError:

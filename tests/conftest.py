@@ -20,6 +20,12 @@ from typer.testing import CliRunner
 from synthkit import CIFAR10_CLASSES
 
 os.environ["SYNTHKIT_QUIET"] = "1"  # progress bars would interleave with the messages the tests read
+# SYNTHKIT_THREADS=1 pytest runs the suite on one torch thread (every job's configure_threads honours it too): a
+# test whose assertion depends on the thread count, and so on the machine's floating point, fails one of the two runs.
+if os.environ.get("SYNTHKIT_THREADS"):
+    import torch
+
+    torch.set_num_threads(int(os.environ["SYNTHKIT_THREADS"]))
 SHARED = Path(os.environ.get("SYNTHKIT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 SHARED_ARCHIVE = SHARED / "data" / "cifar10-jpeg.tar.gz"
 MINI_ARCHIVE = Path(__file__).resolve().parent / "data" / "cifar10-mini.tar.gz"  # see tests/data/README.md

@@ -85,11 +85,22 @@ def test_stronger_degradation_scores_worse(scored, family):
     rows, _ = scored
     levels = [rows[(f"{family}{k}", "all", "classifier")] for k in (1, 2, 3)]
     frechet = [r["frechet"] for r in levels]
-    assert frechet[2] > max(frechet[:2]), frechet
-    if family != "jpeg":  # with the test's barely trained classifier, JPEG's middle level is not separated (see README)
-        assert frechet == sorted(frechet), frechet
     coverage = [r["coverage"] for r in levels]
-    assert coverage == sorted(coverage, reverse=True), coverage
+    # Coverage is a count of the real images (60 here) whose neighbourhood holds a degraded one, so one image is 1/60.
+    # Two levels that the fixture's barely trained classifier barely tells apart may swap by one image, which the
+    # machine's floating point decides (issue 31: [0.983, 1.0, 1.0] on an AMD EPYC): the order is asserted up to one
+    # image's share, and where the fixture has signal (blur and noise) the strongest level must lose 5 images or more.
+    one = 1 / levels[0]["n_real"]
+    assert all(b <= a + one + 1e-9 for a, b in zip(coverage, coverage[1:])), coverage
+    if family == "jpeg":
+        # JPEG at any quality leaves this classifier's features within 3% (measured: Fréchet 8.71, 8.80, 8.93; coverage
+        # 1.0 at every level), a difference float noise can reverse: no order is asserted, only that none is far off.
+        assert max(frechet) < 1.25 * min(frechet), frechet
+        return
+    # blur and noise separate their levels by 40% or more of the Fréchet distance (measured 9.2, 14.9, 25.8 and 8.9,
+    # 12.9, 87.8): a 10% step between levels leaves room for any machine's rounding.
+    assert all(b > 1.1 * a for a, b in zip(frechet, frechet[1:])), frechet
+    assert coverage[2] <= coverage[0] - 5 * one, coverage
 
 
 def test_outputs_per_class_and_the_figure(scored):

@@ -33,6 +33,7 @@ from .config import (
     GRADCAM_LAYERS,
     GRADCAM_TARGETS,
     INVERT_JOB,
+    JUDGE,
     LIKES,
     MINI,
     MIXES,
@@ -695,8 +696,10 @@ def invert(
     ),
     model: str = typer.Option(DEFAULT_MODEL, help="SD checkpoint: hub id or diffusers folder."),
     tokens: int = typer.Option(INV.tokens, min=1, help="Tokens per learned embedding."),
-    resolution: int = typer.Option(
-        INV.resolution, help="Images are resized (PIL bicubic, as the official code) to this size; a multiple of 8."
+    resolution: int | None = typer.Option(
+        INV.resolution,
+        help="Images are resized (PIL bicubic, as the official code) to this size; a multiple of 8 (default: 128, the "
+        "official code's, or the model's own size when smaller).",
     ),
     lr: float = typer.Option(INV.lr, help="AdamW learning rate."),
     weight_decay: float = typer.Option(
@@ -1103,6 +1106,40 @@ def fidelity(
             f"coverage {row['coverage']:.3f}{extra}"
         )
     typer.echo(f"wrote {out}/fidelity.csv, fidelity.md, fidelity.png")
+
+
+@app.command()
+@user_errors
+def judge(
+    data: list[str] = typer.Option(
+        ..., help="Store(s) to judge (names or paths; repeat --data or separate by commas)."
+    ),
+    model: str = typer.Option("mini", help="The text-to-image model read as a classifier (default: the miniature)."),
+    per_class: int = typer.Option(JUDGE.per_class, min=1, help="Images per class of each store (a seeded pick)."),
+    out: Path | None = typer.Option(None, help="Write the rows to this JSON file too (e.g. results/judge.json)."),
+    seed: Annotated[int, seed_option("Seed of the pick and of the noise.")] = JUDGE.seed,
+    device: Device = AUTO,
+) -> None:
+    """Share of each store's images that a text-to-image model, read as a zero-shot classifier, puts in their own
+    class: whether synthetic images show what their labels say (a generator is lenient with its own prompt samples;
+    the real store's share is the yardstick)."""
+    import json
+
+    from .judge import judge_stores
+    from .paths import store_paths
+
+    rows = judge_stores(model, store_paths(data), per_class=per_class, seed=seed, device=device)
+    for row in rows:
+        typer.echo(
+            f"{row['store']} ({row['kind']}): {100 * row['share']:.1f}% of {row['images']} images judged their own "
+            f"class by {model} (chance {100 * row['chance']:.0f}%)"
+        )
+    if out:
+        from .outputs import written_whole
+
+        with written_whole(out) as tmp:
+            tmp.write_text(json.dumps({"model": model, "per_class": per_class, "seed": seed, "rows": rows}, indent=1))
+        typer.echo(f"wrote {out}")
 
 
 @app.command("filter")

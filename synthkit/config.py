@@ -60,6 +60,9 @@ class CaptionConfig:
     batch_size: int = 32
 
 
+OFFICIAL_RESOLUTION = 128  # the official code's CIFAR resolution (sample_dataset.py sampling_resolution)
+
+
 @dataclass
 class InversionConfig:
     """The official inversion's settings (yongchaoz/diffusion_inversion, src/diffuser_inversion.py and README.md:44-51):
@@ -71,7 +74,7 @@ class InversionConfig:
     sampling_resolution default (its README inverts STL-10 at 256)."""
 
     tokens: int = 5
-    resolution: int = 128
+    resolution: int | None = None  # None: OFFICIAL_RESOLUTION, or the model's own size when that is smaller
     lr: float = 0.03
     weight_decay: float = 0.01
     group_size: int = 100
@@ -287,6 +290,16 @@ class MiniConfig:
 
 
 @dataclass(frozen=True)
+class JudgeConfig:
+    """`synthkit judge`: images per class of each store, the prompt of each class, the seed of the pick and noise."""
+
+    per_class: int = 20
+    template: str = "a photo of a {class}"
+    seed: int = 0
+    batch_size: int = 50
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Scoring classifiers on the real test set."""
 
@@ -340,6 +353,6 @@ class FilterConfig:
 
 
 EVAL, GRADCAM, VANISH = EvalConfig(), GradcamConfig(), VanishConfig()
-FIDELITY, FILTER, MINI = FidelityConfig(), FilterConfig(), MiniConfig()
+FIDELITY, FILTER, MINI, JUDGE = FidelityConfig(), FilterConfig(), MiniConfig(), JudgeConfig()
 PROMPT, SAMPLING, INVERT_JOB = PromptConfig(), SamplingConfig(), InvertJobConfig()
 DATA, SHOW, CAPTION = DataConfig(), ShowConfig(), CaptionConfig()

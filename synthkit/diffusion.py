@@ -79,7 +79,7 @@ def load_diffusion(model: str, device: torch.device, dtype: torch.dtype) -> Diff
     the miniature shipped with synthkit."""
     from diffusers import StableDiffusionPipeline
 
-    from .minisd import resolve_model
+    from .paths import resolve_model
 
     quiet_libraries()
     source = resolve_model(model)

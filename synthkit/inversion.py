@@ -17,7 +17,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .config import INVERT_JOB, InversionConfig
+from .config import INVERT_JOB, OFFICIAL_RESOLUTION, InversionConfig
 from .device import image_bytes, inversion_dtype, job_device, memory_budget
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
@@ -234,12 +234,13 @@ def invert(
         )
     check_range(config.lr, "--lr", 0, open_low=True)
     check_range(config.weight_decay, "--weight-decay", 0)
-    check_range(config.resolution, "--resolution", 8)
+    biggest = config.resolution or OFFICIAL_RESOLUTION
+    check_range(biggest, "--resolution", 8)
     dev = job_device(device)
     check_fits(
-        4 * image_bytes(config.batch_size, config.resolution),
+        4 * image_bytes(config.batch_size, biggest),
         memory_budget(dev),
-        f"a batch of {config.batch_size} images at --resolution {config.resolution}",
+        f"a batch of {config.batch_size} images at --resolution {biggest}",
     )
     with Store(data) as store:
         class_ids = resolve_classes(class_names, store.classes)
@@ -251,6 +252,8 @@ def invert(
         if first_chunk == stop_chunk:
             raise UserError(f"nothing to invert: shard {shard} of {len(chunks)} chunk(s) is empty; use fewer shards")
         diffusion = load_diffusion(model, dev, inversion_dtype(dev, config.precision))
+        if config.resolution is None:  # never above the model's own size (a 32 px miniature inverts at 32)
+            config = replace(config, resolution=min(OFFICIAL_RESOLUTION, diffusion.native_resolution))
         check_resolution(config.resolution, diffusion)
         params = asdict(config) | {"model": model, "classes": class_names, "data": str(data), "shard": shard}
         state = invert_state_dir(out)

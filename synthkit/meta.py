@@ -132,7 +132,13 @@ def model_note(model: str) -> dict[str, Any]:
     """What synthkit wrote about a model folder it built (synthkit.json, e.g. the tiny random pipeline), or {}."""
     from pathlib import Path
 
-    path = Path(str(model)) / "synthkit.json"
+    from .errors import UserError
+    from .paths import resolve_model
+
+    try:
+        path = Path(resolve_model(str(model))) / "synthkit.json"
+    except UserError:  # a shipped model missing from a broken install: nothing to say about it
+        return {}
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

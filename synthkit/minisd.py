@@ -28,18 +28,7 @@ from .locks import locked_output
 from .meta import command_line, jsonable
 from .outputs import preview_path, written_whole
 
-MINI = "mini"  # the name --model takes for the shipped model
-ASSET = Path(__file__).parent / "assets" / "mini-sd"
 VAE_FACTOR = 4  # the VAE halves the side twice: 32 px images, 8x8 latents
-
-
-def resolve_model(name: str) -> str:
-    """A --model value as diffusers loads it: `mini` is the model shipped in synthkit/assets/mini-sd."""
-    if str(name) != MINI:
-        return str(name)
-    if not (ASSET / "model_index.json").is_file():
-        raise UserError(f"--model mini: the shipped model is missing from {ASSET} (a broken install?)")
-    return str(ASSET)
 
 
 def mini_spec(config: MiniConfig, image_size: int) -> dict[str, Any]:

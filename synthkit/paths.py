@@ -9,6 +9,17 @@ from .errors import UserError
 DATA_DIR = Path("data")
 MODELS_DIR = Path("models")
 RESULTS_DIR = Path("results")
+MINI = "mini"  # the name --model takes for the shipped miniature generator
+MINI_ASSET = Path(__file__).parent / "assets" / "mini-sd"
+
+
+def resolve_model(name: str) -> str:
+    """A --model value as diffusers loads it: `mini` is the model shipped in synthkit/assets/mini-sd."""
+    if str(name) != MINI:
+        return str(name)
+    if not (MINI_ASSET / "model_index.json").is_file():
+        raise UserError(f"--model mini: the shipped model is missing from {MINI_ASSET} (a broken install?)")
+    return str(MINI_ASSET)
 
 
 def store_path(name: str | Path) -> Path:

@@ -442,14 +442,25 @@ def provenance_section(models: Path, data: Path) -> list[str]:
 
 def generator_warning(data: Path) -> list[str]:
     """A plain statement when the synthetic stores came from a random-weight model."""
-    notes = []
+    notes, minis = [], []
     for name in ("sd", "inv"):
         info = _store_meta(data / f"{name}.h5")
         if info is None:
             continue
         model = info["meta"].get("params", {}).get("model") or info["meta"].get("model", "")
-        if model_note(model).get("kind") in ("tiny-random", "random"):
+        kind = model_note(model).get("kind")
+        if kind in ("tiny-random", "random"):
             notes.append(f"`{data / name}.h5` (from `{model}`)")
+        elif kind == "mini":
+            minis.append(f"`{data / name}.h5`")
+    if minis and not notes:
+        return [
+            "> **A miniature generator.** " + " and ".join(minis) + " came from synthkit's shipped miniature Stable "
+            "Diffusion (`--model mini`: 32 px, trained by `synthkit model train` on CIFAR-10's training images), so "
+            "its pictures show their classes, but it is far weaker than Stable Diffusion: the rows below show the "
+            "study's method at work, not its numbers. Run `make reproduce MODEL=...` with a real checkpoint for those.",
+            "",
+        ]
     if not notes:
         return []
     return [
@@ -510,11 +521,64 @@ def sd_section(results: Path, data: Path, shown: int = 6) -> list[str]:
 
 def figures_section(results: Path) -> list[str]:
     lines = ["## Samples", ""]
-    for name in ("real", "sd", "inv"):
+    for name in ("real", "sd", "prompts", "inv"):
         grid = results / "grids" / f"{name}.png"
         if grid.exists():
             lines += [f"**{name}**", "", f"![{name} samples](grids/{name}.png)", ""]
     return lines
+
+
+def di_sources_section(results: Path, data: Path, shown: int = 6) -> list[str]:
+    """Real images beside the Diffusion Inversion samples of their own embeddings: a row per class, the source first."""
+    from .figures import image_grid, save_image
+    from .store import Store
+
+    path = data / "inv.h5"
+    if not path.exists():
+        return []
+    with Store(path) as inv:
+        if len(inv) == 0 or "source_index" not in inv.column_names:
+            return []
+        sources, labels, classes = inv.column("source_index").astype(int), inv.labels, list(inv.classes)
+        embeddings = inv.meta.get("params", {}).get("embeddings") or []
+        real_path = Path(read_meta(Path(embeddings[0])).get("params", {}).get("data", "")) if embeddings else None
+        if real_path is None or not real_path.is_file():
+            return []
+        rows, names = [], []
+        with Store(real_path) as real:
+            for c, name in enumerate(classes):
+                members = np.flatnonzero(labels == c)
+                if not len(members):
+                    continue
+                own = members[sources[members] == sources[members[0]]][:shown]
+                rows.append(np.concatenate([real.images([int(sources[members[0]])]), inv.images(own)]))
+                names.append(name)
+    title = "a real image (first column), then DI samples of its own learned embedding"
+    save_image(image_grid(rows, names, title=title), results / "di_sources.png")
+    return ["## Diffusion Inversion: real images beside their samples", "", "![DI samples](di_sources.png)", ""]
+
+
+def judge_section(results: Path) -> list[str]:
+    """The judge's score of each store (`synthkit judge`): the share of its images read as their own class."""
+    path = results / "judge.json"
+    if not path.exists():
+        return []
+    judged = json.loads(path.read_text())
+    lines = [
+        "## Do the pictures show their class?",
+        "",
+        f"`synthkit judge --model {judged['model']}`: the text-to-image model read as a zero-shot classifier (the "
+        "class whose prompt best predicts the noise added to an image), "
+        f"{judged['per_class']} images per class of each store; chance is "
+        f"{100 * judged['rows'][0]['chance']:.0f}%. The real stores are the yardstick; a generator is lenient with "
+        "its own prompt samples.",
+        "",
+        "| store | kind | images | judged their own class |",
+        "|---|---|---:|---:|",
+    ]
+    for row in judged["rows"]:
+        lines.append(f"| `{row['store']}` | {row['kind']} | {row['images']} | {100 * row['share']:.1f}% |")
+    return lines + [""]
 
 
 def inversion_section(results: Path, models: Path) -> list[str]:
@@ -715,6 +779,8 @@ def write_report(results: Path = Path("results"), models: Path = Path("models"),
     lines += (
         sd_section(results, data)
         + figures_section(results)
+        + judge_section(results)
+        + di_sources_section(results, data)
         + inversion_section(results, models)
         + fidelity_section(results)
     )

@@ -135,6 +135,8 @@ def make_scheduler(diffusion: Diffusion, name: str = "model"):
     cls = getattr(diffusers, classes[name])
     if name == "dpm++":
         return cls.from_config(diffusion.scheduler_config, algorithm_type="dpmsolver++")
+    if name == "pndm":  # SD 1.x's PNDM skips the PRK warm-up; a config of another scheduler does not say so
+        return cls.from_config({"skip_prk_steps": True, **diffusion.scheduler_config})
     return cls.from_config(diffusion.scheduler_config)
 
 
@@ -333,7 +335,8 @@ SPECS = {"sd15": SD15}  # one per name of config.LIKES
 
 
 def tiny_spec(hidden: int = 32) -> dict[str, Any]:
-    """Component configs of the tiny test model: SD's layout at a fraction of the size, with a DDIM scheduler."""
+    """Component configs of the tiny test model: SD's layout at a fraction of the size, with SD 1.x's own scheduler
+    (PNDM without the PRK warm-up, as SD 1.x's scheduler_config.json)."""
     return {
         "unet": {
             "sample_size": 8,
@@ -361,7 +364,7 @@ def tiny_spec(hidden: int = 32) -> dict[str, Any]:
             "num_hidden_layers": 2,
             "max_position_embeddings": 77,
         },
-        "scheduler": ("DDIMScheduler", SD_SCHEDULE),
+        "scheduler": SD15["scheduler"],
     }
 
 

@@ -175,6 +175,26 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device
     return torch.stack(noise).to(device, dtype)
 
 
+def img2img_noise(
+    seeds: list[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per seed, the draw of the init image's latent from the VAE's posterior, then the noise added to it, both from
+    one generator seeded with it: diffusers' StableDiffusionImg2ImgPipeline's order with a generator per sample."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    posterior = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    return posterior.to(device, dtype), noise.to(device, dtype)
+
+
+def img2img_start(steps: int, strength: float) -> int:
+    """The first of `steps` sampler steps img2img runs: diffusers' get_timesteps, which runs int(steps * strength)
+    steps (37 of 50 at 0.75); a strength that leaves none is refused."""
+    kept = min(int(steps * strength), steps)
+    if kept < 1:
+        raise UserError(f"--strength {strength} at --steps {steps} leaves no step to run: raise --strength or --steps")
+    return steps - kept
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed hashed from integers (job seed, index, ...): different parts never share a random stream."""
     entropy = [int(part) % 2**63 for part in parts]

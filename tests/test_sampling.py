@@ -90,6 +90,84 @@ def test_img2img_from_a_real_store_and_save_size(tiny_sd, small_real, tmp_path):
         assert s.meta["sources"][0]["fingerprint"] == real.fingerprint
 
 
+def diffusers_pipeline(tiny_sd, img2img: bool):
+    """diffusers' own StableDiffusionPipeline (or its Img2Img twin, as the study's notebook calls it) on the tiny
+    model, with the model's own scheduler and no safety checker (the tiny model has none)."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    if img2img:
+        pipe = StableDiffusionImg2ImgPipeline(**pipe.components)
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def as_pixels(images: np.ndarray) -> np.ndarray:
+    return (images * 255).round().astype(int)
+
+
+def test_prompt_sampling_equals_diffusers_pipeline(tiny_sd, tmp_path):
+    """Each sample is what StableDiffusionPipeline makes of its prompt with a generator seeded by its seed."""
+    out = tmp_path / "sd.h5"
+    args = ["--prompt", "a photo of a {class}", "--classes", "airplane,cat", "--per-class", 2, "--batch-size", 3]
+    result = run("sample", *args, "--model", tiny_sd, "--steps", 4, "--resolution", 64, "--out", out)
+    assert result.exit_code == 0, result.output
+    with Store(out) as s:
+        images, prompts, seeds = s.images(), list(s.column("prompt")), [int(x) for x in s.column("seed")]
+    assert len(set(seeds)) == 4
+    reference = diffusers_pipeline(tiny_sd, img2img=False)(
+        prompts,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        generator=[torch.Generator().manual_seed(x) for x in seeds],
+        output_type="np",
+    ).images
+    assert np.abs(images.astype(int) - as_pixels(reference)).max() <= 1
+    assert images.std() > 5 and not np.array_equal(images[0], images[2])
+
+
+def test_img2img_equals_diffusers_img2img_pipeline(tiny_sd, small_real, tmp_path):
+    """`sample --init` is StableDiffusionImg2ImgPipeline given the init image at the sampling resolution: its
+    int(steps x strength) steps (7 of 10 at 0.75, where rounding would run 8), and the init latent drawn from the
+    VAE's posterior, then the noise, from one generator per sample seeded by the sample's seed."""
+    from synthkit.diffusion import pil_resize
+
+    out = tmp_path / "img2img.h5"
+    args = ["--prompt", "a {class}", "--classes", "airplane,cat", "--per-class", 2, "--init", small_real]
+    result = run("sample", *args, "--model", tiny_sd, "--steps", 10, "--resolution", 64, "--out", out)
+    assert result.exit_code == 0, result.output
+    with Store(out) as s, Store(small_real) as real:
+        images, prompts, seeds = s.images(), list(s.column("prompt")), [int(x) for x in s.column("seed")]
+        init = pil_resize(real.images(s.column("source_index")), 64)  # the resizing is synthkit's (as --resolution)
+        assert s.meta["params"]["strength"] == 0.75
+    from PIL import Image
+
+    reference = diffusers_pipeline(tiny_sd, img2img=True)(
+        prompts,
+        image=[Image.fromarray(im) for im in init],
+        strength=0.75,
+        num_inference_steps=10,
+        guidance_scale=7.5,
+        generator=[torch.Generator().manual_seed(x) for x in seeds],
+        output_type="np",
+    ).images
+    assert np.abs(images.astype(int) - as_pixels(reference)).max() <= 1
+    assert images.std() > 5 and not np.array_equal(images[0], images[1])
+
+
+def test_a_strength_that_leaves_no_step_is_refused(tiny_sd, small_real, tmp_path):
+    out = tmp_path / "x.h5"
+    args = ["--prompt", "a {class}", "--init", small_real, "--strength", 0.05, "--steps", 10, "--model", tiny_sd]
+    result = run("sample", *args, "--out", out)
+    assert result.exit_code == 2 and result.stderr.startswith("error: --strength 0.05 at --steps 10 leaves no step")
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_prompts_take_their_classes_from_the_init_store(tiny_sd, small_real, tmp_path):
     from conftest import cut_store
 

@@ -45,8 +45,8 @@ UPDATES      ?=
 INV_BATCH    ?=
 DI_STEPS     ?=
 GEN_BATCH    ?=
-# Every classifier trains at one size: IMAGE_SIZE, or when empty the real store's own (32 px for CIFAR-10), so
-# that prompt images saved larger (SD_SAVE_SIZE) are resized to it, as in the study.
+# Every classifier trains at one size: IMAGE_SIZE, or when empty the recipe's own (study: 224) or else the real
+# store's (32 px for CIFAR-10), so that prompt images saved larger (SD_SAVE_SIZE) are resized to it, as in the study.
 IMAGE_SIZE   ?=
 TRAIN_STEPS  ?=
 BATCH        ?=
@@ -162,7 +162,7 @@ help:  ## show targets and variables
 	@echo "  SD_PROMPTS=$(SD_PROMPTS)  (captions: BLIP captions as img2img prompts; template: SD_PROMPT)  SD_MODEL=$(SD_MODEL)  CAPTION_MODEL=$(CAPTION_MODEL)"
 	@echo "  SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
 	@echo "  empty means synthkit's default (or the recipe's): PER_IMAGE=$(PER_IMAGE) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR) WARMUP_STEPS=$(WARMUP_STEPS) EVALS=$(EVALS)"
-	@echo "  IMAGE_SIZE=$(IMAGE_SIZE)  (classifiers' training size; empty: the real store's)"
+	@echo "  IMAGE_SIZE=$(IMAGE_SIZE)  (classifiers' training size; empty: the recipe's, else the real store's)"
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
 	@echo "  KEEP=$(KEEP) KEEP_BY=$(KEEP_BY)  (filter: share of each class kept, criterion)  FIDELITY_N=$(FIDELITY_N)  (images per class)"
@@ -241,7 +241,10 @@ train: $(CLASSIFIERS)  ## the study's rows (real, inv, sd, real+inv, real+sd, in
 # Each job trains its rows for every seed, all for the recipe's steps, scoring data/test.h5 EVALS times on the way.
 # TRAIN_LAUNCH (e.g. "$(VENV)/bin/torchrun --standalone --nproc-per-node 8") splits a job's classifiers across ranks.
 TRAIN = $(if $(TRAIN_LAUNCH),$(TRAIN_LAUNCH) -m synthkit train --shard auto,$(SK) train)
-train_size = --image-size $(or $(IMAGE_SIZE),$$($(STORE_SIZE) $(1)))
+# A recipe that sets its own image size (config.RECIPES: study's 224) trains at it unless IMAGE_SIZE is given; the
+# others at IMAGE_SIZE or the real store's size. tests/test_pipeline.py checks this list against config.RECIPES.
+SIZED_RECIPES := study
+train_size = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE),$(if $(filter $(RECIPE),$(SIZED_RECIPES)),,--image-size $$($(STORE_SIZE) $(1))))
 TRAIN_ARGS = --recipe $(RECIPE) $(call opt,--steps,$(TRAIN_STEPS)) \
   $(call opt,--batch-size,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--warmup-steps,$(WARMUP_STEPS)) \
   $(call opt,--evals,$(EVALS)) $(call opt,--mix,$(MIX)) --test data/test.h5 --device $(DEVICE) --resume

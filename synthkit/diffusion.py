@@ -135,6 +135,8 @@ def make_scheduler(diffusion: Diffusion, name: str = "model"):
     cls = getattr(diffusers, classes[name])
     if name == "dpm++":
         return cls.from_config(diffusion.scheduler_config, algorithm_type="dpmsolver++")
+    if name == "pndm":  # SD 1.x's PNDM skips the PRK warm-up; a config of another scheduler does not say so
+        return cls.from_config({"skip_prk_steps": True, **diffusion.scheduler_config})
     return cls.from_config(diffusion.scheduler_config)
 
 
@@ -171,6 +173,26 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device
     """One latent per seed, each from its own generator: a sample does not depend on its batch."""
     noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     return torch.stack(noise).to(device, dtype)
+
+
+def img2img_noise(
+    seeds: list[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per seed, the draw of the init image's latent from the VAE's posterior, then the noise added to it, both from
+    one generator seeded with it: diffusers' StableDiffusionImg2ImgPipeline's order with a generator per sample."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    posterior = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    return posterior.to(device, dtype), noise.to(device, dtype)
+
+
+def img2img_start(steps: int, strength: float) -> int:
+    """The first of `steps` sampler steps img2img runs: diffusers' get_timesteps, which runs int(steps * strength)
+    steps (37 of 50 at 0.75); a strength that leaves none is refused."""
+    kept = min(int(steps * strength), steps)
+    if kept < 1:
+        raise UserError(f"--strength {strength} at --steps {steps} leaves no step to run: raise --strength or --steps")
+    return steps - kept
 
 
 def derive_seed(*parts: int) -> int:
@@ -333,7 +355,8 @@ SPECS = {"sd15": SD15}  # one per name of config.LIKES
 
 
 def tiny_spec(hidden: int = 32) -> dict[str, Any]:
-    """Component configs of the tiny test model: SD's layout at a fraction of the size, with a DDIM scheduler."""
+    """Component configs of the tiny test model: SD's layout at a fraction of the size, with SD 1.x's own scheduler
+    (PNDM without the PRK warm-up, as SD 1.x's scheduler_config.json)."""
     return {
         "unet": {
             "sample_size": 8,
@@ -361,7 +384,7 @@ def tiny_spec(hidden: int = 32) -> dict[str, Any]:
             "num_hidden_layers": 2,
             "max_position_embeddings": 77,
         },
-        "scheduler": ("DDIMScheduler", SD_SCHEDULE),
+        "scheduler": SD15["scheduler"],
     }
 
 

@@ -62,8 +62,8 @@ def epoch_steps(sizes: Sequence[int], batch_size: int) -> list[list[tuple[int, s
 
 
 def initial_table(n: int, tokens: int, hidden: int, fan_in: int, generator: torch.Generator) -> torch.Tensor:
-    """The official one-hot table's start: nn.Linear's default init, uniform in +-1/sqrt(fan_in) (fan_in = the group's
-    size)."""
+    """The official one-hot table's start: nn.Linear's default init, uniform in +-1/sqrt(fan_in) (fan_in = num_emb,
+    the configured group size, also for a shorter last group)."""
     bound = 1 / math.sqrt(fan_in)
     return torch.empty(n, tokens, hidden).uniform_(-bound, bound, generator=generator)
 
@@ -351,7 +351,11 @@ def invert_chunk(
     tables = GroupTables(
         [
             initial_table(
-                n, config.tokens, diffusion.hidden_size, n, torch.Generator().manual_seed(_seed(config.seed, gid, -1))
+                n,
+                config.tokens,
+                diffusion.hidden_size,
+                config.group_size,  # the official nn.Linear(num_emb) of every group, a short last one's too
+                torch.Generator().manual_seed(_seed(config.seed, gid, -1)),
             ).to(dev)
             for gid, n in zip(group_ids, sizes)
         ],

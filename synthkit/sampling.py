@@ -25,6 +25,8 @@ from .diffusion import (
     derive_seed,
     encode_images,
     encode_text,
+    img2img_noise,
+    img2img_start,
     initial_noise,
     load_diffusion,
     make_scheduler,
@@ -284,6 +286,8 @@ def sample_prompts(
     prompts, labels = prompt_plan(templates if prompt_from is None else ["{class}"], classes, per_class)
     if init is not None and not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
+    if init is not None:
+        img2img_start(config.steps, strength)  # its check, before any work
     init_store = Store(init) if init is not None else None
     try:
         init_members, chosen = None, None
@@ -348,12 +352,12 @@ def sample_prompts(
                 count = part.stop - part.start
                 index = np.arange(part.start, part.stop)
                 seeds = [sample_seed(config.seed, i) for i in index]
-                noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
                 cond = encode_text(diffusion, [prompts[i] for i in index])
                 uncond = uncond_one.expand(count, -1, -1)
                 scheduler = make_scheduler(diffusion, config.scheduler)
                 source_index = np.full(count, -1, dtype=np.int64)
                 if init_members is None:
+                    noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
                     latents = denoise(diffusion, scheduler, noise, cond, uncond, config.steps, config.guidance)
                 else:
                     for k, (i, s) in enumerate(zip(index, seeds)):
@@ -363,11 +367,12 @@ def sample_prompts(
                             if chosen is not None
                             else members[np.random.default_rng(s).integers(len(members))]
                         )
-                    start = config.steps - max(1, int(round(config.steps * strength)))
+                    start = img2img_start(config.steps, strength) * scheduler.order
                     scheduler.set_timesteps(config.steps, device=diffusion.device)
-                    clean, _ = encode_images(diffusion, init_store.images(source_index), resolution)
+                    mean, std = encode_images(diffusion, init_store.images(source_index), resolution)
+                    posterior, noise = img2img_noise(seeds, tuple(mean.shape[1:]), diffusion.device, diffusion.dtype)
                     t0 = scheduler.timesteps[start].repeat(count)
-                    latents = scheduler.add_noise(clean, noise, t0)
+                    latents = scheduler.add_noise(mean + std * posterior, noise, t0)
                     latents = denoise(
                         diffusion, scheduler, latents, cond, uncond, config.steps, config.guidance, start_step=start
                     )

@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -369,12 +368,17 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tens
     return {f"optim.{i}.{key}": value for i, s in state.items() for key, value in s.items() if torch.is_tensor(value)}
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict] | None
+) -> None:
+    """The optimiser's saved state_dict: its per-parameter tensors, and its param groups (lr and the rest) as saved."""
     state = optimizer.state_dict()
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
             state["state"].setdefault(int(index), {})[name] = value
+    if param_groups is not None:
+        state["param_groups"] = param_groups
     optimizer.load_state_dict(state)
 
 
@@ -463,19 +467,22 @@ class Run:
         self.model.to(device, memory_format=memory_format(device)).train()
         self.optimizer = make_optimizer(self.model.parameters(), config)
         self.params = asdict(config)
-        self.step, self.log, self.evals, self.seconds = 0, [], [], 0.0
+        self.schedule = make_schedule(self.optimizer, config)
+        self.step, self.log, self.evals, self.seconds, self.images_seen = 0, [], [], 0.0, 0
         self.state_file = train_state_path(job.out)
         if resume and self.state_file.exists():
             tensors, meta = load_checkpoint(self.state_file, device)
             check_same_options((meta.get("params"), meta.get("data")), (self.params, data.sources), self.state_file)
+            if "schedule" not in meta:
+                raise UserError(
+                    f"{self.state_file} is a training state of an older synthkit without its schedule's state: "
+                    "rerun with --overwrite"
+                )
             self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-            _load_optimizer(self.optimizer, tensors)
+            _load_optimizer(self.optimizer, tensors, meta["optimizer"])
+            self.schedule.load_state_dict(meta["schedule"])
             self.step, self.log, self.evals, self.seconds = meta["step"], meta["log"], meta["evals"], meta["seconds"]
-        self.schedule = make_schedule(self.optimizer, config)
-        with warnings.catch_warnings():  # stepping the schedule to a resumed step, before any optimiser step
-            warnings.simplefilter("ignore")
-            for _ in range(self.step):
-                self.schedule.step()
+            self.images_seen = meta["images_seen"]
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.saves, self.eval_steps = boundaries(config, test is not None)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -528,6 +535,7 @@ class Run:
             self.loss_sum += loss.detach() * len(y)
             self.correct += (logits.argmax(1) == y).sum()
             self.seen += len(y)
+            self.images_seen += len(y)
             self.step += 1
 
     def _finish_round(self) -> None:
@@ -565,9 +573,12 @@ class Run:
                     "params": self.params,
                     "data": self.data.sources,
                     "step": self.step,
+                    "images_seen": self.images_seen,
                     "log": self.log,
                     "evals": self.evals,
                     "seconds": self.seconds,
+                    "optimizer": self.optimizer.state_dict()["param_groups"],
+                    "schedule": self.schedule.state_dict(),
                 },
             )
             self._open_round()
@@ -584,8 +595,8 @@ class Run:
                 "streamed": data.streamed,
                 "classes": data.classes,
                 "recipe": config.recipe,
-                "steps": config.steps,
-                "images_seen": config.steps * config.batch_size,
+                "steps": self.step,  # as run, step by step
+                "images_seen": self.images_seen,  # as drawn, batch by batch
                 "batch": composition(data, config),
                 "final_loss": self.log[-1]["loss"],
                 "final_train_acc": self.log[-1]["train_acc"],

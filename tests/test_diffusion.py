@@ -1,3 +1,5 @@
+import dataclasses
+
 import torch
 
 from synthkit.diffusion import build_tiny_pipeline, check_resolution, encode_text, load_diffusion
@@ -19,6 +21,22 @@ def test_tiny_model_round_trips_offline(tiny_sd, monkeypatch):
     again = load_diffusion(str(tiny_sd), CPU, torch.float32)
     for a, b in zip(d.unet.parameters(), again.unet.parameters()):
         assert torch.equal(a, b)
+
+
+def test_tiny_model_samples_with_stable_diffusions_own_scheduler(tiny_sd):
+    """SD 1.x's scheduler_config.json: PNDM without the PRK warm-up; --scheduler pndm keeps it so on any model."""
+    from test_model_random import SD15_SCHEDULER, _same
+
+    from synthkit.diffusion import make_scheduler
+
+    d = load_diffusion(str(tiny_sd), CPU, torch.float32)
+    for name in ("model", "pndm"):
+        scheduler = make_scheduler(d, name)
+        assert type(scheduler).__name__ == "PNDMScheduler" and _same(scheduler.config, SD15_SCHEDULER), name
+        scheduler.set_timesteps(4)
+        assert len(scheduler.timesteps) == 5 and len(scheduler.prk_timesteps) == 0  # PLMS only, as SD 1.x runs it
+    ddim_config = {k: v for k, v in d.scheduler_config.items() if k != "skip_prk_steps"}
+    assert make_scheduler(dataclasses.replace(d, scheduler_config=ddim_config), "pndm").config.skip_prk_steps
 
 
 def test_tiny_model_refuses_to_overwrite(tiny_sd):

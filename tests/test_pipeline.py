@@ -305,6 +305,24 @@ def planned(cwd, *variables):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_a_recipes_own_image_size_wins_unless_image_size_is_given(tmp_path):
+    """`make reproduce RECIPE=study` trains at the recipe's 224 px (no --image-size from the real store's 32 px);
+    IMAGE_SIZE overrides it; recipes without a size of their own train at the real store's."""
+    from synthkit.config import RECIPES
+
+    def sizes(*variables: str) -> set[str]:
+        jobs = re.findall(r"synthkit train (.*?)--resume", " ".join(planned(tmp_path, *variables).split()))
+        assert len(jobs) == 2  # the main rows and the filtered ones
+        return {(re.findall(r"--image-size (\S+)", job) or ["none"])[0] for job in jobs}
+
+    for name, recipe in RECIPES.items():
+        expected = {"none"} if recipe["image_size"] else {"$(venv/bin/python"}  # the real store's, read at run time
+        assert sizes(f"RECIPE={name}") == expected, name
+        assert sizes(f"RECIPE={name}", "IMAGE_SIZE=32") == {"32"}, name
+    assert RECIPES["study"]["image_size"] == 224
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_makefile_sweep_plan(tmp_path):
     """make sweep: nested subsets cut from the largest size, one inversion, each size's DI store from its own images'
     embeddings, every classifier of the sweep in one job, evaluated apart from the table, then the report."""

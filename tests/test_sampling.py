@@ -90,6 +90,84 @@ def test_img2img_from_a_real_store_and_save_size(tiny_sd, small_real, tmp_path):
         assert s.meta["sources"][0]["fingerprint"] == real.fingerprint
 
 
+def diffusers_pipeline(tiny_sd, img2img: bool):
+    """diffusers' own StableDiffusionPipeline (or its Img2Img twin, as the study's notebook calls it) on the tiny
+    model, with the model's own scheduler and no safety checker (the tiny model has none)."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    if img2img:
+        pipe = StableDiffusionImg2ImgPipeline(**pipe.components)
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def as_pixels(images: np.ndarray) -> np.ndarray:
+    return (images * 255).round().astype(int)
+
+
+def test_prompt_sampling_equals_diffusers_pipeline(tiny_sd, tmp_path):
+    """Each sample is what StableDiffusionPipeline makes of its prompt with a generator seeded by its seed."""
+    out = tmp_path / "sd.h5"
+    args = ["--prompt", "a photo of a {class}", "--classes", "airplane,cat", "--per-class", 2, "--batch-size", 3]
+    result = run("sample", *args, "--model", tiny_sd, "--steps", 4, "--resolution", 64, "--out", out)
+    assert result.exit_code == 0, result.output
+    with Store(out) as s:
+        images, prompts, seeds = s.images(), list(s.column("prompt")), [int(x) for x in s.column("seed")]
+    assert len(set(seeds)) == 4
+    reference = diffusers_pipeline(tiny_sd, img2img=False)(
+        prompts,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        generator=[torch.Generator().manual_seed(x) for x in seeds],
+        output_type="np",
+    ).images
+    assert np.abs(images.astype(int) - as_pixels(reference)).max() <= 1
+    assert images.std() > 5 and not np.array_equal(images[0], images[2])
+
+
+def test_img2img_equals_diffusers_img2img_pipeline(tiny_sd, small_real, tmp_path):
+    """`sample --init` is StableDiffusionImg2ImgPipeline given the init image at the sampling resolution: its
+    int(steps x strength) steps (7 of 10 at 0.75, where rounding would run 8), and the init latent drawn from the
+    VAE's posterior, then the noise, from one generator per sample seeded by the sample's seed."""
+    from synthkit.diffusion import pil_resize
+
+    out = tmp_path / "img2img.h5"
+    args = ["--prompt", "a {class}", "--classes", "airplane,cat", "--per-class", 2, "--init", small_real]
+    result = run("sample", *args, "--model", tiny_sd, "--steps", 10, "--resolution", 64, "--out", out)
+    assert result.exit_code == 0, result.output
+    with Store(out) as s, Store(small_real) as real:
+        images, prompts, seeds = s.images(), list(s.column("prompt")), [int(x) for x in s.column("seed")]
+        init = pil_resize(real.images(s.column("source_index")), 64)  # the resizing is synthkit's (as --resolution)
+        assert s.meta["params"]["strength"] == 0.75
+    from PIL import Image
+
+    reference = diffusers_pipeline(tiny_sd, img2img=True)(
+        prompts,
+        image=[Image.fromarray(im) for im in init],
+        strength=0.75,
+        num_inference_steps=10,
+        guidance_scale=7.5,
+        generator=[torch.Generator().manual_seed(x) for x in seeds],
+        output_type="np",
+    ).images
+    assert np.abs(images.astype(int) - as_pixels(reference)).max() <= 1
+    assert images.std() > 5 and not np.array_equal(images[0], images[1])
+
+
+def test_a_strength_that_leaves_no_step_is_refused(tiny_sd, small_real, tmp_path):
+    out = tmp_path / "x.h5"
+    args = ["--prompt", "a {class}", "--init", small_real, "--strength", 0.05, "--steps", 10, "--model", tiny_sd]
+    result = run("sample", *args, "--out", out)
+    assert result.exit_code == 2 and result.stderr.startswith("error: --strength 0.05 at --steps 10 leaves no step")
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_prompts_take_their_classes_from_the_init_store(tiny_sd, small_real, tmp_path):
     from conftest import cut_store
 
@@ -243,23 +321,31 @@ def official_sampling(
     j: list[int],
     strength: float,
     emb_noise: float,
-    eps: torch.Tensor,
-    latents: torch.Tensor,
+    seeds: list[int],
+    latent_shape: tuple[int, ...],
     guidance: float,
     steps: int,
     scheduler,
     eta: float,
-    variance,
     save_resolution: int,
 ) -> np.ndarray:
     """A compact copy of the official sampling (yongchaoz/diffusion_inversion: di/sample_dataset.py's cifar/stl branch,
     :155-203, and src/pipeline_emb.py's __call__, :439-602) for one group whose table is `table` (num_emb, tokens,
     hidden): soft one-hot prompts through the nn.Linear table, embedding noise on the conditional tokens only, the
     group's mean embedding as the unconditional input, guidance, the scheduler's loop with eta where its step takes it,
-    the VAE decode and PIL bicubic resizing. The draws (eps, latents, the sampler's variance noise) are given."""
+    the VAE decode and PIL bicubic resizing. Its draws are its own, with the official semantics (every sample its own
+    starting latent, embedding noise and step noise), from generators seeded as synthkit documents it: the latent from
+    the sample's seed, the embedding noise from stream 1 of it, the step noise from stream 2, one draw per step."""
     import inspect
 
     from PIL import Image
+
+    def generator(seed: int, stream: int | None = None) -> torch.Generator:
+        return torch.Generator().manual_seed(seed if stream is None else official_seed(seed, stream))
+
+    latents = torch.stack([torch.randn(latent_shape, generator=generator(x)) for x in seeds])
+    eps = torch.stack([torch.randn(table.shape[1:], generator=generator(x, 1)) for x in seeds])
+    step_generators = [generator(x, 2) for x in seeds]
 
     num_emb, tokens, hidden = table.shape
     weight = table.reshape(num_emb, tokens * hidden).T  # nn.Linear(num_emb, hidden * tokens).weight
@@ -279,7 +365,11 @@ def official_sampling(
         noise_pred = diffusion.unet(latent_model_input, t, encoder_hidden_states=text_embeddings).sample
         noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
         noise_pred = noise_pred_uncond + guidance * (noise_pred_text - noise_pred_uncond)
-        step_noise = {"variance_noise": variance()} if extra and eta > 0 else {}
+        step_noise = (
+            {"variance_noise": torch.stack([torch.randn(latent_shape, generator=g) for g in step_generators])}
+            if extra and eta > 0
+            else {}
+        )
         latents = scheduler.step(noise_pred, t, latents, **extra, **step_noise).prev_sample
     image = diffusion.vae.decode(1 / 0.18215 * latents).sample
     image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
@@ -287,56 +377,54 @@ def official_sampling(
     return np.stack([np.asarray(im.resize((save_resolution, save_resolution), resample=Image.BICUBIC)) for im in pil])
 
 
+def official_seed(*parts: int) -> int:
+    """synthkit's documented seed of a sample or stream: a 63-bit hash of its integer parts (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([p % 2**63 for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 @pytest.mark.parametrize("scheduler", ["pndm", "ddim"])
 def test_synthkit_matches_the_official_sampling(tiny_sd, embeddings, tmp_path, scheduler):
-    """Given the same starting noise, partners, embedding noise and sampler noise, synthkit's DI samples are the
-    official pipeline's, pixel for pixel up to rounding: with SD 1.x's own PNDM (which takes no eta) and with DDIM at
-    the official eta 1."""
+    """Given the same partners, synthkit's DI samples are the official pipeline's, pixel for pixel up to rounding:
+    with SD 1.x's own PNDM (which takes no eta) and with DDIM at the official eta 1. The reference draws its own
+    randomness, every sample of every image its own: collapsed seeds or restarted step noise would differ."""
     import diffusers
 
     from synthkit.config import DIConfig, SamplingConfig
-    from synthkit.diffusion import derive_seed, initial_noise, load_diffusion, variance_noise
+    from synthkit.diffusion import load_diffusion
     from synthkit.inversion import load_embeddings
 
-    out = tmp_path / f"inv-{scheduler}.h5"
+    out, job_seed, per_image = tmp_path / f"inv-{scheduler}.h5", 3, 2
     sampling.sample_embeddings(
         out,
         [embeddings],
-        DIConfig(per_image=2, noise=0.3, interp=0.25),
-        SamplingConfig(steps=4, scheduler=scheduler, batch_size=5),
+        DIConfig(per_image=per_image, noise=0.3, interp=0.25),
+        SamplingConfig(steps=4, scheduler=scheduler, batch_size=5, seed=job_seed),
         device="cpu",
     )
     tensors, meta = load_embeddings([embeddings])
     d = load_diffusion(str(tiny_sd), torch.device("cpu"), torch.float32)
     with Store(out) as s:
-        source, partner, seeds, images = s.column("source_index"), s.column("partner"), s.column("seed"), s.images()
+        source, partner, stored_seeds, images = (
+            s.column("source_index"),
+            s.column("partner"),
+            s.column("seed"),
+            s.images(),
+        )
         assert s.meta["params"]["eta"] == 1.0
-    index_of = {int(row): k for k, row in enumerate(tensors["source_index"])}
+    rows = tensors["source_index"].numpy()
+    assert list(source) == [int(r) for r in rows for _ in range(per_image)]  # every image, per_image samples each
+    seeds = [official_seed(job_seed, int(r), k) for r in rows for k in range(per_image)]
+    assert len(set(seeds)) == len(seeds) == 16 and [int(x) for x in stored_seeds] == seeds
+    index_of = {int(row): k for k, row in enumerate(rows)}
     i, j = [index_of[int(r)] for r in source], [index_of[int(r)] for r in partner]
     table = tensors["embeddings"].float()  # the 8 embeddings of the fixture, as one official group of 8
-    eps = torch.stack(
-        [torch.randn(table.shape[1:], generator=torch.Generator().manual_seed(derive_seed(int(x), 1))) for x in seeds]
-    )
-    latents = initial_noise(list(seeds), d.latent_shape(meta["resolution"]), d.device, torch.float32)
     official_scheduler = getattr(diffusers, {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler"}[scheduler]).from_config(
         d.scheduler_config
     )
-    reference = official_sampling(
-        d,
-        table,
-        i,
-        j,
-        0.25,
-        0.3,
-        eps,
-        latents,
-        2.0,
-        4,
-        official_scheduler,
-        1.0,
-        variance_noise(list(seeds), tuple(latents.shape[1:]), d.device, torch.float32),
-        32,
-    )
+    latent_shape = d.latent_shape(meta["resolution"])
+    starts = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(x)) for x in seeds])
+    assert torch.pdist(starts.flatten(1)).min() > 1  # every sample starts from its own latent
+    reference = official_sampling(d, table, i, j, 0.25, 0.3, seeds, latent_shape, 2.0, 4, official_scheduler, 1.0, 32)
     assert images.shape == reference.shape == (16, 32, 32, 3)
     assert np.abs(images.astype(int) - reference.astype(int)).max() <= 1
     assert images.std() > 5  # not an empty comparison

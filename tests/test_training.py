@@ -107,7 +107,7 @@ def test_recipes_resolve_and_every_option_overrides_its_value(tmp_path, real_sto
 
 def test_every_row_trains_the_same_steps_whatever_its_stores_size(tmp_path, real_store):
     """A store of 120 images and one of 20 train the same 6 steps at the same batch, so see the same number of
-    images."""
+    images: counted as each step drew them, not computed from the configuration."""
     small = tmp_path / "small.h5"
     with (
         Store(real_store) as s,
@@ -317,6 +317,10 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_s
     with pytest.raises(KeyboardInterrupt):
         train([real_store], out, config, device="cpu")
     assert not out.exists() and state_path(out).exists()
+    state = read_meta(state_path(out))  # the optimiser's and the schedule's state_dict, saved whole: nothing replayed
+    assert state["step"] == 3 and state["images_seen"] == 60
+    assert [s["last_epoch"] for s in state["schedule"]["_schedulers"]] == [3, 3]
+    assert state["optimizer"][0]["lr"] == pytest.approx(state["schedule"]["_last_lr"][0])
     monkeypatch.setattr(training, "augment", original)
     result = train_cli(
         real_store,

@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 SK     := $(VENV)/bin/synthkit
+HERE   := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
 # ---- the study's variables (override on the command line: make reproduce MODEL=/path/to/sd PER_CLASS=100).
 # Those set here are the study's choices; those left empty take synthkit's own defaults (synthkit/config.py,
@@ -362,21 +363,27 @@ results/README.md: $(if $(wildcard $(SCENES)),results/geometry/summary.json) res
 reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, filter, train, evaluate, analysis, geometry (when SCENES exists), report
 
 # ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
+# It runs in its own folder DEMO_DIR (demo/: its own data/, models/, results/ and stage settings), by this Makefile
+# started there with the demo's variables, so that a later `make TARGET` here neither redoes nor deletes its work.
 # Its work is fixed, not its time: each classifier trains 8 steps of 16 images (7 rows x 2 seeds), every class is
 # inverted in one job, and the detector is not scored on York Urban (YUD=). The scene study runs on 12 York Urban
 # photos at 64 px when ../shared has them (SCENES). bench/README.md gives each stage's work and seconds.
 # Its images: 20 train and 10 test per class from CIFAR; without it (a clone without ../shared), the committed sample
-# of 12 and 6 per class (tests/data), so that the demo runs offline anywhere.
-DEMO_DATA := $(if $(wildcard $(CIFAR)),CIFAR=$(CIFAR) PER_CLASS=20 TEST_PER_CLASS=10,\
-  CIFAR=tests/data/cifar10-mini.tar.gz PER_CLASS=12 TEST_PER_CLASS=6)
-DEMO_VARS := MODEL=models/tiny-sd SD_MODEL=models/tiny-sd CAPTION_MODEL=models/tiny-blip $(DEMO_DATA) PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
-  SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
-  RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= SCENES=$(YUD) \
-  GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
+# of 12 and 6 per class (tests/data), so that the demo runs offline anywhere. DEMO_MODEL is its generator.
+DEMO_DIR   ?= demo
+DEMO_MODEL ?= models/tiny-sd
+DEMO_DATA := $(if $(wildcard $(CIFAR)),CIFAR=$(abspath $(CIFAR)) PER_CLASS=20 TEST_PER_CLASS=10,\
+  CIFAR=$(HERE)/tests/data/cifar10-mini.tar.gz PER_CLASS=12 TEST_PER_CLASS=6)
+DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) CAPTION_MODEL=models/tiny-blip $(DEMO_DATA) PER_IMAGE=2 \
+  SD_PER_CLASS=40 SD_STEPS=10 SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
+  RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= \
+  SCENES=$(abspath $(YUD)) GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
   SIZES="5 10" SWEEP_EVALS=1 SWEEP_FROM=data/real.h5 SWEEP_EMB=models/inv/all.safetensors
 
-demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
-	$(MAKE) --no-print-directory reproduce sweep $(DEMO_VARS)
+demo: $(SK)  ## the whole graph offline in minutes on a CPU, in demo/ (random-weight generator: its images are noise)
+	mkdir -p $(DEMO_DIR) && $(MAKE) --no-print-directory -C $(DEMO_DIR) -f $(HERE)/Makefile \
+	  reproduce sweep VENV=$(abspath $(VENV)) $(DEMO_VARS)
+	@echo "the demo's report: $(DEMO_DIR)/results/README.md"
 
 $(SK):
 	$(MAKE) install
@@ -384,5 +391,5 @@ $(SK):
 models/tiny-sd:
 	$(SK) model tiny --out $@
 
-clean-study:  ## delete data/, models/, results/ and the stage settings (keeps .venv)
+clean-study:  ## delete data/, models/, results/ and the stage settings (keeps .venv and demo/)
 	rm -rf data models results $(STAMPS)

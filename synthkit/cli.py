@@ -6,6 +6,7 @@ Heavy libraries (torch, diffusers, grad-cam) are imported inside the commands, s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable
@@ -427,7 +428,9 @@ def train(
         "classifier per seed.",
     ),
     test: str | None = typer.Option(
-        None, help="A real test store (name or path) to score during training (--evals times)."
+        None,
+        help=f"A real test store (name or path) to score during training (--evals times); default {TEST_STORE} "
+        f"(data/{TEST_STORE}.h5) when it exists, else nothing is scored and evals 0 recorded.",
     ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the models (faster on GPU after a warm-up)."),
     shard: str = typer.Option(
@@ -446,7 +449,7 @@ def train(
     steps."""
     from .config import TrainConfig
     from .evaluation import batch_text
-    from .paths import store_path, store_paths
+    from .paths import store_or_default, store_paths
     from .training import check_config, expand_jobs, train_many
 
     config = TrainConfig.from_recipe(
@@ -466,6 +469,10 @@ def train(
         compile=compile or None,
     )
     check_config(config)
+    test_path = store_or_default(test, TEST_STORE)
+    if test_path is None:
+        typer.echo(f"no test store given (--test; data/{TEST_STORE}.h5 does not exist): nothing is scored, evals 0")
+        config = dataclasses.replace(config, evals=0)
     jobs = expand_jobs([store_paths(d) for d in data], out, seed, config)
     part, dev = shard_of(shard, device)
     if part:
@@ -477,7 +484,7 @@ def train(
     metas = train_many(
         jobs,
         device=dev,
-        test=store_path(test) if test else None,
+        test=test_path,
         overwrite=overwrite,
         resume=resume,
         memory_limit=memory_limit,

@@ -1,4 +1,5 @@
 import json
+import shutil
 from dataclasses import asdict
 
 import numpy as np
@@ -194,6 +195,27 @@ def test_mixed_rows_take_real_and_synthetic_images_every_step(tmp_path, real_sto
     rows = step_rows(data, quick(batch_size=20, real_batch=12), 0, 7)
     assert set(rows[:, 12:].flatten().tolist()) == set(range(120, 170))
     assert torch.equal(step_rows(data, quick(batch_size=20, real_batch=12), 3, 7), rows[3:])  # any stretch on its own
+
+
+def test_training_scores_the_test_store_by_default_or_says_it_scores_nothing(
+    tmp_path, monkeypatch, real_store, test_store
+):
+    """Without --test, train scores data/test.h5 as evaluate does; without that store it says so in one line and
+    records evals 0."""
+    monkeypatch.chdir(tmp_path)
+    options = ("--steps", 4, "--batch-size", 20, "--warmup-steps", 1, "--evals", 2)
+    alone = train_cli(real_store, "alone.safetensors", *options)
+    assert alone.exit_code == 0, alone.output
+    assert "no test store given" in alone.output and "test accuracy" not in alone.output
+    meta = read_meta(tmp_path / "alone.safetensors")
+    assert meta["params"]["evals"] == 0 and "evals" not in meta
+    (tmp_path / "data").mkdir()
+    shutil.copy(test_store, "data/test.h5")
+    scored = train_cli(real_store, "scored.safetensors", *options)
+    assert scored.exit_code == 0, scored.output
+    assert "no test store given" not in scored.output and "test accuracy" in scored.output
+    meta = read_meta(tmp_path / "scored.safetensors")
+    assert [e["step"] for e in meta["evals"]] == [2, 4] and meta["test"]["path"] == "data/test.h5"
 
 
 def test_evaluations_during_training_are_logged_and_the_last_is_the_final_accuracy(tmp_path, real_store, test_store):

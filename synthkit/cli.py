@@ -6,7 +6,6 @@ Heavy libraries (torch, diffusers, grad-cam) are imported inside the commands, s
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -376,21 +376,27 @@ def caption(
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: list[str] = typer.Option(
-        ...,
-        help="Stores of one classifier: names (data/NAME.h5) or paths, comma-separated, e.g. real,inv. Repeat --data "
-        "to train several classifiers in one job.",
+        [],
+        help="Required. Stores of one classifier: names (data/NAME.h5) or paths, comma-separated, e.g. real,inv. "
+        "Repeat --data to train several classifiers in one job.",
+        show_default=False,
     ),
-    out: str = typer.Option(
-        ...,
-        help="Classifier to write, e.g. models/resnet18-real+inv.safetensors; for several, a pattern with {data} "
-        "(store names joined by +) and {seed}.",
+    out: str | None = typer.Option(
+        None,
+        help="Required. Classifier to write, e.g. models/resnet18-real+inv.safetensors; for several, a pattern with "
+        "{data} (store names joined by +) and {seed}.",
     ),
     recipe: Recipe = typer.Option(
         Recipe(DEFAULT_RECIPE),
         help=f"Training recipe (synthkit/config.py): {', '.join(RECIPES)}. di: the official evaluation (50,000 steps "
         "at batch 128); study: the original study's; quick: a few hundred steps for CPUs. Every option below "
-        "overrides the recipe's value.",
+        "overrides the recipe's value; --show prints the values. A --steps shorter than the recipe's scales its "
+        "warm-up to the same share.",
+    ),
+    show: bool = typer.Option(
+        False, "--show", help="Print the resolved settings (the recipe's, with the options given) and train nothing."
     ),
     steps: int | None = typer.Option(
         None, min=1, help="Optimiser steps: the same for every classifier, whatever its stores' sizes."
@@ -469,10 +475,15 @@ def train(
         compile=compile or None,
     )
     check_config(config)
+    if show:
+        typer.echo(f"recipe {config.recipe} (synthkit/config.py RECIPES), resolved:")
+        for key, value, source in config.describe():
+            typer.echo(f"  {key:<16}{value!s:<20}{source}")
+        return
+    for name in ("data", "out"):
+        if not ctx.params.get(name):
+            raise click.MissingParameter(ctx=ctx, param_hint=f"'--{name}'", param_type="option")
     test_path = store_or_default(test, TEST_STORE)
-    if test_path is None:
-        typer.echo(f"no test store given (--test; data/{TEST_STORE}.h5 does not exist): nothing is scored, evals 0")
-        config = dataclasses.replace(config, evals=0)
     jobs = expand_jobs([store_paths(d) for d in data], out, seed, config)
     part, dev = shard_of(shard, device)
     if part:

@@ -288,7 +288,7 @@ results/vanish-yud/gt_scores.json:
 	$(SK) vanish-score --gt $(YUD) --out results/vanish-yud
 
 results/grids/%.png: data/%.h5
-	$(SK) show data/$*.h5 --out $@ --per-row 10 --seed $(SEED)
+	$(SK) show data/$*.h5 --out $@ --per-row 10 --seed $(SEED) --overwrite
 
 # ---- the sample-complexity sweep: test accuracy against the number of real images per class, for real, DI and both
 sweep: results/sweep/accuracy.md  ## real, inv and real+inv at each of SIZES real images per class, once per seed of SWEEP_SEEDS; the figure in the report
@@ -325,7 +325,7 @@ $(SWEEP_CLFS) &: $(SIZES:%=data/sweep/real-%.h5) $(SIZES:%=data/sweep/inv-%.h5) 
 	  $(SWEEP_SEEDS:%=--seed %) $(call train_size,data/sweep/real-$(SWEEP_MAX).h5) $(TRAIN_ARGS) $(call opt,--evals,$(SWEEP_EVALS))
 
 results/sweep/accuracy.md: $(SWEEP_CLFS) data/test.h5
-	$(SK) evaluate $(SWEEP_CLFS:%=--model %) --test data/test.h5 --results results/sweep --device $(DEVICE)
+	$(SK) evaluate $(SWEEP_CLFS:%=--model %) --test data/test.h5 --out results/sweep --device $(DEVICE)
 
 # ---- the scene study: does generation keep projective geometry? (scenes at the generator's resolution)
 geometry: results/geometry/summary.json  ## scenes: import, invert, DI and prompt samples, lines and VPs against their sources

@@ -69,6 +69,7 @@ Shard = Annotated[
     ),
 ]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run; a finished output made the same way is kept.")]
+ResultsAlias = Annotated[Path | None, typer.Option("--results", hidden=True, help="The old name of --out.")]
 
 
 def choice_type(name: str, values: tuple[str, ...]) -> type[StrEnum]:
@@ -274,11 +275,12 @@ def _print_store_line(path: Path) -> None:
 
 @app.command()
 @user_errors
-def info(path: Path = typer.Argument(..., help="A store (.h5) or safetensors file.")) -> None:
+def info(path: str = typer.Argument(..., help="A store (name: data/NAME.h5, or path) or safetensors file.")) -> None:
     """Show what a store or safetensors file holds and how it was made."""
     from .info import print_info
+    from .paths import store_path
 
-    print_info(path)
+    print_info(store_path(path))
 
 
 @app.command()
@@ -289,12 +291,14 @@ def show(
     per_row: int = typer.Option(SHOW.per_row, min=1, help="Images per class."),
     seed: Annotated[int, seed_option("Seed of the random picks.")] = SEED,
     cell: int = typer.Option(SHOW.cell, min=8, help="Pixels per image in the grid."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Draw a grid of sample images, a row per class."""
     from .figures import show_store
     from .paths import store_path
 
-    typer.echo(f"wrote {show_store(store_path(store), out, per_row=per_row, seed=seed, cell=cell)}")
+    grid = show_store(store_path(store), out, per_row=per_row, seed=seed, cell=cell, overwrite=overwrite)
+    typer.echo(f"wrote {grid}")
 
 
 @app.command()
@@ -536,7 +540,8 @@ def shard_of(shard: str, device: str) -> tuple[str, str]:
 def evaluate(
     model: list[Path] = typer.Option(..., help="Classifier(s) to score (repeat --model)."),
     test: str = typer.Option(TEST_STORE, help="The real test store (name or path)."),
-    results: Path = typer.Option(RESULTS_DIR, help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
+    out: Path = typer.Option(RESULTS_DIR, help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
+    results: ResultsAlias = None,
     batch_size: int = typer.Option(EVAL.batch_size, min=1, help="Images per forward pass."),
     device: Device = AUTO,
     memory_limit: str | None = typer.Option(
@@ -553,6 +558,7 @@ def evaluate(
     from .evaluation import evaluate as evaluate_models
     from .paths import store_path
 
+    results = results or out
     rows = evaluate_models(
         model, store_path(test), results, device=device, batch_size=batch_size, memory_limit=memory_limit
     )
@@ -571,8 +577,8 @@ def evaluate(
         )
     Console().print(table)
     typer.echo(
-        f"appended to {results / 'accuracy.csv'}; table in {results / 'accuracy.md'}; figures in "
-        f"{results / 'confusion'}/"
+        f"one row per classifier and test store in {results / 'accuracy.csv'}; table in {results / 'accuracy.md'}; "
+        f"figures in {results / 'confusion'}/"
     )
 
 
@@ -1160,14 +1166,17 @@ def filter_command(
 @app.command()
 @user_errors
 def report(
-    results: Path = typer.Option(RESULTS_DIR, help="Results folder (accuracy.csv, gradcam/, vanish/, grids/)."),
+    out: Path = typer.Option(
+        RESULTS_DIR, help="Results folder (accuracy.csv, gradcam/, vanish/, grids/) to report, and README.md in it."
+    ),
+    results: ResultsAlias = None,
     models: Path = typer.Option(MODELS_DIR, help="Models folder."),
     data: Path = typer.Option(DATA_DIR, help="Stores folder."),
 ) -> None:
     """Write results/README.md: the accuracy table beside the original study's, provenance, samples, CAMs, geometry."""
     from .report import write_report
 
-    typer.echo(f"wrote {write_report(results, models, data)}")
+    typer.echo(f"wrote {write_report(results or out, models, data)}")
 
 
 def main() -> None:

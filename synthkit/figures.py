@@ -62,15 +62,19 @@ def store_grid(store: Store, per_row: int = 10, seed: int = 0, cell: int = 64) -
     return image_grid(rows, store.classes, cell=cell, title=f"{store.path.name} ({kind}, {len(store)} images)")
 
 
-def show_store(path: str | Path, out: str | Path, per_row: int = 10, seed: int = 0, cell: int = 64) -> Path:
+def show_store(
+    path: str | Path, out: str | Path, per_row: int = 10, seed: int = 0, cell: int = 64, overwrite: bool = False
+) -> Path:
     """`synthkit show`: the grid of a store written to the image `out` (.png or .jpg), once `out` is checked (not the
-    store, a file that can be written, a grid that fits the memory budget)."""
+    store, a file that can be written and is not there unless `overwrite`, a grid that fits the memory budget)."""
     from .errors import UserError
     from .jobs import check_destination, check_fits
     from .memory import image_bytes, ram_budget
     from .store import Store
 
     check_destination(out, [path])
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} already exists: pass --overwrite to replace it")
     if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UserError(f"--out {out}: the grid is written as .png (or .jpg); give a name ending in one of them")
     with Store(path) as store:

@@ -145,6 +145,25 @@ class ShortUsageErrors(TyperGroup):
 app = typer.Typer(
     cls=ShortUsageErrors, help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"synthkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print synthkit's version and exit."
+    ),
+) -> None:
+    """Make synthetic training images useful: Diffusion Inversion and the study around it."""
+
+
 data_app = typer.Typer(help="Import real datasets into stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 err_console = Console(stderr=True)
@@ -275,12 +294,24 @@ def _print_store_line(path: Path) -> None:
 
 @app.command()
 @user_errors
-def info(path: str = typer.Argument(..., help="A store (name: data/NAME.h5, or path) or safetensors file.")) -> None:
+def info(
+    path: str = typer.Argument(..., help="A store (name: data/NAME.h5, or path) or safetensors file."),
+    plot: Path | None = typer.Option(
+        None, help="A classifier's test accuracy against step, from its file alone, drawn to this PNG."
+    ),
+    overwrite: Overwrite = False,
+) -> None:
     """Show what a store or safetensors file holds and how it was made."""
     from .info import print_info
     from .paths import store_path
 
+    if plot is not None:  # checked and drawn first, so that a refused --plot prints nothing else
+        from .figures import plot_evaluations
+
+        plot_evaluations(store_path(path), plot, overwrite=overwrite)
     print_info(store_path(path))
+    if plot is not None:
+        typer.echo(f"wrote {plot}")
 
 
 @app.command()

@@ -108,3 +108,37 @@ def prompt_sheet(
         lines = textwrap.wrap(text, width=max(20, text_width // 7))[: max(1, cell // 16)]
         draw.multiline_text((2 * (cell + pad) + pad, y + 2), "\n".join(lines), fill="black", font=font, spacing=2)
     return canvas
+
+
+def plot_evaluations(path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """A classifier's test accuracy against step, drawn from the evaluations its own file records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import read_meta
+    from .errors import UserError
+    from .jobs import check_destination
+    from .outputs import written_whole
+
+    check_destination(out, [path])
+    if Path(out).suffix.lower() != ".png":
+        raise UserError(f"--plot {out}: the curve is written as .png; give a name ending in it")
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} already exists: pass --overwrite to replace it")
+    meta = read_meta(path)
+    if meta.get("kind") != "classifier":
+        raise UserError(f"{path} is not a classifier (kind {meta.get('kind', '?')}): --plot draws a classifier's curve")
+    evals = meta.get("evals") or []
+    if not evals:
+        raise UserError(f"{path} records no evaluations (trained without a test store): there is no curve to draw")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([e["step"] for e in evals], [100 * e["accuracy"] for e in evals], marker="o")
+    ax.set(xlabel="step", ylabel="test accuracy %", title=f"{Path(path).name} ({meta.get('recipe', '?')})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with written_whole(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return Path(out)

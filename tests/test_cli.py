@@ -93,7 +93,7 @@ def test_not_a_store_is_one_line_exit_2(tmp_path):
 
 def test_malformed_options_get_a_short_usage_message(tmp_path):
     for args, error in [
-        (("evaluate", "--out", "x"), "No such option: --out"),
+        (("evaluate", "--output", "x"), "No such option: --output"),
         (("train", "--data", "real", "--out", tmp_path / "m.safetensors", "--steps", 0), "'--steps'"),
         (("vanish-score",), "Missing option '--gt'"),
     ]:
@@ -169,3 +169,36 @@ def test_report_reads_and_writes_the_results_folder_given_by_out_or_results(tmp_
         result = run("report", option, tmp_path / "r", "--models", models, "--data", tmp_path)
         assert result.exit_code == 0, result.output
         assert (tmp_path / "r" / "README.md").exists()
+
+
+def test_version():
+    from synthkit import __version__
+
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout == f"synthkit {__version__}\n"
+
+
+def test_info_on_a_classifier_shows_how_it_was_made_its_evaluations_and_its_curve(tmp_path, real_store, test_store):
+    import os
+
+    from synthkit.training import TrainConfig, train
+
+    out = tmp_path / "m.safetensors"
+    config = TrainConfig.from_recipe("quick", steps=4, batch_size=20, warmup_steps=1, evals=2)
+    train([real_store], out, config, device="cpu", test=test_store)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(out).st_mode & 0o777 == os.stat(real_store).st_mode & 0o777 == 0o666 & ~mask  # colleagues read it
+    result = run("info", out)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert text.index("how it was made") < text.index("test accuracy during training") < text.index("tensors: ")
+    assert re.search(r"kind\W+classifier", text) and len(text.splitlines()) < 120  # not a row per tensor
+    assert "conv1.weight" not in text and re.search(r"tensors: \d+, [\d,]+ values \(F32", text)
+    plotted = run("info", out, "--plot", tmp_path / "curve.png")
+    assert plotted.exit_code == 0, plotted.output
+    assert Image.open(tmp_path / "curve.png").width > 100
+    again = run("info", out, "--plot", tmp_path / "curve.png")
+    assert again.exit_code == 2 and again.stderr.startswith("error:") and again.stdout == ""
+    store = run("info", real_store, "--plot", tmp_path / "other.png")
+    assert store.exit_code == 2 and store.stderr.startswith("error:") and not (tmp_path / "other.png").exists()

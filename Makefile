@@ -161,14 +161,20 @@ help:  ## show targets and variables
 	@echo "  RECIPE=$(RECIPE)  SEEDS=$(SEEDS)  (a classifier per row and seed)  MIX=$(MIX)  (empty: the recipe's real + synthetic halves)"
 	@echo "  SHARDS=$(SHARDS)  (generation processes; use make -j)  INVERT_BY=$(INVERT_BY)  (class: a job per class; all: one job)"
 	@echo "  SD_PROMPTS=$(SD_PROMPTS)  (captions: BLIP captions as img2img prompts; template: SD_PROMPT)  SD_MODEL=$(SD_MODEL)  CAPTION_MODEL=$(CAPTION_MODEL)"
+	@echo "  SD_PROMPT='$(SD_PROMPT)'  (the template: SD_PROMPTS=template, and the scene study's prompts)  SD_INIT=$(SD_INIT)  (img2img source store; empty: text to image)"
+	@echo "  CLASSES=$(CLASSES)  (INVERT_BY=class: a job per class)"
 	@echo "  SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
 	@echo "  empty means synthkit's default (or the recipe's): PER_IMAGE=$(PER_IMAGE) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR) WARMUP_STEPS=$(WARMUP_STEPS) EVALS=$(EVALS)"
 	@echo "  IMAGE_SIZE=$(IMAGE_SIZE)  (classifiers' training size; empty: the real store's)"
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
 	@echo "  KEEP=$(KEEP) KEEP_BY=$(KEEP_BY)  (filter: share of each class kept, criterion)  FIDELITY_N=$(FIDELITY_N)  (images per class)"
-	@echo "  sweep: SIZES=$(SIZES)  (real images per class)  SWEEP_SEEDS=$(SWEEP_SEEDS)  TRAIN_LAUNCH=$(TRAIN_LAUNCH)  (e.g. torchrun: classifiers split across ranks)"
-	@echo "  geometry: SCENES=$(SCENES) GEO_CLASS=$(GEO_CLASS) GEO_SIZE=$(GEO_SIZE) GEO_PER_CLASS=$(GEO_PER_CLASS) GEO_SD_PER_CLASS=$(GEO_SD_PER_CLASS) GEO_N=$(GEO_N)"
+	@echo "  sweep: SIZES=$(SIZES)  (real images per class)  SWEEP_SEEDS=$(SWEEP_SEEDS)  SWEEP_EVALS=$(SWEEP_EVALS)  SWEEP_FROM=$(SWEEP_FROM)  SWEEP_EMB=$(SWEEP_EMB)"
+	@echo "  TRAIN_LAUNCH=$(TRAIN_LAUNCH)  (e.g. torchrun: a job's classifiers split across ranks)"
+	@echo "  geometry: SCENES=$(SCENES) GEO_CLASS=$(GEO_CLASS) GEO_SIZE=$(GEO_SIZE) GEO_PER_CLASS=$(GEO_PER_CLASS) GEO_UPDATES=$(GEO_UPDATES) GEO_SD_PER_CLASS=$(GEO_SD_PER_CLASS) GEO_N=$(GEO_N)"
+	@echo "  YUD=$(YUD)  (York Urban with gt.json: vanish-score scores the line detector)"
+	@echo "  demo: DEMO_DIR=$(DEMO_DIR)  (its own data/, models/, results/, stage settings)  DEMO_MODEL=$(DEMO_MODEL)  (its generator)"
+	@echo "  set-up: PYTHON=$(PYTHON) VENV=$(VENV) STAMPS=$(STAMPS)  (the stage settings' folder)"
 
 install:  ## create .venv and install synthkit with its test tools
 	$(PYTHON) -m venv $(VENV)
@@ -267,12 +273,12 @@ $(KEPT_CLFS) &: data/real.h5 data/inv-kept.h5 data/test.h5 $(STAMPS)/train
 	$(TRAIN) $(call train_data,$(KEPT_ROWS)) --out 'models/resnet18-{data}-s{seed}.safetensors' $(SEEDS:%=--seed %) \
 	  $(call train_size,data/real.h5) $(TRAIN_ARGS)
 
-evaluate: results/accuracy.md  ## test accuracy of the five on the real test set
+evaluate: results/accuracy.md  ## test accuracy of the seven rows (each seed of SEEDS) on the real test set
 
 results/accuracy.md: $(CLASSIFIERS) data/test.h5
 	$(SK) evaluate $(CLASSIFIERS:%=--model %) --test data/test.h5 --device $(DEVICE)
 
-analysis: results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## Grad-CAM and geometry
+analysis: results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## fidelity of each store, Grad-CAM of real/inv/sd, vanish (lines and VPs of real, sd, inv), vanish-score when YUD has gt.json
 
 results/gradcam/summary.json: $(call clf,real) $(call clf,inv) $(call clf,sd) data/test.h5 $(STAMPS)/analysis
 	$(SK) gradcam --model $(call clf,real) --model $(call clf,inv) --model $(call clf,sd) --data data/test.h5 $(call opt,--n,$(GRADCAM_N)) --seed $(SEED) --device $(DEVICE) --out results/gradcam
@@ -356,11 +362,11 @@ results/geometry/summary.json: data/scenes.h5 data/scenes-inv.h5 data/scenes-sd.
 
 report: results/README.md  ## results/README.md from what is in results/ and models/
 
-results/README.md: $(if $(wildcard $(SCENES)),results/geometry/summary.json) results/accuracy.md results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
-  $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)
+results/README.md: results/accuracy.md results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
+  $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json) $(if $(wildcard $(SCENES)),results/geometry/summary.json)
 	$(SK) report
 
-reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, filter, train, evaluate, analysis, geometry (when SCENES exists), report
+reproduce: report  ## the whole study (GPU for full size), in this order: data, invert, inv, captions, sd, train, filter, train (kept rows), evaluate, analysis (fidelity, gradcam, vanish, grids, vanish-score), geometry (when SCENES exists), report
 
 # ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
 # It runs in its own folder DEMO_DIR (demo/: its own data/, models/, results/ and stage settings), by this Makefile

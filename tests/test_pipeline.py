@@ -177,6 +177,39 @@ def test_makefile_shows_the_plan(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_help_names_every_variable_and_the_readme_tells_the_plan_in_its_order(tmp_path):
+    makefile = (ROOT / "Makefile").read_text()
+    help_text = subprocess.run(["make", "-s", "-C", str(ROOT), "help"], capture_output=True, text=True).stdout
+    variables = re.findall(r"^([A-Z_]+) *\?=", makefile, re.M)
+    assert len(variables) > 50 and [v for v in variables if not re.search(rf"(^| ){v}=", help_text, re.M)] == []
+    plan = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-f",
+            str(ROOT / "Makefile"),
+            "reproduce",
+            "VENV=v",
+            f"SCENES={tmp_path}",
+            "YUD=",
+            "SD_INIT=real",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout
+    steps = ["invert --class", "sample --embeddings", "caption", "sample --prompt-from", "train", "filter", "evaluate"]
+    steps += ["fidelity", "gradcam", "vanish --data data/real.h5", "data folder", "report"]
+    places = [plan.index(f"v/bin/synthkit {step}") for step in steps]
+    assert places == sorted(places), steps
+    readme = (ROOT / "README.md").read_text()
+    order = re.search(r"plan, in this order: (.*?)`make help`", readme, re.S).group(1)
+    named = ["`data`", "`invert`", "`inv`", "`captions`", "`sd`", "`train`", "`filter`", "`evaluate`", "`fidelity`"]
+    named += ["`gradcam`", "`vanish`", "`vanish-score`", "`geometry`", "`report`"]
+    assert [order.index(n) for n in named] == sorted(order.index(n) for n in named)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_the_demo_takes_the_committed_sample_where_there_is_no_cifar_archive(tmp_path):
     """A clone without ../shared runs the demo offline on tests/data's 12 train and 6 test images per class; with the
     archive, 20 and 10 per class from it."""
@@ -340,7 +373,7 @@ def test_makefile_sweep_plan(tmp_path):
         and "'models/sweep/resnet18-{data}-s{seed}.safetensors'" in train
     )
     assert "data/sweep/real-200.h5)" in train  # trained at the sweep's real size
-    evaluate = re.search(r"synthkit evaluate (.*?)--results results/sweep", plan).group(1)
+    evaluate = re.search(r"synthkit evaluate (.*?)--out results/sweep", plan).group(1)
     assert evaluate.count("--model") == 18 and "models/sweep/resnet18-real-10+inv-10-s1.safetensors" in evaluate
     assert re.findall(r"synthkit (\w+)", plan)[-1] == "report"  # the report last (make -w may add its own lines)
     reuse = subprocess.run(
@@ -442,7 +475,7 @@ case "$1" in
     put "$(printf '%s' "$out" | sed "s|{data}|$name|; s|{seed}|$s|")"
   done; done;;
   fidelity|gradcam|vanish|vanish-score) put "$out/summary.json";;
-  evaluate) put "$results/accuracy.md";;
+  evaluate) put "${out:-$results}/accuracy.md";;
   report) put results/README.md;;
   *) put "$out";;
 esac

@@ -516,7 +516,7 @@ def train(
             typer.echo(f"  {key:<16}{value!s:<20}{source}")
         return
     for name in ("data", "out"):
-        if not ctx.params.get(name):
+        if ctx.params.get(name) in (None, []):  # an empty --out "" is an input mistake, refused further on
             raise click.MissingParameter(ctx=ctx, param_hint=f"'--{name}'", param_type="option")
     test_path = store_or_default(test, TEST_STORE)
     jobs = expand_jobs([store_paths(d) for d in data], out, seed, config)

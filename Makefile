@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 SK     := $(VENV)/bin/synthkit
+HERE   := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
 # ---- the study's variables (override on the command line: make reproduce MODEL=/path/to/sd PER_CLASS=100).
 # Those set here are the study's choices; those left empty take synthkit's own defaults (synthkit/config.py,
@@ -160,14 +161,20 @@ help:  ## show targets and variables
 	@echo "  RECIPE=$(RECIPE)  SEEDS=$(SEEDS)  (a classifier per row and seed)  MIX=$(MIX)  (empty: the recipe's real + synthetic halves)"
 	@echo "  SHARDS=$(SHARDS)  (generation processes; use make -j)  INVERT_BY=$(INVERT_BY)  (class: a job per class; all: one job)"
 	@echo "  SD_PROMPTS=$(SD_PROMPTS)  (captions: BLIP captions as img2img prompts; template: SD_PROMPT)  SD_MODEL=$(SD_MODEL)  CAPTION_MODEL=$(CAPTION_MODEL)"
+	@echo "  SD_PROMPT='$(SD_PROMPT)'  (the template: SD_PROMPTS=template, and the scene study's prompts)  SD_INIT=$(SD_INIT)  (img2img source store; empty: text to image)"
+	@echo "  CLASSES=$(CLASSES)  (INVERT_BY=class: a job per class)"
 	@echo "  SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
 	@echo "  empty means synthkit's default (or the recipe's): PER_IMAGE=$(PER_IMAGE) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR) WARMUP_STEPS=$(WARMUP_STEPS) EVALS=$(EVALS)"
 	@echo "  IMAGE_SIZE=$(IMAGE_SIZE)  (classifiers' training size; empty: the recipe's, else the real store's)"
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
 	@echo "  KEEP=$(KEEP) KEEP_BY=$(KEEP_BY)  (filter: share of each class kept, criterion)  FIDELITY_N=$(FIDELITY_N)  (images per class)"
-	@echo "  sweep: SIZES=$(SIZES)  (real images per class)  SWEEP_SEEDS=$(SWEEP_SEEDS)  TRAIN_LAUNCH=$(TRAIN_LAUNCH)  (e.g. torchrun: classifiers split across ranks)"
-	@echo "  geometry: SCENES=$(SCENES) GEO_CLASS=$(GEO_CLASS) GEO_SIZE=$(GEO_SIZE) GEO_PER_CLASS=$(GEO_PER_CLASS) GEO_SD_PER_CLASS=$(GEO_SD_PER_CLASS) GEO_N=$(GEO_N)"
+	@echo "  sweep: SIZES=$(SIZES)  (real images per class)  SWEEP_SEEDS=$(SWEEP_SEEDS)  SWEEP_EVALS=$(SWEEP_EVALS)  SWEEP_FROM=$(SWEEP_FROM)  SWEEP_EMB=$(SWEEP_EMB)"
+	@echo "  TRAIN_LAUNCH=$(TRAIN_LAUNCH)  (e.g. torchrun: a job's classifiers split across ranks)"
+	@echo "  geometry: SCENES=$(SCENES) GEO_CLASS=$(GEO_CLASS) GEO_SIZE=$(GEO_SIZE) GEO_PER_CLASS=$(GEO_PER_CLASS) GEO_UPDATES=$(GEO_UPDATES) GEO_SD_PER_CLASS=$(GEO_SD_PER_CLASS) GEO_N=$(GEO_N)"
+	@echo "  YUD=$(YUD)  (York Urban with gt.json: vanish-score scores the line detector)"
+	@echo "  demo: DEMO_DIR=$(DEMO_DIR)  (its own data/, models/, results/, stage settings)  DEMO_MODEL=$(DEMO_MODEL)  (its generator)"
+	@echo "  set-up: PYTHON=$(PYTHON) VENV=$(VENV) STAMPS=$(STAMPS)  (the stage settings' folder)"
 
 install:  ## create .venv and install synthkit with its test tools
 	$(PYTHON) -m venv $(VENV)
@@ -269,12 +276,12 @@ $(KEPT_CLFS) &: data/real.h5 data/inv-kept.h5 data/test.h5 $(STAMPS)/train
 	$(TRAIN) $(call train_data,$(KEPT_ROWS)) --out 'models/resnet18-{data}-s{seed}.safetensors' $(SEEDS:%=--seed %) \
 	  $(call train_size,data/real.h5) $(TRAIN_ARGS)
 
-evaluate: results/accuracy.md  ## test accuracy of the five on the real test set
+evaluate: results/accuracy.md  ## test accuracy of the seven rows (each seed of SEEDS) on the real test set
 
 results/accuracy.md: $(CLASSIFIERS) data/test.h5
 	$(SK) evaluate $(CLASSIFIERS:%=--model %) --test data/test.h5 --device $(DEVICE)
 
-analysis: results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## Grad-CAM and geometry
+analysis: results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## fidelity of each store, Grad-CAM of real/inv/sd, vanish (lines and VPs of real, sd, inv), vanish-score when YUD has gt.json
 
 results/gradcam/summary.json: $(call clf,real) $(call clf,inv) $(call clf,sd) data/test.h5 $(STAMPS)/analysis
 	$(SK) gradcam --model $(call clf,real) --model $(call clf,inv) --model $(call clf,sd) --data data/test.h5 $(call opt,--n,$(GRADCAM_N)) --seed $(SEED) --device $(DEVICE) --out results/gradcam
@@ -290,7 +297,7 @@ results/vanish-yud/gt_scores.json:
 	$(SK) vanish-score --gt $(YUD) --out results/vanish-yud
 
 results/grids/%.png: data/%.h5
-	$(SK) show data/$*.h5 --out $@ --per-row 10 --seed $(SEED)
+	$(SK) show data/$*.h5 --out $@ --per-row 10 --seed $(SEED) --overwrite
 
 # ---- the sample-complexity sweep: test accuracy against the number of real images per class, for real, DI and both
 sweep: results/sweep/accuracy.md  ## real, inv and real+inv at each of SIZES real images per class, once per seed of SWEEP_SEEDS; the figure in the report
@@ -327,7 +334,7 @@ $(SWEEP_CLFS) &: $(SIZES:%=data/sweep/real-%.h5) $(SIZES:%=data/sweep/inv-%.h5) 
 	  $(SWEEP_SEEDS:%=--seed %) $(call train_size,data/sweep/real-$(SWEEP_MAX).h5) $(TRAIN_ARGS) $(call opt,--evals,$(SWEEP_EVALS))
 
 results/sweep/accuracy.md: $(SWEEP_CLFS) data/test.h5
-	$(SK) evaluate $(SWEEP_CLFS:%=--model %) --test data/test.h5 --results results/sweep --device $(DEVICE)
+	$(SK) evaluate $(SWEEP_CLFS:%=--model %) --test data/test.h5 --out results/sweep --device $(DEVICE)
 
 # ---- the scene study: does generation keep projective geometry? (scenes at the generator's resolution)
 geometry: results/geometry/summary.json  ## scenes: import, invert, DI and prompt samples, lines and VPs against their sources
@@ -358,28 +365,34 @@ results/geometry/summary.json: data/scenes.h5 data/scenes-inv.h5 data/scenes-sd.
 
 report: results/README.md  ## results/README.md from what is in results/ and models/
 
-results/README.md: $(if $(wildcard $(SCENES)),results/geometry/summary.json) results/accuracy.md results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
-  $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)
+results/README.md: results/accuracy.md results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
+  $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json) $(if $(wildcard $(SCENES)),results/geometry/summary.json)
 	$(SK) report
 
-reproduce: report  ## the whole study (needs a GPU for full size): data, sd, invert, inv, filter, train, evaluate, analysis, geometry (when SCENES exists), report
+reproduce: report  ## the whole study (GPU for full size), in this order: data, invert, inv, captions, sd, train, filter, train (kept rows), evaluate, analysis (fidelity, gradcam, vanish, grids, vanish-score), geometry (when SCENES exists), report
 
 # ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
+# It runs in its own folder DEMO_DIR (demo/: its own data/, models/, results/ and stage settings), by this Makefile
+# started there with the demo's variables, so that a later `make TARGET` here neither redoes nor deletes its work.
 # Its work is fixed, not its time: each classifier trains 8 steps of 16 images (7 rows x 2 seeds), every class is
 # inverted in one job, and the detector is not scored on York Urban (YUD=). The scene study runs on 12 York Urban
 # photos at 64 px when ../shared has them (SCENES). bench/README.md gives each stage's work and seconds.
 # Its images: 20 train and 10 test per class from CIFAR; without it (a clone without ../shared), the committed sample
-# of 12 and 6 per class (tests/data), so that the demo runs offline anywhere.
-DEMO_DATA := $(if $(wildcard $(CIFAR)),CIFAR=$(CIFAR) PER_CLASS=20 TEST_PER_CLASS=10,\
-  CIFAR=tests/data/cifar10-mini.tar.gz PER_CLASS=12 TEST_PER_CLASS=6)
-DEMO_VARS := MODEL=models/tiny-sd SD_MODEL=models/tiny-sd CAPTION_MODEL=models/tiny-blip $(DEMO_DATA) PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 \
-  SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
-  RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= SCENES=$(YUD) \
-  GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
+# of 12 and 6 per class (tests/data), so that the demo runs offline anywhere. DEMO_MODEL is its generator.
+DEMO_DIR   ?= demo
+DEMO_MODEL ?= models/tiny-sd
+DEMO_DATA := $(if $(wildcard $(CIFAR)),CIFAR=$(abspath $(CIFAR)) PER_CLASS=20 TEST_PER_CLASS=10,\
+  CIFAR=$(HERE)/tests/data/cifar10-mini.tar.gz PER_CLASS=12 TEST_PER_CLASS=6)
+DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) CAPTION_MODEL=models/tiny-blip $(DEMO_DATA) PER_IMAGE=2 \
+  SD_PER_CLASS=40 SD_STEPS=10 SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
+  RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= \
+  SCENES=$(abspath $(YUD)) GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
   SIZES="5 10" SWEEP_EVALS=1 SWEEP_FROM=data/real.h5 SWEEP_EMB=models/inv/all.safetensors
 
-demo: $(SK)  ## the whole graph offline in minutes on a CPU (random-weight generator: its images are noise)
-	$(MAKE) --no-print-directory reproduce sweep $(DEMO_VARS)
+demo: $(SK)  ## the whole graph offline in minutes on a CPU, in demo/ (random-weight generator: its images are noise)
+	mkdir -p $(DEMO_DIR) && $(MAKE) --no-print-directory -C $(DEMO_DIR) -f $(HERE)/Makefile \
+	  reproduce sweep VENV=$(abspath $(VENV)) $(DEMO_VARS)
+	@echo "the demo's report: $(DEMO_DIR)/results/README.md"
 
 $(SK):
 	$(MAKE) install
@@ -387,5 +400,5 @@ $(SK):
 models/tiny-sd:
 	$(SK) model tiny --out $@
 
-clean-study:  ## delete data/, models/, results/ and the stage settings (keeps .venv)
+clean-study:  ## delete data/, models/, results/ and the stage settings (keeps .venv and demo/)
 	rm -rf data models results $(STAMPS)

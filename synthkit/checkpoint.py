@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Any], meta: dict[str, A
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with written_whole(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; stores get the umask's 0644, and so do these
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -69,6 +70,7 @@ Shard = Annotated[
     ),
 ]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run; a finished output made the same way is kept.")]
+ResultsAlias = Annotated[Path | None, typer.Option("--results", hidden=True, help="The old name of --out.")]
 
 
 def choice_type(name: str, values: tuple[str, ...]) -> type[StrEnum]:
@@ -144,6 +146,25 @@ class ShortUsageErrors(TyperGroup):
 app = typer.Typer(
     cls=ShortUsageErrors, help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"synthkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print synthkit's version and exit."
+    ),
+) -> None:
+    """Make synthetic training images useful: Diffusion Inversion and the study around it."""
+
+
 data_app = typer.Typer(help="Import real datasets into stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 err_console = Console(stderr=True)
@@ -274,11 +295,24 @@ def _print_store_line(path: Path) -> None:
 
 @app.command()
 @user_errors
-def info(path: Path = typer.Argument(..., help="A store (.h5) or safetensors file.")) -> None:
+def info(
+    path: str = typer.Argument(..., help="A store (name: data/NAME.h5, or path) or safetensors file."),
+    plot: Path | None = typer.Option(
+        None, help="A classifier's test accuracy against step, from its file alone, drawn to this PNG."
+    ),
+    overwrite: Overwrite = False,
+) -> None:
     """Show what a store or safetensors file holds and how it was made."""
     from .info import print_info
+    from .paths import store_path
 
-    print_info(path)
+    if plot is not None:  # checked and drawn first, so that a refused --plot prints nothing else
+        from .figures import plot_evaluations
+
+        plot_evaluations(store_path(path), plot, overwrite=overwrite)
+    print_info(store_path(path))
+    if plot is not None:
+        typer.echo(f"wrote {plot}")
 
 
 @app.command()
@@ -289,12 +323,14 @@ def show(
     per_row: int = typer.Option(SHOW.per_row, min=1, help="Images per class."),
     seed: Annotated[int, seed_option("Seed of the random picks.")] = SEED,
     cell: int = typer.Option(SHOW.cell, min=8, help="Pixels per image in the grid."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Draw a grid of sample images, a row per class."""
     from .figures import show_store
     from .paths import store_path
 
-    typer.echo(f"wrote {show_store(store_path(store), out, per_row=per_row, seed=seed, cell=cell)}")
+    grid = show_store(store_path(store), out, per_row=per_row, seed=seed, cell=cell, overwrite=overwrite)
+    typer.echo(f"wrote {grid}")
 
 
 @app.command()
@@ -376,21 +412,27 @@ def caption(
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: list[str] = typer.Option(
-        ...,
-        help="Stores of one classifier: names (data/NAME.h5) or paths, comma-separated, e.g. real,inv. Repeat --data "
-        "to train several classifiers in one job.",
+        [],
+        help="Required. Stores of one classifier: names (data/NAME.h5) or paths, comma-separated, e.g. real,inv. "
+        "Repeat --data to train several classifiers in one job.",
+        show_default=False,
     ),
-    out: str = typer.Option(
-        ...,
-        help="Classifier to write, e.g. models/resnet18-real+inv.safetensors; for several, a pattern with {data} "
-        "(store names joined by +) and {seed}.",
+    out: str | None = typer.Option(
+        None,
+        help="Required. Classifier to write, e.g. models/resnet18-real+inv.safetensors; for several, a pattern with "
+        "{data} (store names joined by +) and {seed}.",
     ),
     recipe: Recipe = typer.Option(
         Recipe(DEFAULT_RECIPE),
         help=f"Training recipe (synthkit/config.py): {', '.join(RECIPES)}. di: the official evaluation (50,000 steps "
         "at batch 128); study: the original study's; quick: a few hundred steps for CPUs. Every option below "
-        "overrides the recipe's value.",
+        "overrides the recipe's value; --show prints the values. A --steps shorter than the recipe's scales its "
+        "warm-up to the same share.",
+    ),
+    show: bool = typer.Option(
+        False, "--show", help="Print the resolved settings (the recipe's, with the options given) and train nothing."
     ),
     steps: int | None = typer.Option(
         None, min=1, help="Optimiser steps: the same for every classifier, whatever its stores' sizes."
@@ -428,7 +470,9 @@ def train(
         "classifier per seed.",
     ),
     test: str | None = typer.Option(
-        None, help="A real test store (name or path) to score during training (--evals times)."
+        None,
+        help=f"A real test store (name or path) to score during training (--evals times); default {TEST_STORE} "
+        f"(data/{TEST_STORE}.h5) when it exists, else nothing is scored and evals 0 recorded.",
     ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the models (faster on GPU after a warm-up)."),
     shard: str = typer.Option(
@@ -447,7 +491,7 @@ def train(
     steps."""
     from .config import TrainConfig
     from .evaluation import batch_text
-    from .paths import store_path, store_paths
+    from .paths import store_or_default, store_paths
     from .training import check_config, expand_jobs, train_many
 
     config = TrainConfig.from_recipe(
@@ -467,6 +511,15 @@ def train(
         compile=compile or None,
     )
     check_config(config)
+    if show:
+        typer.echo(f"recipe {config.recipe} (synthkit/config.py RECIPES), resolved:")
+        for key, value, source in config.describe():
+            typer.echo(f"  {key:<16}{value!s:<20}{source}")
+        return
+    for name in ("data", "out"):
+        if ctx.params.get(name) in (None, []):  # an empty --out "" is an input mistake, refused further on
+            raise click.MissingParameter(ctx=ctx, param_hint=f"'--{name}'", param_type="option")
+    test_path = store_or_default(test, TEST_STORE)
     jobs = expand_jobs([store_paths(d) for d in data], out, seed, config)
     part, dev = shard_of(shard, device)
     if part:
@@ -478,7 +531,7 @@ def train(
     metas = train_many(
         jobs,
         device=dev,
-        test=store_path(test) if test else None,
+        test=test_path,
         overwrite=overwrite,
         resume=resume,
         memory_limit=memory_limit,
@@ -519,7 +572,8 @@ def shard_of(shard: str, device: str) -> tuple[str, str]:
 def evaluate(
     model: list[Path] = typer.Option(..., help="Classifier(s) to score (repeat --model)."),
     test: str = typer.Option(TEST_STORE, help="The real test store (name or path)."),
-    results: Path = typer.Option(RESULTS_DIR, help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
+    out: Path = typer.Option(RESULTS_DIR, help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
+    results: ResultsAlias = None,
     batch_size: int = typer.Option(EVAL.batch_size, min=1, help="Images per forward pass."),
     device: Device = AUTO,
     memory_limit: str | None = typer.Option(
@@ -536,6 +590,7 @@ def evaluate(
     from .evaluation import evaluate as evaluate_models
     from .paths import store_path
 
+    results = results or out
     rows = evaluate_models(
         model, store_path(test), results, device=device, batch_size=batch_size, memory_limit=memory_limit
     )
@@ -554,8 +609,8 @@ def evaluate(
         )
     Console().print(table)
     typer.echo(
-        f"appended to {results / 'accuracy.csv'}; table in {results / 'accuracy.md'}; figures in "
-        f"{results / 'confusion'}/"
+        f"one row per classifier and test store in {results / 'accuracy.csv'}; table in {results / 'accuracy.md'}; "
+        f"figures in {results / 'confusion'}/"
     )
 
 
@@ -1179,14 +1234,17 @@ def filter_command(
 @app.command()
 @user_errors
 def report(
-    results: Path = typer.Option(RESULTS_DIR, help="Results folder (accuracy.csv, gradcam/, vanish/, grids/)."),
+    out: Path = typer.Option(
+        RESULTS_DIR, help="Results folder (accuracy.csv, gradcam/, vanish/, grids/) to report, and README.md in it."
+    ),
+    results: ResultsAlias = None,
     models: Path = typer.Option(MODELS_DIR, help="Models folder."),
     data: Path = typer.Option(DATA_DIR, help="Stores folder."),
 ) -> None:
     """Write results/README.md: the accuracy table beside the original study's, provenance, samples, CAMs, geometry."""
     from .report import write_report
 
-    typer.echo(f"wrote {write_report(results, models, data)}")
+    typer.echo(f"wrote {write_report(results or out, models, data)}")
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ imports no torch, so `synthkit --help` still answers at once). The Makefile over
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .errors import UserError
 
@@ -213,6 +213,14 @@ RECIPES: dict[str, dict] = {
 DEFAULT_RECIPE = "di"
 
 
+def scaled_warmup(recipe: dict, steps: int) -> int:
+    """The recipe's warm-up, or for a run shorter than the recipe's the same share of it (quick at 3 steps: 0, not
+    15 steps that the run would never finish)."""
+    if steps >= recipe["steps"]:
+        return recipe["warmup_steps"]
+    return round(recipe["warmup_steps"] * steps / recipe["steps"])
+
+
 @dataclass
 class TrainConfig:
     """Every value of one classifier's run, resolved from a recipe (RECIPES) and the options that override it.
@@ -247,8 +255,29 @@ class TrainConfig:
         """The recipe's values, then every override that is not None."""
         if name not in RECIPES:
             raise UserError(f"unknown recipe '{name}': use one of {', '.join(RECIPES)}")
-        values = RECIPES[name] | {k: v for k, v in overrides.items() if v is not None}
+        recipe = RECIPES[name]
+        values = recipe | {k: v for k, v in overrides.items() if v is not None}
+        if "warmup_steps" in recipe and overrides.get("warmup_steps") is None:
+            values["warmup_steps"] = scaled_warmup(recipe, values["steps"])
         return cls(recipe=name, **values)
+
+    def describe(self) -> list[tuple[str, object, str]]:
+        """Every resolved value as (name, value, where it comes from: the recipe, an option, or the recipe scaled)."""
+        recipe = RECIPES[self.recipe]
+        rows = []
+        for key, value in asdict(self).items():
+            if key in ("recipe", "seed"):
+                continue
+            if key not in recipe:
+                source = "synthkit's default"
+            elif value == recipe[key]:
+                source = "recipe"
+            elif key == "warmup_steps" and value == scaled_warmup(recipe, self.steps):
+                source = f"recipe's {recipe[key]}, scaled to {self.steps} steps"
+            else:
+                source = "option"
+            rows.append((key, value, source))
+        return rows
 
     @property
     def real_share(self) -> int:

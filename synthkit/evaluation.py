@@ -1,8 +1,8 @@
 """`synthkit evaluate`: accuracy of classifiers on a real test store with their classes, as the study's table.
 
 Every model is scored on the same real test images, read in chunks that fit the device's memory budget, each model
-at its own input size; the rows are appended to
-results/accuracy.csv and results/accuracy.md is rewritten from it (latest row per model and test set).
+at its own input size; the rows are written to results/accuracy.csv (one per model and test store, a model scored
+again replacing its row) and results/accuracy.md is rewritten from it.
 """
 
 from __future__ import annotations
@@ -217,22 +217,19 @@ def evaluate(
 
 
 def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows to the CSV, writing the header when the file is new (and rewriting a file of older columns)."""
+    """Add rows to the CSV, each replacing an older row of the same model and test store, so that scoring a
+    classifier again keeps one row for it (the file is rewritten whole, in the current columns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     old: list[dict[str, str]] = []
-    rewrite = not path.exists()
     if path.exists():
         with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames != CSV_FIELDS:
-                old, rewrite = list(reader), True
-    if rewrite:
-        with written_whole(path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(old)
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=CSV_FIELDS).writerows(rows)
+            old = list(csv.DictReader(f))
+    new = {(str(r["model"]), str(r["test_fingerprint"])) for r in rows}
+    kept = [r for r in old if (r.get("model"), r.get("test_fingerprint")) not in new]
+    with written_whole(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([*kept, *rows])
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

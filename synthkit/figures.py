@@ -62,15 +62,19 @@ def store_grid(store: Store, per_row: int = 10, seed: int = 0, cell: int = 64) -
     return image_grid(rows, store.classes, cell=cell, title=f"{store.path.name} ({kind}, {len(store)} images)")
 
 
-def show_store(path: str | Path, out: str | Path, per_row: int = 10, seed: int = 0, cell: int = 64) -> Path:
+def show_store(
+    path: str | Path, out: str | Path, per_row: int = 10, seed: int = 0, cell: int = 64, overwrite: bool = False
+) -> Path:
     """`synthkit show`: the grid of a store written to the image `out` (.png or .jpg), once `out` is checked (not the
-    store, a file that can be written, a grid that fits the memory budget)."""
+    store, a file that can be written and is not there unless `overwrite`, a grid that fits the memory budget)."""
     from .errors import UserError
     from .jobs import check_destination, check_fits
     from .memory import image_bytes, ram_budget
     from .store import Store
 
     check_destination(out, [path])
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} already exists: pass --overwrite to replace it")
     if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UserError(f"--out {out}: the grid is written as .png (or .jpg); give a name ending in one of them")
     with Store(path) as store:
@@ -104,3 +108,37 @@ def prompt_sheet(
         lines = textwrap.wrap(text, width=max(20, text_width // 7))[: max(1, cell // 16)]
         draw.multiline_text((2 * (cell + pad) + pad, y + 2), "\n".join(lines), fill="black", font=font, spacing=2)
     return canvas
+
+
+def plot_evaluations(path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """A classifier's test accuracy against step, drawn from the evaluations its own file records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import read_meta
+    from .errors import UserError
+    from .jobs import check_destination
+    from .outputs import written_whole
+
+    check_destination(out, [path])
+    if Path(out).suffix.lower() != ".png":
+        raise UserError(f"--plot {out}: the curve is written as .png; give a name ending in it")
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} already exists: pass --overwrite to replace it")
+    meta = read_meta(path)
+    if meta.get("kind") != "classifier":
+        raise UserError(f"{path} is not a classifier (kind {meta.get('kind', '?')}): --plot draws a classifier's curve")
+    evals = meta.get("evals") or []
+    if not evals:
+        raise UserError(f"{path} records no evaluations (trained without a test store): there is no curve to draw")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([e["step"] for e in evals], [100 * e["accuracy"] for e in evals], marker="o")
+    ax.set(xlabel="step", ylabel="test accuracy %", title=f"{Path(path).name} ({meta.get('recipe', '?')})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with written_whole(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return Path(out)

@@ -84,6 +84,8 @@ def _describe_store(path: Path) -> Group:
 
 def _describe_safetensors(path: Path) -> Group:
     meta = read_meta(path)
+    if meta.get("kind") == "classifier":
+        return _describe_classifier(path, meta)
     tensors = Table(title=f"{path}: tensors")
     tensors.add_column("name")
     tensors.add_column("shape")
@@ -94,6 +96,33 @@ def _describe_safetensors(path: Path) -> Group:
     if len(shapes) > 40:
         tensors.add_row(f"... {len(shapes) - 40} more", "", "")
     return Group(tensors, _provenance_table(meta))
+
+
+def _describe_classifier(path: Path, meta: dict[str, Any]) -> Group:
+    """A classifier: how it was made, then its evaluations, then its tensors in one line (not 122 rows)."""
+    parts: list[Any] = [_provenance_table({k: v for k, v in meta.items() if k != "evals"})]
+    evals = meta.get("evals") or []
+    if evals:
+        table = Table(title="test accuracy during training", min_width=40)
+        table.add_column("step", justify="right")
+        table.add_column("accuracy %", justify="right")
+        for e in evals:
+            table.add_row(str(e["step"]), f"{100 * e['accuracy']:.2f}")
+        parts.append(table)
+    else:
+        parts.append("no evaluations during training (no test store)")
+    shapes = tensor_shapes(path)
+    count = sum(_numel(shape) for shape, _ in shapes.values())
+    dtypes = ", ".join(sorted({dtype for _, dtype in shapes.values()}))
+    parts.append(f"tensors: {len(shapes)}, {count:,} values ({dtypes}); info --plot PNG draws the curve")
+    return Group(*parts)
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _describe_model_folder(path: Path) -> Group:

@@ -45,3 +45,11 @@ def store_paths(names: str | list[str]) -> list[Path]:
             )
         out.extend(store_path(part) for part in parts)
     return out
+
+
+def store_or_default(name: str | None, default: str) -> Path | None:
+    """The store `name` when given, else data/`default`.h5 when that exists, else None."""
+    if name:
+        return store_path(name)
+    path = store_path(default)
+    return path if path.exists() else None

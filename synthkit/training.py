@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -357,7 +357,12 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torc
         return sched.StepLR(optimizer, step_size=max(1, config.step_every), gamma=config.step_gamma)
     return sched.ChainedScheduler(
         [
-            sched.LinearLR(optimizer, start_factor=config.warmup_start, total_iters=config.warmup_steps),
+            # without warm-up the factor is 1 (torch's LinearLR over 0 steps would hold start_factor for ever)
+            sched.LinearLR(
+                optimizer,
+                start_factor=config.warmup_start if config.warmup_steps else 1.0,
+                total_iters=config.warmup_steps,
+            ),
             sched.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.lr * config.min_lr),
         ]
     )
@@ -430,6 +435,11 @@ def check_config(config: TrainConfig) -> None:
         raise UserError(f"--image-size must be at least 8, got {config.image_size}")
     if config.evals < 0 or config.warmup_steps < 0:
         raise UserError("--evals and --warmup-steps cannot be negative")
+    if config.schedule == "warmup-cosine" and config.warmup_steps and config.warmup_steps >= config.steps:
+        raise UserError(
+            f"--warmup-steps {config.warmup_steps} is not shorter than --steps {config.steps}: the run would never "
+            "reach its learning rate; give fewer warm-up steps (0: none)"
+        )
     check_range(config.lr, "--lr", 0, open_low=True)
     check_range(config.weight_decay, "--weight-decay", 0)
     check_range(config.momentum, "--momentum", 0, 1)
@@ -661,7 +671,10 @@ def train_many(
     """Train several classifiers in one process, each with its own data order, augmentation draws, optimiser,
     state file and checkpoint, and each equal to its run alone. They advance a step each in turn (on CUDA, each on
     its own stream, so their kernels can overlap). A classifier whose loss diverges stops alone; the others finish,
-    and the job then fails naming it. Returns each classifier's metadata."""
+    and the job then fails naming it. Without a `test` store nothing is scored and each records evals 0. Returns
+    each classifier's metadata."""
+    if test is None:
+        jobs = [TrainJob(job.data, job.out, replace(job.config, evals=0)) for job in jobs]
     inputs = [*(p for job in jobs for p in job.data), test]
     for job in jobs:
         check_config(job.config)
@@ -728,6 +741,8 @@ def train_many(
         for job in todo:
             job.out.parent.mkdir(parents=True, exist_ok=True)
         runs = [Run(job, sets[keys[job.out]], dev, test_images, resume) for job in todo]
+        if test_images is None:  # said once every check has passed, before the first step
+            console.print("no test store given (--test): nothing is scored during training, evals 0", highlight=False)
         if dev.type == "cuda":
             for run in runs:  # the training sets were written on the default stream
                 run.stream.wait_stream(torch.cuda.current_stream(dev))

@@ -170,7 +170,7 @@ COMMANDS = {
         ],
         None,
     ),
-    "show": ("file", "store", lambda c, o: ["show", c["store"], "--out", o], None),
+    "show": ("file", "store", lambda c, o: ["show", c["store"], "--out", o, "--overwrite"], None),
     "fidelity": (
         "folder",
         "store",

@@ -177,13 +177,46 @@ def test_makefile_shows_the_plan(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_help_names_every_variable_and_the_readme_tells_the_plan_in_its_order(tmp_path):
+    makefile = (ROOT / "Makefile").read_text()
+    help_text = subprocess.run(["make", "-s", "-C", str(ROOT), "help"], capture_output=True, text=True).stdout
+    variables = re.findall(r"^([A-Z_]+) *\?=", makefile, re.M)
+    assert len(variables) > 50 and [v for v in variables if not re.search(rf"(^| ){v}=", help_text, re.M)] == []
+    plan = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-f",
+            str(ROOT / "Makefile"),
+            "reproduce",
+            "VENV=v",
+            f"SCENES={tmp_path}",
+            "YUD=",
+            "SD_INIT=real",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout
+    steps = ["invert --class", "sample --embeddings", "caption", "sample --prompt-from", "train", "filter", "evaluate"]
+    steps += ["fidelity", "gradcam", "vanish --data data/real.h5", "data folder", "report"]
+    places = [plan.index(f"v/bin/synthkit {step}") for step in steps]
+    assert places == sorted(places), steps
+    readme = (ROOT / "README.md").read_text()
+    order = re.search(r"plan, in this order: (.*?)`make help`", readme, re.S).group(1)
+    named = ["`data`", "`invert`", "`inv`", "`captions`", "`sd`", "`train`", "`filter`", "`evaluate`", "`fidelity`"]
+    named += ["`gradcam`", "`vanish`", "`vanish-score`", "`geometry`", "`report`"]
+    assert [order.index(n) for n in named] == sorted(order.index(n) for n in named)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_the_demo_takes_the_committed_sample_where_there_is_no_cifar_archive(tmp_path):
     """A clone without ../shared runs the demo offline on tests/data's 12 train and 6 test images per class; with the
     archive, 20 and 10 per class from it."""
 
     def plan(cifar: Path) -> str:
         out = subprocess.run(
-            ["make", "-n", "-C", str(ROOT), "demo", f"CIFAR={cifar}", f"STAMPS={tmp_path}/st", f"VENV={tmp_path}/v"],
+            ["make", "-n", "-C", str(ROOT), "demo", f"CIFAR={cifar}", f"DEMO_DIR={tmp_path}/d", f"VENV={tmp_path}/v"],
             capture_output=True,
             text=True,
         )
@@ -191,8 +224,9 @@ def test_the_demo_takes_the_committed_sample_where_there_is_no_cifar_archive(tmp
         return out.stdout
 
     absent = plan(tmp_path / "absent.tar.gz")
-    assert "data cifar10 --source tests/data/cifar10-mini.tar.gz --split train --per-class 12 " in absent
-    assert "data cifar10 --source tests/data/cifar10-mini.tar.gz --split test --per-class 6 " in absent
+    sample = ROOT / "tests/data/cifar10-mini.tar.gz"
+    assert f"data cifar10 --source {sample} --split train --per-class 12 " in absent
+    assert f"data cifar10 --source {sample} --split test --per-class 6 " in absent
     archive = tmp_path / "cifar.tar.gz"
     archive.write_bytes(b"")
     present = plan(archive)
@@ -357,7 +391,7 @@ def test_makefile_sweep_plan(tmp_path):
         and "'models/sweep/resnet18-{data}-s{seed}.safetensors'" in train
     )
     assert "data/sweep/real-200.h5)" in train  # trained at the sweep's real size
-    evaluate = re.search(r"synthkit evaluate (.*?)--results results/sweep", plan).group(1)
+    evaluate = re.search(r"synthkit evaluate (.*?)--out results/sweep", plan).group(1)
     assert evaluate.count("--model") == 18 and "models/sweep/resnet18-real-10+inv-10-s1.safetensors" in evaluate
     assert re.findall(r"synthkit (\w+)", plan)[-1] == "report"  # the report last (make -w may add its own lines)
     reuse = subprocess.run(
@@ -442,6 +476,68 @@ def retrained(cwd, *variables):
         if name.startswith("models/resnet18-") and not (cwd / name).exists()
     ]
     return sorted(re.fullmatch(r"models/resnet18-(.+)-s0\.safetensors", name).group(1) for name in gone), out.stdout
+
+
+# A stand-in for synthkit that writes what each command of the demo's graph writes (train's patterned outputs, the
+# folders of results), so that make runs the whole graph and a second run has nothing to do.
+DEMO_SYNTHKIT = """#!/bin/sh
+out=""; results="results"; data=""; seeds=""; prev=""
+for a in "$@"; do
+  case "$prev" in --out) out="$a";; --results) results="$a";; --data) data="$data $a";; --seed) seeds="$seeds $a";; esac
+  prev="$a"
+done
+put() { mkdir -p "$(dirname "$1")"; touch "$1"; }
+case "$1" in
+  train) for d in $data; do for s in $seeds; do
+    name=$(echo "$d" | tr , '\\n' | sed 's|.*/||; s|[.]h5$||' | paste -sd+)
+    put "$(printf '%s' "$out" | sed "s|{data}|$name|; s|{seed}|$s|")"
+  done; done;;
+  fidelity|gradcam|vanish|vanish-score) put "$out/summary.json";;
+  evaluate) put "${out:-$results}/accuracy.md";;
+  report) put results/README.md;;
+  *) put "$out";;
+esac
+"""
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_the_demo_is_kept_apart_from_the_study(tmp_path):
+    """make demo works in demo/ with its own files and stage settings: a later make report or evaluate in the main
+    folder plans nothing on the demo's files, and the demo made again plans nothing."""
+    import os
+
+    fake = tmp_path / "fake-synthkit"
+    fake.write_text(DEMO_SYNTHKIT)
+    fake.chmod(0o755)
+    main = tmp_path / "main"
+    main.mkdir()
+
+    def make(*args: str) -> str:
+        out = subprocess.run(
+            ["make", "-f", str(ROOT / "Makefile"), *args, "VENV=venv", f"SK={fake}", "IMAGE_SIZE=32", "YUD=absent"],
+            cwd=main,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    shown = make("demo")
+    demo = main / "demo"
+    assert "the demo's report: demo/results/README.md" in shown
+    assert (demo / "results/README.md").exists() and (demo / "data/real.h5").exists()
+    assert (demo / "models/resnet18-real+inv-kept-s1.safetensors").exists()
+    assert "quick" in (demo / ".make/train").read_text()
+    assert not any((main / d).exists() for d in ("data", "models", "results", ".make"))
+    before = {p: p.stat().st_mtime_ns for p in demo.rglob("*") if p.is_file()}
+    for target in ("report", "evaluate"):
+        plan = make("-n", target).replace(str(fake), "synthkit")
+        assert "demo" not in plan and "synthkit data cifar10" in plan, plan
+    planned = make("-n", "demo").split("SWEEP_EMB=models/inv/all.safetensors\n", 1)[1]
+    commands = [line.replace(str(fake), "synthkit") for line in planned.splitlines() if str(fake) in line]
+    assert commands == ["synthkit report"] and "rm " not in planned, planned  # sweep writes the report again
+    assert {p: p.stat().st_mtime_ns for p in demo.rglob("*") if p.is_file()} == before
+    assert sorted(os.listdir(main)) == [".make", "demo"]  # the main folder's own stage settings, nothing else
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

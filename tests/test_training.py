@@ -1,4 +1,6 @@
 import json
+import math
+import shutil
 from dataclasses import asdict
 
 import numpy as np
@@ -17,8 +19,10 @@ from synthkit.store import Store, StoreWriter
 from synthkit.training import (
     TrainConfig,
     augment,
+    check_config,
     colour_jitter,
     load_stores,
+    make_schedule,
     rotate_jitter,
     step_rows,
     train,
@@ -98,11 +102,51 @@ def test_recipes_resolve_and_every_option_overrides_its_value(tmp_path, real_sto
     result = train_cli(real_store, out, "--steps", 3, "--lr", 0.05, "--batch-size", 10, "--step-every", 2)
     assert result.exit_code == 0, result.output
     meta = read_meta(out)
-    resolved = asdict(TrainConfig.from_recipe("quick", steps=3, lr=0.05, batch_size=10, step_every=2))
+    resolved = asdict(TrainConfig.from_recipe("quick", steps=3, lr=0.05, batch_size=10, step_every=2, evals=0))
     assert meta["recipe"] == "quick" and meta["params"] == resolved  # the recipe's name and every resolved value
     assert "recipe quick, 3 steps of 10 from all stores" in result.output
     bad = run("train", "--data", real_store, "--out", out, "--recipe", "fast", "--overwrite")
     usage_error(bad, "--recipe", "'di'", "'study'", "'quick'")
+
+
+def test_show_prints_the_resolved_recipe_and_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shown = run("train", "--recipe", "quick", "--show")
+    assert shown.exit_code == 0, shown.output
+    rows = {line.split()[0]: line.split()[1:] for line in shown.stdout.splitlines()[1:]}
+    assert rows["steps"] == ["300", "recipe"] and rows["lr"] == ["0.025", "recipe"] and rows["warmup_steps"][0] == "15"
+    assert len(rows) == len(asdict(TrainConfig())) - 2 and not list(tmp_path.iterdir())  # all but recipe and seed
+    given = run("train", "--recipe", "quick", "--steps", 40, "--lr", 0.05, "--show")
+    assert "lr              0.05                option" in given.stdout
+    assert "warmup_steps    2                   recipe's 15, scaled to 40 steps" in given.stdout
+    missing = run("train", "--recipe", "quick")
+    assert missing.exit_code == 2 and "Error: Missing option '--data'." in missing.stderr
+
+
+def test_a_shorter_run_scales_the_recipes_warm_up_and_a_longer_warm_up_is_refused(tmp_path, real_store):
+    assert TrainConfig.from_recipe("quick", steps=3).warmup_steps == 0  # 15 of 300 steps is 5%: none of 3
+    assert TrainConfig.from_recipe("quick", steps=100).warmup_steps == 5
+    assert TrainConfig.from_recipe("di", steps=60_000).warmup_steps == 1000  # a longer run keeps the recipe's
+    assert TrainConfig.from_recipe("quick", steps=100, warmup_steps=30).warmup_steps == 30
+    with pytest.raises(UserError, match="--warmup-steps 5 is not shorter than --steps 3"):
+        check_config(TrainConfig.from_recipe("quick", steps=3, warmup_steps=5))
+    bad = train_cli(real_store, tmp_path / "m.safetensors", "--steps", 3, "--warmup-steps", 3)
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --warmup-steps 3") and not list(tmp_path.iterdir())
+
+
+def test_without_warm_up_the_first_step_takes_the_full_learning_rate():
+    """torch's LinearLR over 0 steps would hold its start factor (a thousandth of lr) for the whole run."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    schedule = make_schedule(optimizer, TrainConfig.from_recipe("quick", steps=10, warmup_steps=0, lr=0.1))
+    rates = []
+    for _ in range(3):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.1) and rates[2] == pytest.approx(
+        0.1 * (0.999 * (1 + math.cos(0.2 * math.pi)) / 2 + 0.001)
+    )
 
 
 def test_every_row_trains_the_same_steps_whatever_its_stores_size(tmp_path, real_store):
@@ -194,6 +238,28 @@ def test_mixed_rows_take_real_and_synthetic_images_every_step(tmp_path, real_sto
     rows = step_rows(data, quick(batch_size=20, real_batch=12), 0, 7)
     assert set(rows[:, 12:].flatten().tolist()) == set(range(120, 170))
     assert torch.equal(step_rows(data, quick(batch_size=20, real_batch=12), 3, 7), rows[3:])  # any stretch on its own
+
+
+def test_training_scores_the_test_store_by_default_or_says_it_scores_nothing(
+    tmp_path, monkeypatch, real_store, test_store
+):
+    """Without --test, train scores data/test.h5 as evaluate does; without that store it says so in one line and
+    records evals 0."""
+    monkeypatch.chdir(tmp_path)
+    options = ("--steps", 4, "--batch-size", 20, "--warmup-steps", 1, "--evals", 2)
+    alone = train_cli(real_store, "alone.safetensors", *options)
+    assert alone.exit_code == 0, alone.output
+    assert alone.stderr == "no test store given (--test): nothing is scored during training, evals 0\n"
+    assert "test accuracy" not in alone.stdout
+    meta = read_meta(tmp_path / "alone.safetensors")
+    assert meta["params"]["evals"] == 0 and "evals" not in meta  # no test store: none made, none recorded
+    (tmp_path / "data").mkdir()
+    shutil.copy(test_store, "data/test.h5")
+    scored = train_cli(real_store, "scored.safetensors", *options)
+    assert scored.exit_code == 0, scored.output
+    assert "no test store given" not in scored.output and "test accuracy" in scored.output
+    meta = read_meta(tmp_path / "scored.safetensors")
+    assert [e["step"] for e in meta["evals"]] == [2, 4] and meta["test"]["path"] == "data/test.h5"
 
 
 def test_evaluations_during_training_are_logged_and_the_last_is_the_final_accuracy(tmp_path, real_store, test_store):

@@ -18,6 +18,7 @@ import torch
 from .config import PROMPT, UNCONDS, DIConfig, SamplingConfig, check_choice
 from .device import diffusion_dtype, image_bytes, job_device, memory_budget, pick_device
 from .diffusion import (
+    SD_SCHEDULE,
     Diffusion,
     check_resolution,
     decode,
@@ -63,6 +64,11 @@ def check_sizes(config: SamplingConfig, device: str | None, shard: str) -> None:
     ):
         if value is not None:
             check_range(value, option, low)
+    if config.steps is not None and config.steps > SD_SCHEDULE["num_train_timesteps"]:
+        raise UserError(
+            f"--steps must be at most {SD_SCHEDULE['num_train_timesteps']} (the timesteps the model was trained on), "
+            f"got {config.steps}"
+        )
     budget = memory_budget(pick_device(device))
     for size, option in ((config.resolution, "--resolution"), (config.save_size, "--save-size")):
         if size:

@@ -111,7 +111,7 @@ def load_stores(
             rows = (
                 np.arange(len(store))
                 if per_class is None
-                else balanced_subset(store.labels, per_class, seed, len(store.classes))
+                else balanced_subset(store.labels, per_class, seed, store.classes)
             )
             store_labels = mapping[store.labels[rows]]
             kind = store.meta.get("kind", "unknown")

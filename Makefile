@@ -142,12 +142,12 @@ digits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(sub
 not_count = $(strip $(foreach w,$(1),$(if $(call digits,$(w)),$(w))))
 check_list = $(if $(strip $($(1))),,$(error $(1) is empty: give one or more non-negative integers))$(if $(call not_count,$($(1))),$(error $(1)=$($(1)): '$(firstword $(call not_count,$($(1))))' is not a non-negative integer))$(if $(filter-out $(words $($(1))),$(words $(sort $($(1))))),$(error $(1)=$($(1)) repeats a value))
 check_number = $(if $(strip $($(1))),$(if $(or $(word 2,$($(1))),$(call not_count,$($(1)))),$(error $(1)=$($(1)) is not a non-negative integer),$(if $(2),$(if $(subst 0,,$($(1))),,$(error $(1)=$($(1)) must be at least 1)))))
-RECIPE_NAMES := $(shell sed -n 's/^    "\([a-z0-9-]*\)": {  # .*/\1/p' synthkit/config.py)
+RECIPE_NAMES := $(shell sed -n 's/^    "\([a-z0-9-]*\)": {  # .*/\1/p' $(dir $(firstword $(MAKEFILE_LIST)))synthkit/config.py)
 ifeq ($(filter help,$(MAKECMDGOALS)),)
 $(foreach v,SIZES SEEDS SWEEP_SEEDS,$(call check_list,$(v)))
 $(foreach v,SHARDS PER_CLASS TEST_PER_CLASS SD_PER_CLASS SD_RESOLUTION SD_SAVE_SIZE PER_IMAGE SD_STEPS RESOLUTION UPDATES INV_BATCH DI_STEPS GEN_BATCH IMAGE_SIZE TRAIN_STEPS BATCH GRADCAM_N VANISH_N FIDELITY_N GEO_SIZE GEO_PER_CLASS GEO_UPDATES GEO_SD_PER_CLASS GEO_N,$(call check_number,$(v),1))
 $(foreach v,SEED EVALS WARMUP_STEPS SWEEP_EVALS,$(call check_number,$(v)))
-$(if $(filter $(RECIPE),$(RECIPE_NAMES)),,$(error RECIPE=$(RECIPE) is not a recipe: use one of $(RECIPE_NAMES)))
+$(if $(filter $(RECIPE),$(RECIPE_NAMES))$(if $(RECIPE_NAMES),,no list),,$(error RECIPE=$(RECIPE) is not a recipe: use one of $(RECIPE_NAMES)))
 endif
 
 # One embeddings file per class (INVERT_BY=class: separate jobs, as the official scripts), or one for all.

@@ -56,6 +56,12 @@ REFUSED = {
             "--seed must be",
         ),
     },
+    "--resume keeps only an output made the same way": {
+        "caption, an output without captions": (
+            ["caption", "--data", "real.h5", "--model", "no-blip", "--out", "test.h5", "--resume"],
+            "test.h5 was not captioned from real.h5",
+        ),
+    },
     "--resume with --overwrite": {
         "train": (train("--steps", 1, "--resume", "--overwrite"), "pass one of them"),
         "sample": (sample("--out", "s.h5", "--resume", "--overwrite"), "pass one of them"),

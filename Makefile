@@ -120,8 +120,8 @@ STAMPS ?= .make
 # or the stage's settings stamp) is newer than they are: then they are stale and removed first.
 leftovers = rm -f $@; $(call stale,$(1))
 shell_quote = '$(subst ','\'',$(1))'
-# A stage's stamp holds its settings; its recipe rewrites it only when they changed (the FORCE idiom), so only a
-# real run touches .make/: `make -n`, `make help` and a dry run with other values change no file.
+# A stage's stamp holds its settings; its recipe rewrites it when they changed (the FORCE idiom), so only a real
+# run touches .make/: `make -n`, `make help` and a dry run with other values change no file.
 stamp_data = $(CIFAR) $(REAL) $(TEST) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED)
 stamp_sd = $(SD_MODEL) $(SD_PROMPTS) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED)
 stamp_captions = $(CAPTION_MODEL) $(SEED)
@@ -132,8 +132,14 @@ stamp_filter = $(KEEP) $(KEEP_BY)
 stamp_analysis = $(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED)
 stamp_sweep = $(CIFAR) $(REAL) $(SWEEP_FROM) $(SIZES) $(SEED)
 stamp_geometry = $(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SD_PROMPT) $(SEED)
-$(STAMPS)/%: FORCE
-	@mkdir -p $(STAMPS) && printf '%s\n' $(call shell_quote,$(stamp_$*)) | cmp -s - $@ || printf '%s\n' $(call shell_quote,$(stamp_$*)) > $@
+# A stamp whose settings differ from the file's (read, never written, while parsing) gets FORCE, so that `make -n`
+# shows exactly the stages a real run would redo.
+STAGES := data sd captions invert inv train filter analysis sweep geometry
+differ = $(subst $(1),,$(2))$(subst $(2),,$(1))
+CHANGED := $(foreach s,$(STAGES),$(if $(call differ,x$(stamp_$(s)),x$(shell cat $(STAMPS)/$(s) 2>/dev/null)),$(s)))
+$(CHANGED:%=$(STAMPS)/%): FORCE
+$(STAMPS)/%:
+	@mkdir -p $(STAMPS) && printf '%s\n' $(call shell_quote,$(stamp_$*)) > $@
 .PHONY: FORCE
 FORCE:
 

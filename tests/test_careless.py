@@ -206,3 +206,77 @@ def test_makefile_variables_are_checked_before_any_stage(clone, setting, expecte
     assert result.returncode != 0 and expected in result.stderr and result.stdout == "", result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (clone / "stub" / "stub.log").exists()
     assert not (clone / ".make").exists()
+
+
+# ---- sample --only: every recorded row and path of a subset is checked
+
+
+@pytest.fixture(scope="module")
+def inverted(tmp_path_factory, small_real, tiny_sd) -> Path:
+    """data/two.h5 (two classes) inverted into two.safetensors, and data/pair.h5 cut from it from the root folder."""
+    from synthkit.config import InversionConfig
+    from synthkit.inversion import invert
+
+    from conftest import cut_store
+
+    root = tmp_path_factory.mktemp("only")
+    (root / "data").mkdir()
+    two = cut_store(small_real, root / "data" / "two.h5", 32, classes=("airplane", "cat"))
+    invert(two, root / "two.safetensors", "all", str(tiny_sd), InversionConfig(updates=1, resolution=64, group_size=4))
+    shutil.copytree(tiny_sd, root / "tiny-sd")
+    cwd = os.getcwd()
+    try:
+        os.chdir(root)
+        assert run("subset", "data/two.h5", "--per-class", 2, "--out", "data/pair.h5").exit_code == 0
+    finally:
+        os.chdir(cwd)
+    (root / "elsewhere").mkdir()
+    return root
+
+
+def tampered(root: Path, rows: list[int]) -> Path:
+    import h5py
+
+    out = root / "data" / f"pair{'_'.join(map(str, rows))}.h5"
+    shutil.copy(root / "data" / "pair.h5", out)
+    with h5py.File(out, "r+") as f:
+        f["columns"]["parent_row"][...] = rows
+    return out
+
+
+ONLY = {
+    "a parent row beyond the store": ([0, 1, 4, 99], "records parent row 99"),
+    "a negative parent row": ([-1, 1, 4, 5], "records parent row -1"),
+    "rows of another class": ([4, 5, 0, 1], "hold other classes"),
+}
+
+
+@pytest.mark.parametrize("case", list(ONLY))
+def test_only_refuses_recorded_rows_that_do_not_apply(case, inverted, monkeypatch):
+    rows, expected = ONLY[case]
+    subset = tampered(inverted, rows)
+    monkeypatch.chdir(inverted)
+    before = tree(inverted)
+    result = run("sample", "--embeddings", "two.safetensors", "--only", subset, "--model", "tiny-sd", "--out", "s.h5")
+    message = result.stderr.strip()
+    assert result.exit_code == 2 and message.startswith("error:") and len(message.splitlines()) == 1, result.output
+    assert expected in message and "Traceback" not in result.output, message
+    assert tree(inverted) == before
+
+
+def test_only_in_prompt_mode_is_refused(inverted, monkeypatch):
+    monkeypatch.chdir(inverted)
+    before = tree(inverted)
+    result = run("sample", *["--prompt", "a {class}", "--only", "data/pair.h5", "--model", "tiny-sd", "--out", "s.h5"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --only picks the embeddings"), result.output
+    assert tree(inverted) == before
+
+
+def test_only_finds_a_subsets_parent_from_another_folder(inverted, monkeypatch):
+    from synthkit.sampling import inverted_rows
+    from synthkit.store import Store
+
+    monkeypatch.chdir(inverted / "elsewhere")
+    with Store(Path("../data/two.h5")) as two, Store(Path("../data/pair.h5")) as pair:
+        rows = inverted_rows(Path("../data/pair.h5"), two.fingerprint)
+        assert rows is not None and list(rows) == list(pair.column("parent_row"))

@@ -688,10 +688,25 @@ def expand_jobs(
                     TrainConfig(**(asdict(row) | {"seed": seed})),
                 )
             )
-    outs = [job.out for job in jobs]
-    if len(set(outs)) != len(outs):
-        raise UserError(f"--out {out} gives two classifiers the same file: put {{data}} and {{seed}} in it")
+    names: dict[Path, TrainJob] = {}
+    for job in jobs:
+        for path in (job.out, train_state_path(job.out), train_log_path(job.out)):
+            other = names.setdefault(path.absolute(), job)
+            if other is not job:
+                raise UserError(_collision(out, other, job, path))
     return jobs
+
+
+def _collision(out: str, first: TrainJob, second: TrainJob, path: Path) -> str:
+    """Why two classifiers of one job would write one file: the real cause, in one line."""
+    if first.data != second.data and "+".join(p.stem for p in first.data) == "+".join(p.stem for p in second.data):
+        return (
+            f"stores {','.join(map(str, first.data))} and {','.join(map(str, second.data))} have the same names, so "
+            f"--out {out} names both classifiers' {path}: rename or copy one of the stores"
+        )
+    if path != first.out and path != second.out:
+        return f"{first.out} and {second.out} would share the file beside them {path}: choose other --out names"
+    return f"--out {out} gives two classifiers the same file {path}: put {{data}} and {{seed}} in it"
 
 
 def train_many(

@@ -25,6 +25,10 @@ def workspace(tmp_path_factory, real_store, test_store, tiny_classifier, tiny_sd
     shutil.copy(test_store, root / "test.h5")
     shutil.copy(tiny_classifier, root / "clf.safetensors")
     shutil.copytree(tiny_sd, root / "tiny-sd")
+    (root / "sub").mkdir()
+    shutil.copy(real_store, root / "sub" / "real.h5")
+    shutil.copy(tiny_classifier, root / "sub" / "clf.safetensors")
+    shutil.copy(tiny_classifier, root / "clf-copy.safetensors")
     return root
 
 
@@ -54,6 +58,20 @@ REFUSED = {
         "gradcam": (
             ["gradcam", "--model", "clf.safetensors", "--data", "test.h5", "--seed", 2**32, "--out", "g"],
             "--seed must be",
+        ),
+    },
+    "outputs or side files that would collide": {
+        "train, two stores of one name": (
+            ["train", "--data", "real.h5", "--data", "sub/real.h5", "--out", "m-{data}-{seed}.safetensors"],
+            "stores real.h5 and sub/real.h5 have the same names",
+        ),
+        "evaluate, one file name in two folders": (
+            ["evaluate", "--model", "clf.safetensors", "--model", "sub/clf.safetensors", "--test", "test.h5"],
+            "have one file name",
+        ),
+        "evaluate, two copies of one classifier": (
+            ["evaluate", "--model", "clf.safetensors", "--model", "clf-copy.safetensors", "--test", "test.h5"],
+            "is a copy of clf.safetensors",
         ),
     },
     "--resume keeps only an output made the same way": {
@@ -280,3 +298,14 @@ def test_only_finds_a_subsets_parent_from_another_folder(inverted, monkeypatch):
     with Store(Path("../data/two.h5")) as two, Store(Path("../data/pair.h5")) as pair:
         rows = inverted_rows(Path("../data/pair.h5"), two.fingerprint)
         assert rows is not None and list(rows) == list(pair.column("parent_row"))
+
+
+def test_side_files_are_named_from_the_whole_output_name(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    result = run(
+        "train", "--data", "real.h5", "--recipe", "quick", "--device", "cpu", "--steps", 1, "--batch-size", 8,
+        "--out", "side/m.{seed}", "--seed", 0, "--seed", 1,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    logs = sorted(p.name for p in (workspace / "side").glob("*.log.jsonl"))
+    assert logs == ["m.0.log.jsonl", "m.1.log.jsonl"]

@@ -121,18 +121,40 @@ STAMPS ?= .make
 # or the stage's settings stamp) is newer than they are: then they are stale and removed first.
 leftovers = rm -f $@; $(call stale,$(1))
 shell_quote = '$(subst ','\'',$(1))'
-stamp = $(shell mkdir -p $(STAMPS) && (printf '%s\n' $(call shell_quote,$(2)) | cmp -s - $(STAMPS)/$(1) || printf '%s\n' $(call shell_quote,$(2)) > $(STAMPS)/$(1)))
-ifeq ($(filter demo help install test clean-study,$(MAKECMDGOALS)),)
-$(call stamp,data,$(CIFAR) $(REAL) $(TEST) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED))
-$(call stamp,sd,$(SD_MODEL) $(SD_PROMPTS) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED))
-$(call stamp,captions,$(CAPTION_MODEL) $(SEED))
-$(call stamp,invert,$(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED))
-$(call stamp,inv,$(PER_IMAGE) $(DI_STEPS) $(SEED))
-$(call stamp,train,$(RECIPE) $(TRAIN_STEPS) $(BATCH) $(LR) $(WARMUP_STEPS) $(EVALS) $(MIX) $(IMAGE_SIZE))
-$(call stamp,filter,$(KEEP) $(KEEP_BY))
-$(call stamp,analysis,$(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED))
-$(call stamp,sweep,$(CIFAR) $(REAL) $(SWEEP_FROM) $(SIZES) $(SEED))
-$(call stamp,geometry,$(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SD_PROMPT) $(SEED))
+# A stage's stamp holds its settings; its recipe rewrites it when they changed (the FORCE idiom), so only a real
+# run touches .make/: `make -n`, `make help` and a dry run with other values change no file.
+stamp_data = $(CIFAR) $(REAL) $(TEST) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED)
+stamp_sd = $(SD_MODEL) $(SD_PROMPTS) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED)
+stamp_captions = $(CAPTION_MODEL) $(SEED)
+stamp_invert = $(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED)
+stamp_inv = $(PER_IMAGE) $(DI_STEPS) $(SEED)
+stamp_train = $(RECIPE) $(TRAIN_STEPS) $(BATCH) $(LR) $(WARMUP_STEPS) $(EVALS) $(MIX) $(IMAGE_SIZE)
+stamp_filter = $(KEEP) $(KEEP_BY)
+stamp_analysis = $(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED)
+stamp_sweep = $(CIFAR) $(REAL) $(SWEEP_FROM) $(SIZES) $(SEED)
+stamp_geometry = $(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SD_PROMPT) $(SEED)
+# A stamp whose settings differ from the file's (read, never written, while parsing) gets FORCE, so that `make -n`
+# shows exactly the stages a real run would redo.
+STAGES := data sd captions invert inv train filter analysis sweep geometry
+differ = $(subst $(1),,$(2))$(subst $(2),,$(1))
+CHANGED := $(foreach s,$(STAGES),$(if $(call differ,x$(stamp_$(s)),x$(shell cat $(STAMPS)/$(s) 2>/dev/null)),$(s)))
+$(CHANGED:%=$(STAMPS)/%): FORCE
+$(STAMPS)/%:
+	@mkdir -p $(STAMPS) && printf '%s\n' $(call shell_quote,$(stamp_$*)) > $@
+.PHONY: FORCE
+FORCE:
+
+# ---- the variables, checked before any stage runs: one line naming the variable.
+digits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst 7,,$(subst 8,,$(subst 9,,$(1)))))))))))
+not_count = $(strip $(foreach w,$(1),$(if $(call digits,$(w)),$(w))))
+check_list = $(if $(strip $($(1))),,$(error $(1) is empty: give one or more non-negative integers))$(if $(call not_count,$($(1))),$(error $(1)=$($(1)): '$(firstword $(call not_count,$($(1))))' is not a non-negative integer))$(if $(filter-out $(words $($(1))),$(words $(sort $($(1))))),$(error $(1)=$($(1)) repeats a value))
+check_number = $(if $(strip $($(1))),$(if $(or $(word 2,$($(1))),$(call not_count,$($(1)))),$(error $(1)=$($(1)) is not a non-negative integer),$(if $(2),$(if $(subst 0,,$($(1))),,$(error $(1)=$($(1)) must be at least 1)))))
+RECIPE_NAMES := $(shell sed -n 's/^    "\([a-z0-9-]*\)": {  # .*/\1/p' $(dir $(firstword $(MAKEFILE_LIST)))synthkit/config.py)
+ifeq ($(filter help,$(MAKECMDGOALS)),)
+$(foreach v,SIZES SEEDS SWEEP_SEEDS,$(call check_list,$(v)))
+$(foreach v,SHARDS PER_CLASS TEST_PER_CLASS SD_PER_CLASS SD_RESOLUTION SD_SAVE_SIZE PER_IMAGE SD_STEPS RESOLUTION UPDATES INV_BATCH DI_STEPS GEN_BATCH IMAGE_SIZE TRAIN_STEPS BATCH GRADCAM_N VANISH_N FIDELITY_N GEO_SIZE GEO_PER_CLASS GEO_UPDATES GEO_SD_PER_CLASS GEO_N,$(call check_number,$(v),1))
+$(foreach v,SEED EVALS WARMUP_STEPS SWEEP_EVALS,$(call check_number,$(v)))
+$(if $(filter $(RECIPE),$(RECIPE_NAMES))$(if $(RECIPE_NAMES),,no list),,$(error RECIPE=$(RECIPE) is not a recipe: use one of $(RECIPE_NAMES)))
 endif
 
 # One embeddings file per class (INVERT_BY=class: separate jobs, as the official scripts), or one for all.
@@ -389,7 +411,11 @@ DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) CAPTION_MODEL=models/tin
   SCENES=$(abspath $(YUD)) GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
   SIZES="5 10" SWEEP_EVALS=1 SWEEP_FROM=data/real.h5 SWEEP_EMB=models/inv/all.safetensors
 
+# The user's own variables that the demo's replace are named, not ignored in silence.
+DEMO_NAMES = $(foreach a,$(DEMO_VARS),$(if $(findstring =,$(a)),$(firstword $(subst =, ,$(a)))))
+DEMO_OVERRIDES = $(foreach v,$(DEMO_NAMES),$(if $(filter command line environment,$(origin $(v))),$(v)))
 demo: $(SK)  ## the whole graph offline in minutes on a CPU, in demo/ (random-weight generator: its images are noise)
+	@$(if $(strip $(DEMO_OVERRIDES)),echo "demo: its own values replace yours of $(strip $(DEMO_OVERRIDES))")
 	mkdir -p $(DEMO_DIR) && $(MAKE) --no-print-directory -C $(DEMO_DIR) -f $(HERE)/Makefile \
 	  reproduce sweep VENV=$(abspath $(VENV)) $(DEMO_VARS)
 	@echo "the demo's report: $(DEMO_DIR)/results/README.md"

@@ -86,6 +86,7 @@ def caption_store(
     captioner set to sample draws the same words in a resumed run."""
     out = Path(out)
     if check_output(out, [partial_path(out)], overwrite, resume, inputs=[data, model]):
+        _check_finished(out, data, {"model": model, "batch_size": batch_size, "seed": seed})
         return out
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
@@ -123,6 +124,21 @@ def caption_store(
                 writer.append_rows(rows, images, caption=caption_images(processor, captioner, images, dev))
                 bar.advance(task, len(images))
     return out
+
+
+def _check_finished(out: Path, data: Path, params: dict) -> None:
+    """A finished output kept by --resume must be captions of `data` made as asked now."""
+    with Store(out) as made, Store(data) as store:
+        sources = made.meta.get("sources") or [{}]
+        same = (
+            "caption" in made.column_names
+            and made.meta.get("params") == params
+            and sources[0].get("fingerprint") == store.fingerprint
+        )
+    if not same:
+        raise UserError(
+            f"{out} was not captioned from {data} with the options asked now: pass --overwrite to caption it again"
+        )
 
 
 TINY_WORDS = (

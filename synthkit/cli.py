@@ -45,6 +45,7 @@ from .config import (
     SAMPLING,
     SCHEDULERS,
     SEED,
+    SEED_MAX,
     SHOW,
     SPLITS,
     TEST_STORE,
@@ -58,6 +59,7 @@ from .paths import DATA_DIR, MODELS_DIR, RESULTS_DIR
 
 # Options many commands share, declared once.
 AUTO = "auto"
+SEED_RANGE = f"(0 to {SEED_MAX:,}, 2**32 - 1.)"
 Device = Annotated[
     str, typer.Option(help="auto, cpu, cuda or cuda:N (auto: CUDA when there is a GPU; $SYNTHKIT_DEVICE sets it).")
 ]
@@ -103,8 +105,8 @@ Layer, Target, Metric, Criterion = (
 
 
 def seed_option(what: str) -> typer.models.OptionInfo:
-    """--seed: a non-negative integer; `what` says what it seeds."""
-    return typer.Option(min=0, help=what)
+    """--seed: an integer from 0 to SEED_MAX; `what` says what it seeds."""
+    return typer.Option(min=0, help=f"{what} {SEED_RANGE}")
 
 
 SubsetSeed = Annotated[int, seed_option("Seed of the subset.")]
@@ -184,12 +186,29 @@ def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            check_common(kwargs)
             return fn(*args, **kwargs)
         except UserError as err:
             err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def check_common(options: dict) -> None:
+    """Options many commands share, checked before the command starts: every seed within SEED_MAX, and not both
+    --resume (keep or continue) and --overwrite (start again)."""
+    seeds = options.get("seed")
+    for seed in seeds if isinstance(seeds, list) else [seeds] if seeds is not None else []:
+        if seed > SEED_MAX:
+            raise UserError(f"--seed must be at most {SEED_MAX:,} (2**32 - 1), got {seed}")
+    if options.get("resume") and options.get("overwrite"):
+        raise UserError("--resume keeps or continues an output and --overwrite starts it again: pass one of them")
+
+
+def note(message: str) -> None:
+    """A one-line note on stderr of what will actually be done."""
+    err_console.print(f"note: {message}", highlight=False, soft_wrap=True)
 
 
 def _dataset_command(dataset: str, title: str, source_help: str) -> None:
@@ -467,7 +486,7 @@ def train(
         [],
         min=0,
         help="Seed of the initialisation, the order and the augmentation (default 0). Repeat it to train one "
-        "classifier per seed.",
+        f"classifier per seed. {SEED_RANGE}",
     ),
     test: str | None = typer.Option(
         None,
@@ -492,7 +511,7 @@ def train(
     from .config import TrainConfig
     from .evaluation import batch_text
     from .paths import store_or_default, store_paths
-    from .training import check_config, expand_jobs, train_many
+    from .training import check_config, expand_jobs, settle, train_many
 
     config = TrainConfig.from_recipe(
         recipe,
@@ -520,7 +539,10 @@ def train(
         if ctx.params.get(name) in (None, []):  # an empty --out "" is an input mistake, refused further on
             raise click.MissingParameter(ctx=ctx, param_hint=f"'--{name}'", param_type="option")
     test_path = store_or_default(test, TEST_STORE)
-    jobs = expand_jobs([store_paths(d) for d in data], out, seed, config)
+    options = {"evals": evals, "warmup_steps": warmup_steps, "step_every": step_every}
+    given = {k for k, v in options.items() if v is not None}
+    config, notes = settle(config, testing=test_path is not None, given=given)
+    jobs = expand_jobs([store_paths(d) for d in data], out, seed, config, say=notes.append)
     part, dev = shard_of(shard, device)
     if part:
         from .jobs import shard_range
@@ -528,6 +550,9 @@ def train(
         total = len(jobs)
         first, stop = shard_range(total, part)
         jobs = jobs[first:stop]
+        if not jobs:
+            note(f"shard {part} has no classifiers to train: the job has {total}, fewer than its shards")
+            return
     metas = train_many(
         jobs,
         device=dev,
@@ -535,6 +560,8 @@ def train(
         overwrite=overwrite,
         resume=resume,
         memory_limit=memory_limit,
+        notes=notes,
+        say=note,
     )
     for job, meta in zip(jobs, metas):
         tested = (

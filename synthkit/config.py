@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from .errors import UserError
 
 SEED = 0  # every command's seed unless --seed says otherwise
+SEED_MAX = 2**32 - 1  # seeds are combined in 64-bit arithmetic (train: seed * 2**32 + step), so they must fit 32 bits
 REAL_STORE, TEST_STORE = "real", "test"  # the store names (data/<name>.h5) commands read unless told otherwise
 
 # ---- the choices of every option that has a few, beside the defaults (the CLI offers exactly these)

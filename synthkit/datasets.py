@@ -100,9 +100,7 @@ def write_source(
     if check_output(out, [partial_path(out)], overwrite, resume, inputs=inputs):
         return out
     src, classes, described = open_split()
-    index = (
-        np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, len(classes))
-    )
+    index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, classes)
     meta = provenance(Kind.REAL, params, [described])
     window = max(1, (budget or ram_budget()) // (3 * src.image_shape[0] * src.image_shape[1]))
     with (

@@ -152,6 +152,20 @@ class TestImages:
         return correct / max(self.count, 1)
 
 
+def check_apart(models: Sequence[Path], metas: Sequence[dict]) -> None:
+    """Each classifier has its own confusion figure (named by its file name) and counts once: two of one file name,
+    or two copies of one classifier (the same record), are refused."""
+    for k, (path, meta) in enumerate(zip(models, metas)):
+        for other, other_meta in zip(models[:k], metas[:k]):
+            if Path(path).stem == Path(other).stem:
+                raise UserError(
+                    f"classifiers {other} and {path} have one file name: their confusion figures would be one file "
+                    f"(confusion/{Path(path).stem}.png); rename one"
+                )
+            if meta == other_meta:
+                raise UserError(f"{path} is a copy of {other} (the same training record): give it once")
+
+
 def evaluate(
     models: Sequence[Path],
     test: Path,
@@ -166,6 +180,7 @@ def evaluate(
     if not models:
         raise UserError("no models given: pass --model PATH (repeatable)")
     metas = [classifier_meta(path) for path in models]  # fail on a wrong file before loading any data
+    check_apart(models, metas)
     with open_test_store(test) as store:
         truths = [class_mapping(store.classes, meta["classes"], f"test store {test}")[store.labels] for meta in metas]
         dev = job_device(device)

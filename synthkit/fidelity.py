@@ -173,7 +173,7 @@ def fidelity(
     def outputs(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Features per source, labels (real store's order), confidence in the own label, own label and prediction."""
         with Store(path) as s:
-            pick = balanced_subset(s.labels, n, seed, len(s.classes))
+            pick = balanced_subset(s.labels, n, seed, s.classes)
             images = s.images(pick)
             labels = class_mapping(s.classes, classes, str(path))[s.labels[pick]]
         feats, probs = _classifier_outputs(model, images, dev, batch_size)

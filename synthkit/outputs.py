@@ -15,8 +15,11 @@ PARTIAL_SUFFIX = ".partial"
 
 
 def _beside(out: str | Path, ending: str, keep_suffix: bool = True) -> Path:
+    """A side file named from the whole output name (only a .safetensors ending dropped), so that m.0 and m.1 do not
+    share one."""
     out = Path(out)
-    return out.with_name((out.name if keep_suffix else out.stem) + ending)
+    name = out.name if keep_suffix else out.name.removesuffix(".safetensors")
+    return out.with_name(name + ending)
 
 
 def partial_path(out: str | Path) -> Path:

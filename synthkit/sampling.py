@@ -18,6 +18,7 @@ import torch
 from .config import PROMPT, UNCONDS, DIConfig, SamplingConfig, check_choice
 from .device import diffusion_dtype, image_bytes, job_device, memory_budget, pick_device
 from .diffusion import (
+    SD_SCHEDULE,
     Diffusion,
     check_resolution,
     decode,
@@ -65,6 +66,11 @@ def check_sizes(config: SamplingConfig, device: str | None, shard: str) -> None:
     ):
         if value is not None:
             check_range(value, option, low)
+    if config.steps is not None and config.steps > SD_SCHEDULE["num_train_timesteps"]:
+        raise UserError(
+            f"--steps must be at most {SD_SCHEDULE['num_train_timesteps']} (the timesteps the model was trained on), "
+            f"got {config.steps}"
+        )
     budget = memory_budget(pick_device(device))
     for size, option in ((config.resolution, "--resolution"), (config.save_size, "--save-size")):
         if size:
@@ -124,6 +130,8 @@ def run_sample(
         raise UserError(
             "give at least one --prompt template (or --prompt-file), --prompt-from with --init, or --embeddings"
         )
+    if only is not None and not embeddings:
+        raise UserError("--only picks the embeddings to sample (DI mode): give --embeddings, or drop --only")
     if prompt_from is not None and init is None:
         raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init STORE")
     di = di or DIConfig()
@@ -459,22 +467,45 @@ def unconditional(
     return (lambda rows: empty.expand(len(rows), -1, -1)), f"empty: the empty prompt ({embeddings.shape[1]} tokens)"
 
 
+def _recorded_source(path: Path, source: dict) -> Path | None:
+    """The file a store's recorded source names: the path as recorded, tried beside the store first (so the same
+    command works from any folder), then from the current folder; only a file with the recorded fingerprint."""
+    recorded = Path(source["path"])
+    tries = [recorded] if recorded.is_absolute() else [path.parent / recorded, recorded, path.parent / recorded.name]
+    for candidate in tries:
+        if candidate.is_file():
+            with Store(candidate) as store:
+                if store.fingerprint == source.get("fingerprint"):
+                    return candidate
+    return None
+
+
 def inverted_rows(path: Path, inverted: str, depth: int = 8) -> np.ndarray | None:
     """The row of each image of store `path` in the store whose fingerprint is `inverted`: the store itself, or
     a subset of it (or of a subset of it...) made by `synthkit subset`, followed through each one's `parent_row`
-    column and its recorded source; None when the chain does not lead there."""
+    column and its recorded source; None when the chain does not lead there. Every recorded row is checked: it must
+    lie in the parent and hold an image of the same class."""
     with Store(path) as store:
         if store.fingerprint == inverted:
             return np.arange(len(store))
         sources = store.meta.get("sources") or [{}]
         if depth == 0 or "parent_row" not in store.column_names or not sources[0].get("path"):
             return None
-        rows, parent = store.column("parent_row").astype(np.int64), Path(sources[0]["path"])
-    if not parent.exists():
+        rows, labels = store.column("parent_row").astype(np.int64), store.labels
+        names = store.classes
+    parent = _recorded_source(Path(path), sources[0])
+    if parent is None:
         return None
     with Store(parent) as source:
-        if source.fingerprint != sources[0].get("fingerprint"):
-            return None  # the recorded source was replaced since
+        bad = (rows < 0) | (rows >= len(source))
+        if bad.any():
+            raise UserError(
+                f"{path} records parent row {rows[bad][0]} of {parent}, which has {len(source)} images: "
+                "its parent_row column is not synthkit subset's"
+            )
+        wrong = [source.classes[c] for c in source.labels[rows]] != [names[c] for c in labels]
+    if wrong:
+        raise UserError(f"{path} records parent rows of {parent} that hold other classes than its own images")
     above = inverted_rows(parent, inverted, depth - 1)
     return None if above is None else above[rows]
 

@@ -458,18 +458,22 @@ def _fingerprint(f: h5py.File) -> str:
     return digest.hexdigest()[:16]
 
 
-def balanced_subset(labels: np.ndarray, per_class: int, seed: int, n_classes: int | None = None) -> np.ndarray:
+def balanced_subset(
+    labels: np.ndarray, per_class: int, seed: int, classes: int | Sequence[str] | None = None
+) -> np.ndarray:
     """Sorted indices of a seeded, class-balanced subset: the first `per_class` images of a seeded permutation of
     every class. The permutations do not depend on `per_class`, so with one seed a smaller subset is inside a
     larger one (the sample-complexity sweep's nesting)."""
     labels = np.asarray(labels)
-    n_classes = n_classes or int(labels.max()) + 1
+    names = list(classes) if classes is not None and not isinstance(classes, int) else None
+    n_classes = len(names) if names is not None else classes or int(labels.max()) + 1
     rng = np.random.default_rng(seed)
     picked = []
     for c in range(n_classes):
         members = np.flatnonzero(labels == c)
         if len(members) < per_class:
-            raise UserError(f"class {c} has only {len(members)} images, fewer than --per-class {per_class}")
+            name = f"class {names[c]}" if names is not None else f"class {c}"
+            raise UserError(f"{name} has only {len(members)} images, fewer than --per-class {per_class}")
         picked.append(rng.permutation(members)[:per_class])
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
@@ -547,7 +551,7 @@ def subset_store(
     check_output(Path(out), [partial_path(Path(out))], overwrite, resume=False, resumable=False, inputs=[src])
     with Store(src) as s:
         s.require_images()
-        rows = np.arange(len(s)) if per_class is None else balanced_subset(s.labels, per_class, seed, len(s.classes))
+        rows = np.arange(len(s)) if per_class is None else balanced_subset(s.labels, per_class, seed, s.classes)
         meta = provenance(
             s.meta.get("kind", "unknown"),
             {"per_class": per_class, "seed": seed},

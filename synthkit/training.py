@@ -17,7 +17,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from .progress import console, progress
 from .store import Store, balanced_subset
 
 CHECKPOINT_EVERY = 1000  # steps between saved states, besides every evaluation
+MAX_STEPS = 2**32 - 1  # a step's draws are seeded by seed * 2**32 + step: a longer run would reuse the next seed's
 # ResNet-18's training activations per image, as a multiple of the image in float32 (measured order of magnitude:
 # about 7 MB an image at 32 px with the CIFAR stem, which keeps full resolution through layer1; the ImageNet stem
 # quarters the image at once)
@@ -109,7 +110,7 @@ def load_stores(
             rows = (
                 np.arange(len(store))
                 if per_class is None
-                else balanced_subset(store.labels, per_class, seed, len(store.classes))
+                else balanced_subset(store.labels, per_class, seed, store.classes)
             )
             store_labels = mapping[store.labels[rows]]
             kind = store.meta.get("kind", "unknown")
@@ -427,6 +428,8 @@ def check_config(config: TrainConfig) -> None:
         raise UserError(
             f"--steps must be at least 1 and --batch-size at least 2, got {config.steps} and {config.batch_size}"
         )
+    if config.steps > MAX_STEPS:
+        raise UserError(f"--steps must be at most {MAX_STEPS:,} (each step seeds its draws), got {config.steps}")
     if config.real_batch is not None and not 0 < config.real_batch < config.batch_size:
         raise UserError(
             f"--real-batch must be between 1 and --batch-size - 1, got {config.real_batch} of {config.batch_size}"
@@ -449,17 +452,45 @@ def check_config(config: TrainConfig) -> None:
     check_range(config.step_gamma, "the step schedule's gamma", 0, open_low=True)
 
 
-def boundaries(config: TrainConfig, evaluating: bool, every: int | None = None) -> tuple[list[int], set[int]]:
-    """The steps after which a run saves its state and logs (every evaluation, every `every` steps and the last),
-    and those of them at which it scores the test store (`evals` evenly spaced, the last at the final step)."""
+def settle(config: TrainConfig, testing: bool, given: Collection[str] = ()) -> tuple[TrainConfig, list[str]]:
+    """The recipe as it will be applied, and a one-line note for each value that is changed or not used (`given`:
+    the options the user set, noted when unused)."""
+    notes, changes = [], {}
+    if testing and config.evals > config.steps:
+        notes.append(f"--evals {config.evals} is more than --steps {config.steps}: scoring after each step")
+        changes["evals"] = config.steps
+    if "evals" in given and not testing and config.evals:
+        notes.append(f"--evals {config.evals} is not used: no --test store to score")
+    warm_up = config.schedule == "warmup-cosine"
+    if warm_up and config.warmup_steps > config.steps:
+        notes.append(
+            f"the warm-up ({config.warmup_steps} steps) is longer than the run ({config.steps} steps): the learning "
+            f"rate rises throughout and never reaches {config.lr:g}"
+        )
+    for option, used in (("warmup_steps", warm_up), ("step_every", config.schedule == "step")):
+        if option in given and not used:
+            flag = "--" + option.replace("_", "-")
+            notes.append(f"{flag} is not used: recipe {config.recipe}'s schedule is {config.schedule}")
+    return (replace(config, **changes) if changes else config), notes
+
+
+def eval_steps_after(config: TrainConfig, step: int) -> int | None:
+    """The first step after `step` at which the test store is scored (`evals` evenly spaced, the last at the final
+    step), or None; computed, not listed, so that no count builds a collection of its size."""
+    if not config.evals:
+        return None
+    k = step * config.evals // config.steps + 1  # the first k with ceil(k * steps / evals) > step
+    return -(-k * config.steps // config.evals) if k <= config.evals else None
+
+
+def next_save(config: TrainConfig, step: int, evaluating: bool, every: int | None = None) -> int:
+    """The step after `step` at which a run saves its state and logs: every evaluation, every `every` steps and the
+    last."""
     every = every or CHECKPOINT_EVERY
-    evals = (
-        {math.ceil(k * config.steps / config.evals) for k in range(1, config.evals + 1)}
-        if evaluating and config.evals
-        else set()
-    )
-    saves = set(range(every, config.steps, every)) | evals | {config.steps}
-    return sorted(saves), evals
+    candidates = [config.steps, (step // every + 1) * every]
+    if evaluating and (scored := eval_steps_after(config, step)) is not None:
+        candidates.append(scored)
+    return min(candidates)
 
 
 class Run:
@@ -494,7 +525,7 @@ class Run:
             self.step, self.log, self.evals, self.seconds = meta["step"], meta["log"], meta["evals"], meta["seconds"]
             self.images_seen = meta["images_seen"]
         self.forward = torch.compile(self.model) if config.compile else self.model
-        self.saves, self.eval_steps = boundaries(config, test is not None)
+        self.evaluating = test is not None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.failed: str | None = None
         self._open_round()
@@ -507,7 +538,7 @@ class Run:
         """Draw the batches of the steps up to the next save, and reset the round's sums."""
         if self.step >= self.config.steps:
             return
-        self.round_end = next(s for s in self.saves if s > self.step)
+        self.round_end = next_save(self.config, self.step, self.evaluating)
         self._batches = batch_images(
             self.data, list(step_rows(self.data, self.config, self.step, self.round_end)), self.device
         )
@@ -568,7 +599,7 @@ class Run:
             "img_per_s": round(self.seen / elapsed, 1),
             "seconds": round(elapsed, 2),
         }
-        if self.step in self.eval_steps:
+        if self.evaluating and eval_steps_after(self.config, self.step - 1) == self.step:
             entry["test_acc"] = round(self.test.accuracy(self.model, self.data.classes, self.data.image_size), 5)
             self.evals.append({"step": self.step, "accuracy": entry["test_acc"]})
         self.log.append(entry)
@@ -631,9 +662,26 @@ class Run:
         self.meta = meta
 
 
-def expand_jobs(data: Sequence[Sequence[Path]], out: str, seeds: Sequence[int], config: TrainConfig) -> list[TrainJob]:
+def _mixed(stores: Sequence[Path], config: TrainConfig) -> bool:
+    """Whether a row's batches are mixed (real and synthetic halves), read from its stores' kinds."""
+    if config.mix == "concat":
+        return False
+    real = []
+    for path in stores:
+        with Store(path) as store:
+            real.append(store.meta.get("kind") == Kind.REAL)
+    return config.mix == "balanced" or (any(real) and not all(real))
+
+
+def expand_jobs(
+    data: Sequence[Sequence[Path]],
+    out: str,
+    seeds: Sequence[int],
+    config: TrainConfig,
+    say: Callable[[str], None] | None = None,
+) -> list[TrainJob]:
     """One job per (stores, seed): `out` names each with {data} (the store names joined by '+') and {seed}, which it
-    must hold when there is more than one classifier."""
+    must hold when there is more than one classifier. --real-batch is dropped, with a note, from unmixed rows."""
     if not str(out).strip():
         raise UserError("an empty output path was given: name the file to write")
     seeds = list(seeds) or [config.seed]
@@ -645,19 +693,41 @@ def expand_jobs(data: Sequence[Sequence[Path]], out: str, seeds: Sequence[int], 
         )
     jobs = []
     for stores in data:
+        row = config
+        if config.real_batch is not None and not _mixed(stores, config):
+            (say or print)(
+                f"--real-batch {config.real_batch} is not used for {'+'.join(Path(p).stem for p in stores)}: "
+                "its stores are not mixed real and synthetic"
+            )
+            row = replace(config, real_batch=None)
         for seed in seeds:
             name = "+".join(Path(p).stem for p in stores)
             jobs.append(
                 TrainJob(
                     list(map(Path, stores)),
                     Path(out.replace("{data}", name).replace("{seed}", str(seed))),
-                    TrainConfig(**(asdict(config) | {"seed": seed})),
+                    TrainConfig(**(asdict(row) | {"seed": seed})),
                 )
             )
-    outs = [job.out for job in jobs]
-    if len(set(outs)) != len(outs):
-        raise UserError(f"--out {out} gives two classifiers the same file: put {{data}} and {{seed}} in it")
+    names: dict[Path, TrainJob] = {}
+    for job in jobs:
+        for path in (job.out, train_state_path(job.out), train_log_path(job.out)):
+            other = names.setdefault(path.absolute(), job)
+            if other is not job:
+                raise UserError(_collision(out, other, job, path))
     return jobs
+
+
+def _collision(out: str, first: TrainJob, second: TrainJob, path: Path) -> str:
+    """Why two classifiers of one job would write one file: the real cause, in one line."""
+    if first.data != second.data and "+".join(p.stem for p in first.data) == "+".join(p.stem for p in second.data):
+        return (
+            f"stores {','.join(map(str, first.data))} and {','.join(map(str, second.data))} have the same names, so "
+            f"--out {out} names both classifiers' {path}: rename or copy one of the stores"
+        )
+    if path != first.out and path != second.out:
+        return f"{first.out} and {second.out} would share the file beside them {path}: choose other --out names"
+    return f"--out {out} gives two classifiers the same file {path}: put {{data}} and {{seed}} in it"
 
 
 def train_many(
@@ -667,6 +737,8 @@ def train_many(
     overwrite: bool = False,
     resume: bool = False,
     memory_limit: str | None = None,
+    notes: Sequence[str] = (),
+    say: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train several classifiers in one process, each with its own data order, augmentation draws, optimiser,
     state file and checkpoint, and each equal to its run alone. They advance a step each in turn (on CUDA, each on
@@ -738,6 +810,8 @@ def train_many(
         if test_images is not None:  # a test store of other classes is refused before any training
             for data in sets.values():
                 class_mapping(test_images.classes, data.classes, f"test store {test}")
+        for line in notes:  # after every check: a refused job says only why
+            (say or print)(line)
         for job in todo:
             job.out.parent.mkdir(parents=True, exist_ok=True)
         runs = [Run(job, sets[keys[job.out]], dev, test_images, resume) for job in todo]

@@ -445,6 +445,28 @@ case "$out" in *"{"*|"") ;; *) mkdir -p "$(dirname "$out")"; touch "$out";; esac
 """
 
 
+STAGES = ("data", "captions", "sd", "invert", "inv", "filter", "train", "analysis", "sweep", "geometry")
+
+
+def stamped(cwd, *variables):
+    """Write the stage stamps for these settings as a real run does (a dry run never writes them)."""
+    out = subprocess.run(
+        [
+            "make",
+            "-f",
+            str(ROOT / "Makefile"),
+            "STAMPS=stamps",
+            "VENV=venv",
+            *variables,
+            *[f"stamps/{s}" for s in STAGES],
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+
+
 def finish_everything(cwd, when):
     """Make every file of the graph look finished, each newer than what it is made from (and the stamps)."""
     import os
@@ -551,7 +573,7 @@ def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
 
     import os
 
-    planned(tmp_path)  # writes the stamps
+    stamped(tmp_path)
     stamps = {p.name: p.read_text() for p in (tmp_path / "stamps").iterdir()}
     assert set(stamps) == {
         "data",
@@ -620,6 +642,7 @@ def test_a_prompt_with_quotes_survives_the_stamps_and_the_command(tmp_path):
     import shlex
 
     prompt = 'a {class}\'s "photo"'
+    stamped(tmp_path, f"SD_PROMPT={prompt}", "SD_PROMPTS=template")
     plan = planned(tmp_path, f"SD_PROMPT={prompt}", "SD_PROMPTS=template")
     assert prompt in (tmp_path / "stamps" / "sd").read_text()
     command = next(line for line in plan.splitlines() if " sample --prompt " in line).rstrip(" \\")

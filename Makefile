@@ -59,6 +59,10 @@ VANISH_N     ?=
 KEEP         ?=
 KEEP_BY      ?=
 FIDELITY_N   ?=
+# The judge (synthkit judge): JUDGE_MODEL read as a zero-shot classifier scores whether each store's images show their
+# labels. Empty (the study's default) skips it; the demo sets its generator. JUDGE_N: images per class of each store.
+JUDGE_MODEL  ?=
+JUDGE_N      ?=
 # The sample-complexity sweep (make sweep): SIZES real images per class, nested subsets of one real store of the
 # largest size, which is inverted once; every size samples the embeddings of its own images (sample --only).
 SIZES        ?= 10 50 100 500 1000
@@ -130,7 +134,7 @@ stamp_invert = $(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEE
 stamp_inv = $(PER_IMAGE) $(DI_STEPS) $(SEED)
 stamp_train = $(RECIPE) $(TRAIN_STEPS) $(BATCH) $(LR) $(WARMUP_STEPS) $(EVALS) $(MIX) $(IMAGE_SIZE)
 stamp_filter = $(KEEP) $(KEEP_BY)
-stamp_analysis = $(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(SEED)
+stamp_analysis = $(GRADCAM_N) $(VANISH_N) $(FIDELITY_N) $(JUDGE_MODEL) $(JUDGE_N) $(SEED)
 stamp_sweep = $(CIFAR) $(REAL) $(SWEEP_FROM) $(SIZES) $(SEED)
 stamp_geometry = $(SCENES) $(GEO_CLASS) $(GEO_SIZE) $(GEO_PER_CLASS) $(GEO_UPDATES) $(GEO_SD_PER_CLASS) $(GEO_N) $(MODEL) $(PER_IMAGE) $(DI_STEPS) $(SD_STEPS) $(SD_PROMPT) $(SEED)
 # A stamp whose settings differ from the file's (read, never written, while parsing) gets FORCE, so that `make -n`
@@ -152,7 +156,7 @@ check_number = $(if $(strip $($(1))),$(if $(or $(word 2,$($(1))),$(call not_coun
 RECIPE_NAMES := $(shell sed -n 's/^    "\([a-z0-9-]*\)": {  # .*/\1/p' $(dir $(firstword $(MAKEFILE_LIST)))synthkit/config.py)
 ifeq ($(filter help,$(MAKECMDGOALS)),)
 $(foreach v,SIZES SEEDS SWEEP_SEEDS,$(call check_list,$(v)))
-$(foreach v,SHARDS PER_CLASS TEST_PER_CLASS SD_PER_CLASS SD_RESOLUTION SD_SAVE_SIZE PER_IMAGE SD_STEPS RESOLUTION UPDATES INV_BATCH DI_STEPS GEN_BATCH IMAGE_SIZE TRAIN_STEPS BATCH GRADCAM_N VANISH_N FIDELITY_N GEO_SIZE GEO_PER_CLASS GEO_UPDATES GEO_SD_PER_CLASS GEO_N,$(call check_number,$(v),1))
+$(foreach v,SHARDS PER_CLASS TEST_PER_CLASS SD_PER_CLASS SD_RESOLUTION SD_SAVE_SIZE PER_IMAGE SD_STEPS RESOLUTION UPDATES INV_BATCH DI_STEPS GEN_BATCH IMAGE_SIZE TRAIN_STEPS BATCH GRADCAM_N VANISH_N FIDELITY_N JUDGE_N GEO_SIZE GEO_PER_CLASS GEO_UPDATES GEO_SD_PER_CLASS GEO_N,$(call check_number,$(v),1))
 $(foreach v,SEED EVALS WARMUP_STEPS SWEEP_EVALS,$(call check_number,$(v)))
 $(if $(filter $(RECIPE),$(RECIPE_NAMES))$(if $(RECIPE_NAMES),,no list),,$(error RECIPE=$(RECIPE) is not a recipe: use one of $(RECIPE_NAMES)))
 endif
@@ -191,6 +195,7 @@ help:  ## show targets and variables
 	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
 	@echo "  KEEP=$(KEEP) KEEP_BY=$(KEEP_BY)  (filter: share of each class kept, criterion)  FIDELITY_N=$(FIDELITY_N)  (images per class)"
+	@echo "  JUDGE_MODEL=$(JUDGE_MODEL)  (synthkit judge: this model as a zero-shot classifier of each store; empty: skipped)  JUDGE_N=$(JUDGE_N)"
 	@echo "  sweep: SIZES=$(SIZES)  (real images per class)  SWEEP_SEEDS=$(SWEEP_SEEDS)  SWEEP_EVALS=$(SWEEP_EVALS)  SWEEP_FROM=$(SWEEP_FROM)  SWEEP_EMB=$(SWEEP_EMB)"
 	@echo "  TRAIN_LAUNCH=$(TRAIN_LAUNCH)  (e.g. torchrun: a job's classifiers split across ranks)"
 	@echo "  geometry: SCENES=$(SCENES) GEO_CLASS=$(GEO_CLASS) GEO_SIZE=$(GEO_SIZE) GEO_PER_CLASS=$(GEO_PER_CLASS) GEO_UPDATES=$(GEO_UPDATES) GEO_SD_PER_CLASS=$(GEO_SD_PER_CLASS) GEO_N=$(GEO_N)"
@@ -226,7 +231,7 @@ sd: data/sd.h5  ## prompt generation (img2img from the real store by default, as
 $(if $(SHARDED),data/sd.shard-%-of-$(SHARDS).h5,data/sd.h5): $(STAMPS)/sd data/real.h5 $(SD_INIT_STORE) | $(SD_MODEL_DEP)
 	$(call leftovers,$@.partial)
 	$(SK) sample $(SD_PROMPT_ARGS) --per-class $(SD_PER_CLASS) --model $(SD_MODEL) $(SD_INIT_ARGS) \
-	  $(call opt,--steps,$(SD_STEPS)) --resolution $(SD_RESOLUTION) $(SD_SAVE_ARGS) $(call opt,--batch-size,$(GEN_BATCH)) \
+	  $(call opt,--steps,$(SD_STEPS)) $(call opt,--resolution,$(SD_RESOLUTION)) $(SD_SAVE_ARGS) $(call opt,--batch-size,$(GEN_BATCH)) \
 	  --seed $(SEED) --device $(DEVICE) $(SHARD_ARG) --out $@ --resume
 
 captions: $(if $(CAPTIONS),$(SD_INIT_STORE))  ## BLIP captions of the img2img source store (SD_PROMPTS=captions)
@@ -303,7 +308,12 @@ evaluate: results/accuracy.md  ## test accuracy of the seven rows (each seed of 
 results/accuracy.md: $(CLASSIFIERS) data/test.h5
 	$(SK) evaluate $(CLASSIFIERS:%=--model %) --test data/test.h5 --device $(DEVICE)
 
-analysis: results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## fidelity of each store, Grad-CAM of real/inv/sd, vanish (lines and VPs of real, sd, inv), vanish-score when YUD has gt.json
+JUDGED := $(if $(JUDGE_MODEL),results/judge.json)
+analysis: results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(JUDGED) $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## fidelity of each store, Grad-CAM of real/inv/sd, vanish (lines and VPs of real, sd, inv), the judge when JUDGE_MODEL is set, vanish-score when YUD has gt.json
+
+results/judge.json: data/real.h5 data/test.h5 data/sd.h5 data/inv.h5 $(STAMPS)/analysis | $(filter models/tiny-sd,$(JUDGE_MODEL))
+	$(SK) judge --data data/real.h5,data/test.h5,data/sd.h5,data/inv.h5 --model $(JUDGE_MODEL) $(call opt,--per-class,$(JUDGE_N)) \
+	  --seed $(SEED) --device $(DEVICE) --out $@
 
 results/gradcam/summary.json: $(call clf,real) $(call clf,inv) $(call clf,sd) data/test.h5 $(STAMPS)/analysis
 	$(SK) gradcam --model $(call clf,real) --model $(call clf,inv) --model $(call clf,sd) --data data/test.h5 $(call opt,--n,$(GRADCAM_N)) --seed $(SEED) --device $(DEVICE) --out results/gradcam
@@ -387,37 +397,44 @@ results/geometry/summary.json: data/scenes.h5 data/scenes-inv.h5 data/scenes-sd.
 
 report: results/README.md  ## results/README.md from what is in results/ and models/
 
-results/README.md: results/accuracy.md results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(GRIDS) $(INV_FILES) \
+results/README.md: results/accuracy.md results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(JUDGED) $(GRIDS) $(INV_FILES) \
   $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json) $(if $(wildcard $(SCENES)),results/geometry/summary.json)
 	$(SK) report
 
 reproduce: report  ## the whole study (GPU for full size), in this order: data, invert, inv, captions, sd, train, filter, train (kept rows), evaluate, analysis (fidelity, gradcam, vanish, grids, vanish-score), geometry (when SCENES exists), report
 
-# ---- the offline demo: the same graph on the tiny random pipeline, small enough for a 2-core CPU
+# ---- the offline demo: the same graph on the shipped miniature generator (mini), small enough for a 2-core CPU
 # It runs in its own folder DEMO_DIR (demo/: its own data/, models/, results/ and stage settings), by this Makefile
 # started there with the demo's variables, so that a later `make TARGET` here neither redoes nor deletes its work.
 # Its work is fixed, not its time: each classifier trains 8 steps of 16 images (7 rows x 2 seeds), every class is
 # inverted in one job, and the detector is not scored on York Urban (YUD=). The scene study runs on 12 York Urban
 # photos at 64 px when ../shared has them (SCENES). bench/README.md gives each stage's work and seconds.
 # Its images: 20 train and 10 test per class from CIFAR; without it (a clone without ../shared), the committed sample
-# of 12 and 6 per class (tests/data), so that the demo runs offline anywhere. DEMO_MODEL is its generator.
+# of 12 and 6 per class (tests/data), so that the demo runs offline anywhere. DEMO_MODEL is its generator: mini (a
+# 32 px Stable Diffusion trained on CIFAR-10, synthkit/assets/mini-sd), whose prompt and DI images show their classes,
+# and which the judge reads as a classifier; DEMO_MODEL=models/tiny-sd runs the graph on random weights (noise). Its
+# Stable Diffusion row is text to image from SD_PROMPT, as the miniature was trained on that template alone.
 DEMO_DIR   ?= demo
-DEMO_MODEL ?= models/tiny-sd
+DEMO_MODEL ?= mini
 DEMO_DATA := $(if $(wildcard $(CIFAR)),CIFAR=$(abspath $(CIFAR)) PER_CLASS=20 TEST_PER_CLASS=10,\
   CIFAR=$(HERE)/tests/data/cifar10-mini.tar.gz PER_CLASS=12 TEST_PER_CLASS=6)
-DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) CAPTION_MODEL=models/tiny-blip $(DEMO_DATA) PER_IMAGE=2 \
-  SD_PER_CLASS=40 SD_STEPS=10 SD_RESOLUTION=64 SD_SAVE_SIZE= RESOLUTION=64 UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
+DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) JUDGE_MODEL=$(DEMO_MODEL) SD_PROMPTS=template SD_INIT= \
+  CAPTION_MODEL=models/tiny-blip $(DEMO_DATA) PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 SD_RESOLUTION= SD_SAVE_SIZE= \
+  RESOLUTION= UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
   RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= \
   SCENES=$(abspath $(YUD)) GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
   SIZES="5 10" SWEEP_EVALS=1 SWEEP_FROM=data/real.h5 SWEEP_EMB=models/inv/all.safetensors
 
-# The user's own variables that the demo's replace are named, not ignored in silence.
+# The user's own variables that the demo's replace are named, not ignored in silence. A dry run (make -n demo) before
+# the demo's first run plans it in an empty temporary folder, so that it creates nothing here.
+DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
 DEMO_NAMES = $(foreach a,$(DEMO_VARS),$(if $(findstring =,$(a)),$(firstword $(subst =, ,$(a)))))
 DEMO_OVERRIDES = $(foreach v,$(DEMO_NAMES),$(if $(filter command line environment,$(origin $(v))),$(v)))
-demo: $(SK)  ## the whole graph offline in minutes on a CPU, in demo/ (random-weight generator: its images are noise)
+demo: $(SK)  ## the whole graph offline in minutes on a CPU, in demo/, on the shipped miniature generator (DEMO_MODEL)
 	@$(if $(strip $(DEMO_OVERRIDES)),echo "demo: its own values replace yours of $(strip $(DEMO_OVERRIDES))")
-	mkdir -p $(DEMO_DIR) && $(MAKE) --no-print-directory -C $(DEMO_DIR) -f $(HERE)/Makefile \
-	  reproduce sweep VENV=$(abspath $(VENV)) $(DEMO_VARS)
+	dir=$(DEMO_DIR); if [ -n "$(DRY_RUN)" ] && [ ! -d "$$dir" ]; then dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
+	  echo "($(DEMO_DIR)/ does not exist yet: the plan is made in an empty folder)"; else mkdir -p "$$dir"; fi; \
+	  $(MAKE) --no-print-directory -C "$$dir" -f $(HERE)/Makefile reproduce sweep VENV=$(abspath $(VENV)) $(DEMO_VARS)
 	@echo "the demo's report: $(DEMO_DIR)/results/README.md"
 
 $(SK):

@@ -461,12 +461,7 @@ def settle(config: TrainConfig, testing: bool, given: Collection[str] = ()) -> t
         changes["evals"] = config.steps
     if "evals" in given and not testing and config.evals:
         notes.append(f"--evals {config.evals} is not used: no --test store to score")
-    warm_up = config.schedule == "warmup-cosine"
-    if warm_up and config.warmup_steps > config.steps:
-        notes.append(
-            f"the warm-up ({config.warmup_steps} steps) is longer than the run ({config.steps} steps): the learning "
-            f"rate rises throughout and never reaches {config.lr:g}"
-        )
+    warm_up = config.schedule == "warmup-cosine"  # a warm-up not shorter than the run is refused by check_config
     for option, used in (("warmup_steps", warm_up), ("step_every", config.schedule == "step")):
         if option in given and not used:
             flag = "--" + option.replace("_", "-")

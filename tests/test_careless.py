@@ -80,6 +80,9 @@ REFUSED = {
             "test.h5 was not captioned from real.h5",
         ),
     },
+    "a warm-up the run never finishes": {
+        "train": (train("--steps", 2, "--warmup-steps", 9), "--warmup-steps 9 is not shorter than --steps 2"),
+    },
     "--resume with --overwrite": {
         "train": (train("--steps", 1, "--resume", "--overwrite"), "pass one of them"),
         "sample": (sample("--out", "s.h5", "--resume", "--overwrite"), "pass one of them"),
@@ -112,7 +115,6 @@ def test_seed_bound_is_in_help():
 NOTED = {
     "evals past steps": (train("--steps", 2, "--evals", 5, "--test", "test.h5"), "scoring after each step"),
     "evals without a test store": (train("--steps", 1, "--evals", 3), "--evals 3 is not used: no --test"),
-    "warm-up longer than the run": (train("--steps", 2, "--warmup-steps", 9), "warm-up (9 steps) is longer"),
     "step-every on warmup-cosine": (train("--steps", 1, "--step-every", 5), "--step-every is not used"),
     "real-batch on a real row": (train("--steps", 1, "--real-batch", 3), "--real-batch 3 is not used for real"),
     "empty shard": (train("--steps", 1, "--shard", "1/4"), "shard 1/4 has no classifiers to train"),

@@ -559,7 +559,7 @@ def test_the_demo_is_kept_apart_from_the_study(tmp_path):
     commands = [line.replace(str(fake), "synthkit") for line in planned.splitlines() if str(fake) in line]
     assert commands == ["synthkit report"] and "rm " not in planned, planned  # sweep writes the report again
     assert {p: p.stat().st_mtime_ns for p in demo.rglob("*") if p.is_file()} == before
-    assert sorted(os.listdir(main)) == [".make", "demo"]  # the main folder's own stage settings, nothing else
+    assert sorted(os.listdir(main)) == ["demo"]  # dry runs write no stage settings: nothing else
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

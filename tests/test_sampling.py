@@ -487,18 +487,19 @@ def test_per_class_files_as_the_makefile_makes_them_keep_partners_in_class(tiny_
         assert len(set(groups)) == 6  # two groups per class file, none shared between files
         for g in set(groups):
             assert len(set(s.labels[groups == g])) == 1
-        forward = {
-            int(seed): (int(p), im.tobytes()) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())
-        }
+        forward = {int(seed): (int(p), im) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())}
     reverse = tmp_path / "reverse.h5"
     result = run(
         "sample", *(x for f in reversed(files) for x in ("--embeddings", f)), "--per-image", 5, "--out", reverse
     )
     assert result.exit_code == 0, result.output
     with Store(reverse) as s:  # the same samples of every image, whatever the order of the files
-        assert {
-            int(seed): (int(p), im.tobytes()) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())
-        } == forward
+        reversed_ = {int(seed): (int(p), im) for seed, p, im in zip(s.column("seed"), s.column("partner"), s.images())}
+    assert reversed_.keys() == forward.keys()
+    for seed, (partner, image) in forward.items():
+        # Other batches sum in another order: with one thread a pixel may round to the next level (seen: 1).
+        assert reversed_[seed][0] == partner
+        assert np.abs(reversed_[seed][1].astype(int) - image.astype(int)).max() <= 1, seed
 
 
 def test_embeddings_that_would_cross_or_repeat_are_refused(tiny_sd, small_real, embeddings, tmp_path):

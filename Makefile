@@ -27,6 +27,9 @@ CAPTION_MODEL ?= Salesforce/blip-image-captioning-base
 SD_PROMPT    ?= a photo of a {class}
 SD_INIT      ?= real
 SD_RESOLUTION ?= 512
+# Text-to-image samples of SD_PROMPT from SD_MODEL, PROMPTS_PER_CLASS per class (data/prompts.h5): a grid and the judge's
+# score beside the img2img row. Empty (the study's default) skips them; the demo sets it.
+PROMPTS_PER_CLASS ?=
 SD_SAVE_SIZE ?= 128
 MIX          ?=
 SEED         ?= 0
@@ -128,7 +131,7 @@ shell_quote = '$(subst ','\'',$(1))'
 # A stage's stamp holds its settings; its recipe rewrites it when they changed (the FORCE idiom), so only a real
 # run touches .make/: `make -n`, `make help` and a dry run with other values change no file.
 stamp_data = $(CIFAR) $(REAL) $(TEST) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED)
-stamp_sd = $(SD_MODEL) $(SD_PROMPTS) $(SD_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED)
+stamp_sd = $(SD_MODEL) $(SD_PROMPTS) $(SD_PER_CLASS) $(PROMPTS_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED)
 stamp_captions = $(CAPTION_MODEL) $(SEED)
 stamp_invert = $(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED)
 stamp_inv = $(PER_IMAGE) $(DI_STEPS) $(SEED)
@@ -156,7 +159,7 @@ check_number = $(if $(strip $($(1))),$(if $(or $(word 2,$($(1))),$(call not_coun
 RECIPE_NAMES := $(shell sed -n 's/^    "\([a-z0-9-]*\)": {  # .*/\1/p' $(dir $(firstword $(MAKEFILE_LIST)))synthkit/config.py)
 ifeq ($(filter help,$(MAKECMDGOALS)),)
 $(foreach v,SIZES SEEDS SWEEP_SEEDS,$(call check_list,$(v)))
-$(foreach v,SHARDS PER_CLASS TEST_PER_CLASS SD_PER_CLASS SD_RESOLUTION SD_SAVE_SIZE PER_IMAGE SD_STEPS RESOLUTION UPDATES INV_BATCH DI_STEPS GEN_BATCH IMAGE_SIZE TRAIN_STEPS BATCH GRADCAM_N VANISH_N FIDELITY_N JUDGE_N GEO_SIZE GEO_PER_CLASS GEO_UPDATES GEO_SD_PER_CLASS GEO_N,$(call check_number,$(v),1))
+$(foreach v,SHARDS PER_CLASS TEST_PER_CLASS SD_PER_CLASS PROMPTS_PER_CLASS SD_RESOLUTION SD_SAVE_SIZE PER_IMAGE SD_STEPS RESOLUTION UPDATES INV_BATCH DI_STEPS GEN_BATCH IMAGE_SIZE TRAIN_STEPS BATCH GRADCAM_N VANISH_N FIDELITY_N JUDGE_N GEO_SIZE GEO_PER_CLASS GEO_UPDATES GEO_SD_PER_CLASS GEO_N,$(call check_number,$(v),1))
 $(foreach v,SEED EVALS WARMUP_STEPS SWEEP_EVALS,$(call check_number,$(v)))
 $(if $(filter $(RECIPE),$(RECIPE_NAMES))$(if $(RECIPE_NAMES),,no list),,$(error RECIPE=$(RECIPE) is not a recipe: use one of $(RECIPE_NAMES)))
 endif
@@ -172,7 +175,8 @@ MAIN_CLFS   := $(call classifiers,$(MAIN_ROWS))
 KEPT_CLFS   := $(call classifiers,$(KEPT_ROWS))
 CLASSIFIERS := $(MAIN_CLFS) $(KEPT_CLFS)
 clf         = models/resnet18-$(1)-s$(firstword $(SEEDS)).safetensors
-GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png
+PROMPTS     := $(if $(PROMPTS_PER_CLASS),data/prompts.h5)
+GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png $(PROMPTS:data/%.h5=results/grids/%.png)
 
 .PHONY: help install test data captions sd invert inv filter train evaluate analysis geometry sweep report reproduce demo demo-model clean-study
 
@@ -188,6 +192,7 @@ help:  ## show targets and variables
 	@echo "  SHARDS=$(SHARDS)  (generation processes; use make -j)  INVERT_BY=$(INVERT_BY)  (class: a job per class; all: one job)"
 	@echo "  SD_PROMPTS=$(SD_PROMPTS)  (captions: BLIP captions as img2img prompts; template: SD_PROMPT)  SD_MODEL=$(SD_MODEL)  CAPTION_MODEL=$(CAPTION_MODEL)"
 	@echo "  SD_PROMPT='$(SD_PROMPT)'  (the template: SD_PROMPTS=template, and the scene study's prompts)  SD_INIT=$(SD_INIT)  (img2img source store; empty: text to image)"
+	@echo "  PROMPTS_PER_CLASS=$(PROMPTS_PER_CLASS)  (text-to-image samples of SD_PROMPT per class in data/prompts.h5; empty: none)"
 	@echo "  CLASSES=$(CLASSES)  (INVERT_BY=class: a job per class)"
 	@echo "  SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
 	@echo "  empty means synthkit's default (or the recipe's): PER_IMAGE=$(PER_IMAGE) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR) WARMUP_STEPS=$(WARMUP_STEPS) EVALS=$(EVALS)"
@@ -233,6 +238,12 @@ $(if $(SHARDED),data/sd.shard-%-of-$(SHARDS).h5,data/sd.h5): $(STAMPS)/sd data/r
 	$(SK) sample $(SD_PROMPT_ARGS) --per-class $(SD_PER_CLASS) --model $(SD_MODEL) $(SD_INIT_ARGS) \
 	  $(call opt,--steps,$(SD_STEPS)) $(call opt,--resolution,$(SD_RESOLUTION)) $(SD_SAVE_ARGS) $(call opt,--batch-size,$(GEN_BATCH)) \
 	  --seed $(SEED) --device $(DEVICE) $(SHARD_ARG) --out $@ --resume
+
+data/prompts.h5: $(STAMPS)/sd data/real.h5 | $(SD_MODEL_DEP)
+	$(call leftovers,$@.partial)
+	$(SK) sample --prompt $(call shell_quote,$(SD_PROMPT)) --classes data/real.h5 --per-class $(PROMPTS_PER_CLASS) --model $(SD_MODEL) \
+	  $(call opt,--steps,$(SD_STEPS)) $(call opt,--resolution,$(SD_RESOLUTION)) $(SD_SAVE_ARGS) $(call opt,--batch-size,$(GEN_BATCH)) \
+	  --seed $(SEED) --device $(DEVICE) --out $@ --resume
 
 captions: $(if $(CAPTIONS),$(SD_INIT_STORE))  ## BLIP captions of the img2img source store (SD_PROMPTS=captions)
 
@@ -311,8 +322,9 @@ results/accuracy.md: $(CLASSIFIERS) data/test.h5
 JUDGED := $(if $(JUDGE_MODEL),results/judge.json)
 analysis: results/fidelity/summary.json results/gradcam/summary.json results/vanish/summary.json $(JUDGED) $(if $(wildcard $(YUD)/gt.json),results/vanish-yud/gt_scores.json)  ## fidelity of each store, Grad-CAM of real/inv/sd, vanish (lines and VPs of real, sd, inv), the judge when JUDGE_MODEL is set, vanish-score when YUD has gt.json
 
-results/judge.json: data/real.h5 data/test.h5 data/sd.h5 data/inv.h5 $(STAMPS)/analysis | $(filter models/tiny-sd,$(JUDGE_MODEL))
-	$(SK) judge --data data/real.h5,data/test.h5,data/sd.h5,data/inv.h5 --model $(JUDGE_MODEL) $(call opt,--per-class,$(JUDGE_N)) \
+JUDGED_STORES = data/real.h5 data/test.h5 data/sd.h5 $(PROMPTS) data/inv.h5
+results/judge.json: $(JUDGED_STORES) $(STAMPS)/analysis | $(filter models/tiny-sd,$(JUDGE_MODEL))
+	$(SK) judge $(JUDGED_STORES:%=--data %) --model $(JUDGE_MODEL) $(call opt,--per-class,$(JUDGE_N)) \
 	  --seed $(SEED) --device $(DEVICE) --out $@
 
 results/gradcam/summary.json: $(call clf,real) $(call clf,inv) $(call clf,sd) data/test.h5 $(STAMPS)/analysis
@@ -413,14 +425,15 @@ reproduce: report  ## the whole study (GPU for full size), in this order: data, 
 # of 12 and 6 per class (tests/data), so that the demo runs offline anywhere. DEMO_MODEL is its generator: mini (a
 # 32 px Stable Diffusion trained on CIFAR-10, synthkit/assets/mini-sd), whose prompt and DI images show their classes,
 # and which the judge reads as a classifier; DEMO_MODEL=models/tiny-sd runs the graph on random weights (noise). Its
-# Stable Diffusion row is text to image from SD_PROMPT, as the miniature was trained on that template alone.
+# Stable Diffusion row is img2img from the real images with SD_PROMPT (the miniature learned that template alone, so
+# BLIP captions would mean nothing to it), and PROMPTS_PER_CLASS adds text-to-image samples of the same template.
 DEMO_DIR   ?= demo
 DEMO_MODEL ?= mini
 DEMO_DATA := $(if $(wildcard $(CIFAR)),CIFAR=$(abspath $(CIFAR)) PER_CLASS=20 TEST_PER_CLASS=10,\
   CIFAR=$(HERE)/tests/data/cifar10-mini.tar.gz PER_CLASS=12 TEST_PER_CLASS=6)
-DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) JUDGE_MODEL=$(DEMO_MODEL) SD_PROMPTS=template SD_INIT= \
+DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) JUDGE_MODEL=$(DEMO_MODEL) SD_PROMPTS=template PROMPTS_PER_CLASS=20 \
   CAPTION_MODEL=models/tiny-blip $(DEMO_DATA) PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 SD_RESOLUTION= SD_SAVE_SIZE= \
-  RESOLUTION= UPDATES=20 INVERT_BY=all DI_STEPS=10 GEN_BATCH=40 \
+  RESOLUTION= UPDATES=60 INVERT_BY=all DI_STEPS=25 GEN_BATCH=40 \
   RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= \
   SCENES=$(abspath $(YUD)) GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
   SIZES="5 10" SWEEP_EVALS=1 SWEEP_FROM=data/real.h5 SWEEP_EMB=models/inv/all.safetensors

@@ -553,7 +553,7 @@ def di_sources_section(results: Path, data: Path, shown: int = 6) -> list[str]:
                 own = members[sources[members] == sources[members[0]]][:shown]
                 rows.append(np.concatenate([real.images([int(sources[members[0]])]), inv.images(own)]))
                 names.append(name)
-    title = "a real image (first column), then DI samples of its own learned embedding"
+    title = "a real image, then DI samples of its embedding"
     save_image(image_grid(rows, names, title=title), results / "di_sources.png")
     return ["## Diffusion Inversion: real images beside their samples", "", "![DI samples](di_sources.png)", ""]
 

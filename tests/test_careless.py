@@ -158,7 +158,11 @@ def clone(tmp_path) -> Path:
         pytest.fail("make is not installed")
     copy = tmp_path / "clone"
     shutil.copytree(
-        ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "data", "models", "results", ".make")
+        ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "__pycache__", "data", "models", "results", ".make", "demo", ".cache"
+        ),
     )
     stub = copy / "stub" / "synthkit"
     stub.parent.mkdir()

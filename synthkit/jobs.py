@@ -105,6 +105,20 @@ def check_fits(need: int, budget: int, what: str) -> None:
         )
 
 
+def check_store_fits(images: int, size: int, out: Path, what: str) -> None:
+    """Refuse a count whose store could not be written: `images` uint8 RGB images of at least `size` px against the
+    free disk space of the output's folder, before anything of the count's size is built."""
+    import shutil
+
+    folder = next((p for p in Path(out).absolute().parents if p.is_dir()), Path("/"))
+    need, free = images * 3 * size * size, shutil.disk_usage(folder).free
+    if need > free:
+        raise UserError(
+            f"{what} would write {images:,} images ({human(need)} at {size} px or more), more than the {human(free)} "
+            f"free in {folder}: ask for fewer"
+        )
+
+
 def check_output(
     out: Path,
     leftovers: Sequence[Path],

@@ -35,7 +35,15 @@ from .diffusion import (
 )
 from .errors import UserError
 from .inversion import load_embeddings
-from .jobs import check_destination, check_fits, check_output, check_range, parse_shard, shard_range
+from .jobs import (
+    check_destination,
+    check_fits,
+    check_output,
+    check_range,
+    check_store_fits,
+    parse_shard,
+    shard_range,
+)
 from .locks import locked_output
 from .meta import Kind, provenance
 from .outputs import partial_path
@@ -145,6 +153,8 @@ def run_sample(
     check_sizes(config, None if device == "auto" else device, shard)
     names = None if embeddings else class_list(classes if classes is not None else (str(init) if init else None))
     if names is not None:
+        smallest = config.save_size or config.resolution or 8  # the model's own size is not known before loading it
+        check_store_fits(per_class * len(names), smallest, out, f"--per-class {per_class:,} of {len(names)} classes")
         prompt_plan(templates if prompt_from is None else ["{class}"], names, per_class)  # its checks, before any work
 
     def job(path: Path, part: str, dev: str) -> None:
@@ -575,6 +585,12 @@ def sample_embeddings(
     if only is not None:
         tensors, record = restrict_to(tensors, emb_meta, Path(only))
         sources = [record]
+    check_store_fits(
+        len(tensors["embeddings"]) * di.per_image,
+        config.save_size or di.save_size or emb_meta["image_size"],
+        out,
+        f"--per-image {di.per_image:,} of {len(tensors['embeddings']):,} embeddings",
+    )
     model = model or emb_meta["model"]
     config = replace(
         config,

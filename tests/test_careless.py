@@ -46,6 +46,7 @@ REFUSED = {
         "train --steps": (train("--steps", HUGE), "--steps must be at most"),
         "train --steps and --evals": (train("--steps", HUGE, "--evals", HUGE, "--test", "test.h5"), "--steps must be"),
         "sample --steps": (sample("--steps", HUGE, "--out", "s.h5"), "--steps must be at most 1000"),
+        "sample --per-class": (sample("--per-class", HUGE, "--out", "s.h5"), "would write 10,000,000,000,000 images"),
         "subset --per-class": (["subset", "real.h5", "--per-class", HUGE, "--out", "x.h5"], "class airplane has only"),
     },
     "seed past 2**32 - 1": {
@@ -294,6 +295,17 @@ def test_only_in_prompt_mode_is_refused(inverted, monkeypatch):
     result = run("sample", *["--prompt", "a {class}", "--only", "data/pair.h5", "--model", "tiny-sd", "--out", "s.h5"])
     assert result.exit_code == 2 and result.stderr.startswith("error: --only picks the embeddings"), result.output
     assert tree(inverted) == before
+
+
+def test_a_di_count_past_the_disk_is_refused_before_it_is_built(inverted, monkeypatch):
+    """--per-image is checked against the store it implies (it built a partner table of its size, 9.5 GB for 10**9
+    prompts per class before this check)."""
+    monkeypatch.chdir(inverted)
+    before = tree(inverted)
+    args = ["--embeddings", "two.safetensors", "--per-image", HUGE, "--model", "tiny-sd", "--out", "s.h5"]
+    result = run("sample", *args)
+    assert result.exit_code == 2 and "would write" in result.stderr and "--per-image" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and tree(inverted) == before
 
 
 def test_only_finds_a_subsets_parent_from_another_folder(inverted, monkeypatch):

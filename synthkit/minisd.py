@@ -362,7 +362,8 @@ def train_mini(
         "note": "trained by synthkit model train: it makes pictures of its training classes",
     }
     _save(parts, out, record)
-    _preview(parts, None, classes, config, dev, preview, f"final, {config.steps} steps")
+    if config.preview_every:  # 0: no previews, the final one included
+        _preview(parts, None, classes, config, dev, preview, f"final, {config.steps} steps")
     state_file.unlink(missing_ok=True)
     say(f"UNet: {config.steps} steps, final loss {record['final_loss']:.4f}")
     return record

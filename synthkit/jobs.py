@@ -6,6 +6,7 @@ with other options, and shards (which slice is mine, and their order)."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from .errors import UserError
 from .locks import refuse_leftover
-from .memory import human
+from .memory import human, image_bytes
 
 
 def check_range(
@@ -108,10 +109,8 @@ def check_fits(need: int, budget: int, what: str) -> None:
 def check_store_fits(images: int, size: int, out: Path, what: str) -> None:
     """Refuse a count whose store could not be written: `images` uint8 RGB images of at least `size` px against the
     free disk space of the output's folder, before anything of the count's size is built."""
-    import shutil
-
     folder = next((p for p in Path(out).absolute().parents if p.is_dir()), Path("/"))
-    need, free = images * 3 * size * size, shutil.disk_usage(folder).free
+    need, free = image_bytes(images, size), shutil.disk_usage(folder).free
     if need > free:
         raise UserError(
             f"{what} would write {images:,} images ({human(need)} at {size} px or more), more than the {human(free)} "

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from synthkit.config import GRADCAM_LAYERS as LAYERS
 from synthkit.gradcam import explain
+from synthkit.model import CLASSIFIERS
 from synthkit.training import TrainConfig, train
 
 from common import CACHE, cifar_store, machine
@@ -48,7 +48,7 @@ def main() -> None:
     print(f"machine: {machine()}; {args.n} real test images; ROAD over removal of 20/40/60/80% of pixels")
     print(f"{'model':<40} {'layer':<7} {'map':>5} {'ROAD':>7} {'entropy':>8} {'top10':>6} {'s':>6}")
     for model in models:
-        for layer in LAYERS:
+        for layer in CLASSIFIERS["resnet18"].cam_layers:
             start = time.perf_counter()
             s = explain([model], test, Path(tempfile.mkdtemp()), n=args.n, layer=layer, device=args.device)
             stats = next(iter(s["models"].values()))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from synthkit.device import autocast, configure_threads, memory_format, pick_device
-from synthkit.model import ResNet18, arch_for, resize_images
+from synthkit.model import build_classifier, resize_images, stem_for
 from synthkit.store import Store
 from synthkit.training import TrainConfig, load_stores, step_rows, training_batch
 
@@ -50,7 +50,7 @@ def window(next_batch, model, optimizer, device, batch, steps):
 
 
 def fresh_model(device, size):
-    model = ResNet18(10, arch_for(size), size).to(device, memory_format=memory_format(device))
+    model = build_classifier("resnet18", 10, size).to(device, memory_format=memory_format(device))
     return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
@@ -154,7 +154,7 @@ def main():
                     rates[name].append(rate)
         ours, theirs = rates["synthkit"], rates["dataloader"]
         a, b = statistics.median(ours), statistics.median(theirs)
-        print(f"{size} px ({arch_for(size)}):")
+        print(f"{size} px (resnet18, {stem_for(size)} stem):")
         print(
             f"  synthkit (on-device data + augmentation): {a:10.0f} img/s  (windows: "
             f"{', '.join(f'{r:.0f}' for r in ours)})"

@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 
 from . import DEFAULT_CAPTIONER, DEFAULT_MODEL
 from .config import (
+    ARCHS,
     AUGMENTS,
     CAPTION,
     DATA,
@@ -31,7 +32,6 @@ from .config import (
     FILTER,
     FILTER_CRITERIA,
     GRADCAM,
-    GRADCAM_LAYERS,
     GRADCAM_TARGETS,
     INVERT_JOB,
     JUDGE,
@@ -80,8 +80,9 @@ def choice_type(name: str, values: tuple[str, ...]) -> type[StrEnum]:
     return StrEnum(name, {value: value for value in values})
 
 
-Split, Recipe, Mix, Augment = (
-    choice_type(n, v) for n, v in (("Split", SPLITS), ("Recipe", tuple(RECIPES)), ("Mix", MIXES), ("Augment", AUGMENTS))
+Split, Recipe, Mix, Augment, Arch = (
+    choice_type(n, v)
+    for n, v in (("Split", SPLITS), ("Recipe", tuple(RECIPES)), ("Mix", MIXES), ("Augment", AUGMENTS), ("Arch", ARCHS))
 )
 Like, Precision, Uncond, Scheduler, Dtype = (
     choice_type(n, v)
@@ -93,10 +94,9 @@ Like, Precision, Uncond, Scheduler, Dtype = (
         ("Dtype", DTYPES),
     )
 )
-Layer, Target, Metric, Criterion = (
+Target, Metric, Criterion = (
     choice_type(n, v)
     for n, v in (
-        ("Layer", GRADCAM_LAYERS),
         ("Target", GRADCAM_TARGETS),
         ("Metric", FIDELITY_METRICS),
         ("Criterion", FILTER_CRITERIA),
@@ -453,6 +453,10 @@ def train(
     show: bool = typer.Option(
         False, "--show", help="Print the resolved settings (the recipe's, with the options given) and train nothing."
     ),
+    arch: Arch | None = typer.Option(
+        None,
+        help=f"Classifier, a torchvision network: {', '.join(ARCHS)} (every recipe's is resnet18, the study's).",
+    ),
     steps: int | None = typer.Option(
         None, min=1, help="Optimiser steps: the same for every classifier, whatever its stores' sizes."
     ),
@@ -515,6 +519,7 @@ def train(
 
     config = TrainConfig.from_recipe(
         recipe,
+        arch=arch,
         steps=steps,
         batch_size=batch_size,
         real_batch=real_batch,
@@ -571,7 +576,8 @@ def train(
             else ""
         )
         typer.echo(
-            f"{job.out}: {meta['arch']} at {meta['image_size']} px, recipe {meta.get('recipe')}, {meta['steps']} steps "
+            f"{job.out}: {meta['arch']} ({meta['stem']} stem) at {meta['image_size']} px, recipe {meta.get('recipe')}, "
+            f"{meta['steps']} steps "
             f"of {batch_text(meta.get('batch'))}, final loss {meta['final_loss']:.4f}, "
             f"train accuracy {100 * meta['final_train_acc']:.1f}%{tested}, {meta['seconds']:.0f} s on {meta['device']}"
         )
@@ -1000,10 +1006,11 @@ def gradcam(
         Path("results/gradcam"), help="Folder for gradcam_grid.png, per_image.csv and summary.json."
     ),
     n: int = typer.Option(GRADCAM.n, min=1, help="Images (a seeded random pick, the same for every model)."),
-    layer: Layer = typer.Option(
-        Layer(GRADCAM.layer),
-        help="Target layer: layer3 (8x8 maps at 32 px; the most faithful by ROAD, see bench/README.md), layer4 (4x4) "
-        "or layer2 (16x16).",
+    layer: str | None = typer.Option(
+        GRADCAM.layer,
+        help="Target layer, by the module name each classifier declares (default: its own). ResNet-18: layer3 (8x8 "
+        "maps at 32 px; the most faithful by ROAD, see bench/README.md), layer4 (4x4) or layer2 (16x16); "
+        "mobilenet_v3_small: features.8, features.12, features.3; shufflenet_v2_x1_0: stage3, conv5, stage2.",
     ),
     target: Target = typer.Option(Target(GRADCAM.target), help="Explain the true class or the predicted one."),
     seed: Annotated[int, seed_option("Seed of the image pick.")] = GRADCAM.seed,

@@ -4,7 +4,8 @@ imports no torch, so `synthkit --help` still answers at once). The Makefile over
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from .errors import UserError
 
@@ -19,7 +20,6 @@ PRECISIONS = ("fp32", "bf16")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 SCHEDULERS = ("model", "ddim", "dpm++", "pndm")
 LIKES = ("sd15",)
-GRADCAM_LAYERS = ("layer4", "layer3", "layer2")
 GRADCAM_TARGETS = ("true", "predicted")
 FIDELITY_METRICS = ("frechet", "kid", "precision", "recall", "density", "coverage", "agreement", "confidence")
 FILTER_CRITERIA = ("confidence", "margin", "cam", "geometry")
@@ -28,12 +28,22 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("warmup-cosine", "step")
 AUGMENTS = ("crop-flip", "resized-crop-flip", "flip-rotate-jitter", "none")
 INITS = ("torchvision", "kaiming-normal")
+# torchvision classifiers `train --arch` builds (synthkit/model.py declares how each is built, its features, head and
+# Grad-CAM layers); resnet18 is the study's
+ARCHS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0")
 
 
 def check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
     """One error line when `value` is none of `choices`: the one home of a library caller's 'must be one of'."""
     if value not in choices:
         raise UserError(f"{option} must be one of {', '.join(choices)}, got '{value}'")
+
+
+def lookup(table: dict[str, Any], name: str, option: str) -> Any:
+    """The entry `name` of a table of choices (optimisers, schedules, augmentations): an unknown name is one error
+    line, never a silent default."""
+    check_choice(name, tuple(table), option)
+    return table[name]
 
 
 @dataclass(frozen=True)
@@ -157,9 +167,11 @@ class DIConfig:
 # (cifake-classifier.py).
 RECIPES: dict[str, dict] = {
     "di": {  # the Diffusion Inversion paper's evaluation: every row the same 50,000 steps at batch 128
+        "arch": "resnet18",  # README.md:71 --arch=resnet18 (train_net.py's CIFAR ResNet-18: 3x3 stem, no max-pool)
         "steps": 50_000,  # README.md:71 --num-steps=50000 (train_net.py:107 default 50000)
         "batch_size": 128,  # README.md:71 --syn-bs=128 for single-source rows
         "real_batch": None,  # half: train_net.py:101-102 --real-bs 64 --syn-bs 64 for mixed rows, concatenated (:403)
+        "mix": "auto",  # mixed rows take real and synthetic halves (:403); single-source rows their one store
         "optimizer": "sgd",  # README.md:71 --optimizer=sgd; train_net.py:326-327
         "lr": 0.1,  # README.md:75,78 --lr=1e-1 (train_net.py:104 defaults to 1e-3; the command overrides it)
         "momentum": 0.9,  # train_net.py:327 momentum=0.9 (no Nesterov)
@@ -169,6 +181,8 @@ RECIPES: dict[str, dict] = {
         "warmup_steps": 1000,  # README.md:71 --warmup-steps=1000 -> LinearLR(total_iters=1000)
         "warmup_start": 0.001,  # train_net.py:335 LinearLR(start_factor=0.001)
         "min_lr": 0.001,  # train_net.py:336 CosineAnnealingLR(T_max=num_steps, eta_min=lr * 0.001)
+        "step_every": 0,  # unused: no step schedule
+        "step_gamma": 0.1,  # unused: no step schedule
         "label_smoothing": 0.0,  # train_net.py:324 nn.CrossEntropyLoss()
         "augment": "crop-flip",  # train_net.py:196-197 RandomCrop(res, padding=res // 8), RandomHorizontalFlip
         "init": "torchvision",  # see the README's departures: the official ResNet18 keeps PyTorch's default init
@@ -176,14 +190,19 @@ RECIPES: dict[str, dict] = {
         "evals": 20,  # README.md:72 --num-evals=20 on the real test split (train_net.py:376, :428-430)
     },
     "study": {  # the original study's classifier (cifake-classifier.py), scored on real test images here
+        "arch": "resnet18",  # :126 torchvision's resnet18 (its ImageNet stem at 224 px)
         "steps": 15_700,  # 100 epochs (:138) of 157 batches of 32 (:111) over 5,000 images (the script: 70%, :43)
         "batch_size": 32,  # :111 batch_size = 32
         "real_batch": None,  # the script trains no mixed row; synthkit mixes half and half
+        "mix": "auto",
         "optimizer": "adam",  # :134 Adam(lr=0.001), no weight decay
         "lr": 1e-3,
         "momentum": 0.9,  # unused by Adam (its betas stay torch's defaults, as in the script)
         "weight_decay": 0.0,
         "schedule": "step",  # :135 StepLR(step_size=30, gamma=0.1), stepped once per epoch (:169)
+        "warmup_steps": 0,  # unused: the script has no warm-up
+        "warmup_start": 1.0,  # unused
+        "min_lr": 0.0,  # unused: no cosine
         "step_every": 4_710,  # 30 epochs of 157 steps
         "step_gamma": 0.1,
         "label_smoothing": 0.1,  # :133 CrossEntropyLoss(label_smoothing=0.1)
@@ -193,9 +212,11 @@ RECIPES: dict[str, dict] = {
         "evals": 100,  # once per epoch, as the script validates (:154-167); the best is labelled as such
     },
     "quick": {  # CPU runs and the demo: the official schedule's shape over a few hundred steps
+        "arch": "resnet18",
         "steps": 300,
         "batch_size": 32,
         "real_batch": None,
+        "mix": "auto",
         "optimizer": "sgd",
         "lr": 0.025,  # the linear scaling of di's 0.1 at batch 128 to batch 32
         "momentum": 0.9,
@@ -204,6 +225,8 @@ RECIPES: dict[str, dict] = {
         "warmup_steps": 15,  # 5% of the steps
         "warmup_start": 0.001,
         "min_lr": 0.001,
+        "step_every": 0,
+        "step_gamma": 0.1,
         "label_smoothing": 0.0,
         "augment": "crop-flip",
         "init": "torchvision",
@@ -222,33 +245,39 @@ def scaled_warmup(recipe: dict, steps: int) -> int:
     return round(recipe["warmup_steps"] * steps / recipe["steps"])
 
 
+JOB_FIELDS = ("recipe", "per_class", "seed", "compile")  # TrainConfig's values a job sets; a recipe names all others
+_DEFAULT = RECIPES[DEFAULT_RECIPE]
+
+
 @dataclass
 class TrainConfig:
     """Every value of one classifier's run, resolved from a recipe (RECIPES) and the options that override it.
-    `TrainConfig()` is the `di` recipe; `TrainConfig.from_recipe("quick", steps=20)` starts from another."""
+    `TrainConfig()` is the `di` recipe, read from RECIPES; `TrainConfig.from_recipe("quick", steps=20)` starts from
+    another."""
 
     recipe: str = DEFAULT_RECIPE
-    steps: int = 50_000
-    batch_size: int = 128
-    real_batch: int | None = None  # mixed rows: real images a step (None: half the batch), the rest synthetic
-    mix: str = "auto"  # auto: half real half synthetic when the stores hold both kinds, else their union
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "warmup-cosine"
-    warmup_steps: int = 1000
-    warmup_start: float = 0.001
-    min_lr: float = 0.001  # the cosine's floor as a share of lr
-    step_every: int = 0  # schedule "step": steps between decays
-    step_gamma: float = 0.1
-    label_smoothing: float = 0.0
-    augment: str = "crop-flip"
-    init: str = "torchvision"
-    image_size: int | None = None  # None: the first store's own size
-    evals: int = 20  # test-set scorings during training (with a test store)
+    arch: str = _DEFAULT["arch"]
+    steps: int = _DEFAULT["steps"]
+    batch_size: int = _DEFAULT["batch_size"]
+    real_batch: int | None = _DEFAULT["real_batch"]  # mixed rows: real images a step (None: half), the rest synthetic
+    mix: str = _DEFAULT["mix"]  # auto: half real half synthetic when the stores hold both kinds, else their union
+    optimizer: str = _DEFAULT["optimizer"]
+    lr: float = _DEFAULT["lr"]
+    momentum: float = _DEFAULT["momentum"]
+    weight_decay: float = _DEFAULT["weight_decay"]
+    schedule: str = _DEFAULT["schedule"]
+    warmup_steps: int = _DEFAULT["warmup_steps"]
+    warmup_start: float = _DEFAULT["warmup_start"]
+    min_lr: float = _DEFAULT["min_lr"]  # the cosine's floor as a share of lr
+    step_every: int = _DEFAULT["step_every"]  # schedule "step": steps between decays
+    step_gamma: float = _DEFAULT["step_gamma"]
+    label_smoothing: float = _DEFAULT["label_smoothing"]
+    augment: str = _DEFAULT["augment"]
+    init: str = _DEFAULT["init"]
+    image_size: int | None = _DEFAULT["image_size"]  # None: the first store's own size
+    evals: int = _DEFAULT["evals"]  # test-set scorings during training (with a test store)
     per_class: int | None = None
-    seed: int = 0
+    seed: int = SEED
     compile: bool = False
 
     @classmethod
@@ -257,8 +286,14 @@ class TrainConfig:
         if name not in RECIPES:
             raise UserError(f"unknown recipe '{name}': use one of {', '.join(RECIPES)}")
         recipe = RECIPES[name]
+        missing = recipe_fields() - set(recipe)
+        if missing or set(recipe) - recipe_fields():
+            raise UserError(
+                f"recipe '{name}' must name every value of a run and nothing else: missing {sorted(missing)}, "
+                f"unknown {sorted(set(recipe) - recipe_fields())} (synthkit/config.py RECIPES)"
+            )
         values = recipe | {k: v for k, v in overrides.items() if v is not None}
-        if "warmup_steps" in recipe and overrides.get("warmup_steps") is None:
+        if overrides.get("warmup_steps") is None:
             values["warmup_steps"] = scaled_warmup(recipe, values["steps"])
         return cls(recipe=name, **values)
 
@@ -270,7 +305,7 @@ class TrainConfig:
             if key in ("recipe", "seed"):
                 continue
             if key not in recipe:
-                source = "synthkit's default"
+                source = "option" if value != getattr(TrainConfig, key) else "the job's default"
             elif value == recipe[key]:
                 source = "recipe"
             elif key == "warmup_steps" and value == scaled_warmup(recipe, self.steps):
@@ -288,6 +323,11 @@ class TrainConfig:
     @property
     def synthetic_batch(self) -> int:
         return self.batch_size - self.real_share
+
+
+def recipe_fields() -> set[str]:
+    """The values every recipe names: all of TrainConfig's but those a job sets (JOB_FIELDS)."""
+    return {f.name for f in fields(TrainConfig)} - set(JOB_FIELDS)
 
 
 @dataclass
@@ -341,7 +381,7 @@ class GradcamConfig:
     """Grad-CAM: how many real images (a seeded pick, the same for every model), which layer, which class."""
 
     n: int = 64
-    layer: str = "layer3"  # the most faithful by ROAD on a full-data model: bench/README.md
+    layer: str | None = None  # None: each classifier's own default (ResNet-18's layer3, the most faithful by ROAD)
     target: str = "true"
     seed: int = 0
     batch_size: int = 64

@@ -109,7 +109,7 @@ def _classifier_outputs(
             x = resize_images(x, model.image_size).float() / 255
             f = model.features(x)
             feats.append(f.float().cpu())
-            probs.append(torch.softmax(model.net.fc(f).float(), 1).cpu())
+            probs.append(torch.softmax(model.head(f).float(), 1).cpu())
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import GRADCAM, GRADCAM_LAYERS, GRADCAM_TARGETS, check_choice
+from .config import GRADCAM, GRADCAM_TARGETS, check_choice
 from .device import job_device
 from .errors import UserError
 from .evaluation import training_data_name
 from .jobs import check_destination
-from .model import class_mapping, classifier_meta, load_classifier, resize_images
+from .model import CLASSIFIERS, class_mapping, classifier_meta, load_classifier, resize_images
 from .store import Store
 
 ROAD_PERCENTILES = (20, 40, 60, 80)  # share of pixels ROAD removes (most or least relevant first)
@@ -65,7 +65,7 @@ def explain(
     data: Path,
     out: Path,
     n: int = GRADCAM.n,
-    layer: str = GRADCAM.layer,
+    layer: str | None = GRADCAM.layer,
     target: str = GRADCAM.target,
     seed: int = GRADCAM.seed,
     batch_size: int = GRADCAM.batch_size,
@@ -81,9 +81,11 @@ def explain(
     check_destination(out, [*models, data], folder=True)
     if not models:
         raise UserError("no models given: pass --model PATH (repeatable)")
-    check_choice(layer, GRADCAM_LAYERS, "--layer")
     check_choice(target, GRADCAM_TARGETS, "--target")
     metas = [classifier_meta(m) for m in models]
+    layers = [layer or CLASSIFIERS[m["arch"]].cam_layers[0] for m in metas]  # None: each architecture's own
+    for path, meta, name in zip(models, metas, layers):
+        check_choice(name, CLASSIFIERS[meta["arch"]].cam_layers, f"--layer for {path} ({meta['arch']})")
     dev = job_device(device)
     with Store(data) as store:
         store.require_images()
@@ -95,7 +97,7 @@ def explain(
     rows: list[dict[str, Any]] = []
     metric = CamMultImageConfidenceChange()
     road = ROADCombined(percentiles=list(ROAD_PERCENTILES))  # faithfulness (Rong et al. 2022): higher is more faithful
-    for path, name, meta in zip(models, names, metas):
+    for path, name, meta, model_layer in zip(models, names, metas, layers):
         model, _ = load_classifier(path, dev)
         model = model.to(memory_format=torch.contiguous_format)
         images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), meta["image_size"]).float() / 255
@@ -108,7 +110,7 @@ def explain(
         chosen = truth if target == "true" else predicted
         maps, changes, faithful = [], [], []
         torch.manual_seed(seed)  # ROAD's imputation adds noise from torch's global generator
-        with GradCAM(model=model, target_layers=[model.layer(layer)]) as cam:
+        with GradCAM(model=model, target_layers=[model.layer(model_layer)]) as cam:
             for s in range(0, len(images), batch_size):
                 x = images[s : s + batch_size].to(dev)
                 classes = chosen[s : s + batch_size]
@@ -130,7 +132,7 @@ def explain(
             }
             row |= concentration(cams[name][k]) | {"confidence_change": float(change[k]), "road": float(faith[k])}
             rows.append(row)
-    summary = summarise(rows, cams, names, models, layer, target, data, len(pick))
+    summary = summarise(rows, cams, names, models, ", ".join(dict.fromkeys(layers)), target, data, len(pick))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -1,9 +1,11 @@
-"""The classifier: torchvision's ResNet-18 taking images in [0, 1], with the CIFAR stem up to 64 px and the ImageNet
-stem above; loading a trained one, and fitting stores to it (class order, image size)."""
+"""The classifiers, in one table: torchvision's ResNet-18 (the study's) and others, taking images in [0, 1], with a
+CIFAR stem up to 64 px and their ImageNet stem above; building one, loading a trained one, and fitting stores to it
+(class order, image size)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +19,109 @@ from .device import memory_format
 from .errors import UserError
 from .meta import Kind, check_record
 
-ARCHS = ("resnet18-cifar", "resnet18-imagenet")  # the stem: 3x3 stride 1 without max-pool, or torchvision's own
 IMAGE_SIZE = 32  # CIFAR's, and that of classifiers written before the size was recorded
 CIFAR_STEM_MAX = 64
+STEMS = ("cifar", "imagenet")  # a stride-1 stem that keeps small images' resolution, or the network's own
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
-def arch_for(image_size: int) -> str:
-    """The CIFAR stem keeps small images' resolution (up to 64 px); larger images take the ImageNet stem
-    (7x7 stride-2 convolution and max-pool), which is 16x cheaper there."""
-    return ARCHS[0] if image_size <= CIFAR_STEM_MAX else ARCHS[1]
+def _resnet_cifar_stem(net: nn.Module) -> None:
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)  # train_net.py's CIFAR ResNet
+    net.maxpool = nn.Identity()
 
 
-class ResNet18(nn.Module):
-    """torchvision's ResNet-18 with the stem of `arch` (see arch_for); normalises its own input."""
+def _mobilenet_cifar_stem(net: nn.Module) -> None:
+    net.features[0][0].stride = (1, 1)
 
-    def __init__(self, num_classes: int = 10, arch: str = ARCHS[0], image_size: int = IMAGE_SIZE):
+
+def _shufflenet_cifar_stem(net: nn.Module) -> None:
+    net.conv1[0].stride = (1, 1)
+    net.maxpool = nn.Identity()
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How one torchvision classifier plugs in: the attribute holding its head (the layers after the pooled
+    features), how its stem keeps a small image's resolution, the layers Grad-CAM may use (the default first), and its
+    training activations per image as a multiple of the image in float32, with the CIFAR stem (at 32 px) and the
+    ImageNet one (at 224 px), for the memory check before training: the sum of every layer's output in a training
+    forward pass, measured with forward hooks."""
+
+    head: str
+    cifar_stem: Callable[[nn.Module], None]
+    cam_layers: tuple[str, ...]
+    activations: tuple[int, int]
+
+
+# The one table of classifiers (config.ARCHS names them for the CLI); each is torchvision.models.<name>.
+CLASSIFIERS: dict[str, Arch] = {
+    "resnet18": Arch("fc", _resnet_cifar_stem, ("layer3", "layer4", "layer2"), (600, 50)),
+    "mobilenet_v3_small": Arch(
+        "classifier", _mobilenet_cifar_stem, ("features.8", "features.12", "features.3"), (120, 30)
+    ),
+    "shufflenet_v2_x1_0": Arch("fc", _shufflenet_cifar_stem, ("stage3", "conv5", "stage2"), (510, 40)),
+}
+
+
+def stem_for(image_size: int) -> str:
+    """The CIFAR stem keeps small images' resolution (up to 64 px); larger images take the network's own ImageNet
+    stem (a stride-2 convolution and pooling), which is 16x cheaper there."""
+    return STEMS[0] if image_size <= CIFAR_STEM_MAX else STEMS[1]
+
+
+def arch_spec(name: str) -> Arch:
+    """The table entry of a classifier name, or one error line naming those there are."""
+    if name not in CLASSIFIERS:
+        raise UserError(f"--arch must be one of {', '.join(CLASSIFIERS)}, got '{name}'")
+    return CLASSIFIERS[name]
+
+
+class Classifier(nn.Module):
+    """A torchvision classifier taking images in [0, 1] (it normalises its own input): `net` gives the pooled
+    features and `head` the logits, so that every command reads any architecture the same way."""
+
+    def __init__(self, arch: str, num_classes: int = 10, image_size: int = IMAGE_SIZE):
         super().__init__()
-        from torchvision.models import resnet18
+        import torchvision.models
 
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        spec = arch_spec(arch)
         self.arch, self.image_size = arch, image_size  # the size it was trained at, which its inputs are resized to
-        self.net = resnet18(num_classes=num_classes)
-        if arch == "resnet18-cifar":
-            self.net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            self.net.maxpool = nn.Identity()
+        self.stem = stem_for(image_size)
+        net = getattr(torchvision.models, arch)(num_classes=num_classes)
+        if self.stem == "cifar":
+            spec.cifar_stem(net)
+        self.head = getattr(net, spec.head)
+        setattr(net, spec.head, nn.Identity())
+        self.net = net
+        self.cam_layers = spec.cam_layers
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images x (B, 3, H, W) with values in [0, 1]."""
-        return self.net((x - self.mean) / self.std)
+        return self.head(self.features(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate features (B, 512): what the last layer sees, used to compare image sets."""
-        n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1((x - self.mean) / self.std))))
-        return torch.flatten(n.avgpool(n.layer4(n.layer3(n.layer2(n.layer1(x))))), 1)
+        """The pooled features (B, D) the head sees, used to compare image sets."""
+        return self.net((x - self.mean) / self.std)
 
-    def layer(self, name: str) -> nn.Module:
-        """A named stage of the network (layer1..layer4), e.g. as a Grad-CAM target."""
-        return getattr(self.net, name)
+    def layer(self, name: str | None = None) -> nn.Module:
+        """A layer Grad-CAM may use, by its module name (None: the architecture's default)."""
+        name = name or self.cam_layers[0]
+        if name not in self.cam_layers:
+            raise UserError(f"--layer {name}: {self.arch}'s Grad-CAM layers are {', '.join(self.cam_layers)}")
+        return self.net.get_submodule(name)
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load a state dict, also one written before the head was its own module (net.fc.* is head.*)."""
+        old = f"net.{arch_spec(self.arch).head}."
+        self.load_state_dict({("head." + k[len(old) :] if k.startswith(old) else k): v for k, v in tensors.items()})
+
+
+def build_classifier(arch: str, classes: int, size: int) -> Classifier:
+    """A fresh classifier of `arch` for `classes` classes at `size` px: the one place a classifier is made."""
+    return Classifier(arch, classes, size)
 
 
 def kaiming_normal_init(model: nn.Module) -> nn.Module:
@@ -97,20 +159,23 @@ def classifier_meta(path: str | Path) -> dict[str, Any]:
     meta = check_record(
         read_meta(path), Kind.CLASSIFIER, path, "a synthkit classifier (give a file written by synthkit train)"
     )
-    if meta["arch"] not in ARCHS:
-        raise UserError(
-            f"{path} is a classifier of an unknown architecture '{meta['arch']}': give a file written by synthkit train"
-        )
     meta.setdefault("image_size", IMAGE_SIZE)
+    arch, _, stem = str(meta.get("arch")).partition("-")  # before the stem had its own key: resnet18-cifar
+    if arch not in CLASSIFIERS or (stem or meta.get("stem", stem_for(meta["image_size"]))) not in STEMS:
+        raise UserError(
+            f"{path} is a classifier of an unknown architecture '{meta.get('arch')}': give a file written by synthkit "
+            "train"
+        )
+    meta["arch"], meta["stem"] = arch, stem or meta.get("stem", stem_for(meta["image_size"]))
     return meta
 
 
-def load_classifier(path: str | Path, device: torch.device) -> tuple[ResNet18, dict[str, Any]]:
+def load_classifier(path: str | Path, device: torch.device) -> tuple[Classifier, dict[str, Any]]:
     """A trained classifier in eval mode on `device`, and its metadata (its input size is meta["image_size"])."""
     meta = classifier_meta(path)
     tensors, _ = load_checkpoint(path, device)
-    model = ResNet18(len(meta["classes"]), meta["arch"], meta["image_size"]).to(
-        device, memory_format=memory_format(device)
-    )
-    model.load_state_dict(tensors)
+    model = build_classifier(meta["arch"], len(meta["classes"]), meta["image_size"])
+    if model.stem != meta["stem"]:
+        raise UserError(f"{path} records the {meta['stem']} stem at {meta['image_size']} px: a damaged record")
+    model.to(device, memory_format=memory_format(device)).load_weights(tensors)
     return model.eval(), meta

@@ -1,4 +1,5 @@
-"""`synthkit train`: ResNet-18s on any mix of real and synthetic stores, under a named recipe (config.RECIPES).
+"""`synthkit train`: classifiers (ResNet-18, the study's, or another of model.CLASSIFIERS) on any mix of real and
+synthetic stores, under a named recipe (config.RECIPES).
 
 Like airbench, a training set sits on the device as one uint8 tensor and every batch is augmented with tensor
 operations: no workers, no PIL. A set larger than the memory budget is read from its stores a window of batches
@@ -27,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
+from .augment import AUGMENTATIONS, training_batch
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .config import AUGMENTS, INITS, MIXES, OPTIMIZERS, SCHEDULES, SEED, TrainConfig, check_choice
+from .config import INITS, MIXES, SEED, TrainConfig, check_choice, lookup
 from .device import autocast, device_memory, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
 from .evaluation import TestImages
@@ -36,17 +38,23 @@ from .jobs import check_destination, check_fits, check_output, check_range, chec
 from .locks import writer_lock
 from .memory import human
 from .meta import Kind, provenance
-from .model import CIFAR_STEM_MAX, ResNet18, arch_for, class_mapping, kaiming_normal_init, resize_images
+from .model import (
+    CLASSIFIERS,
+    Classifier,
+    arch_spec,
+    build_classifier,
+    class_mapping,
+    kaiming_normal_init,
+    resize_images,
+    stem_for,
+)
 from .outputs import train_log_path, train_state_path, written_whole
 from .progress import console, progress
 from .store import Store, balanced_subset
 
 CHECKPOINT_EVERY = 1000  # steps between saved states, besides every evaluation
 MAX_STEPS = 2**32 - 1  # a step's draws are seeded by seed * 2**32 + step: a longer run would reuse the next seed's
-# ResNet-18's training activations per image, as a multiple of the image in float32 (measured order of magnitude:
-# about 7 MB an image at 32 px with the CIFAR stem, which keeps full resolution through layer1; the ImageNet stem
-# quarters the image at once)
-ACTIVATIONS_CIFAR, ACTIVATIONS_IMAGENET = 600, 40
+DROPOUT_SALT = 0x9E3779B97F4A7C15  # keeps the global generator's seed of a step apart from its augmentation's
 
 
 @dataclass
@@ -220,142 +228,13 @@ def step_rows(data: TrainingSet, config: TrainConfig, first: int, stop: int) -> 
     return torch.from_numpy(np.concatenate(blocks, axis=1)).to(data.labels.device)
 
 
-# ---- augmentation, on the device
+# ---- the optimiser and its schedule, looked up by name (config.OPTIMIZERS and config.SCHEDULES offer these)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop (zero padding `pad`) and horizontal flip of a uint8 batch, all on the device."""
-    b, c, h, w = images.shape
-    dev = images.device
-    padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
-    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-    crops = padded[
-        torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols
-    ]
-    flip = torch.rand(b, generator=generator, device=dev) < 0.5
-    return torch.where(flip[:, None, None, None], crops.flip(-1), crops)
-
-
-def random_resized_crop(
-    images: torch.Tensor,
-    generator: torch.Generator,
-    scale: tuple[float, float] = (0.35, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> torch.Tensor:
-    """Inception-style crops of a float batch (a random area share and aspect ratio, resized back to the batch's
-    size) and horizontal flips, as one batched affine resampling on the device."""
-    b, _, h, w = images.shape
-    dev = images.device
-    area = scale[0] + (scale[1] - scale[0]) * torch.rand(b, generator=generator, device=dev)
-    log_ratio = math.log(ratio[0]) + math.log(ratio[1] / ratio[0]) * torch.rand(b, generator=generator, device=dev)
-    cw = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
-    ch = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
-    cx = (1 - cw) * (2 * torch.rand(b, generator=generator, device=dev) - 1)
-    cy = (1 - ch) * (2 * torch.rand(b, generator=generator, device=dev) - 1)
-    flip = torch.where(torch.rand(b, generator=generator, device=dev) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = cw * flip, cx, ch, cy
-    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
-def rotate_jitter(
-    images: torch.Tensor,
-    generator: torch.Generator,
-    degrees: float = 20.0,
-    jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
-) -> torch.Tensor:
-    """The original study's augmentation of a float batch: horizontal flip, a rotation within +-`degrees` (nearest
-    pixel, black corners, as torchvision's RandomRotation) and ColorJitter(*jitter): brightness, contrast and
-    saturation factors in 1 +- jitter, a hue shift within +-jitter[3], in an order drawn per image (colour_jitter)."""
-    b, _, h, w = images.shape
-    dev = images.device
-    u = torch.rand(b, 6, generator=generator, device=dev)
-    order = torch.rand(b, 4, generator=generator, device=dev).argsort(dim=1)
-    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0)
-    angle = torch.deg2rad((2 * u[:, 1] - 1) * degrees)
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) * flip, -torch.sin(angle)
-    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) * flip, torch.cos(angle)
-    x = F.grid_sample(
-        images,
-        F.affine_grid(theta, [b, 3, h, w], align_corners=False),
-        mode="nearest",
-        padding_mode="zeros",
-        align_corners=False,
-    )
-    factors = torch.stack(
-        [1 + (2 * u[:, 2 + k] - 1) * jitter[k] for k in range(3)] + [(2 * u[:, 5] - 1) * jitter[3]], 1
-    )
-    return colour_jitter(x, factors, order, active=tuple(j > 0 for j in jitter))
-
-
-def colour_jitter(
-    x: torch.Tensor,
-    factors: torch.Tensor,
-    order: torch.Tensor,
-    active: tuple[bool, bool, bool, bool] = (True, True, True, True),
-) -> torch.Tensor:
-    """torchvision's ColorJitter on a float batch (B, 3, H, W) in [0, 1], each image with its own draws: factors (B, 4)
-    of brightness, contrast, saturation and hue, applied in the image's order (B, 4), a permutation of 0..3 as
-    ColorJitter draws one per call; an adjustment whose range is 0 is skipped, as there."""
-    from torchvision.transforms.v2 import functional as TF
-
-    x = x.clone()
-    for slot in range(4):
-        for op in range(4):
-            rows = (order[:, slot] == op).nonzero().flatten()
-            if not active[op] or rows.numel() == 0:
-                continue
-            part, f = x[rows], factors[rows, op]
-            if op == 3:
-                x[rows] = torch.stack([TF.adjust_hue(image, shift) for image, shift in zip(part, f.tolist())])
-                continue
-            toward = (
-                torch.zeros_like(part)
-                if op == 0
-                else TF.rgb_to_grayscale(part).mean((1, 2, 3), keepdim=True)
-                if op == 1
-                else TF.rgb_to_grayscale(part)
-            )
-            x[rows] = (toward + (part - toward) * f[:, None, None, None]).clamp(0, 1)
-    return x
-
-
-def training_batch(images: torch.Tensor, generator: torch.Generator, how: str = "crop-flip") -> torch.Tensor:
-    """A uint8 batch augmented by `how`, in [0, 1]: crop-flip (a random crop with size // 8 padding and a flip, the
-    official RandomCrop(res, padding=res // 8)), resized-crop-flip (random-resized-crop and flip) or
-    flip-rotate-jitter (the original study's), or none (what the study's script trained with in effect: it replaces
-    its datasets' transform by the test one before training)."""
-    if how == "none":
-        return images.float().div_(255)
-    if how == "crop-flip":
-        return augment(images, generator, pad=max(1, images.shape[-1] // 8)).float().div_(255)
-    if how == "resized-crop-flip":
-        return random_resized_crop(images.float().div_(255), generator)
-    return rotate_jitter(images.float().div_(255), generator)
-
-
-# ---- the optimiser and its schedule
-
-
-def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the official evaluation) or Adam (the original study)."""
-    if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """torch's own schedulers, stepped once per optimiser step. warmup-cosine is the official one
-    (di/train_net.py:333-336): ChainedScheduler(LinearLR(start_factor, warm-up steps), CosineAnnealingLR(T_max=steps,
-    eta_min=min_lr * lr)); step is StepLR(step_every, step_gamma)."""
+def _warmup_cosine(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The official schedule (di/train_net.py:333-336): ChainedScheduler(LinearLR(start_factor, warm-up steps),
+    CosineAnnealingLR(T_max=steps, eta_min=min_lr * lr))."""
     sched = torch.optim.lr_scheduler
-    if config.schedule == "step":
-        return sched.StepLR(optimizer, step_size=max(1, config.step_every), gamma=config.step_gamma)
     return sched.ChainedScheduler(
         [
             # without warm-up the factor is 1 (torch's LinearLR over 0 steps would hold start_factor for ever)
@@ -369,23 +248,26 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torc
     )
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    state = optimizer.state_dict()["state"]
-    return {f"optim.{i}.{key}": value for i, s in state.items() for key, value in s.items() if torch.is_tensor(value)}
+# SGD with momentum (the official evaluation) and Adam (the original study's, torch's default betas)
+OPTIMIZER_TABLE: dict[str, Callable[[Any, TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
+}
+# torch's own schedulers, stepped once per optimiser step; step is the study's StepLR(step_every, step_gamma)
+SCHEDULE_TABLE: dict[str, Callable[[torch.optim.Optimizer, TrainConfig], torch.optim.lr_scheduler.LRScheduler]] = {
+    "warmup-cosine": _warmup_cosine,
+    "step": lambda o, c: torch.optim.lr_scheduler.StepLR(o, step_size=max(1, c.step_every), gamma=c.step_gamma),
+}
 
 
-def _load_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict] | None
-) -> None:
-    """The optimiser's saved state_dict: its per-parameter tensors, and its param groups (lr and the rest) as saved."""
-    state = optimizer.state_dict()
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state["state"].setdefault(int(index), {})[name] = value
-    if param_groups is not None:
-        state["param_groups"] = param_groups
-    optimizer.load_state_dict(state)
+def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser (OPTIMIZER_TABLE); an unknown name is an error."""
+    return lookup(OPTIMIZER_TABLE, config.optimizer, "--optimizer")(parameters, config)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The recipe's learning-rate schedule (SCHEDULE_TABLE); an unknown name is an error."""
+    return lookup(SCHEDULE_TABLE, config.schedule, "--schedule")(optimizer, config)
 
 
 def _write_log(out: Path, log: list[dict]) -> None:
@@ -418,9 +300,10 @@ def check_config(config: TrainConfig) -> None:
     """Values no recipe could mean: refused before any work."""
     for value, choices, option in (
         (config.mix, MIXES, "--mix"),
-        (config.optimizer, OPTIMIZERS, "--optimizer"),
-        (config.schedule, SCHEDULES, "--schedule"),
-        (config.augment, AUGMENTS, "--augment"),
+        (config.arch, tuple(CLASSIFIERS), "--arch"),
+        (config.optimizer, tuple(OPTIMIZER_TABLE), "--optimizer"),
+        (config.schedule, tuple(SCHEDULE_TABLE), "--schedule"),
+        (config.augment, tuple(AUGMENTATIONS), "--augment"),
         (config.init, INITS, "--init"),
     ):
         check_choice(value, choices, option)
@@ -488,58 +371,193 @@ def next_save(config: TrainConfig, step: int, evaluating: bool, every: int | Non
     return min(candidates)
 
 
+def build_model(config: TrainConfig, classes: int, image_size: int, device: torch.device) -> Classifier:
+    """A fresh classifier of the recipe's architecture and initialisation on `device`, in training mode; its weights
+    depend on the seed alone."""
+    torch.manual_seed(config.seed)
+    model = build_classifier(config.arch, classes, image_size)
+    if config.init == "kaiming-normal":
+        kaiming_normal_init(model)
+    return model.to(device, memory_format=memory_format(device)).train()
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    state = optimizer.state_dict()["state"]
+    return {f"optim.{i}.{key}": value for i, s in state.items() for key, value in s.items() if torch.is_tensor(value)}
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict] | None
+) -> None:
+    """The optimiser's saved state_dict: its per-parameter tensors, and its param groups (lr and the rest) as saved."""
+    state = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    if param_groups is not None:
+        state["param_groups"] = param_groups
+    optimizer.load_state_dict(state)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: its step, images drawn, log, evaluations and seconds; saved beside the classifier with the
+    model's, optimiser's and schedule's state so that a resumed run ends with an uninterrupted one's weights."""
+
+    step: int = 0
+    images_seen: int = 0
+    log: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def save(self, path: Path, model: Classifier, optimizer, schedule, params: dict, sources: list[dict]) -> None:
+        """Write the state file (whole or not at all)."""
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | _optimizer_tensors(optimizer)
+        save_checkpoint(
+            path,
+            tensors,
+            {"kind": Kind.TRAIN_STATE, "params": params, "data": sources, **asdict(self)}
+            | {"optimizer": optimizer.state_dict()["param_groups"], "schedule": schedule.state_dict()},
+        )
+
+    @classmethod
+    def load(
+        cls, path: Path, model: Classifier, optimizer, schedule, params: dict, sources: list[dict], device: torch.device
+    ) -> TrainState:
+        """Restore model, optimiser and schedule from a state file made with the same options and data."""
+        tensors, meta = load_checkpoint(path, device)
+        check_same_options((meta.get("params"), meta.get("data")), (params, sources), path)
+        if "schedule" not in meta:
+            raise UserError(
+                f"{path} is a training state of an older synthkit without its schedule's state: rerun with --overwrite"
+            )
+        model.load_weights({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_optimizer(optimizer, tensors, meta["optimizer"])
+        schedule.load_state_dict(meta["schedule"])
+        return cls(meta["step"], meta["images_seen"], meta["log"], meta["evals"], meta["seconds"])
+
+
+class RoundMeter:
+    """The sums of the steps between two saves, kept on the device (read once, at the save): loss, right answers,
+    images, and this run's own stepping time."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen, self.busy = 0, 0.0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss.detach() * len(labels)
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def loss(self) -> float:
+        """The round's mean loss (waits for the device)."""
+        return (self.loss_sum / max(self.seen, 1)).item()
+
+    def entry(self, step: int, loss: float, lr: float) -> dict[str, Any]:
+        """The round's log line."""
+        elapsed = max(self.busy, 1e-9)  # this run's own stepping time, not that of the runs stepped in between
+        return {
+            "step": step,
+            "loss": round(loss, 5),
+            "train_acc": round(self.correct.item() / max(self.seen, 1), 5),
+            "lr": lr,
+            "img_per_s": round(self.seen / elapsed, 1),
+            "seconds": round(elapsed, 2),
+        }
+
+
+def classifier_record(
+    config: TrainConfig,
+    data: TrainingSet,
+    state: TrainState,
+    stem: str,
+    device: torch.device,
+    test: TestImages | None,
+) -> dict[str, Any]:
+    """The metadata a finished classifier carries: how it was made (recipe, data, steps as run), its architecture
+    and input size, and its evaluations during training."""
+    meta = provenance(Kind.CLASSIFIER, asdict(config), data.sources)
+    meta.update(
+        {
+            "arch": config.arch,
+            "stem": stem,
+            "image_size": data.image_size,
+            "streamed": data.streamed,
+            "classes": data.classes,
+            "recipe": config.recipe,
+            "steps": state.step,  # as run, step by step
+            "images_seen": state.images_seen,  # as drawn, batch by batch
+            "batch": composition(data, config),
+            "final_loss": state.log[-1]["loss"],
+            "final_train_acc": state.log[-1]["train_acc"],
+            "seconds": round(state.seconds, 1),
+            "device": str(device),
+            "versions": {"synthkit": __version__, "torch": torch.__version__},
+        }
+    )
+    if state.evals and test is not None:
+        best = max(state.evals, key=lambda e: e["accuracy"])
+        meta.update(
+            {
+                "test": {"path": str(test.path), "fingerprint": test.fingerprint},
+                "evals": state.evals,
+                "final_test_acc": state.evals[-1]["accuracy"],
+                "best_test_acc": best["accuracy"],
+                "best_test_step": best["step"],
+            }
+        )
+    return meta
+
+
 class Run:
-    """One classifier in training: its model, optimiser, schedule, batches and log, advanced one step at a time."""
+    """One classifier in training, advanced one step at a time: it draws each round's batches, steps the model,
+    and at each save point logs, evaluates and saves its TrainState, or at the end writes the classifier."""
 
     def __init__(self, job: TrainJob, data: TrainingSet, device: torch.device, test: TestImages | None, resume: bool):
         self.job, self.config, self.data, self.device, self.test = job, job.config, data, device, test
-        config = job.config
-        self.mix = mix_of(data, config)
-        self.arch = arch_for(data.image_size)
-        torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
-        self.model = ResNet18(len(data.classes), self.arch, data.image_size)
-        if config.init == "kaiming-normal":
-            kaiming_normal_init(self.model)
-        self.model.to(device, memory_format=memory_format(device)).train()
-        self.optimizer = make_optimizer(self.model.parameters(), config)
-        self.params = asdict(config)
-        self.schedule = make_schedule(self.optimizer, config)
-        self.step, self.log, self.evals, self.seconds, self.images_seen = 0, [], [], 0.0, 0
+        self.model = build_model(job.config, len(data.classes), data.image_size, device)
+        self.optimizer = make_optimizer(self.model.parameters(), job.config)
+        self.schedule = make_schedule(self.optimizer, job.config)
+        self.params = asdict(job.config)
         self.state_file = train_state_path(job.out)
-        if resume and self.state_file.exists():
-            tensors, meta = load_checkpoint(self.state_file, device)
-            check_same_options((meta.get("params"), meta.get("data")), (self.params, data.sources), self.state_file)
-            if "schedule" not in meta:
-                raise UserError(
-                    f"{self.state_file} is a training state of an older synthkit without its schedule's state: "
-                    "rerun with --overwrite"
-                )
-            self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-            _load_optimizer(self.optimizer, tensors, meta["optimizer"])
-            self.schedule.load_state_dict(meta["schedule"])
-            self.step, self.log, self.evals, self.seconds = meta["step"], meta["log"], meta["evals"], meta["seconds"]
-            self.images_seen = meta["images_seen"]
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.state = (
+            TrainState.load(
+                self.state_file, self.model, self.optimizer, self.schedule, self.params, data.sources, device
+            )
+            if resume and self.state_file.exists()
+            else TrainState()
+        )
+        self.forward = torch.compile(self.model) if job.config.compile else self.model
         self.evaluating = test is not None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.failed: str | None = None
+        self.meta: dict[str, Any] | None = None
         self._open_round()
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def log(self) -> list[dict]:
+        return self.state.log
 
     @property
     def done(self) -> bool:
         return self.step >= self.config.steps or self.failed is not None
 
     def _open_round(self) -> None:
-        """Draw the batches of the steps up to the next save, and reset the round's sums."""
+        """Draw the batches of the steps up to the next save, and start the round's meter."""
         if self.step >= self.config.steps:
             return
         self.round_end = next_save(self.config, self.step, self.evaluating)
         self._batches = batch_images(
             self.data, list(step_rows(self.data, self.config, self.step, self.round_end)), self.device
         )
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
-        self.seen, self.busy = 0, 0.0
+        self.meter = RoundMeter(self.device)
 
     def _context(self) -> contextlib.AbstractContextManager:
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
@@ -548,7 +566,7 @@ class Run:
         """One optimiser step (on this run's own CUDA stream); at a save point, log, evaluate and save."""
         started = time.perf_counter()
         self._step()
-        self.busy += time.perf_counter() - started
+        self.meter.busy += time.perf_counter() - started
         if self.step == self.round_end:
             with self._context():
                 self._finish_round()
@@ -556,7 +574,9 @@ class Run:
     def _step(self) -> None:
         with self._context():
             rows, images = next(self._batches)
-            generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 2**32 + self.step)
+            key = self.config.seed * 2**32 + self.step
+            generator = torch.Generator(device=self.device).manual_seed(key)
+            torch.manual_seed(key ^ DROPOUT_SALT)  # dropout's draws (torch's global generator) are the step's own too
             x = training_batch(images, generator, self.config.augment).contiguous(
                 memory_format=memory_format(self.device)
             )
@@ -568,15 +588,12 @@ class Run:
             loss.backward()
             self.optimizer.step()
             self.schedule.step()
-            self.loss_sum += loss.detach() * len(y)
-            self.correct += (logits.argmax(1) == y).sum()
-            self.seen += len(y)
-            self.images_seen += len(y)
-            self.step += 1
+            self.meter.add(loss, logits, y)
+            self.state.images_seen += len(y)
+            self.state.step += 1
 
     def _finish_round(self) -> None:
-        loss = (self.loss_sum / max(self.seen, 1)).item()  # waits for this run's stream
-        elapsed = max(self.busy, 1e-9)  # this run's own stepping time, not that of the runs stepped in between
+        loss = self.meter.loss()  # waits for this run's stream
         if not math.isfinite(loss):
             kept = (
                 f"the last good state (step {self.log[-1]['step']}) is kept in {self.state_file}"
@@ -585,76 +602,20 @@ class Run:
             )
             self.failed = f"the loss became {loss} by step {self.step}; {kept}; lower --lr and rerun with --overwrite"
             return
-        self.seconds += elapsed
-        entry = {
-            "step": self.step,
-            "loss": round(loss, 5),
-            "train_acc": round(self.correct.item() / max(self.seen, 1), 5),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "img_per_s": round(self.seen / elapsed, 1),
-            "seconds": round(elapsed, 2),
-        }
+        self.state.seconds += max(self.meter.busy, 1e-9)
+        entry = self.meter.entry(self.step, loss, self.optimizer.param_groups[0]["lr"])
         if self.evaluating and eval_steps_after(self.config, self.step - 1) == self.step:
             entry["test_acc"] = round(self.test.accuracy(self.model, self.data.classes, self.data.image_size), 5)
-            self.evals.append({"step": self.step, "accuracy": entry["test_acc"]})
+            self.state.evals.append({"step": self.step, "accuracy": entry["test_acc"]})
         self.log.append(entry)
         _write_log(self.job.out, self.log)
         if self.step < self.config.steps:
-            tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()} | _optimizer_tensors(self.optimizer)
-            save_checkpoint(
-                self.state_file,
-                tensors,
-                {
-                    "kind": Kind.TRAIN_STATE,
-                    "params": self.params,
-                    "data": self.data.sources,
-                    "step": self.step,
-                    "images_seen": self.images_seen,
-                    "log": self.log,
-                    "evals": self.evals,
-                    "seconds": self.seconds,
-                    "optimizer": self.optimizer.state_dict()["param_groups"],
-                    "schedule": self.schedule.state_dict(),
-                },
-            )
+            self.state.save(self.state_file, self.model, self.optimizer, self.schedule, self.params, self.data.sources)
             self._open_round()
-        else:
-            self._write_classifier()
-
-    def _write_classifier(self) -> None:
-        config, data = self.config, self.data
-        meta = provenance(Kind.CLASSIFIER, self.params, data.sources)
-        meta.update(
-            {
-                "arch": self.arch,
-                "image_size": data.image_size,
-                "streamed": data.streamed,
-                "classes": data.classes,
-                "recipe": config.recipe,
-                "steps": self.step,  # as run, step by step
-                "images_seen": self.images_seen,  # as drawn, batch by batch
-                "batch": composition(data, config),
-                "final_loss": self.log[-1]["loss"],
-                "final_train_acc": self.log[-1]["train_acc"],
-                "seconds": round(self.seconds, 1),
-                "device": str(self.device),
-                "versions": {"synthkit": __version__, "torch": torch.__version__},
-            }
-        )
-        if self.evals:
-            best = max(self.evals, key=lambda e: e["accuracy"])
-            meta.update(
-                {
-                    "test": {"path": str(self.test.path), "fingerprint": self.test.fingerprint},
-                    "evals": self.evals,
-                    "final_test_acc": self.evals[-1]["accuracy"],
-                    "best_test_acc": best["accuracy"],
-                    "best_test_step": best["step"],
-                }
-            )
-        save_checkpoint(self.job.out, self.model.state_dict(), meta)
+            return
+        self.meta = classifier_record(self.config, self.data, self.state, self.model.stem, self.device, self.test)
+        save_checkpoint(self.job.out, self.model.state_dict(), self.meta)
         self.state_file.unlink(missing_ok=True)
-        self.meta = meta
 
 
 def _mixed(stores: Sequence[Path], config: TrainConfig) -> bool:
@@ -761,16 +722,15 @@ def train_many(
             return [read_meta(job.out) for job in jobs]
         dev = job_device(device)
         budget = memory_budget(dev, memory_limit)
-        for job in todo:  # a batch and ResNet-18's activations for it must fit, whatever streams
+        for job in todo:  # a batch and the network's activations for it must fit, whatever streams
             size = job.config.image_size or _store_size(job.data[0])
-            per_image = (
-                4 * image_bytes(1, size) * (ACTIVATIONS_CIFAR if size <= CIFAR_STEM_MAX else ACTIVATIONS_IMAGENET)
-            )
+            cifar, imagenet = arch_spec(job.config.arch).activations
+            per_image = 4 * image_bytes(1, size) * (cifar if stem_for(size) == "cifar" else imagenet)
             check_fits(
                 job.config.batch_size * per_image,
                 device_memory(dev),
-                f"a batch of {job.config.batch_size} images at --image-size {size} with ResNet-18's activations "
-                f"(about {human(per_image)} an image)",
+                f"a batch of {job.config.batch_size} images at --image-size {size} with {job.config.arch}'s "
+                f"activations (about {human(per_image)} an image)",
             )
         test_images = TestImages(test, dev, budget // 4) if test is not None else None
         keys = {

@@ -16,18 +16,7 @@ from synthkit.model import load_classifier
 from synthkit.outputs import train_log_path as log_path
 from synthkit.outputs import train_state_path as state_path
 from synthkit.store import Store, StoreWriter
-from synthkit.training import (
-    TrainConfig,
-    augment,
-    check_config,
-    colour_jitter,
-    load_stores,
-    make_schedule,
-    rotate_jitter,
-    step_rows,
-    train,
-    training_batch,
-)
+from synthkit.training import TrainConfig, check_config, load_stores, make_schedule, step_rows, train
 
 from conftest import copy_store_as, run, usage_error
 
@@ -67,24 +56,28 @@ def test_overfits_twenty_images(tmp_path, real_store):
     assert meta["final_train_acc"] > 0.5
 
 
+# The official evaluation's command (di README.md:68-78) and the flags synthkit's `di` recipe reads from it.
+OFFICIAL_COMMAND = "--arch=resnet18 --num-steps=50000 --syn-bs=128 --optimizer=sgd --lr=1e-1 --weight-decay=5e-4 "
+OFFICIAL_COMMAND += "--warmup-steps=1000 --num-evals=20"
+OFFICIAL_FLAGS = {
+    "arch": "arch", "num-steps": "steps", "syn-bs": "batch_size", "optimizer": "optimizer", "lr": "lr",
+    "weight-decay": "weight_decay", "warmup-steps": "warmup_steps", "num-evals": "evals",
+}  # fmt: skip
+
+
 def test_recipes_resolve_and_every_option_overrides_its_value(tmp_path, real_store):
     di = TrainConfig.from_recipe("di")
-    assert (di.steps, di.batch_size, di.real_share, di.lr, di.momentum, di.weight_decay) == (
-        50_000,
-        128,
+    for flag in OFFICIAL_COMMAND.split():
+        name, value = flag.removeprefix("--").split("=")
+        assert str(getattr(di, OFFICIAL_FLAGS[name])) == value or getattr(di, OFFICIAL_FLAGS[name]) == float(value)
+    assert (di.real_share, di.momentum, di.schedule, di.warmup_start, di.min_lr, di.augment) == (
         64,
-        0.1,
         0.9,
-        5e-4,
-    )
-    assert (di.schedule, di.warmup_steps, di.warmup_start, di.min_lr, di.evals, di.augment) == (
         "warmup-cosine",
-        1000,
         0.001,
         0.001,
-        20,
         "crop-flip",
-    )
+    )  # train_net.py's defaults: half of each mixed batch real, momentum, ChainedScheduler, RandomCrop and flip
     assert TrainConfig() == di  # the library's default is the official evaluation
     study = TrainConfig.from_recipe("study")
     assert (study.optimizer, study.lr, study.batch_size, study.label_smoothing, study.image_size, study.schedule) == (
@@ -107,6 +100,30 @@ def test_recipes_resolve_and_every_option_overrides_its_value(tmp_path, real_sto
     assert "recipe quick, 3 steps of 10 from all stores" in result.output
     bad = run("train", "--data", real_store, "--out", out, "--recipe", "fast", "--overwrite")
     usage_error(bad, "--recipe", "'di'", "'study'", "'quick'")
+
+
+def test_every_recipe_names_every_value_and_the_tables_refuse_unknown_names(monkeypatch):
+    """TrainConfig() is read from RECIPES[DEFAULT_RECIPE]; a recipe that leaves a value out (to be filled in silently
+    from another) is refused; optimisers and schedules are tables whose names are the CLI's choices."""
+    from synthkit import config
+    from synthkit.training import OPTIMIZER_TABLE, SCHEDULE_TABLE, make_optimizer
+
+    for name, recipe in config.RECIPES.items():
+        assert set(recipe) == config.recipe_fields(), name
+        assert asdict(TrainConfig.from_recipe(name, steps=recipe["steps"])).items() >= recipe.items()
+    assert {k: v for k, v in asdict(TrainConfig()).items() if k in config.recipe_fields()} == config.RECIPES["di"]
+    assert (config.OPTIMIZERS, config.SCHEDULES) == (tuple(OPTIMIZER_TABLE), tuple(SCHEDULE_TABLE))
+    parameters = [torch.nn.Parameter(torch.zeros(1))]
+    with pytest.raises(UserError, match="--optimizer must be one of sgd, adam, got 'rmsprop'"):
+        make_optimizer(parameters, TrainConfig(optimizer="rmsprop"))
+    with pytest.raises(UserError, match="--schedule must be one of warmup-cosine, step, got 'cosine'"):
+        make_schedule(torch.optim.SGD(parameters, lr=0.1), TrainConfig(schedule="cosine"))
+    with pytest.raises(UserError, match="--optimizer must be one of"):
+        check_config(TrainConfig(optimizer="rmsprop"))
+    partial = {k: v for k, v in config.RECIPES["study"].items() if k != "warmup_steps"}
+    monkeypatch.setitem(config.RECIPES, "partial", partial)
+    with pytest.raises(UserError, match=r"recipe 'partial' must name every value.*missing \['warmup_steps'\]"):
+        TrainConfig.from_recipe("partial")
 
 
 def test_show_prints_the_resolved_recipe_and_trains_nothing(tmp_path, monkeypatch):
@@ -317,54 +334,6 @@ def test_balanced_needs_both_kinds(tmp_path, real_store):
         step_rows(data, quick(mix="balanced"), 0, 1)
 
 
-def test_augment_crops_and_flips_within_the_padded_image():
-    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.int64).view(2, 3, 6, 6).to(torch.uint8)
-    out = augment(images, torch.Generator().manual_seed(0), pad=2)
-    assert out.shape == images.shape and out.dtype == torch.uint8
-    same = augment(images, torch.Generator().manual_seed(0), pad=2)
-    assert torch.equal(out, same)
-    centre = augment(images, torch.Generator().manual_seed(0), pad=0)
-    assert all(torch.equal(c, i) or torch.equal(c, i.flip(-1)) for c, i in zip(centre, images))
-
-
-def test_the_studys_augmentation_rotates_and_jitters_within_its_ranges():
-    images = torch.rand(16, 3, 24, 24)
-    a = training_batch((images * 255).to(torch.uint8), torch.Generator().manual_seed(0), "flip-rotate-jitter")
-    b = training_batch((images * 255).to(torch.uint8), torch.Generator().manual_seed(0), "flip-rotate-jitter")
-    assert torch.equal(a, b) and a.shape == images.shape and 0 <= a.min() and a.max() <= 1
-    still = rotate_jitter(images, torch.Generator().manual_seed(0), degrees=0.0, jitter=(0.0, 0.0, 0.0, 0.0))
-    assert all(
-        torch.allclose(x, y, atol=1e-5) or torch.allclose(x, y.flip(-1), atol=1e-5) for x, y in zip(still, images)
-    )
-    turned = rotate_jitter(torch.ones(8, 3, 32, 32), torch.Generator().manual_seed(1), jitter=(0.0, 0.0, 0.0, 0.0))
-    assert (turned == 0).any()  # black corners from the rotation
-
-
-def test_colour_jitter_is_torchvisions_adjustments_in_each_images_own_order():
-    from torchvision.transforms.v2 import functional as TF
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(12, 3, 8, 8, generator=g)
-    factors = torch.cat([0.8 + 0.4 * torch.rand(12, 3, generator=g), 0.2 * torch.rand(12, 1, generator=g) - 0.1], 1)
-    order = torch.stack([torch.randperm(4, generator=g) for _ in range(12)])
-    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-
-    def by_hand(orders: torch.Tensor) -> torch.Tensor:
-        out = []
-        for image, f, o in zip(x, factors, orders):
-            for op in o.tolist():
-                image = adjust[op](image, f[op].item())
-            out.append(image)
-        return torch.stack(out)
-
-    jittered = colour_jitter(x, factors, order)
-    assert torch.allclose(jittered, by_hand(order), atol=1e-5)
-    fixed = torch.arange(4).expand(12, 4)
-    assert not torch.allclose(jittered, by_hand(fixed), atol=1e-3)  # the order matters, so it was followed
-    plain = training_batch((x * 255).to(torch.uint8), g, "none")
-    assert torch.equal(plain, (x * 255).to(torch.uint8).float() / 255)
-
-
 def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_store, monkeypatch):
     config = quick(steps=9, batch_size=20, lr=0.05, per_class=2, seed=3)
     ref = tmp_path / "ref.safetensors"
@@ -373,7 +342,7 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_s
 
     monkeypatch.setattr(training, "CHECKPOINT_EVERY", 3)  # states saved after steps 3 and 6
     calls = {"n": 0}
-    original = training.augment
+    original = training.training_batch
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -381,7 +350,7 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_s
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(training, "augment", interrupted)
+    monkeypatch.setattr(training, "training_batch", interrupted)
     out = tmp_path / "m.safetensors"
     with pytest.raises(KeyboardInterrupt):
         train([real_store], out, config, device="cpu")
@@ -390,7 +359,7 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, real_s
     assert state["step"] == 3 and state["images_seen"] == 60
     assert [s["last_epoch"] for s in state["schedule"]["_schedulers"]] == [3, 3]
     assert state["optimizer"][0]["lr"] == pytest.approx(state["schedule"]["_last_lr"][0])
-    monkeypatch.setattr(training, "augment", original)
+    monkeypatch.setattr(training, "training_batch", original)
     result = train_cli(
         real_store,
         out,
@@ -461,7 +430,7 @@ def test_classifiers_trained_in_one_job_equal_each_trained_alone_even_after_a_ki
 
     monkeypatch.setattr(training, "CHECKPOINT_EVERY", 2)
     calls = {"n": 0}
-    original = training.augment
+    original = training.training_batch
 
     def killed(*args, **kwargs):
         calls["n"] += 1
@@ -469,12 +438,12 @@ def test_classifiers_trained_in_one_job_equal_each_trained_alone_even_after_a_ki
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(training, "augment", killed)
+    monkeypatch.setattr(training, "training_batch", killed)
     resumed = three_jobs(tmp_path, real_store, "resumed")
     with pytest.raises(KeyboardInterrupt):
         train_many(resumed, device="cpu")
     assert not any(job.out.exists() for job in resumed) and all(state_path(job.out).exists() for job in resumed)
-    monkeypatch.setattr(training, "augment", original)
+    monkeypatch.setattr(training, "training_batch", original)
     train_many(resumed, device="cpu", resume=True)
     assert all(same_weights(a.out, b.out) for a, b in zip(alone, resumed))
     assert not any(state_path(job.out).exists() for job in resumed)
@@ -534,7 +503,7 @@ def test_shards_split_the_classifiers_of_a_job(tmp_path, real_store, monkeypatch
 
 def test_checkpoint_metadata_round_trips(tiny_classifier, real_store):
     meta = read_meta(tiny_classifier)
-    assert meta["kind"] == "classifier" and meta["arch"] == "resnet18-cifar"
+    assert meta["kind"] == "classifier" and (meta["arch"], meta["stem"]) == ("resnet18", "cifar")
     assert meta["classes"][0] == "airplane" and len(meta["classes"]) == 10
     with Store(real_store) as s:
         assert meta["sources"] == [
@@ -673,8 +642,8 @@ def test_device_choice(monkeypatch):
     assert pick_device(None).type == "cpu" and pick_device("auto").type == "cuda"
 
 
-@pytest.mark.parametrize("size,arch", [(40, "resnet18-cifar"), (72, "resnet18-imagenet")])
-def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, test_store, size, arch):
+@pytest.mark.parametrize("size,stem", [(40, "cifar"), (72, "imagenet")])
+def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, test_store, size, stem):
     """A 3-class store at 40 or 72 px: the stem follows the size, the checkpoint records it, and evaluate, gradcam,
     filter and fidelity feed the model at its own size."""
     from conftest import cut_store
@@ -686,9 +655,13 @@ def test_any_size_and_classes_train_evaluate_and_gradcam(tmp_path, real_store, t
     out = tmp_path / "m.safetensors"
     result = run("train", "--data", train_store, "--out", out, "--recipe", "quick", "--steps", 4, "--batch-size", 12)
     assert result.exit_code == 0, result.output
-    assert f"{arch} at {size} px" in result.output
+    assert f"resnet18 ({stem} stem) at {size} px" in result.output
     meta = read_meta(out)
-    assert meta["arch"] == arch and meta["image_size"] == size and meta["classes"] == ["airplane", "cat", "ship"]
+    assert (
+        (meta["arch"], meta["stem"]) == ("resnet18", stem)
+        and meta["image_size"] == size
+        and meta["classes"] == ["airplane", "cat", "ship"]
+    )
     model, _ = load_classifier(out, CPU)
     assert (model.net.maxpool.__class__.__name__ == "MaxPool2d") == (size > 64) and model.image_size == size
     assert model(torch.rand(2, 3, size, size)).shape == (2, 3)
@@ -779,20 +752,6 @@ def test_training_stores_must_agree_on_classes_by_name(tmp_path, real_store):
         assert torch.equal(data.labels, torch.from_numpy(np.concatenate([a.labels, [[2, 0, 1][c] for c in b.labels]])))
 
 
-def test_random_resized_crop_is_seeded_and_covers_the_image_at_full_scale():
-    from synthkit.training import random_resized_crop, training_batch
-
-    images = torch.rand(6, 3, 80, 80)
-    a = random_resized_crop(images, torch.Generator().manual_seed(0))
-    b = random_resized_crop(images, torch.Generator().manual_seed(0))
-    assert a.shape == images.shape and torch.equal(a, b) and not torch.allclose(a, images, atol=0.05)
-    whole = random_resized_crop(images, torch.Generator().manual_seed(1), scale=(1, 1), ratio=(1, 1))
-    for x, y in zip(whole, images):  # the whole image, flipped or not
-        assert torch.allclose(x, y, atol=1e-5) or torch.allclose(x, y.flip(-1), atol=1e-5)
-    small = training_batch(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.Generator().manual_seed(0))
-    assert small.dtype == torch.float32 and small.shape == (4, 3, 32, 32) and small.max() <= 1
-
-
 def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_path, real_store, monkeypatch):
     """Two stores (120 real and 60 synthetic images, mixed half and half per batch, so rows repeat) trained at 40 px
     take 864 KiB: under a 300 KB limit they are read from the stores a window of batches at a time, and the weights
@@ -858,15 +817,21 @@ def test_a_set_over_the_memory_limit_streams_and_trains_the_same_weights(tmp_pat
 
 
 def test_a_classifier_written_before_sizes_were_recorded_still_loads(tmp_path, tiny_classifier, test_store):
+    """A classifier of an older synthkit: no size, the stem in its arch name, its head's weights under net.fc."""
     tensors, meta = load_checkpoint(tiny_classifier, CPU)
     old = tmp_path / "old.safetensors"
     save_checkpoint(
         old,
-        tensors,
-        {k: v for k, v in meta.items() if k not in ("image_size", "streamed")} | {"arch": "resnet18-cifar"},
+        {k.replace("head.", "net.fc.", 1) if k.startswith("head.") else k: v for k, v in tensors.items()},
+        {k: v for k, v in meta.items() if k not in ("image_size", "streamed", "stem")} | {"arch": "resnet18-cifar"},
     )
     model, loaded = load_classifier(old, CPU)
-    assert model.image_size == 32 and loaded["image_size"] == 32
+    assert model.image_size == 32 and (loaded["image_size"], loaded["arch"], loaded["stem"]) == (
+        32,
+        "resnet18",
+        "cifar",
+    )
+    assert torch.equal(model.head.weight, load_classifier(tiny_classifier, CPU)[0].head.weight)
     result = run(
         "evaluate", "--model", old, "--model", tiny_classifier, "--test", test_store, "--results", tmp_path / "r"
     )

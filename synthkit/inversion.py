@@ -30,9 +30,9 @@ from .device import image_bytes, inversion_dtype, job_device, memory_budget
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
 from .jobs import check_fits, check_output, check_range, check_same_options, parse_shard, shard_order, shard_range
-from .locks import locked_output
 from .meta import Kind, check_record, provenance
-from .outputs import invert_state_dir
+from .outputs import locked_output
+from .paths import invert_state_dir
 from .progress import progress
 from .store import Store
 

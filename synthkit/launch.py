@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import UserError
 from .jobs import check_output
-from .outputs import shard_path
+from .paths import shard_path
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ import numpy as np
 
 from .errors import UserError
 from .jobs import check_output, check_same_options, shard_order
-from .locks import acquire, busy_message, holder, locked_output, release
-from .outputs import PARTIAL_SUFFIX, partial_path
+from .locks import acquire, busy_message, holder, release
+from .outputs import locked_output
+from .paths import PARTIAL_SUFFIX, partial_path
 
 FORMAT = "synthkit-store"
 FORMAT_VERSION = 1

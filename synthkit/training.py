@@ -37,7 +37,8 @@ from .locks import writer_lock
 from .memory import human
 from .meta import Kind, provenance
 from .model import CIFAR_STEM_MAX, ResNet18, arch_for, class_mapping, kaiming_normal_init, resize_images
-from .outputs import train_log_path, train_state_path, written_whole
+from .outputs import written_whole
+from .paths import train_log_path, train_state_path
 from .progress import console, progress
 from .store import Store, balanced_subset
 

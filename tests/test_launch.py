@@ -8,7 +8,7 @@ import pytest
 
 from synthkit.errors import UserError
 from synthkit.launch import Launch, detect
-from synthkit.outputs import shard_path
+from synthkit.paths import shard_path
 from synthkit.store import Store
 
 from conftest import run

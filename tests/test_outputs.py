@@ -1,10 +1,12 @@
 """Every command that writes checks its output before it reads or computes anything: the output is none of its
 inputs (by path, through a link, as ./x), its folder can be written, it is not a folder where a file goes (or a
 file where a folder goes), and the sizes asked for fit the memory budget. Each failure is one `error:` line, exit
-code 2, and not a file changed, appeared or vanished."""
+code 2, and not a file changed, appeared or vanished. And the modules that write outputs import each other in one
+direction only."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -449,3 +451,54 @@ def test_odd_inputs_are_one_error_line_and_write_nothing(case, workspace, monkey
     )
     assert expected in message and "Traceback" not in result.output and result.stdout == "", f"{case}: {message}"
     assert tree(workspace) == before, f"{case} changed the files"
+
+
+def synthkit_imports() -> dict[str, set[str]]:
+    """Every synthkit module and the synthkit modules it imports, at module level or inside a function."""
+    package = Path(__file__).resolve().parent.parent / "synthkit"
+    modules = {p.stem for p in package.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("synthkit")):
+                module = (node.module or "").removeprefix("synthkit").lstrip(".").split(".")[0]
+                names = [module] if module else [a.name if a.name in modules else "__init__" for a in node.names]
+                targets.update(names or ["__init__"])
+            elif isinstance(node, ast.Import):
+                targets.update(a.name.split(".")[1] for a in node.names if a.name.startswith("synthkit."))
+        graph[path.stem] = targets - {path.stem}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path (a -> b -> a), or None when the graph is a DAG."""
+    state: dict[str, str] = {}
+    trail: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        trail.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return trail[trail.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        trail.pop()
+        return None
+
+    return next((c for node in sorted(graph) if node not in state and (c := visit(node))), None)
+
+
+def test_find_cycle_names_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_synthkit_modules_import_each_other_in_one_direction():
+    graph = synthkit_imports()
+    assert graph["locks"] == {"errors", "paths"} and graph["paths"] == {"errors"}
+    assert {"jobs", "locks", "paths"} <= graph["outputs"] and "outputs" not in graph["jobs"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)

@@ -1,5 +1,6 @@
 """How an output is written, in one place: whole (into its `.partial`, renamed to its name only once complete, so
-that an interrupted job never leaves a file that looks finished), and by one writer at a time (its lock)."""
+that an interrupted job never leaves a file that looks finished), by one writer at a time (its lock), and resumably
+(a finished output kept, an interrupted `.partial` continued, bad input leaving nothing behind)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import functools
 import inspect
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from .jobs import check_destination
+from .errors import UserError
+from .jobs import check_destination, check_output
 from .locks import writer_lock
 from .paths import partial_path
 
@@ -33,6 +36,55 @@ def written_whole(out: str | Path, folder: bool = False) -> Iterator[Path]:
     if folder and out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+@dataclass
+class Resumable:
+    """Where a resumable output stands: `complete` (finished, and kept by --resume), else `resuming` its
+    `partial` (an interrupted run's) or starting it afresh."""
+
+    out: Path
+    partial: Path
+    complete: bool = False
+    resuming: bool = False
+
+
+@contextlib.contextmanager
+def resumable_output(
+    out: str | Path,
+    overwrite: bool,
+    resume: bool,
+    inputs: Sequence[str | Path | None] = (),
+    leftovers: Sequence[Path] = (),
+    same_job: Callable[[Path], None] | None = None,
+    verify: Callable[[Path], None] | None = None,
+) -> Iterator[Resumable]:
+    """`with resumable_output(out, overwrite, resume) as step:` write `step.partial` (unless `step.complete`), from
+    scratch or, when `step.resuming`, from where it stopped. The writer lock of `out` is held throughout, taken before
+    anything is looked at; jobs.check_output decides on an existing output and the leftovers (the .partial and
+    `leftovers`); `same_job(partial)` may refuse a .partial made with other options (it is kept). When the block ends
+    `verify(partial)` checks it and it is renamed to `out`; a UserError in the block removes it (bad input is not an
+    interruption), any other failure or an interruption keeps it for --resume."""
+    out = Path(out)
+    step = Resumable(out, partial_path(out))
+    with writer_lock(out):
+        if check_output(out, [step.partial, *leftovers], overwrite, resume, inputs=inputs):
+            step.complete = True
+            yield step
+            return
+        step.resuming = resume and step.partial.exists()
+        if step.resuming and same_job is not None:
+            same_job(step.partial)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            yield step
+        except UserError:
+            step.partial.unlink(missing_ok=True)
+            raise
+        if verify is not None:
+            verify(step.partial)
+        os.replace(step.partial, out)
+        step.complete = True
 
 
 def locked_output(argument: str = "out", folder: bool = False) -> Callable:

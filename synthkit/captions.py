@@ -22,9 +22,9 @@ from .device import job_device
 from .diffusion import quiet_libraries
 from .errors import UserError
 from .jobs import check_output
-from .locks import locked_output
 from .meta import provenance
-from .outputs import partial_path
+from .outputs import locked_output
+from .paths import partial_path
 from .progress import progress
 from .store import DerivedWriter, Store
 

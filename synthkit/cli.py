@@ -514,6 +514,7 @@ def train(
     steps."""
     from .config import TrainConfig
     from .evaluation import batch_text
+    from .launch import shard_items
     from .paths import store_or_default, store_paths
     from .training import check_config, expand_jobs, settle, train_many
 
@@ -548,19 +549,13 @@ def train(
     given = {k for k, v in options.items() if v is not None}
     config, notes = settle(config, testing=test_path is not None, given=given)
     jobs = expand_jobs([store_paths(d) for d in data], out, seed, config, say=notes.append)
-    part, dev = shard_of(shard, device)
-    if part:
-        from .jobs import shard_range
-
-        total = len(jobs)
-        first, stop = shard_range(total, part)
-        jobs = jobs[first:stop]
-        if not jobs:
-            note(f"shard {part} has no classifiers to train: the job has {total}, fewer than its shards")
-            return
+    mine = shard_items(jobs, shard, device)
+    if mine.shard and not mine.items:
+        note(f"shard {mine.shard} has no classifiers to train: the job has {mine.total}, fewer than its shards")
+        return
     metas = train_many(
-        jobs,
-        device=dev,
+        mine.items,
+        device=mine.device,
         test=test_path,
         overwrite=overwrite,
         resume=resume,
@@ -568,7 +563,7 @@ def train(
         notes=notes,
         say=note,
     )
-    for job, meta in zip(jobs, metas):
+    for job, meta in zip(mine.items, metas):
         tested = (
             f", test accuracy {100 * meta['final_test_acc']:.2f}% (best of {len(meta['evals'])}: "
             f"{100 * meta['best_test_acc']:.2f}%)"
@@ -581,23 +576,10 @@ def train(
             f"of {batch_text(meta.get('batch'))}, final loss {meta['final_loss']:.4f}, "
             f"train accuracy {100 * meta['final_train_acc']:.1f}%{tested}, {meta['seconds']:.0f} s on {meta['device']}"
         )
-    if part:
-        typer.echo(f"shard {part}: trained classifiers {first + 1}-{stop} of {total} on {dev}")
-
-
-def shard_of(shard: str, device: str) -> tuple[str, str]:
-    """--shard for jobs whose outputs are separate files: the shard to do ('' for all) and the device to use;
-    auto asks the launcher (torchrun, SLURM) and takes this rank's GPU."""
-    if shard != "auto":
-        if shard:
-            from .jobs import parse_shard
-
-            parse_shard(shard)
-        return shard, device
-    from .launch import detect, launch_device
-
-    launch = detect()
-    return launch.shard, launch_device(launch, device)
+    if mine.shard:
+        typer.echo(
+            f"shard {mine.shard}: trained classifiers {mine.first + 1}-{mine.stop} of {mine.total} on {mine.device}"
+        )
 
 
 @app.command()
@@ -838,9 +820,7 @@ def invert(
     """Diffusion Inversion: learn a conditioning embedding per real image with the diffusion model frozen, as the
     official code."""
     from .checkpoint import read_meta
-    from .inversion import invert as run_inversion
-    from .inversion import merge_embeddings, summary_line
-    from .launch import run_sharded
+    from .inversion import run_invert, summary_line
     from .paths import store_path
 
     config = InversionConfig(
@@ -856,27 +836,16 @@ def invert(
         seed=seed,
     )
 
-    def job(path: Path, part: str, dev: str) -> None:
-        run_inversion(
-            store_path(data),
-            path,
-            class_,
-            model,
-            config,
-            device=dev,
-            shard=part,
-            checkpoint_every=checkpoint_every,
-            preview_every=preview_every,
-            overwrite=overwrite,
-            resume=resume,
-        )
-
-    out = run_sharded(
-        job,
+    out = run_invert(
+        store_path(data),
         out,
-        shard,
-        device,
-        lambda parts, o: merge_embeddings(parts, o, overwrite=True),
+        class_,
+        model,
+        config,
+        device=device,
+        shard=shard,
+        checkpoint_every=checkpoint_every,
+        preview_every=preview_every,
         overwrite=overwrite,
         resume=resume,
         say=typer.echo,

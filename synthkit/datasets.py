@@ -19,10 +19,10 @@ from . import CIFAR10_CLASSES
 from .config import DATA, SEED, SPLITS, check_choice
 from .errors import UserError
 from .jobs import check_fits, check_output, check_outside
-from .locks import locked_output
 from .memory import human, image_bytes, ram_budget
 from .meta import Kind, provenance
-from .outputs import partial_path
+from .outputs import locked_output
+from .paths import partial_path
 from .progress import console, progress
 from .store import StoreWriter, balanced_subset
 

@@ -17,8 +17,7 @@ import torch
 from .config import LIKES, SCHEDULERS, check_choice
 from .errors import UserError
 from .jobs import check_output
-from .locks import locked_output
-from .outputs import written_whole
+from .outputs import locked_output, written_whole
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline

@@ -23,10 +23,10 @@ from .config import FILTER, FILTER_CRITERIA, GRADCAM, check_choice
 from .device import job_device
 from .errors import UserError
 from .jobs import check_output
-from .locks import locked_output
 from .meta import provenance
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
-from .outputs import partial_path
+from .outputs import locked_output
+from .paths import partial_path
 from .progress import progress
 from .store import DerivedWriter, Store
 

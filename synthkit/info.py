@@ -12,7 +12,7 @@ from rich.table import Table
 from .checkpoint import read_meta, tensor_shapes
 from .errors import UserError
 from .locks import holder
-from .outputs import partial_path
+from .paths import partial_path
 from .store import Store, missing_store_message, unfinished_message
 
 

@@ -13,6 +13,7 @@ unchanged: see the README, "Where synthkit departs from the official code".
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import time
@@ -30,9 +31,10 @@ from .device import image_bytes, inversion_dtype, job_device, memory_budget
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
 from .jobs import check_fits, check_output, check_range, check_same_options, parse_shard, shard_order, shard_range
-from .locks import locked_output
+from .launch import run_sharded
 from .meta import Kind, check_record, provenance
-from .outputs import invert_state_dir
+from .outputs import locked_output
+from .paths import invert_state_dir
 from .progress import progress
 from .store import Store
 
@@ -326,6 +328,42 @@ def invert(
     save_checkpoint(out, tensors, meta)
     shutil.rmtree(state)
     return meta
+
+
+def run_invert(
+    data: Path,
+    out: Path,
+    class_names: str,
+    model: str,
+    config: InversionConfig,
+    device: str = "auto",
+    shard: str = "",
+    checkpoint_every: int = INVERT_JOB.checkpoint_every,
+    preview_every: int = INVERT_JOB.preview_every,
+    overwrite: bool = False,
+    resume: bool = False,
+    say: Callable[[str], None] = print,
+) -> Path:
+    """`synthkit invert`: invert, sharded as asked (launch.run_sharded; under torchrun rank 0 merges the shards with
+    merge_embeddings). Returns the file this process wrote."""
+
+    def job(path: Path, part: str, dev: str) -> None:
+        invert(
+            data,
+            path,
+            class_names,
+            model,
+            config,
+            device=dev,
+            shard=part,
+            checkpoint_every=checkpoint_every,
+            preview_every=preview_every,
+            overwrite=overwrite,
+            resume=resume,
+        )
+
+    merge = functools.partial(merge_embeddings, overwrite=True)
+    return run_sharded(job, Path(out), shard, device, merge, overwrite=overwrite, resume=resume, say=say)
 
 
 def invert_chunk(

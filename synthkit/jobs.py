@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .locks import refuse_leftover
 from .memory import human, image_bytes
 
 
@@ -142,6 +141,14 @@ def check_output(
             if Path(leftover).exists():
                 refuse_leftover(Path(leftover), out)
     return False
+
+
+def refuse_leftover(leftover: Path, out: Path) -> None:
+    """An interrupted run's .partial or state exists and neither --resume nor --overwrite was given."""
+    raise UserError(
+        f"an interrupted run of {out} left {leftover}: pass --resume to continue it, "
+        "or --overwrite to discard it and start again"
+    )
 
 
 def check_same_options(saved: Any, current: Any, state: Path) -> None:

@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .errors import UserError
-from .jobs import check_output
-from .outputs import shard_path
+from .jobs import check_output, parse_shard, shard_range
+from .paths import shard_path
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,46 @@ def launch_device(launch: Launch, device: str) -> str:
     return str(resolved)
 
 
+def launched(device: str) -> tuple[Launch, str]:
+    """Where the launcher puts this process, and the device it uses there (`--shard auto`)."""
+    launch = detect()
+    return launch, launch_device(launch, device)
+
+
+def resolve_shard(shard: str, device: str) -> tuple[str, str]:
+    """--shard for jobs whose outputs are separate files: the shard to do ('' for all) and the device to use;
+    auto asks the launcher (torchrun, SLURM) and takes this rank's GPU."""
+    if shard != "auto":
+        if shard:
+            parse_shard(shard)
+        return shard, device
+    launch, dev = launched(device)
+    return launch.shard, dev
+
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class ItemShard(Generic[Item]):
+    """The contiguous slice [first, stop) of a job's `total` items that shard `shard` does, on `device`."""
+
+    items: list[Item]
+    first: int
+    stop: int
+    total: int
+    shard: str
+    device: str
+
+
+def shard_items(items: Sequence[Item], shard: str, device: str) -> ItemShard[Item]:
+    """This process's items of a job whose items each write their own output (train's classifiers): shard 'i/n'
+    does a contiguous slice of them (jobs.shard_range), auto the launcher's shard on its GPU, '' all of them."""
+    part, dev = resolve_shard(shard, device)
+    first, stop = shard_range(len(items), part)
+    return ItemShard(list(items[first:stop]), first, stop, len(items), part, dev)
+
+
 def run_sharded(
     job: Callable[[Path, str, str], Any],
     out: Path,
@@ -90,8 +130,7 @@ def run_sharded(
     if check_output(Path(out), [], overwrite, resume):
         say(f"{out} is already complete")
         return Path(out)
-    launch = detect()
-    dev = launch_device(launch, device)  # "cuda" and "auto" mean this rank's own GPU under torchrun
+    launch, dev = launched(device)  # "cuda" and "auto" mean this rank's own GPU under torchrun
     if launch.world == 1:
         say(f"shard auto: no launcher with more than one process ({launch.launcher}): the whole job, device {dev}")
         job(out, "", dev)

@@ -12,15 +12,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
-import inspect
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
-from .outputs import lock_path
+from .paths import lock_path
 
 _HELD: dict[str, list[int]] = {}  # lock path -> [fd, depth]
 _TRIES, _PAUSE = 5, 0.05  # a reader's brief probe (see holder) must not refuse a writer
@@ -112,27 +110,6 @@ def writer_lock(out: str | Path) -> Iterator[None]:
         release(out)
 
 
-def locked_output(argument: str = "out", folder: bool = False) -> Callable:
-    """Decorator: run the function holding the writer lock of its argument `argument`, once that output's
-    destination is checked (jobs.check_destination: a folder that can be written, a file where a file goes)."""
-
-    def decorate(fn: Callable) -> Callable:
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            from .jobs import check_destination
-
-            out = signature.bind(*args, **kwargs).arguments[argument]
-            check_destination(out, folder=folder)
-            with writer_lock(out):
-                return fn(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
 def holder(out: str | Path) -> int | None:
     """The pid writing `out` now (0 when the pid is unknown), or None when no synthkit process writes it.
 
@@ -153,11 +130,3 @@ def holder(out: str | Path) -> int | None:
         return None
     finally:
         os.close(fd)
-
-
-def refuse_leftover(leftover: Path, out: Path) -> None:
-    """An interrupted run's .partial or state exists and neither --resume nor --overwrite was given."""
-    raise UserError(
-        f"an interrupted run of {out} left {leftover}: pass --resume to continue it, "
-        "or --overwrite to discard it and start again"
-    )

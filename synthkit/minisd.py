@@ -24,9 +24,9 @@ from .config import MiniConfig
 from .diffusion import SD_SCHEDULE, build_components, check_model_output, derive_seed, quiet_libraries, save_folder
 from .errors import UserError
 from .jobs import check_same_options
-from .locks import locked_output
 from .meta import command_line, jsonable
-from .outputs import preview_path, written_whole
+from .outputs import locked_output, written_whole
+from .paths import preview_path
 
 VAE_FACTOR = 4  # the VAE halves the side twice: 32 px images, 8x8 latents
 

@@ -1,62 +1,22 @@
-"""An output and the files beside it, in one place: where it lives while being written (`.partial`), its writer's
-lock (`.lock`), the resumable state of a long job, its log and preview, its shards; and the one way a file or folder
-is written whole: into its `.partial`, renamed to its name only once complete, so that an interrupted job never
-leaves a file that looks finished."""
+"""How an output is written, in one place: whole (into its `.partial`, renamed to its name only once complete, so
+that an interrupted job never leaves a file that looks finished), by one writer at a time (its lock), and resumably
+(a finished output kept, an interrupted `.partial` continued, bad input leaving nothing behind)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-PARTIAL_SUFFIX = ".partial"
-
-
-def _beside(out: str | Path, ending: str, keep_suffix: bool = True) -> Path:
-    """A side file named from the whole output name (only a .safetensors ending dropped), so that m.0 and m.1 do not
-    share one."""
-    out = Path(out)
-    name = out.name if keep_suffix else out.name.removesuffix(".safetensors")
-    return out.with_name(name + ending)
-
-
-def partial_path(out: str | Path) -> Path:
-    """Where `out` lives while it is being written: data/real.h5 -> data/real.h5.partial."""
-    return _beside(out, PARTIAL_SUFFIX)
-
-
-def lock_path(out: str | Path) -> Path:
-    """The writer lock beside `out`: data/real.h5 -> data/real.h5.lock."""
-    return _beside(out, ".lock")
-
-
-def train_state_path(out: str | Path) -> Path:
-    """A classifier's resumable training state: models/m.safetensors -> models/m.train-state.safetensors."""
-    return _beside(out, ".train-state.safetensors", keep_suffix=False)
-
-
-def train_log_path(out: str | Path) -> Path:
-    """A classifier's JSON-lines log: models/m.safetensors -> models/m.log.jsonl."""
-    return _beside(out, ".log.jsonl", keep_suffix=False)
-
-
-def invert_state_dir(out: str | Path) -> Path:
-    """An inversion's resumable state: models/inv/cat.safetensors -> models/inv/cat.invert-state/."""
-    return _beside(out, ".invert-state", keep_suffix=False)
-
-
-def preview_path(embeddings: str | Path) -> Path:
-    """Where invert draws its preview: models/inv/airplane.safetensors -> models/inv/airplane.preview.png."""
-    return _beside(embeddings, ".preview.png", keep_suffix=False)
-
-
-def shard_path(out: str | Path, rank: int, world: int) -> Path:
-    """Where shard rank/world of `out` is written: data/inv.h5 -> data/inv.shard-1-of-4.h5 (the Makefile's naming
-    too)."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.shard-{rank}-of-{world}{out.suffix}")
+from .errors import UserError
+from .jobs import check_destination, check_output
+from .locks import writer_lock
+from .paths import partial_path
 
 
 @contextlib.contextmanager
@@ -76,3 +36,71 @@ def written_whole(out: str | Path, folder: bool = False) -> Iterator[Path]:
     if folder and out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+@dataclass
+class Resumable:
+    """Where a resumable output stands: `complete` (finished, and kept by --resume), else `resuming` its
+    `partial` (an interrupted run's) or starting it afresh."""
+
+    out: Path
+    partial: Path
+    complete: bool = False
+    resuming: bool = False
+
+
+@contextlib.contextmanager
+def resumable_output(
+    out: str | Path,
+    overwrite: bool,
+    resume: bool,
+    inputs: Sequence[str | Path | None] = (),
+    leftovers: Sequence[Path] = (),
+    same_job: Callable[[Path], None] | None = None,
+    verify: Callable[[Path], None] | None = None,
+) -> Iterator[Resumable]:
+    """`with resumable_output(out, overwrite, resume) as step:` write `step.partial` (unless `step.complete`), from
+    scratch or, when `step.resuming`, from where it stopped. The writer lock of `out` is held throughout, taken before
+    anything is looked at; jobs.check_output decides on an existing output and the leftovers (the .partial and
+    `leftovers`); `same_job(partial)` may refuse a .partial made with other options (it is kept). When the block ends
+    `verify(partial)` checks it and it is renamed to `out`; a UserError in the block removes it (bad input is not an
+    interruption), any other failure or an interruption keeps it for --resume."""
+    out = Path(out)
+    step = Resumable(out, partial_path(out))
+    with writer_lock(out):
+        if check_output(out, [step.partial, *leftovers], overwrite, resume, inputs=inputs):
+            step.complete = True
+            yield step
+            return
+        step.resuming = resume and step.partial.exists()
+        if step.resuming and same_job is not None:
+            same_job(step.partial)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            yield step
+        except UserError:
+            step.partial.unlink(missing_ok=True)
+            raise
+        if verify is not None:
+            verify(step.partial)
+        os.replace(step.partial, out)
+        step.complete = True
+
+
+def locked_output(argument: str = "out", folder: bool = False) -> Callable:
+    """Decorator: run the function holding the writer lock of its argument `argument`, once that output's
+    destination is checked (jobs.check_destination: a folder that can be written, a file where a file goes)."""
+
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            out = signature.bind(*args, **kwargs).arguments[argument]
+            check_destination(out, folder=folder)
+            with writer_lock(out):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,4 +1,6 @@
-"""The study's working layout: stores in data/, classifiers and embeddings in models/, results in results/."""
+"""The study's working layout: stores in data/, classifiers and embeddings in models/, results in results/; and the
+files beside an output: where it lives while being written (`.partial`), its writer's lock (`.lock`), the resumable
+state of a long job, its log and preview, its shards."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ MODELS_DIR = Path("models")
 RESULTS_DIR = Path("results")
 MINI = "mini"  # the name --model takes for the shipped miniature generator
 MINI_ASSET = Path(__file__).parent / "assets" / "mini-sd"
+PARTIAL_SUFFIX = ".partial"
 
 
 def resolve_model(name: str) -> str:
@@ -53,3 +56,48 @@ def store_or_default(name: str | None, default: str) -> Path | None:
         return store_path(name)
     path = store_path(default)
     return path if path.exists() else None
+
+
+def _beside(out: str | Path, ending: str, keep_suffix: bool = True) -> Path:
+    """A side file named from the whole output name (only a .safetensors ending dropped), so that m.0 and m.1 do not
+    share one."""
+    out = Path(out)
+    name = out.name if keep_suffix else out.name.removesuffix(".safetensors")
+    return out.with_name(name + ending)
+
+
+def partial_path(out: str | Path) -> Path:
+    """Where `out` lives while it is being written: data/real.h5 -> data/real.h5.partial."""
+    return _beside(out, PARTIAL_SUFFIX)
+
+
+def lock_path(out: str | Path) -> Path:
+    """The writer lock beside `out`: data/real.h5 -> data/real.h5.lock."""
+    return _beside(out, ".lock")
+
+
+def train_state_path(out: str | Path) -> Path:
+    """A classifier's resumable training state: models/m.safetensors -> models/m.train-state.safetensors."""
+    return _beside(out, ".train-state.safetensors", keep_suffix=False)
+
+
+def train_log_path(out: str | Path) -> Path:
+    """A classifier's JSON-lines log: models/m.safetensors -> models/m.log.jsonl."""
+    return _beside(out, ".log.jsonl", keep_suffix=False)
+
+
+def invert_state_dir(out: str | Path) -> Path:
+    """An inversion's resumable state: models/inv/cat.safetensors -> models/inv/cat.invert-state/."""
+    return _beside(out, ".invert-state", keep_suffix=False)
+
+
+def preview_path(embeddings: str | Path) -> Path:
+    """Where invert draws its preview: models/inv/airplane.safetensors -> models/inv/airplane.preview.png."""
+    return _beside(embeddings, ".preview.png", keep_suffix=False)
+
+
+def shard_path(out: str | Path, rank: int, world: int) -> Path:
+    """Where shard rank/world of `out` is written: data/inv.h5 -> data/inv.shard-1-of-4.h5 (the Makefile's naming
+    too)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.shard-{rank}-of-{world}{out.suffix}")

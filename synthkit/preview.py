@@ -14,7 +14,8 @@ from PIL import Image
 
 from .diffusion import Diffusion, decode, denoise, initial_noise, make_scheduler, sample_seed
 from .figures import image_grid
-from .outputs import preview_path, written_whole
+from .outputs import written_whole
+from .paths import preview_path
 
 PREVIEW_IMAGES = 8
 PREVIEW_STEPS = 25

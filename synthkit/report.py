@@ -14,7 +14,7 @@ from .checkpoint import read_meta
 from .errors import UserError
 from .jobs import check_destination
 from .meta import model_note
-from .outputs import preview_path
+from .paths import preview_path
 
 # The original study's reported test accuracies (CIFAR-10, ResNet-18), by synthkit's store names.
 STUDY = {

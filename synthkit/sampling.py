@@ -44,9 +44,9 @@ from .jobs import (
     parse_shard,
     shard_range,
 )
-from .locks import locked_output
 from .meta import Kind, provenance
-from .outputs import partial_path
+from .outputs import locked_output
+from .paths import partial_path
 from .progress import console, progress
 from .store import Store, StoreWriter
 

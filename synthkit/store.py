@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ import numpy as np
 
 from .errors import UserError
 from .jobs import check_output, check_same_options, shard_order
-from .locks import acquire, busy_message, holder, locked_output, release
-from .outputs import PARTIAL_SUFFIX, partial_path
+from .locks import busy_message, holder
+from .outputs import locked_output, resumable_output
+from .paths import PARTIAL_SUFFIX, partial_path
 
 FORMAT = "synthkit-store"
 FORMAT_VERSION = 1
@@ -241,7 +243,8 @@ def _read_rows(ds: h5py.Dataset, index: Sequence[int] | np.ndarray | slice | Non
 
 
 class StoreWriter:
-    """Writes a store batch by batch into NAME.partial and renames it to NAME once complete.
+    """Writes a store batch by batch into NAME.partial and renames it to NAME once complete (the lock, the
+    overwrite and resume policy and the rename are outputs.resumable_output's; this class knows the HDF5 layout).
 
     With `resume=True` an existing .partial written with the same parameters is continued from
     its last flushed batch, so the finished file has the same content as an uninterrupted run.
@@ -265,31 +268,29 @@ class StoreWriter:
         self.total = total
         self.complete = False
         self._file: h5py.File | None = None
-        self._locked = False
         columns = dict(columns or {})
         for name, kind in columns.items():
             if kind not in COLUMN_KINDS:
                 raise ValueError(f"column {name}: kind must be one of {sorted(COLUMN_KINDS)}")
-        acquire(self.path)  # before anything of the output is looked at, opened or truncated
-        self._locked = True
+        self._output = resumable_output(
+            self.path,
+            overwrite,
+            resume,
+            same_job=lambda partial: self._check_same_job(partial, meta, classes),
+            verify=self._check_before_rename,
+        )
+        step = self._output.__enter__()
         try:
-            if check_output(self.path, [self.partial], overwrite, resume):
+            if step.complete:
                 self.complete = True
                 self.done = total if total is not None else 0
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if resume and self.partial.exists():
-                self._reopen(meta, classes)
+            elif step.resuming:
+                self._reopen()
             else:
                 self._create(classes, image_shape, meta, columns, shard)
         except BaseException:
-            self._unlock()
+            self._output.__exit__(*sys.exc_info())
             raise
-
-    def _unlock(self) -> None:
-        if self._locked:
-            self._locked = False
-            release(self.path)
 
     def _create(self, classes, image_shape, meta, columns, shard) -> None:
         height, width = image_shape
@@ -316,17 +317,18 @@ class StoreWriter:
         self._file = f
         self.done = 0
 
-    def _reopen(self, meta, classes) -> None:
+    @staticmethod
+    def _check_same_job(partial: Path, meta: dict[str, Any], classes: Sequence[str]) -> None:
+        """A .partial is continued only when it was started with the same parameters and classes."""
         try:
-            f = h5py.File(self.partial, "a")
+            with h5py.File(partial, "r") as f:
+                saved = (f.attrs.get("format"), _json_attr(f, "meta", {}).get("params"), _json_attr(f, "classes"))
         except OSError:
-            raise UserError(f"{self.partial} is damaged and cannot be resumed: start again with --overwrite") from None
-        saved = (f.attrs.get("format"), _json_attr(f, "meta", {}).get("params"), _json_attr(f, "classes"))
-        try:
-            check_same_options(saved, (FORMAT, meta.get("params"), list(classes)), self.partial)
-        except UserError:
-            f.close()
-            raise
+            raise UserError(f"{partial} is damaged and cannot be resumed: start again with --overwrite") from None
+        check_same_options(saved, (FORMAT, meta.get("params"), list(classes)), partial)
+
+    def _reopen(self) -> None:
+        f = h5py.File(self.partial, "a")
         self.done = int(f.attrs["done"])
         for ds in self._datasets(f):
             ds.resize(self.done, axis=0)
@@ -340,18 +342,18 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if self._file is None:
-                return
-            if exc_type is None:
-                self.finish()
-                return
+        if exc_type is None and self._file is not None:
+            try:
+                self._seal()
+            except BaseException:
+                self._output.__exit__(*sys.exc_info())
+                raise
+        if self._file is not None:
             self._file.close()
             self._file = None
-            if issubclass(exc_type, UserError):
-                self.partial.unlink(missing_ok=True)  # bad input is not an interruption: nothing to resume
-        finally:
-            self._unlock()
+        self._output.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.complete = True
 
     def append(self, images: np.ndarray, labels: Iterable[int], **columns: Any) -> None:
         """Append a batch of uint8 images (B, H, W, 3), their labels and every column's values."""
@@ -382,35 +384,28 @@ class StoreWriter:
         f.attrs["done"] = self.done
         f.flush()
 
-    def finish(self) -> Path:
-        """Check the row count, stamp the content fingerprint and give the file its final name."""
+    def _seal(self) -> None:
+        """Check the row count, stamp the content fingerprint and close the file (resumable_output renames it)."""
         f = self._file
         assert f is not None
-        if self.total is not None and self.done != self.total:
-            f.close()
-            self._file = None
-            raise RuntimeError(f"store {self.path}: wrote {self.done} of {self.total} images")
-        f.attrs["fingerprint"] = _fingerprint(f)
-        f.close()
         self._file = None
         try:
-            self._check_before_rename()
-            os.replace(self.partial, self.path)
+            if self.total is not None and self.done != self.total:
+                raise RuntimeError(f"store {self.path}: wrote {self.done} of {self.total} images")
+            f.attrs["fingerprint"] = _fingerprint(f)
         finally:
-            self._unlock()
-        self.complete = True
-        return self.path
+            f.close()
 
-    def _check_before_rename(self) -> None:
+    def _check_before_rename(self, partial: Path) -> None:
         """Reopen the finished .partial as a reader would: only a store that opens, passes every check of
         Store and holds the rows written gets the final name (a damaged one stays a .partial)."""
         try:
-            with Store(self.partial) as check:
+            with Store(partial) as check:
                 rows = len(check)
         except UserError as err:
             raise UserError(f"{err}; it keeps its .partial name") from None
         if rows != self.done:
-            raise UserError(f"{self.partial} holds {rows} images after writing {self.done}: it keeps its .partial name")
+            raise UserError(f"{partial} holds {rows} images after writing {self.done}: it keeps its .partial name")
 
 
 class DerivedWriter(StoreWriter):

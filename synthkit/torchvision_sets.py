@@ -18,8 +18,8 @@ import numpy as np
 from .config import DATA, SEED, SPLITS, check_choice
 from .datasets import Members, Source, _BatchUnpickler, _describe, fetch_torchvision_archive, write_source
 from .errors import UserError
-from .locks import locked_output
 from .memory import ram_budget
+from .outputs import locked_output
 
 DATASETS = {  # name: (torchvision class, folder inside the download, archive torchvision downloads)
     "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz"),

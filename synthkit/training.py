@@ -48,7 +48,8 @@ from .model import (
     resize_images,
     stem_for,
 )
-from .outputs import train_log_path, train_state_path, written_whole
+from .outputs import written_whole
+from .paths import train_log_path, train_state_path
 from .progress import console, progress
 from .store import Store, balanced_subset
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import synthkit.captions as captions
-from synthkit.outputs import partial_path
+from synthkit.paths import partial_path
 from synthkit.store import Store
 
 from conftest import run

@@ -9,7 +9,7 @@ import pytest
 from synthkit import CIFAR10_CLASSES
 from synthkit.datasets import import_cifar10, import_folder
 from synthkit.errors import UserError
-from synthkit.outputs import partial_path
+from synthkit.paths import partial_path
 from synthkit.store import Store, StoreWriter
 
 from conftest import MINI_ARCHIVE, make_image_folder, png_bytes, run, tar_folder

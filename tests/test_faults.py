@@ -23,7 +23,7 @@ import pytest
 from synthkit import CIFAR10_CLASSES
 from synthkit.errors import UserError
 from synthkit.meta import provenance
-from synthkit.outputs import invert_state_dir, lock_path, partial_path, train_state_path
+from synthkit.paths import invert_state_dir, lock_path, partial_path, train_state_path
 from synthkit.store import FORMAT, Store, StoreWriter
 
 from conftest import make_image_folder, png_bytes, run

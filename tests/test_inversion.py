@@ -20,7 +20,7 @@ from synthkit.inversion import (
     invert,
     plan_groups,
 )
-from synthkit.outputs import invert_state_dir as state_dir
+from synthkit.paths import invert_state_dir as state_dir
 from synthkit.preview import InversionPreview
 from synthkit.store import Store
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from synthkit.errors import UserError
-from synthkit.launch import Launch, detect
-from synthkit.outputs import shard_path
+from synthkit.launch import Launch, detect, shard_items
+from synthkit.paths import shard_path
 from synthkit.store import Store
 
 from conftest import run
@@ -28,6 +28,22 @@ def test_the_launchers_are_read_from_the_environment():
     with pytest.raises(UserError, match="RANK"):
         detect({"RANK": "x", "WORLD_SIZE": "2"})
     assert shard_path(Path("data/inv.h5"), 1, 4) == Path("data/inv.shard-1-of-4.h5")
+
+
+def test_shard_items_gives_each_shard_its_contiguous_slice(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    items = list("abcde")
+    whole = shard_items(items, "", "cpu")
+    assert (whole.items, whole.first, whole.stop, whole.total, whole.shard, whole.device) == (items, 0, 5, 5, "", "cpu")
+    assert [shard_items(items, f"{i}/3", "cpu").items for i in range(3)] == [["a"], ["b", "c"], ["d", "e"]]
+    assert shard_items(items[:1], "0/2", "cpu").items == [] and shard_items(items, "auto", "cpu").items == items
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    mine = shard_items(items, "auto", "cpu")
+    assert (mine.items, mine.first, mine.stop, mine.shard, mine.device) == (["c", "d", "e"], 2, 5, "1/2", "cpu")
+    with pytest.raises(UserError, match="i/n"):
+        shard_items(items, "2", "cpu")
 
 
 def test_shard_auto_without_a_launcher_is_the_whole_job(tiny_sd, tmp_path, monkeypatch):

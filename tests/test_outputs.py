@@ -1,17 +1,25 @@
 """Every command that writes checks its output before it reads or computes anything: the output is none of its
 inputs (by path, through a link, as ./x), its folder can be written, it is not a folder where a file goes (or a
 file where a folder goes), and the sizes asked for fit the memory budget. Each failure is one `error:` line, exit
-code 2, and not a file changed, appeared or vanished."""
+code 2, and not a file changed, appeared or vanished. The one resumable-output step keeps, continues or starts an
+output as the flags say. And the modules that write outputs import each other in one direction only."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from synthkit.errors import UserError
+from synthkit.outputs import resumable_output
+from synthkit.paths import lock_path, partial_path
 
 from conftest import copy_store_as, run
 
@@ -449,3 +457,158 @@ def test_odd_inputs_are_one_error_line_and_write_nothing(case, workspace, monkey
     )
     assert expected in message and "Traceback" not in result.output and result.stdout == "", f"{case}: {message}"
     assert tree(workspace) == before, f"{case} changed the files"
+
+
+def synthkit_imports() -> dict[str, set[str]]:
+    """Every synthkit module and the synthkit modules it imports, at module level or inside a function."""
+    package = Path(__file__).resolve().parent.parent / "synthkit"
+    modules = {p.stem for p in package.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("synthkit")):
+                module = (node.module or "").removeprefix("synthkit").lstrip(".").split(".")[0]
+                names = [module] if module else [a.name if a.name in modules else "__init__" for a in node.names]
+                targets.update(names or ["__init__"])
+            elif isinstance(node, ast.Import):
+                targets.update(a.name.split(".")[1] for a in node.names if a.name.startswith("synthkit."))
+        graph[path.stem] = targets - {path.stem}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path (a -> b -> a), or None when the graph is a DAG."""
+    state: dict[str, str] = {}
+    trail: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        trail.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return trail[trail.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        trail.pop()
+        return None
+
+    return next((c for node in sorted(graph) if node not in state and (c := visit(node))), None)
+
+
+def test_find_cycle_names_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_synthkit_modules_import_each_other_in_one_direction():
+    graph = synthkit_imports()
+    assert graph["locks"] == {"errors", "paths"} and graph["paths"] == {"errors"}
+    assert {"jobs", "locks", "paths"} <= graph["outputs"] and "outputs" not in graph["jobs"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def other_process_sees_writer(out: Path) -> bool:
+    """Whether another process finds `out` being written (its writer lock held)."""
+    probe = f"from synthkit.locks import holder; print(holder({str(out)!r}))"
+    seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    return seen == str(os.getpid())
+
+
+def test_resumable_output_writes_the_partial_under_the_lock_and_renames_it(tmp_path):
+    out = tmp_path / "sub" / "o.bin"
+    with resumable_output(out, overwrite=False, resume=False) as step:
+        assert not step.complete and not step.resuming and step.partial == partial_path(out)
+        assert other_process_sees_writer(out)
+        step.partial.write_text("new")
+        assert not out.exists()
+    assert out.read_text() == "new" and step.complete
+    assert not partial_path(out).exists() and not lock_path(out).exists() and not other_process_sees_writer(out)
+
+
+def test_resumable_output_keeps_a_finished_output_with_resume_and_refuses_it_without(tmp_path):
+    out = tmp_path / "o.bin"
+    out.write_text("done")
+    with pytest.raises(UserError, match="already exists"):
+        with resumable_output(out, overwrite=False, resume=False):
+            pytest.fail("the block ran for an existing output")
+    assert not lock_path(out).exists()
+    with resumable_output(out, overwrite=False, resume=True) as step:
+        assert step.complete and not step.resuming
+    assert out.read_text() == "done" and not partial_path(out).exists()
+
+
+def test_resumable_output_continues_a_partial_with_resume_and_refuses_it_without(tmp_path):
+    out = tmp_path / "o.bin"
+    partial_path(out).write_text("first half;")
+    with pytest.raises(UserError, match="--resume to continue"):
+        with resumable_output(out, overwrite=False, resume=False):
+            pytest.fail("the block ran over an interrupted run's .partial")
+    assert partial_path(out).read_text() == "first half;"
+    with resumable_output(out, overwrite=False, resume=True) as step:
+        assert step.resuming and not step.complete
+        with step.partial.open("a") as f:
+            f.write("second half")
+    assert out.read_text() == "first half;second half"
+    with resumable_output(out, overwrite=True, resume=False) as step:
+        assert not step.resuming and not step.complete
+        step.partial.write_text("again")
+    assert out.read_text() == "again"
+
+
+def test_resumable_output_leftovers_count_as_an_interrupted_run(tmp_path):
+    out, state = tmp_path / "o.bin", tmp_path / "o.state"
+    state.write_text("state")
+    with pytest.raises(UserError, match="o.state"):
+        with resumable_output(out, overwrite=False, resume=False, leftovers=[state]):
+            pytest.fail("the block ran over a leftover state")
+
+
+@pytest.mark.parametrize("error, kept", [(UserError("bad input"), False), (RuntimeError("a bug"), True)])
+def test_resumable_output_removes_the_partial_on_bad_input_and_keeps_it_otherwise(tmp_path, error, kept):
+    out = tmp_path / "o.bin"
+    with pytest.raises(type(error)):
+        with resumable_output(out, overwrite=False, resume=False) as step:
+            step.partial.write_text("half")
+            raise error
+    assert partial_path(out).exists() == kept and not out.exists() and not lock_path(out).exists()
+
+
+def test_resumable_output_keeps_the_partial_when_interrupted(tmp_path):
+    out = tmp_path / "o.bin"
+    with pytest.raises(KeyboardInterrupt):
+        with resumable_output(out, overwrite=False, resume=False) as step:
+            step.partial.write_text("half")
+            raise KeyboardInterrupt
+    assert partial_path(out).read_text() == "half" and not out.exists() and not lock_path(out).exists()
+
+
+def test_resumable_output_gives_the_name_only_to_a_partial_that_verifies(tmp_path):
+    out = tmp_path / "o.bin"
+
+    def verify(partial: Path) -> None:
+        if partial.read_text() != "whole":
+            raise UserError(f"{partial} is damaged: it keeps its .partial name")
+
+    with pytest.raises(UserError, match="keeps its .partial name"):
+        with resumable_output(out, overwrite=False, resume=False, verify=verify) as step:
+            step.partial.write_text("damaged")
+    assert partial_path(out).read_text() == "damaged" and not out.exists() and not lock_path(out).exists()
+    with resumable_output(out, overwrite=True, resume=False, verify=verify) as step:
+        step.partial.write_text("whole")
+    assert out.read_text() == "whole"
+
+
+def test_resumable_output_keeps_a_partial_of_another_job_that_it_refuses_to_resume(tmp_path):
+    out = tmp_path / "o.bin"
+    partial_path(out).write_text("other options")
+
+    def same_job(partial: Path) -> None:
+        raise UserError(f"{partial} was started with other options")
+
+    with pytest.raises(UserError, match="other options"):
+        with resumable_output(out, overwrite=False, resume=True, same_job=same_job):
+            pytest.fail("the block ran over another job's .partial")
+    assert partial_path(out).read_text() == "other options" and not lock_path(out).exists()

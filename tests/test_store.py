@@ -7,8 +7,7 @@ import pytest
 from synthkit.errors import UserError
 from synthkit.jobs import shard_range
 from synthkit.meta import provenance
-from synthkit.outputs import partial_path
-from synthkit.paths import store_path, store_paths
+from synthkit.paths import partial_path, store_path, store_paths
 from synthkit.store import Store, StoreWriter, balanced_subset, merge_stores
 
 from conftest import run

@@ -13,8 +13,8 @@ from synthkit.errors import UserError
 from synthkit.evaluation import predict
 from synthkit.meta import provenance
 from synthkit.model import load_classifier
-from synthkit.outputs import train_log_path as log_path
-from synthkit.outputs import train_state_path as state_path
+from synthkit.paths import train_log_path as log_path
+from synthkit.paths import train_state_path as state_path
 from synthkit.store import Store, StoreWriter
 from synthkit.training import TrainConfig, check_config, load_stores, make_schedule, step_rows, train
 

@@ -162,6 +162,11 @@ GT_COLUMNS = (
 )
 
 
+def ground_truth_rows(scores: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """vanish-score's scores as GT_COLUMNS' rows: calibrated, then uncalibrated."""
+    return [(mode, scores[mode]) for mode in ("calibrated", "uncalibrated")]
+
+
 def ground_truth_sentence(scores: dict[str, Any]) -> str:
     """vanish-score's AUCs in a sentence: calibrated horizon and VP, and uncalibrated horizon."""
     c, u = scores["calibrated"], scores["uncalibrated"]

@@ -324,6 +324,34 @@ def write_markdown(csv_path: Path, md_path: Path) -> None:
     md_path.write_text("# Test accuracy (real test images)\n\n" + "\n".join(lines) + "\n")
 
 
+def architecture_name(metas: Sequence[dict[str, Any]]) -> str:
+    """The classifiers' architecture(s) as a heading names them: ResNet-18 when every one is a resnet18 (or there are
+    none), else their `arch` values."""
+    archs = sorted({str(m.get("arch", "?")) for m in metas})
+    if all(a.startswith("resnet18") for a in archs):
+        return "ResNet-18"
+    return ", ".join(archs)
+
+
+def record_of(path: Path) -> dict[str, Any]:
+    """A file's metadata record, or {} when it is not a synthkit checkpoint (so that a stray file is passed over)."""
+    from .checkpoint import read_meta
+
+    try:
+        meta = read_meta(path)
+    except (UserError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def classifier_files(folder: Path) -> list[Path]:
+    """Every classifier directly in `folder`, whatever its architecture or file name: the *.safetensors whose record's
+    kind is classifier."""
+    return [
+        path for path in sorted(Path(folder).glob("*.safetensors")) if record_of(path).get("kind") == Kind.CLASSIFIER
+    ]
+
+
 def _number(value: Any, spec: str) -> str:
     """A recorded number formatted, or as recorded ('?' when missing) when it is not a number."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

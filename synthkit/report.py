@@ -144,11 +144,11 @@ def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | No
     the evaluations recorded during training; None when no classifier scored a test store while training."""
     import numpy as np
 
-    from .evaluation import seed_group, training_data_name
+    from .evaluation import classifier_files, seed_group, training_data_name
 
     curves: dict[str, list[list[dict]]] = {}
     names: dict[str, str] = {}
-    for path in sorted(models.glob("resnet18-*.safetensors")):
+    for path in classifier_files(models):
         meta = read_meta(path)
         if meta.get("evals"):
             key = seed_group(meta)
@@ -206,7 +206,7 @@ def study_columns(cifar: bool) -> list:
 def accuracy_section(results: Path, models: Path) -> list[str]:
     """The study-shaped table: our accuracy (mean ± std over seeds) beside the original study's, for the
     classifiers in models/, each row with its recipe, steps, images seen and batch composition."""
-    from .evaluation import group_rows
+    from .evaluation import architecture_name, group_rows, record_of
     from .tables import markdown_lines
 
     csv_path = results / ACCURACY_CSV
@@ -222,7 +222,8 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
         if cifar
         else f"real test images of `{rows[0]['test']}`, {len(test['classes'])} classes"
     )
-    lines = [f"## Test accuracy (ResNet-18, {where})", ""] + markdown_lines(study_columns(cifar), groups)
+    arch = architecture_name([record_of(Path(r["model"])) for r in rows])
+    lines = [f"## Test accuracy ({arch}, {where})", ""] + markdown_lines(study_columns(cifar), groups)
     steps = {g["rows"][0].get("steps") for g in groups}
     lines += [
         "",
@@ -409,10 +410,10 @@ def fidelity_section(results: Path) -> list[str]:
 
 def provenance_section(models: Path, data: Path) -> list[str]:
     """How each classifier and the stores it was trained on were made, from their metadata."""
-    from .evaluation import classifier_line
+    from .evaluation import classifier_files, classifier_line
 
     lines = ["## How each row was made", ""]
-    for path in sorted(models.glob("resnet18-*.safetensors")):
+    for path in classifier_files(models):
         meta = read_meta(path)
         lines.append(f"- `{path}`: {classifier_line(meta)}")
         for source in meta.get("sources", []):

@@ -55,7 +55,7 @@ from .config import (
     InversionConfig,
 )
 from .errors import UserError
-from .paths import DATA_DIR, MODELS_DIR, RESULTS_DIR
+from .paths import DATA_DIR, FIDELITY_DIR, GRADCAM_DIR, MODELS_DIR, RESULTS_DIR, VANISH_DIR, VANISH_GT_DIR
 
 # Options many commands share, declared once.
 AUTO = "auto"
@@ -513,7 +513,7 @@ def train(
     """Train ResNet-18s on any mix of real and synthetic stores with the same classes, for a recipe's number of
     steps."""
     from .config import TrainConfig
-    from .evaluation import batch_text
+    from .evaluation import classifier_line
     from .launch import shard_items
     from .paths import store_or_default, store_paths
     from .training import check_config, expand_jobs, settle, train_many
@@ -564,18 +564,7 @@ def train(
         say=note,
     )
     for job, meta in zip(mine.items, metas):
-        tested = (
-            f", test accuracy {100 * meta['final_test_acc']:.2f}% (best of {len(meta['evals'])}: "
-            f"{100 * meta['best_test_acc']:.2f}%)"
-            if "evals" in meta
-            else ""
-        )
-        typer.echo(
-            f"{job.out}: {meta['arch']} ({meta['stem']} stem) at {meta['image_size']} px, recipe {meta.get('recipe')}, "
-            f"{meta['steps']} steps "
-            f"of {batch_text(meta.get('batch'))}, final loss {meta['final_loss']:.4f}, "
-            f"train accuracy {100 * meta['final_train_acc']:.1f}%{tested}, {meta['seconds']:.0f} s on {meta['device']}"
-        )
+        typer.echo(f"{job.out}: {classifier_line(meta)}")
     if mine.shard:
         typer.echo(
             f"shard {mine.shard}: trained classifiers {mine.first + 1}-{mine.stop} of {mine.total} on {mine.device}"
@@ -599,33 +588,20 @@ def evaluate(
 ) -> None:
     """Score classifiers on a real test store with their classes: the accuracy table, per-class accuracy, confusion
     figures."""
-    from rich.table import Table
-
-    from .evaluation import batch_text, group_rows, mean_std
+    from .evaluation import ACCURACY_COLUMNS, TERMINAL_COLUMNS, group_rows
     from .evaluation import evaluate as evaluate_models
-    from .paths import store_path
+    from .paths import ACCURACY_CSV, ACCURACY_MD, CONFUSION_DIR, store_path
+    from .tables import pick, rich_table
 
     results = results or out
     rows = evaluate_models(
         model, store_path(test), results, device=device, batch_size=batch_size, memory_limit=memory_limit
     )
-    table = Table(title=f"test accuracy on {rows[0]['test_images']} real test images ({rows[0]['test']})")
-    for column in ("training data", "accuracy % (mean ± std)", "n", "recipe", "steps", "batch"):
-        table.add_column(column, justify="left" if column in ("training data", "recipe", "batch") else "right")
-    for group in group_rows([{k: str(v) for k, v in row.items()} for row in rows]):
-        first = group["rows"][0]
-        table.add_row(
-            group["training_data"],
-            mean_std(group),
-            f"n={group['n']}",
-            first["recipe"] or "?",
-            first["steps"] or "?",
-            batch_text(first["batch"]),
-        )
-    Console().print(table)
+    title = f"test accuracy on {rows[0]['test_images']} real test images ({rows[0]['test']})"
+    Console().print(rich_table(pick(ACCURACY_COLUMNS, TERMINAL_COLUMNS), group_rows(rows), title))
     typer.echo(
-        f"one row per classifier and test store in {results / 'accuracy.csv'}; table in {results / 'accuracy.md'}; "
-        f"figures in {results / 'confusion'}/"
+        f"one row per classifier and test store in {results / ACCURACY_CSV}; table in {results / ACCURACY_MD}; "
+        f"figures in {results / CONFUSION_DIR}/"
     )
 
 
@@ -972,7 +948,7 @@ def gradcam(
     model: list[Path] = typer.Option(..., help="Classifier(s) to explain (repeat --model)."),
     data: str = typer.Option(TEST_STORE, help="Store of real images to explain them on (name or path)."),
     out: Path = typer.Option(
-        Path("results/gradcam"), help="Folder for gradcam_grid.png, per_image.csv and summary.json."
+        RESULTS_DIR / GRADCAM_DIR, help="Folder for gradcam_grid.png, per_image.csv and summary.json."
     ),
     n: int = typer.Option(GRADCAM.n, min=1, help="Images (a seeded random pick, the same for every model)."),
     layer: str | None = typer.Option(
@@ -987,31 +963,25 @@ def gradcam(
     device: Device = AUTO,
 ) -> None:
     """Grad-CAM maps of classifiers on the same real images, with measures of how concentrated they are."""
-    from rich.table import Table
-
-    from .gradcam import MEASURES, explain
-    from .paths import store_path
+    from .gradcam import GRID_FILE, TABLE_COLUMNS, agreement_lines, explain
+    from .paths import SUMMARY_JSON, store_path
+    from .tables import rich_table
 
     summary = explain(
         model, store_path(data), out, n=n, layer=layer, target=target, seed=seed, batch_size=batch_size, device=device
     )
-    table = Table(title=f"Grad-CAM ({layer}, {target} class) on {summary['images']} images of {summary['data']}: means")
-    table.add_column("model")
-    for key in MEASURES:
-        table.add_column(key, justify="right")
-    for name, stats in summary["models"].items():
-        table.add_row(name, *(f"{stats[k]['mean']:.3f}" for k in MEASURES))
-    Console().print(table)
-    for pair, values in summary["agreement"].items():
-        typer.echo(f"agreement {pair}: correlation {values['correlation']:.3f}, IoU of top 20% {values['top_iou']:.3f}")
-    typer.echo(f"wrote {out}/gradcam_grid.png, per_image.csv, summary.json")
+    title = f"Grad-CAM ({summary['layer']}, {target} class) on {summary['images']} images of {summary['data']}: means"
+    Console().print(rich_table(TABLE_COLUMNS, summary["models"].items(), title))
+    for line in agreement_lines(summary):
+        typer.echo(line)
+    typer.echo(f"wrote {out}/{GRID_FILE}, per_image.csv, {SUMMARY_JSON}")
 
 
 @app.command()
 @user_errors
 def vanish(
     data: list[str] = typer.Option(..., help="Store(s) to analyse (repeat --data)."),
-    out: Path = typer.Option(RESULTS_DIR / "vanish", help="Folder for the CSV, summary, predictions and figures."),
+    out: Path = typer.Option(RESULTS_DIR / VANISH_DIR, help="Folder for the CSV, summary, predictions and figures."),
     n: int = typer.Option(VANISH.n, min=1, help="Images per store (a seeded random pick)."),
     upsample: int | None = typer.Option(
         VANISH.upsample, min=1, help="Upsampling before line detection (default: shorter side to >= 256 px)."
@@ -1027,10 +997,9 @@ def vanish(
     ),
 ) -> None:
     """Line segments and vanishing points of stores, side by side (to score the detector itself: vanish-score)."""
-    from rich.table import Table
-
     from .paths import store_path, store_paths
-    from .vanish import MEASURES, run_vanish
+    from .tables import rich_table
+    from .vanish import pair_line, run_vanish, store_table
 
     summary, pairs = run_vanish(
         store_paths(data),
@@ -1041,43 +1010,9 @@ def vanish(
         focal=focal,
         seed=seed,
     )
-    table = Table(title=f"line geometry per store ({summary['mode']}): median [q1, q3]")
-    table.add_column("measure")
-    for name, st in summary["stores"].items():
-        table.add_column(f"{name} ({st['image_size'][0]} px, x{st['upsample']})", justify="right")
-    stores = list(summary["stores"].values())
-    table.add_row(
-        "images / with VPs / no lines", *(f"{st['images']} / {st['with_vps']} / {st['no_lines']}" for st in stores)
-    )
-    if any("line_classifier_auc" in st for st in stores):
-        table.add_row(
-            "real or generated, lines alone: ROC AUC",
-            *(
-                f"{st['line_classifier_auc']:.3f}"
-                if "line_classifier_auc" in st
-                else "(real)"
-                if st["kind"] == "real"
-                else "-"
-                for st in stores
-            ),
-        )
-    for key in MEASURES:
-        table.add_row(
-            key,
-            *(
-                f"{st['measures'][key]['median']:.3g} [{st['measures'][key]['q1']:.3g}, "
-                f"{st['measures'][key]['q3']:.3g}]"
-                for st in stores
-            ),
-        )
-    Console().print(table)
-    if pairs:
-        for name, p in pairs.items():
-            typer.echo(
-                f"{name} against its sources: median horizon error {p['median_horizon_error']:.3f} of the height, "
-                f"{100 * p['within_5pct_height']:.0f}% within 5%, median VP error {p['median_vp_error_deg']:.1f} deg "
-                f"({p['samples']} samples, {p['with_source_vps']} sources with VPs)"
-            )
+    Console().print(rich_table(*store_table(summary), f"line geometry per store ({summary['mode']}): median [q1, q3]"))
+    for name, p in (pairs or {}).items():
+        typer.echo(pair_line(name, p))
     typer.echo(f"wrote {out}/")
 
 
@@ -1089,27 +1024,17 @@ def vanish_score(
         help="A folder like York Urban's: images/ and gt.json; entries with only a horizon (no camera, no VPs) are "
         "scored uncalibrated.",
     ),
-    out: Path = typer.Option(RESULTS_DIR / "vanish-gt", help="Folder for predictions.json and gt_scores.json."),
+    out: Path = typer.Option(RESULTS_DIR / VANISH_GT_DIR, help="Folder for predictions.json and gt_scores.json."),
     limit: int | None = typer.Option(None, min=1, help="Score only the first N images."),
     seed: Annotated[int, seed_option("Seed of RANSAC.")] = VANISH.seed,
 ) -> None:
     """Score the vanishing-point detector against ground truth: horizon and VP AUCs, calibrated and not."""
-    from rich.table import Table
+    from .tables import rich_table
+    from .vanish import GT_COLUMNS, evaluate_ground_truth, ground_truth_rows
 
-    from .vanish import evaluate_ground_truth
-
-    if not gt.is_dir():
-        raise UserError(f"--gt {gt} is not a folder")
     scores = evaluate_ground_truth(gt, out, limit=limit, seed=seed)
-    table = Table(title=f"vanishing points on {scores['images']} images of {gt}")
-    table.add_column("mode")
-    for col in ("horizon AUC@0.25", "VP AUC@3", "VP AUC@5", "VP AUC@10", "s/image"):
-        table.add_column(col, justify="right")
-    for mode in ("calibrated", "uncalibrated"):
-        s = scores[mode]
-        keys = ("horizon_auc_0.25", "vp_auc_3deg", "vp_auc_5deg", "vp_auc_10deg", "median_seconds_per_image")
-        table.add_row(f"{mode} ({s['images']} images)", *(f"{s[k]:.2f}" if k in s else "-" for k in keys))
-    Console().print(table)
+    title = f"vanishing points on {scores['images']} images of {gt}"
+    Console().print(rich_table(GT_COLUMNS, ground_truth_rows(scores), title))
     if "note" in scores["calibrated"]:
         typer.echo(f"calibrated: {scores['calibrated']['note']}")
     typer.echo(f"wrote {out}/")
@@ -1124,7 +1049,7 @@ def fidelity(
         ..., help="A classifier trained on real data: its penultimate features, and its labels for agreement."
     ),
     out: Path = typer.Option(
-        Path("results/fidelity"), help="Folder for fidelity.csv, fidelity.md, fidelity.png, summary.json."
+        RESULTS_DIR / FIDELITY_DIR, help="Folder for fidelity.csv, fidelity.md, fidelity.png, summary.json."
     ),
     per_class: int = typer.Option(
         FIDELITY.per_class,
@@ -1142,6 +1067,7 @@ def fidelity(
     """Judge synthetic stores against real data: Fréchet distance, KID, precision/recall, density/coverage, label
     agreement."""
     from .fidelity import fidelity as score
+    from .fidelity import overall, summary_line
     from .paths import store_path, store_paths
 
     rows = score(
@@ -1156,13 +1082,8 @@ def fidelity(
         metric=metric,
         device=device,
     )
-    for row in (r for r in rows if r["class"] == "all"):
-        extra = f", agreement {row['agreement']:.3f}" if "agreement" in row else ""
-        typer.echo(
-            f"{row['store']} ({row['features']}, {row['n_fake']} images): Fréchet {row['frechet']:.3f}, "
-            f"precision {row['precision']:.3f}, recall {row['recall']:.3f}, density {row['density']:.3f}, "
-            f"coverage {row['coverage']:.3f}{extra}"
-        )
+    for row in overall(rows):
+        typer.echo(summary_line(row))
     typer.echo(f"wrote {out}/fidelity.csv, fidelity.md, fidelity.png")
 
 
@@ -1181,22 +1102,13 @@ def judge(
     """Share of each store's images that a text-to-image model, read as a zero-shot classifier, puts in their own
     class: whether synthetic images show what their labels say (a generator is lenient with its own prompt samples;
     the real store's share is the yardstick)."""
-    import json
-
-    from .judge import judge_stores
+    from .judge import judge_stores, judged_line
     from .paths import store_paths
 
-    rows = judge_stores(model, store_paths(data), per_class=per_class, seed=seed, device=device)
+    rows = judge_stores(model, store_paths(data), per_class=per_class, seed=seed, device=device, out=out)
     for row in rows:
-        typer.echo(
-            f"{row['store']} ({row['kind']}): {100 * row['share']:.1f}% of {row['images']} images judged their own "
-            f"class by {model} (chance {100 * row['chance']:.0f}%)"
-        )
+        typer.echo(judged_line(row, model))
     if out:
-        from .outputs import written_whole
-
-        with written_whole(out) as tmp:
-            tmp.write_text(json.dumps({"model": model, "per_class": per_class, "seed": seed, "rows": rows}, indent=1))
         typer.echo(f"wrote {out}")
 
 

@@ -25,7 +25,9 @@ from .jobs import check_destination, check_distinct
 from .meta import Kind
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .outputs import written_whole
+from .paths import ACCURACY_CSV, ACCURACY_MD, CONFUSION_DIR, RESULTS_DIR
 from .store import Store
+from .tables import Column, markdown_lines
 
 CSV_FIELDS = [
     "evaluated",
@@ -160,7 +162,7 @@ def check_apart(models: Sequence[Path], metas: Sequence[dict]) -> None:
             if Path(path).stem == Path(other).stem:
                 raise UserError(
                     f"classifiers {other} and {path} have one file name: their confusion figures would be one file "
-                    f"(confusion/{Path(path).stem}.png); rename one"
+                    f"({CONFUSION_DIR}/{Path(path).stem}.png); rename one"
                 )
             if meta == other_meta:
                 raise UserError(f"{path} is a copy of {other} (the same training record): give it once")
@@ -169,7 +171,7 @@ def check_apart(models: Sequence[Path], metas: Sequence[dict]) -> None:
 def evaluate(
     models: Sequence[Path],
     test: Path,
-    results: Path = Path("results"),
+    results: Path = RESULTS_DIR,
     device: str | None = None,
     batch_size: int = EVAL.batch_size,
     memory_limit: str | None = None,
@@ -222,12 +224,12 @@ def evaluate(
             save_confusion_figure(
                 counts,
                 meta["classes"],
-                results / "confusion" / f"{Path(path).stem}.png",
+                results / CONFUSION_DIR / f"{Path(path).stem}.png",
                 f"{row['training_data']}: {100 * row['accuracy']:.2f}% on {len(truth)} real test images",
             )
             rows.append(row)
-    append_rows(results / "accuracy.csv", rows)
-    write_markdown(results / "accuracy.csv", results / "accuracy.md")
+    append_rows(results / ACCURACY_CSV, rows)
+    write_markdown(results / ACCURACY_CSV, results / ACCURACY_MD)
     return rows
 
 
@@ -287,22 +289,100 @@ def mean_std(group: dict[str, Any]) -> str:
     return f"{100 * group['mean']:.2f} ± {100 * group['std']:.2f}" if group["n"] > 1 else f"{100 * group['mean']:.2f}"
 
 
+def _first(group: dict[str, Any], key: str) -> str:
+    """A value of the group's first row as its cell: '?' when it was not recorded."""
+    value = group["rows"][0].get(key)
+    return "?" if value in (None, "") else str(value)
+
+
+def best_cell(group: dict[str, Any]) -> str:
+    """The mean best-of-evals accuracy (percent), or '–' when training scored no test store."""
+    return f"{100 * group['best_mean']:.2f}" if group["best_mean"] is not None else "–"
+
+
+# The accuracy table's columns, one per value of a seed group (group_rows): accuracy.md, the report and `evaluate`'s
+# table render from these (the report and the CLI pick theirs by key).
+ACCURACY_COLUMNS = (
+    Column("training_data", "training data", lambda g: g["training_data"]),
+    Column("accuracy", "accuracy % (final; mean ± std)", mean_std, right=True),
+    Column("n", "n", lambda g: str(g["n"]), right=True),
+    Column("best", "best of evals % (selected on the test set)", best_cell, right=True),
+    Column("recipe", "recipe", lambda g: _first(g, "recipe")),
+    Column("steps", "steps", lambda g: _first(g, "steps"), right=True),
+    Column("images_seen", "images seen", lambda g: _first(g, "images_seen"), right=True),
+    Column("batch", "batch", lambda g: batch_text(g["rows"][0].get("batch"))),
+    Column("train_images", "train images", lambda g: _first(g, "train_images"), right=True),
+    Column("test_images", "test images", lambda g: _first(g, "test_images"), right=True),
+    Column("seeds", "seeds", lambda g: ", ".join(map(str, g["seeds"]))),
+)
+TERMINAL_COLUMNS = ("training_data", "accuracy", "n", "recipe", "steps", "batch")  # `synthkit evaluate` prints these
+
+
 def write_markdown(csv_path: Path, md_path: Path) -> None:
     """Rewrite the markdown accuracy table from the CSV: one line per row, its seeds grouped into mean ± std."""
-    lines = [
-        "| training data | accuracy % (final; mean ± std) | n | best of evals % (selected on the test set) | recipe | "
-        "steps | images seen | batch | train images | test images | seeds |",
-        "|---|---:|---:|---:|---|---:|---:|---|---:|---:|---|",
-    ]
-    for g in group_rows(read_rows(csv_path)):
-        r = g["rows"][0]
-        best = f"{100 * g['best_mean']:.2f}" if g["best_mean"] is not None else "–"
-        lines.append(
-            f"| {g['training_data']} | {mean_std(g)} | {g['n']} | {best} | {r.get('recipe') or '?'} | "
-            f"{r.get('steps') or '?'} | {r.get('images_seen') or '?'} | {batch_text(r.get('batch'))} | "
-            f"{r['train_images']} | {r['test_images']} | {', '.join(map(str, g['seeds']))} |"
-        )
+    lines = markdown_lines(ACCURACY_COLUMNS, group_rows(read_rows(csv_path)))
     md_path.write_text("# Test accuracy (real test images)\n\n" + "\n".join(lines) + "\n")
+
+
+def architecture_name(metas: Sequence[dict[str, Any]]) -> str:
+    """The classifiers' architecture(s) as a heading names them: ResNet-18 when every one is a resnet18 (or there are
+    none), else their `arch` values."""
+    archs = sorted({str(m.get("arch", "?")) for m in metas})
+    if all(a.startswith("resnet18") for a in archs):
+        return "ResNet-18"
+    return ", ".join(archs)
+
+
+def record_of(path: Path) -> dict[str, Any]:
+    """A file's metadata record, or {} when it is not a synthkit checkpoint (so that a stray file is passed over)."""
+    from .checkpoint import read_meta
+
+    try:
+        meta = read_meta(path)
+    except (UserError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def classifier_files(folder: Path) -> list[Path]:
+    """Every classifier directly in `folder`, whatever its architecture or file name: the *.safetensors whose record's
+    kind is classifier."""
+    return [
+        path for path in sorted(Path(folder).glob("*.safetensors")) if record_of(path).get("kind") == Kind.CLASSIFIER
+    ]
+
+
+def _number(value: Any, spec: str) -> str:
+    """A recorded number formatted, or as recorded ('?' when missing) when it is not a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return "?" if value is None else str(value)
+
+
+def classifier_line(meta: dict[str, Any]) -> str:
+    """How a classifier was made and how it ended, from its record: what `train` prints and the report lists."""
+    p = meta.get("params", {})
+
+    def percent(key: str, spec: str) -> str:
+        value = meta.get(key)
+        return _number(100 * value if isinstance(value, (int, float)) else None, spec)
+
+    tested = (
+        f", test accuracy {percent('final_test_acc', '.2f')}% (best of {len(meta['evals'])}: "
+        f"{percent('best_test_acc', '.2f')}%)"
+        if meta.get("evals")
+        else ""
+    )
+    stem = f" ({meta['stem']} stem)" if meta.get("stem") else ""
+    return (
+        f"{meta.get('arch', '?')}{stem} at {meta.get('image_size', 32)} px, recipe {meta.get('recipe', '?')}, "
+        f"{meta.get('steps', '?')} steps of {batch_text(meta.get('batch'))} "
+        f"({meta.get('images_seen', '?')} images seen), {p.get('optimizer', 'sgd')} lr {p.get('lr')}, "
+        f"schedule {p.get('schedule', '?')}, seed {p.get('seed')}, "
+        f"final loss {_number(meta.get('final_loss'), '.4f')}, "
+        f"train accuracy {percent('final_train_acc', '.1f')}%{tested}, "
+        f"{_number(meta.get('seconds'), '.0f')} s on {meta.get('device', '?')}"
+    )
 
 
 def save_confusion_figure(counts: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:

@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,10 @@ from .device import job_device
 from .errors import UserError
 from .jobs import check_destination
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
+from .paths import SUMMARY_JSON
 from .progress import progress
 from .store import Store, balanced_subset
+from .tables import Column, markdown_lines
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception weights
 SET_METRICS = ("frechet", "kid", "precision", "recall", "density", "coverage")
@@ -44,6 +46,37 @@ BETTER = {
     "agreement": "higher",
     "confidence": "higher",
 }
+FORMATS = {"kid": ".4f"}  # every other metric to 3 decimals; KID is a hundred times smaller
+
+
+def _metric_cell(metric: str) -> Callable[[dict[str, Any]], str]:
+    """A metric's cell of a row: its value, or '–' where the row has none (label metrics of Inception features)."""
+    return lambda row: format(row[metric], FORMATS.get(metric, ".3f")) if metric in row else "–"
+
+
+# The table of every store's scores over all classes: fidelity.md, the report and the CLI render from these.
+TABLE_COLUMNS = (
+    Column("store", "store", lambda row: row["store"]),
+    Column("features", "features", lambda row: row["features"]),
+    Column("images", "images", lambda row: str(row["n_fake"]), right=True),
+    *(Column(m, f"{m} ({BETTER[m]} is better)", _metric_cell(m), right=True) for m in (*SET_METRICS, *LABEL_METRICS)),
+)
+
+
+def overall(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows over all classes (one per store and features), those the tables show."""
+    return [row for row in rows if row["class"] == "all"]
+
+
+def markdown_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The Markdown table of every store's scores over all classes."""
+    return markdown_lines(TABLE_COLUMNS, overall(rows))
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    """One store's scores over all classes in a line, as `synthkit fidelity` prints them."""
+    scores = ", ".join(f"{m} {_metric_cell(m)(row)}" for m in (*SET_METRICS, *LABEL_METRICS) if m in row)
+    return f"{row['store']} ({row['features']}, {row['n_fake']} images): {scores}"
 
 
 def inception_weights(path: Path | None) -> Path | None:
@@ -241,16 +274,10 @@ def _write(
         "",
         *(f"- features `{name}`: {text}" for name, text in sources.items()),
         "",
-        "| store | features | images | "
-        + " | ".join(f"{m} ({BETTER[m]} is better)" for m in (*SET_METRICS, *LABEL_METRICS))
-        + " |",
-        "|---|---|---:|" + "---:|" * (len(SET_METRICS) + len(LABEL_METRICS)),
+        *markdown_rows(rows),
     ]
-    for row in (r for r in rows if r["class"] == "all"):
-        values = [f"{row[m]:.3f}" if m in row else "–" for m in (*SET_METRICS, *LABEL_METRICS)]
-        lines.append(f"| {row['store']} | {row['features']} | {row['n_fake']} | " + " | ".join(values) + " |")
     (out / "fidelity.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(
+    (out / SUMMARY_JSON).write_text(
         json.dumps(
             {
                 "real": str(real),

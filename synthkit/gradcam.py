@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,43 @@ from .errors import UserError
 from .evaluation import training_data_name
 from .jobs import check_destination
 from .model import CLASSIFIERS, class_mapping, classifier_meta, load_classifier, resize_images
+from .paths import SUMMARY_JSON
 from .store import Store
+from .tables import Column, markdown_lines
 
 ROAD_PERCENTILES = (20, 40, 60, 80)  # share of pixels ROAD removes (most or least relevant first)
 MEASURES = ("entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change", "road")
+SUMMARY_NOTE = (
+    "lower entropy and spread, higher Gini and top-10% mass: more concentrated maps; `road` is grad-cam's ROAD "
+    "faithfulness, higher when removing the pixels a map ranks first hurts the model more than removing the last"
+)
+GRID_FILE = "gradcam_grid.png"
+
+
+def _measure_cell(key: str) -> Callable[[tuple[str, dict[str, Any]]], str]:
+    """A measure's cell of a model's (name, stats): its mean over the images, or '–' where it was not measured."""
+    return lambda item: f"{item[1][key]['mean']:.3f}" if key in item[1] else "–"
+
+
+# The table of each model's mean measures: the report and `synthkit gradcam` render from these, over
+# summary["models"].items().
+TABLE_COLUMNS = (
+    Column("model", "model", lambda item: item[0]),
+    *(Column(key, key, _measure_cell(key), right=True) for key in MEASURES),
+)
+
+
+def markdown_rows(summary: dict[str, Any]) -> list[str]:
+    """The Markdown table of each model's mean measures."""
+    return markdown_lines(TABLE_COLUMNS, summary["models"].items())
+
+
+def agreement_lines(summary: dict[str, Any]) -> list[str]:
+    """How alike each pair of models' maps are, a line per pair."""
+    return [
+        f"agreement {pair}: correlation {v['correlation']:.3f}, IoU of top 20% {v['top_iou']:.3f}"
+        for pair, v in summary["agreement"].items()
+    ]
 
 
 def concentration(cam: np.ndarray) -> dict[str, float]:
@@ -138,13 +171,13 @@ def explain(
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     shown = np.unique(np.linspace(0, len(pick) - 1, min(figure_rows, len(pick))).round().astype(int))  # across classes
     save_grid(
         images_np[shown],
         [store_classes[c] for c in labels_np[shown]],
         {name: cams[name][shown] for name in names},
-        out / "gradcam_grid.png",
+        out / GRID_FILE,
     )
     return summary
 

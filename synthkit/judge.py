@@ -8,6 +8,7 @@ prompt, are judged fairly, so the real store's score is the yardstick."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch
 
 from .config import JUDGE
 from .diffusion import Diffusion, encode_images, encode_text, training_scheduler
+from .outputs import written_whole
+from .tables import Column
 
 TIMESTEPS = (100, 250, 400, 550, 700)  # where a class prompt changes the noise prediction most
 
@@ -58,9 +61,10 @@ def judge_stores(
     per_class: int = JUDGE.per_class,
     seed: int = JUDGE.seed,
     device: str | None = None,
+    out: Path | None = None,
 ) -> list[dict[str, Any]]:
     """For each store, the share of a seeded pick (up to `per_class` images of every class) that the model puts in
-    the image's own class."""
+    the image's own class; written to the JSON file `out` too when given (as the report reads it)."""
     from .device import diffusion_dtype, job_device
     from .diffusion import load_diffusion
     from .store import Store
@@ -89,4 +93,24 @@ def judge_stores(
                 "chance": 1 / len(classes),
             }
         )
+    if out is not None:
+        with written_whole(out) as tmp:
+            tmp.write_text(json.dumps({"model": model, "per_class": per_class, "seed": seed, "rows": rows}, indent=1))
     return rows
+
+
+def judged_line(row: dict[str, Any], model: str) -> str:
+    """One store's share in a line, as `synthkit judge` prints it."""
+    return (
+        f"{row['store']} ({row['kind']}): {100 * row['share']:.1f}% of {row['images']} images judged their own "
+        f"class by {model} (chance {100 * row['chance']:.0f}%)"
+    )
+
+
+# A row per store of the judge's rows: the report's table.
+TABLE_COLUMNS = (
+    Column("store", "store", lambda row: f"`{row['store']}`"),
+    Column("kind", "kind", lambda row: str(row["kind"])),
+    Column("images", "images", lambda row: str(row["images"]), right=True),
+    Column("share", "judged their own class", lambda row: f"{100 * row['share']:.1f}%", right=True),
+)

@@ -15,6 +15,23 @@ MINI = "mini"  # the name --model takes for the shipped miniature generator
 MINI_ASSET = Path(__file__).parent / "assets" / "mini-sd"
 PARTIAL_SUFFIX = ".partial"
 
+# Names inside a results folder, written by one module and read by the report (the Makefile spells the same names).
+ACCURACY_CSV = "accuracy.csv"  # evaluate: one row per classifier and test store
+ACCURACY_MD = "accuracy.md"  # evaluate: the table rewritten from accuracy.csv
+CONFUSION_DIR = "confusion"  # evaluate: a figure per classifier
+GRIDS_DIR = "grids"  # show, by make: a sample grid per store
+SWEEP_DIR = "sweep"  # make sweep: its evaluation folder
+FIDELITY_DIR = "fidelity"
+GRADCAM_DIR = "gradcam"
+VANISH_DIR = "vanish"  # the study's stores
+GEOMETRY_DIR = "geometry"  # make geometry: the scene stores
+VANISH_GT_DIR = "vanish-gt"  # vanish-score's default
+VANISH_YUD_DIR = "vanish-yud"  # make's vanish-score on York Urban, which the report reads
+SUMMARY_JSON = "summary.json"  # fidelity, gradcam and vanish: their summary, written last
+PAIRS_JSON = "pairs.json"  # vanish --sources: each sample against its source
+GT_SCORES_JSON = "gt_scores.json"  # vanish-score
+JUDGE_JSON = "judge.json"  # judge --out, as make writes it
+
 
 def resolve_model(name: str) -> str:
     """A --model value as diffusers loads it: `mini` is the model shipped in synthkit/assets/mini-sd."""

@@ -14,7 +14,25 @@ from .checkpoint import read_meta
 from .errors import UserError
 from .jobs import check_destination
 from .meta import model_note
-from .paths import preview_path
+from .paths import (
+    ACCURACY_CSV,
+    CONFUSION_DIR,
+    DATA_DIR,
+    FIDELITY_DIR,
+    GEOMETRY_DIR,
+    GRADCAM_DIR,
+    GRIDS_DIR,
+    GT_SCORES_JSON,
+    JUDGE_JSON,
+    MODELS_DIR,
+    PAIRS_JSON,
+    RESULTS_DIR,
+    SUMMARY_JSON,
+    SWEEP_DIR,
+    VANISH_DIR,
+    VANISH_YUD_DIR,
+    preview_path,
+)
 
 # The original study's reported test accuracies (CIFAR-10, ResNet-18), by synthkit's store names.
 STUDY = {
@@ -64,11 +82,16 @@ PROTOCOL_NOTE = [
 ]
 
 
+def _read_json(path: Path) -> Any:
+    """A result's JSON summary, or None when that result was not made (its section is then left out)."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def _our_rows(results: Path, models: Path) -> list[dict[str, str]]:
     """The latest evaluation of each classifier directly in `models` that still exists."""
     from .evaluation import read_rows
 
-    csv_path = results / "accuracy.csv"
+    csv_path = results / ACCURACY_CSV
     if not csv_path.exists():
         return []
     return [
@@ -121,11 +144,11 @@ def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | No
     the evaluations recorded during training; None when no classifier scored a test store while training."""
     import numpy as np
 
-    from .evaluation import seed_group, training_data_name
+    from .evaluation import classifier_files, seed_group, training_data_name
 
     curves: dict[str, list[list[dict]]] = {}
     names: dict[str, str] = {}
-    for path in sorted(models.glob("resnet18-*.safetensors")):
+    for path in classifier_files(models):
         meta = read_meta(path)
         if meta.get("evals"):
             key = seed_group(meta)
@@ -156,12 +179,37 @@ def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | No
     )
 
 
+def study_columns(cifar: bool) -> list:
+    """The report's accuracy columns: evaluation's, with each row's label in the study's words and the original
+    study's figure beside ours (only for CIFAR-10, whose figures they are)."""
+    from .evaluation import ACCURACY_COLUMNS
+    from .tables import Column, pick
+
+    def label(g: dict[str, Any]) -> str:
+        name = g["training_data"]
+        return f"{STUDY.get(name, (ADDED.get(name, name), None))[0]} (`{name}`)"
+
+    def reference(g: dict[str, Any]) -> str:
+        figure = STUDY.get(g["training_data"], (None, None))[1]
+        return f"{figure:.2f}" if figure is not None and cifar else "-"
+
+    ours = pick(ACCURACY_COLUMNS, ("accuracy", "n", "best"))
+    rest = pick(ACCURACY_COLUMNS, ("recipe", "steps", "images_seen", "batch", "train_images", "test_images"))
+    return [
+        Column("training_data", "training data", label),
+        *ours,
+        Column("study", "original study %", reference, right=True),
+        *rest,
+    ]
+
+
 def accuracy_section(results: Path, models: Path) -> list[str]:
     """The study-shaped table: our accuracy (mean ± std over seeds) beside the original study's, for the
     classifiers in models/, each row with its recipe, steps, images seen and batch composition."""
-    from .evaluation import batch_text, group_rows, mean_std
+    from .evaluation import architecture_name, group_rows, record_of
+    from .tables import markdown_lines
 
-    csv_path = results / "accuracy.csv"
+    csv_path = results / ACCURACY_CSV
     if not csv_path.exists():
         return ["## Test accuracy", "", f"No evaluation yet ({csv_path} is missing): run `synthkit evaluate`.", ""]
     rows = _our_rows(results, models)
@@ -174,24 +222,8 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
         if cifar
         else f"real test images of `{rows[0]['test']}`, {len(test['classes'])} classes"
     )
-    lines = [
-        f"## Test accuracy (ResNet-18, {where})",
-        "",
-        "| training data | this run: final accuracy % (mean ± std) | n | best of evals % (selected on the test set) | "
-        "original study % | recipe | steps | images seen | batch | train images | test images |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|",
-    ]
-    for g in groups:
-        r = g["rows"][0]
-        label, reference = STUDY.get(g["training_data"], (ADDED.get(g["training_data"], g["training_data"]), None))
-        ref = f"{reference:.2f}" if reference is not None and cifar else "-"
-        best = f"{100 * g['best_mean']:.2f}" if g["best_mean"] is not None else "–"
-        lines.append(
-            f"| {label} (`{g['training_data']}`) | {mean_std(g)} | {g['n']} | {best} | {ref} | "
-            f"{r.get('recipe') or '?'} | "
-            f"{r.get('steps') or '?'} | {r.get('images_seen') or '?'} | {batch_text(r.get('batch'))} | "
-            f"{r['train_images']} | {r['test_images']} |"
-        )
+    arch = architecture_name([record_of(Path(r["model"])) for r in rows])
+    lines = [f"## Test accuracy ({arch}, {where})", ""] + markdown_lines(study_columns(cifar), groups)
     steps = {g["rows"][0].get("steps") for g in groups}
     lines += [
         "",
@@ -232,7 +264,7 @@ def sweep_points(results: Path) -> dict[str, dict[float, list[float]]]:
     real images whose embeddings it sampled), from the sweep's classifiers and their evaluation."""
     from .evaluation import read_rows
 
-    csv_path = results / "sweep" / "accuracy.csv"
+    csv_path = results / SWEEP_DIR / ACCURACY_CSV
     points: dict[str, dict[float, list[float]]] = {}
     if not csv_path.exists():
         return points
@@ -305,7 +337,7 @@ def sweep_section(results: Path) -> list[str]:
     points = sweep_points(results)
     if not points:
         return []
-    figure = sweep_figure(points, results / "sweep" / "sweep.png")
+    figure = sweep_figure(points, results / SWEEP_DIR / "sweep.png")
     rows = sweep_order(points)
     sizes = sorted({n for row in rows for n in points[row]})
     cell = lambda v: (
@@ -335,36 +367,28 @@ def sweep_section(results: Path) -> list[str]:
             )
             + ".",
         ]
-    return lines + ["", f"![sample complexity](sweep/{figure.name})", ""]
+    return lines + ["", f"![sample complexity]({SWEEP_DIR}/{figure.name})", ""]
 
 
 def fidelity_section(results: Path) -> list[str]:
     """The fidelity table, and whether it orders the synthetic stores as their classifiers' accuracy does."""
     from .evaluation import read_rows
+    from .fidelity import markdown_rows, overall
 
-    path = results / "fidelity" / "summary.json"
-    if not path.exists():
+    summary = _read_json(results / FIDELITY_DIR / SUMMARY_JSON)
+    if summary is None:
         return []
-    summary = json.loads(path.read_text())
-    rows = [r for r in summary["rows"] if r["class"] == "all"]
+    rows = overall(summary["rows"])
     lines = [
         "## Fidelity: synthetic stores against real data",
         "",
         f"Against `{summary['real']}` on {summary['per_class']} images per class of each store, k = {summary['k']} "
-        f"(`synthkit fidelity`; per class in `fidelity/fidelity.csv`).",
+        f"(`synthkit fidelity`; per class in `{FIDELITY_DIR}/fidelity.csv`).",
         "",
-        "| store | features | Fréchet ↓ | KID ↓ | precision ↑ | recall ↑ | density ↑ | coverage ↑ | label agreement "
-        "↑ |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *markdown_rows(summary["rows"]),
     ]
-    for r in rows:
-        agree = f"{r['agreement']:.3f}" if "agreement" in r else "–"
-        lines.append(
-            f"| {r['store']} | {r['features']} | {r['frechet']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} | "
-            f"{r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | {agree} |"
-        )
-    lines += ["", "![fidelity](fidelity/fidelity.png)", ""]
-    csv_path = results / "accuracy.csv"
+    lines += ["", f"![fidelity]({FIDELITY_DIR}/fidelity.png)", ""]
+    csv_path = results / ACCURACY_CSV
     accuracy = {r["training_data"]: float(r["accuracy"]) for r in read_rows(csv_path)} if csv_path.exists() else {}
     ours = {
         r["store"]: r["frechet"]
@@ -386,19 +410,12 @@ def fidelity_section(results: Path) -> list[str]:
 
 def provenance_section(models: Path, data: Path) -> list[str]:
     """How each classifier and the stores it was trained on were made, from their metadata."""
-    from .evaluation import batch_text
+    from .evaluation import classifier_files, classifier_line
 
     lines = ["## How each row was made", ""]
-    for path in sorted(models.glob("resnet18-*.safetensors")):
+    for path in classifier_files(models):
         meta = read_meta(path)
-        p = meta.get("params", {})
-        lines.append(
-            f"- `{path}`: {meta.get('arch')} at {meta.get('image_size', 32)} px, recipe `{meta.get('recipe', '?')}`, "
-            f"{meta.get('steps')} steps of {batch_text(meta.get('batch'))} ({meta.get('images_seen', '?')} images "
-            "seen), "
-            f"{p.get('optimizer', 'sgd')} lr {p.get('lr')}, schedule {p.get('schedule', '?')}, seed {p.get('seed')}, "
-            f"{meta.get('seconds')} s on {meta.get('device')}, final training loss {meta.get('final_loss')}"
-        )
+        lines.append(f"- `{path}`: {classifier_line(meta)}")
         for source in meta.get("sources", []):
             lines.append(
                 f"  - `{source['path']}`: {source['count']} images of kind `{source['kind']}`, fingerprint "
@@ -522,9 +539,9 @@ def sd_section(results: Path, data: Path, shown: int = 6) -> list[str]:
 def figures_section(results: Path) -> list[str]:
     lines = ["## Samples", ""]
     for name in ("real", "sd", "prompts", "inv"):
-        grid = results / "grids" / f"{name}.png"
+        grid = results / GRIDS_DIR / f"{name}.png"
         if grid.exists():
-            lines += [f"**{name}**", "", f"![{name} samples](grids/{name}.png)", ""]
+            lines += [f"**{name}**", "", f"![{name} samples]({GRIDS_DIR}/{name}.png)", ""]
     return lines
 
 
@@ -560,10 +577,12 @@ def di_sources_section(results: Path, data: Path, shown: int = 6) -> list[str]:
 
 def judge_section(results: Path) -> list[str]:
     """The judge's score of each store (`synthkit judge`): the share of its images read as their own class."""
-    path = results / "judge.json"
-    if not path.exists():
+    from .judge import TABLE_COLUMNS
+    from .tables import markdown_lines
+
+    judged = _read_json(results / JUDGE_JSON)
+    if judged is None:
         return []
-    judged = json.loads(path.read_text())
     lines = [
         "## Do the pictures show their class?",
         "",
@@ -573,11 +592,8 @@ def judge_section(results: Path) -> list[str]:
         f"{100 * judged['rows'][0]['chance']:.0f}%. The real stores are the yardstick; a generator is lenient with "
         "its own prompt samples.",
         "",
-        "| store | kind | images | judged their own class |",
-        "|---|---|---:|---:|",
+        *markdown_lines(TABLE_COLUMNS, judged["rows"]),
     ]
-    for row in judged["rows"]:
-        lines.append(f"| `{row['store']}` | {row['kind']} | {row['images']} | {100 * row['share']:.1f}% |")
     return lines + [""]
 
 
@@ -616,38 +632,32 @@ def inversion_section(results: Path, models: Path) -> list[str]:
 
 
 def gradcam_section(results: Path) -> list[str]:
-    path = results / "gradcam" / "summary.json"
-    if not path.exists():
+    """Where the models look: gradcam's table of mean measures and the models' agreement, and its grid."""
+    from .gradcam import GRID_FILE, SUMMARY_NOTE, agreement_lines, markdown_rows
+
+    s = _read_json(results / GRADCAM_DIR / SUMMARY_JSON)
+    if s is None:
         return []
-    s = json.loads(path.read_text())
-    measures = ["entropy", "gini", "top10_mass", "area_above_half", "spread", "confidence_change", "road"]
     lines = [
         "## Where the models look (Grad-CAM)",
         "",
         f"{s['images']} real images of `{s['data']}`, target layer `{s['layer']}`, {s['target']} class; means over "
-        "images "
-        "(lower entropy and spread, higher Gini and top-10% mass: more concentrated maps; `road` is grad-cam's ROAD "
-        "faithfulness, higher when removing the pixels a map ranks first hurts the model more than removing the last).",
+        f"images ({SUMMARY_NOTE}).",
         "",
-        "| model | " + " | ".join(measures) + " |",
-        "|---|" + "---:|" * len(measures),
+        *markdown_rows(s),
     ]
-    for name, stats in s["models"].items():
-        lines.append(
-            f"| {name} | " + " | ".join(f"{stats[m]['mean']:.3f}" if m in stats else "–" for m in measures) + " |"
-        )
-    lines += [""] + [
-        f"- agreement {pair}: correlation {v['correlation']:.3f}, IoU of top 20% {v['top_iou']:.3f}"
-        for pair, v in s["agreement"].items()
-    ]
-    return lines + ["", "![Grad-CAM grid](gradcam/gradcam_grid.png)", ""]
+    lines += [""] + [f"- {line}" for line in agreement_lines(s)]
+    return lines + ["", f"![Grad-CAM grid]({GRADCAM_DIR}/{GRID_FILE})", ""]
 
 
 def geometry_section(results: Path) -> list[str]:
-    path = results / "vanish" / "summary.json"
-    if not path.exists():
+    """Line segments and vanishing points of the study's stores (vanish's table), and the detector's own score on
+    York Urban when make ran vanish-score."""
+    from .vanish import HISTOGRAMS_FILE, ground_truth_sentence, markdown_rows
+
+    s = _read_json(results / VANISH_DIR / SUMMARY_JSON)
+    if s is None:
         return []
-    s = json.loads(path.read_text())
     stores = s["stores"]
     names = list(stores)
     lines = [
@@ -655,24 +665,8 @@ def geometry_section(results: Path) -> list[str]:
         "",
         f"Mode: {s['mode']}. Median [q1, q3] per store; lengths are shares of the image diagonal.",
         "",
-        "| measure | "
-        + " | ".join(f"{n} ({stores[n]['image_size'][0]} px, upsampled x{stores[n]['upsample']})" for n in names)
-        + " |",
-        "|---|" + "---:|" * len(names),
-        "| images / with 3 VPs / no lines | "
-        + " | ".join(f"{stores[n]['images']} / {stores[n]['with_vps']} / {stores[n]['no_lines']}" for n in names)
-        + " |",
+        *markdown_rows(s),
     ]
-    for key in stores[names[0]]["measures"]:
-        lines.append(
-            f"| {key} | "
-            + " | ".join(
-                f"{stores[n]['measures'][key]['median']:.3g} [{stores[n]['measures'][key]['q1']:.3g}, "
-                f"{stores[n]['measures'][key]['q3']:.3g}]"
-                for n in names
-            )
-            + " |"
-        )
     small = [n for n in names if stores[n]["image_size"][0] <= 64]
     if small:
         lines += [
@@ -687,80 +681,50 @@ def geometry_section(results: Path) -> list[str]:
             )
             + ".",
         ]
-    lines += ["", "![histograms](vanish/histograms.png)", ""] + [
-        f"![{n} overlays](vanish/overlay_{n}.png)" for n in names
+    lines += ["", f"![histograms]({VANISH_DIR}/{HISTOGRAMS_FILE})", ""] + [
+        f"![{n} overlays]({VANISH_DIR}/overlay_{n}.png)" for n in names
     ]
-    yud = results / "vanish-yud" / "gt_scores.json"
+    yud = results / VANISH_YUD_DIR / GT_SCORES_JSON
     if yud.exists():
-        g = json.loads(yud.read_text())
-        c, u = g["calibrated"], g["uncalibrated"]
-        calibrated = (
-            f"calibrated horizon AUC {c['horizon_auc_0.25']:.2f}%, VP AUC@3/5/10 deg {c['vp_auc_3deg']:.2f} / "
-            f"{c['vp_auc_5deg']:.2f} / {c['vp_auc_10deg']:.2f}%"
-            if "vp_auc_3deg" in c
-            else "no calibrated entries"
-        )
-        lines += [
-            "",
-            f"The detector on {g['images']} ground-truth images of `{g['folder']}`: {calibrated}; "
-            f"uncalibrated horizon AUC {u['horizon_auc_0.25']:.2f}%.",
-        ]
+        lines += ["", ground_truth_sentence(json.loads(yud.read_text()))]
     return lines + [""]
 
 
 def scenes_section(results: Path) -> list[str]:
     """The scene study (make geometry): line measures of real, DI and prompt scenes, each sample against its
     source, and how separable each store is from the real one by its lines alone."""
-    path = results / "geometry" / "summary.json"
-    if not path.exists():
+    from .tables import markdown_lines
+    from .vanish import HISTOGRAMS_FILE, PAIR_COLUMNS, SCENE_COLUMNS
+
+    s = _read_json(results / GEOMETRY_DIR / SUMMARY_JSON)
+    if s is None:
         return []
-    s = json.loads(path.read_text())
-    stores = s["stores"]
     lines = [
         "## Geometry of scenes: do generated images keep projective structure?",
         "",
         f"`synthkit vanish` on scene stores ({s['mode']}); medians over images.",
         "",
-        "| store | images | size | with 3 VPs | segments | VP support | intersection spread (deg) | lines-only "
-        "real/generated AUC |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *markdown_lines(SCENE_COLUMNS, s["stores"].items()),
     ]
-    for name, st in stores.items():
-        m = st["measures"]
-        auc_text = (
-            f"{st['line_classifier_auc']:.3f}"
-            if "line_classifier_auc" in st
-            else ("(the real store)" if st["kind"] == "real" else "–")
-        )
-        lines.append(
-            f"| {name} | {st['images']} | {st['image_size'][0]} | {st['with_vps']} | {m['n_segments']['median']:.0f} | "
-            f"{m['vp_share']['median']:.3f} | {m['intersection_spread_deg']['median']:.2f} | {auc_text} |"
-        )
-    pairs_file = results / "geometry" / "pairs.json"
+    pairs_file = results / GEOMETRY_DIR / PAIRS_JSON
     if pairs_file.exists():
+        pairs = json.loads(pairs_file.read_text())
         lines += [
             "",
             "Each sample against its own source (both at the sample's size; the focal length estimated once per pair):",
             "",
-            "| store | samples | median horizon error (share of height) | within 5% of the height | median VP error "
-            "(deg) |",
-            "|---|---:|---:|---:|---:|",
+            *markdown_lines(PAIR_COLUMNS, pairs.items()),
         ]
-        for name, p in json.loads(pairs_file.read_text()).items():
-            lines.append(
-                f"| {name} | {p['samples']} | {p['median_horizon_error']:.3f} | {100 * p['within_5pct_height']:.0f}% | "
-                f"{p['median_vp_error_deg']:.1f} |"
-            )
-        lines += [""] + [f"![{name} pairs](geometry/pairs_{name}.png)" for name in json.loads(pairs_file.read_text())]
+        lines += [""] + [f"![{name} pairs]({GEOMETRY_DIR}/pairs_{name}.png)" for name in pairs]
     lines += [
         "",
         "An AUC of 0.5 means the store's line statistics are as real as real; 1 means they always give it away.",
-        "![scene histograms](geometry/histograms.png)",
+        f"![scene histograms]({GEOMETRY_DIR}/{HISTOGRAMS_FILE})",
     ]
     return lines + [""]
 
 
-def write_report(results: Path = Path("results"), models: Path = Path("models"), data: Path = Path("data")) -> Path:
+def write_report(results: Path = RESULTS_DIR, models: Path = MODELS_DIR, data: Path = DATA_DIR) -> Path:
     """Write results/README.md from the evaluation CSV, the analysis summaries, figures and file metadata."""
     check_destination(results, [models, data], folder=True)
     if not results.exists():
@@ -785,9 +749,9 @@ def write_report(results: Path = Path("results"), models: Path = Path("models"),
         + fidelity_section(results)
     )
     lines += sweep_section(results) + gradcam_section(results) + geometry_section(results) + scenes_section(results)
-    confusions = sorted((results / "confusion").glob("*.png"))
+    confusions = sorted((results / CONFUSION_DIR).glob("*.png"))
     if confusions:
-        lines += ["## Confusion matrices", ""] + [f"![{p.stem}](confusion/{p.name})" for p in confusions] + [""]
+        lines += ["## Confusion matrices", ""] + [f"![{p.stem}]({CONFUSION_DIR}/{p.name})" for p in confusions] + [""]
     out = results / "README.md"
     out.write_text("\n".join(lines))
     return out

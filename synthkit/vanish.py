@@ -30,8 +30,10 @@ from .geometry import (
 from .jobs import check_destination, check_fits, check_range
 from .memory import image_bytes, ram_budget
 from .meta import Kind
+from .paths import GT_SCORES_JSON, PAIRS_JSON, SUMMARY_JSON
 from .progress import progress
 from .store import Store
+from .tables import Column, markdown_lines
 
 MIN_LENGTH = 10 / 640  # shortest segment kept, as a share of the image's larger side...
 MIN_PIXELS = 4.0  # ...and in the image's own pixels: upsampling must not turn pixel stairs into lines
@@ -45,6 +47,141 @@ MEASURES = [
     "focal",
 ]
 COLOURS = [(230, 60, 60), (60, 200, 60), (60, 120, 255)]
+HORIZON_AUC = "horizon_auc_0.25"  # vanish-score's horizon AUC (errors up to a quarter of the height)
+VP_AUC_DEGREES = (3, 5, 10)  # vanish-score's VP AUC thresholds
+COUNTS_LABEL = "images / with 3 VPs / no lines"
+AUC_LABEL = "real or generated, lines alone: ROC AUC"
+HISTOGRAMS_FILE = "histograms.png"
+
+
+def vp_auc_key(degrees: int) -> str:
+    """The key of the VP AUC up to `degrees` in vanish-score's scores."""
+    return f"vp_auc_{degrees}deg"
+
+
+def quartiles(measure: dict[str, float]) -> str:
+    """A measure over a store's images as 'median [q1, q3]'."""
+    return f"{measure['median']:.3g} [{measure['q1']:.3g}, {measure['q3']:.3g}]"
+
+
+def counts_cell(st: dict[str, Any]) -> str:
+    """A store's images, those with three VPs, and those with no lines: 'images / with 3 VPs / no lines'."""
+    return f"{st['images']} / {st['with_vps']} / {st['no_lines']}"
+
+
+def auc_cell(st: dict[str, Any]) -> str:
+    """How well a store's lines alone tell it from the real store (ROC AUC); '(real)' for the real store itself."""
+    if "line_classifier_auc" in st:
+        return f"{st['line_classifier_auc']:.3f}"
+    return "(real)" if st.get("kind") == Kind.REAL else "–"
+
+
+def store_header(name: str, st: dict[str, Any]) -> str:
+    """A store's column: its name, size and upsampling."""
+    return f"{name} ({st['image_size'][0]} px, upsampled x{st['upsample']})"
+
+
+def _store_cell(st: dict[str, Any], key: str) -> str:
+    return counts_cell(st) if key == "counts" else auc_cell(st) if key == "auc" else quartiles(st["measures"][key])
+
+
+def store_table(summary: dict[str, Any]) -> tuple[list[Column], list[str]]:
+    """vanish's summary as a table, a column per store and a row per measure (after the counts and, where measured,
+    the AUC): its columns and its rows' keys, for Markdown or the terminal."""
+    stores = summary["stores"]
+    first = next(iter(stores.values()))
+    keys = ["counts", *(["auc"] if any("line_classifier_auc" in st for st in stores.values()) else [])]
+    keys += [key for key in MEASURES if key in first["measures"]]
+    labels = {"counts": COUNTS_LABEL, "auc": AUC_LABEL}
+    columns = [Column("measure", "measure", lambda key: labels.get(key, key))] + [
+        Column(name, store_header(name, st), lambda key, st=st: _store_cell(st, key), right=True)
+        for name, st in stores.items()
+    ]
+    return columns, keys
+
+
+def markdown_rows(summary: dict[str, Any]) -> list[str]:
+    """vanish's summary as a Markdown table: median [q1, q3] per store."""
+    return markdown_lines(*store_table(summary))
+
+
+# A row per store of a summary["stores"].items(): the report's table of the scene study.
+SCENE_COLUMNS = (
+    Column("store", "store", lambda item: item[0]),
+    Column("images", "images", lambda item: str(item[1]["images"]), right=True),
+    Column("size", "size", lambda item: str(item[1]["image_size"][0]), right=True),
+    Column("with_vps", "with 3 VPs", lambda item: str(item[1]["with_vps"]), right=True),
+    Column("segments", "segments", lambda item: f"{item[1]['measures']['n_segments']['median']:.0f}", right=True),
+    Column("vp_share", "VP support", lambda item: f"{item[1]['measures']['vp_share']['median']:.3f}", right=True),
+    Column(
+        "spread",
+        "intersection spread (deg)",
+        lambda item: f"{item[1]['measures']['intersection_spread_deg']['median']:.2f}",
+        right=True,
+    ),
+    Column("auc", "lines-only real/generated AUC", lambda item: auc_cell(item[1]), right=True),
+)
+
+# A row per store of pairs.json's items(): each sample against its own source.
+PAIR_COLUMNS = (
+    Column("store", "store", lambda item: item[0]),
+    Column("samples", "samples", lambda item: str(item[1]["samples"]), right=True),
+    Column(
+        "horizon",
+        "median horizon error (share of height)",
+        lambda item: f"{item[1]['median_horizon_error']:.3f}",
+        right=True,
+    ),
+    Column("within", "within 5% of the height", lambda item: f"{100 * item[1]['within_5pct_height']:.0f}%", right=True),
+    Column("vp", "median VP error (deg)", lambda item: f"{item[1]['median_vp_error_deg']:.1f}", right=True),
+)
+
+
+def pair_line(name: str, p: dict[str, Any]) -> str:
+    """A store's samples against their sources in a line, from the cells of PAIR_COLUMNS."""
+    cell = {c.key: c.cell((name, p)) for c in PAIR_COLUMNS}
+    return (
+        f"{name} against its sources: median horizon error {cell['horizon']} of the height, {cell['within']} within "
+        f"5%, median VP error {cell['vp']} deg ({cell['samples']} samples, {p['with_source_vps']} sources with VPs)"
+    )
+
+
+# vanish-score's scores, (key, label), a column each of its table.
+GT_SCORES = (
+    (HORIZON_AUC, "horizon AUC@0.25"),
+    *((vp_auc_key(t), f"VP AUC@{t}") for t in VP_AUC_DEGREES),
+    ("median_seconds_per_image", "s/image"),
+)
+# A row per mode, over (mode, scores[mode]) items.
+GT_COLUMNS = (
+    Column("mode", "mode", lambda item: f"{item[0]} ({item[1]['images']} images)"),
+    *(
+        Column(key, label, lambda item, key=key: f"{item[1][key]:.2f}" if key in item[1] else "-", right=True)
+        for key, label in GT_SCORES
+    ),
+)
+
+
+def ground_truth_rows(scores: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """vanish-score's scores as GT_COLUMNS' rows: calibrated, then uncalibrated."""
+    return [(mode, scores[mode]) for mode in ("calibrated", "uncalibrated")]
+
+
+def ground_truth_sentence(scores: dict[str, Any]) -> str:
+    """vanish-score's AUCs in a sentence: calibrated horizon and VP, and uncalibrated horizon."""
+    c, u = scores["calibrated"], scores["uncalibrated"]
+    vp = [vp_auc_key(t) for t in VP_AUC_DEGREES]
+    calibrated = (
+        f"calibrated horizon AUC {c[HORIZON_AUC]:.2f}%, VP AUC@{'/'.join(map(str, VP_AUC_DEGREES))} deg "
+        + " / ".join(f"{c[k]:.2f}" for k in vp)
+        + "%"
+        if vp[0] in c
+        else "no calibrated entries"
+    )
+    return (
+        f"The detector on {scores['images']} ground-truth images of `{scores['folder']}`: {calibrated}; "
+        f"uncalibrated horizon AUC {u[HORIZON_AUC]:.2f}%."
+    )
 
 
 def auto_upsample(height: int, width: int, target: int = 256) -> int:
@@ -127,7 +264,7 @@ def run_vanish(
                     check_made_from(store, src)
     pairs = {path.stem: source_geometry(path, sources, out, n=n, upsample=upsample, seed=seed) for path in paired}
     if pairs:
-        (out / "pairs.json").write_text(json.dumps(pairs, indent=1))
+        (out / PAIRS_JSON).write_text(json.dumps(pairs, indent=1))
     return analyse_stores(paths, out, n=n, upsample=upsample, focal=focal, seed=seed), pairs
 
 
@@ -195,9 +332,9 @@ def analyse_stores(
             st["line_classifier_auc"] = separability(np.stack(features[real[0]]), np.stack(features[name]), seed)
             st["line_classifier_against"] = real[0]
     write_csv(out / "per_image.csv", rows)
-    save_histograms(rows, out / "histograms.png")
+    save_histograms(rows, out / HISTOGRAMS_FILE)
     summary["mode"] = "calibrated" if focal else "uncalibrated (principal point at the centre, focal length by search)"
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -402,6 +539,8 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
     Wild) uncalibrated, horizon only."""
     from PIL import Image
 
+    if not Path(folder).is_dir():
+        raise UserError(f"--gt {folder} is not a folder")
     check_destination(out, [folder], folder=True)
     gt_file = folder / "gt.json"
     if not gt_file.exists():
@@ -462,16 +601,16 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
             continue
         scores[mode] = {
             "images": len(errs["horizon"]),
-            "horizon_auc_0.25": 100 * auc(np.array(errs["horizon"]), 0.25),
+            HORIZON_AUC: 100 * auc(np.array(errs["horizon"]), 0.25),
             "median_seconds_per_image": float(np.median(seconds[mode])),
         }
         if errs["vp"]:
-            scores[mode].update({f"vp_auc_{t}deg": 100 * auc(np.array(errs["vp"]), t) for t in (3, 5, 10)})
+            scores[mode].update({vp_auc_key(t): 100 * auc(np.array(errs["vp"]), t) for t in VP_AUC_DEGREES})
     scores["uncalibrated"]["focal"] = (
         "principal point at the image centre; focal length chosen by a grid search (0.45-2.5 x the larger side) "
         "maximising Manhattan support"
     )
-    (out / "gt_scores.json").write_text(json.dumps(scores, indent=2))
+    (out / GT_SCORES_JSON).write_text(json.dumps(scores, indent=2))
     save_overlays(overlay, 1, out / "overlay_gt.png", f"{folder.name}: detections")
     return scores
 

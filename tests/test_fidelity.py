@@ -272,3 +272,28 @@ def test_filter_by_geometry_keeps_the_scenes_with_manhattan_lines(tmp_path, tiny
     with Store(tmp_path / "k.h5") as kept:
         assert kept.column("filter_source_row").tolist() == [1, 3, 5]
         assert kept.column("filter_score").min() > 0.5
+
+
+def test_the_fidelity_table_has_one_home(tmp_path):
+    """fidelity.md's table, the report's and the CLI's lines all come from fidelity.TABLE_COLUMNS: the report shows
+    its rows over all classes, and a store's printed line names every score its row has."""
+    from synthkit.fidelity import LABEL_METRICS, SET_METRICS, markdown_rows, summary_line
+    from synthkit.report import fidelity_section
+
+    scores = dict.fromkeys(SET_METRICS, 0.5)
+    rows = [
+        {"store": "inv", "class": "all", "features": "classifier", "n_fake": 30, **scores, "agreement": 0.9},
+        {"store": "inv", "class": "cat", "features": "classifier", "n_fake": 3, **scores, "agreement": 0.8},
+        {"store": "inv", "class": "all", "features": "inception", "n_fake": 30, **scores},
+    ]
+    (tmp_path / "fidelity").mkdir()
+    summary = {"real": "data/real.h5", "per_class": 3, "k": 2, "rows": rows}
+    (tmp_path / "fidelity" / "summary.json").write_text(json.dumps(summary))
+    table = markdown_rows(rows)
+    assert len(table) == 4 and table[2].startswith("| inv | classifier | 30 | 0.500 | 0.5000 |")
+    assert table[3].endswith("| – | – |")  # no label metrics for Inception features
+    section = fidelity_section(tmp_path)
+    assert section[section.index(table[0]) : section.index(table[0]) + len(table)] == table
+    line = summary_line(rows[0])
+    assert line.startswith("inv (classifier, 30 images): ") and "agreement 0.900" in line
+    assert all(f"{m} " in line for m in SET_METRICS) and LABEL_METRICS[1] not in line

@@ -199,3 +199,28 @@ def test_gradcam_numbers_are_those_of_a_hand_computed_grad_cam(tmp_path, tiny_cl
             key
         )  # NaN: empty map
     assert stats["accuracy_on_these_images"] == pytest.approx(np.mean([r["target"] == r["predicted"] for r in rows]))
+
+
+def test_the_gradcam_table_and_agreement_have_one_home(tmp_path):
+    """The report's Grad-CAM table and agreement lines are gradcam's own: a column per MEASURES entry, '–' where a
+    model's summary lacks a measure."""
+    from synthkit.gradcam import MEASURES, agreement_lines, markdown_rows
+    from synthkit.report import gradcam_section
+
+    stats = {key: {"mean": 0.25, "median": 0.25} for key in MEASURES}
+    summary = {
+        "data": "data/test.h5",
+        "images": 4,
+        "layer": "layer3",
+        "target": "true",
+        "models": {"real": stats, "inv": {k: v for k, v in stats.items() if k != "road"}},
+        "agreement": {"real vs inv": {"correlation": 0.5, "top_iou": 0.25}},
+    }
+    (tmp_path / "gradcam").mkdir()
+    (tmp_path / "gradcam" / "summary.json").write_text(json.dumps(summary))
+    table = markdown_rows(summary)
+    assert table[0] == "| model | " + " | ".join(MEASURES) + " |" and table[3].endswith("| 0.250 | – |")
+    section = gradcam_section(tmp_path)
+    assert section[section.index(table[0]) : section.index(table[0]) + len(table)] == table
+    assert agreement_lines(summary) == ["agreement real vs inv: correlation 0.500, IoU of top 20% 0.250"]
+    assert "- " + agreement_lines(summary)[0] in section

@@ -79,3 +79,53 @@ def test_rows_within_their_spread_are_named():
     assert "real – inv (0.00)" in notes and "sd" not in notes
     one = [r for r in rows if r["seed"] == 0]
     assert "One seed per row: no spread" in " ".join(spread_notes(group_rows(one)))
+
+
+def test_the_accuracy_columns_have_one_home(tmp_path, monkeypatch, tiny_classifier, test_store):
+    """accuracy.md, the report's table and `synthkit evaluate`'s table all render from evaluation.ACCURACY_COLUMNS:
+    a header changed there changes in all three."""
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from synthkit import evaluation
+    from synthkit.cli import app
+    from synthkit.report import write_report
+
+    columns = [replace(c, header="R9") if c.key == "recipe" else c for c in evaluation.ACCURACY_COLUMNS]
+    monkeypatch.setattr(evaluation, "ACCURACY_COLUMNS", tuple(columns))
+    models, results = tmp_path / "models", tmp_path / "r"
+    models.mkdir()
+    model = models / "resnet18-real.safetensors"
+    model.write_bytes(tiny_classifier.read_bytes())
+    args = ["evaluate", "--model", str(model), "--test", str(test_store), "--device", "cpu", "--out", str(results)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert " R9 " in result.stdout and " recipe " not in result.stdout
+    assert "| R9 |" in (results / "accuracy.md").read_text()
+    readme = write_report(results, models, tmp_path).read_text()
+    assert "| R9 |" in readme and "| recipe |" not in readme
+
+
+def test_the_report_finds_classifiers_by_kind_and_names_their_architecture(tmp_path, tiny_classifier, test_store):
+    """A classifier of any file name and architecture is a row of the report, named in its heading; a file that is not
+    a synthkit checkpoint, or holds no classifier, is passed over."""
+    from synthkit.checkpoint import load_checkpoint
+    from synthkit.evaluation import classifier_files, evaluate
+    from synthkit.report import write_report
+
+    models, results = tmp_path / "models", tmp_path / "r"
+    models.mkdir()
+    other = models / "mobilenet_v3_small-real-s0.safetensors"
+    other.write_bytes(tiny_classifier.read_bytes())
+    (models / "notes.safetensors").write_bytes(b"not a checkpoint")
+    save_checkpoint(models / "emb.safetensors", {"w": torch.zeros(1)}, {"kind": "embeddings"})
+    evaluate([other], test_store, results, device="cpu")
+    readme = write_report(results, models, tmp_path).read_text()
+    assert classifier_files(models) == [other]
+    assert "## Test accuracy (ResNet-18, real CIFAR-10 test images)" in readme and f"- `{other}`: " in readme
+    tensors, meta = load_checkpoint(other)
+    save_checkpoint(other, tensors, meta | {"arch": "mobilenet_v3_small"})
+    readme = write_report(results, models, tmp_path).read_text()
+    assert "## Test accuracy (mobilenet_v3_small, real CIFAR-10 test images)" in readme
+    assert f"- `{other}`: mobilenet_v3_small at " in readme

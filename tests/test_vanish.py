@@ -258,3 +258,32 @@ def test_a_known_homography_gives_the_horizon_error_it_implies():
         e = pair_errors(sample, scene, 1)
         assert e["sample_found"] and implied > 0.02
         assert abs(e["horizon_error"] - implied) < 0.01 + 0.15 * implied, (pitch, roll, e["horizon_error"], implied)
+
+
+def test_the_vanish_table_has_one_home(tmp_path):
+    """The report's geometry table is vanish's own rows (the CLI prints the same store_table): counts, the lines-only
+    AUC where one was measured, then median [q1, q3] of each measure; and vanish-score refuses a --gt that is not a
+    folder in the library, before writing anything."""
+    from synthkit.errors import UserError
+    from synthkit.report import geometry_section
+    from synthkit.vanish import COUNTS_LABEL, MEASURES, evaluate_ground_truth, markdown_rows
+
+    measure = {"median": 2.0, "q1": 1.0, "q3": 3.0, "n": 4}
+    store = {"images": 4, "with_vps": 3, "no_lines": 1, "image_size": [32, 32], "upsample": 8}
+    summary = {
+        "mode": "uncalibrated",
+        "stores": {
+            "real": store | {"kind": "real", "measures": {k: measure for k in MEASURES}},
+            "inv": store | {"kind": "inv", "line_classifier_auc": 0.75, "measures": {k: measure for k in MEASURES}},
+        },
+    }
+    (tmp_path / "vanish").mkdir()
+    (tmp_path / "vanish" / "summary.json").write_text(json.dumps(summary))
+    rows = markdown_rows(summary)
+    section = geometry_section(tmp_path)
+    assert section[section.index(rows[0]) : section.index(rows[0]) + len(rows)] == rows
+    assert rows[2] == f"| {COUNTS_LABEL} | 4 / 3 / 1 | 4 / 3 / 1 |" and "| (real) | 0.750 |" in rows[3]
+    assert rows[4:] == [f"| {k} | 2 [1, 3] | 2 [1, 3] |" for k in MEASURES]
+    with pytest.raises(UserError, match="is not a folder"):
+        evaluate_ground_truth(tmp_path / "vanish" / "summary.json", tmp_path / "gt-out")
+    assert not (tmp_path / "gt-out").exists()

@@ -6,12 +6,14 @@ Heavy libraries (torch, diffusers, grad-cam) are imported inside the commands, s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -118,7 +120,7 @@ PerClass = Annotated[
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
 
 Pipeline: real images (data cifar10) -> invert (learn an embedding per real image) -> sample (new images from perturbed
-embeddings, or from prompts) -> train (ResNet-18 on any mix of stores) -> evaluate (on the real test set). gradcam and
+embeddings, or from prompts) -> train (a classifier, ResNet-18 by default, on any mix of stores) -> evaluate (on the real test set). gradcam and
 vanish analyse where models look and the geometry of the images.
 
 Stores live in data/ (a bare name NAME means data/NAME.h5), models in models/, tables and figures in results/.
@@ -195,6 +197,11 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def command(group: typer.Typer, name: str | None = None, **options: object) -> Callable:
+    """Decorator: a subcommand of `group` whose UserErrors are one line and exit code 2 (user_errors)."""
+    return lambda fn: group.command(name, **options)(user_errors(fn))
+
+
 def check_common(options: dict) -> None:
     """Options many commands share, checked before the command starts: every seed within SEED_MAX, and not both
     --resume (keep or continue) and --overwrite (start again)."""
@@ -206,6 +213,18 @@ def check_common(options: dict) -> None:
         raise UserError("--resume keeps or continues an output and --overwrite starts it again: pass one of them")
 
 
+def config_of(cls: type, options: dict) -> Any:
+    """A settings dataclass from the command's options of the same names (each field is an option)."""
+    return cls(**{f.name: options[f.name] for f in dataclasses.fields(cls)})
+
+
+def call(fn: Callable, options: dict, *args: object) -> Any:
+    """fn(*args) with every other parameter of fn taken from the command's option of the same name: the options
+    pass to the library as they were parsed."""
+    names = list(inspect.signature(fn).parameters)[len(args) :]
+    return fn(*args, **{name: options[name] for name in names if name in options})
+
+
 def note(message: str) -> None:
     """A one-line note on stderr of what will actually be done."""
     err_console.print(f"note: {message}", highlight=False, soft_wrap=True)
@@ -214,9 +233,8 @@ def note(message: str) -> None:
 def _dataset_command(dataset: str, title: str, source_help: str) -> None:
     """`synthkit data cifar10|cifar100|stl10`: one command shape for the datasets torchvision downloads."""
 
-    @data_app.command(dataset, help=f"Import {title} (train or test split) into a store.")
-    @user_errors
-    def command(
+    @command(data_app, dataset, help=f"Import {title} (train or test split) into a store.")
+    def dataset_command(
         out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
         source: Path | None = typer.Option(None, help=source_help),
         download: bool = typer.Option(
@@ -232,20 +250,7 @@ def _dataset_command(dataset: str, title: str, source_help: str) -> None:
     ) -> None:
         from .torchvision_sets import import_dataset
 
-        path = import_dataset(
-            dataset,
-            out,
-            source=source,
-            split=split,
-            per_class=per_class,
-            seed=seed,
-            download=download,
-            download_root=download_root,
-            memory_limit=memory_limit,
-            overwrite=overwrite,
-            resume=resume,
-        )
-        _print_store_line(path)
+        _print_store_line(call(import_dataset, locals(), dataset))
 
 
 _dataset_command(
@@ -262,8 +267,7 @@ _dataset_command(
 )
 
 
-@data_app.command("folder")
-@user_errors
+@command(data_app, "folder")
 def data_folder(
     source: Path = typer.Option(
         ..., help="An image-folder tree or .tar/.tar.gz/.zip of one: <class>/<image>, optionally under <split>/."
@@ -286,19 +290,7 @@ def data_folder(
     """Import any image-folder tree or archive into a store: classes from the folder names, file names kept."""
     from .datasets import import_folder
 
-    import_folder(
-        out,
-        source=source,
-        size=size,
-        split=split,
-        class_name=class_name,
-        per_class=per_class,
-        seed=seed,
-        memory_limit=memory_limit,
-        overwrite=overwrite,
-        resume=resume,
-    )
-    _print_store_line(out)
+    _print_store_line(call(import_folder, locals()))
 
 
 def _print_store_line(path: Path) -> None:
@@ -312,8 +304,7 @@ def _print_store_line(path: Path) -> None:
         )
 
 
-@app.command()
-@user_errors
+@command(app)
 def info(
     path: str = typer.Argument(..., help="A store (name: data/NAME.h5, or path) or safetensors file."),
     plot: Path | None = typer.Option(
@@ -334,8 +325,7 @@ def info(
         typer.echo(f"wrote {plot}")
 
 
-@app.command()
-@user_errors
+@command(app)
 def show(
     store: str = typer.Argument(..., help="Store name or path."),
     out: Path = typer.Option(..., help="PNG to write."),
@@ -352,8 +342,7 @@ def show(
     typer.echo(f"wrote {grid}")
 
 
-@app.command()
-@user_errors
+@command(app)
 def merge(
     inputs: list[str] = typer.Argument(
         ..., help="Stores (names or paths) of the same classes, or embeddings files of one inversion job."
@@ -375,8 +364,7 @@ def merge(
     _print_store_line(out)
 
 
-@app.command()
-@user_errors
+@command(app)
 def subset(
     store: str = typer.Argument(..., help="A store (name or path), e.g. your own real training images."),
     out: Path = typer.Option(..., help="Store to write, e.g. data/real.h5."),
@@ -394,8 +382,7 @@ def subset(
     _print_store_line(out)
 
 
-@app.command()
-@user_errors
+@command(app)
 def caption(
     data: str = typer.Option(REAL_STORE, help="Store to caption (name or path)."),
     out: Path = typer.Option(
@@ -428,8 +415,7 @@ def caption(
     _print_store_line(path)
 
 
-@app.command()
-@user_errors
+@command(app)
 def train(
     ctx: typer.Context,
     data: list[str] = typer.Option(
@@ -510,8 +496,8 @@ def train(
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
-    """Train ResNet-18s on any mix of real and synthetic stores with the same classes, for a recipe's number of
-    steps."""
+    """Train classifiers (ResNet-18 unless --arch says otherwise) on any mix of real and synthetic stores with the
+    same classes, for a recipe's number of steps."""
     from .config import TrainConfig
     from .evaluation import classifier_line
     from .launch import shard_items
@@ -571,8 +557,7 @@ def train(
         )
 
 
-@app.command()
-@user_errors
+@command(app)
 def evaluate(
     model: list[Path] = typer.Option(..., help="Classifier(s) to score (repeat --model)."),
     test: str = typer.Option(TEST_STORE, help="The real test store (name or path)."),
@@ -612,9 +597,8 @@ app.add_typer(model_app, name="model")
 def _tiny_command(name: str, folder: Path, what: str, note: str, build: str) -> None:
     """`synthkit model tiny|tiny-blip`: one command shape for the small random-weight models built offline."""
 
-    @model_app.command(name, help=f"Build a small random-weight {what} offline (for tests, demos and smoke tests).")
-    @user_errors
-    def command(
+    @command(model_app, name, help=f"Build a small random-weight {what} offline (for tests, demos and smoke tests).")
+    def tiny_command(
         out: Path = typer.Option(folder, help=f"Folder to write the {what} to."),
         seed: Annotated[int, seed_option("Seed of the random weights.")] = SEED,
         overwrite: Overwrite = False,
@@ -642,8 +626,7 @@ _tiny_command(
 )
 
 
-@model_app.command("train")
-@user_errors
+@command(model_app, "train")
 def model_train(
     data: str = typer.Option(REAL_STORE, help="Store to learn from (name or path), e.g. CIFAR-10's training set."),
     out: Path = typer.Option(MODELS_DIR / "mini-sd", help="Folder to write the diffusers pipeline to."),
@@ -703,8 +686,7 @@ def model_train(
     )
 
 
-@model_app.command("random")
-@user_errors
+@command(model_app, "random")
 def model_random(
     out: Path = typer.Option(..., help="Folder to write the diffusers pipeline to (about 2 GB in fp16)."),
     like: Like = typer.Option(
@@ -730,8 +712,7 @@ def model_random(
     )
 
 
-@app.command()
-@user_errors
+@command(app)
 def invert(
     class_: str = typer.Option(..., "--class", help="Class name, comma-separated names, or all."),
     data: str = typer.Option(REAL_STORE, help="Real store to invert (name or path)."),
@@ -799,19 +780,7 @@ def invert(
     from .inversion import run_invert, summary_line
     from .paths import store_path
 
-    config = InversionConfig(
-        tokens=tokens,
-        resolution=resolution,
-        lr=lr,
-        weight_decay=weight_decay,
-        group_size=group_size,
-        batch_size=batch_size,
-        updates=updates,
-        chunk_groups=chunk_groups,
-        precision=precision,
-        seed=seed,
-    )
-
+    config = config_of(InversionConfig, locals())
     out = run_invert(
         store_path(data),
         out,
@@ -829,8 +798,7 @@ def invert(
     typer.echo(f"{out}: {summary_line(read_meta(out))}")
 
 
-@app.command()
-@user_errors
+@command(app)
 def sample(
     out: Path = typer.Option(..., help="Store to write, e.g. data/sd.h5 or data/inv.h5."),
     prompt: list[str] = typer.Option(
@@ -908,16 +876,7 @@ def sample(
     from .paths import store_path
     from .sampling import SamplingConfig, run_sample
 
-    config = SamplingConfig(
-        steps=steps,
-        guidance=guidance,
-        scheduler=scheduler,
-        resolution=resolution,
-        save_size=save_size,
-        batch_size=batch_size,
-        seed=seed,
-        dtype=dtype,
-    )
+    config = config_of(SamplingConfig, locals())
     out = run_sample(
         out,
         templates=prompt,
@@ -942,8 +901,7 @@ def sample(
     _print_store_line(out)
 
 
-@app.command()
-@user_errors
+@command(app)
 def gradcam(
     model: list[Path] = typer.Option(..., help="Classifier(s) to explain (repeat --model)."),
     data: str = typer.Option(TEST_STORE, help="Store of real images to explain them on (name or path)."),
@@ -977,8 +935,7 @@ def gradcam(
     typer.echo(f"wrote {out}/{GRID_FILE}, per_image.csv, {SUMMARY_JSON}")
 
 
-@app.command()
-@user_errors
+@command(app)
 def vanish(
     data: list[str] = typer.Option(..., help="Store(s) to analyse (repeat --data)."),
     out: Path = typer.Option(RESULTS_DIR / VANISH_DIR, help="Folder for the CSV, summary, predictions and figures."),
@@ -1016,8 +973,7 @@ def vanish(
     typer.echo(f"wrote {out}/")
 
 
-@app.command("vanish-score")
-@user_errors
+@command(app, "vanish-score")
 def vanish_score(
     gt: Path = typer.Option(
         ...,
@@ -1040,8 +996,7 @@ def vanish_score(
     typer.echo(f"wrote {out}/")
 
 
-@app.command()
-@user_errors
+@command(app)
 def fidelity(
     real: str = typer.Option(REAL_STORE, help="The real store every store is compared with (name or path)."),
     data: list[str] = typer.Option(..., help="Store(s) to judge (repeat --data)."),
@@ -1087,8 +1042,7 @@ def fidelity(
     typer.echo(f"wrote {out}/fidelity.csv, fidelity.md, fidelity.png")
 
 
-@app.command()
-@user_errors
+@command(app)
 def judge(
     data: list[str] = typer.Option(
         ..., help="Store(s) to judge (names or paths; repeat --data or separate by commas)."
@@ -1112,8 +1066,7 @@ def judge(
         typer.echo(f"wrote {out}")
 
 
-@app.command("filter")
-@user_errors
+@command(app, "filter")
 def filter_command(
     data: str = typer.Option(..., help="Synthetic store to filter (name or path)."),
     classifier: Path = typer.Option(..., help="A classifier trained on real training data (never on test images)."),
@@ -1146,8 +1099,7 @@ def filter_command(
     _print_store_line(out)
 
 
-@app.command()
-@user_errors
+@command(app)
 def report(
     out: Path = typer.Option(
         RESULTS_DIR, help="Results folder (accuracy.csv, gradcam/, vanish/, grids/) to report, and README.md in it."

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +84,19 @@ PROTOCOL_NOTE = [
 ]
 
 
-def _read_json(path: Path) -> Any:
-    """A result's JSON summary, or None when that result was not made (its section is then left out)."""
-    return json.loads(path.read_text()) if path.exists() else None
+def from_summary(*name: str) -> Callable:
+    """Decorator of a section drawn from a result's JSON summary (the parts of its path within results/): the section
+    gets the summary, and is left out when that result was not made."""
+
+    def decorate(section: Callable[[Path, dict[str, Any]], list[str]]) -> Callable[[Path], list[str]]:
+        @functools.wraps(section)
+        def wrapper(results: Path) -> list[str]:
+            path = results.joinpath(*name)
+            return section(results, json.loads(path.read_text())) if path.exists() else []
+
+        return wrapper
+
+    return decorate
 
 
 def _our_rows(results: Path, models: Path) -> list[dict[str, str]]:
@@ -370,14 +382,12 @@ def sweep_section(results: Path) -> list[str]:
     return lines + ["", f"![sample complexity]({SWEEP_DIR}/{figure.name})", ""]
 
 
-def fidelity_section(results: Path) -> list[str]:
+@from_summary(FIDELITY_DIR, SUMMARY_JSON)
+def fidelity_section(results: Path, summary: dict[str, Any]) -> list[str]:
     """The fidelity table, and whether it orders the synthetic stores as their classifiers' accuracy does."""
     from .evaluation import read_rows
     from .fidelity import markdown_rows, overall
 
-    summary = _read_json(results / FIDELITY_DIR / SUMMARY_JSON)
-    if summary is None:
-        return []
     rows = overall(summary["rows"])
     lines = [
         "## Fidelity: synthetic stores against real data",
@@ -575,14 +585,12 @@ def di_sources_section(results: Path, data: Path, shown: int = 6) -> list[str]:
     return ["## Diffusion Inversion: real images beside their samples", "", "![DI samples](di_sources.png)", ""]
 
 
-def judge_section(results: Path) -> list[str]:
+@from_summary(JUDGE_JSON)
+def judge_section(results: Path, judged: dict[str, Any]) -> list[str]:
     """The judge's score of each store (`synthkit judge`): the share of its images read as their own class."""
     from .judge import TABLE_COLUMNS
     from .tables import markdown_lines
 
-    judged = _read_json(results / JUDGE_JSON)
-    if judged is None:
-        return []
     lines = [
         "## Do the pictures show their class?",
         "",
@@ -631,13 +639,11 @@ def inversion_section(results: Path, models: Path) -> list[str]:
     return lines + [""] + previews + [""]
 
 
-def gradcam_section(results: Path) -> list[str]:
+@from_summary(GRADCAM_DIR, SUMMARY_JSON)
+def gradcam_section(results: Path, s: dict[str, Any]) -> list[str]:
     """Where the models look: gradcam's table of mean measures and the models' agreement, and its grid."""
     from .gradcam import GRID_FILE, SUMMARY_NOTE, agreement_lines, markdown_rows
 
-    s = _read_json(results / GRADCAM_DIR / SUMMARY_JSON)
-    if s is None:
-        return []
     lines = [
         "## Where the models look (Grad-CAM)",
         "",
@@ -650,14 +656,12 @@ def gradcam_section(results: Path) -> list[str]:
     return lines + ["", f"![Grad-CAM grid]({GRADCAM_DIR}/{GRID_FILE})", ""]
 
 
-def geometry_section(results: Path) -> list[str]:
+@from_summary(VANISH_DIR, SUMMARY_JSON)
+def geometry_section(results: Path, s: dict[str, Any]) -> list[str]:
     """Line segments and vanishing points of the study's stores (vanish's table), and the detector's own score on
     York Urban when make ran vanish-score."""
     from .vanish import HISTOGRAMS_FILE, ground_truth_sentence, markdown_rows
 
-    s = _read_json(results / VANISH_DIR / SUMMARY_JSON)
-    if s is None:
-        return []
     stores = s["stores"]
     names = list(stores)
     lines = [
@@ -690,15 +694,13 @@ def geometry_section(results: Path) -> list[str]:
     return lines + [""]
 
 
-def scenes_section(results: Path) -> list[str]:
+@from_summary(GEOMETRY_DIR, SUMMARY_JSON)
+def scenes_section(results: Path, s: dict[str, Any]) -> list[str]:
     """The scene study (make geometry): line measures of real, DI and prompt scenes, each sample against its
     source, and how separable each store is from the real one by its lines alone."""
     from .tables import markdown_lines
     from .vanish import HISTOGRAMS_FILE, PAIR_COLUMNS, SCENE_COLUMNS
 
-    s = _read_json(results / GEOMETRY_DIR / SUMMARY_JSON)
-    if s is None:
-        return []
     lines = [
         "## Geometry of scenes: do generated images keep projective structure?",
         "",

@@ -128,4 +128,4 @@ def test_the_report_finds_classifiers_by_kind_and_names_their_architecture(tmp_p
     save_checkpoint(other, tensors, meta | {"arch": "mobilenet_v3_small"})
     readme = write_report(results, models, tmp_path).read_text()
     assert "## Test accuracy (mobilenet_v3_small, real CIFAR-10 test images)" in readme
-    assert f"- `{other}`: mobilenet_v3_small at " in readme
+    assert f"- `{other}`: mobilenet_v3_small (cifar stem) at " in readme

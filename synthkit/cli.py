@@ -120,8 +120,8 @@ PerClass = Annotated[
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
 
 Pipeline: real images (data cifar10) -> invert (learn an embedding per real image) -> sample (new images from perturbed
-embeddings, or from prompts) -> train (a classifier, ResNet-18 by default, on any mix of stores) -> evaluate (on the real test set). gradcam and
-vanish analyse where models look and the geometry of the images.
+embeddings, or from prompts) -> train (a classifier, ResNet-18 by default, on any mix of stores) -> evaluate (on the
+real test set). gradcam and vanish analyse where models look and the geometry of the images.
 
 Stores live in data/ (a bare name NAME means data/NAME.h5), models in models/, tables and figures in results/.
 """

@@ -219,9 +219,12 @@ def config_of(cls: type, options: dict) -> Any:
 
 
 def call(fn: Callable, options: dict, *args: object) -> Any:
-    """fn(*args) with every other parameter of fn taken from the command's option of the same name: the options
-    pass to the library as they were parsed."""
-    names = list(inspect.signature(fn).parameters)[len(args) :]
+    """fn(*args) with every other parameter of fn taken from the command's option of the same name (all of the
+    options when fn takes **options): the options pass to the library as they were parsed."""
+    parameters = inspect.signature(fn).parameters
+    names = list(parameters)[len(args) :]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        names = [name for name in options if name not in list(parameters)[: len(args)]]
     return fn(*args, **{name: options[name] for name in names if name in options})
 
 
@@ -248,9 +251,10 @@ def _dataset_command(dataset: str, title: str, source_help: str) -> None:
         overwrite: Overwrite = False,
         resume: Resume = False,
     ) -> None:
+        options = dict(locals())  # the parsed options, before anything else is named here
         from .torchvision_sets import import_dataset
 
-        _print_store_line(call(import_dataset, locals(), dataset))
+        _print_store_line(call(import_dataset, options, dataset))
 
 
 _dataset_command(

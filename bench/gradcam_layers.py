@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from synthkit.classifiers import CLASSIFIERS
 from synthkit.gradcam import explain
-from synthkit.model import CLASSIFIERS
 from synthkit.training import TrainConfig, train
 
 from common import CACHE, cifar_store, machine

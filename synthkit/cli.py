@@ -21,8 +21,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from . import DEFAULT_CAPTIONER, DEFAULT_MODEL
+from .classifiers import CLASSIFIERS
 from .config import (
-    ARCHS,
     AUGMENTS,
     CAPTION,
     DATA,
@@ -84,7 +84,13 @@ def choice_type(name: str, values: tuple[str, ...]) -> type[StrEnum]:
 
 Split, Recipe, Mix, Augment, Arch = (
     choice_type(n, v)
-    for n, v in (("Split", SPLITS), ("Recipe", tuple(RECIPES)), ("Mix", MIXES), ("Augment", AUGMENTS), ("Arch", ARCHS))
+    for n, v in (
+        ("Split", SPLITS),
+        ("Recipe", tuple(RECIPES)),
+        ("Mix", MIXES),
+        ("Augment", AUGMENTS),
+        ("Arch", tuple(CLASSIFIERS)),
+    )
 )
 Like, Precision, Uncond, Scheduler, Dtype = (
     choice_type(n, v)
@@ -445,7 +451,7 @@ def train(
     ),
     arch: Arch | None = typer.Option(
         None,
-        help=f"Classifier, a torchvision network: {', '.join(ARCHS)} (every recipe's is resnet18, the study's).",
+        help=f"Classifier, a torchvision network: {', '.join(CLASSIFIERS)} (every recipe's is resnet18, the study's).",
     ),
     steps: int | None = typer.Option(
         None, min=1, help="Optimiser steps: the same for every classifier, whatever its stores' sizes."
@@ -504,9 +510,8 @@ def train(
     same classes, for a recipe's number of steps."""
     from .config import TrainConfig
     from .evaluation import classifier_line
-    from .launch import shard_items
     from .paths import store_or_default, store_paths
-    from .training import check_config, expand_jobs, settle, train_many
+    from .training import check_config, train_sharded
 
     config = TrainConfig.from_recipe(
         recipe,
@@ -537,25 +542,23 @@ def train(
     test_path = store_or_default(test, TEST_STORE)
     options = {"evals": evals, "warmup_steps": warmup_steps, "step_every": step_every}
     given = {k for k, v in options.items() if v is not None}
-    config, notes = settle(config, testing=test_path is not None, given=given)
-    jobs = expand_jobs([store_paths(d) for d in data], out, seed, config, say=notes.append)
-    mine = shard_items(jobs, shard, device)
-    if mine.shard and not mine.items:
-        note(f"shard {mine.shard} has no classifiers to train: the job has {mine.total}, fewer than its shards")
-        return
-    metas = train_many(
-        mine.items,
-        device=mine.device,
+    mine, metas = train_sharded(
+        [store_paths(d) for d in data],
+        out,
+        seed,
+        config,
         test=test_path,
+        given=given,
+        shard=shard,
+        device=device,
         overwrite=overwrite,
         resume=resume,
         memory_limit=memory_limit,
-        notes=notes,
         say=note,
     )
     for job, meta in zip(mine.items, metas):
         typer.echo(f"{job.out}: {classifier_line(meta)}")
-    if mine.shard:
+    if mine.shard and metas:
         typer.echo(
             f"shard {mine.shard}: trained classifiers {mine.first + 1}-{mine.stop} of {mine.total} on {mine.device}"
         )
@@ -1005,7 +1008,9 @@ def fidelity(
     real: str = typer.Option(REAL_STORE, help="The real store every store is compared with (name or path)."),
     data: list[str] = typer.Option(..., help="Store(s) to judge (repeat --data)."),
     classifier: Path = typer.Option(
-        ..., help="A classifier trained on real data: its penultimate features, and its labels for agreement."
+        ...,
+        help="A classifier trained on real data: its pooled features (what its head sees), and its labels for "
+        "agreement.",
     ),
     out: Path = typer.Option(
         RESULTS_DIR / FIDELITY_DIR, help="Folder for fidelity.csv, fidelity.md, fidelity.png, summary.json."

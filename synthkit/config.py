@@ -24,13 +24,8 @@ GRADCAM_TARGETS = ("true", "predicted")
 FIDELITY_METRICS = ("frechet", "kid", "precision", "recall", "density", "coverage", "agreement", "confidence")
 FILTER_CRITERIA = ("confidence", "margin", "cam", "geometry")
 MIXES = ("auto", "balanced", "concat")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("warmup-cosine", "step")
 AUGMENTS = ("crop-flip", "resized-crop-flip", "flip-rotate-jitter", "none")
 INITS = ("torchvision", "kaiming-normal")
-# torchvision classifiers `train --arch` builds (synthkit/model.py declares how each is built, its features, head and
-# Grad-CAM layers); resnet18 is the study's
-ARCHS = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0")
 
 
 def check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
@@ -200,9 +195,11 @@ RECIPES: dict[str, dict] = {
         "momentum": 0.9,  # unused by Adam (its betas stay torch's defaults, as in the script)
         "weight_decay": 0.0,
         "schedule": "step",  # :135 StepLR(step_size=30, gamma=0.1), stepped once per epoch (:169)
-        "warmup_steps": 0,  # unused: the script has no warm-up
-        "warmup_start": 1.0,  # unused
-        "min_lr": 0.0,  # unused: no cosine
+        # unused by the step schedule (the script has no warm-up and no cosine): the values synthkit has always
+        # recorded for this recipe, so that classifiers trained before are still recognised
+        "warmup_steps": 1000,
+        "warmup_start": 0.001,
+        "min_lr": 0.001,
         "step_every": 4_710,  # 30 epochs of 157 steps
         "step_gamma": 0.1,
         "label_smoothing": 0.1,  # :133 CrossEntropyLoss(label_smoothing=0.1)
@@ -293,7 +290,7 @@ class TrainConfig:
                 f"unknown {sorted(set(recipe) - recipe_fields())} (synthkit/config.py RECIPES)"
             )
         values = recipe | {k: v for k, v in overrides.items() if v is not None}
-        if overrides.get("warmup_steps") is None:
+        if overrides.get("warmup_steps") is None and recipe["schedule"] == "warmup-cosine":  # only a warm-up scales
             values["warmup_steps"] = scaled_warmup(recipe, values["steps"])
         return cls(recipe=name, **values)
 
@@ -323,6 +320,12 @@ class TrainConfig:
     @property
     def synthetic_batch(self) -> int:
         return self.batch_size - self.real_share
+
+
+def recorded_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A classifier's or train state's recorded params as TrainConfig records them now: records made before
+    --arch existed name no architecture, and every one of them is a ResNet-18."""
+    return {"arch": "resnet18"} | params if isinstance(params, dict) else params
 
 
 def recipe_fields() -> set[str]:

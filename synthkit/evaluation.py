@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import EVAL
+from .config import EVAL, recorded_params
 from .device import autocast, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
 from .jobs import check_destination, check_distinct
@@ -33,6 +33,7 @@ CSV_FIELDS = [
     "evaluated",
     "model",
     "training_data",
+    "classifier",
     "train_images",
     "recipe",
     "steps",
@@ -49,6 +50,11 @@ CSV_FIELDS = [
     "evals",
     "per_class",
 ]
+
+
+def classifier_name(meta: dict[str, Any]) -> str:
+    """The architecture and stem, as rows name them: 'resnet18 (cifar stem)'."""
+    return f"{meta.get('arch', '?')} ({meta['stem']} stem)" if meta.get("stem") else str(meta.get("arch", "?"))
 
 
 def training_data_name(meta: dict[str, Any]) -> str:
@@ -69,7 +75,7 @@ def batch_text(batch: dict[str, int] | str | None) -> str:
 
 def seed_group(meta: dict[str, Any]) -> str:
     """A key shared by classifiers that differ only by seed: the same stores (by content) and every other value."""
-    params = {k: v for k, v in meta.get("params", {}).items() if k != "seed"}
+    params = {k: v for k, v in recorded_params(meta.get("params", {})).items() if k != "seed"}
     stores = [s.get("fingerprint") for s in meta.get("sources", [])]
     return hashlib.sha256(json.dumps([training_data_name(meta), stores, params], sort_keys=True).encode()).hexdigest()[
         :12
@@ -206,6 +212,7 @@ def evaluate(
                 "model": str(path),
                 "training_data": training_data_name(meta),
                 "train_images": sum(s["count"] for s in meta["sources"]),
+                "classifier": classifier_name(meta),
                 "recipe": meta.get("recipe", ""),
                 "steps": meta.get("steps"),
                 "images_seen": meta.get("images_seen", ""),
@@ -307,6 +314,7 @@ ACCURACY_COLUMNS = (
     Column("accuracy", "accuracy % (final; mean ± std)", mean_std, right=True),
     Column("n", "n", lambda g: str(g["n"]), right=True),
     Column("best", "best of evals % (selected on the test set)", best_cell, right=True),
+    Column("classifier", "classifier", lambda g: _first(g, "classifier")),
     Column("recipe", "recipe", lambda g: _first(g, "recipe")),
     Column("steps", "steps", lambda g: _first(g, "steps"), right=True),
     Column("images_seen", "images seen", lambda g: _first(g, "images_seen"), right=True),
@@ -315,7 +323,8 @@ ACCURACY_COLUMNS = (
     Column("test_images", "test images", lambda g: _first(g, "test_images"), right=True),
     Column("seeds", "seeds", lambda g: ", ".join(map(str, g["seeds"]))),
 )
-TERMINAL_COLUMNS = ("training_data", "accuracy", "n", "recipe", "steps", "batch")  # `synthkit evaluate` prints these
+# `synthkit evaluate` prints these
+TERMINAL_COLUMNS = ("training_data", "accuracy", "n", "classifier", "recipe", "steps", "batch")
 
 
 def write_markdown(csv_path: Path, md_path: Path) -> None:
@@ -373,9 +382,8 @@ def classifier_line(meta: dict[str, Any]) -> str:
         if meta.get("evals")
         else ""
     )
-    stem = f" ({meta['stem']} stem)" if meta.get("stem") else ""
     return (
-        f"{meta.get('arch', '?')}{stem} at {meta.get('image_size', 32)} px, recipe {meta.get('recipe', '?')}, "
+        f"{classifier_name(meta)} at {meta.get('image_size', 32)} px, recipe {meta.get('recipe', '?')}, "
         f"{meta.get('steps', '?')} steps of {batch_text(meta.get('batch'))} "
         f"({meta.get('images_seen', '?')} images seen), {p.get('optimizer', 'sgd')} lr {p.get('lr')}, "
         f"schedule {p.get('schedule', '?')}, seed {p.get('seed')}, "

@@ -3,8 +3,8 @@
 Every store is compared with the real store on the same number of images per class (a seeded pick):
 Fréchet distance and KID (torchmetrics), precision and recall (Kynkäänniemi et al. 2019) and density and
 coverage (Naeem et al. 2020) from `prdc` with k nearest neighbours, and how often a classifier trained on
-real data gives a synthetic image its own label. Features: that classifier's penultimate layer (always,
-offline) and, when Inception weights are at hand, torch-fidelity's Inception-v3: the field's FID and KID.
+real data gives a synthetic image its own label. Features: that classifier's pooled features, what its head sees
+(always, offline) and, when Inception weights are at hand, torch-fidelity's Inception-v3: the field's FID and KID.
 """
 
 from __future__ import annotations
@@ -199,7 +199,9 @@ def fidelity(
         )
     dev = job_device(device)
     model, _ = load_classifier(classifier, dev)
-    sources = {"classifier": f"penultimate layer of {classifier}"} | (
+    with torch.no_grad():
+        dims = model.features(torch.zeros(1, 3, model.image_size, model.image_size, device=dev)).shape[1]
+    sources = {"classifier": f"the pooled features its head sees ({dims} dimensions) of {classifier}"} | (
         {"inception": f"torch-fidelity Inception-v3 ({weights})"} if weights else {}
     )
 
@@ -269,7 +271,8 @@ def _write(
         f"Each store against the real store `{real}`, on {n} images per class of each (a seeded pick, seed {seed}), "
         f"k = {k} nearest neighbours for precision, recall, density and coverage (fewer within a class when it is "
         "small). "
-        "With fewer images than feature dimensions (512 for the classifier) the Fréchet distance is biased upwards: "
+        "With fewer images than feature dimensions (given with each kind of features below) the Fréchet distance is "
+        "biased upwards: "
         "compare stores with each other, at the same number of images, not with zero.",
         "",
         *(f"- features `{name}`: {text}" for name, text in sources.items()),

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .classifiers import CLASSIFIERS
 from .config import GRADCAM, GRADCAM_TARGETS, check_choice
 from .device import job_device
 from .errors import UserError
 from .evaluation import training_data_name
 from .jobs import check_destination
-from .model import CLASSIFIERS, class_mapping, classifier_meta, load_classifier, resize_images
+from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .paths import SUMMARY_JSON
 from .store import Store
 from .tables import Column, markdown_lines

@@ -19,7 +19,7 @@ class Kind(StrEnum):
     REAL = "real"  # a store of real images (data, subset, caption; a filtered real store)
     INV = "inv"  # a store of Diffusion Inversion samples (sample --embeddings)
     SD = "sd"  # a store of prompt samples, text to image or img2img (sample --prompt / --prompt-from)
-    CLASSIFIER = "classifier"  # a trained ResNet-18 (train)
+    CLASSIFIER = "classifier"  # a trained classifier of classifiers.CLASSIFIERS (train)
     EMBEDDINGS = "embeddings"  # learned embeddings (invert, merge)
     TRAIN_STATE = "train-state"  # a classifier's resumable state
     INVERT_STATE = "invert-state"  # an inversion chunk's resumable state
@@ -53,13 +53,14 @@ class StoreRecord(Provenance):
 class ClassifierRecord(Provenance):
     """A classifier's record: what it is, and how it was trained (its recipe's every value is in params)."""
 
-    arch: str
+    arch: str  # a name of classifiers.CLASSIFIERS (before --arch: resnet18-cifar or resnet18-imagenet)
     classes: list[str]
     steps: int
     final_loss: float
     seconds: float
     device: str
     image_size: NotRequired[int]  # classifiers written before it was recorded are 32 px
+    stem: NotRequired[str]  # cifar or imagenet (before --arch, in arch's name)
     recipe: NotRequired[str]  # since training counts steps under recipes
     images_seen: NotRequired[int]
     batch: NotRequired[dict[str, int]]  # images of each kind per step

@@ -1,11 +1,10 @@
-"""The classifiers, in one table: torchvision's ResNet-18 (the study's) and others, taking images in [0, 1], with a
-CIFAR stem up to 64 px and their ImageNet stem above; building one, loading a trained one, and fitting stores to it
+"""A classifier as every command uses it: one of the torchvision networks of classifiers.CLASSIFIERS, taking images in
+[0, 1], with its features, head and Grad-CAM layers; building one, loading a trained one, and fitting stores to it
 (class order, image size)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,66 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint, read_meta
+from .classifiers import CLASSIFIERS, STEMS, arch_spec, stem_for
 from .device import memory_format
 from .errors import UserError
 from .meta import Kind, check_record
 
 IMAGE_SIZE = 32  # CIFAR's, and that of classifiers written before the size was recorded
-CIFAR_STEM_MAX = 64
-STEMS = ("cifar", "imagenet")  # a stride-1 stem that keeps small images' resolution, or the network's own
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-def _resnet_cifar_stem(net: nn.Module) -> None:
-    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)  # train_net.py's CIFAR ResNet
-    net.maxpool = nn.Identity()
-
-
-def _mobilenet_cifar_stem(net: nn.Module) -> None:
-    net.features[0][0].stride = (1, 1)
-
-
-def _shufflenet_cifar_stem(net: nn.Module) -> None:
-    net.conv1[0].stride = (1, 1)
-    net.maxpool = nn.Identity()
-
-
-@dataclass(frozen=True)
-class Arch:
-    """How one torchvision classifier plugs in: the attribute holding its head (the layers after the pooled
-    features), how its stem keeps a small image's resolution, the layers Grad-CAM may use (the default first), and its
-    training activations per image as a multiple of the image in float32, with the CIFAR stem (at 32 px) and the
-    ImageNet one (at 224 px), for the memory check before training: the sum of every layer's output in a training
-    forward pass, measured with forward hooks."""
-
-    head: str
-    cifar_stem: Callable[[nn.Module], None]
-    cam_layers: tuple[str, ...]
-    activations: tuple[int, int]
-
-
-# The one table of classifiers (config.ARCHS names them for the CLI); each is torchvision.models.<name>.
-CLASSIFIERS: dict[str, Arch] = {
-    "resnet18": Arch("fc", _resnet_cifar_stem, ("layer3", "layer4", "layer2"), (600, 50)),
-    "mobilenet_v3_small": Arch(
-        "classifier", _mobilenet_cifar_stem, ("features.8", "features.12", "features.3"), (120, 30)
-    ),
-    "shufflenet_v2_x1_0": Arch("fc", _shufflenet_cifar_stem, ("stage3", "conv5", "stage2"), (510, 40)),
-}
-
-
-def stem_for(image_size: int) -> str:
-    """The CIFAR stem keeps small images' resolution (up to 64 px); larger images take the network's own ImageNet
-    stem (a stride-2 convolution and pooling), which is 16x cheaper there."""
-    return STEMS[0] if image_size <= CIFAR_STEM_MAX else STEMS[1]
-
-
-def arch_spec(name: str) -> Arch:
-    """The table entry of a classifier name, or one error line naming those there are."""
-    if name not in CLASSIFIERS:
-        raise UserError(f"--arch must be one of {', '.join(CLASSIFIERS)}, got '{name}'")
-    return CLASSIFIERS[name]
 
 
 class Classifier(nn.Module):
@@ -91,9 +38,9 @@ class Classifier(nn.Module):
         net = getattr(torchvision.models, arch)(num_classes=num_classes)
         if self.stem == "cifar":
             spec.cifar_stem(net)
-        self.head = getattr(net, spec.head)
+        head = getattr(net, spec.head)
         setattr(net, spec.head, nn.Identity())
-        self.net = net
+        self.net, self.head = net, head  # in this order: modules() (and so an initialisation) meets the head last
         self.cam_layers = spec.cam_layers
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1), persistent=False)

@@ -206,7 +206,9 @@ def study_columns(cifar: bool) -> list:
         return f"{figure:.2f}" if figure is not None and cifar else "-"
 
     ours = pick(ACCURACY_COLUMNS, ("accuracy", "n", "best"))
-    rest = pick(ACCURACY_COLUMNS, ("recipe", "steps", "images_seen", "batch", "train_images", "test_images"))
+    rest = pick(
+        ACCURACY_COLUMNS, ("classifier", "recipe", "steps", "images_seen", "batch", "train_images", "test_images")
+    )
     return [
         Column("training_data", "training data", label),
         *ours,

@@ -319,9 +319,10 @@ class StoreWriter:
 
     @staticmethod
     def _check_same_job(partial: Path, meta: dict[str, Any], classes: Sequence[str]) -> None:
-        """A .partial is continued only when it was started with the same parameters and classes."""
+        """A .partial is continued only when it can be appended to and was started with the same parameters and
+        classes."""
         try:
-            with h5py.File(partial, "r") as f:
+            with h5py.File(partial, "a") as f:
                 saved = (f.attrs.get("format"), _json_attr(f, "meta", {}).get("params"), _json_attr(f, "classes"))
         except OSError:
             raise UserError(f"{partial} is damaged and cannot be resumed: start again with --overwrite") from None

@@ -1,4 +1,4 @@
-"""`synthkit train`: classifiers (ResNet-18, the study's, or another of model.CLASSIFIERS) on any mix of real and
+"""`synthkit train`: classifiers (ResNet-18, the study's, or another of classifiers.CLASSIFIERS) on any mix of real and
 synthetic stores, under a named recipe (config.RECIPES).
 
 Like airbench, a training set sits on the device as one uint8 tensor and every batch is augmented with tensor
@@ -30,24 +30,17 @@ import torch.nn.functional as F
 from . import __version__
 from .augment import AUGMENTATIONS, training_batch
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
-from .config import INITS, MIXES, SEED, TrainConfig, check_choice, lookup
+from .classifiers import CLASSIFIERS, arch_spec, stem_for
+from .config import INITS, MIXES, SEED, TrainConfig, check_choice, lookup, recorded_params
 from .device import autocast, device_memory, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
 from .evaluation import TestImages
 from .jobs import check_destination, check_fits, check_output, check_range, check_same_options
+from .launch import ItemShard, shard_items
 from .locks import writer_lock
 from .memory import human
 from .meta import Kind, provenance
-from .model import (
-    CLASSIFIERS,
-    Classifier,
-    arch_spec,
-    build_classifier,
-    class_mapping,
-    kaiming_normal_init,
-    resize_images,
-    stem_for,
-)
+from .model import Classifier, build_classifier, class_mapping, kaiming_normal_init, resize_images
 from .outputs import written_whole
 from .paths import train_log_path, train_state_path
 from .progress import console, progress
@@ -229,7 +222,7 @@ def step_rows(data: TrainingSet, config: TrainConfig, first: int, stop: int) -> 
     return torch.from_numpy(np.concatenate(blocks, axis=1)).to(data.labels.device)
 
 
-# ---- the optimiser and its schedule, looked up by name (config.OPTIMIZERS and config.SCHEDULES offer these)
+# ---- the optimiser and its schedule, looked up by name in tables (a recipe names them)
 
 
 def _warmup_cosine(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -428,7 +421,7 @@ class TrainState:
     ) -> TrainState:
         """Restore model, optimiser and schedule from a state file made with the same options and data."""
         tensors, meta = load_checkpoint(path, device)
-        check_same_options((meta.get("params"), meta.get("data")), (params, sources), path)
+        check_same_options((recorded_params(meta.get("params")), meta.get("data")), (params, sources), path)
         if "schedule" not in meta:
             raise UserError(
                 f"{path} is a training state of an older synthkit without its schedule's state: rerun with --overwrite"
@@ -535,7 +528,6 @@ class Run:
         self.evaluating = test is not None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.failed: str | None = None
-        self.meta: dict[str, Any] | None = None
         self._open_round()
 
     @property
@@ -614,8 +606,8 @@ class Run:
             self.state.save(self.state_file, self.model, self.optimizer, self.schedule, self.params, self.data.sources)
             self._open_round()
             return
-        self.meta = classifier_record(self.config, self.data, self.state, self.model.stem, self.device, self.test)
-        save_checkpoint(self.job.out, self.model.state_dict(), self.meta)
+        meta = classifier_record(self.config, self.data, self.state, self.model.stem, self.device, self.test)
+        save_checkpoint(self.job.out, self.model.state_dict(), meta)
         self.state_file.unlink(missing_ok=True)
 
 
@@ -789,9 +781,45 @@ def train_many(
         return [read_meta(job.out) for job in jobs]
 
 
+def train_sharded(
+    data: Sequence[Sequence[Path]],
+    out: str,
+    seeds: Sequence[int],
+    config: TrainConfig,
+    test: Path | None = None,
+    given: Collection[str] = (),
+    shard: str = "",
+    device: str = "auto",
+    overwrite: bool = False,
+    resume: bool = False,
+    memory_limit: str | None = None,
+    say: Callable[[str], None] = print,
+) -> tuple[ItemShard, list[dict[str, Any]]]:
+    """`synthkit train` once its options are parsed: the recipe settled (a note for each value changed or unused;
+    `given`: the options the user set), a classifier per stores and seed, and this process's shard of them
+    (launch.shard_items) trained in one job. Returns the shard and each of its classifiers' metadata."""
+    config, notes = settle(config, testing=test is not None, given=given)
+    jobs = expand_jobs(data, out, seeds, config, say=notes.append)
+    mine = shard_items(jobs, shard, device)
+    if mine.shard and not mine.items:
+        say(f"shard {mine.shard} has no classifiers to train: the job has {mine.total}, fewer than its shards")
+        return mine, []
+    metas = train_many(
+        mine.items,
+        device=mine.device,
+        test=test,
+        overwrite=overwrite,
+        resume=resume,
+        memory_limit=memory_limit,
+        notes=notes,
+        say=say,
+    )
+    return mine, metas
+
+
 def _check_finished(job: TrainJob) -> None:
     meta = read_meta(job.out)
-    made = (meta.get("params"), [s.get("fingerprint") for s in meta.get("sources", [])])
+    made = (recorded_params(meta.get("params")), [s.get("fingerprint") for s in meta.get("sources", [])])
     asked = (asdict(job.config), [_fingerprint(p) for p in job.data])
     if made != asked:
         raise UserError(
@@ -870,8 +898,8 @@ def train(
     memory_limit: str | None = None,
     test: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one ResNet-18 on the stores, write the safetensors checkpoint, and return its metadata. Images are
-    trained at config.image_size (default: the first store's); a set larger than the device's memory budget
+    """Train one classifier (config.arch) on the stores, write the safetensors checkpoint, and return its metadata.
+    Images are trained at config.image_size (default: the first store's); a set larger than the device's memory budget
     (device.memory_budget, or `memory_limit` such as '2GB') is streamed from the stores in windows. With a real
     `test` store, it is scored config.evals times during training."""
     job = TrainJob([Path(p) for p in data_paths], Path(out), config or TrainConfig())

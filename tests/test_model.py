@@ -1,4 +1,4 @@
-"""Classifiers plug in at one place (model.CLASSIFIERS): every architecture builds at both stems, declares its
+"""Classifiers plug in at one place (classifiers.CLASSIFIERS): every architecture builds at both stems, declares its
 features, head and Grad-CAM layers, and goes through train, evaluate, gradcam and fidelity like ResNet-18."""
 
 import json
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from synthkit.checkpoint import read_meta
-from synthkit.config import ARCHS, TrainConfig
+from synthkit.classifiers import CLASSIFIERS
+from synthkit.config import TrainConfig
 from synthkit.errors import UserError
-from synthkit.model import CLASSIFIERS, build_classifier, load_classifier
+from synthkit.model import build_classifier, load_classifier
 from synthkit.training import TrainJob, train, train_many
 
 from conftest import copy_store_as, run
@@ -17,8 +18,13 @@ from conftest import copy_store_as, run
 CPU = torch.device("cpu")
 
 
-def test_the_cli_offers_exactly_the_tables_classifiers():
-    assert ARCHS == tuple(CLASSIFIERS) and ARCHS[0] == TrainConfig().arch == "resnet18"
+ARCHS = tuple(CLASSIFIERS)
+
+
+def test_the_default_classifier_is_the_studys_and_the_cli_offers_the_tables():
+    assert ARCHS[0] == TrainConfig().arch == "resnet18"
+    shown = run("train", "--help")
+    assert all(name in shown.output for name in ARCHS)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -96,3 +102,25 @@ def test_an_unknown_architecture_is_refused_in_one_line(tmp_path, real_store):
     assert bad.exit_code == 2 and "vgg99" in bad.output and not list(tmp_path.iterdir())
     with pytest.raises(UserError, match="--arch must be one of resnet18, mobilenet_v3_small"):
         train([real_store], tmp_path / "m.safetensors", TrainConfig.from_recipe("quick", arch="vgg99"), device="cpu")
+
+
+def test_the_studys_kaiming_init_draws_in_the_order_of_the_old_resnet18():
+    """kaiming_normal_init draws in modules() order: the head comes last, as when it sat inside the network (the
+    ResNet-18 synthkit built before --arch), so a seed gives the study's recipe the same initial weights."""
+    from torch import nn
+    from torchvision.models import resnet18
+
+    from synthkit.model import kaiming_normal_init
+
+    torch.manual_seed(3)
+    old = resnet18(num_classes=10)
+    old.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    old.maxpool = nn.Identity()
+    kaiming_normal_init(old)
+    torch.manual_seed(3)
+    new = kaiming_normal_init(build_classifier("resnet18", 10, 32))
+    ours = new.state_dict()
+    assert all(
+        torch.equal(v, ours["head." + k[3:] if k.startswith("fc.") else "net." + k])
+        for k, v in old.state_dict().items()
+    )

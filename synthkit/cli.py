@@ -918,9 +918,9 @@ def gradcam(
     n: int = typer.Option(GRADCAM.n, min=1, help="Images (a seeded random pick, the same for every model)."),
     layer: str | None = typer.Option(
         GRADCAM.layer,
-        help="Target layer, by the module name each classifier declares (default: its own). ResNet-18: layer3 (8x8 "
-        "maps at 32 px; the most faithful by ROAD, see bench/README.md), layer4 (4x4) or layer2 (16x16); "
-        "mobilenet_v3_small: features.8, features.12, features.3; shufflenet_v2_x1_0: stage3, conv5, stage2.",
+        help="Target layer, by the module name each classifier declares (default: its own, the first here): "
+        + "; ".join(f"{name}: {', '.join(spec.cam_layers)}" for name, spec in CLASSIFIERS.items())
+        + ". ResNet-18's layer3 (8x8 maps at 32 px) is the most faithful by ROAD (bench/README.md).",
     ),
     target: Target = typer.Option(Target(GRADCAM.target), help="Explain the true class or the predicted one."),
     seed: Annotated[int, seed_option("Seed of the image pick.")] = GRADCAM.seed,

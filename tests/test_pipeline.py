@@ -98,7 +98,8 @@ def test_shrunken_study_end_to_end(tmp_path, monkeypatch, cifar_small_archive, t
     readme = Path("results/README.md").read_text()
     rows = {r["training_data"]: r for r in csv.DictReader(open("results/accuracy.csv"))}
     table = re.findall(
-        r"^\| .*\(`(.+?)`\) \| ([\d.]+) \| 1 \| ([\d.]+) \| ([\d.-]+) \| quick \| 2 \| 40 \| (.+?) \| (\d+) \| 60 \|$",
+        r"^\| .*\(`(.+?)`\) \| ([\d.]+) \| 1 \| ([\d.]+) \| ([\d.-]+) \| resnet18 \(cifar stem\) \| quick \| 2 \| 40 "
+        r"\| (.+?) \| (\d+) \| 60 \|$",
         readme,
         re.M,
     )

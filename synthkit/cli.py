@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -224,16 +223,6 @@ def config_of(cls: type, options: dict) -> Any:
     return cls(**{f.name: options[f.name] for f in dataclasses.fields(cls)})
 
 
-def call(fn: Callable, options: dict, *args: object) -> Any:
-    """fn(*args) with every other parameter of fn taken from the command's option of the same name (all of the
-    options when fn takes **options): the options pass to the library as they were parsed."""
-    parameters = inspect.signature(fn).parameters
-    names = list(parameters)[len(args) :]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        names = [name for name in options if name not in list(parameters)[: len(args)]]
-    return fn(*args, **{name: options[name] for name in names if name in options})
-
-
 def note(message: str) -> None:
     """A one-line note on stderr of what will actually be done."""
     err_console.print(f"note: {message}", highlight=False, soft_wrap=True)
@@ -257,10 +246,11 @@ def _dataset_command(dataset: str, title: str, source_help: str) -> None:
         overwrite: Overwrite = False,
         resume: Resume = False,
     ) -> None:
-        options = dict(locals())  # the parsed options, before anything else is named here
+        # the parsed options, as import_dataset names them (`dataset` is this command's own, passed first)
+        options = {k: v for k, v in locals().items() if k != "dataset"}
         from .torchvision_sets import import_dataset
 
-        _print_store_line(call(import_dataset, options, dataset))
+        _print_store_line(import_dataset(dataset, **options))
 
 
 _dataset_command(
@@ -298,9 +288,10 @@ def data_folder(
     resume: Resume = False,
 ) -> None:
     """Import any image-folder tree or archive into a store: classes from the folder names, file names kept."""
+    options = dict(locals())  # the parsed options, each a parameter of import_folder
     from .datasets import import_folder
 
-    _print_store_line(call(import_folder, locals()))
+    _print_store_line(import_folder(**options))
 
 
 def _print_store_line(path: Path) -> None:

@@ -633,6 +633,8 @@ def model_train(
     steps: int = typer.Option(MINI.steps, min=1, help="Stage 2: UNet and text-encoder steps."),
     batch_size: int = typer.Option(MINI.batch_size, min=1, help="Stage 2: latents per step."),
     lr: float = typer.Option(MINI.lr, help="Stage 2: peak AdamW learning rate (warm-up, then cosine to a tenth)."),
+    warmup_steps: int = typer.Option(MINI.warmup_steps, min=0, help="Steps of linear learning-rate warm-up."),
+    ema: float = typer.Option(MINI.ema, help="Stage 2: decay of the weights' moving average that ships."),
     vae_lr: float = typer.Option(MINI.vae_lr, help="Stage 1: peak AdamW learning rate."),
     template: str = typer.Option(MINI.template, help="The class prompt it learns, with {class}."),
     uncond_prob: float = typer.Option(MINI.uncond_prob, help="Share of steps with the empty prompt (for guidance)."),
@@ -645,6 +647,20 @@ def model_train(
     latent_channels: int = typer.Option(MINI.latent_channels, min=1, help="Channels of the latents (SD's 4)."),
     preview_every: float = typer.Option(
         MINI.preview_every, min=0, help="Seconds between preview grids (OUT.preview.png, a row per class); 0: none."
+    ),
+    instance_share: float = typer.Option(
+        MINI.instance_share,
+        help="Stage 2: share of each batch conditioned on an instance code in DI's format (an encoder's code of the "
+        "row's own latent) instead of a prompt, so that Diffusion Inversion can land; 0: prompts only.",
+    ),
+    code_dim: int = typer.Option(MINI.code_dim, min=1, help="Stage 2: the instance codes' bottleneck width."),
+    code_noise: float = typer.Option(
+        MINI.code_noise, help="Stage 2: instance codes get noise of a std drawn in [0, CODE_NOISE] (DI's is 0.1)."
+    ),
+    start_from: str = typer.Option(
+        None,
+        help="A trained miniature (folder, or mini): keep its VAE (no stage 1) and start the UNet and text encoder "
+        "from its weights.",
     ),
     seed: Annotated[int, seed_option("Seed of the weights, the batches and the noise.")] = SEED,
     device: Device = AUTO,
@@ -665,6 +681,8 @@ def model_train(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        warmup_steps=warmup_steps,
+        ema=ema,
         vae_lr=vae_lr,
         template=template,
         uncond_prob=uncond_prob,
@@ -672,6 +690,10 @@ def model_train(
         vae_channels=(vae_width, 2 * vae_width, 2 * vae_width),
         latent_channels=latent_channels,
         preview_every=preview_every,
+        instance_share=instance_share,
+        code_dim=code_dim,
+        code_noise=code_noise,
+        start_from=start_from,
         seed=seed,
     )
     record = train_mini(

@@ -360,6 +360,15 @@ class MiniConfig:
     seed: int = 0
     preview_every: float = 300.0  # seconds between preview grids
     checkpoint_every: float = 120.0  # seconds between resumable states
+    # Instance codes (Diffusion Autoencoders, Preechakul et al. 2022) in DI's token format, so that Diffusion
+    # Inversion has a continuous conditioning space to land in: a share of every UNet batch is conditioned on an
+    # encoder's code of its own latent instead of a prompt (0: class prompts only, as the first shipped model).
+    instance_share: float = 0.5
+    code_tokens: int = 5  # DI's --num_tokens=5 (InversionConfig.tokens)
+    code_dim: int = 64  # the bottleneck: a code cannot copy its 256-number latent
+    code_noise: float = 0.3  # codes get Gaussian noise of a std drawn in [0, code_noise]: DI's perturbation 0.1
+    mean_code_prob: float = 0.1  # instance rows given the batch's mean code, DI's unconditional input (mixed)
+    start_from: str | None = None  # a trained miniature: keep its VAE, start the UNet and text encoder from it
 
 
 @dataclass(frozen=True)

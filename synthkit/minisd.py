@@ -6,10 +6,17 @@ Two stages, each resumable: the VAE learns to reconstruct the store's images (MS
 on the VAE's latents, the UNet and the text encoder learn to predict noise under SD's schedule, conditioned on
 class prompts ("a photo of a {class}") with the empty prompt dropped in at SD's 10% so that guidance works. The
 text encoder is trained with the UNet (it starts random: no pretrained CLIP is reachable offline). The UNet and
-text encoder ship as an exponential moving average of their weights."""
+text encoder ship as an exponential moving average of their weights.
+
+So that Diffusion Inversion has somewhere to land, part of every UNet batch is conditioned not on a prompt but on an
+instance code in DI's own format (tokens x hidden), made from the row's own latent by an encoder trained with the UNet
+(Diffusion Autoencoders, Preechakul et al. 2022): a bottleneck so that a code cannot copy its latent, noise so that
+DI's perturbed and interpolated embeddings stay in what the UNet has seen, and the batch's mean code (DI's
+unconditional input) in a share of rows. The encoder is not shipped: DI learns its codes from scratch, as officially."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -88,10 +95,72 @@ def check_mini(config: MiniConfig, image_size: int) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if not 0 <= config.uncond_prob < 1:
         raise UserError(f"--uncond-prob must be in [0, 1), got {config.uncond_prob}")
+    if not 0 <= config.instance_share < 1:
+        raise UserError(f"--instance-share must be in [0, 1), got {config.instance_share}")
+    if not 0 <= config.ema < 1:
+        raise UserError(f"--ema must be in [0, 1), got {config.ema}")
+    if not 0 <= config.mean_code_prob < 1 or not 0 <= config.code_noise:
+        raise UserError("--mean-code-prob must be in [0, 1) and --code-noise at least 0")
     if "{class}" not in config.template:
         raise UserError(f"--template must contain {{class}}, got '{config.template}'")
     if any(c % 32 for c in config.unet_channels) or any(c % 16 for c in config.vae_channels):
         raise UserError("UNet widths must be multiples of 32 and VAE widths multiples of 16 (their group norms)")
+
+
+class InstanceEncoder(torch.nn.Module):
+    """A clean latent -> a code of `tokens` x `hidden` (DI's embedding format) through a `dim`-wide bottleneck, each
+    token layer-normalised so that codes have a known scale for DI's noise and a start near its own (near 0)."""
+
+    def __init__(self, latent_channels: int, side: int, tokens: int, hidden: int, dim: int, width: int = 64):
+        super().__init__()
+        self.tokens, self.hidden = tokens, hidden
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(latent_channels, width, 3, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(2 * width * math.ceil(side / 4) ** 2, dim),
+        )
+        self.out = torch.nn.Linear(dim, tokens * hidden)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        codes = self.out(self.net(latents)).view(len(latents), self.tokens, self.hidden)
+        return torch.nn.functional.layer_norm(codes, (self.hidden,))
+
+
+def instance_encoder(config: MiniConfig, image_size: int) -> InstanceEncoder:
+    """The encoder of instance codes at the config's sizes (seeded from the model's seed)."""
+    torch.manual_seed(derive_seed(config.seed, 4))
+    side = image_size // VAE_FACTOR
+    return InstanceEncoder(config.latent_channels, side, config.code_tokens, config.text_hidden, config.code_dim)
+
+
+def load_start(parts: dict[str, Any], folder: str) -> None:
+    """Put a trained miniature's VAE, UNet and text encoder (fp16 on disk) into freshly built parts of the same
+    shape, so that a new UNet stage starts from them; one error line when the shapes differ."""
+    from diffusers import StableDiffusionPipeline
+
+    from .paths import resolve_model
+
+    quiet_libraries()
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            resolve_model(folder), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    except Exception as err:  # format and missing-file errors come in many types
+        raise UserError(
+            f"--start-from {folder}: not a diffusers Stable Diffusion folder ({type(err).__name__})"
+        ) from None
+    for name in ("vae", "unet", "text_encoder"):
+        try:
+            parts[name].load_state_dict({k: v.float() for k, v in getattr(pipe, name).state_dict().items()})
+        except RuntimeError:
+            raise UserError(
+                f"--start-from {folder}: its {name} has another shape than this run's (width, latent channels)"
+            ) from None
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -220,7 +289,10 @@ def train_mini(
         state_file.unlink()
         log_path(out).unlink(missing_ok=True)
     parts = build_components(mini_spec(config, size), config.seed)
+    if config.start_from:
+        load_start(parts, config.start_from)
     vae, unet, text, tokenizer = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
+    encoder = instance_encoder(config, size).to(dev).train() if config.instance_share else None
     for module in (vae, unet, text):
         module.to(dev).train()
     unet.to(memory_format=torch.channels_last)
@@ -230,6 +302,14 @@ def train_mini(
     elapsed = float(saved.get("seconds", 0.0))
     started = time.perf_counter() - elapsed
     log = list(saved.get("log", []))
+    with written_whole(log_path(out)) as tmp:  # the log as of the state resumed (empty when new), then row by row
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
+
+    def log_row(row: dict[str, Any]) -> None:
+        log.append(row)
+        with log_path(out).open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
     last_save = last_preview = time.perf_counter()
 
     def save_state(stage_name: str, step: int, stage: Stage, extra: dict[str, Any]) -> None:
@@ -246,17 +326,15 @@ def train_mini(
             payload["vae"] = vae.state_dict()
         with written_whole(state_file) as tmp:
             torch.save(payload, tmp)
-        with written_whole(log_path(out)) as tmp:
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
 
     # ---- stage 1: the VAE
     vae_stage = Stage({"vae": vae}, config.vae_lr, config.vae_steps, config.warmup_steps, None)
-    vae_done = saved.get("stage") == "unet"
+    vae_done = saved.get("stage") == "unet" or bool(config.start_from)
     first = 0
     if saved.get("stage") == "vae":
         vae_stage.load(saved["trainer"])
         first = int(saved["step"])
-    elif vae_done:
+    elif saved.get("stage") == "unet":
         vae.load_state_dict(saved["vae"])
     if not vae_done:
         with progress("loss") as bar:
@@ -277,12 +355,14 @@ def train_mini(
                 vae_stage.schedule.step()
                 if step % 50 == 0 or step == config.vae_steps - 1:
                     psnr = 10 * math.log10(4 / max(mse.item(), 1e-12))
-                    log.append({"stage": "vae", "step": step, "mse": mse.item(), "psnr": psnr})
+                    log_row({"stage": "vae", "step": step, "mse": mse.item(), "psnr": psnr})
                     bar.update(task, completed=step + 1, loss=f"PSNR {psnr:.1f} dB")
                 if time.perf_counter() - last_save > config.checkpoint_every:
                     save_state("vae", step + 1, vae_stage, {})
                     last_save = time.perf_counter()
         say(f"VAE: {config.vae_steps} steps, training PSNR {log[-1]['psnr']:.2f} dB")
+    elif config.start_from:
+        say(f"VAE: kept from {config.start_from}")
     vae.eval().requires_grad_(False)
     scale = _latent_scale(vae, images, dev, autocast)
     vae.register_to_config(scaling_factor=scale)
@@ -296,7 +376,9 @@ def train_mini(
 
     schedule = DDPMScheduler.from_config(SD_SCHEDULE)
     alphas = schedule.alphas_cumprod.to(dev)
-    unet_stage = Stage({"unet": unet, "text_encoder": text}, config.lr, config.steps, config.warmup_steps, config.ema)
+    trained = {"unet": unet, "text_encoder": text, **({"instance_encoder": encoder} if encoder else {})}
+    unet_stage = Stage(trained, config.lr, config.steps, config.warmup_steps, config.ema)
+    n_codes = round(config.batch_size * config.instance_share)
     first = 0
     if saved.get("stage") == "unet":
         unet_stage.load(saved["trainer"])
@@ -318,9 +400,14 @@ def train_mini(
             a = alphas[t].view(-1, 1, 1, 1)
             noisy = a.sqrt() * z + (1 - a).sqrt() * eps
             prompt = torch.where(drop, len(classes), labels[rows])
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+            k = config.batch_size - n_codes  # rows 0..k-1 take prompts, the rest instance codes
             with autocast:
-                cond = text(ids[prompt])[0]
-                pred = unet(noisy.contiguous(memory_format=torch.channels_last), t, encoder_hidden_states=cond).sample
+                cond = text(ids[prompt[:k]])[0]
+                pred = unet(noisy[:k], t[:k], encoder_hidden_states=cond).sample
+                if n_codes:
+                    codes = _instance_codes(encoder, m[k:] * scale, config, rows_gen, noise_gen)
+                    pred = torch.cat([pred, unet(noisy[k:], t[k:], encoder_hidden_states=codes).sample])
             loss = torch.nn.functional.mse_loss(pred.float(), eps)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for mod in unet_stage.modules.values() for p in mod.parameters()], 1.0)
@@ -332,7 +419,7 @@ def train_mini(
                 value = loss.item()
                 if not math.isfinite(value):
                     raise UserError(f"training diverged at UNet step {step} (loss {value}): try a lower --lr")
-                log.append({"stage": "unet", "step": step, "loss": value})
+                log_row({"stage": "unet", "step": step, "loss": value})
                 bar.update(task, completed=step + 1, loss=f"loss {value:.4f}")
             if time.perf_counter() - last_save > config.checkpoint_every:
                 save_state("unet", step + 1, unet_stage, {})
@@ -341,7 +428,9 @@ def train_mini(
                 _preview(parts, unet_stage, classes, config, dev, preview, f"step {step + 1} of {config.steps}")
                 last_preview = time.perf_counter()
     unet_stage.swap_in_ema()
-    seconds = time.perf_counter() - started
+    if config.preview_every:  # 0: no previews, the final one included
+        _preview(parts, None, classes, config, dev, preview, f"final, {config.steps} steps")
+    seconds = time.perf_counter() - started  # the final preview included
     record = {
         "kind": "mini",
         "command": command_line(),
@@ -356,17 +445,44 @@ def train_mini(
         "machine": _machine(dev),
         "device": str(dev),
         "torch": torch.__version__,
-        "final_vae_psnr": next((r["psnr"] for r in reversed(log) if r["stage"] == "vae"), None),
+        "final_vae_psnr": next((r["psnr"] for r in reversed(log) if r["stage"] == "vae"), None)
+        or _start_record(config.start_from).get("final_vae_psnr"),
+        "start_from": _start_record(config.start_from),
         "final_loss": next((r["loss"] for r in reversed(log) if r["stage"] == "unet"), None),
         "config": jsonable(asdict(config)),
-        "note": "trained by synthkit model train: it makes pictures of its training classes",
+        "note": "trained by synthkit model train; what its pictures are worth is measured by bench/mini_quality.py",
     }
+    log_row({"stage": "done", **{k: record[k] for k in ("final_vae_psnr", "final_loss", "seconds")}})
     _save(parts, out, record)
-    if config.preview_every:  # 0: no previews, the final one included
-        _preview(parts, None, classes, config, dev, preview, f"final, {config.steps} steps")
     state_file.unlink(missing_ok=True)
     say(f"UNet: {config.steps} steps, final loss {record['final_loss']:.4f}")
     return record
+
+
+def _instance_codes(
+    encoder: InstanceEncoder, latents: torch.Tensor, config: MiniConfig, rows_gen: torch.Generator, noise_gen
+) -> torch.Tensor:
+    """The conditioning of a batch's instance rows: each row's code of its own clean latent, the batch's mean code in
+    `mean_code_prob` of them (DI samples guide against the mean embedding), and Gaussian noise of a std drawn per row
+    in [0, code_noise] (DI perturbs and interpolates its embeddings)."""
+    n, dev = len(latents), latents.device
+    codes = encoder(latents)
+    use_mean = (torch.rand(n, generator=rows_gen) < config.mean_code_prob).to(dev)
+    codes = torch.where(use_mean[:, None, None], codes.mean(0, keepdim=True), codes)
+    sigma = (torch.rand(n, generator=rows_gen) * config.code_noise).to(dev)
+    return codes + sigma[:, None, None] * torch.randn(codes.shape, generator=noise_gen, device=dev)
+
+
+def _start_record(folder: str | None) -> dict[str, Any]:
+    """The synthkit.json of the model a run started from (empty when it started from random weights)."""
+    from .paths import resolve_model
+
+    if not folder:
+        return {}
+    record = Path(resolve_model(folder)) / "synthkit.json"
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    keep = ("command", "data_fingerprint", "vae_steps", "unet_steps", "final_vae_psnr", "final_loss", "seconds")
+    return {"model": folder, **{k: saved[k] for k in keep if k in saved}}
 
 
 class _null:
@@ -385,10 +501,13 @@ def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def _latent_scale(vae, images: torch.Tensor, dev: torch.device, autocast, n: int = 4096) -> float:
-    """1 / std of the latents, so that scaled latents have unit variance (how SD's 0.18215 was chosen)."""
+    """1 / std of the latents the UNet learns on (samples of the VAE's posterior), so that scaled latents have unit
+    variance, as LDM chose SD's 0.18215: the variance of the means plus the mean posterior variance, without a draw."""
     pick = torch.linspace(0, len(images) - 1, min(n, len(images))).long().to(dev)
-    means = [vae.encode(_to_unit(images[pick[i : i + 512]])).latent_dist.mean.float() for i in range(0, len(pick), 512)]
-    return float(1 / torch.cat(means).std())
+    dists = [vae.encode(_to_unit(images[pick[i : i + 512]])).latent_dist for i in range(0, len(pick), 512)]
+    means = torch.cat([d.mean.float() for d in dists])
+    variances = torch.cat([d.var.float() for d in dists])
+    return float(1 / (means.var() + variances.mean()).sqrt())
 
 
 @torch.no_grad()
@@ -422,8 +541,9 @@ def _preview(
     parts: dict[str, Any], stage: Stage | None, classes: list[str], config: MiniConfig, dev, path: Path, title: str
 ) -> None:
     """A grid of prompt samples, a row per class (EMA weights), so a long run can be watched."""
-    from .diffusion import decode, denoise, diffusion_from_pipeline, encode_text, initial_noise, make_scheduler
+    from .diffusion import diffusion_from_pipeline
     from .figures import image_grid
+    from .progress import progress
 
     unet, text = parts["unet"], parts["text_encoder"]
     backup = None
@@ -436,13 +556,13 @@ def _preview(
         resolution = diffusion.native_resolution
         per = 8
         rows = []
-        for c, name in enumerate(classes[:10]):
-            seeds = [derive_seed(config.seed, 3, c, i) for i in range(per)]
-            noise = initial_noise(seeds, diffusion.latent_shape(resolution), dev, torch.float32)
-            cond = encode_text(diffusion, [config.template.format(**{"class": name})] * per)
-            uncond = encode_text(diffusion, [""] * per)
-            latents = denoise(diffusion, make_scheduler(diffusion, "model"), noise, cond, uncond, 25, 5.0)
-            rows.append(decode(diffusion, latents))
+        final = stage is None  # its own bar; the others are drawn under the UNet stage's
+        with progress() if final else contextlib.nullcontext() as bar:
+            task = bar.add_task("final preview", total=min(10, len(classes))) if final else None
+            for c, name in enumerate(classes[:10]):
+                rows.append(_preview_row(diffusion, config, c, name, per, resolution, dev))
+                if final:
+                    bar.update(task, advance=1)
         with written_whole(path) as tmp:
             image_grid(rows, classes[:10], cell=48, title=f"{path.name.split('.')[0]}: {title}").save(tmp, format="PNG")
     finally:
@@ -452,3 +572,15 @@ def _preview(
                     p.copy_(b)
         for module in (unet, text):
             module.requires_grad_(True).train()
+
+
+def _preview_row(diffusion, config: MiniConfig, c: int, name: str, per: int, resolution: int, dev) -> Any:
+    """One class's row of the preview: `per` prompt samples at 25 steps, guidance 5."""
+    from .diffusion import decode, denoise, encode_text, initial_noise, make_scheduler
+
+    seeds = [derive_seed(config.seed, 3, c, i) for i in range(per)]
+    noise = initial_noise(seeds, diffusion.latent_shape(resolution), dev, torch.float32)
+    cond = encode_text(diffusion, [config.template.format(**{"class": name})] * per)
+    uncond = encode_text(diffusion, [""] * per)
+    latents = denoise(diffusion, make_scheduler(diffusion, "model"), noise, cond, uncond, 25, 5.0)
+    return decode(diffusion, latents)

@@ -64,3 +64,124 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, real_store, monkeypa
     other = tmp_path / "other"
     minisd.train_mini(real_store, other, replace(SMALL, seed=1), device="cpu", say=lambda *_: None)
     assert not all(torch.equal(a[k], weights(other)[k]) for k in a)  # the seed decides
+
+
+SEEN = replace(SMALL, steps=12, batch_size=16, uncond_prob=0.3, instance_share=0.25)
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory, real_store):
+    """A small `model train` run whose UNet and text-encoder inputs are recorded by forward hooks on the modules it
+    builds: what the stage-2 networks were really shown, read from outside the training loop."""
+    from synthkit import minisd
+
+    seen = {"ids": [], "unet": []}
+    build = minisd.build_components
+
+    def recorded(spec, seed=0):
+        parts = build(spec, seed)
+        parts["text_encoder"].register_forward_pre_hook(lambda m, args: seen["ids"].append(args[0].clone()))
+
+        def on_unet(module, args, kwargs):
+            seen["unet"].append((args[0].detach().float().clone(), args[1].clone(), kwargs["encoder_hidden_states"]))
+
+        parts["unet"].register_forward_pre_hook(on_unet, with_kwargs=True)
+        return parts
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(minisd, "build_components", recorded)
+    out = tmp_path_factory.mktemp("watched") / "mini"
+    try:
+        minisd.train_mini(real_store, out, SEEN, device="cpu", say=lambda *_: None)
+    finally:
+        mp.undo()
+    return out, seen
+
+
+def test_the_empty_prompt_is_dropped_in_at_uncond_prob(watched):
+    """The token ids the text encoder sees hold the empty prompt in about `uncond_prob` of the prompt rows (fails when
+    uncond_prob is ignored: 0 empty rows)."""
+    from synthkit.diffusion import offline_tokenizer
+
+    _, seen = watched
+    empty = offline_tokenizer()([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    ids = torch.cat(seen["ids"])
+    share = (ids == empty).all(1).float().mean().item()
+    assert len(ids) == 12 * 12 and abs(share - SEEN.uncond_prob) < 0.13, share
+
+
+def test_the_unet_learns_on_latents_of_unit_spread_and_the_recorded_scale_makes_them(watched, real_store):
+    """SD's latent scale: the UNet's noisy inputs a·z + (1-a)·eps imply clean latents z of unit variance (fails when
+    the latents are not multiplied by the scaling factor), and the recorded scaling_factor is 1/std of the VAE's
+    encoded latents (fails when it is fixed at 1.0)."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    from synthkit.diffusion import SD_SCHEDULE
+    from synthkit.store import Store
+
+    out, seen = watched
+    alphas = DDPMScheduler.from_config(SD_SCHEDULE).alphas_cumprod
+    noisy = torch.cat([x for x, _, _ in seen["unet"]])
+    a = alphas[torch.cat([t for _, t, _ in seen["unet"]])]
+    clean_var = ((noisy.var(dim=(1, 2, 3)) - (1 - a)).sum() / a.sum()).item()
+    assert 0.6 < clean_var < 1.5, clean_var
+    vae = AutoencoderKL.from_pretrained(out / "vae").float()
+    with Store(real_store) as store, torch.no_grad():
+        x = torch.from_numpy(store.images()).permute(0, 3, 1, 2).float() / 127.5 - 1
+        dist = vae.encode(x).latent_dist
+        std = (dist.mean.var() + dist.var.mean()).sqrt().item()  # of the posterior's samples, as LDM measured it
+    assert vae.config.scaling_factor == pytest.approx(1 / std, rel=0.05)
+    assert abs(vae.config.scaling_factor - 1) > 0.05  # else the check above could not tell a scale of 1.0 apart
+
+
+def test_the_text_encoder_trains_with_the_unet(watched, real_store):
+    """The saved text encoder moved from its seeded start by far more than fp16 rounding (fails when it is frozen
+    during the UNet stage)."""
+    from transformers import CLIPTextModel
+
+    from synthkit.diffusion import build_components
+    from synthkit.minisd import mini_spec
+
+    out, _ = watched
+    start = build_components(mini_spec(SEEN, 32), SEEN.seed)["text_encoder"].state_dict()
+    saved = CLIPTextModel.from_pretrained(out / "text_encoder").float().state_dict()
+    moved = sum((saved[k] - start[k]).abs().sum().item() for k in start if k in saved)
+    rounding = sum((start[k].half().float() - start[k]).abs().sum().item() for k in start if k in saved)
+    assert moved > 20 * rounding, (moved, rounding)
+
+
+def test_a_share_of_every_batch_is_conditioned_on_instance_codes_in_dis_format(watched):
+    """Each step shows the UNet its prompt rows (77 CLIP tokens) and `instance_share` of the batch as instance codes of
+    DI's shape (5 tokens x hidden), which differ from row to row (fails when the codes are dropped or all equal)."""
+    _, seen = watched
+    shapes = [tuple(c.shape) for _, _, c in seen["unet"]]
+    codes = round(SEEN.batch_size * SEEN.instance_share)
+    assert shapes == [(SEEN.batch_size - codes, 77, SEEN.text_hidden), (codes, 5, SEEN.text_hidden)] * SEEN.steps
+    code = seen["unet"][1][2].detach()
+    assert (code[0] - code[1]).abs().mean() > 0.1
+
+
+def test_the_log_is_written_as_the_run_goes_and_ends_with_the_final_figures(tmp_path, real_store, monkeypatch, watched):
+    """The JSON-lines log holds every row as soon as it is logged, not only at the (two-minute) checkpoints, and a
+    finished run's last line holds its final loss and PSNR (fails when the log is written only with the state); the
+    record claims nothing that was not measured."""
+    from synthkit import minisd
+
+    real_generators = minisd._step_generators
+
+    def killed_at_unet_step_2(seed, stage, step, device):
+        if stage == 2 and step == 2:
+            raise KeyboardInterrupt
+        return real_generators(seed, stage, step, device)
+
+    monkeypatch.setattr(minisd, "_step_generators", killed_at_unet_step_2)
+    out = tmp_path / "mini"
+    with pytest.raises(KeyboardInterrupt):
+        minisd.train_mini(real_store, out, replace(SMALL, checkpoint_every=1e9), device="cpu", say=lambda *_: None)
+    rows = [json.loads(line) for line in minisd.log_path(out).read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["vae", "vae", "unet"] and not minisd.state_path(out).exists()
+    finished, _ = watched
+    rows = [json.loads(line) for line in minisd.log_path(finished).read_text().splitlines()]
+    note = json.loads((finished / "synthkit.json").read_text())
+    assert rows[-1] == {"stage": "done", **{k: note[k] for k in ("final_vae_psnr", "final_loss", "seconds")}}
+    assert "pictures of its training classes" not in note["note"]

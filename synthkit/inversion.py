@@ -265,7 +265,7 @@ def invert(
         preview = InversionPreview(out, diffusion, config.resolution, preview_every, config.updates)
         n_images = sum(len(rows) for chunk in chunks[first_chunk:stop_chunk] for _, rows in chunk)
         started = time.perf_counter()
-        parts, group_loss = [], {}
+        parts, group_loss, histories = [], {}, []
         with progress("loss") as bar:
             task = bar.add_task("invert", total=n_images * config.updates, loss="")
             for chunk_index in range(first_chunk, stop_chunk):
@@ -275,7 +275,7 @@ def invert(
                 if not finished.exists():
                     images = store.images(rows)
                     preview.start_chunk(images, f"chunk {chunk_index + 1} of {len(chunks)}")
-                    chunk_tensors, chunk_loss = invert_chunk(
+                    chunk_tensors, chunk_loss, chunk_history = invert_chunk(
                         diffusion,
                         images,
                         [r for _, r in chunk],
@@ -292,13 +292,21 @@ def invert(
                         "label": torch.from_numpy(store.labels[rows]),
                     }
                     save_checkpoint(
-                        finished, chunk_tensors, {"kind": Kind.INVERT_CHUNK, "params": params, "group_loss": chunk_loss}
+                        finished,
+                        chunk_tensors,
+                        {
+                            "kind": Kind.INVERT_CHUNK,
+                            "params": params,
+                            "group_loss": chunk_loss,
+                            "history": chunk_history,
+                        },
                     )
                     (state / "current.safetensors").unlink(missing_ok=True)
                 tensors, chunk_meta = load_checkpoint(finished)
                 check_same_options(chunk_meta.get("params"), params, state)
                 parts.append(tensors)
                 group_loss |= chunk_meta["group_loss"]
+                histories.append((len(tensors["label"]), chunk_meta.get("history", [])))
                 bar.update(task, completed=sum(len(p["label"]) for p in parts) * config.updates)
         classes, fingerprint, image_size = store.classes, store.fingerprint, store.image_shape[0]
     tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
@@ -319,6 +327,7 @@ def invert(
             "adamw_steps_per_group": config.updates * config.steps_per_update(),
             "group_loss": group_loss,
             "group_loss_fields": ["first_epoch", "final_ema"],
+            "loss_history": mean_history(histories),
             "prediction_type": training_scheduler(diffusion).config.prediction_type,
             "preview": str(preview.path) if preview_every else "",
             "seconds": round(time.perf_counter() - started, 1),
@@ -377,7 +386,7 @@ def invert_chunk(
     checkpoint_every: int,
     preview,
     advance: Callable[[int, str], None],
-) -> tuple[dict, dict]:
+) -> tuple[dict, dict, list[float]]:
     """Optimise the embeddings of one chunk (several groups, in one forward pass per step); every epoch
     updates each embedding once. Saves current.safetensors about every `checkpoint_every` steps and
     continues from it if present."""
@@ -453,7 +462,16 @@ def invert_chunk(
         ]
         start += size
     group = torch.from_numpy(np.repeat(group_ids, sizes).astype(np.int64))
-    return {"embeddings": tables.embeddings().cpu(), "group": group}, group_loss
+    return {"embeddings": tables.embeddings().cpu(), "group": group}, group_loss, history
+
+
+def mean_history(histories: list[tuple[int, list[float]]]) -> list[float]:
+    """The mean loss of every image at each update (the loss curve), from each chunk's (images, per-update mean)."""
+    full = [(n, h) for n, h in histories if h]
+    if not full or len({len(h) for _, h in full}) != 1:
+        return []
+    total = sum(n for n, _ in full)
+    return [round(sum(n * h[k] for n, h in full) / total, 6) for k in range(len(full[0][1]))]
 
 
 def _seed(seed: int, group: int, epoch: int) -> int:

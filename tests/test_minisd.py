@@ -185,3 +185,22 @@ def test_the_log_is_written_as_the_run_goes_and_ends_with_the_final_figures(tmp_
     note = json.loads((finished / "synthkit.json").read_text())
     assert rows[-1] == {"stage": "done", **{k: note[k] for k in ("final_vae_psnr", "final_loss", "seconds")}}
     assert "pictures of its training classes" not in note["note"]
+
+
+def test_start_from_keeps_the_vae_and_refuses_another_shape(tmp_path, real_store, watched):
+    """`--start-from FOLDER` skips stage 1 with the folder's VAE as it is and records where it started; a folder of
+    another width is one error line."""
+    start, _ = watched
+    out = tmp_path / "again"
+    result = run("model", "train", "--data", real_store, "--out", out, "--start-from", start, "--steps", 1,
+                 "--batch-size", 8, "--width", 32, "--vae-width", 16, "--preview-every", 0)  # fmt: skip
+    assert result.exit_code == 2 and "another shape" in result.output and not out.exists()
+    from synthkit import minisd
+
+    config = replace(SEEN, steps=1, start_from=str(start))
+    note = minisd.train_mini(real_store, out, config, device="cpu", say=lambda *_: None)
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    a, b = load_file(start / vae), load_file(out / vae)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in minisd.log_path(out).read_text().splitlines()]
+    assert "vae" not in {r["stage"] for r in rows} and note["start_from"]["model"] == str(start)

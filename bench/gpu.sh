@@ -3,7 +3,7 @@
 # the pipeline on the GPU with the tiny model, then the three benchmarks at full size. Each step has its
 # own time limit, so that one slow step cannot take the others' time; logs go to OUTDIR/<step>.log.
 # Usage: bench/gpu.sh OUTDIR [STEP...]   (synthkit importable, e.g. `pip install -e .`; CIFAR-10 as for the
-# benchmarks). With STEP names, only those steps run (smoke generation-bf16 generation-fp32 train-speed fleet
+# benchmarks). With STEP names, only those steps run (mini-defaults smoke generation-bf16 generation-fp32 train-speed fleet
 # di-accuracy mini-4 mini-8 accuracy any-store). PARALLEL=1 runs the named steps side by side (each still under its
 # limit); DEADLINE=SECONDS cuts every limit to end within that many seconds of the script's start.
 set -uo pipefail
@@ -53,13 +53,17 @@ di_accuracy() {  # issue 19: the official evaluation's recipe on all 50,000 real
     python3 -m synthkit train --data "$w/real.h5" --recipe di --test "$w/test.h5" --out "$out/di.safetensors"
     echo "train wall $((SECONDS - start)) s"
 }
-mini() {  # issue 29: the miniature generator on all 50,000 training images; $1 latent channels, MINI_ARGS the sizes
+mini() {  # issues 29, 38: the miniature on all 50,000 training images; $1 latent channels (MINI_ARGS the sizes) or defaults
     local w
     w=$(mktemp -d)
     set -e
     python3 -m synthkit data cifar10 --source "$ARCHIVE" --split train --out "$w/real.h5"
     local start=$SECONDS
-    python3 -m synthkit model train --data "$w/real.h5" --out "$out/mini-sd-$1" --latent-channels "$1" $MINI_ARGS
+    if [[ "$1" == defaults ]]; then
+        python3 -m synthkit model train --data "$w/real.h5" --out "$out/mini-sd-$1"
+    else
+        python3 -m synthkit model train --data "$w/real.h5" --out "$out/mini-sd-$1" --latent-channels "$1" $MINI_ARGS
+    fi
     echo "model train wall $((SECONDS - start)) s"
 }
 any_store() {  # train at 96 px (ImageNet stem) on CUDA with the set over a small memory limit, so it streams
@@ -79,6 +83,8 @@ export ARCHIVE out MINI_ARGS
 export -f smoke any_store di_accuracy mini
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log"
+# issue 38: first, the miniature at `model train`'s own defaults (instance codes included); ship it if it measures better
+step mini-defaults 560 bash -c "mini defaults"
 step smoke 150 bash -c smoke
 step generation-bf16 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision bf16 --sample-batch 128 --windows 5 --steps 4
 step generation-fp32 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision fp32 --sample-batch 128 --windows 5 --steps 4

@@ -653,10 +653,11 @@ def model_train(
         help="Stage 2: share of each batch conditioned on an instance code in DI's format (an encoder's code of the "
         "row's own latent) instead of a prompt, so that Diffusion Inversion can land; 0: prompts only.",
     ),
-    code_dim: int = typer.Option(MINI.code_dim, min=1, help="Stage 2: the instance codes' bottleneck width."),
+    code_dim: int = typer.Option(MINI.code_dim, min=1, help="Stage 2: the instance encoder's last hidden width."),
     code_noise: float = typer.Option(
-        MINI.code_noise, help="Stage 2: instance codes get noise of a std drawn in [0, CODE_NOISE] (DI's is 0.1)."
+        MINI.code_noise, help="Stage 2: instance codes get noise of a std drawn in [CODE_NOISE_MIN, CODE_NOISE]."
     ),
+    code_noise_min: float = typer.Option(MINI.code_noise_min, help="Stage 2: the least noise on an instance code."),
     start_from: str = typer.Option(
         None,
         help="A trained miniature (folder, or mini): keep its VAE (no stage 1) and start the UNet and text encoder "
@@ -693,6 +694,7 @@ def model_train(
         instance_share=instance_share,
         code_dim=code_dim,
         code_noise=code_noise,
+        code_noise_min=code_noise_min,
         start_from=start_from,
         seed=seed,
     )

@@ -365,8 +365,9 @@ class MiniConfig:
     # encoder's code of its own latent instead of a prompt (0: class prompts only, as the first shipped model).
     instance_share: float = 0.5
     code_tokens: int = 5  # DI's --num_tokens=5 (InversionConfig.tokens)
-    code_dim: int = 64  # the bottleneck: a code cannot copy its 256-number latent
-    code_noise: float = 0.3  # codes get Gaussian noise of a std drawn in [0, code_noise]: DI's perturbation 0.1
+    code_dim: int = 640  # the encoder's last width; its bottleneck is the noise below
+    code_noise: float = 0.3  # codes get Gaussian noise of a std drawn in [code_noise_min, code_noise]: DI's is 0.1
+    code_noise_min: float = 0.1  # never a clean code, so that a code cannot carry its latent whole
     mean_code_prob: float = 0.1  # instance rows given the batch's mean code, DI's unconditional input (mixed)
     start_from: str | None = None  # a trained miniature: keep its VAE, start the UNet and text encoder from it
 

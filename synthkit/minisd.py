@@ -10,9 +10,11 @@ text encoder ship as an exponential moving average of their weights.
 
 So that Diffusion Inversion has somewhere to land, part of every UNet batch is conditioned not on a prompt but on an
 instance code in DI's own format (tokens x hidden), made from the row's own latent by an encoder trained with the UNet
-(Diffusion Autoencoders, Preechakul et al. 2022): a bottleneck so that a code cannot copy its latent, noise so that
-DI's perturbed and interpolated embeddings stay in what the UNet has seen, and the batch's mean code (DI's
-unconditional input) in a share of rows. The encoder is not shipped: DI learns its codes from scratch, as officially."""
+(Diffusion Autoencoders, Preechakul et al. 2022): noise on every code, so that a code cannot carry its latent whole
+and DI's perturbed and interpolated embeddings stay in what the UNet has seen, and the batch's mean code (DI's
+unconditional input) in a share of rows. The codes fill DI's whole token space rather than a narrow subspace of it,
+since inversion's AdamW moves every coordinate alike. The encoder is saved beside the pipeline (diffusers ignores it):
+DI still learns its codes from its official random start."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from .outputs import locked_output, written_whole
 from .paths import preview_path
 
 VAE_FACTOR = 4  # the VAE halves the side twice: 32 px images, 8x8 latents
+ENCODER_FILE = "instance_encoder.safetensors"
 
 
 def mini_spec(config: MiniConfig, image_size: int) -> dict[str, Any]:
@@ -99,8 +102,8 @@ def check_mini(config: MiniConfig, image_size: int) -> None:
         raise UserError(f"--instance-share must be in [0, 1), got {config.instance_share}")
     if not 0 <= config.ema < 1:
         raise UserError(f"--ema must be in [0, 1), got {config.ema}")
-    if not 0 <= config.mean_code_prob < 1 or not 0 <= config.code_noise:
-        raise UserError("--mean-code-prob must be in [0, 1) and --code-noise at least 0")
+    if not 0 <= config.mean_code_prob < 1 or not 0 <= config.code_noise_min <= config.code_noise:
+        raise UserError("--mean-code-prob must be in [0, 1) and 0 <= --code-noise-min <= --code-noise")
     if "{class}" not in config.template:
         raise UserError(f"--template must contain {{class}}, got '{config.template}'")
     if any(c % 32 for c in config.unet_channels) or any(c % 16 for c in config.vae_channels):
@@ -453,7 +456,7 @@ def train_mini(
         "note": "trained by synthkit model train; what its pictures are worth is measured by bench/mini_quality.py",
     }
     log_row({"stage": "done", **{k: record[k] for k in ("final_vae_psnr", "final_loss", "seconds")}})
-    _save(parts, out, record)
+    _save(parts, out, record, encoder)
     state_file.unlink(missing_ok=True)
     say(f"UNet: {config.steps} steps, final loss {record['final_loss']:.4f}")
     return record
@@ -464,12 +467,13 @@ def _instance_codes(
 ) -> torch.Tensor:
     """The conditioning of a batch's instance rows: each row's code of its own clean latent, the batch's mean code in
     `mean_code_prob` of them (DI samples guide against the mean embedding), and Gaussian noise of a std drawn per row
-    in [0, code_noise] (DI perturbs and interpolates its embeddings)."""
+    in [code_noise_min, code_noise] (DI perturbs and interpolates its embeddings; and the noise is the bottleneck)."""
     n, dev = len(latents), latents.device
     codes = encoder(latents)
     use_mean = (torch.rand(n, generator=rows_gen) < config.mean_code_prob).to(dev)
     codes = torch.where(use_mean[:, None, None], codes.mean(0, keepdim=True), codes)
-    sigma = (torch.rand(n, generator=rows_gen) * config.code_noise).to(dev)
+    low, high = config.code_noise_min, config.code_noise
+    sigma = (low + torch.rand(n, generator=rows_gen) * (high - low)).to(dev)
     return codes + sigma[:, None, None] * torch.randn(codes.shape, generator=noise_gen, device=dev)
 
 
@@ -527,13 +531,32 @@ def _assemble_pipeline(parts: dict[str, Any]):
     return _assemble(parts)
 
 
-def _save(parts: dict[str, Any], out: Path, record: dict[str, Any]) -> None:
-    """The pipeline in fp16 safetensors (what ships), with synthkit.json."""
+def _save(parts: dict[str, Any], out: Path, record: dict[str, Any], encoder: InstanceEncoder | None = None) -> None:
+    """The pipeline in fp16 safetensors (what ships), with synthkit.json, and the instance encoder beside it
+    (ENCODER_FILE: diffusers does not load it; it shows what the codes DI inverts into are)."""
     import copy
+
+    from safetensors.torch import save_file
 
     pipe = _assemble_pipeline({k: (copy.deepcopy(v).to("cpu") if hasattr(v, "to") else v) for k, v in parts.items()})
     pipe = pipe.to(dtype=torch.float16)
-    save_folder(out, lambda folder: pipe.save_pretrained(str(folder), safe_serialization=True), record)
+
+    def write(folder: Path) -> None:
+        pipe.save_pretrained(str(folder), safe_serialization=True)
+        if encoder is not None:
+            weights = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in encoder.state_dict().items()}
+            save_file(weights, str(folder / ENCODER_FILE))
+
+    save_folder(out, write, record)
+
+
+def load_encoder(folder: str | Path, config: MiniConfig, image_size: int) -> InstanceEncoder:
+    """The instance encoder a model was trained with (fp32, eval mode), from its folder's ENCODER_FILE."""
+    from safetensors.torch import load_file
+
+    encoder = instance_encoder(config, image_size)
+    encoder.load_state_dict({k: v.float() for k, v in load_file(str(Path(folder) / ENCODER_FILE)).items()})
+    return encoder.eval()
 
 
 @torch.no_grad()

@@ -150,15 +150,24 @@ def test_the_text_encoder_trains_with_the_unet(watched, real_store):
     assert moved > 20 * rounding, (moved, rounding)
 
 
-def test_a_share_of_every_batch_is_conditioned_on_instance_codes_in_dis_format(watched):
+def test_a_share_of_every_batch_is_conditioned_on_instance_codes_in_dis_format(watched, real_store):
     """Each step shows the UNet its prompt rows (77 CLIP tokens) and `instance_share` of the batch as instance codes of
-    DI's shape (5 tokens x hidden), which differ from row to row (fails when the codes are dropped or all equal)."""
+    DI's shape (5 tokens x hidden), which differ from row to row; the encoder that made them is saved and reads its
+    latent (fails when the codes are dropped, or made without the latent)."""
     _, seen = watched
     shapes = [tuple(c.shape) for _, _, c in seen["unet"]]
     codes = round(SEEN.batch_size * SEEN.instance_share)
     assert shapes == [(SEEN.batch_size - codes, 77, SEEN.text_hidden), (codes, 5, SEEN.text_hidden)] * SEEN.steps
     code = seen["unet"][1][2].detach()
     assert (code[0] - code[1]).abs().mean() > 0.1
+    from synthkit.minisd import ENCODER_FILE, load_encoder
+
+    out, _ = watched
+    encoder = load_encoder(out, SEEN, 32)  # saved beside the pipeline, which loads without it
+    with torch.no_grad():
+        codes = encoder(torch.randn(2, SEEN.latent_channels, 8, 8))
+    assert codes.shape == (2, 5, SEEN.text_hidden) and (out / ENCODER_FILE).is_file()
+    assert (codes[0] - codes[1]).abs().mean() > 1e-3  # a code depends on its latent
 
 
 def test_the_log_is_written_as_the_run_goes_and_ends_with_the_final_figures(tmp_path, real_store, monkeypatch, watched):

@@ -136,6 +136,7 @@ def di_measures(model: str, tag: str, sources: Path, judge: Path, updates: int) 
     return {
         "updates": updates,
         "history": history,
+        "fixed": meta.get("fixed_loss", []),
         "share": share,
         "exact_share": exact_share,
         "retrieval": found,
@@ -258,19 +259,21 @@ def main() -> None:
         f"the judge on the sources themselves: {100 * ceiling:.1f}%; on their VAE reconstructions: {100 * recon:.1f}%"
     )
     print(
-        "| updates | loss first → final (ratio) | loss curve (update: loss) | judged as their source's class "
+        "| updates | loss at the start → the end, same fixed draws (ratio) | loss curve, random draws (update: loss) "
+        "| judged as their source's class "
         "(5 per image, DI defaults) | at noise 0, interp 0 | own source nearest in pixels (chance "
         f"{100 / n:.1f}%) | invert s |"
     )
     print("|---:|---|---|---:|---:|---:|---:|")
     for u in counts:
         row, h = di[u], di[u]["history"]
-        loss = f"{h[0]:.3f} → {h[-1]:.3f} ({h[-1] / h[0]:.2f}×)" if h else "–"
+        fixed = row["fixed"]
+        loss = f"{fixed[0]:.3f} → {fixed[1]:.3f} ({fixed[1] / fixed[0]:.2f}×)" if fixed else "–"
         print(
             f"| {u} | {loss} | {curve_points(h)} | {100 * row['share']:.1f}% ({row['share'] / ceiling:.2f}× sources) "
             f"| {100 * row['exact_share']:.1f}% | {100 * row['retrieval']:.1f}% | {row['seconds']:.0f} |"
         )
-    demo = di[args.demo_updates]["history"]
+    demo = di[args.demo_updates]["fixed"]
     goals = [
         (f"DI samples judged as their class ≥ 0.9 × the sources' ({args.updates} updates)",
          main_di["share"] >= 0.9 * ceiling, f"{main_di['share'] / ceiling:.2f}×"),

@@ -265,7 +265,7 @@ def invert(
         preview = InversionPreview(out, diffusion, config.resolution, preview_every, config.updates)
         n_images = sum(len(rows) for chunk in chunks[first_chunk:stop_chunk] for _, rows in chunk)
         started = time.perf_counter()
-        parts, group_loss, histories = [], {}, []
+        parts, group_loss, histories, fixed = [], {}, [], []
         with progress("loss") as bar:
             task = bar.add_task("invert", total=n_images * config.updates, loss="")
             for chunk_index in range(first_chunk, stop_chunk):
@@ -275,7 +275,7 @@ def invert(
                 if not finished.exists():
                     images = store.images(rows)
                     preview.start_chunk(images, f"chunk {chunk_index + 1} of {len(chunks)}")
-                    chunk_tensors, chunk_loss, chunk_history = invert_chunk(
+                    chunk_tensors, chunk_loss, curves = invert_chunk(
                         diffusion,
                         images,
                         [r for _, r in chunk],
@@ -298,7 +298,8 @@ def invert(
                             "kind": Kind.INVERT_CHUNK,
                             "params": params,
                             "group_loss": chunk_loss,
-                            "history": chunk_history,
+                            "history": curves["history"],
+                            "fixed_loss": curves["fixed"],
                         },
                     )
                     (state / "current.safetensors").unlink(missing_ok=True)
@@ -307,6 +308,7 @@ def invert(
                 parts.append(tensors)
                 group_loss |= chunk_meta["group_loss"]
                 histories.append((len(tensors["label"]), chunk_meta.get("history", [])))
+                fixed.append((len(tensors["label"]), chunk_meta.get("fixed_loss", [])))
                 bar.update(task, completed=sum(len(p["label"]) for p in parts) * config.updates)
         classes, fingerprint, image_size = store.classes, store.fingerprint, store.image_shape[0]
     tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
@@ -328,6 +330,7 @@ def invert(
             "group_loss": group_loss,
             "group_loss_fields": ["first_epoch", "final_ema"],
             "loss_history": mean_history(histories),
+            "fixed_loss": mean_history(fixed),  # [start, end] over the same fixed draws (fixed_loss)
             "prediction_type": training_scheduler(diffusion).config.prediction_type,
             "preview": str(preview.path) if preview_every else "",
             "seconds": round(time.perf_counter() - started, 1),
@@ -386,10 +389,11 @@ def invert_chunk(
     checkpoint_every: int,
     preview,
     advance: Callable[[int, str], None],
-) -> tuple[dict, dict, list[float]]:
+) -> tuple[dict, dict, dict[str, list[float]]]:
     """Optimise the embeddings of one chunk (several groups, in one forward pass per step); every epoch
     updates each embedding once. Saves current.safetensors about every `checkpoint_every` steps and
-    continues from it if present."""
+    continues from it if present. Returns the tensors, each group's loss and the chunk's curves: the mean loss of
+    each update (random draws) and the mean loss at the start and the end over the same fixed draws."""
     dev = diffusion.device
     schedule = training_scheduler(diffusion)
     mean, std = _encode_all(diffusion, images, config.resolution)
@@ -408,6 +412,7 @@ def invert_chunk(
         ],
         config,
     )
+    initial = tables.embeddings().clone()
     n = len(images)
     ema, first_loss = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
     history: list[float] = []
@@ -462,11 +467,14 @@ def invert_chunk(
         ]
         start += size
     group = torch.from_numpy(np.repeat(group_ids, sizes).astype(np.int64))
-    return {"embeddings": tables.embeddings().cpu(), "group": group}, group_loss, history
+    final = tables.embeddings()
+    fixed = [fixed_loss(diffusion, e, mean, std, seed=config.seed).mean().item() for e in (initial, final)]
+    return {"embeddings": tables.embeddings().cpu(), "group": group}, group_loss, {"history": history, "fixed": fixed}
 
 
 def mean_history(histories: list[tuple[int, list[float]]]) -> list[float]:
-    """The mean loss of every image at each update (the loss curve), from each chunk's (images, per-update mean)."""
+    """The mean over every image of a per-chunk curve (the loss at each update, or at start and end), from each
+    chunk's (images, curve)."""
     full = [(n, h) for n, h in histories if h]
     if not full or len({len(h) for _, h in full}) != 1:
         return []

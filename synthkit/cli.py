@@ -297,6 +297,32 @@ def data_folder(
     _print_store_line(import_folder(**options))
 
 
+@command(data_app, "webdataset")
+def data_webdataset(
+    source: list[str] = typer.Option(
+        ...,
+        help="WebDataset shards: .tar files, a brace pattern such as 'shards-{000000..000009}.tar' (quote it), or a "
+        "folder of shards (synthkit export's); repeatable. A sample is KEY.png (or .jpg, ...) with its class index "
+        "in KEY.cls and, optionally, columns in KEY.json.",
+    ),
+    out: Path = typer.Option(..., help="Store to write, e.g. data/shards.h5."),
+    size: int | None = typer.Option(
+        None, min=8, help="Resize and centre-crop every image to SIZE x SIZE (as data folder --size)."
+    ),
+    per_class: PerClass = None,
+    seed: SubsetSeed = SEED,
+    memory_limit: ImportMemory = None,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+) -> None:
+    """Import WebDataset tar shards into a store: synthkit export's (the same store back), or anyone's with a class
+    field."""
+    options = dict(locals())  # the parsed options, each a parameter of import_webdataset
+    from .webdataset_shards import import_webdataset
+
+    _print_store_line(import_webdataset(**options))
+
+
 def _print_store_line(path: Path) -> None:
     from .store import Store
 

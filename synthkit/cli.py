@@ -28,6 +28,8 @@ from .config import (
     DEFAULT_RECIPE,
     DTYPES,
     EVAL,
+    EXPORT,
+    EXPORT_FORMATS,
     FIDELITY,
     FIDELITY_METRICS,
     FILTER,
@@ -109,6 +111,7 @@ Target, Metric, Criterion = (
         ("Criterion", FILTER_CRITERIA),
     )
 )
+ExportFormat = choice_type("ExportFormat", EXPORT_FORMATS)
 
 
 def seed_option(what: str) -> typer.models.OptionInfo:
@@ -294,6 +297,32 @@ def data_folder(
     _print_store_line(import_folder(**options))
 
 
+@command(data_app, "webdataset")
+def data_webdataset(
+    source: list[str] = typer.Option(
+        ...,
+        help="WebDataset shards: .tar files, a brace pattern such as 'shards-{000000..000009}.tar' (quote it), or a "
+        "folder of shards (synthkit export's); repeatable. A sample is KEY.png (or .jpg, ...) with its class index "
+        "in KEY.cls and, optionally, columns in KEY.json.",
+    ),
+    out: Path = typer.Option(..., help="Store to write, e.g. data/shards.h5."),
+    size: int | None = typer.Option(
+        None, min=8, help="Resize and centre-crop every image to SIZE x SIZE (as data folder --size)."
+    ),
+    per_class: PerClass = None,
+    seed: SubsetSeed = SEED,
+    memory_limit: ImportMemory = None,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+) -> None:
+    """Import WebDataset tar shards into a store: synthkit export's (the same store back), or anyone's with a class
+    field."""
+    options = dict(locals())  # the parsed options, each a parameter of import_webdataset
+    from .webdataset_shards import import_webdataset
+
+    _print_store_line(import_webdataset(**options))
+
+
 def _print_store_line(path: Path) -> None:
     from .store import Store
 
@@ -341,6 +370,41 @@ def show(
 
     grid = show_store(store_path(store), out, per_row=per_row, seed=seed, cell=cell, overwrite=overwrite)
     typer.echo(f"wrote {grid}")
+
+
+@command(app)
+def export(
+    store: str = typer.Argument(..., help="Store to export (name or path)."),
+    format: ExportFormat = typer.Option(
+        ...,
+        "--format",
+        help="imagefolder: OUT/<class>/<row>.png and OUT/metadata.jsonl (Hugging Face datasets' imagefolder "
+        "loader, torchvision's ImageFolder); webdataset: tar shards OUT/<store>-000000.tar, ... of KEY.png, KEY.cls "
+        "and KEY.json (the webdataset package).",
+    ),
+    out: Path = typer.Option(..., help="Folder to write, e.g. exports/inv (with provenance.json beside the images)."),
+    classes: str | None = typer.Option(
+        None, help="Export only these classes (comma-separated names), labelled 0..k-1 in the store's order."
+    ),
+    per_class: PerClass = None,
+    seed: SubsetSeed = SEED,
+    shard_size: str = typer.Option(
+        EXPORT.shard_size, help="webdataset: samples per shard (a count, e.g. 10000) or bytes (a size, e.g. 1GB)."
+    ),
+    memory_limit: str | None = typer.Option(
+        None,
+        help="Memory for the images read at a time, e.g. 512MB (default $SYNTHKIT_MEMORY_LIMIT, else half the "
+        "available RAM): the store is read in windows of that size.",
+    ),
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a store in the formats other tools read: an image folder with metadata.jsonl, or WebDataset shards
+    (synthkit data folder / data webdataset read them back)."""
+    options = dict(locals(), format=str(format))  # the parsed options, each a parameter of export_store
+    from .export import export_store, exported_line
+    from .paths import store_path
+
+    typer.echo(exported_line(export_store(**options | {"store": store_path(store)})))
 
 
 @command(app)

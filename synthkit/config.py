@@ -26,6 +26,7 @@ FILTER_CRITERIA = ("confidence", "margin", "cam", "geometry")
 MIXES = ("auto", "balanced", "concat")
 AUGMENTS = ("crop-flip", "resized-crop-flip", "flip-rotate-jitter", "none")
 INITS = ("torchvision", "kaiming-normal")
+EXPORT_FORMATS = ("imagefolder", "webdataset")  # synthkit export --format: what other tools read
 
 
 def check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
@@ -435,6 +436,15 @@ class FilterConfig:
     batch_size: int = 500
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """`synthkit export`: a WebDataset shard's samples (a count) or bytes (a size); WebDataset's advice is shards of
+    100 MB to a few GB, big enough to be read in long sequential runs."""
+
+    shard_size: str = "500MB"
+
+
+EXPORT = ExportConfig()
 EVAL, GRADCAM, VANISH = EvalConfig(), GradcamConfig(), VanishConfig()
 FIDELITY, FILTER, MINI, JUDGE = FidelityConfig(), FilterConfig(), MiniConfig(), JudgeConfig()
 PROMPT, SAMPLING, INVERT_JOB = PromptConfig(), SamplingConfig(), InvertJobConfig()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import re
 import tarfile
@@ -18,9 +19,20 @@ import numpy as np
 from . import CIFAR10_CLASSES
 from .config import DATA, SEED, SPLITS, check_choice
 from .errors import UserError
+from .export import (
+    CLASS_NAME,
+    FILE_NAME,
+    LABEL,
+    METADATA_FILE,
+    PROVENANCE_FILE,
+    exported_from,
+    read_export_record,
+    record_classes,
+    record_columns,
+)
 from .jobs import check_fits, check_output, check_outside
 from .memory import human, image_bytes, ram_budget
-from .meta import Kind, provenance
+from .meta import Kind, Provenance, provenance
 from .outputs import locked_output
 from .paths import partial_path
 from .progress import console, progress
@@ -32,12 +44,21 @@ _BATCH_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["tes
 
 @dataclass
 class Source:
-    """A split of CIFAR-10 in source order: labels, names, and a way to decode any subset."""
+    """A data set split in source order: labels, names, and a way to decode any subset; its per-image columns as
+    (kind, values) (by default each image's index and name in the source, source_index and source_name), and the
+    record of the store it was exported from (synthkit export's provenance), whose kind and fields it keeps."""
 
     labels: np.ndarray
     names: list[str]
     decode: Callable[[np.ndarray], np.ndarray]
     image_shape: tuple[int, int]
+    columns: dict[str, tuple[str, np.ndarray]] | None = None
+    record: dict | None = None
+
+
+def source_columns(names: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+    """Every import's columns: each image's index and name in the source."""
+    return {"source_index": ("int", np.arange(len(names))), "source_name": ("str", np.array(names, dtype=object))}
 
 
 @locked_output("out")  # the whole job: a second import of the same --out is refused before it reads anything
@@ -94,14 +115,18 @@ def write_source(
     budget: int | None = None,
 ) -> Path:
     """Write a dataset split (or a seeded class-balanced subset) to the store `out`, opening the source only when
-    there is work to do; each row keeps its index and name in the source. Rows are decoded a window at a time, as
+    there is work to do; each row keeps its index and name in the source, or the source's own columns (and an
+    exported store's record its kind and fields). Rows are decoded a window at a time, as
     many as `budget` bytes hold (one pass over an archive per window)."""
     out = Path(out)
     if check_output(out, [partial_path(out)], overwrite, resume, inputs=inputs):
         return out
     src, classes, described = open_split()
     index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, classes)
-    meta = provenance(Kind.REAL, params, [described])
+    record = src.record or {}
+    kept = {k: v for k, v in record.items() if k not in Provenance.__annotations__ and k != "shard"}
+    meta = kept | provenance(record.get("kind", Kind.REAL), params, [described])
+    columns = src.columns if src.columns is not None else source_columns(src.names)
     window = max(1, (budget or ram_budget()) // (3 * src.image_shape[0] * src.image_shape[1]))
     with (
         StoreWriter(
@@ -109,7 +134,7 @@ def write_source(
             classes=classes,
             image_shape=src.image_shape,
             meta=meta,
-            columns={"source_index": "int", "source_name": "str"},
+            columns={name: kind for name, (kind, _) in columns.items()},
             total=len(index),
             overwrite=overwrite,
             resume=resume,
@@ -125,8 +150,7 @@ def write_source(
                 writer.append(
                     pixels[start : start + batch_size],
                     src.labels[rows],
-                    source_index=rows,
-                    source_name=[src.names[i] for i in rows],
+                    **{name: values[rows] for name, (_, values) in columns.items()},
                 )
                 bar.advance(task, len(rows))
     return out
@@ -149,18 +173,18 @@ def import_folder(
 ) -> Path:
     """Write the images of an image-folder tree or archive laid out as [<split>/]<class>/<image> to the store `out`.
 
-    Classes are the folder names (sorted naturally), or `class_name` for every image of a flat folder. With `size`
-    each image is resized so that its shorter side is `size` (PIL bicubic), then centre-cropped to size x size;
-    without it all images must share one size. Each image's file name is kept in the column source_name. The
-    source is read a file at a time within the memory budget (`memory_limit`, else half the available RAM)."""
+    Classes are the folder names (sorted naturally), or `class_name` for every image of a flat folder. With a
+    metadata.jsonl (Hugging Face's imagefolder layout, which `synthkit export` writes) the images are those it lists,
+    in its order, its other keys become columns, and its labels (or class names) the classes: a synthkit export
+    comes back as the store it was made from (pixels, labels, classes, columns and kind). With `size` each image is
+    resized so that its shorter side is `size` (PIL bicubic), then centre-cropped to size x size; without it all
+    images must share one size. Each image's file name is kept in the column source_name (not for a synthkit
+    export, whose columns are the store's). The source is read a file at a time within the memory budget
+    (`memory_limit`, else half the available RAM)."""
     out = Path(out)
-    if size is not None and size < 8:
-        raise UserError(f"--size must be at least 8, got {size}")
     if class_name is not None and not class_name.strip():
         raise UserError('--class-name is empty: give the class\'s name, e.g. "urban scene"')
-    budget = ram_budget(memory_limit)
-    if size is not None:
-        check_fits(image_bytes(1, size), budget, f"one image at --size {size}")
+    budget = resize_budget(size, memory_limit)
     if check_output(out, [partial_path(out)], overwrite, resume, inputs=[source]):
         return out
     source = Path(source)
@@ -168,9 +192,69 @@ def import_folder(
         raise UserError(f"source {source} does not exist")
     check_outside(out, source)
     members = Members(source, budget)
+    listed = _metadata_entries(members, source, split, class_name)
+    if listed is None:
+        names, labels, classes = _folder_entries(members, source, split, class_name)
+        columns, export = None, None
+    else:
+        names, labels, classes, columns, export = listed
+    shape = (size, size) if size else _decode_image(members.read_one(names[0]), names[0], budget).shape[:2]
+    hint = "" if size else ": give --size to resize and centre-crop them all"
+    source_of = Source(
+        labels,
+        names,
+        lambda rows: decode_rows(members, [names[i] for i in rows], shape, size, hint),
+        shape,
+        columns,
+        export["store"] if export else None,
+    )
+    params = {
+        "source": str(source),
+        "size": size,
+        "split": split,
+        "class_name": class_name,
+        "per_class": per_class,
+        "seed": seed,
+    }
+    return write_source(
+        out,
+        lambda: (source_of, classes, _describe(source) | exported_from(export)),
+        params,
+        split or "all",
+        per_class,
+        seed,
+        batch_size,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=[source],
+        budget=budget,
+    )
+
+
+def resize_budget(size: int | None, memory_limit: str | None) -> int:
+    """The memory budget of an import that may resize (`memory_limit`, else half the available RAM), once --size is
+    checked: at least 8, and one image of that size within the budget."""
+    if size is not None and size < 8:
+        raise UserError(f"--size must be at least 8, got {size}")
+    budget = ram_budget(memory_limit)
+    if size is not None:
+        check_fits(image_bytes(1, size), budget, f"one image at --size {size}")
+    return budget
+
+
+def _parts(name: str) -> list[str]:
+    """A member's path as its folders and file name (tar's ./class/img.jpg and Windows' separators alike)."""
+    return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def _folder_entries(
+    members: Members, source: Path, split: str | None, class_name: str | None
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """The images of [<split>/]<class>/<image> ordered by class (natural order) then name, their labels and the
+    classes; other files in the class folders are named in a note, a class folder without images is an error."""
     entries, folders, skipped = [], {}, []
     for name in members.names:
-        parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]  # tar's ./class/img.jpg
+        parts = _parts(name)
         if not parts or any(p.startswith(".") for p in parts):
             continue
         if split is not None and (len(parts) < 3 or parts[-3] != split):
@@ -198,33 +282,105 @@ def import_folder(
     note_skipped(skipped)
     classes = sorted({e[0] for e in entries}, key=_natural_key)
     entries.sort(key=lambda e: (classes.index(e[0]), e[1]))
-    names, labels = [e[2] for e in entries], np.array([classes.index(e[0]) for e in entries], dtype=np.int64)
-    shape = (size, size) if size else _decode_image(members.read_one(names[0]), names[0], budget).shape[:2]
-    hint = "" if size else ": give --size to resize and centre-crop them all"
-    source_of = Source(
-        labels, names, lambda rows: decode_rows(members, [names[i] for i in rows], shape, size, hint), shape
+    return [e[2] for e in entries], np.array([classes.index(e[0]) for e in entries], dtype=np.int64), classes
+
+
+def _metadata_entries(
+    members: Members, source: Path, split: str | None, class_name: str | None
+) -> tuple[list[str], np.ndarray, list[str], dict, dict | None] | None:
+    """With a metadata.jsonl (of `split`, when given): the images it lists, in its order, their labels, the classes,
+    its other keys as columns and the export's provenance.json (or None); None where the source has none.
+
+    The classes are `class_name`; else the export's labels and classes, or integer labels (named by class_name
+    where every label has one name); else each image's class name (class_name, or a label that is text); else its
+    folder. Every image under the metadata's folder must be listed, and every file listed must be there."""
+    paths = {"/".join(_parts(name)): name for name in members.names}
+    found = sorted(
+        p for p in paths if p.split("/")[-1] == METADATA_FILE and (split is None or p.split("/")[-2:-1] == [split])
     )
-    params = {
-        "source": str(source),
-        "size": size,
-        "split": split,
-        "class_name": class_name,
-        "per_class": per_class,
-        "seed": seed,
-    }
-    return write_source(
-        out,
-        lambda: (source_of, classes, _describe(source)),
-        params,
-        split or "all",
-        per_class,
-        seed,
-        batch_size,
-        overwrite=overwrite,
-        resume=resume,
-        inputs=[source],
-        budget=budget,
-    )
+    if not found:
+        return None
+    if len(found) > 1:
+        raise UserError(
+            f"{source}: {len(found)} {METADATA_FILE} files ({', '.join(found[:3])}): give --split to take one"
+        )
+    base, where = found[0][: -len(METADATA_FILE)], f"{source}: {found[0]}"
+    records = _json_lines(members.read_one(paths[found[0]]), where)
+    beside = paths.get(base + PROVENANCE_FILE)
+    export = read_export_record(Path(beside), members.read_one(beside)) if beside else None
+    names, files = [], []
+    for line, record in enumerate(records, 1):
+        file = record.get(FILE_NAME)
+        if not isinstance(file, str) or not _parts(file):
+            raise UserError(f"{where}: line {line} has no {FILE_NAME}")
+        if file.startswith(("/", "\\")) or ".." in _parts(file):
+            raise UserError(f"{where}: line {line}'s {FILE_NAME} '{file}' points outside its folder")
+        key = base + "/".join(_parts(file))
+        if key not in paths:
+            raise UserError(f"{where}: line {line} names {file}, which {source} does not hold")
+        names.append(paths[key])
+        files.append(_parts(file))
+    if len(set(names)) < len(names):
+        raise UserError(f"{where}: an image is listed twice")
+    listed = set(names)
+    unlisted = [
+        name
+        for p, name in paths.items()
+        if p.startswith(base)
+        and p.lower().endswith(_IMAGE_SUFFIXES)
+        and name not in listed
+        and not any(part.startswith(".") for part in p.split("/"))
+    ]
+    if unlisted:
+        raise UserError(f"{source}: {unlisted[0]} is not listed in {found[0]}: list every image there, or remove it")
+    if not records:
+        raise UserError(f"{where} lists no image")
+    if class_name is None and (export is not None or all(_is_label(r.get(LABEL)) for r in records)):
+        bad = next((line for line, r in enumerate(records, 1) if not _is_label(r.get(LABEL))), None)
+        if bad is not None:
+            raise UserError(f"{where}: line {bad}'s {LABEL} is not a class index (an integer from 0)")
+        labels = np.array([r[LABEL] for r in records], dtype=np.int64)
+        classes = record_classes(labels, [r.get(CLASS_NAME) for r in records], export and export["classes"], where)
+    else:
+        named = [r.get(CLASS_NAME, r.get(LABEL)) for r in records]
+        if class_name is not None:
+            named = [class_name] * len(records)
+        elif not all(isinstance(n, str) and n for n in named):
+            flat = next((file for file in files if len(file) < 2), None)
+            if flat is not None:
+                raise UserError(
+                    f"{source}: {'/'.join(flat)} is not inside a class folder and {where} gives it no class: lay "
+                    "images out as <class>/<image>, give each a label, or give --class-name"
+                )
+            named = [file[-2] for file in files]
+        classes = sorted(set(named), key=_natural_key)
+        labels = np.array([classes.index(n) for n in named], dtype=np.int64)
+    columns = record_columns(records, export and export["columns"], where)
+    return names, labels, classes, columns if export else source_columns(names) | columns, export
+
+
+def _is_label(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _json_lines(data: bytes, where: str) -> list[dict]:
+    """The objects of a JSON-lines file, one a line (blank lines skipped)."""
+    records = []
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{where} is not UTF-8 text") from None
+    for line, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError as err:
+            raise UserError(f"{where}: line {line} is not JSON ({err})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: line {line} is not a JSON object")
+        records.append(record)
+    return records
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:

@@ -96,6 +96,16 @@ def check_outside(out: str | Path, folder: str | Path) -> None:
         )
 
 
+def check_input_outside(given: str | Path, out: str | Path) -> None:
+    """An input may not lie inside a folder the command writes whole (an export): replacing it would delete it."""
+    out = Path(out)
+    if out.is_dir() and _resolved(Path(given)).is_relative_to(_resolved(out)):
+        raise UserError(
+            f"{given} lies inside the output folder {out}: writing {out} would delete what this command reads; "
+            "write it elsewhere"
+        )
+
+
 def check_fits(need: int, budget: int, what: str) -> None:
     """Refuse work whose images alone would not fit the memory budget, before any of it is done."""
     if need > budget:

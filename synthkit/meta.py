@@ -9,8 +9,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
-from . import __version__
 from .errors import UserError
+from .version import __version__
 
 
 class Kind(StrEnum):

@@ -87,17 +87,19 @@ def resumable_output(
         step.complete = True
 
 
-def locked_output(argument: str = "out", folder: bool = False) -> Callable:
+def locked_output(argument: str = "out", folder: bool = False, inputs: Sequence[str] = ()) -> Callable:
     """Decorator: run the function holding the writer lock of its argument `argument`, once that output's
-    destination is checked (jobs.check_destination: a folder that can be written, a file where a file goes)."""
+    destination is checked (jobs.check_destination: none of the arguments named in `inputs`, a folder that can be
+    written, a file where a file goes)."""
 
     def decorate(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            out = signature.bind(*args, **kwargs).arguments[argument]
-            check_destination(out, folder=folder)
+            given = signature.bind(*args, **kwargs).arguments
+            out = given[argument]
+            check_destination(out, [given.get(name) for name in inputs], folder=folder)
             with writer_lock(out):
                 return fn(*args, **kwargs)
 

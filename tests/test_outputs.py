@@ -96,6 +96,18 @@ COMMANDS = {
         lambda c, o: ["data", "stl10", "--source", c["archive"], "--out", o, "--overwrite"],
         None,
     ),
+    "data webdataset": (
+        "file",
+        "archive",
+        lambda c, o: ["data", "webdataset", "--source", c["archive"], "--out", o, "--overwrite"],
+        ["--size", "100000"],
+    ),
+    "export": (
+        "folder",
+        "store",
+        lambda c, o: ["export", c["store"], "--format", "webdataset", "--out", o, "--overwrite"],
+        ["--memory-limit", "1KB"],
+    ),
     "subset": ("file", "store", lambda c, o: ["subset", c["store"], "--out", o, "--overwrite"], None),
     "merge": ("file", "store", lambda c, o: ["merge", c["store"], c["test"], "--out", o, "--overwrite"], None),
     "train": (

@@ -47,6 +47,8 @@ SD_STEPS     ?=
 RESOLUTION   ?=
 UPDATES      ?=
 INV_BATCH    ?=
+# The inversion's AdamW learning rate: empty is the official 0.03 (synthkit's default); the demo sets its own.
+INV_LR       ?=
 DI_STEPS     ?=
 GEN_BATCH    ?=
 # Every classifier trains at one size: IMAGE_SIZE, or when empty the recipe's own (study: 224) or else the real
@@ -133,7 +135,7 @@ shell_quote = '$(subst ','\'',$(1))'
 stamp_data = $(CIFAR) $(REAL) $(TEST) $(PER_CLASS) $(TEST_PER_CLASS) $(SEED)
 stamp_sd = $(SD_MODEL) $(SD_PROMPTS) $(SD_PER_CLASS) $(PROMPTS_PER_CLASS) $(SD_PROMPT) $(SD_INIT) $(SD_STRENGTH) $(SD_STEPS) $(SD_RESOLUTION) $(SD_SAVE_SIZE) $(SEED)
 stamp_captions = $(CAPTION_MODEL) $(SEED)
-stamp_invert = $(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(SEED)
+stamp_invert = $(MODEL) $(INVERT_BY) $(RESOLUTION) $(UPDATES) $(INV_BATCH) $(INV_LR) $(SEED)
 stamp_inv = $(PER_IMAGE) $(DI_STEPS) $(SEED)
 stamp_train = $(RECIPE) $(TRAIN_STEPS) $(BATCH) $(LR) $(WARMUP_STEPS) $(EVALS) $(MIX) $(IMAGE_SIZE)
 stamp_filter = $(KEEP) $(KEEP_BY)
@@ -197,7 +199,7 @@ help:  ## show targets and variables
 	@echo "  SD_RESOLUTION=$(SD_RESOLUTION) SD_SAVE_SIZE=$(SD_SAVE_SIZE)"
 	@echo "  empty means synthkit's default (or the recipe's): PER_IMAGE=$(PER_IMAGE) TRAIN_STEPS=$(TRAIN_STEPS) BATCH=$(BATCH) LR=$(LR) WARMUP_STEPS=$(WARMUP_STEPS) EVALS=$(EVALS)"
 	@echo "  IMAGE_SIZE=$(IMAGE_SIZE)  (classifiers' training size; empty: the recipe's, else the real store's)"
-	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
+	@echo "  RESOLUTION=$(RESOLUTION) UPDATES=$(UPDATES) INV_BATCH=$(INV_BATCH) INV_LR=$(INV_LR) DI_STEPS=$(DI_STEPS) SD_STEPS=$(SD_STEPS)"
 	@echo "  SD_STRENGTH=$(SD_STRENGTH) GEN_BATCH=$(GEN_BATCH) GRADCAM_N=$(GRADCAM_N) VANISH_N=$(VANISH_N)"
 	@echo "  KEEP=$(KEEP) KEEP_BY=$(KEEP_BY)  (filter: share of each class kept, criterion)  FIDELITY_N=$(FIDELITY_N)  (images per class)"
 	@echo "  JUDGE_MODEL=$(JUDGE_MODEL)  (synthkit judge: this model as a zero-shot classifier of each store; empty: skipped)  JUDGE_N=$(JUDGE_N)"
@@ -260,7 +262,7 @@ invert: $(INV_FILES)  ## Diffusion Inversion: one embeddings file per class
 models/inv/%.safetensors: data/real.h5 $(STAMPS)/invert | $(MODEL_DEP)
 	$(call leftovers,$(@:.safetensors=.invert-state) $@.partial)
 	$(SK) invert --class $* --data data/real.h5 --model $(MODEL) $(call opt,--resolution,$(RESOLUTION)) \
-	  $(call opt,--updates,$(UPDATES)) $(call opt,--batch-size,$(INV_BATCH)) --seed $(SEED) --device $(DEVICE) --out $@ --resume
+	  $(call opt,--updates,$(UPDATES)) $(call opt,--batch-size,$(INV_BATCH)) $(call opt,--lr,$(INV_LR)) --seed $(SEED) --device $(DEVICE) --out $@ --resume
 
 inv: data/inv.h5  ## DI sampling from the learned embeddings
 
@@ -365,7 +367,7 @@ $(SWEEP_LESS:%=data/sweep/real-%.h5): data/sweep/real-%.h5: data/sweep/real-$(SW
 models/sweep/inv.safetensors: data/sweep/real-$(SWEEP_MAX).h5 $(STAMPS)/invert | $(MODEL_DEP)
 	$(call leftovers,$(@:.safetensors=.invert-state) $@.partial)
 	$(SK) invert --class all --data $< --model $(MODEL) $(call opt,--resolution,$(RESOLUTION)) \
-	  $(call opt,--updates,$(UPDATES)) $(call opt,--batch-size,$(INV_BATCH)) --seed $(SEED) --device $(DEVICE) --out $@ --resume
+	  $(call opt,--updates,$(UPDATES)) $(call opt,--batch-size,$(INV_BATCH)) $(call opt,--lr,$(INV_LR)) --seed $(SEED) --device $(DEVICE) --out $@ --resume
 
 data/sweep/inv-%.h5: data/sweep/real-%.h5 $(SWEEP_EMB) $(STAMPS)/inv
 	$(call leftovers,$@.partial)
@@ -433,7 +435,7 @@ DEMO_DATA := $(if $(wildcard $(CIFAR)),CIFAR=$(abspath $(CIFAR)) PER_CLASS=20 TE
   CIFAR=$(HERE)/tests/data/cifar10-mini.tar.gz PER_CLASS=12 TEST_PER_CLASS=6)
 DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) JUDGE_MODEL=$(DEMO_MODEL) SD_PROMPTS=template PROMPTS_PER_CLASS=20 \
   CAPTION_MODEL=models/tiny-blip $(DEMO_DATA) PER_IMAGE=2 SD_PER_CLASS=40 SD_STEPS=10 SD_RESOLUTION= SD_SAVE_SIZE= \
-  RESOLUTION= UPDATES=60 INVERT_BY=all DI_STEPS=25 GEN_BATCH=40 \
+  RESOLUTION= UPDATES=60 INV_LR=0.3 INVERT_BY=all DI_STEPS=25 GEN_BATCH=40 \
   RECIPE=quick SEEDS="0 1" TRAIN_STEPS=8 WARMUP_STEPS=1 EVALS=2 BATCH=16 GRADCAM_N=16 VANISH_N=100 YUD= \
   SCENES=$(abspath $(YUD)) GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
   SIZES="5 10" SWEEP_EVALS=1 SWEEP_FROM=data/real.h5 SWEEP_EMB=models/inv/all.safetensors

@@ -105,24 +105,23 @@ def retrieval(samples: np.ndarray, own: np.ndarray, sources: np.ndarray) -> floa
     return float((d.argmin(1) == own).mean())
 
 
-def di_measures(model: str, tag: str, sources: Path, judge: Path, updates: int) -> dict:
+def di_measures(model: str, tag: str, sources: Path, judge: Path, updates: int, lr: float | None = None) -> dict:
     """Invert the sources at `updates`, sample them with the DI defaults and at noise 0 and interpolation 0, and
     measure: the loss curve, the judge's share of the samples, and how often a sample retrieves its own source."""
     from synthkit.checkpoint import read_meta
     from synthkit.store import Store
 
+    name = f"{tag}-inv-{updates}" + (f"-lr{lr:g}" if lr else "")
     embeddings = once(
-        OUT / f"{tag}-inv-{updates}.safetensors",
+        OUT / f"{name}.safetensors",
         "invert", "--class", "all", "--data", sources, "--model", model, "--updates", updates,
-        "--out", OUT / f"{tag}-inv-{updates}.safetensors",
+        *(["--lr", lr] if lr else []), "--out", OUT / f"{name}.safetensors",
     )  # fmt: skip
-    samples = once(
-        OUT / f"{tag}-inv-{updates}.h5", "sample", "--embeddings", embeddings, "--out", OUT / f"{tag}-inv-{updates}.h5"
-    )
+    samples = once(OUT / f"{name}.h5", "sample", "--embeddings", embeddings, "--out", OUT / f"{name}.h5")
     exact = once(
-        OUT / f"{tag}-inv-{updates}-exact.h5",
+        OUT / f"{name}-exact.h5",
         "sample", "--embeddings", embeddings, "--per-image", 1, "--noise", 0, "--interp", 0,
-        "--out", OUT / f"{tag}-inv-{updates}-exact.h5",
+        "--out", OUT / f"{name}-exact.h5",
     )  # fmt: skip
     meta = read_meta(embeddings)
     with Store(sources) as s:
@@ -135,6 +134,7 @@ def di_measures(model: str, tag: str, sources: Path, judge: Path, updates: int) 
     history = meta.get("loss_history", [])
     return {
         "updates": updates,
+        "lr": meta["params"]["lr"],
         "history": history,
         "fixed": meta.get("fixed_loss", []),
         "share": share,
@@ -189,6 +189,7 @@ def main() -> None:
         "--di-updates", type=int, nargs="*", default=[], help="more update counts for the DI table (e.g. 60 1000 3000)"
     )
     parser.add_argument("--demo-updates", type=int, default=60, help="the demo's update count (the loss goal's)")
+    parser.add_argument("--demo-lr", type=float, default=0.3, help="the demo's inversion lr (the Makefile's INV_LR)")
     parser.add_argument("--skip-tiny", action="store_true", help="leave out model tiny's column (saves its minutes)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -213,8 +214,9 @@ def main() -> None:
         OUT / f"real-{args.invert_per_class}.h5",
         "subset", train, "--per-class", args.invert_per_class, "--out", OUT / f"real-{args.invert_per_class}.h5",
     )  # fmt: skip
-    counts = sorted({args.updates, args.demo_updates, *args.di_updates})
-    di = {u: di_measures(args.model, tag, sources, judge, u) for u in counts}
+    runs = {(args.updates, None), (args.demo_updates, args.demo_lr), *((u, None) for u in args.di_updates)}
+    runs = sorted(runs, key=lambda run: (run[0], run[1] or 0))
+    di = {run: di_measures(args.model, tag, sources, judge, *run) for run in runs}
     stores["mini DI"] = OUT / f"{tag}-inv-{args.updates}.h5"
     scores = judge_scores(judge, test, stores, OUT / f"fidelity-{tag}", args.per_class)
     psnr = {"mini": vae_psnr(args.model, test), "tiny": vae_psnr(str(tiny), test)}
@@ -237,7 +239,7 @@ def main() -> None:
         f"| prompt samples the judge puts in the prompted class ({args.per_class} per class) | "
         f"{100 * prompts:.1f}% | {100 * scores['tiny prompts']['agreement']:.1f}% | ≥ 70% |"
     )
-    main_di = di[args.updates]
+    main_di, demo_di = di[(args.updates, None)], di[(args.demo_updates, args.demo_lr)]
     print(
         f"| DI samples the judge puts in their source's class ({args.invert_per_class} images per class, "
         f"{args.updates} updates, 5 samples each) | {100 * main_di['share']:.1f}% | – | ≥ 0.9 × sources "
@@ -259,27 +261,33 @@ def main() -> None:
         f"the judge on the sources themselves: {100 * ceiling:.1f}%; on their VAE reconstructions: {100 * recon:.1f}%"
     )
     print(
-        "| updates | loss at the start → the end, same fixed draws (ratio) | loss curve, random draws (update: loss) "
+        "| updates, lr | loss at the start → the end, same fixed draws (ratio) "
+        "| loss curve, random draws (update: loss) "
         "| judged as their source's class "
         "(5 per image, DI defaults) | at noise 0, interp 0 | own source nearest in pixels (chance "
         f"{100 / n:.1f}%) | invert s |"
     )
-    print("|---:|---|---|---:|---:|---:|---:|")
-    for u in counts:
-        row, h = di[u], di[u]["history"]
+    print("|---|---|---|---:|---:|---:|---:|")
+    for run in runs:
+        row, h = di[run], di[run]["history"]
         fixed = row["fixed"]
         loss = f"{fixed[0]:.3f} → {fixed[1]:.3f} ({fixed[1] / fixed[0]:.2f}×)" if fixed else "–"
         print(
-            f"| {u} | {loss} | {curve_points(h)} | {100 * row['share']:.1f}% ({row['share'] / ceiling:.2f}× sources) "
+            f"| {row['updates']}, {row['lr']:g} | {loss} | {curve_points(h)} "
+            f"| {100 * row['share']:.1f}% ({row['share'] / ceiling:.2f}× sources) "
             f"| {100 * row['exact_share']:.1f}% | {100 * row['retrieval']:.1f}% | {row['seconds']:.0f} |"
         )
-    demo = di[args.demo_updates]["fixed"]
-    goals = [
-        (f"DI samples judged as their class ≥ 0.9 × the sources' ({args.updates} updates)",
-         main_di["share"] >= 0.9 * ceiling, f"{main_di['share'] / ceiling:.2f}×"),
-        (f"own source retrieved ≥ 50% ({args.updates} updates)", main_di["retrieval"] >= 0.5,
-         f"{100 * main_di['retrieval']:.1f}%"),
-        (f"loss after the demo's {args.demo_updates} updates ≤ 0.6 × its start",
+    demo = demo_di["fixed"]
+    goals = []
+    for row in (main_di, demo_di):
+        how = f"{row['updates']} updates at lr {row['lr']:g}"
+        goals += [
+            (f"DI samples judged as their class ≥ 0.9 × the sources' ({how})", row["share"] >= 0.9 * ceiling,
+             f"{row['share'] / ceiling:.2f}×"),
+            (f"own source retrieved ≥ 50% ({how})", row["retrieval"] >= 0.5, f"{100 * row['retrieval']:.1f}%"),
+        ]  # fmt: skip
+    goals += [
+        (f"loss after the demo's {args.demo_updates} updates (lr {args.demo_lr:g}) ≤ 0.6 × its start",
          bool(demo) and demo[-1] <= 0.6 * demo[0], f"{demo[-1] / demo[0]:.2f}×" if demo else "–"),
         ("prompt samples judged as their class ≥ 70%", prompts >= 0.7, f"{100 * prompts:.1f}%"),
         ("VAE PSNR ≥ 24 dB", psnr["mini"] >= 24, f"{psnr['mini']:.2f} dB"),

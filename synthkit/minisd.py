@@ -485,7 +485,16 @@ def _start_record(folder: str | None) -> dict[str, Any]:
         return {}
     record = Path(resolve_model(folder)) / "synthkit.json"
     saved = json.loads(record.read_text()) if record.is_file() else {}
-    keep = ("command", "data_fingerprint", "vae_steps", "unet_steps", "final_vae_psnr", "final_loss", "seconds")
+    keep = (
+        "command",
+        "data_fingerprint",
+        "vae_steps",
+        "unet_steps",
+        "final_vae_psnr",
+        "final_loss",
+        "seconds",
+        "start_from",
+    )
     return {"model": folder, **{k: saved[k] for k in keep if k in saved}}
 
 

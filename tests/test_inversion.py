@@ -31,11 +31,13 @@ FAST = dict(resolution=64, batch_size=4, group_size=3, chunk_groups=1)
 
 
 class Recorder:
-    """Spies on inversion.initial_table and inversion.draw: the starting tables and every step's draws."""
+    """Spies on inversion.initial_table and inversion.draw: the starting tables and every step's draws (not those of
+    the fixed-draw loss that a chunk records at its start and end, which steps nothing)."""
 
     def __init__(self, monkeypatch):
         self.tables, self.draws = [], []
-        real_table, real_draw = inversion.initial_table, inversion.draw
+        real_table, real_draw, real_fixed = inversion.initial_table, inversion.draw, inversion.fixed_loss
+        measuring = []
 
         def table(*args, **kwargs):
             self.tables.append(real_table(*args, **kwargs))
@@ -43,11 +45,20 @@ class Recorder:
 
         def draw_(generator, *args, **kwargs):
             out = real_draw(generator, *args, **kwargs)
-            self.draws.append((generator.initial_seed(), out))
+            if not measuring:
+                self.draws.append((generator.initial_seed(), out))
             return out
+
+        def fixed(*args, **kwargs):
+            measuring.append(True)
+            try:
+                return real_fixed(*args, **kwargs)
+            finally:
+                measuring.pop()
 
         monkeypatch.setattr(inversion, "initial_table", table)
         monkeypatch.setattr(inversion, "draw", draw_)
+        monkeypatch.setattr(inversion, "fixed_loss", fixed)
 
     def draws_of(self, group: int, seed: int, updates: int) -> list:
         """The draws of one group in step order (a group's generator is seeded per epoch)."""

@@ -53,6 +53,9 @@ def workspace(tmp_path_factory, real_store, test_store, tiny_classifier, tiny_sd
     (root / "gt" / "gt.json").write_text(json.dumps({"images": []}))
     (root / "a-folder").mkdir()
     (root / "a-file.txt").write_text("not a folder")
+    (root / "built-model").mkdir()  # a model folder synthkit built (--overwrite replaces it whole), holding a store
+    (root / "built-model" / "synthkit.json").write_text(json.dumps({"kind": "mini"}))
+    shutil.copy(real_store, root / "built-model" / "real.h5")
     return root
 
 
@@ -213,6 +216,12 @@ COMMANDS = {
         "folder",
         "test",
         lambda c, o: ["evaluate", "--model", c["classifier"], "--test", c["test"], "--device", "cpu", "--results", o],
+        None,
+    ),
+    "model train": (
+        "folder",
+        "store",
+        lambda c, o: ["model", "train", "--data", c["store"], "--device", "cpu", "--out", o, "--overwrite"],
         None,
     ),
     "gradcam": (
@@ -435,6 +444,36 @@ ODD = {
     "a broken archive": (
         lambda c: ["data", "folder", "--source", "broken.tar.gz", "--out", "f.h5"],
         "cannot read archive",
+    ),
+    "a model folder holding its input": (
+        lambda c: [
+            "model",
+            "train",
+            "--data",
+            "built-model/real.h5",
+            "--out",
+            "built-model",
+            "--device",
+            "cpu",
+            "--overwrite",
+        ],
+        "built-model/real.h5 lies inside the output folder built-model",
+    ),
+    "model train over the model it starts from": (
+        lambda c: [
+            "model",
+            "train",
+            "--data",
+            c["store"],
+            "--start-from",
+            c["model"],
+            "--out",
+            c["model"],
+            "--device",
+            "cpu",
+            "--overwrite",
+        ],
+        "tiny-sd is the input",
     ),
     "resume with other settings": (
         lambda c: [

@@ -218,6 +218,7 @@ COMMANDS = {
         lambda c, o: ["evaluate", "--model", c["classifier"], "--test", c["test"], "--device", "cpu", "--results", o],
         None,
     ),
+    "judge": ("file", "store", lambda c, o: ["judge", "--data", c["store"], "--device", "cpu", "--out", o], None),
     "model train": (
         "folder",
         "store",
@@ -444,6 +445,10 @@ ODD = {
     "a broken archive": (
         lambda c: ["data", "folder", "--source", "broken.tar.gz", "--out", "f.h5"],
         "cannot read archive",
+    ),
+    "judge over a store given by name": (
+        lambda c: ["judge", "--data", "real", "--out", "data/real.h5", "--device", "cpu"],
+        "data/real.h5 is the input data/real.h5",
     ),
     "a model folder holding its input": (
         lambda c: [

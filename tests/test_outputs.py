@@ -260,6 +260,18 @@ COMMANDS = {
         None,
     ),
 }
+
+
+def variant(base: str, rename: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> tuple:
+    """A row of COMMANDS like `base`'s, some of its options renamed and some arguments added (no size case)."""
+    kind, key, build, _ = COMMANDS[base]
+    return kind, key, lambda c, o: [(rename or {}).get(a, a) for a in build(c, o)] + list(extra), None
+
+
+COMMANDS |= {
+    "sample classes of a store": variant("sample prompts", {"--init": "--classes"}),  # the store read for its classes
+    "invert --shard auto": variant("invert", extra=("--shard", "auto")),
+}
 CASES = ["input", "link", "dot", "unwritable", "wrong kind", "absurd size"]
 EXPECTED = {
     "input": "is the input",

@@ -269,6 +269,8 @@ def variant(base: str, rename: dict[str, str] | None = None, extra: tuple[str, .
 
 
 COMMANDS |= {
+    "evaluate --out": variant("evaluate", {"--results": "--out"}),
+    "report --out": variant("report", {"--results": "--out"}),
     "sample classes of a store": variant("sample prompts", {"--init": "--classes"}),  # the store read for its classes
     "invert --shard auto": variant("invert", extra=("--shard", "auto")),
 }
@@ -461,6 +463,14 @@ ODD = {
     "judge over a store given by name": (
         lambda c: ["judge", "--data", "real", "--out", "data/real.h5", "--device", "cpu"],
         "data/real.h5 is the input data/real.h5",
+    ),
+    "evaluate --out and --results": (
+        lambda c: ["evaluate", "--model", c["classifier"], "--test", c["test"], "--out", "r1", "--results", "r2"],
+        "--out r1 and --results r2 both name the output folder",
+    ),
+    "report --out and --results": (
+        lambda c: ["report", "--out", "r1", "--results", "r2"],
+        "--out r1 and --results r2 both name the output folder",
     ),
     "a model folder holding its input": (
         lambda c: [

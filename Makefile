@@ -431,6 +431,13 @@ reproduce: report  ## the whole study (GPU for full size), in this order: data, 
 # BLIP captions would mean nothing to it), and PROMPTS_PER_CLASS adds text-to-image samples of the same template.
 DEMO_DIR   ?= demo
 DEMO_MODEL ?= mini
+# The demo writes its data/, models/ and results/ in DEMO_DIR: never this project's folder or a folder above it
+# (links followed). DEMO_PATH is DEMO_DIR made absolute without its final slash: "" for the root.
+DEMO_PATH = $(patsubst %/,%,$(or $(realpath $(DEMO_DIR)),$(abspath $(DEMO_DIR))))
+ifneq ($(filter demo,$(MAKECMDGOALS)),)
+$(if $(strip $(DEMO_DIR)),,$(error DEMO_DIR is empty: give the demo a folder of its own, e.g. DEMO_DIR=demo))
+$(if $(filter $(DEMO_PATH)/%,$(realpath $(HERE))/),$(error DEMO_DIR=$(DEMO_DIR) is $(if $(filter $(DEMO_PATH),$(realpath $(HERE))),the project folder $(DEMO_PATH),$(or $(DEMO_PATH),/), a folder above the project $(realpath $(HERE))): the demo would write its data/, models/ and results/ there; give it a folder of its own, e.g. DEMO_DIR=demo))
+endif
 DEMO_DATA := $(if $(wildcard $(CIFAR)),CIFAR=$(abspath $(CIFAR)) PER_CLASS=20 TEST_PER_CLASS=10,\
   CIFAR=$(HERE)/tests/data/cifar10-mini.tar.gz PER_CLASS=12 TEST_PER_CLASS=6)
 DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) JUDGE_MODEL=$(DEMO_MODEL) SD_PROMPTS=template PROMPTS_PER_CLASS=20 \

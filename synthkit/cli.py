@@ -78,6 +78,13 @@ Resume = Annotated[bool, typer.Option(help="Continue an interrupted run; a finis
 ResultsAlias = Annotated[Path | None, typer.Option("--results", hidden=True, help="The old name of --out.")]
 
 
+def results_folder(help: str) -> typer.models.OptionInfo:
+    """--out of a command that also takes its old name --results: no value of its own, so that giving both is seen
+    (check_common) and the default applies only when neither is given (`results or out or RESULTS_DIR`). The help
+    says the default itself, its bracket escaped (rich would read it as markup)."""
+    return typer.Option(None, help=f"{help} \\[default: {RESULTS_DIR}]", show_default=False)
+
+
 def choice_type(name: str, values: tuple[str, ...]) -> type[StrEnum]:
     """The type of an option with a few values: the CLI offers exactly `values` (declared in config.py)."""
     return StrEnum(name, {value: value for value in values})
@@ -211,8 +218,13 @@ def command(group: typer.Typer, name: str | None = None, **options: object) -> C
 
 
 def check_common(options: dict) -> None:
-    """Options many commands share, checked before the command starts: every seed within SEED_MAX, and not both
-    --resume (keep or continue) and --overwrite (start again)."""
+    """Options many commands share, checked before the command starts: every seed within SEED_MAX, not both
+    --resume (keep or continue) and --overwrite (start again), and not both --out and its old name --results."""
+    if options.get("results") is not None and options.get("out") is not None:
+        raise UserError(
+            f"--out {options['out']} and --results {options['results']} both name the output folder (--results is "
+            "the old name of --out): give --out alone"
+        )
     seeds = options.get("seed")
     for seed in seeds if isinstance(seeds, list) else [seeds] if seeds is not None else []:
         if seed > SEED_MAX:
@@ -623,7 +635,7 @@ def train(
 def evaluate(
     model: list[Path] = typer.Option(..., help="Classifier(s) to score (repeat --model)."),
     test: str = typer.Option(TEST_STORE, help="The real test store (name or path)."),
-    out: Path = typer.Option(RESULTS_DIR, help="Folder for accuracy.csv, accuracy.md and confusion/*.png."),
+    out: Path | None = results_folder("Folder for accuracy.csv, accuracy.md and confusion/*.png."),
     results: ResultsAlias = None,
     batch_size: int = typer.Option(EVAL.batch_size, min=1, help="Images per forward pass."),
     device: Device = AUTO,
@@ -640,7 +652,7 @@ def evaluate(
     from .paths import ACCURACY_CSV, ACCURACY_MD, CONFUSION_DIR, store_path
     from .tables import pick, rich_table
 
-    results = results or out
+    results = results or out or RESULTS_DIR
     rows = evaluate_models(
         model, store_path(test), results, device=device, batch_size=batch_size, memory_limit=memory_limit
     )
@@ -1189,8 +1201,8 @@ def filter_command(
 
 @command(app)
 def report(
-    out: Path = typer.Option(
-        RESULTS_DIR, help="Results folder (accuracy.csv, gradcam/, vanish/, grids/) to report, and README.md in it."
+    out: Path | None = results_folder(
+        "Results folder (accuracy.csv, gradcam/, vanish/, grids/) to report, and README.md in it."
     ),
     results: ResultsAlias = None,
     models: Path = typer.Option(MODELS_DIR, help="Models folder."),
@@ -1199,7 +1211,7 @@ def report(
     """Write results/README.md: the accuracy table beside the original study's, provenance, samples, CAMs, geometry."""
     from .report import write_report
 
-    typer.echo(f"wrote {write_report(results or out, models, data)}")
+    typer.echo(f"wrote {write_report(results or out or RESULTS_DIR, models, data)}")
 
 
 def main() -> None:

@@ -375,7 +375,9 @@ def run_invert(
         )
 
     merge = functools.partial(merge_embeddings, overwrite=True)
-    return run_sharded(job, Path(out), shard, device, merge, overwrite=overwrite, resume=resume, say=say)
+    return run_sharded(
+        job, Path(out), shard, device, merge, overwrite=overwrite, resume=resume, say=say, inputs=[data, model]
+    )
 
 
 def invert_chunk(

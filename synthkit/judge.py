@@ -64,11 +64,15 @@ def judge_stores(
     out: Path | None = None,
 ) -> list[dict[str, Any]]:
     """For each store, the share of a seeded pick (up to `per_class` images of every class) that the model puts in
-    the image's own class; written to the JSON file `out` too when given (as the report reads it)."""
+    the image's own class; written to the JSON file `out` too when given (as the report reads it), which is checked
+    before any work (jobs.check_destination: none of the stores, nor the model)."""
     from .device import diffusion_dtype, job_device
     from .diffusion import load_diffusion
+    from .jobs import check_destination
     from .store import Store
 
+    if out is not None:
+        check_destination(out, [*stores, model])
     dev = job_device(device)
     diffusion = load_diffusion(model, dev, diffusion_dtype(dev))
     rows = []

@@ -121,13 +121,15 @@ def run_sharded(
     overwrite: bool = False,
     resume: bool = False,
     say: Callable[[str], None] = print,
+    inputs: Sequence[str | Path | None] = (),
 ) -> Path:
     """Run job(out, shard, device); with shard 'auto' on the launcher's shard, and under torchrun merge into `out`
-    (the shards are removed once merged). Returns the file this process wrote (or merged)."""
+    (the shards are removed once merged; `out` is none of the job's `inputs`, checked before any shard is written).
+    Returns the file this process wrote (or merged)."""
     if shard != "auto":
         job(out, shard, device)
         return Path(out)
-    if check_output(Path(out), [], overwrite, resume):
+    if check_output(Path(out), [], overwrite, resume, inputs=inputs):
         say(f"{out} is already complete")
         return Path(out)
     launch, dev = launched(device)  # "cuda" and "auto" mean this rank's own GPU under torchrun

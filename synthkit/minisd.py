@@ -32,10 +32,10 @@ import torch
 from .config import MiniConfig
 from .diffusion import SD_SCHEDULE, build_components, check_model_output, derive_seed, quiet_libraries, save_folder
 from .errors import UserError
-from .jobs import check_same_options
+from .jobs import check_destination, check_input_outside, check_same_options
 from .meta import command_line, jsonable
 from .outputs import locked_output, written_whole
-from .paths import preview_path
+from .paths import preview_path, resolve_model
 
 VAE_FACTOR = 4  # the VAE halves the side twice: 32 px images, 8x8 latents
 ENCODER_FILE = "instance_encoder.safetensors"
@@ -146,8 +146,6 @@ def load_start(parts: dict[str, Any], folder: str) -> None:
     shape, so that a new UNet stage starts from them; one error line when the shapes differ."""
     from diffusers import StableDiffusionPipeline
 
-    from .paths import resolve_model
-
     quiet_libraries()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -245,7 +243,7 @@ def _machine(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {cores} cores"
 
 
-@locked_output("out", folder=True)
+@locked_output("out", folder=True, inputs=["data"])
 def train_mini(
     data: Path,
     out: Path,
@@ -263,6 +261,11 @@ def train_mini(
 
     config = config or MiniConfig()
     out = Path(out)
+    start = resolve_model(config.start_from) if config.start_from else None
+    check_destination(out, [start], folder=True)  # the model it starts from is an input too (the store: the lock's)
+    for given in (data, start):  # --overwrite replaces the folder whole
+        if given is not None:
+            check_input_outside(given, out)
     state_file = state_path(out)
     if out.exists() and resume and (out / "synthkit.json").is_file() and not state_file.exists():
         return json.loads((out / "synthkit.json").read_text())
@@ -479,8 +482,6 @@ def _instance_codes(
 
 def _start_record(folder: str | None) -> dict[str, Any]:
     """The synthkit.json of the model a run started from (empty when it started from random weights)."""
-    from .paths import resolve_model
-
     if not folder:
         return {}
     record = Path(resolve_model(folder)) / "synthkit.json"

@@ -46,7 +46,7 @@ from .jobs import (
 )
 from .meta import Kind, provenance
 from .outputs import locked_output
-from .paths import partial_path
+from .paths import partial_path, store_path
 from .progress import console, progress
 from .store import Store, StoreWriter
 
@@ -118,7 +118,8 @@ def run_sample(
     from .store import merge_stores
 
     config = config or SamplingConfig()
-    check_destination(out, [prompt_file, init, only, model, *embeddings])
+    inputs = [prompt_file, init, only, model, *embeddings, classes_store(classes)]  # --classes may name a store
+    check_destination(out, inputs)
     templates = read_templates(templates, prompt_file)
     modes = [
         name
@@ -198,6 +199,7 @@ def run_sample(
         overwrite=overwrite,
         resume=resume,
         say=say,
+        inputs=inputs,
     )
 
 
@@ -220,16 +222,23 @@ def pending(slices: list[slice], done: int) -> Iterator[slice]:
 def class_list(classes: str | None) -> list[str]:
     """--classes: CIFAR-10's by default, the classes of a store (name or path), or comma-separated names."""
     from . import CIFAR10_CLASSES
-    from .paths import store_path
 
     if classes is None:
         return list(CIFAR10_CLASSES)
     check_names(classes)
-    path = store_path(classes)
-    if "," not in classes and path.suffix == ".h5" and path.exists():
+    path = classes_store(classes)
+    if path is not None:
         with Store(path) as s:
             return list(s.classes)
     return [c.strip() for c in classes.split(",")]
+
+
+def classes_store(classes: str | None) -> Path | None:
+    """The store --classes names (a name or path of an existing .h5, read for its classes), else None (names)."""
+    if not classes or "," in classes or not classes.strip():
+        return None
+    path = store_path(classes)
+    return path if path.suffix == ".h5" and path.exists() else None
 
 
 def check_names(classes: str) -> None:

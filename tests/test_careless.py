@@ -233,6 +233,31 @@ def test_makefile_variables_are_checked_before_any_stage(clone, setting, expecte
     assert not (clone / ".make").exists()
 
 
+@pytest.mark.parametrize(
+    "demo_dir, expected",
+    [
+        ("..", "a folder above the project"),
+        ("/", "DEMO_DIR=/ is /, a folder above the project"),
+        (".", "is the project folder"),
+        ("a link to the project", "is the project folder"),
+        ("stub/..", "is the project folder"),
+        ("", "DEMO_DIR is empty"),
+    ],
+)
+def test_demo_dir_is_never_the_project_or_a_folder_above_it(clone, tmp_path, demo_dir, expected):
+    """The demo writes data/, models/ and results/ in DEMO_DIR: the project's own folder, or one above it (the parent,
+    the root), is refused in one line before any stage, by a dry run too."""
+    if demo_dir == "a link to the project":
+        demo_dir = str(tmp_path / "link")
+        (tmp_path / "link").symlink_to(clone)
+    before = tree(clone)
+    for dry in ([], ["-n"]):
+        result = make(clone, *dry, "demo", f"DEMO_DIR={demo_dir}")
+        assert result.returncode != 0 and expected in result.stderr and result.stdout == "", result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not (clone / "stub" / "stub.log").exists()
+    assert tree(clone) == before
+
+
 # ---- sample --only: every recorded row and path of a subset is checked
 
 

@@ -15,8 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
+import typer
 
+from synthkit.cli import app
 from synthkit.errors import UserError
 from synthkit.outputs import resumable_output
 from synthkit.paths import lock_path, partial_path
@@ -53,6 +56,9 @@ def workspace(tmp_path_factory, real_store, test_store, tiny_classifier, tiny_sd
     (root / "gt" / "gt.json").write_text(json.dumps({"images": []}))
     (root / "a-folder").mkdir()
     (root / "a-file.txt").write_text("not a folder")
+    (root / "built-model").mkdir()  # a model folder synthkit built (--overwrite replaces it whole), holding a store
+    (root / "built-model" / "synthkit.json").write_text(json.dumps({"kind": "mini"}))
+    shutil.copy(real_store, root / "built-model" / "real.h5")
     return root
 
 
@@ -215,6 +221,20 @@ COMMANDS = {
         lambda c, o: ["evaluate", "--model", c["classifier"], "--test", c["test"], "--device", "cpu", "--results", o],
         None,
     ),
+    "judge": ("file", "store", lambda c, o: ["judge", "--data", c["store"], "--device", "cpu", "--out", o], None),
+    "info --plot": ("file", "classifier", lambda c, o: ["info", c["classifier"], "--plot", o, "--overwrite"], None),
+    "model train": (
+        "folder",
+        "store",
+        lambda c, o: ["model", "train", "--data", c["store"], "--device", "cpu", "--out", o, "--overwrite"],
+        None,
+    ),
+    "merge embeddings": (
+        "file",
+        "classifier",
+        lambda c, o: ["merge", c["classifier"], c["classifier"], "--out", o, "--overwrite"],
+        None,
+    ),
     "gradcam": (
         "folder",
         "test",
@@ -250,6 +270,21 @@ COMMANDS = {
         None,
     ),
 }
+
+
+def variant(base: str, rename: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> tuple:
+    """A row of COMMANDS like `base`'s, some of its options renamed and some arguments added (no size case)."""
+    kind, key, build, _ = COMMANDS[base]
+    return kind, key, lambda c, o: [(rename or {}).get(a, a) for a in build(c, o)] + list(extra), None
+
+
+COMMANDS |= {
+    "evaluate --out": variant("evaluate", {"--results": "--out"}),
+    "report --out": variant("report", {"--results": "--out"}),
+    "sample classes of a store": variant("sample prompts", {"--init": "--classes"}),  # the store read for its classes
+    "invert --shard auto": variant("invert", extra=("--shard", "auto")),
+}
+OUTPUT_OPTIONS = {"out", "plot", "results"}  # the options that name what a command writes
 CASES = ["input", "link", "dot", "unwritable", "wrong kind", "absurd size"]
 EXPECTED = {
     "input": "is the input",
@@ -300,6 +335,47 @@ def test_a_bad_output_is_refused_before_any_work(command, case, workspace, monke
     )
     assert "Traceback" not in result.output and result.stdout == ""  # no note of work begun
     assert tree(workspace) == before, f"{command} / {case} changed the files"
+
+
+def command_tree() -> dict[str, click.Command]:
+    """Every command of the CLI (a subcommand of a group as "group command") and its click command."""
+    commands, todo = {}, [("", typer.main.get_command(app))]
+    while todo:
+        prefix, group = todo.pop()
+        for name, cmd in group.commands.items():
+            path = f"{prefix} {name}".strip()
+            todo.append((path, cmd)) if hasattr(cmd, "commands") else commands.update({path: cmd})
+    return commands
+
+
+def covered(w: Path) -> set[tuple[str, str]]:
+    """(command, output option) of every row of COMMANDS, read from the arguments it builds."""
+    pairs = set()
+    for _, _, build, _ in COMMANDS.values():
+        marker = w / "the-output"
+        args = [str(a) for a in build(inputs(w), marker)]
+        group, path = typer.main.get_command(app), []
+        for token in args:
+            if token not in getattr(group, "commands", {}):
+                break
+            group = group.commands[token]
+            path.append(token)
+        pairs.add((" ".join(path), args[args.index(str(marker)) - 1]))
+    return pairs
+
+
+def test_every_command_and_output_option_has_a_row(tmp_path):
+    """A command that writes (an --out, --plot or --results option) has a row of COMMANDS for each such option, so
+    that a new command or output is checked like the others or this test fails; and every command writes."""
+    writing = {
+        (path, opt)
+        for path, cmd in command_tree().items()
+        for param in cmd.params
+        if param.name in OUTPUT_OPTIONS
+        for opt in param.opts
+    }
+    assert {path for path, _ in writing} == set(command_tree()), "a command with no output option: add it here"
+    assert writing - covered(tmp_path) == set(), "commands and outputs without a row in COMMANDS"
 
 
 # Odd inputs a careless user tried (issue 21's "beyond this list"): each is one error line, exit 2, nothing written.
@@ -436,6 +512,48 @@ ODD = {
         lambda c: ["data", "folder", "--source", "broken.tar.gz", "--out", "f.h5"],
         "cannot read archive",
     ),
+    "judge over a store given by name": (
+        lambda c: ["judge", "--data", "real", "--out", "data/real.h5", "--device", "cpu"],
+        "data/real.h5 is the input data/real.h5",
+    ),
+    "evaluate --out and --results": (
+        lambda c: ["evaluate", "--model", c["classifier"], "--test", c["test"], "--out", "r1", "--results", "r2"],
+        "--out r1 and --results r2 both name the output folder",
+    ),
+    "report --out and --results": (
+        lambda c: ["report", "--out", "r1", "--results", "r2"],
+        "--out r1 and --results r2 both name the output folder",
+    ),
+    "a model folder holding its input": (
+        lambda c: [
+            "model",
+            "train",
+            "--data",
+            "built-model/real.h5",
+            "--out",
+            "built-model",
+            "--device",
+            "cpu",
+            "--overwrite",
+        ],
+        "built-model/real.h5 lies inside the output folder built-model",
+    ),
+    "model train over the model it starts from": (
+        lambda c: [
+            "model",
+            "train",
+            "--data",
+            c["store"],
+            "--start-from",
+            c["model"],
+            "--out",
+            c["model"],
+            "--device",
+            "cpu",
+            "--overwrite",
+        ],
+        "tiny-sd is the input",
+    ),
     "resume with other settings": (
         lambda c: [
             "train",
@@ -469,6 +587,22 @@ def test_odd_inputs_are_one_error_line_and_write_nothing(case, workspace, monkey
     )
     assert expected in message and "Traceback" not in result.output and result.stdout == "", f"{case}: {message}"
     assert tree(workspace) == before, f"{case} changed the files"
+
+
+def test_a_results_folder_that_holds_an_input_is_written_into(tmp_path, test_store, tiny_classifier, monkeypatch):
+    """An output folder that is only written into (not replaced) may hold the inputs: evaluate --out data, where
+    data/test.h5 is the test store, writes its table and figures beside it and leaves it as it was."""
+    (tmp_path / "data").mkdir()
+    shutil.copy(test_store, tmp_path / "data" / "test.h5")
+    shutil.copy(tiny_classifier, tmp_path / "data" / "clf.safetensors")
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path / "data")
+    result = run(
+        "evaluate", "--model", "data/clf.safetensors", "--test", "data/test.h5", "--device", "cpu", "--out", "data"
+    )
+    assert result.exit_code == 0, result.output
+    after = tree(tmp_path / "data")
+    assert {k: after[k] for k in before} == before and {"accuracy.csv", "accuracy.md"} <= set(after)
 
 
 def synthkit_imports() -> dict[str, set[str]]:

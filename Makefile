@@ -86,6 +86,19 @@ GEO_UPDATES  ?=
 GEO_SD_PER_CLASS ?= 100
 GEO_N        ?=
 
+# The study in miniature (make mini-study, mini-sweep; see there): its folder, and its protocol's two numbers.
+MINI_DIR     ?= mini-study
+# DI's gradient updates per image: 300 for now; the DI measurement on the miniature (bench/mini_quality.py, issue 38)
+# decides it, as the update count at which its samples carry their class.
+MINI_UPDATES ?= 300
+# Its inversion's learning rate: empty is the official 0.03 (300 updates at 0.03 retrieve 85% of their sources on the
+# shipped miniature, 60 at 0.3 92%: bench/README.md, 2026-12-06).
+MINI_INV_LR  ?=
+# Every row's training steps under MINI_RECIPE: a placeholder (quick's own 300), to be chosen by measurement as the
+# budget at which the rows' spread over seeds can order them.
+MINI_STEPS   ?= 300
+MINI_RECIPE  ?= quick
+
 ifneq ($(strip $(REAL)),)
 ifeq ($(strip $(TEST)),)
 $(error REAL=$(REAL) needs TEST=: a real test store with the same classes (CIFAR-10's test set would not match))
@@ -161,9 +174,9 @@ check_number = $(if $(strip $($(1))),$(if $(or $(word 2,$($(1))),$(call not_coun
 RECIPE_NAMES := $(shell sed -n 's/^    "\([a-z0-9-]*\)": {  # .*/\1/p' $(dir $(firstword $(MAKEFILE_LIST)))synthkit/config.py)
 ifeq ($(filter help,$(MAKECMDGOALS)),)
 $(foreach v,SIZES SEEDS SWEEP_SEEDS,$(call check_list,$(v)))
-$(foreach v,SHARDS PER_CLASS TEST_PER_CLASS SD_PER_CLASS PROMPTS_PER_CLASS SD_RESOLUTION SD_SAVE_SIZE PER_IMAGE SD_STEPS RESOLUTION UPDATES INV_BATCH DI_STEPS GEN_BATCH IMAGE_SIZE TRAIN_STEPS BATCH GRADCAM_N VANISH_N FIDELITY_N JUDGE_N GEO_SIZE GEO_PER_CLASS GEO_UPDATES GEO_SD_PER_CLASS GEO_N,$(call check_number,$(v),1))
+$(foreach v,SHARDS PER_CLASS TEST_PER_CLASS SD_PER_CLASS PROMPTS_PER_CLASS SD_RESOLUTION SD_SAVE_SIZE PER_IMAGE SD_STEPS RESOLUTION UPDATES INV_BATCH DI_STEPS GEN_BATCH IMAGE_SIZE TRAIN_STEPS BATCH GRADCAM_N VANISH_N FIDELITY_N JUDGE_N GEO_SIZE GEO_PER_CLASS GEO_UPDATES GEO_SD_PER_CLASS GEO_N MINI_UPDATES MINI_STEPS,$(call check_number,$(v),1))
 $(foreach v,SEED EVALS WARMUP_STEPS SWEEP_EVALS,$(call check_number,$(v)))
-$(if $(filter $(RECIPE),$(RECIPE_NAMES))$(if $(RECIPE_NAMES),,no list),,$(error RECIPE=$(RECIPE) is not a recipe: use one of $(RECIPE_NAMES)))
+$(foreach v,RECIPE MINI_RECIPE,$(if $(filter $($(v)),$(RECIPE_NAMES))$(if $(RECIPE_NAMES),,no list),,$(error $(v)=$($(v)) is not a recipe: use one of $(RECIPE_NAMES))))
 endif
 
 # One embeddings file per class (INVERT_BY=class: separate jobs, as the official scripts), or one for all.
@@ -180,7 +193,7 @@ clf         = models/resnet18-$(1)-s$(firstword $(SEEDS)).safetensors
 PROMPTS     := $(if $(PROMPTS_PER_CLASS),data/prompts.h5)
 GRIDS       := results/grids/real.png results/grids/sd.png results/grids/inv.png $(PROMPTS:data/%.h5=results/grids/%.png)
 
-.PHONY: help install test data captions sd invert inv filter train evaluate analysis geometry sweep report reproduce demo demo-model clean-study
+.PHONY: help install test data captions sd invert inv filter train evaluate analysis geometry sweep report reproduce demo demo-model mini-study mini-sweep clean-study
 
 help:  ## show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -208,6 +221,7 @@ help:  ## show targets and variables
 	@echo "  geometry: SCENES=$(SCENES) GEO_CLASS=$(GEO_CLASS) GEO_SIZE=$(GEO_SIZE) GEO_PER_CLASS=$(GEO_PER_CLASS) GEO_UPDATES=$(GEO_UPDATES) GEO_SD_PER_CLASS=$(GEO_SD_PER_CLASS) GEO_N=$(GEO_N)"
 	@echo "  YUD=$(YUD)  (York Urban with gt.json: vanish-score scores the line detector)"
 	@echo "  demo: DEMO_DIR=$(DEMO_DIR)  (its own data/, models/, results/, stage settings)  DEMO_MODEL=$(DEMO_MODEL)  (its generator)"
+	@echo "  mini-study, mini-sweep: MINI_DIR=$(MINI_DIR)  (their folder)  MINI_UPDATES=$(MINI_UPDATES)  (DI's updates per image)  MINI_RECIPE=$(MINI_RECIPE) MINI_STEPS=$(MINI_STEPS)  (every row's recipe and steps)"
 	@echo "  set-up: PYTHON=$(PYTHON) VENV=$(VENV) STAMPS=$(STAMPS)  (the stage settings' folder)"
 
 install:  ## create .venv and install synthkit with its test tools
@@ -447,17 +461,49 @@ DEMO_VARS := MODEL=$(DEMO_MODEL) SD_MODEL=$(DEMO_MODEL) JUDGE_MODEL=$(DEMO_MODEL
   SCENES=$(abspath $(YUD)) GEO_SIZE=64 GEO_PER_CLASS=12 GEO_UPDATES=20 GEO_SD_PER_CLASS=12 \
   SIZES="5 10" SWEEP_EVALS=1 SWEEP_FROM=data/real.h5 SWEEP_EMB=models/inv/all.safetensors
 
-# The user's own variables that the demo's replace are named, not ignored in silence. A dry run (make -n demo) before
-# the demo's first run plans it in an empty temporary folder, so that it creates nothing here.
-DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
-DEMO_NAMES = $(foreach a,$(DEMO_VARS),$(if $(findstring =,$(a)),$(firstword $(subst =, ,$(a)))))
-DEMO_OVERRIDES = $(foreach v,$(DEMO_NAMES),$(if $(filter command line environment,$(origin $(v))),$(v)))
 demo: $(SK)  ## the whole graph offline in minutes on a CPU, in demo/, on the shipped miniature generator (DEMO_MODEL)
-	@$(if $(strip $(DEMO_OVERRIDES)),echo "demo: its own values replace yours of $(strip $(DEMO_OVERRIDES))")
-	dir=$(DEMO_DIR); if [ -n "$(DRY_RUN)" ] && [ ! -d "$$dir" ]; then dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
-	  echo "($(DEMO_DIR)/ does not exist yet: the plan is made in an empty folder)"; else mkdir -p "$$dir"; fi; \
-	  $(MAKE) --no-print-directory -C "$$dir" -f $(HERE)/Makefile reproduce sweep VENV=$(abspath $(VENV)) $(DEMO_VARS)
-	@echo "the demo's report: $(DEMO_DIR)/results/README.md"
+	$(call in_folder,demo,$(DEMO_DIR),reproduce sweep,$(DEMO_VARS))
+
+# ---- the study in miniature: the study's graph at a size whose table can order its rows, on the shipped miniature
+# generator, on a CPU (about 2½ hours on 2 cores; bench/README.md gives each stage's time) or a GPU (minutes), in its
+# own folder MINI_DIR as the demo is. Its protocol is fixed: MODEL=mini for DI, prompts and the judge, DI at MINI_UPDATES,
+# the `sd` row text-to-image samples of the class template in the same number as the DI samples (PER_CLASS x
+# PER_IMAGE per class), every row under one recipe and step budget (MINI_RECIPE, MINI_STEPS), no scene study. Its
+# sizes are defaults that yours replace: PER_CLASS=50 real images per class (the scale at which the study's figures say
+# DI matters most), PER_IMAGE=5, TEST_PER_CLASS=200 (2,000 real test images), SEEDS="0 1 2", and for `make mini-sweep`
+# SIZES="10 50 100" at SWEEP_SEEDS="0 1". The sweep is a second target in the same folder (its own inversion of the
+# largest size, its 18 classifiers: time of its own in bench/README.md), so that the mini-study keeps its budget.
+MINI_PER_CLASS = $(call or_given,PER_CLASS,50)
+MINI_PER_IMAGE = $(call or_given,PER_IMAGE,5)
+MINI_VARS = MODEL=mini SD_MODEL=mini JUDGE_MODEL=mini SD_PROMPTS=template SD_INIT= PROMPTS_PER_CLASS= \
+  SD_PER_CLASS=$(shell expr $(MINI_PER_CLASS) \* $(MINI_PER_IMAGE)) SD_RESOLUTION= SD_SAVE_SIZE= RESOLUTION= \
+  INVERT_BY=all UPDATES=$(MINI_UPDATES) INV_LR=$(MINI_INV_LR) RECIPE=$(MINI_RECIPE) TRAIN_STEPS=$(MINI_STEPS) YUD= SCENES=
+MINI_SIZES = CIFAR=$(abspath $(CIFAR)) PER_CLASS=$(MINI_PER_CLASS) PER_IMAGE=$(MINI_PER_IMAGE) \
+  TEST_PER_CLASS=$(call or_given,TEST_PER_CLASS,200) SEEDS="$(call or_given,SEEDS,0 1 2)" \
+  SIZES="$(call or_given,SIZES,10 50 100)" SWEEP_SEEDS="$(call or_given,SWEEP_SEEDS,0 1)"
+mini-study: $(SK)  ## the study in miniature (2½ h on a 2-core CPU), in mini-study/, on the miniature generator: the rows over 3 seeds, and whether the study's claims held
+	$(call in_folder,mini-study,$(MINI_DIR),reproduce,$(MINI_VARS),$(MINI_SIZES))
+
+mini-sweep: $(SK)  ## the sample-complexity sweep in miniature, in mini-study/: real, inv and real+inv at SIZES="10 50 100", 2 seeds
+	$(call in_folder,mini-sweep,$(MINI_DIR),sweep,$(MINI_VARS),$(MINI_SIZES))
+
+# ---- a study in a folder of its own (the demo, the mini-study): this Makefile started there with that study's
+# variables, so that a later `make TARGET` here neither redoes nor deletes its work, and it made again redoes nothing.
+# $(call in_folder,NAME,DIR,TARGETS,OWN,SIZES): OWN are its own values, which replace yours (each of yours named, not
+# ignored in silence); SIZES are its defaults where you gave none (or_given); the rest of yours reach it as they reach
+# any make started by make. A dry run (make -n NAME) runs that make (+: the macro hides $(MAKE) from make's eye), and
+# before the first run plans it in an empty temporary folder, so that it creates nothing here.
+DRY_RUN := $(findstring n,$(firstword -$(MAKEFLAGS)))
+given = $(filter command line environment,$(origin $(1)))
+or_given = $(if $(call given,$(1)),$($(1)),$(2))
+replaced = $(strip $(foreach a,$(1),$(if $(findstring =,$(a)),$(if $(call given,$(firstword $(subst =, ,$(a)))),$(firstword $(subst =, ,$(a)))))))
+define in_folder
+@$(if $(call replaced,$(4)),echo "$(1): its own values replace yours of $(call replaced,$(4))")
++dir=$(2); if [ -n "$(DRY_RUN)" ] && [ ! -d "$$dir" ]; then dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
+  echo "($(2)/ does not exist yet: the plan is made in an empty folder)"; else mkdir -p "$$dir"; fi; \
+  $(MAKE) --no-print-directory -C "$$dir" -f $(HERE)/Makefile $(3) VENV=$(abspath $(VENV)) $(5) $(4)
+@echo "the $(1)'s report: $(2)/results/README.md"
+endef
 
 $(SK):
 	$(MAKE) install
@@ -465,5 +511,5 @@ $(SK):
 models/tiny-sd:
 	$(SK) model tiny --out $@
 
-clean-study:  ## delete data/, models/, results/ and the stage settings (keeps .venv and demo/)
+clean-study:  ## delete data/, models/, results/ and the stage settings (keeps .venv, demo/ and mini-study/)
 	rm -rf data models results $(STAMPS)

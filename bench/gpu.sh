@@ -3,9 +3,11 @@
 # the pipeline on the GPU with the tiny model, then the three benchmarks at full size. Each step has its
 # own time limit, so that one slow step cannot take the others' time; logs go to OUTDIR/<step>.log.
 # Usage: bench/gpu.sh OUTDIR [STEP...]   (synthkit importable, e.g. `pip install -e .`; CIFAR-10 as for the
-# benchmarks). With STEP names, only those steps run (mini-defaults smoke generation-bf16 generation-fp32 train-speed fleet
-# di-accuracy mini-4 mini-8 accuracy any-store). PARALLEL=1 runs the named steps side by side (each still under its
-# limit); DEADLINE=SECONDS cuts every limit to end within that many seconds of the script's start.
+# benchmarks). With STEP names, only those steps run (mini-defaults mini-study smoke generation-bf16 generation-fp32
+# train-speed fleet di-accuracy mini-4 mini-8 accuracy any-store); mini-defaults (the miniature at model train's own
+# defaults) and mini-study run first, the study's report kept in OUTDIR/mini-study. PARALLEL=1 runs the named steps
+# side by side (each still under its limit); DEADLINE=SECONDS cuts every limit to end within that many seconds of the
+# script's start.
 set -uo pipefail
 out=${1:-bench/.cache/gpu}
 shift || true
@@ -76,15 +78,30 @@ any_store() {  # train at 96 px (ImageNet stem) on CUDA with the set over a smal
     python3 -m synthkit evaluate --model "$w/clf96.safetensors" --test "$w/test.h5" --memory-limit 5MB --results "$w/results"
     python3 -m synthkit info "$w/clf96.safetensors"
 }
+mini_study() {  # issue 39: make mini-study at the study's own 500 real images per class; its results/ kept in OUTDIR
+    local w
+    w=$(mktemp -d)
+    set -e
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this tree's synthkit, wherever make runs it
+    mkdir -p "$w/venv/bin"  # the Makefile runs $(VENV)/bin/synthkit and $(VENV)/bin/python
+    printf '#!/bin/sh\nexec python3 -m synthkit "$@"\n' >"$w/venv/bin/synthkit"
+    printf '#!/bin/sh\nexec python3 "$@"\n' >"$w/venv/bin/python"
+    chmod +x "$w/venv/bin/synthkit" "$w/venv/bin/python"
+    local start=$SECONDS
+    make --no-print-directory mini-study VENV="$w/venv" MINI_DIR="$w/mini-study" CIFAR="$ARCHIVE" PER_CLASS=500
+    echo "mini-study wall $((SECONDS - start)) s"
+    rm -rf "$out/mini-study" && cp -r "$w/mini-study/results" "$out/mini-study"
+}
 ARCHIVE=$(python3 -c 'import sys; sys.path.insert(0, "bench"); from common import ARCHIVE; print(ARCHIVE)')
 export ARCHIVE
 MINI_ARGS=${MINI_ARGS:---vae-steps 6000 --vae-batch-size 256 --steps 8000 --batch-size 512 --lr 1e-3 --vae-width 48}
 export ARCHIVE out MINI_ARGS
-export -f smoke any_store di_accuracy mini
+export -f smoke any_store di_accuracy mini mini_study
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log"
 # issue 38: first, the miniature at `model train`'s own defaults (instance codes included); ship it if it measures better
 step mini-defaults 560 bash -c "mini defaults"
+step mini-study 540 bash -c mini_study
 step smoke 150 bash -c smoke
 step generation-bf16 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision bf16 --sample-batch 128 --windows 5 --steps 4
 step generation-fp32 110 python3 bench/generation_speed.py --model sd15 --resolution 128 --groups 8 --precision fp32 --sample-batch 128 --windows 5 --steps 4

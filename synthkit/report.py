@@ -6,6 +6,7 @@ import datetime as _dt
 import functools
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,99 @@ def spread_notes(groups: list[dict[str, Any]]) -> list[str]:
     return [
         "These pairs of rows differ by less than their spread (the sum of their standard deviations; the difference "
         "in points in brackets), so this run cannot order them: " + "; ".join(close) + "."
+    ]
+
+
+# "DI alone comes within a few points of real": a few is this many points of test accuracy.
+A_FEW_POINTS = 5.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the study's claims as two rows of the accuracy table: `row` scores more than `other` less `slack`
+    points (slack 0: it beats it; slack 5: it falls short of it by less than 5 points)."""
+
+    words: str
+    row: str
+    other: str
+    slack: float = 0.0
+
+
+CLAIMS = (
+    Claim("real+DI beats real", "real+inv", "real"),
+    Claim(f"DI alone comes within {A_FEW_POINTS:g} points of real", "inv", "real", A_FEW_POINTS),
+    Claim("DI beats prompt samples", "inv", "sd"),
+)
+
+
+def claim_verdict(claim: Claim, groups: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A claim read off seed groups (evaluation.group_rows), in points: `margin` (the row's mean plus the slack less
+    the other's: above 0 where the means say it held) against `spread` (the sum of the two rows' standard deviations,
+    as spread_notes judges rows). The verdict is "held" or "not held" when the margin exceeds the spread one way or
+    the other, "too close to call" within it, and "not called" with one seed (no spread) or when a row is several
+    groups (classifiers made differently). None when either row is missing."""
+    found = {name: [g for g in groups if g["training_data"] == name] for name in (claim.row, claim.other)}
+    if not all(found.values()):
+        return None
+    if any(len(g) > 1 for g in found.values()):
+        return {"verdict": "not called", "why": "a row is several groups of classifiers made differently"}
+    a, b = found[claim.row][0], found[claim.other][0]
+    margin = 100 * (a["mean"] - b["mean"]) + claim.slack
+    spread = 100 * (a["std"] + b["std"])
+    if a["n"] < 2 or b["n"] < 2:
+        verdict = "not called"
+    elif abs(margin) > spread:
+        verdict = "held" if margin > 0 else "not held"
+    else:
+        verdict = "too close to call"
+    why = "a row has one seed: its spread is unknown" if verdict == "not called" else ""
+    return {"verdict": verdict, "why": why, "margin": margin, "spread": spread, "row": a, "other": b}
+
+
+def claims_section(groups: list[dict[str, Any]], cifar: bool = True) -> list[str]:
+    """A line per claim of the study (CLAIMS) that this table has the rows for: whether it held here, with its margin
+    in points and in the rows' spreads, and (on CIFAR-10) the original study's margin beside it."""
+    from .evaluation import mean_std
+
+    lines = []
+    for claim in CLAIMS:
+        v = claim_verdict(claim, groups)
+        if v is None:
+            continue
+        head = f"- **{claim.words}** (`{claim.row}` against `{claim.other}`): "
+        if "margin" not in v:
+            lines.append(head + f"not called ({v['why']}).")
+            continue
+        allowed = f" (+ {claim.slack:g} allowed)" if claim.slack else ""
+        why = f" ({v['why']})" if v["why"] else ""
+        spread = (
+            f"{v['margin'] / v['spread']:+.1f} times the rows' spread ({v['spread']:.2f} points)"
+            if v["spread"] > 0
+            else "and the rows have no spread"
+        )
+        reference = STUDY.get(claim.row, (None, None))[1], STUDY.get(claim.other, (None, None))[1]
+        study = (
+            f" In the original study: {reference[0] - reference[1] + claim.slack:+.2f}."
+            if cifar and None not in reference
+            else ""
+        )
+        row, other = v["row"], v["other"]
+        lines.append(
+            f"{head}**{v['verdict']}**{why} here. `{claim.row}` {mean_std(row)}% (n={row['n']}) against "
+            f"`{claim.other}` {mean_std(other)}% (n={other['n']}): {100 * (row['mean'] - other['mean']):+.2f} "
+            f"points{allowed}, a margin of {v['margin']:+.2f} points, {spread}.{study}"
+        )
+    if not lines:
+        return []
+    return [
+        "## The study's claims, here",
+        "",
+        "Each claim read off the table above. It held (or did not) where its margin in test accuracy exceeds the two "
+        "rows' spread, the sum of their standard deviations over seeds; within that spread it is too close to call, "
+        f'and with one seed per row it is not called. "A few points" is {A_FEW_POINTS:g}.',
+        "",
+        *lines,
+        "",
     ]
 
 
@@ -269,7 +363,7 @@ def accuracy_section(results: Path, models: Path) -> list[str]:
             "or a weak real classifier they can only show that the stage runs.",
             "",
         ]
-    return lines
+    return lines + claims_section(groups, cifar)
 
 
 def sweep_points(results: Path) -> dict[str, dict[float, list[float]]]:
@@ -470,18 +564,20 @@ def provenance_section(models: Path, data: Path) -> list[str]:
 
 
 def generator_warning(data: Path) -> list[str]:
-    """A plain statement when the synthetic stores came from a random-weight model."""
-    notes, minis = [], []
+    """A plain statement when the synthetic stores came from a random-weight model, or from the miniature (then also
+    what differs from the study)."""
+    notes, minis, record = [], [], {}
     for name in ("sd", "inv"):
         info = _store_meta(data / f"{name}.h5")
         if info is None:
             continue
         model = info["meta"].get("params", {}).get("model") or info["meta"].get("model", "")
-        kind = model_note(model).get("kind")
-        if kind in ("tiny-random", "random"):
+        note = model_note(model)
+        if note.get("kind") in ("tiny-random", "random"):
             notes.append(f"`{data / name}.h5` (from `{model}`)")
-        elif kind == "mini":
+        elif note.get("kind") == "mini":
             minis.append(f"`{data / name}.h5`")
+            record = record or note
     if minis and not notes:
         return [
             "> **A miniature generator.** " + " and ".join(minis) + " came from synthkit's shipped miniature Stable "
@@ -489,6 +585,7 @@ def generator_warning(data: Path) -> list[str]:
             "its pictures show their classes, but it is far weaker than Stable Diffusion: the rows below show the "
             "study's method at work, not its numbers. Run `make reproduce MODEL=...` with a real checkpoint for those.",
             "",
+            *mini_differences(record, _store_meta(data / "real.h5"), data / "real.h5"),
         ]
     if not notes:
         return []
@@ -498,6 +595,28 @@ def generator_warning(data: Path) -> list[str]:
         "nothing "
         "except that the pipeline runs end to end. Run `make reproduce MODEL=...` with a real Stable Diffusion "
         "checkpoint for the study.",
+        "",
+    ]
+
+
+def mini_differences(record: dict[str, Any], real: dict[str, Any] | None, real_path: Path) -> list[str]:
+    """What differs from the study when the generator is the miniature, from its record (synthkit.json) and the real
+    store's: what it learned (CIFAR-10's whole training split when its record says 50,000 images of CIFAR-10's
+    classes, and then the real row's sources among them when the real store was cut from that split), and its size."""
+    images, size = record.get("images"), record.get("image_size", 32)
+    learned = f"all {images:,} images of `{record.get('data')}`" if images else f"`{record.get('data')}`"
+    among, beyond = "", "the real row's images"
+    if images == 50_000 and record.get("classes") == list(CIFAR10_CLASSES):
+        learned += ", CIFAR-10's training set"
+        if real is not None and real["meta"].get("params", {}).get("split") == "train":
+            among = f", which `{real_path}` was drawn from (the real row's sources are among them)"
+            beyond = f"the real row's {real['images'] // max(1, len(real['classes']))} per class"
+    return [
+        f"> **What differs from the study.** The miniature learned {learned}{among}, so its DI and prompt samples "
+        f"carry knowledge of CIFAR-10 beyond {beyond}; the study's Stable Diffusion learned from web images "
+        f"elsewhere, not from CIFAR-10's training set. Its images are {size} px, CIFAR-10's own size, where the "
+        "study's Stable Diffusion generates at 512 px (DI inverts at 128 px) and its images are shrunk to train the "
+        "classifiers.",
         "",
     ]
 

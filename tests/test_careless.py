@@ -162,7 +162,7 @@ def clone(tmp_path) -> Path:
         ROOT,
         copy,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", "__pycache__", "data", "models", "results", ".make", "demo", ".cache"
+            ".venv", ".git", "__pycache__", "data", "models", "results", ".make", "demo", "mini-study", ".cache"
         ),
     )
     stub = copy / "stub" / "synthkit"
@@ -188,6 +188,8 @@ DRY_RUNS = [
     ["-n", "reproduce", "PER_CLASS=7", "RECIPE=quick", "SEEDS=3 4", "SEED=5", "MODEL=models/tiny-sd"],
     ["-n", "sweep", "SIZES=2 3", "SWEEP_SEEDS=1", "TRAIN_STEPS=9"],
     ["-n", "demo", "PER_CLASS=3", "SEEDS=7"],
+    ["-n", "mini-study", "PER_CLASS=3", "MODEL=x"],
+    ["-n", "mini-sweep", "SIZES=2 3"],
     ["help", "PER_CLASS=9"],
 ]
 

@@ -566,6 +566,131 @@ def test_the_demo_is_kept_apart_from_the_study(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_n_mini_study_plans_the_studys_graph_on_the_miniature_and_changes_no_file(tmp_path):
+    """make -n mini-study: the study's rows over 3 seeds on --model mini, 50 real images per class (yours replace it),
+    DI at MINI_UPDATES with 5 samples per image, as many text-to-image samples of the class template for the sd row,
+    2,000 real test images, one recipe and step budget; its own values replace yours, and are named. Neither a fresh
+    folder nor an existing mini-study/ gets a file."""
+    import os
+
+    here, venv = tmp_path / "here", tmp_path / "venv"
+    here.mkdir()
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/synthkit").touch()
+    cifar = tmp_path / "cifar.tar.gz"
+    cifar.touch()
+
+    def plan(*variables: str) -> str:
+        out = subprocess.run(
+            ["make", "--no-print-directory", "-n", "-f", str(ROOT / "Makefile"), "mini-study", f"VENV={venv}"]
+            + [f"CIFAR={cifar}", *variables],
+            cwd=here,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MAKE")},
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    shown = plan()
+    for command in (
+        "synthkit data cifar10 --source {cifar} --split train --per-class 50 --seed 0 --out data/real.h5",
+        "synthkit data cifar10 --source {cifar} --split test --per-class 200 --seed 0 --out data/test.h5",
+        "synthkit invert --class all --data data/real.h5 --model mini",
+        "--updates 300",
+        "synthkit sample --embeddings models/inv/all.safetensors --model mini --per-image 5",
+        "synthkit sample --prompt 'a photo of a {{class}}' --classes data/real.h5 --per-class 250 --model mini",
+        "synthkit train --data real --data inv --data sd --data real,inv --data real,sd --out "
+        "'models/resnet18-{{data}}-s{{seed}}.safetensors' --seed 0 --seed 1 --seed 2",
+        "synthkit train --data inv-kept --data real,inv-kept",
+        "--recipe quick --steps 300",
+        "synthkit judge --data data/real.h5 --data data/test.h5 --data data/sd.h5 --data data/inv.h5 --model mini",
+        "synthkit report",
+        "the mini-study's report: mini-study/results/README.md",
+    ):
+        assert command.format(cifar=cifar) in shown, command
+    sd = next(line for line in shown.splitlines() if "synthkit sample --prompt" in line)
+    assert "--init" not in sd and "vanish-score" not in shown and "data folder" not in shown  # text to image; no scenes
+    assert "its own values replace" not in shown and "\n(mini-study/ does not exist yet" in shown
+    bigger = plan("PER_CLASS=500", "MINI_STEPS=40", "MINI_UPDATES=7", "MODEL=x", "SEEDS=4")
+    assert "--split train --per-class 500 " in bigger and "--per-class 2500 --model mini" in bigger
+    assert "--updates 7 " in bigger and "--steps 40 " in bigger and "-s{seed}.safetensors' --seed 4 \\\n" in bigger
+    assert 'echo "mini-study: its own values replace yours of MODEL"\n' in bigger
+    assert os.listdir(here) == []
+    (here / "mini-study").mkdir()
+    assert "\n(mini-study/ does not exist yet" not in plan() and os.listdir(here / "mini-study") == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_the_mini_study_shrunken_runs_its_graph_and_says_which_claims_held(tmp_path, cifar_small_archive):
+    """make mini-study with synthkit itself on 3 images per class and 2 steps of everything: every row's classifier
+    for every seed, and a report with the table (± over seeds), accuracy against step, the judge on every store, DI
+    samples beside their sources, what differs from the study, and a line per claim. Made again, it does nothing."""
+    import os
+    import sys
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    for name, command in (("python", sys.executable), ("synthkit", f"{sys.executable} -m synthkit")):
+        (venv / name).write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        (venv / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])  # this tree's synthkit
+    seeds = (0, 1)
+    shrunk = [
+        f"VENV={venv.parent}",
+        f"CIFAR={cifar_small_archive}",
+        "PER_CLASS=3",
+        "TEST_PER_CLASS=3",
+        "PER_IMAGE=2",
+        "MINI_UPDATES=2",
+    ]
+    shrunk += ["MINI_STEPS=2", "DI_STEPS=2", "SD_STEPS=2", "BATCH=8", "EVALS=2", f"SEEDS={' '.join(map(str, seeds))}"]
+    shrunk += ["GRADCAM_N=4", "VANISH_N=5", "JUDGE_N=1", "FIDELITY_N=3", "DEVICE=cpu"]
+
+    def make() -> str:
+        out = subprocess.run(
+            ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "mini-study", *shrunk],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout
+
+    make()
+    study = tmp_path / "mini-study"
+    for row in ("real", "inv", "sd", "real+inv", "real+sd", "inv-kept", "real+inv-kept"):
+        for seed in seeds:
+            assert (study / f"models/resnet18-{row}-s{seed}.safetensors").exists(), (row, seed)
+    readme = (study / "results/README.md").read_text()
+    for section in (
+        "A miniature generator",
+        "What differs from the study",
+        "## Test accuracy (ResNet-18, real CIFAR-10 test images)",
+        "![test accuracy against step](accuracy_steps.png)",
+        "## The study's claims, here",
+        "## Do the pictures show their class?",
+        "## Diffusion Inversion: real images beside their samples",
+    ):
+        assert section in readme, section
+    assert re.search(r"^\| real \(`real`\) \| [\d.]+ ± [\d.]+ \| 2 \|", readme, re.M)
+    judged = re.findall(r"^\| `data/(real|test|sd|inv)\.h5` \|", readme, re.M)
+    assert sorted(set(judged)) == ["inv", "real", "sd", "test"], judged
+    claims = [line for line in readme.splitlines() if line.startswith("- **") and "against `" in line]
+    assert [c.split("**")[1] for c in claims] == [
+        "real+DI beats real",
+        "DI alone comes within 5 points of real",
+        "DI beats prompt samples",
+    ]
+    assert all(re.search(r"\*\*(held|not held|too close to call)\*\* here\. .* a margin of [+-]", c) for c in claims)
+    before = {p: p.stat().st_mtime_ns for p in study.rglob("*") if p.is_file()}
+    assert not [line for line in make().splitlines() if line.startswith(str(venv))]  # finished: nothing to redo
+    assert {p: p.stat().st_mtime_ns for p in study.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_makefile_redoes_a_changed_stage_and_what_follows(tmp_path):
     import time
 

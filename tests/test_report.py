@@ -129,3 +129,82 @@ def test_the_report_finds_classifiers_by_kind_and_names_their_architecture(tmp_p
     readme = write_report(results, models, tmp_path).read_text()
     assert "## Test accuracy (mobilenet_v3_small, real CIFAR-10 test images)" in readme
     assert f"- `{other}`: mobilenet_v3_small (cifar stem) at " in readme
+
+
+def seed_rows(accuracies: dict[str, list[float]]) -> list[dict]:
+    """Evaluation rows by hand: one per row name and seed, each accuracy a share."""
+    return [
+        {"model": f"{name}-{seed}", "training_data": name, "accuracy": acc, "test_fingerprint": "t", "seed": seed}
+        | {"group": name, "best_eval_accuracy": ""}
+        for name, accs in accuracies.items()
+        for seed, acc in enumerate(accs)
+    ]
+
+
+def test_each_claim_is_held_not_held_or_too_close_to_call_given_the_rows_spreads():
+    from synthkit.report import A_FEW_POINTS, CLAIMS, claim_verdict, claims_section
+
+    beats, within, over_sd = CLAIMS
+    groups = group_rows(
+        seed_rows(
+            {
+                "real": [0.40, 0.42],  # 41 ± 1.41
+                "real+inv": [0.45, 0.47],  # 46 ± 1.41: 5 points ahead, 1.8 spreads (2.83)
+                "inv": [0.30, 0.50],  # 40 ± 14.1: 1 point behind, + 5 allowed, within its spread
+                "sd": [0.60, 0.62],  # 61 ± 1.41: inv is 21 points behind, more than 15.6 of spread
+            }
+        )
+    )
+    verdicts = {c.words: claim_verdict(c, groups) for c in CLAIMS}
+    assert verdicts[beats.words]["verdict"] == "held" and round(verdicts[beats.words]["margin"], 6) == 5
+    assert verdicts[within.words]["verdict"] == "too close to call"
+    assert round(verdicts[within.words]["margin"], 6) == A_FEW_POINTS - 1
+    assert verdicts[over_sd.words]["verdict"] == "not held" and round(verdicts[over_sd.words]["margin"], 6) == -21
+    lines = "\n".join(claims_section(groups))
+    assert f'"A few points" is {A_FEW_POINTS:g}' in lines and within.words == "DI alone comes within 5 points of real"
+    assert (
+        "- **real+DI beats real** (`real+inv` against `real`): **held** here. `real+inv` 46.00 ± 1.41% (n=2) "
+        "against `real` 41.00 ± 1.41% (n=2): +5.00 points, a margin of +5.00 points, +1.8 times the rows' spread "
+        "(2.83 points). In the original study: +4.34." in lines
+    )
+    assert "-1.00 points (+ 5 allowed), a margin of +4.00 points, +0.3 times the rows' spread (15.56 points)" in lines
+    assert "In the original study: +1.83." in lines and "In the original study: +26.06." in lines
+    assert "original study" not in "\n".join(claims_section(groups, cifar=False))
+
+
+def test_a_claim_is_not_called_on_one_seed_and_left_out_without_its_rows():
+    from synthkit.report import CLAIMS, claim_verdict, claims_section
+
+    one = group_rows(seed_rows({"real": [0.40], "real+inv": [0.60], "inv": [0.5, 0.52]}))
+    assert claim_verdict(CLAIMS[0], one)["verdict"] == "not called"
+    assert claim_verdict(CLAIMS[2], one) is None  # no sd row
+    lines = claims_section(one)
+    assert sum(line.startswith("- **") for line in lines) == 2 and "DI beats prompt samples" not in "\n".join(lines)
+    assert "**not called** (a row has one seed: its spread is unknown)" in "\n".join(lines)
+    assert claims_section(group_rows(seed_rows({"real": [0.4, 0.5]}))) == []
+
+
+def test_the_miniatures_report_says_what_differs_from_the_study(tmp_path, small_real):
+    """With stores from the shipped miniature, the report's first note says it learned CIFAR-10's 50,000 training
+    images, the real row's sources among them, and that its images are 32 px."""
+    from synthkit.report import generator_warning
+    from synthkit.store import Store, StoreWriter
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, meta in (
+        ("inv", {"kind": "inv", "params": {"model": "mini"}}),
+        ("real", {"kind": "real", "params": {"split": "train"}}),
+    ):
+        with Store(small_real) as s, StoreWriter(
+            data / f"{name}.h5", classes=s.classes, image_shape=s.image_shape[:2], meta=meta, total=len(s)
+        ) as w:  # fmt: skip
+            w.append(s.images(), s.labels)
+            per_class = len(s) // len(s.classes)
+    note = " ".join(generator_warning(data))
+    assert "A miniature generator" in note and "What differs from the study" in note
+    assert "all 50,000 images of `cifar-train.h5`, CIFAR-10's training set, which `" in note
+    assert "the real row's sources are among them" in note and f"beyond the real row's {per_class} per class" in note
+    assert "Its images are 32 px" in note
+    (data / "real.h5").unlink()
+    assert "among them" not in " ".join(generator_warning(data)) and "What differs" in " ".join(generator_warning(data))

@@ -221,7 +221,7 @@ help:  ## show targets and variables
 	@echo "  geometry: SCENES=$(SCENES) GEO_CLASS=$(GEO_CLASS) GEO_SIZE=$(GEO_SIZE) GEO_PER_CLASS=$(GEO_PER_CLASS) GEO_UPDATES=$(GEO_UPDATES) GEO_SD_PER_CLASS=$(GEO_SD_PER_CLASS) GEO_N=$(GEO_N)"
 	@echo "  YUD=$(YUD)  (York Urban with gt.json: vanish-score scores the line detector)"
 	@echo "  demo: DEMO_DIR=$(DEMO_DIR)  (its own data/, models/, results/, stage settings)  DEMO_MODEL=$(DEMO_MODEL)  (its generator)"
-	@echo "  mini-study, mini-sweep: MINI_DIR=$(MINI_DIR)  (their folder)  MINI_UPDATES=$(MINI_UPDATES)  (DI's updates per image)  MINI_RECIPE=$(MINI_RECIPE) MINI_STEPS=$(MINI_STEPS)  (every row's recipe and steps)"
+	@echo "  mini-study, mini-sweep: MINI_DIR=$(MINI_DIR)  (their folder)  MINI_UPDATES=$(MINI_UPDATES) MINI_INV_LR=$(MINI_INV_LR)  (DI's updates per image and learning rate)  MINI_RECIPE=$(MINI_RECIPE) MINI_STEPS=$(MINI_STEPS)  (every row's recipe and steps)"
 	@echo "  set-up: PYTHON=$(PYTHON) VENV=$(VENV) STAMPS=$(STAMPS)  (the stage settings' folder)"
 
 install:  ## create .venv and install synthkit with its test tools

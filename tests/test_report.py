@@ -1,6 +1,8 @@
 """The report's reading of several seeds and of the sample-complexity sweep, from classifiers' metadata and the
 evaluation CSV (the figures are drawn from the same numbers)."""
 
+import json
+
 import numpy as np
 import torch
 
@@ -187,6 +189,7 @@ def test_a_claim_is_not_called_on_one_seed_and_left_out_without_its_rows():
 def test_the_miniatures_report_says_what_differs_from_the_study(tmp_path, small_real):
     """With stores from the shipped miniature, the report's first note says it learned CIFAR-10's 50,000 training
     images, the real row's sources among them, and that its images are 32 px."""
+    from synthkit.paths import MINI_ASSET
     from synthkit.report import generator_warning
     from synthkit.store import Store, StoreWriter
 
@@ -203,7 +206,8 @@ def test_the_miniatures_report_says_what_differs_from_the_study(tmp_path, small_
             per_class = len(s) // len(s.classes)
     note = " ".join(generator_warning(data))
     assert "A miniature generator" in note and "What differs from the study" in note
-    assert "all 50,000 images of `cifar-train.h5`, CIFAR-10's training set, which `" in note
+    shipped = json.loads((MINI_ASSET / "synthkit.json").read_text())["data"]  # the store it learned, as recorded
+    assert f"all 50,000 images of `{shipped}`, CIFAR-10's training set, which `" in note
     assert "the real row's sources are among them" in note and f"beyond the real row's {per_class} per class" in note
     assert "Its images are 32 px" in note
     (data / "real.h5").unlink()

@@ -437,6 +437,7 @@ def train_mini(
     if config.preview_every:  # 0: no previews, the final one included
         _preview(parts, None, classes, config, dev, preview, f"final, {config.steps} steps")
     seconds = time.perf_counter() - started  # the final preview included
+    start = _start_record(config.start_from)
     record = {
         "kind": "mini",
         "command": command_line(),
@@ -452,8 +453,8 @@ def train_mini(
         "device": str(dev),
         "torch": torch.__version__,
         "final_vae_psnr": next((r["psnr"] for r in reversed(log) if r["stage"] == "vae"), None)
-        or _start_record(config.start_from).get("final_vae_psnr"),
-        "start_from": _start_record(config.start_from),
+        or start.get("final_vae_psnr"),
+        "start_from": start,
         "final_loss": next((r["loss"] for r in reversed(log) if r["stage"] == "unet"), None),
         "config": jsonable(asdict(config)),
         "note": "trained by synthkit model train; what its pictures are worth is measured by bench/mini_quality.py",

@@ -199,7 +199,7 @@ help:  ## show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 	@echo
 	@echo "variables (now):"
-	@echo "  MODEL=$(MODEL)  (SD checkpoint: hub id or diffusers folder)"
+	@echo "  MODEL=$(MODEL)  (the Stable Diffusion model: mini, the shipped miniature, a hub id or a diffusers folder)"
 	@echo "  REAL=$(REAL) TEST=$(TEST)  (your own real training and test stores; empty: CIFAR-10 from CIFAR=$(CIFAR))"
 	@echo "  PER_CLASS=$(PER_CLASS)  (real training images per class)  TEST_PER_CLASS=$(TEST_PER_CLASS)  (empty: all 1,000)"
 	@echo "  SD_PER_CLASS=$(SD_PER_CLASS)  (prompt images per class)  SEED=$(SEED)  DEVICE=$(DEVICE)"

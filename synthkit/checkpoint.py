@@ -84,6 +84,9 @@ DTYPE_SIZES = {
 }
 
 
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"  # the first bytes of every HDF5 file, so of every store
+
+
 def _open_header(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The metadata record and the header, after checking that the header describes the file: every tensor's
     shape times its dtype's size equals its byte span, and the spans tile the data exactly (no gap, no
@@ -98,6 +101,11 @@ def _open_header(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         file_size = path.stat().st_size
         with open(path, "rb") as f:
+            if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+                raise UserError(
+                    f"{path} is an image store (HDF5), not a safetensors file: give a classifier or embeddings"
+                )
+            f.seek(0)
             size = int.from_bytes(f.read(8), "little")
             if not 2 <= size <= min(100_000_000, file_size - 8):
                 raise ValueError

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from . import DEFAULT_CAPTIONER, DEFAULT_MODEL
 from .classifiers import CLASSIFIERS
@@ -126,6 +126,10 @@ def seed_option(what: str) -> typer.models.OptionInfo:
     return typer.Option(min=0, help=f"{what} {SEED_RANGE}")
 
 
+MODEL_KINDS = (
+    "mini (the miniature trained on CIFAR-10 and shipped with synthkit; a folder named mini is ./mini), a hub id, "
+    "or a local diffusers folder"
+)
 SubsetSeed = Annotated[int, seed_option("Seed of the subset.")]
 PerClass = Annotated[
     int | None, typer.Option(min=1, help="Take a seeded, class-balanced subset of N images per class.")
@@ -142,7 +146,43 @@ Stores live in data/ (a bare name NAME means data/NAME.h5), models in models/, t
 """
 
 
-class ShortUsageErrors(TyperGroup):
+class ClickStyleHelp:
+    """typer 0.29 shows a flag's type as `<bool>` (so `--show true` looks valid, and fails) and a required argument
+    as `{path}` in the usage line; synthkit's help shows them as click always has: a flag with no value, and an
+    argument as PATH (optional ones in brackets, repeated ones with `...`)."""
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+            elif isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = param.name.upper()
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class Command(ClickStyleHelp, TyperCommand):
+    """Every synthkit subcommand: its help in click's words (ClickStyleHelp)."""
+
+
+class Group(ClickStyleHelp, TyperGroup):
+    """Every command group below the top: its help in click's words (ClickStyleHelp)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), self.subcommand_metavar]
+
+
+class ShortUsageErrors(Group):
     """Malformed options answered as click words them (usage, a hint, one `Error:` line), not in a rich panel."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
@@ -184,7 +224,7 @@ def _options(
     """Make synthetic training images useful: Diffusion Inversion and the study around it."""
 
 
-data_app = typer.Typer(help="Import real datasets into stores.", no_args_is_help=True)
+data_app = typer.Typer(cls=Group, help="Import real datasets into stores.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 err_console = Console(stderr=True)
 INV, DI = InversionConfig(), DIConfig()
@@ -214,7 +254,7 @@ def user_errors(fn: Callable) -> Callable:
 
 def command(group: typer.Typer, name: str | None = None, **options: object) -> Callable:
     """Decorator: a subcommand of `group` whose UserErrors are one line and exit code 2 (user_errors)."""
-    return lambda fn: group.command(name, **options)(user_errors(fn))
+    return lambda fn: group.command(name, cls=Command, **options)(user_errors(fn))
 
 
 def check_common(options: dict) -> None:
@@ -348,21 +388,27 @@ def _print_store_line(path: Path) -> None:
 
 @command(app)
 def info(
-    path: str = typer.Argument(..., help="A store (name: data/NAME.h5, or path) or safetensors file."),
+    path: str = typer.Argument(
+        ...,
+        help="A store (name: data/NAME.h5, or path), a safetensors file, a diffusers model folder, or mini (the "
+        "miniature shipped with synthkit).",
+    ),
     plot: Path | None = typer.Option(
         None, help="A classifier's test accuracy against step, from its file alone, drawn to this PNG."
     ),
     overwrite: Overwrite = False,
 ) -> None:
-    """Show what a store or safetensors file holds and how it was made."""
-    from .info import print_info
-    from .paths import store_path
+    """Show what a store, safetensors file or model folder holds and how it was made."""
+    from .info import info_target, print_info
 
+    target, ambiguous = info_target(path)
     if plot is not None:  # checked and drawn first, so that a refused --plot prints nothing else
         from .figures import plot_evaluations
 
-        plot_evaluations(store_path(path), plot, overwrite=overwrite)
-    print_info(store_path(path))
+        plot_evaluations(target, plot, overwrite=overwrite)
+    if ambiguous:
+        note(ambiguous)
+    print_info(target)
     if plot is not None:
         typer.echo(f"wrote {plot}")
 
@@ -664,7 +710,12 @@ def evaluate(
     )
 
 
-model_app = typer.Typer(help="Stable Diffusion checkpoints for testing and smoke tests.", no_args_is_help=True)
+model_app = typer.Typer(
+    cls=Group,
+    help="The generators synthkit builds: train the miniature (model train; the shipped one is --model mini), or "
+    "random-weight pipelines for tests and benchmarks (model tiny, tiny-blip, random).",
+    no_args_is_help=True,
+)
 app.add_typer(model_app, name="model")
 
 
@@ -819,7 +870,7 @@ def invert(
         help="Embeddings file to write, e.g. models/inv/airplane.safetensors (and its preview, "
         "models/inv/airplane.preview.png).",
     ),
-    model: str = typer.Option(DEFAULT_MODEL, help="SD checkpoint: hub id or diffusers folder."),
+    model: str = typer.Option(DEFAULT_MODEL, help=f"The Stable Diffusion model: {MODEL_KINDS}."),
     tokens: int = typer.Option(INV.tokens, min=1, help="Tokens per learned embedding."),
     resolution: int | None = typer.Option(
         INV.resolution,
@@ -944,7 +995,9 @@ def sample(
         "embedding, all classes (the official code's class-mixed group mean); group = the mean of the image's "
         "class-pure group; empty = the empty prompt.",
     ),
-    model: str | None = typer.Option(None, help=f"SD checkpoint (default: {DEFAULT_MODEL}, or the embeddings' model)."),
+    model: str | None = typer.Option(
+        None, help=f"The Stable Diffusion model (default: {DEFAULT_MODEL}, or the embeddings' model): {MODEL_KINDS}."
+    ),
     guidance: float | None = typer.Option(
         None, help=f"Classifier-free guidance (default {PROMPT.guidance} for prompts, {DI.guidance} for DI)."
     ),
@@ -1147,7 +1200,9 @@ def judge(
     data: list[str] = typer.Option(
         ..., help="Store(s) to judge (names or paths; repeat --data or separate by commas)."
     ),
-    model: str = typer.Option("mini", help="The text-to-image model read as a classifier (default: the miniature)."),
+    model: str = typer.Option(
+        "mini", help=f"The text-to-image model read as a classifier (default: the miniature): {MODEL_KINDS}."
+    ),
     per_class: int = typer.Option(JUDGE.per_class, min=1, help="Images per class of each store (a seeded pick)."),
     out: Path | None = typer.Option(None, help="Write the rows to this JSON file too (e.g. results/judge.json)."),
     seed: Annotated[int, seed_option("Seed of the pick and of the noise.")] = JUDGE.seed,

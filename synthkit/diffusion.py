@@ -78,10 +78,13 @@ def load_diffusion(model: str, device: torch.device, dtype: torch.dtype) -> Diff
     the miniature shipped with synthkit."""
     from diffusers import StableDiffusionPipeline
 
-    from .paths import resolve_model
+    from .paths import resolve_model, shadowed_mini
+    from .progress import console
 
     quiet_libraries()
     source = resolve_model(model)
+    if shadowed := shadowed_mini(model):
+        console.print(f"note: {shadowed}", highlight=False, soft_wrap=True)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             source, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
@@ -95,7 +98,8 @@ def load_diffusion(model: str, device: torch.device, dtype: torch.dtype) -> Diff
         raise UserError(
             f"cannot load model '{model}': it is not a local folder and is not in the Hugging Face cache, "
             "and it could not be downloaded (offline?). Pass --model PATH to a diffusers folder, "
-            "or make a test model with: synthkit model tiny --out models/tiny-sd"
+            "or --model mini for the miniature shipped with synthkit, or make a test model with: synthkit model tiny "
+            "--out models/tiny-sd"
         ) from None
     return diffusion_from_pipeline(pipe, device, dtype, model)
 

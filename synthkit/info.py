@@ -9,11 +9,22 @@ from typing import Any
 from rich.console import Console, Group
 from rich.table import Table
 
-from .checkpoint import read_meta, tensor_shapes
+from .checkpoint import HDF5_MAGIC, read_meta, tensor_shapes
 from .errors import UserError
 from .locks import holder
-from .paths import partial_path
+from .paths import MINI, MINI_ASSET, partial_path, store_path
 from .store import Store, missing_store_message, unfinished_message
+
+
+def info_target(name: str) -> tuple[Path, str | None]:
+    """What `synthkit info NAME` describes, with a note when the name could mean two things: a bare name is a store
+    (data/NAME.h5), except `mini` where there is no data/mini.h5: the miniature shipped with synthkit."""
+    path = store_path(name)
+    if str(name) != MINI:
+        return path, None
+    if path.exists():
+        return path, f"the store {path} is shown; the miniature shipped with synthkit is: synthkit info {MINI_ASSET}"
+    return MINI_ASSET, None
 
 
 def describe(path: str | Path) -> Group:
@@ -30,7 +41,7 @@ def describe(path: str | Path) -> Group:
         return _describe_model_folder(path)
     with open(path, "rb") as f:
         magic = f.read(8)
-    if magic == b"\x89HDF\r\n\x1a\n":
+    if magic == HDF5_MAGIC:
         return _describe_store(path)
     return _describe_safetensors(path)
 
@@ -114,7 +125,8 @@ def _describe_classifier(path: Path, meta: dict[str, Any]) -> Group:
     shapes = tensor_shapes(path)
     count = sum(_numel(shape) for shape, _ in shapes.values())
     dtypes = ", ".join(sorted({dtype for _, dtype in shapes.values()}))
-    parts.append(f"tensors: {len(shapes)}, {count:,} values ({dtypes}); info --plot PNG draws the curve")
+    curve = "; info --plot PNG draws the curve" if evals else ""
+    parts.append(f"tensors: {len(shapes)}, {count:,} values ({dtypes}){curve}")
     return Group(*parts)
 
 

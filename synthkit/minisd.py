@@ -36,6 +36,7 @@ from .jobs import check_destination, check_input_outside, check_same_options
 from .meta import command_line, jsonable
 from .outputs import locked_output, written_whole
 from .paths import preview_path, resolve_model
+from .version import __version__
 
 VAE_FACTOR = 4  # the VAE halves the side twice: 32 px images, 8x8 latents
 ENCODER_FILE = "instance_encoder.safetensors"
@@ -440,6 +441,7 @@ def train_mini(
     start = _start_record(config.start_from)
     record = {
         "kind": "mini",
+        "synthkit_version": __version__,
         "command": command_line(),
         "data": str(data),
         "data_fingerprint": fingerprint,

@@ -42,6 +42,14 @@ def resolve_model(name: str) -> str:
     return str(MINI_ASSET)
 
 
+def shadowed_mini(name: str) -> str | None:
+    """The note for `--model mini` given where a folder `mini` also exists: the name always means the shipped model,
+    so the local folder is reached as ./mini. None otherwise."""
+    if str(name) != MINI or not Path(MINI).is_dir():
+        return None
+    return "--model mini is the miniature shipped with synthkit, not the folder ./mini here: pass ./mini for that one"
+
+
 def store_path(name: str | Path) -> Path:
     """A bare name means data/NAME.h5; anything with a slash or a suffix is a path as given."""
     text = str(name)

@@ -474,6 +474,15 @@ def balanced_subset(
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
+def _column_difference(store: Store, first: Store) -> str:
+    """Which columns one store has that the first lacks, and the other way round (or that their order differs)."""
+    extra = [c for c in store.column_names if c not in first.column_names]
+    missing = [c for c in first.column_names if c not in store.column_names]
+    parts = [f"it has column(s) {', '.join(extra)} that {first.path} lacks"] if extra else []
+    parts += [f"it lacks column(s) {', '.join(missing)} of {first.path}"] if missing else []
+    return "; ".join(parts) or f"its columns come in another order than those of {first.path}"
+
+
 @locked_output("out")
 def merge_stores(
     inputs: Sequence[str | Path], out: str | Path, meta: dict[str, Any] | None = None, overwrite: bool = False
@@ -491,11 +500,14 @@ def merge_stores(
         first = stores[0]
         for s in stores[1:]:
             if s.classes != first.classes:
-                raise UserError(f"cannot merge {s.path}: its classes differ from those of {first.path}")
+                raise UserError(
+                    f"cannot merge {s.path}: its classes {', '.join(s.classes)} are not those of {first.path}: "
+                    f"{', '.join(first.classes)}"
+                )
             if s.image_shape != first.image_shape:
                 raise UserError(f"cannot merge {s.path}: images are {s.image_shape}, not {first.image_shape}")
             if s.column_names != first.column_names:
-                raise UserError(f"cannot merge {s.path}: its columns differ from those of {first.path}")
+                raise UserError(f"cannot merge {s.path}: {_column_difference(s, first)}")
         if all(s.shard for s in stores):
             stores = [stores[k] for k in shard_order([s.shard for s in stores])]
         kinds = {name: first.column_kind(name) for name in first.column_names}

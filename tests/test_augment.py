@@ -76,3 +76,27 @@ def test_every_offered_augmentation_has_an_entry_and_an_unknown_name_is_refused(
         assert training_batch(images, torch.Generator().manual_seed(0), name).shape == (2, 3, 8, 8)
     with pytest.raises(UserError, match="--augment must be one of crop-flip"):
         training_batch(images, torch.Generator(), "rotate")
+
+
+FLIPS = ("crop-flip", "resized-crop-flip", "flip-rotate-jitter")  # the augmentations that flip: half the images each
+
+
+def flipped_share(out: torch.Tensor) -> float:
+    """The share of ramp images (dark left, bright right) that come out brighter on the left: flipped. Crops, small
+    rotations and colour jitter keep the ramp's direction."""
+    third = out.shape[-1] // 3
+    left, right = out[..., :third].mean(dim=(1, 2, 3)), out[..., -third:].mean(dim=(1, 2, 3))
+    return float((left > right).float().mean())
+
+
+@pytest.mark.parametrize("name", AUGMENTS)
+def test_the_flipping_augmentations_flip_about_half_the_images_and_the_others_none(name):
+    """Fails on a crop-flip that never flips or always flips (both kept its shapes and ranges): of 400 asymmetric
+    images, the flipped share is within 0.4-0.6 (a fair coin: 0.5 +- 0.025 std)."""
+    ramp = torch.linspace(0, 255, 32).round().to(torch.uint8).expand(400, 3, 32, 32).contiguous()
+    share = flipped_share(training_batch(ramp, torch.Generator().manual_seed(0), name))
+    if name in FLIPS:
+        assert 0.4 <= share <= 0.6, (name, share)
+    else:
+        assert share == 0, (name, share)
+    assert set(FLIPS) <= set(AUGMENTS)

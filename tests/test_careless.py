@@ -354,3 +354,101 @@ def test_side_files_are_named_from_the_whole_output_name(workspace, monkeypatch)
     assert result.exit_code == 0, result.output
     logs = sorted(p.name for p in (workspace / "side").glob("*.log.jsonl"))
     assert logs == ["m.0.log.jsonl", "m.1.log.jsonl"]
+
+
+# Issue 37, items 6 and 7: the shipped miniature is found and named, and messages name the real cause. Each row: the
+# command, and what its output (stdout and stderr) must and must not hold.
+NAMED = {
+    "merge names the columns a subset adds": (
+        ["merge", "real.h5", "sub2.h5", "--out", "both.h5"],
+        2,
+        ["cannot merge sub2.h5: it has column(s) parent_row that real.h5 lacks"],
+        ["columns differ"],
+    ),
+    "info --plot on a store says it is a store": (
+        ["info", "real.h5", "--plot", "curve.png"],
+        2,
+        ["real.h5 is an image store (HDF5), not a safetensors file"],
+        ["not a synthkit safetensors file"],
+    ),
+    "info on a classifier without evaluations does not offer --plot": (
+        ["info", "clf.safetensors"],
+        0,
+        ["no evaluations during training"],
+        ["--plot"],
+    ),
+    "info mini describes the shipped miniature": (
+        ["info", "mini"],
+        0,
+        ["diffusers pipeline", "synthkit_version", "0.1.0"],
+        ["does not exist"],
+    ),
+    "a flag's help shows no value to give": (["train", "--help"], 0, ["--show "], ["<bool>"]),
+    "a required argument reads as a name in the usage line": (["info", "--help"], 0, ["info [OPTIONS] PATH"], ["{"]),
+    "an optional list of arguments reads as NAME...": (["merge", "--help"], 0, ["merge [OPTIONS] INPUTS..."], ["{"]),
+    "the model group says what it holds": (
+        ["model", "--help"],
+        0,
+        ["train the miniature", "--model mini"],
+        ["checkpoints for testing"],
+    ),
+    "invert's --model names mini": (["invert", "--help"], 0, ["mini (the miniature"], []),
+    "sample's --model names mini": (["sample", "--help"], 0, ["mini (the miniature"], []),
+    "judge's --model names mini": (["judge", "--help"], 0, ["mini (the miniature"], []),
+    "a model that fails to load suggests mini": (
+        [
+            "sample",
+            "--prompt",
+            "a {class}",
+            "--model",
+            "no-such-model",
+            "--per-class",
+            1,
+            "--device",
+            "cpu",
+            "--out",
+            "never.h5",
+        ],
+        2,
+        ["--model mini for the miniature shipped with synthkit"],
+        [],
+    ),  # fmt: skip
+}
+
+
+@pytest.fixture(scope="module")
+def named(workspace) -> Path:
+    """The workspace with a subset store beside its parent (a column more), for the merge row."""
+    if not (workspace / "sub2.h5").exists():
+        assert run("subset", workspace / "real.h5", "--per-class", 2, "--out", workspace / "sub2.h5").exit_code == 0
+    return workspace
+
+
+@pytest.mark.parametrize("case", list(NAMED))
+def test_messages_and_help_name_the_real_cause(case, named, monkeypatch):
+    args, code, present, absent = NAMED[case]
+    monkeypatch.chdir(named)
+    monkeypatch.setenv("COLUMNS", "200")  # help tables on one line each, so that phrases are not wrapped
+    before = tree(named)
+    result = run(*args)
+    text = " ".join((result.stdout + result.stderr).split())
+    assert result.exit_code == code, text
+    assert all(phrase in text for phrase in present), (present, text)
+    assert not any(phrase in text for phrase in absent), (absent, text)
+    assert tree(named) == before  # refused or read-only: nothing written
+
+
+def test_a_local_folder_named_mini_is_not_the_shipped_model_and_a_note_says_which_is_used(tmp_path, monkeypatch):
+    from synthkit.paths import MINI_ASSET, resolve_model, shadowed_mini
+
+    monkeypatch.chdir(tmp_path)
+    assert shadowed_mini("mini") is None
+    (tmp_path / "mini").mkdir()
+    assert resolve_model("mini") == str(MINI_ASSET) and resolve_model("./mini") == "./mini"
+    assert "pass ./mini" in shadowed_mini("mini") and shadowed_mini("./mini") is None
+    result = run("info", "mini")
+    assert result.exit_code == 0 and "synthkit_version" in result.stdout
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mini.h5").write_bytes(b"")  # a store by that name wins for info, with a note
+    result = run("info", "mini")
+    assert f"the miniature shipped with synthkit is: synthkit info {MINI_ASSET}" in " ".join(result.stderr.split())

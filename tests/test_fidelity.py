@@ -117,7 +117,7 @@ def test_outputs_per_class_and_the_figure(scored):
 
 def test_bad_inputs_are_one_line(tmp_path, real_store, tiny_classifier):
     for args, message in [
-        (("--data", real_store, "--classifier", real_store), "not a synthkit safetensors file"),
+        (("--data", real_store, "--classifier", real_store), "is an image store (HDF5), not a safetensors file"),
         (("--data", real_store, "--classifier", tiny_classifier, "--inception", tmp_path / "no.pth"), "--inception"),
     ]:
         result = run("fidelity", "--real", real_store, *args, "--out", tmp_path / "out")

@@ -55,7 +55,7 @@ def test_mini_is_stable_diffusion_and_says_how_it_was_made():
     assert folder_bytes(MINI_ASSET) <= 25e6
     note = json.loads((MINI_ASSET / "synthkit.json").read_text())
     assert note["kind"] == "mini" and note["command"].startswith("synthkit model train")
-    for key in ("data", "images", "vae_steps", "unet_steps", "seconds", "machine"):
+    for key in ("data", "images", "vae_steps", "unet_steps", "seconds", "machine", "synthkit_version"):
         assert note[key], key
     result = run("info", str(MINI_ASSET))
     assert result.exit_code == 0 and "model train" in result.stdout and note["machine"] in result.stdout

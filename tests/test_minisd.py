@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import synthkit
 from synthkit.config import MiniConfig
 
 from conftest import run
@@ -35,6 +36,7 @@ def test_model_train_writes_a_pipeline_that_loads_and_samples(tmp_path, real_sto
     assert note["kind"] == "mini" and note["vae_steps"] == 2 and note["unet_steps"] == 2 and note["images"] == 120
     assert note["config"]["unet_channels"] == [32, 64, 64] and note["config"]["vae_channels"] == [16, 32, 32]
     assert note["command"] and note["machine"] and note["seconds"] > 0  # (in-process, the command is pytest's)
+    assert note["synthkit_version"] == synthkit.__version__
     result = run("sample", "--prompt", "a photo of a {class}", "--model", out, "--per-class", 1, "--steps", 2,
                  "--classes", real_store, "--out", tmp_path / "s.h5")  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -148,7 +148,7 @@ def test_merge_refuses_other_classes(tmp_path):
         tmp_path / "b.h5", classes=["x", "y", "z"], image_shape=(8, 8), meta=meta, columns={"idx": "int", "note": "str"}
     ) as w:
         w.append(fake_images(1), [0], idx=[0], note=["n"])
-    with pytest.raises(UserError, match="classes differ"):
+    with pytest.raises(UserError, match="are not those of"):
         merge_stores([a, tmp_path / "b.h5"], tmp_path / "m.h5", meta)
 
 

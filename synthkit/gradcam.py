@@ -19,7 +19,7 @@ from .classifiers import CLASSIFIERS
 from .config import GRADCAM, GRADCAM_TARGETS, check_choice
 from .device import job_device
 from .errors import UserError
-from .evaluation import training_data_name
+from .evaluation import distinct_names
 from .jobs import check_destination
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .paths import SUMMARY_JSON
@@ -126,7 +126,7 @@ def explain(
         pick = np.sort(np.random.default_rng(seed).choice(len(store), min(n, len(store)), replace=False))
         images_np = store.images(pick)
         labels_np, store_classes = store.labels[pick], store.classes
-    names = _unique_names([training_data_name(m) for m in metas])
+    names = distinct_names(metas, models)
     cams: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     metric = CamMultImageConfidenceChange()
@@ -193,15 +193,6 @@ def same_size(maps: np.ndarray, size: int) -> np.ndarray:
     return resized[:, 0].clamp(0, 1).numpy()
 
 
-def _unique_names(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return out
-
-
 def summarise(
     rows: list[dict[str, Any]],
     cams: dict[str, np.ndarray],
@@ -247,16 +238,19 @@ def summarise(
 
 def save_grid(images: np.ndarray, labels: list[str], cams: dict[str, np.ndarray], path: Path, cell: int = 96) -> None:
     """Rows: images; columns: the image, then each model's map overlaid on it."""
+    import textwrap
+
     from PIL import Image, ImageDraw, ImageFont
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    columns = ["image"] + list(cams)
-    pad, top, left = 4, 22, 90
-    canvas = Image.new("RGB", (left + len(columns) * (cell + pad), top + len(images) * (cell + pad)), "white")
+    headings = [textwrap.wrap(name, width=cell // 6, break_on_hyphens=False) for name in ["image", *cams]]
+    pad, left = 4, 90
+    top = 8 + 14 * max(len(lines) for lines in headings)  # every model's whole name, wrapped to its column
+    canvas = Image.new("RGB", (left + len(headings) * (cell + pad), top + len(images) * (cell + pad)), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=12)
-    for c, name in enumerate(columns):
-        draw.text((left + c * (cell + pad), 4), name[:16], fill="black", font=font)
+    for c, lines in enumerate(headings):
+        draw.multiline_text((left + c * (cell + pad), 4), "\n".join(lines), fill="black", font=font, spacing=2)
     for r, (image, label) in enumerate(zip(images, labels)):
         y = top + r * (cell + pad)
         draw.text((4, y + cell // 2 - 6), label, fill="black", font=font)

@@ -689,12 +689,13 @@ def sd_section(results: Path, data: Path, shown: int = 6) -> list[str]:
 
 
 def figures_section(results: Path) -> list[str]:
-    lines = ["## Samples", ""]
+    """The stores' sample grids (results/grids/), under their heading only when there is one."""
+    lines = []
     for name in ("real", "sd", "prompts", "inv"):
         grid = results / GRIDS_DIR / f"{name}.png"
         if grid.exists():
             lines += [f"**{name}**", "", f"![{name} samples]({GRIDS_DIR}/{name}.png)", ""]
-    return lines
+    return ["## Samples", "", *lines] if lines else []
 
 
 def di_sources_section(results: Path, data: Path, shown: int = 6) -> list[str]:
@@ -729,18 +730,27 @@ def di_sources_section(results: Path, data: Path, shown: int = 6) -> list[str]:
 
 @from_summary(JUDGE_JSON)
 def judge_section(results: Path, judged: dict[str, Any]) -> list[str]:
-    """The judge's score of each store (`synthkit judge`): the share of its images read as their own class."""
-    from .judge import TABLE_COLUMNS
+    """The judge's score of each store (`synthkit judge`): the share of its images read as their own class, with the
+    images per class it took and the prompt it asked with, as its record says."""
+    from .config import JUDGE
+    from .judge import TABLE_COLUMNS, per_class_text
     from .tables import markdown_lines
 
+    taken = {per_class_text(row) for row in judged["rows"]}
+    asked = judged.get("per_class_asked", judged.get("per_class"))
+    per_class = (
+        f"{next(iter(taken))} image{'' if taken == {'1'} else 's'} per class of each store"
+        if len(taken) == 1 and "?" not in taken
+        else f"up to {asked} images per class of each store (fewer where a store has fewer: the table says how many)"
+    )
+    template = judged.get("template", JUDGE.template)  # records before it was recorded: the only prompt there was
     lines = [
         "## Do the pictures show their class?",
         "",
         f"`synthkit judge --model {judged['model']}`: the text-to-image model read as a zero-shot classifier (the "
-        "class whose prompt best predicts the noise added to an image), "
-        f"{judged['per_class']} images per class of each store; chance is "
-        f"{100 * judged['rows'][0]['chance']:.0f}%. The real stores are the yardstick; a generator is lenient with "
-        "its own prompt samples.",
+        f"class whose prompt best predicts the noise added to an image, each class asked as `{template}`), "
+        f"{per_class}; chance is {100 * judged['rows'][0]['chance']:.0f}%. The real stores are the yardstick; a "
+        "generator is lenient with its own prompt samples.",
         "",
         *markdown_lines(TABLE_COLUMNS, judged["rows"]),
     ]

@@ -23,6 +23,7 @@ from .evaluation import distinct_names
 from .jobs import check_destination
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .paths import SUMMARY_JSON
+from .progress import progress
 from .store import Store
 from .tables import Column, markdown_lines
 
@@ -107,11 +108,6 @@ def explain(
     figure_rows: int = GRADCAM.figure_rows,
 ) -> dict[str, Any]:
     """Grad-CAM of every model on the same n real images; writes the grid, per-image CSV and summary JSON."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-    from pytorch_grad_cam.metrics.road import ROADCombined
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
-
     check_destination(out, [*models, data], folder=True)
     if not models:
         raise UserError("no models given: pass --model PATH (repeatable)")
@@ -129,43 +125,37 @@ def explain(
     names = distinct_names(metas, models)
     cams: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
-    metric = CamMultImageConfidenceChange()
-    road = ROADCombined(percentiles=list(ROAD_PERCENTILES))  # faithfulness (Rong et al. 2022): higher is more faithful
-    for path, name, meta, model_layer in zip(models, names, metas, layers):
-        model, _ = load_classifier(path, dev)
-        model = model.to(memory_format=torch.contiguous_format)
-        images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), meta["image_size"]).float() / 255
-        truth = class_mapping(store_classes, meta["classes"], f"store {data}")[labels_np]
-        with torch.no_grad():
-            probs = torch.cat(
-                [model(images[s : s + batch_size].to(dev)).softmax(1).cpu() for s in range(0, len(images), batch_size)]
+    with progress() as bar:
+        task = bar.add_task("gradcam", total=len(models) * len(pick))
+        for path, name, meta, model_layer in zip(models, names, metas, layers):
+            model, _ = load_classifier(path, dev)
+            model = model.to(memory_format=torch.contiguous_format)
+            images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), meta["image_size"]).float() / 255
+            truth = class_mapping(store_classes, meta["classes"], f"store {data}")[labels_np]
+            with torch.no_grad():
+                probs = torch.cat(
+                    [
+                        model(images[s : s + batch_size].to(dev)).softmax(1).cpu()
+                        for s in range(0, len(images), batch_size)
+                    ]
+                )
+            predicted = probs.argmax(1).numpy()
+            chosen = truth if target == "true" else predicted
+            maps, change, faith = maps_and_measures(
+                model, model_layer, images, chosen, batch_size, dev, seed, lambda k: bar.advance(task, k)
             )
-        predicted = probs.argmax(1).numpy()
-        chosen = truth if target == "true" else predicted
-        maps, changes, faithful = [], [], []
-        torch.manual_seed(seed)  # ROAD's imputation adds noise from torch's global generator
-        with GradCAM(model=model, target_layers=[model.layer(model_layer)]) as cam:
-            for s in range(0, len(images), batch_size):
-                x = images[s : s + batch_size].to(dev)
-                classes = chosen[s : s + batch_size]
-                batch_maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
-                maps.append(batch_maps)
-                soft = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
-                changes.append(np.asarray(metric(x, batch_maps, soft, model)).reshape(-1))
-                faithful.append(np.asarray(road(x, batch_maps, soft, model)).reshape(-1))
-        cams[name] = same_size(np.concatenate(maps), images_np.shape[1])  # models of other input sizes compare
-        change, faith = np.concatenate(changes), np.concatenate(faithful)
-        for k, index in enumerate(pick):
-            row = {
-                "model": name,
-                "image": int(index),
-                "label": store_classes[labels_np[k]],
-                "target": meta["classes"][chosen[k]],
-                "predicted": meta["classes"][predicted[k]],
-                "confidence": float(probs[k, chosen[k]]),
-            }
-            row |= concentration(cams[name][k]) | {"confidence_change": float(change[k]), "road": float(faith[k])}
-            rows.append(row)
+            cams[name] = same_size(maps, images_np.shape[1])  # models of other input sizes compare
+            for k, index in enumerate(pick):
+                row = {
+                    "model": name,
+                    "image": int(index),
+                    "label": store_classes[labels_np[k]],
+                    "target": meta["classes"][chosen[k]],
+                    "predicted": meta["classes"][predicted[k]],
+                    "confidence": float(probs[k, chosen[k]]),
+                }
+                row |= concentration(cams[name][k]) | {"confidence_change": float(change[k]), "road": float(faith[k])}
+                rows.append(row)
     summary = summarise(rows, cams, names, models, ", ".join(dict.fromkeys(layers)), target, data, len(pick))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "per_image.csv", "w", newline="") as f:
@@ -181,6 +171,43 @@ def explain(
         out / GRID_FILE,
     )
     return summary
+
+
+def maps_and_measures(
+    model: torch.nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    chosen: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    advance: Callable[[float], None],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A model's Grad-CAM maps of images (N, 3, S, S in [0, 1]) for the chosen classes, with grad-cam's
+    confidence change and ROAD faithfulness of each (ROAD's noise seeded by `seed`); `advance` is told of each
+    batch's images a third at a time (the maps, then each measure), so that a bar moves within a batch."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    metric = CamMultImageConfidenceChange()
+    road = ROADCombined(percentiles=list(ROAD_PERCENTILES))  # faithfulness (Rong et al. 2022): higher is more faithful
+    maps, changes, faithful = [], [], []
+    torch.manual_seed(seed)  # ROAD's imputation adds noise from torch's global generator
+    with GradCAM(model=model, target_layers=[model.layer(layer)]) as cam:
+        for s in range(0, len(images), batch_size):
+            x = images[s : s + batch_size].to(device)
+            classes = chosen[s : s + batch_size]
+            batch_maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+            maps.append(batch_maps)
+            advance(len(x) / 3)
+            soft = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
+            changes.append(np.asarray(metric(x, batch_maps, soft, model)).reshape(-1))
+            advance(len(x) / 3)
+            faithful.append(np.asarray(road(x, batch_maps, soft, model)).reshape(-1))
+            advance(len(x) / 3)
+    return np.concatenate(maps), np.concatenate(changes), np.concatenate(faithful)
 
 
 def same_size(maps: np.ndarray, size: int) -> np.ndarray:

@@ -9,6 +9,7 @@ prompt, are judged fairly, so the real store's score is the yardstick."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from .config import JUDGE
 from .diffusion import Diffusion, encode_images, encode_text, training_scheduler
 from .outputs import written_whole
+from .progress import progress
 from .tables import Column
 
 TIMESTEPS = (100, 250, 400, 550, 700)  # where a class prompt changes the noise prediction most
@@ -31,9 +33,11 @@ def zero_shot(
     template: str = JUDGE.template,
     seed: int = JUDGE.seed,
     batch_size: int = JUDGE.batch_size,
+    advance: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """The index of the class whose prompt best predicts each image's noise (summed over TIMESTEPS, the same noise
-    for every class), for uint8 images (N, H, W, 3) at any size (resized to the model's own)."""
+    for every class), for uint8 images (N, H, W, 3) at any size (resized to the model's own). `advance` is told of
+    each batch's images a timestep at a time, so that a bar moves within a batch."""
     alphas = training_scheduler(diffusion).alphas_cumprod.to(diffusion.device)
     cond = encode_text(diffusion, [template.format(**{"class": c}) for c in classes])
     choice = []
@@ -51,6 +55,8 @@ def zero_shot(
                 hidden = cond[c : c + 1].expand(len(latents), -1, -1)
                 pred = diffusion.unet(noisy, steps, encoder_hidden_states=hidden).sample.float()
                 errors[:, c] += ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+            if advance is not None:
+                advance(len(latents) / len(TIMESTEPS))
         choice.append(errors.argmin(1).cpu())
     return torch.cat(choice).numpy()
 
@@ -111,20 +117,22 @@ def judge_stores(
     dev = job_device(device)
     diffusion = load_diffusion(model, dev, diffusion_dtype(dev))
     rows = []
-    for path, p in zip(stores, picks):
-        with Store(path) as store:
-            images = store.images(p["rows"])
-        judged = zero_shot(diffusion, images, p["classes"], template, seed)
-        rows.append(
-            {
-                "store": str(path),
-                "kind": p["kind"],
-                "images": len(images),
-                "per_class": p["per_class"],
-                "share": float((judged == p["labels"]).mean()),
-                "chance": 1 / len(p["classes"]),
-            }
-        )
+    with progress() as bar:
+        task = bar.add_task("judge", total=sum(len(p["rows"]) for p in picks))
+        for path, p in zip(stores, picks):
+            with Store(path) as store:
+                images = store.images(p["rows"])
+            judged = zero_shot(diffusion, images, p["classes"], template, seed, advance=lambda k: bar.advance(task, k))
+            rows.append(
+                {
+                    "store": str(path),
+                    "kind": p["kind"],
+                    "images": len(images),
+                    "per_class": p["per_class"],
+                    "share": float((judged == p["labels"]).mean()),
+                    "chance": 1 / len(p["classes"]),
+                }
+            )
     if out is not None:
         record = {"model": model, "template": template, "per_class_asked": per_class, "seed": seed, "rows": rows}
         with written_whole(out) as tmp:

@@ -349,7 +349,7 @@ def shown_settings(config: TrainConfig, data: Sequence[Sequence[Path]] = ()) -> 
 def _shown_image_size(data: Sequence[Sequence[Path]], source: str) -> tuple[object, str]:
     """image_size left to the data: each row's first store's own size, or how it will be found without --data."""
     if not data:
-        return "store's", f"{source}: each classifier's first store's own size (give --data to read it)"
+        return "(data)", f"{source}: each classifier's first store's own size (give --data to read it)"
     sizes = {"+".join(Path(p).stem for p in row): _store_size(row[0]) for row in data}
     if len(set(sizes.values())) == 1:
         return next(iter(sizes.values())), f"{source}: the first store's own size ({Path(data[0][0]).name})"

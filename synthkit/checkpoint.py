@@ -37,6 +37,21 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def weights_fingerprint(path: str | Path) -> str:
+    """sha256 over the tensors (names, dtypes, shapes and bytes), not the record: two files of the same weights share
+    it, as two stores of the same images and labels share theirs (16 hex digits, as a store's)."""
+    import hashlib
+
+    _, header = _open_header(path)
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    digest = hashlib.sha256(json.dumps(tensors, sort_keys=True).encode())
+    with open(path, "rb") as f:
+        f.seek(8 + int.from_bytes(f.read(8), "little"))
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def tensor_shapes(path: str | Path) -> dict[str, tuple[list[int], str]]:
     """Name -> (shape, dtype) of every tensor, read from the header."""
     _, header = _open_header(path)

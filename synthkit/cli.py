@@ -624,7 +624,7 @@ def train(
     from .config import TrainConfig
     from .evaluation import classifier_line
     from .paths import store_or_default, store_paths
-    from .training import check_config, train_sharded
+    from .training import check_config, shown_settings, train_sharded
 
     config = TrainConfig.from_recipe(
         recipe,
@@ -646,7 +646,7 @@ def train(
     check_config(config)
     if show:
         typer.echo(f"recipe {config.recipe} (synthkit/config.py RECIPES), resolved:")
-        for key, value, source in config.describe():
+        for key, value, source in shown_settings(config, [store_paths(d) for d in data]):
             typer.echo(f"  {key:<16}{value!s:<20}{source}")
         return
     for name in ("data", "out"):
@@ -1203,7 +1203,14 @@ def judge(
     model: str = typer.Option(
         "mini", help=f"The text-to-image model read as a classifier (default: the miniature): {MODEL_KINDS}."
     ),
-    per_class: int = typer.Option(JUDGE.per_class, min=1, help="Images per class of each store (a seeded pick)."),
+    per_class: int = typer.Option(
+        JUDGE.per_class, min=1, help="Images per class of each store (a seeded pick; all of a class that has fewer)."
+    ),
+    template: str | None = typer.Option(
+        None,
+        help=f"The prompt each class is asked with, with {{class}} (default: the one the model was trained with, as "
+        f"its synthkit.json records it, else '{JUDGE.template}').",
+    ),
     out: Path | None = typer.Option(None, help="Write the rows to this JSON file too (e.g. results/judge.json)."),
     seed: Annotated[int, seed_option("Seed of the pick and of the noise.")] = JUDGE.seed,
     device: Device = AUTO,
@@ -1214,7 +1221,9 @@ def judge(
     from .judge import judge_stores, judged_line
     from .paths import store_paths
 
-    rows = judge_stores(model, store_paths(data), per_class=per_class, seed=seed, device=device, out=out)
+    rows = judge_stores(
+        model, store_paths(data), per_class=per_class, seed=seed, device=device, out=out, template=template
+    )
     for row in rows:
         typer.echo(judged_line(row, model))
     if out:

@@ -236,9 +236,11 @@ def denoise(
     start_step: int = 0,
     eta: float = 0.0,
     seeds: Sequence[int] | None = None,
+    advance: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
     """Run the sampler from `latents` with classifier-free guidance; cond and uncond may differ in length. With
-    eta > 0 a scheduler that accepts it (DDIM) adds noise at every step, drawn from each sample's own stream."""
+    eta > 0 a scheduler that accepts it (DDIM) adds noise at every step, drawn from each sample's own stream.
+    `advance` is told after each step its share of the run (1 / the steps run), so that a bar moves within a batch."""
     scheduler.set_timesteps(steps, device=diffusion.device)
     stochastic = eta > 0 and accepts_eta(scheduler)
     if stochastic and seeds is None:
@@ -261,6 +263,8 @@ def denoise(
             eps = eps_u + guidance * (eps_c - eps_u)
         extra = {"eta": eta, "variance_noise": draw()} if stochastic else {}
         latents = scheduler.step(eps, t, latents, **extra).prev_sample
+        if advance is not None:
+            advance(1 / len(timesteps))
     return latents
 
 

@@ -57,9 +57,38 @@ def classifier_name(meta: dict[str, Any]) -> str:
     return f"{meta.get('arch', '?')} ({meta['stem']} stem)" if meta.get("stem") else str(meta.get("arch", "?"))
 
 
+def arch_of_row(row: dict[str, Any]) -> str:
+    """The architecture of an evaluation row, from its classifier cell (classifier_name: the arch, then the stem in
+    brackets)."""
+    return str(row.get("classifier") or "?").partition(" ")[0]
+
+
 def training_data_name(meta: dict[str, Any]) -> str:
     """The study's row name for a classifier: its store names joined by '+', e.g. real+inv."""
     return "+".join(Path(s["path"]).stem for s in meta.get("sources", [])) or "?"
+
+
+def distinct_names(
+    metas: Sequence[dict[str, Any]], paths: Sequence[Path], least: int = 1, notes: Sequence[str] = ()
+) -> list[str]:
+    """A name per classifier that tells it apart from the others given: its training data (the study's row name),
+    then, where another shares that, its architecture in brackets, then its file name, then its path; a file given
+    twice is numbered (real#2). `least` parts are always named (2: the architecture too, for a figure seen beside
+    others made another time); `notes`, one per classifier, end the brackets (real (resnet18, n=3))."""
+    parts = [(training_data_name(m), str(m.get("arch", "?")), Path(p).name, str(p)) for m, p in zip(metas, paths)]
+    names = []
+    for mine, note in zip(parts, [*notes] or [""] * len(parts)):
+        k = least
+        while k < len(mine) and sum(other[:k] == mine[:k] for other in parts) > 1:
+            k += 1
+        detail = [*[mine[1], mine[3] if k == 4 else mine[2]][: k - 1], *filter(None, [note])]
+        names.append(f"{mine[0]} ({', '.join(detail)})" if detail else mine[0])
+    seen: dict[str, int] = {}
+    numbered = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        numbered.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return numbered
 
 
 def batch_text(batch: dict[str, int] | str | None) -> str:
@@ -201,7 +230,8 @@ def evaluate(
             for model, meta, out in zip(loaded, metas, preds):
                 out.append(predict(model, resize_images(pixels, meta["image_size"]), dev, batch_size).cpu())
         rows = []
-        for path, meta, truth, pred in zip(models, metas, truths, preds):
+        titles = distinct_names(metas, models, least=2)
+        for path, meta, truth, pred, name in zip(models, metas, truths, preds, titles):
             pred = torch.cat(pred).numpy()
             n = len(meta["classes"])
             counts = confusion_matrix(truth, pred, n)
@@ -232,7 +262,7 @@ def evaluate(
                 counts,
                 meta["classes"],
                 results / CONFUSION_DIR / f"{Path(path).stem}.png",
-                f"{row['training_data']}: {100 * row['accuracy']:.2f}% on {len(truth)} real test images",
+                f"{name}: {100 * row['accuracy']:.2f}% on {len(truth)} real test images",
             )
             rows.append(row)
     append_rows(results / ACCURACY_CSV, rows)

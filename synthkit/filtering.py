@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import weights_fingerprint
 from .config import FILTER, FILTER_CRITERIA, GRADCAM, check_choice
 from .device import job_device
 from .errors import UserError
@@ -178,7 +179,7 @@ def filter_store(
             params,
             [
                 {"path": str(data), "fingerprint": store.fingerprint},
-                {"path": str(classifier), "fingerprint": classifier_meta(classifier).get("fingerprint", "")},
+                {"path": str(classifier), "fingerprint": weights_fingerprint(classifier)},
             ],
         )
         meta["filter"] = {

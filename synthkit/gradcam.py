@@ -19,10 +19,11 @@ from .classifiers import CLASSIFIERS
 from .config import GRADCAM, GRADCAM_TARGETS, check_choice
 from .device import job_device
 from .errors import UserError
-from .evaluation import training_data_name
+from .evaluation import distinct_names
 from .jobs import check_destination
 from .model import class_mapping, classifier_meta, load_classifier, resize_images
 from .paths import SUMMARY_JSON
+from .progress import progress
 from .store import Store
 from .tables import Column, markdown_lines
 
@@ -107,11 +108,6 @@ def explain(
     figure_rows: int = GRADCAM.figure_rows,
 ) -> dict[str, Any]:
     """Grad-CAM of every model on the same n real images; writes the grid, per-image CSV and summary JSON."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-    from pytorch_grad_cam.metrics.road import ROADCombined
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
-
     check_destination(out, [*models, data], folder=True)
     if not models:
         raise UserError("no models given: pass --model PATH (repeatable)")
@@ -126,46 +122,40 @@ def explain(
         pick = np.sort(np.random.default_rng(seed).choice(len(store), min(n, len(store)), replace=False))
         images_np = store.images(pick)
         labels_np, store_classes = store.labels[pick], store.classes
-    names = _unique_names([training_data_name(m) for m in metas])
+    names = distinct_names(metas, models)
     cams: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
-    metric = CamMultImageConfidenceChange()
-    road = ROADCombined(percentiles=list(ROAD_PERCENTILES))  # faithfulness (Rong et al. 2022): higher is more faithful
-    for path, name, meta, model_layer in zip(models, names, metas, layers):
-        model, _ = load_classifier(path, dev)
-        model = model.to(memory_format=torch.contiguous_format)
-        images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), meta["image_size"]).float() / 255
-        truth = class_mapping(store_classes, meta["classes"], f"store {data}")[labels_np]
-        with torch.no_grad():
-            probs = torch.cat(
-                [model(images[s : s + batch_size].to(dev)).softmax(1).cpu() for s in range(0, len(images), batch_size)]
+    with progress() as bar:
+        task = bar.add_task("gradcam", total=len(models) * len(pick))
+        for path, name, meta, model_layer in zip(models, names, metas, layers):
+            model, _ = load_classifier(path, dev)
+            model = model.to(memory_format=torch.contiguous_format)
+            images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), meta["image_size"]).float() / 255
+            truth = class_mapping(store_classes, meta["classes"], f"store {data}")[labels_np]
+            with torch.no_grad():
+                probs = torch.cat(
+                    [
+                        model(images[s : s + batch_size].to(dev)).softmax(1).cpu()
+                        for s in range(0, len(images), batch_size)
+                    ]
+                )
+            predicted = probs.argmax(1).numpy()
+            chosen = truth if target == "true" else predicted
+            maps, change, faith = maps_and_measures(
+                model, model_layer, images, chosen, batch_size, dev, seed, lambda k: bar.advance(task, k)
             )
-        predicted = probs.argmax(1).numpy()
-        chosen = truth if target == "true" else predicted
-        maps, changes, faithful = [], [], []
-        torch.manual_seed(seed)  # ROAD's imputation adds noise from torch's global generator
-        with GradCAM(model=model, target_layers=[model.layer(model_layer)]) as cam:
-            for s in range(0, len(images), batch_size):
-                x = images[s : s + batch_size].to(dev)
-                classes = chosen[s : s + batch_size]
-                batch_maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
-                maps.append(batch_maps)
-                soft = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
-                changes.append(np.asarray(metric(x, batch_maps, soft, model)).reshape(-1))
-                faithful.append(np.asarray(road(x, batch_maps, soft, model)).reshape(-1))
-        cams[name] = same_size(np.concatenate(maps), images_np.shape[1])  # models of other input sizes compare
-        change, faith = np.concatenate(changes), np.concatenate(faithful)
-        for k, index in enumerate(pick):
-            row = {
-                "model": name,
-                "image": int(index),
-                "label": store_classes[labels_np[k]],
-                "target": meta["classes"][chosen[k]],
-                "predicted": meta["classes"][predicted[k]],
-                "confidence": float(probs[k, chosen[k]]),
-            }
-            row |= concentration(cams[name][k]) | {"confidence_change": float(change[k]), "road": float(faith[k])}
-            rows.append(row)
+            cams[name] = same_size(maps, images_np.shape[1])  # models of other input sizes compare
+            for k, index in enumerate(pick):
+                row = {
+                    "model": name,
+                    "image": int(index),
+                    "label": store_classes[labels_np[k]],
+                    "target": meta["classes"][chosen[k]],
+                    "predicted": meta["classes"][predicted[k]],
+                    "confidence": float(probs[k, chosen[k]]),
+                }
+                row |= concentration(cams[name][k]) | {"confidence_change": float(change[k]), "road": float(faith[k])}
+                rows.append(row)
     summary = summarise(rows, cams, names, models, ", ".join(dict.fromkeys(layers)), target, data, len(pick))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "per_image.csv", "w", newline="") as f:
@@ -183,6 +173,43 @@ def explain(
     return summary
 
 
+def maps_and_measures(
+    model: torch.nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    chosen: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    advance: Callable[[float], None],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A model's Grad-CAM maps of images (N, 3, S, S in [0, 1]) for the chosen classes, with grad-cam's
+    confidence change and ROAD faithfulness of each (ROAD's noise seeded by `seed`); `advance` is told of each
+    batch's images a third at a time (the maps, then each measure), so that a bar moves within a batch."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    metric = CamMultImageConfidenceChange()
+    road = ROADCombined(percentiles=list(ROAD_PERCENTILES))  # faithfulness (Rong et al. 2022): higher is more faithful
+    maps, changes, faithful = [], [], []
+    torch.manual_seed(seed)  # ROAD's imputation adds noise from torch's global generator
+    with GradCAM(model=model, target_layers=[model.layer(layer)]) as cam:
+        for s in range(0, len(images), batch_size):
+            x = images[s : s + batch_size].to(device)
+            classes = chosen[s : s + batch_size]
+            batch_maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+            maps.append(batch_maps)
+            advance(len(x) / 3)
+            soft = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
+            changes.append(np.asarray(metric(x, batch_maps, soft, model)).reshape(-1))
+            advance(len(x) / 3)
+            faithful.append(np.asarray(road(x, batch_maps, soft, model)).reshape(-1))
+            advance(len(x) / 3)
+    return np.concatenate(maps), np.concatenate(changes), np.concatenate(faithful)
+
+
 def same_size(maps: np.ndarray, size: int) -> np.ndarray:
     """Maps (N, h, w) resized to size x size (bilinear), so that models trained at other sizes can be compared."""
     if maps.shape[1:] == (size, size):
@@ -191,15 +218,6 @@ def same_size(maps: np.ndarray, size: int) -> np.ndarray:
         torch.from_numpy(maps).float()[:, None], size=(size, size), mode="bilinear", align_corners=False
     )
     return resized[:, 0].clamp(0, 1).numpy()
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return out
 
 
 def summarise(
@@ -247,16 +265,19 @@ def summarise(
 
 def save_grid(images: np.ndarray, labels: list[str], cams: dict[str, np.ndarray], path: Path, cell: int = 96) -> None:
     """Rows: images; columns: the image, then each model's map overlaid on it."""
+    import textwrap
+
     from PIL import Image, ImageDraw, ImageFont
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    columns = ["image"] + list(cams)
-    pad, top, left = 4, 22, 90
-    canvas = Image.new("RGB", (left + len(columns) * (cell + pad), top + len(images) * (cell + pad)), "white")
+    headings = [textwrap.wrap(name, width=cell // 6, break_on_hyphens=False) for name in ["image", *cams]]
+    pad, left = 4, 90
+    top = 8 + 14 * max(len(lines) for lines in headings)  # every model's whole name, wrapped to its column
+    canvas = Image.new("RGB", (left + len(headings) * (cell + pad), top + len(images) * (cell + pad)), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=12)
-    for c, name in enumerate(columns):
-        draw.text((left + c * (cell + pad), 4), name[:16], fill="black", font=font)
+    for c, lines in enumerate(headings):
+        draw.multiline_text((left + c * (cell + pad), 4), "\n".join(lines), fill="black", font=font, spacing=2)
     for r, (image, label) in enumerate(zip(images, labels)):
         y = top + r * (cell + pad)
         draw.text((4, y + cell // 2 - 6), label, fill="black", font=font)

@@ -9,6 +9,7 @@ prompt, are judged fairly, so the real store's score is the yardstick."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from .config import JUDGE
 from .diffusion import Diffusion, encode_images, encode_text, training_scheduler
 from .outputs import written_whole
+from .progress import progress
 from .tables import Column
 
 TIMESTEPS = (100, 250, 400, 550, 700)  # where a class prompt changes the noise prediction most
@@ -31,9 +33,11 @@ def zero_shot(
     template: str = JUDGE.template,
     seed: int = JUDGE.seed,
     batch_size: int = JUDGE.batch_size,
+    advance: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """The index of the class whose prompt best predicts each image's noise (summed over TIMESTEPS, the same noise
-    for every class), for uint8 images (N, H, W, 3) at any size (resized to the model's own)."""
+    for every class), for uint8 images (N, H, W, 3) at any size (resized to the model's own). `advance` is told of
+    each batch's images a timestep at a time, so that a bar moves within a batch."""
     alphas = training_scheduler(diffusion).alphas_cumprod.to(diffusion.device)
     cond = encode_text(diffusion, [template.format(**{"class": c}) for c in classes])
     choice = []
@@ -51,8 +55,38 @@ def zero_shot(
                 hidden = cond[c : c + 1].expand(len(latents), -1, -1)
                 pred = diffusion.unet(noisy, steps, encoder_hidden_states=hidden).sample.float()
                 errors[:, c] += ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+            if advance is not None:
+                advance(len(latents) / len(TIMESTEPS))
         choice.append(errors.argmin(1).cpu())
     return torch.cat(choice).numpy()
+
+
+def model_template(model: str) -> str:
+    """The class prompt a model was trained with, as its synthkit.json records it (a miniature's `--template`), else
+    JUDGE.template: the prompt the judge asks it with."""
+    from .meta import model_note
+
+    return str(model_note(model).get("config", {}).get("template") or JUDGE.template)
+
+
+def picked(path: Path, per_class: int, seed: int) -> dict[str, Any]:
+    """A store's seeded pick of up to `per_class` images of every class: their rows and labels, the store's classes
+    and kind, and how many of each class were taken (fewer where the store has fewer). The images are read when
+    judged, a store at a time."""
+    from .store import Store
+
+    with Store(path) as store:
+        store.require_images(" to judge")
+        rng = np.random.default_rng(seed)
+        chosen = [rng.permutation(np.flatnonzero(store.labels == c))[:per_class] for c in range(len(store.classes))]
+        pick = np.sort(np.concatenate(chosen))
+        return {
+            "rows": pick,
+            "labels": store.labels[pick],
+            "classes": list(store.classes),
+            "kind": store.meta.get("kind", "?"),
+            "per_class": [len(c) for c in chosen],
+        }
 
 
 def judge_stores(
@@ -62,45 +96,57 @@ def judge_stores(
     seed: int = JUDGE.seed,
     device: str | None = None,
     out: Path | None = None,
+    template: str | None = None,
 ) -> list[dict[str, Any]]:
     """For each store, the share of a seeded pick (up to `per_class` images of every class) that the model puts in
-    the image's own class; written to the JSON file `out` too when given (as the report reads it), which is checked
-    before any work (jobs.check_destination: none of the stores, nor the model)."""
+    the image's own class, asked with `template` (default: the prompt the model was trained with, model_template);
+    each row records the images taken of each class. Written to the JSON file `out` too when given (as the report
+    reads it), which is checked before any work (jobs.check_destination: none of the stores, nor the model)."""
     from .device import diffusion_dtype, job_device
     from .diffusion import load_diffusion
+    from .errors import UserError
     from .jobs import check_destination
     from .store import Store
 
     if out is not None:
         check_destination(out, [*stores, model])
+    template = template or model_template(model)
+    if "{class}" not in template:
+        raise UserError(f"--template must contain {{class}}, got '{template}'")
+    picks = [picked(path, per_class, seed) for path in stores]
     dev = job_device(device)
     diffusion = load_diffusion(model, dev, diffusion_dtype(dev))
     rows = []
-    for path in stores:
-        with Store(path) as store:
-            store.require_images(" to judge")
-            rng = np.random.default_rng(seed)
-            pick = np.sort(
-                np.concatenate(
-                    [rng.permutation(np.flatnonzero(store.labels == c))[:per_class] for c in range(len(store.classes))]
-                )
+    with progress() as bar:
+        task = bar.add_task("judge", total=sum(len(p["rows"]) for p in picks))
+        for path, p in zip(stores, picks):
+            with Store(path) as store:
+                images = store.images(p["rows"])
+            judged = zero_shot(diffusion, images, p["classes"], template, seed, advance=lambda k: bar.advance(task, k))
+            rows.append(
+                {
+                    "store": str(path),
+                    "kind": p["kind"],
+                    "images": len(images),
+                    "per_class": p["per_class"],
+                    "share": float((judged == p["labels"]).mean()),
+                    "chance": 1 / len(p["classes"]),
+                }
             )
-            images, labels, classes = store.images(pick), store.labels[pick], list(store.classes)
-            kind = store.meta.get("kind", "?")
-        judged = zero_shot(diffusion, images, classes, seed=seed)
-        rows.append(
-            {
-                "store": str(path),
-                "kind": kind,
-                "images": len(images),
-                "share": float((judged == labels).mean()),
-                "chance": 1 / len(classes),
-            }
-        )
     if out is not None:
+        record = {"model": model, "template": template, "per_class_asked": per_class, "seed": seed, "rows": rows}
         with written_whole(out) as tmp:
-            tmp.write_text(json.dumps({"model": model, "per_class": per_class, "seed": seed, "rows": rows}, indent=1))
+            tmp.write_text(json.dumps(record, indent=1))
     return rows
+
+
+def per_class_text(row: dict[str, Any]) -> str:
+    """The images a row took of each class: '5', or '3-20' where its classes gave different counts ('?' in a record
+    written before the rows said)."""
+    counts = row.get("per_class")
+    if not counts:
+        return "?"
+    return str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
 
 
 def judged_line(row: dict[str, Any], model: str) -> str:
@@ -116,5 +162,6 @@ TABLE_COLUMNS = (
     Column("store", "store", lambda row: f"`{row['store']}`"),
     Column("kind", "kind", lambda row: str(row["kind"])),
     Column("images", "images", lambda row: str(row["images"]), right=True),
+    Column("per_class", "per class", per_class_text, right=True),
     Column("share", "judged their own class", lambda row: f"{100 * row['share']:.1f}%", right=True),
 )

@@ -38,6 +38,7 @@ from .paths import (
 )
 
 # The original study's reported test accuracies (CIFAR-10, ResNet-18), by synthkit's store names.
+STUDY_ARCH = "resnet18"  # the classifier the study trained: its figures stand beside that architecture's rows only
 STUDY = {
     "real": ("real", 81.80),
     "inv": ("Diffusion Inversion", 78.63),
@@ -203,13 +204,13 @@ def claims_section(groups: list[dict[str, Any]], cifar: bool = True) -> list[str
             if v["spread"] > 0
             else "and the rows have no spread"
         )
-        reference = STUDY.get(claim.row, (None, None))[1], STUDY.get(claim.other, (None, None))[1]
+        row, other = v["row"], v["other"]
+        reference = study_figure(row, cifar), study_figure(other, cifar)
         study = (
             f" In the original study: {reference[0] - reference[1] + claim.slack:+.2f}."
-            if cifar and None not in reference
+            if None not in reference
             else ""
         )
-        row, other = v["row"], v["other"]
         lines.append(
             f"{head}**{v['verdict']}**{why} here. `{claim.row}` {mean_std(row)}% (n={row['n']}) against "
             f"`{claim.other}` {mean_std(other)}% (n={other['n']}): {100 * (row['mean'] - other['mean']):+.2f} "
@@ -245,49 +246,69 @@ def accuracy_plot(fig, ax, out: Path, xlabel: str, title: str) -> Path:
     return out
 
 
-def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | None:
-    """Test accuracy against step for every row (the mean over its seeds, a band of ± one standard deviation), from
-    the evaluations recorded during training; None when no classifier scored a test store while training."""
-    import numpy as np
-
-    from .evaluation import classifier_files, seed_group, training_data_name
+def accuracy_curves(models: Path, order: dict[str, int]) -> list[tuple[str, list[int], np.ndarray]]:
+    """Each seed group's test accuracy (%) against step, from the evaluations its classifiers recorded during
+    training, as (legend label, steps, accuracies: a row per seed), in the table's order: the figure's data. Groups
+    are named apart as evaluation.distinct_names names classifiers (the training data, then the architecture and
+    the file name where those are shared), with their seed count."""
+    from .evaluation import classifier_files, distinct_names, seed_group, training_data_name
 
     curves: dict[str, list[list[dict]]] = {}
-    names: dict[str, str] = {}
+    firsts: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path in classifier_files(models):
         meta = read_meta(path)
         if meta.get("evals"):
             key = seed_group(meta)
             curves.setdefault(key, []).append(meta["evals"])
-            names[key] = training_data_name(meta)
+            firsts.setdefault(key, (path, meta))
+    keys = sorted(curves, key=lambda k: (order.get(training_data_name(firsts[k][1]), len(order)), str(firsts[k][0])))
+    runs = [[r for r in curves[k] if [e["step"] for e in r] == [e["step"] for e in curves[k][0]]] for k in keys]
+    notes = [f"n={len(r)}" for r in runs]
+    names = distinct_names([firsts[k][1] for k in keys], [firsts[k][0] for k in keys], notes=notes)
+    return [
+        (name, [e["step"] for e in r[0]], 100 * np.array([[e["accuracy"] for e in run] for run in r]))
+        for name, r in zip(names, runs)
+    ]
+
+
+def accuracy_figure(models: Path, out: Path, order: dict[str, int]) -> Path | None:
+    """Test accuracy against step for every row (the mean over its seeds, a band of ± one standard deviation), from
+    accuracy_curves; None when no classifier scored a test store while training."""
+    curves = accuracy_curves(models, order)
     if not curves:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in sorted(curves, key=lambda k: (order.get(names[k], len(order)), names[k])):
-        runs = [r for r in curves[key] if [e["step"] for e in r] == [e["step"] for e in curves[key][0]]]
-        steps = [e["step"] for e in runs[0]]
-        acc = 100 * np.array([[e["accuracy"] for e in r] for r in runs])
-        mean = acc.mean(0)
-        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{names[key]} (n={len(runs)})")
-        if len(runs) > 1:
-            std = acc.std(0, ddof=1)
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     from matplotlib.ticker import MaxNLocator
 
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, steps, acc in curves:
+        mean = acc.mean(0)
+        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=label)
+        if len(acc) > 1:
+            std = acc.std(0, ddof=1)
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return accuracy_plot(
         fig, ax, out, "training step", "Test accuracy during training (mean over seeds, band: ± 1 std)"
     )
 
 
+def study_figure(group: dict[str, Any], cifar: bool = True) -> float | None:
+    """The original study's figure for a seed group: only on CIFAR-10 and for a ResNet-18 (its classifier, whatever
+    the stem), whose figures they are; None for any other row."""
+    from .evaluation import arch_of_row
+
+    if not cifar or not arch_of_row(group["rows"][0]).startswith(STUDY_ARCH):
+        return None
+    return STUDY.get(group["training_data"], (None, None))[1]
+
+
 def study_columns(cifar: bool) -> list:
     """The report's accuracy columns: evaluation's, with each row's label in the study's words and the original
-    study's figure beside ours (only for CIFAR-10, whose figures they are)."""
+    study's figure beside ours (only for CIFAR-10 and ResNet-18 rows, whose figures they are)."""
     from .evaluation import ACCURACY_COLUMNS
     from .tables import Column, pick
 
@@ -296,8 +317,8 @@ def study_columns(cifar: bool) -> list:
         return f"{STUDY.get(name, (ADDED.get(name, name), None))[0]} (`{name}`)"
 
     def reference(g: dict[str, Any]) -> str:
-        figure = STUDY.get(g["training_data"], (None, None))[1]
-        return f"{figure:.2f}" if figure is not None and cifar else "-"
+        figure = study_figure(g, cifar)
+        return f"{figure:.2f}" if figure is not None else "-"
 
     ours = pick(ACCURACY_COLUMNS, ("accuracy", "n", "best"))
     rest = pick(
@@ -668,12 +689,13 @@ def sd_section(results: Path, data: Path, shown: int = 6) -> list[str]:
 
 
 def figures_section(results: Path) -> list[str]:
-    lines = ["## Samples", ""]
+    """The stores' sample grids (results/grids/), under their heading only when there is one."""
+    lines = []
     for name in ("real", "sd", "prompts", "inv"):
         grid = results / GRIDS_DIR / f"{name}.png"
         if grid.exists():
             lines += [f"**{name}**", "", f"![{name} samples]({GRIDS_DIR}/{name}.png)", ""]
-    return lines
+    return ["## Samples", "", *lines] if lines else []
 
 
 def di_sources_section(results: Path, data: Path, shown: int = 6) -> list[str]:
@@ -708,18 +730,27 @@ def di_sources_section(results: Path, data: Path, shown: int = 6) -> list[str]:
 
 @from_summary(JUDGE_JSON)
 def judge_section(results: Path, judged: dict[str, Any]) -> list[str]:
-    """The judge's score of each store (`synthkit judge`): the share of its images read as their own class."""
-    from .judge import TABLE_COLUMNS
+    """The judge's score of each store (`synthkit judge`): the share of its images read as their own class, with the
+    images per class it took and the prompt it asked with, as its record says."""
+    from .config import JUDGE
+    from .judge import TABLE_COLUMNS, per_class_text
     from .tables import markdown_lines
 
+    taken = {per_class_text(row) for row in judged["rows"]}
+    asked = judged.get("per_class_asked", judged.get("per_class"))
+    per_class = (
+        f"{next(iter(taken))} image{'' if taken == {'1'} else 's'} per class of each store"
+        if len(taken) == 1 and "?" not in taken
+        else f"up to {asked} images per class of each store (fewer where a store has fewer: the table says how many)"
+    )
+    template = judged.get("template", JUDGE.template)  # records before it was recorded: the only prompt there was
     lines = [
         "## Do the pictures show their class?",
         "",
         f"`synthkit judge --model {judged['model']}`: the text-to-image model read as a zero-shot classifier (the "
-        "class whose prompt best predicts the noise added to an image), "
-        f"{judged['per_class']} images per class of each store; chance is "
-        f"{100 * judged['rows'][0]['chance']:.0f}%. The real stores are the yardstick; a generator is lenient with "
-        "its own prompt samples.",
+        f"class whose prompt best predicts the noise added to an image, each class asked as `{template}`), "
+        f"{per_class}; chance is {100 * judged['rows'][0]['chance']:.0f}%. The real stores are the yardstick; a "
+        "generator is lenient with its own prompt samples.",
         "",
         *markdown_lines(TABLE_COLUMNS, judged["rows"]),
     ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import Progress, TaskID
 
 from .config import PROMPT, UNCONDS, DIConfig, SamplingConfig, check_choice
 from .device import diffusion_dtype, image_bytes, job_device, memory_budget, pick_device
@@ -210,6 +211,12 @@ def batch_slices(total: int, batch: int, shard: str) -> list[slice]:
     return [slice(b * batch, min((b + 1) * batch, total)) for b in range(first, stop)]
 
 
+def images_advance(bar: Progress, task: TaskID, count: int) -> Callable[[float], None]:
+    """The bar's advance by a batch of `count` images as its sampling goes (denoise's `advance`: a share of the run
+    per step), so that the bar counts images within a batch too: `--per-class 1` is one batch of 10 images."""
+    return lambda share: bar.advance(task, count * share)
+
+
 def pending(slices: list[slice], done: int) -> Iterator[slice]:
     """The batches not yet in the store: a resumed job skips the first `done` samples."""
     end = 0
@@ -377,6 +384,7 @@ def sample_prompts(
             uncond_one = encode_text(diffusion, [negative])
             for part in pending(slices, writer.done):
                 count = part.stop - part.start
+                moved = images_advance(bar, task, count)
                 index = np.arange(part.start, part.stop)
                 seeds = [sample_seed(config.seed, i) for i in index]
                 cond = encode_text(diffusion, [prompts[i] for i in index])
@@ -385,7 +393,9 @@ def sample_prompts(
                 source_index = np.full(count, -1, dtype=np.int64)
                 if init_members is None:
                     noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
-                    latents = denoise(diffusion, scheduler, noise, cond, uncond, config.steps, config.guidance)
+                    latents = denoise(
+                        diffusion, scheduler, noise, cond, uncond, config.steps, config.guidance, advance=moved
+                    )
                 else:
                     for k, (i, s) in enumerate(zip(index, seeds)):
                         members = init_members[labels[i]]
@@ -401,7 +411,15 @@ def sample_prompts(
                     t0 = scheduler.timesteps[start].repeat(count)
                     latents = scheduler.add_noise(mean + std * posterior, noise, t0)
                     latents = denoise(
-                        diffusion, scheduler, latents, cond, uncond, config.steps, config.guidance, start_step=start
+                        diffusion,
+                        scheduler,
+                        latents,
+                        cond,
+                        uncond,
+                        config.steps,
+                        config.guidance,
+                        start_step=start,
+                        advance=moved,
                     )
                 writer.append(
                     decode(diffusion, latents, config.save_size),
@@ -410,7 +428,7 @@ def sample_prompts(
                     seed=seeds,
                     source_index=source_index,
                 )
-                bar.advance(task, count)
+                bar.update(task, completed=writer.done)
     finally:
         if init_store is not None:
             init_store.close()
@@ -672,6 +690,7 @@ def sample_embeddings(
         task = bar.add_task("sample", total=total, completed=writer.done)
         for part in pending(slices, writer.done):
             count = part.stop - part.start
+            moved = images_advance(bar, task, count)
             sample_index = np.arange(part.start, part.stop)
             rows = sample_index // di.per_image
             nth = sample_index % di.per_image
@@ -690,6 +709,7 @@ def sample_embeddings(
                 config.guidance,
                 eta=di.eta,
                 seeds=seeds,
+                advance=moved,
             )
             writer.append(
                 decode(diffusion, latents, config.save_size),
@@ -701,5 +721,5 @@ def sample_embeddings(
                 seed=seeds,
                 group=groups.numpy()[rows],
             )
-            bar.advance(task, count)
+            bar.update(task, completed=writer.done)
     return Path(out)

@@ -329,6 +329,46 @@ def check_config(config: TrainConfig) -> None:
     check_range(config.step_gamma, "the step schedule's gamma", 0, open_low=True)
 
 
+def shown_settings(config: TrainConfig, data: Sequence[Sequence[Path]] = ()) -> list[tuple[str, object, str]]:
+    """What `train --show` prints: config.describe(), with the values a job resolves at its start said as resolved
+    (where each comes from after a colon): image_size (None: each row's first store's own size) and real_batch
+    (None: half the batch, in mixed rows only) read from the rows' stores `data` when given, else said in words; and
+    per_class (None: every image)."""
+    rows = []
+    for key, value, source in config.describe():
+        if key == "image_size" and value is None:
+            value, source = _shown_image_size(data, source)
+        elif key == "real_batch" and value is None:
+            value, source = _shown_real_batch(config, data, source)
+        elif key == "per_class" and value is None:
+            value, source = "all", f"{source}: every image of each store"
+        rows.append((key, value, source))
+    return rows
+
+
+def _shown_image_size(data: Sequence[Sequence[Path]], source: str) -> tuple[object, str]:
+    """image_size left to the data: each row's first store's own size, or how it will be found without --data."""
+    if not data:
+        return "(data)", f"{source}: each classifier's first store's own size (give --data to read it)"
+    sizes = {"+".join(Path(p).stem for p in row): _store_size(row[0]) for row in data}
+    if len(set(sizes.values())) == 1:
+        return next(iter(sizes.values())), f"{source}: the first store's own size ({Path(data[0][0]).name})"
+    return "/".join(map(str, sizes.values())), f"{source}: each row's first store's own size (" + ", ".join(
+        f"{name} {size}" for name, size in sizes.items()
+    ) + ")"
+
+
+def _shown_real_batch(config: TrainConfig, data: Sequence[Sequence[Path]], source: str) -> tuple[object, str]:
+    """real_batch left to the recipe: half the batch, for the rows that mix real and synthetic stores only."""
+    half = f"{source}: half of batch_size"
+    if not data:
+        return config.real_share, f"{half}, in rows that mix real and synthetic stores (others draw from the union)"
+    mixed = ["+".join(Path(p).stem for p in row) for row in data if _mixed(row, config)]
+    if not mixed:
+        return "unused", f"{source}: no row mixes real and synthetic stores (each draws from its stores' union)"
+    return config.real_share, f"{half}, in {', '.join(mixed)} (the rows that mix real and synthetic stores)"
+
+
 def settle(config: TrainConfig, testing: bool, given: Collection[str] = ()) -> tuple[TrainConfig, list[str]]:
     """The recipe as it will be applied, and a one-line note for each value that is changed or not used (`given`:
     the options the user set, noted when unused)."""

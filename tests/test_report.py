@@ -137,7 +137,7 @@ def seed_rows(accuracies: dict[str, list[float]]) -> list[dict]:
     """Evaluation rows by hand: one per row name and seed, each accuracy a share."""
     return [
         {"model": f"{name}-{seed}", "training_data": name, "accuracy": acc, "test_fingerprint": "t", "seed": seed}
-        | {"group": name, "best_eval_accuracy": ""}
+        | {"group": name, "best_eval_accuracy": "", "classifier": "resnet18 (cifar stem)"}
         for name, accs in accuracies.items()
         for seed, acc in enumerate(accs)
     ]

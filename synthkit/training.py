@@ -15,6 +15,7 @@ uninterrupted one, and several classifiers trained in one job (`train_many`) eac
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -35,7 +36,7 @@ from .config import INITS, MIXES, SEED, TrainConfig, check_choice, lookup, recor
 from .device import autocast, device_memory, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
 from .evaluation import TestImages
-from .jobs import check_destination, check_fits, check_output, check_range, check_same_options
+from .jobs import Asked, check_destination, check_fits, check_output, check_range, check_same_options
 from .launch import ItemShard, shard_items
 from .locks import writer_lock
 from .memory import human
@@ -44,7 +45,7 @@ from .model import Classifier, build_classifier, class_mapping, kaiming_normal_i
 from .outputs import written_whole
 from .paths import train_log_path, train_state_path
 from .progress import console, progress
-from .store import Store, balanced_subset
+from .store import Store, balanced_subset, store_fingerprint
 
 CHECKPOINT_EVERY = 1000  # steps between saved states, besides every evaluation
 MAX_STEPS = 2**32 - 1  # a step's draws are seeded by seed * 2**32 + step: a longer run would reuse the next seed's
@@ -706,11 +707,15 @@ def train_many(
         todo = [
             job
             for job in jobs
-            if not check_output(job.out, [train_state_path(job.out)], overwrite, resume, inputs=inputs)
+            if not check_output(
+                job.out,
+                [train_state_path(job.out)],
+                overwrite,
+                resume,
+                inputs=inputs,
+                asked=functools.partial(_asked, job, test),
+            )
         ]
-        for job in jobs:
-            if job not in todo:  # finished: kept by --resume only if it was made as asked now
-                _check_finished(job)
         if not todo:
             return [read_meta(job.out) for job in jobs]
         dev = job_device(device)
@@ -817,20 +822,21 @@ def train_sharded(
     return mine, metas
 
 
-def _check_finished(job: TrainJob) -> None:
-    meta = read_meta(job.out)
-    made = (recorded_params(meta.get("params")), [s.get("fingerprint") for s in meta.get("sources", [])])
-    asked = (asdict(job.config), [_fingerprint(p) for p in job.data])
-    if made != asked:
-        raise UserError(
-            f"{job.out} was trained with other settings or data than asked now: pass --overwrite to train it "
-            "again, or give the settings it was made with (synthkit info shows them)"
-        )
+def _asked(job: TrainJob, test: Path | None) -> Asked:
+    """What `job` asks for, as a finished classifier's record holds how it was made (jobs.Asked): every value of its
+    recipe, its stores' fingerprints, and the test store's when it scores one."""
+    inputs = {str(p): store_fingerprint(p) for p in job.data}
+    if test is not None and job.config.evals:
+        inputs[f"test store {test}"] = store_fingerprint(test)
+    return Asked(asdict(job.config), inputs, _classifier_made)
 
 
-def _fingerprint(path: Path) -> str:
-    with Store(path) as store:
-        return store.fingerprint
+def _classifier_made(path: Path) -> dict[str, Any]:
+    """A classifier's record as jobs.Asked compares it: its params as TrainConfig names them now, its stores and the
+    test store it was scored on."""
+    meta = read_meta(path)
+    test = [meta["test"]] if isinstance(meta.get("test"), dict) else []
+    return {"params": recorded_params(meta.get("params")), "sources": [*(meta.get("sources") or []), *test]}
 
 
 def _store_size(path: Path) -> int:

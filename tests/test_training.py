@@ -138,7 +138,7 @@ def test_a_classifier_recorded_before_arch_existed_is_kept_by_resume(tmp_path, r
     before = out.stat().st_mtime_ns
     assert train([real_store], out, config, device="cpu", resume=True)["params"] == old_params
     assert out.stat().st_mtime_ns == before  # kept, not trained again
-    with pytest.raises(UserError, match="trained with other settings"):
+    with pytest.raises(UserError, match="was made with arch resnet18, not mobilenet_v3_small: pass --overwrite"):
         train([real_store], out, quick(steps=2, batch_size=10, arch="mobilenet_v3_small"), device="cpu", resume=True)
 
 

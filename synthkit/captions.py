@@ -88,7 +88,7 @@ def caption_store(
     params = {"model": model, "batch_size": batch_size, "seed": seed}
 
     def asked() -> Asked:
-        return Asked(params, {"data": store_fingerprint(data)}, store_record)
+        return Asked(params, [(str(data), store_fingerprint(data))], store_record)
 
     if check_output(out, [partial_path(out)], overwrite, resume, inputs=[data, model], asked=asked):
         return out

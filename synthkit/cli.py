@@ -74,7 +74,14 @@ Shard = Annotated[
         "torchrun or SLURM gives (under torchrun rank 0 merges into --out)."
     ),
 ]
-Resume = Annotated[bool, typer.Option(help="Continue an interrupted run; a finished output made the same way is kept.")]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        help="Continue an interrupted run. A finished output is kept only if it was made the same way: its options "
+        "and its inputs' fingerprints are compared with its record; if they differ, one error line names what "
+        "differs, and --overwrite redoes the work."
+    ),
+]
 ResultsAlias = Annotated[Path | None, typer.Option("--results", hidden=True, help="The old name of --out.")]
 
 
@@ -778,7 +785,7 @@ def model_train(
         store_path(data), out, config, device=device, overwrite=overwrite, resume=resume, say=typer.echo
     )
     typer.echo(
-        f"wrote {out}: {record['images']} images of {len(record['classes'])} classes at {record['image_size']} px, "
+        f"{out}: {record['images']} images of {len(record['classes'])} classes at {record['image_size']} px, "
         f"VAE PSNR {record['final_vae_psnr']:.2f} dB (training), {record['seconds'] / 60:.1f} min on "
         f"{record['machine']}"
     )

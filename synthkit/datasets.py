@@ -259,7 +259,7 @@ def finished_import(
 
     def asked() -> Asked:
         sha = _describe(Path(source)).get("sha256") if source is not None and Path(source).exists() else None
-        return Asked(params, {"source": sha}, store_record)
+        return Asked(params, [(str(source) if source is not None else "source", sha)], store_record)
 
     return check_output(out, [partial_path(out)], overwrite, resume, inputs=inputs, asked=asked)
 

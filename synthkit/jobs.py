@@ -134,12 +134,12 @@ def check_store_fits(images: int, size: int, out: Path, what: str) -> None:
 class Asked:
     """What a job is asked to make now, in the terms of a finished output's record, so that --resume keeps only an
     output made the same way: `options` under the names of the record's params (only these are compared: a value
-    known only once the work starts, such as a model's own size, is left out), `inputs` each input's fingerprint
-    now under a name for the user (None for one without), in the order of the record's sources, and `record`, which
-    reads a finished output's record as {"params": {...}, "sources": [{"fingerprint" or "sha256": ...}, ...]}."""
+    known only once the work starts, such as a model's own size, is left out), `inputs` each input's path as given
+    and its fingerprint now (None for one without), in the order of the record's sources, and `record`, which reads
+    a finished output's record as {"params": {...}, "sources": [{"path": ..., "fingerprint" or "sha256": ...}]}."""
 
     options: dict[str, Any]
-    inputs: dict[str, str | None]
+    inputs: list[tuple[str, str | None]]
     record: Callable[[Path], dict[str, Any]]
 
 
@@ -187,16 +187,18 @@ def check_made_as_asked(out: Path, asked: Asked) -> None:
         for key, value in jsonable(asked.options).items()
         if made.get(key, NOT_RECORDED) != value
     ]
-    recorded = record.get("sources") or []
-    sources = [s.get("fingerprint", s.get("sha256")) if isinstance(s, dict) else None for s in recorded]
+    sources = [s if isinstance(s, dict) else {} for s in record.get("sources") or []]
     if len(sources) != len(asked.inputs):
         differ.append(f"{len(sources)} inputs, not {len(asked.inputs)}")
-    else:
-        differ += [
-            f"{name} fingerprint {_shown(was)}, not {_shown(now)}"
-            for (name, now), was in zip(asked.inputs.items(), sources)
-            if was != now
-        ]
+    for (path, now), source in zip(asked.inputs, sources) if len(sources) == len(asked.inputs) else ():
+        was = source.get("fingerprint", source.get("sha256"))
+        if was != now:  # the same file changed, or another file given
+            made_from = source.get("path", path)
+            differ.append(
+                f"{path} fingerprint {_shown(was)}, not {_shown(now)}"
+                if made_from == path
+                else f"{made_from} (fingerprint {_shown(was)}), not {path} (fingerprint {_shown(now)})"
+            )
     if differ:
         more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
         raise UserError(f"{out} was made with {'; '.join(differ[:3])}{more}: pass --overwrite to redo it")

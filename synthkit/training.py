@@ -825,9 +825,9 @@ def train_sharded(
 def _asked(job: TrainJob, test: Path | None) -> Asked:
     """What `job` asks for, as a finished classifier's record holds how it was made (jobs.Asked): every value of its
     recipe, its stores' fingerprints, and the test store's when it scores one."""
-    inputs = {str(p): store_fingerprint(p) for p in job.data}
+    inputs = [(str(p), store_fingerprint(p)) for p in job.data]
     if test is not None and job.config.evals:
-        inputs[f"test store {test}"] = store_fingerprint(test)
+        inputs.append((str(test), store_fingerprint(test)))
     return Asked(asdict(job.config), inputs, _classifier_made)
 
 

@@ -347,6 +347,37 @@ def settle(config: TrainConfig, testing: bool, given: Collection[str] = ()) -> t
     return (replace(config, **changes) if changes else config), notes
 
 
+NO_TEST = "no test store given (--test): nothing is scored during training, evals 0"
+
+
+def settle_test(
+    test: Path | None, default: bool, data: Sequence[Sequence[Path]], config: TrainConfig
+) -> tuple[Path | None, list[str], str | None]:
+    """The test store a job scores, a note for a store it leaves unused, and the line said when nothing is scored
+    (None: nothing to say). With evals 0 no test store is read; the default one (`default`: data/test.h5, not named
+    by --test) applies only when its classes are those of every classifier's stores, else a note says that nothing
+    is scored; a named store of other classes is refused (train_many), before any training."""
+    if not config.evals:
+        return None, [f"--test {test} is not used: evals 0 scores nothing"] if test and not default else [], None
+    if test is None or not default:
+        return test, [], NO_TEST
+    with Store(test) as store:
+        classes = store.classes
+    for row in data:
+        with Store(row[0]) as store:
+            mine = store.classes
+        if sorted(mine) != sorted(classes):
+            return (
+                None,
+                [
+                    f"the default test store {test} has classes {', '.join(classes)}, not {', '.join(mine)}: it is not "
+                    "used and nothing is scored during training, evals 0 (--test STORE scores another)"
+                ],
+                None,
+            )
+    return test, [], NO_TEST
+
+
 def eval_steps_after(config: TrainConfig, step: int) -> int | None:
     """The first step after `step` at which the test store is scored (`evals` evenly spaced, the last at the final
     step), or None; computed, not listed, so that no count builds a collection of its size."""
@@ -689,12 +720,13 @@ def train_many(
     memory_limit: str | None = None,
     notes: Sequence[str] = (),
     say: Callable[[str], None] | None = None,
+    untested: str | None = NO_TEST,
 ) -> list[dict[str, Any]]:
     """Train several classifiers in one process, each with its own data order, augmentation draws, optimiser,
     state file and checkpoint, and each equal to its run alone. They advance a step each in turn (on CUDA, each on
     its own stream, so their kernels can overlap). A classifier whose loss diverges stops alone; the others finish,
-    and the job then fails naming it. Without a `test` store nothing is scored and each records evals 0. Returns
-    each classifier's metadata."""
+    and the job then fails naming it. Without a `test` store nothing is scored, each records evals 0, and the line
+    `untested` says so (None: nothing said). Returns each classifier's metadata."""
     if test is None:
         jobs = [TrainJob(job.data, job.out, replace(job.config, evals=0)) for job in jobs]
     inputs = [*(p for job in jobs for p in job.data), test]
@@ -768,8 +800,8 @@ def train_many(
         for job in todo:
             job.out.parent.mkdir(parents=True, exist_ok=True)
         runs = [Run(job, sets[keys[job.out]], dev, test_images, resume) for job in todo]
-        if test_images is None:  # said once every check has passed, before the first step
-            console.print("no test store given (--test): nothing is scored during training, evals 0", highlight=False)
+        if test_images is None and untested:  # said once every check has passed, before the first step
+            console.print(untested, highlight=False)
         if dev.type == "cuda":
             for run in runs:  # the training sets were written on the default stream
                 run.stream.wait_stream(torch.cuda.current_stream(dev))
@@ -799,11 +831,15 @@ def train_sharded(
     resume: bool = False,
     memory_limit: str | None = None,
     say: Callable[[str], None] = print,
+    test_default: bool = False,
 ) -> tuple[ItemShard, list[dict[str, Any]]]:
-    """`synthkit train` once its options are parsed: the recipe settled (a note for each value changed or unused;
-    `given`: the options the user set), a classifier per stores and seed, and this process's shard of them
+    """`synthkit train` once its options are parsed: the test store settled (settle_test; `test_default`: `test` is
+    the default store, not named by --test), the recipe settled (a note for each value changed or unused; `given`:
+    the options the user set), a classifier per stores and seed, and this process's shard of them
     (launch.shard_items) trained in one job. Returns the shard and each of its classifiers' metadata."""
+    test, test_notes, untested = settle_test(test, test_default, data, config)
     config, notes = settle(config, testing=test is not None, given=given)
+    notes = test_notes + notes
     jobs = expand_jobs(data, out, seeds, config, say=notes.append)
     mine = shard_items(jobs, shard, device)
     if mine.shard and not mine.items:
@@ -818,6 +854,7 @@ def train_sharded(
         memory_limit=memory_limit,
         notes=notes,
         say=say,
+        untested=untested,
     )
     return mine, metas
 

@@ -21,12 +21,12 @@ from .config import CAPTION, SEED
 from .device import job_device
 from .diffusion import quiet_libraries
 from .errors import UserError
-from .jobs import check_output
+from .jobs import Asked, check_output
 from .meta import provenance
 from .outputs import locked_output
 from .paths import partial_path
 from .progress import progress
-from .store import DerivedWriter, Store
+from .store import DerivedWriter, Store, store_fingerprint, store_record
 
 
 def load_captioner(model: str, device: torch.device) -> tuple[Any, Any]:
@@ -85,8 +85,12 @@ def caption_store(
     each batch's captions are written with its images). `seed` seeds torch before each batch, so that a
     captioner set to sample draws the same words in a resumed run."""
     out = Path(out)
-    if check_output(out, [partial_path(out)], overwrite, resume, inputs=[data, model]):
-        _check_finished(out, data, {"model": model, "batch_size": batch_size, "seed": seed})
+    params = {"model": model, "batch_size": batch_size, "seed": seed}
+
+    def asked() -> Asked:
+        return Asked(params, [(str(data), store_fingerprint(data))], store_record)
+
+    if check_output(out, [partial_path(out)], overwrite, resume, inputs=[data, model], asked=asked):
         return out
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
@@ -96,7 +100,6 @@ def caption_store(
             raise UserError(f"store {data} already has captions (a column 'caption')")
         dev = job_device(device)
         processor, captioner = load_captioner(model, dev)
-        params = {"model": model, "batch_size": batch_size, "seed": seed}
         meta = provenance(
             store.meta.get("kind", "unknown"),
             params,
@@ -124,21 +127,6 @@ def caption_store(
                 writer.append_rows(rows, images, caption=caption_images(processor, captioner, images, dev))
                 bar.advance(task, len(images))
     return out
-
-
-def _check_finished(out: Path, data: Path, params: dict) -> None:
-    """A finished output kept by --resume must be captions of `data` made as asked now."""
-    with Store(out) as made, Store(data) as store:
-        sources = made.meta.get("sources") or [{}]
-        same = (
-            "caption" in made.column_names
-            and made.meta.get("params") == params
-            and sources[0].get("fingerprint") == store.fingerprint
-        )
-    if not same:
-        raise UserError(
-            f"{out} was not captioned from {data} with the options asked now: pass --overwrite to caption it again"
-        )
 
 
 TINY_WORDS = (

@@ -74,7 +74,14 @@ Shard = Annotated[
         "torchrun or SLURM gives (under torchrun rank 0 merges into --out)."
     ),
 ]
-Resume = Annotated[bool, typer.Option(help="Continue an interrupted run; a finished output made the same way is kept.")]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        help="Continue an interrupted run. A finished output is kept only if it was made the same way: its options "
+        "and its inputs' fingerprints are compared with its record; if they differ, one error line names what "
+        "differs, and --overwrite redoes the work."
+    ),
+]
 ResultsAlias = Annotated[Path | None, typer.Option("--results", hidden=True, help="The old name of --out.")]
 
 
@@ -603,8 +610,10 @@ def train(
     ),
     test: str | None = typer.Option(
         None,
-        help=f"A real test store (name or path) to score during training (--evals times); default {TEST_STORE} "
-        f"(data/{TEST_STORE}.h5) when it exists, else nothing is scored and evals 0 recorded.",
+        help=f"A real test store (name or path) to score during training (--evals times), or none. Default: "
+        f"data/{TEST_STORE}.h5 when it exists and has the training stores' classes; else a note says nothing is "
+        "scored, and evals 0 is recorded. A named store of other classes is an error; with --evals 0 no test store "
+        "is read.",
     ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the models (faster on GPU after a warm-up)."),
     shard: str = typer.Option(
@@ -623,7 +632,7 @@ def train(
     same classes, for a recipe's number of steps."""
     from .config import TrainConfig
     from .evaluation import classifier_line
-    from .paths import store_or_default, store_paths
+    from .paths import optional_store, store_paths
     from .training import check_config, shown_settings, train_sharded
 
     config = TrainConfig.from_recipe(
@@ -652,7 +661,7 @@ def train(
     for name in ("data", "out"):
         if ctx.params.get(name) in (None, []):  # an empty --out "" is an input mistake, refused further on
             raise click.MissingParameter(ctx=ctx, param_hint=f"'--{name}'", param_type="option")
-    test_path = store_or_default(test, TEST_STORE)
+    test_path, test_default = optional_store(test, TEST_STORE)
     options = {"evals": evals, "warmup_steps": warmup_steps, "step_every": step_every}
     given = {k for k, v in options.items() if v is not None}
     mine, metas = train_sharded(
@@ -668,6 +677,7 @@ def train(
         resume=resume,
         memory_limit=memory_limit,
         say=note,
+        test_default=test_default,
     )
     for job, meta in zip(mine.items, metas):
         typer.echo(f"{job.out}: {classifier_line(meta)}")
@@ -829,7 +839,7 @@ def model_train(
         store_path(data), out, config, device=device, overwrite=overwrite, resume=resume, say=typer.echo
     )
     typer.echo(
-        f"wrote {out}: {record['images']} images of {len(record['classes'])} classes at {record['image_size']} px, "
+        f"{out}: {record['images']} images of {len(record['classes'])} classes at {record['image_size']} px, "
         f"VAE PSNR {record['final_vae_psnr']:.2f} dB (training), {record['seconds'] / 60:.1f} min on "
         f"{record['machine']}"
     )

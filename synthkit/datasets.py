@@ -30,13 +30,13 @@ from .export import (
     record_classes,
     record_columns,
 )
-from .jobs import check_fits, check_output, check_outside
+from .jobs import Asked, check_fits, check_output, check_outside
 from .memory import human, image_bytes, ram_budget
 from .meta import Kind, Provenance, provenance
 from .outputs import locked_output
 from .paths import partial_path
 from .progress import console, progress
-from .store import StoreWriter, balanced_subset
+from .store import StoreWriter, balanced_subset, store_record
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _BATCH_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -97,7 +97,18 @@ def import_cifar10(
         return src, list(CIFAR10_CLASSES), _describe(Path(source)) if source else {"path": str(download_root)}
 
     return write_source(
-        out, open_split, params, split, per_class, seed, batch_size, overwrite, resume, inputs=[source], budget=budget
+        out,
+        open_split,
+        params,
+        split,
+        per_class,
+        seed,
+        batch_size,
+        overwrite,
+        resume,
+        inputs=[source],
+        budget=budget,
+        source=source,
     )
 
 
@@ -113,13 +124,15 @@ def write_source(
     resume: bool = False,
     inputs: Sequence[str | Path | None] = (),
     budget: int | None = None,
+    source: str | Path | None = None,
 ) -> Path:
     """Write a dataset split (or a seeded class-balanced subset) to the store `out`, opening the source only when
-    there is work to do; each row keeps its index and name in the source, or the source's own columns (and an
-    exported store's record its kind and fields). Rows are decoded a window at a time, as
-    many as `budget` bytes hold (one pass over an archive per window)."""
+    there is work to do (`source`: the file or folder read, None for a download; see finished_import); each row keeps
+    its index and name in the source, or the source's own columns (and an exported store's record its kind and
+    fields). Rows are decoded a window at a time, as many as `budget` bytes hold (one pass over an archive per
+    window)."""
     out = Path(out)
-    if check_output(out, [partial_path(out)], overwrite, resume, inputs=inputs):
+    if finished_import(out, params, source, overwrite, resume, inputs):
         return out
     src, classes, described = open_split()
     index = np.arange(len(src.labels)) if per_class is None else balanced_subset(src.labels, per_class, seed, classes)
@@ -185,7 +198,15 @@ def import_folder(
     if class_name is not None and not class_name.strip():
         raise UserError('--class-name is empty: give the class\'s name, e.g. "urban scene"')
     budget = resize_budget(size, memory_limit)
-    if check_output(out, [partial_path(out)], overwrite, resume, inputs=[source]):
+    params = {
+        "source": str(source),
+        "size": size,
+        "split": split,
+        "class_name": class_name,
+        "per_class": per_class,
+        "seed": seed,
+    }
+    if finished_import(out, params, source, overwrite, resume, [source]):
         return out
     source = Path(source)
     if not source.exists():
@@ -208,14 +229,6 @@ def import_folder(
         columns,
         export["store"] if export else None,
     )
-    params = {
-        "source": str(source),
-        "size": size,
-        "split": split,
-        "class_name": class_name,
-        "per_class": per_class,
-        "seed": seed,
-    }
     return write_source(
         out,
         lambda: (source_of, classes, _describe(source) | exported_from(export)),
@@ -228,7 +241,27 @@ def import_folder(
         resume=resume,
         inputs=[source],
         budget=budget,
+        source=source,
     )
+
+
+def finished_import(
+    out: Path,
+    params: dict,
+    source: str | Path | None,
+    overwrite: bool,
+    resume: bool,
+    inputs: Sequence[str | Path | None],
+) -> bool:
+    """jobs.check_output for an import: whether `out` is finished and kept by --resume, which keeps it only if it
+    was imported with `params` from the same `source` (a source file's sha256, as its record holds it; a folder, a
+    download or shards have none)."""
+
+    def asked() -> Asked:
+        sha = _describe(Path(source)).get("sha256") if source is not None and Path(source).exists() else None
+        return Asked(params, [(str(source) if source is not None else "source", sha)], store_record)
+
+    return check_output(out, [partial_path(out)], overwrite, resume, inputs=inputs, asked=asked)
 
 
 def resize_budget(size: int | None, memory_limit: str | None) -> int:

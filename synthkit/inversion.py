@@ -30,13 +30,22 @@ from .config import INVERT_JOB, OFFICIAL_RESOLUTION, InversionConfig
 from .device import image_bytes, inversion_dtype, job_device, memory_budget
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
 from .errors import UserError
-from .jobs import check_fits, check_output, check_range, check_same_options, parse_shard, shard_order, shard_range
+from .jobs import (
+    Asked,
+    check_fits,
+    check_output,
+    check_range,
+    check_same_options,
+    parse_shard,
+    shard_order,
+    shard_range,
+)
 from .launch import run_sharded
 from .meta import Kind, check_record, provenance
 from .outputs import locked_output
 from .paths import invert_state_dir
 from .progress import progress
-from .store import Store
+from .store import Store, store_fingerprint
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -228,7 +237,8 @@ def invert(
     out = Path(out)
     if shard:
         parse_shard(shard)
-    if check_output(out, [invert_state_dir(out)], overwrite, resume, inputs=[data, model]):
+    asked = functools.partial(invert_asked, data, class_names, model, config, shard)
+    if check_output(out, [invert_state_dir(out)], overwrite, resume, inputs=[data, model], asked=asked):
         return read_meta(out)
     if min(config.tokens, config.group_size, config.batch_size, config.updates) < 1 or preview_every < 0:
         raise UserError(
@@ -257,7 +267,7 @@ def invert(
         if config.resolution is None:  # never above the model's own size (a 32 px miniature inverts at 32)
             config = replace(config, resolution=min(OFFICIAL_RESOLUTION, diffusion.native_resolution))
         check_resolution(config.resolution, diffusion)
-        params = asdict(config) | {"model": model, "classes": class_names, "data": str(data), "shard": shard}
+        params = invert_params(data, class_names, model, config, shard)
         state = invert_state_dir(out)
         if state.exists() and not resume:
             shutil.rmtree(state)
@@ -342,6 +352,28 @@ def invert(
     return meta
 
 
+def invert_params(data: Path, class_names: str, model: str, config: InversionConfig, shard: str) -> dict[str, Any]:
+    """The params an embeddings file records: the inversion's settings and what it was asked."""
+    return asdict(config) | {"model": model, "classes": class_names, "data": str(data), "shard": shard}
+
+
+def invert_asked(data: Path, class_names: str, model: str, config: InversionConfig, shard: str) -> Asked:
+    """What an inversion asks for, as its finished embeddings file records how it was made (jobs.Asked): its params
+    (without the resolution when the default is asked: the model's own size may lower it, known once it is loaded)
+    and the fingerprint of the store inverted."""
+    params = invert_params(data, class_names, model, config, shard)
+    if config.resolution is None:
+        del params["resolution"]
+    return Asked(params, [(str(data), store_fingerprint(data))], _embeddings_made)
+
+
+def _embeddings_made(path: Path) -> dict[str, Any]:
+    """An embeddings file's record as jobs.Asked compares it: its params, and the store inverted (the first source:
+    a file merged from shards names that store once for each shard)."""
+    meta = read_meta(path)
+    return {"params": meta.get("params"), "sources": (meta.get("sources") or [])[:1]}
+
+
 def run_invert(
     data: Path,
     out: Path,
@@ -375,8 +407,18 @@ def run_invert(
         )
 
     merge = functools.partial(merge_embeddings, overwrite=True)
+    asked = functools.partial(invert_asked, data, class_names, model, config, "")  # the whole job's output
     return run_sharded(
-        job, Path(out), shard, device, merge, overwrite=overwrite, resume=resume, say=say, inputs=[data, model]
+        job,
+        Path(out),
+        shard,
+        device,
+        merge,
+        overwrite=overwrite,
+        resume=resume,
+        say=say,
+        inputs=[data, model],
+        asked=asked,
     )
 
 
@@ -496,6 +538,20 @@ def _encode_all(
     return torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).float()
 
 
+def embeddings_record(path: Path) -> dict[str, Any]:
+    """The record of an embeddings file written by synthkit invert (its header alone); any other file, or one of an
+    older synthkit whose group ids restart at 0 in every file, is refused in one line."""
+    meta = check_record(
+        read_meta(path), Kind.EMBEDDINGS, path, "a synthkit embeddings file (give files written by synthkit invert)"
+    )
+    if meta.get("group_ids") != GROUP_IDS:
+        raise UserError(
+            f"{path} was made by an older synthkit whose group ids restart at 0 in every file "
+            "(partners would cross classes): run synthkit invert on it again"
+        )
+    return meta
+
+
 def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Concatenate embedding files (per-class files, or shards in shard order) of one real store and one setup.
 
@@ -503,14 +559,8 @@ def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dic
     different stores, images given twice and files from older synthkit versions are refused."""
     if not paths:
         raise UserError("no embeddings given: pass --embeddings models/inv/*.safetensors")
-    metas = [read_meta(p) for p in paths]
+    metas = [embeddings_record(p) for p in paths]
     for path, meta in zip(paths, metas):
-        check_record(meta, Kind.EMBEDDINGS, path, "a synthkit embeddings file (give files written by synthkit invert)")
-        if meta.get("group_ids") != GROUP_IDS:
-            raise UserError(
-                f"{path} was made by an older synthkit whose group ids restart at 0 in every file "
-                "(partners would cross classes): run synthkit invert on it again"
-            )
         for key in ("classes", "hidden", "tokens", "resolution", "model"):
             if meta.get(key) != metas[0].get(key):
                 raise UserError(

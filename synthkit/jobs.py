@@ -1,19 +1,22 @@
 """The checks every job that writes an output makes, in one place, before it reads or computes anything: where
 the output goes (not onto an input, into a folder that can be written, a file where a file goes), whether the
-sizes asked for fit the memory budget, an existing output, an interrupted run's leftovers, a resumed state made
-with other options, and shards (which slice is mine, and their order)."""
+sizes asked for fit the memory budget, an existing output (kept by --resume only if it was made as asked now), an
+interrupted run's leftovers, a resumed state made with other options, and shards (which slice is mine, and their
+order)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
 from .memory import human, image_bytes
+from .meta import jsonable
 
 
 def check_range(
@@ -127,6 +130,19 @@ def check_store_fits(images: int, size: int, out: Path, what: str) -> None:
         )
 
 
+@dataclass
+class Asked:
+    """What a job is asked to make now, in the terms of a finished output's record, so that --resume keeps only an
+    output made the same way: `options` under the names of the record's params (only these are compared: a value
+    known only once the work starts, such as a model's own size, is left out), `inputs` each input's path as given
+    and its fingerprint now (None for one without), in the order of the record's sources, and `record`, which reads
+    a finished output's record as {"params": {...}, "sources": [{"path": ..., "fingerprint" or "sha256": ...}]}."""
+
+    options: dict[str, Any]
+    inputs: list[tuple[str, str | None]]
+    record: Callable[[Path], dict[str, Any]]
+
+
 def check_output(
     out: Path,
     leftovers: Sequence[Path],
@@ -135,22 +151,68 @@ def check_output(
     resumable: bool = True,
     inputs: Sequence[str | Path | None] = (),
     folder: bool = False,
+    asked: Callable[[], Asked] | None = None,
 ) -> bool:
     """Whether `out` is already finished and `--resume` keeps it. First its destination (check_destination);
     then refuses to replace an output, or to start over from an interrupted run's leftovers (a .partial, a state
-    file), unless --overwrite or --resume says so."""
+    file), unless --overwrite or --resume says so. A finished output is kept only if it was made as `asked()` says
+    the job is asked now (check_made_as_asked; built only then, as fingerprinting an input may take a while)."""
     out = Path(out)
     check_destination(out, inputs, folder)
     if out.exists() and not (overwrite or resume):
         keep = " or --resume to continue it" if resumable else ""
         raise UserError(f"{out} already exists: pass --overwrite to replace it{keep}")
     if out.exists() and resume:
+        if asked is not None:
+            check_made_as_asked(out, asked())
         return True
     if not (overwrite or resume):
         for leftover in leftovers:
             if Path(leftover).exists():
                 refuse_leftover(Path(leftover), out)
     return False
+
+
+NOT_RECORDED = "(not recorded)"
+
+
+def check_made_as_asked(out: Path, asked: Asked) -> None:
+    """A finished output that --resume keeps must have been made with the options and from the inputs asked now:
+    else one line naming what differs (the first three), and --overwrite redoes it."""
+    record = asked.record(Path(out))
+    made = record.get("params")
+    made = made if isinstance(made, dict) else {}
+    differ = [
+        f"{key} {_shown(made.get(key, NOT_RECORDED))}, not {_shown(value)}"
+        for key, value in jsonable(asked.options).items()
+        if made.get(key, NOT_RECORDED) != value
+    ]
+    sources = [s if isinstance(s, dict) else {} for s in record.get("sources") or []]
+    if len(sources) != len(asked.inputs):
+        differ.append(f"{len(sources)} inputs, not {len(asked.inputs)}")
+    for (path, now), source in zip(asked.inputs, sources) if len(sources) == len(asked.inputs) else ():
+        was = source.get("fingerprint", source.get("sha256"))
+        if was != now:  # the same file changed, or another file given
+            made_from = source.get("path", path)
+            differ.append(
+                f"{path} fingerprint {_shown(was)}, not {_shown(now)}"
+                if made_from == path
+                else f"{made_from} (fingerprint {_shown(was)}), not {path} (fingerprint {_shown(now)})"
+            )
+    if differ:
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise UserError(f"{out} was made with {'; '.join(differ[:3])}{more}: pass --overwrite to redo it")
+
+
+def _shown(value: Any) -> str:
+    """A recorded or asked value as the user would type it: none for None, lists comma-separated, a sha256 cut to the
+    16 hex digits a store's fingerprint has."""
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(map(_shown, value)) or "(none)"
+    text = str(value)
+    return text[:16] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
 
 
 def refuse_leftover(leftover: Path, out: Path) -> None:

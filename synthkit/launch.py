@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from .errors import UserError
-from .jobs import check_output, parse_shard, shard_range
+from .jobs import Asked, check_output, parse_shard, shard_range
 from .paths import shard_path
 
 
@@ -122,14 +122,16 @@ def run_sharded(
     resume: bool = False,
     say: Callable[[str], None] = print,
     inputs: Sequence[str | Path | None] = (),
+    asked: Callable[[], Asked] | None = None,
 ) -> Path:
     """Run job(out, shard, device); with shard 'auto' on the launcher's shard, and under torchrun merge into `out`
-    (the shards are removed once merged; `out` is none of the job's `inputs`, checked before any shard is written).
-    Returns the file this process wrote (or merged)."""
+    (the shards are removed once merged; `out` is none of the job's `inputs`, checked before any shard is written,
+    and a finished `out` is kept by --resume only if it was made as `asked` (jobs.check_output)). Returns the file
+    this process wrote (or merged)."""
     if shard != "auto":
         job(out, shard, device)
         return Path(out)
-    if check_output(Path(out), [], overwrite, resume, inputs=inputs):
+    if check_output(Path(out), [], overwrite, resume, inputs=inputs, asked=asked):
         say(f"{out} is already complete")
         return Path(out)
     launch, dev = launched(device)  # "cuda" and "auto" mean this rank's own GPU under torchrun

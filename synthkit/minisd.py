@@ -32,7 +32,7 @@ import torch
 from .config import MiniConfig
 from .diffusion import SD_SCHEDULE, build_components, check_model_output, derive_seed, quiet_libraries, save_folder
 from .errors import UserError
-from .jobs import check_destination, check_input_outside, check_same_options
+from .jobs import Asked, check_destination, check_input_outside, check_made_as_asked, check_same_options
 from .meta import command_line, jsonable
 from .outputs import locked_output, written_whole
 from .paths import preview_path, resolve_model
@@ -269,6 +269,8 @@ def train_mini(
             check_input_outside(given, out)
     state_file = state_path(out)
     if out.exists() and resume and (out / "synthkit.json").is_file() and not state_file.exists():
+        check_made_as_asked(out, _asked(data, config))
+        say(f"{out} is finished and was made the same way: kept (--overwrite trains it again)")
         return json.loads((out / "synthkit.json").read_text())
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists: pass --overwrite to replace it")
@@ -466,6 +468,21 @@ def train_mini(
     state_file.unlink(missing_ok=True)
     say(f"UNet: {config.steps} steps, final loss {record['final_loss']:.4f}")
     return record
+
+
+def _asked(data: Path, config: MiniConfig) -> Asked:
+    """What a run asks for, as a finished model's synthkit.json records how it was made (jobs.Asked): every value of
+    its settings and the fingerprint of the store it learns from."""
+    from .store import store_fingerprint
+
+    return Asked(jsonable(asdict(config)), [(str(data), store_fingerprint(data))], _made)
+
+
+def _made(out: Path) -> dict[str, Any]:
+    """A finished model's synthkit.json as jobs.Asked compares it: its settings, and the store it learnt from."""
+    record = json.loads((out / "synthkit.json").read_text())
+    source = {"path": record.get("data"), "fingerprint": record.get("data_fingerprint")}
+    return {"params": record.get("config"), "sources": [source]}
 
 
 def _instance_codes(

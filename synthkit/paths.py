@@ -75,12 +75,19 @@ def store_paths(names: str | list[str]) -> list[Path]:
     return out
 
 
-def store_or_default(name: str | None, default: str) -> Path | None:
-    """The store `name` when given, else data/`default`.h5 when that exists, else None."""
+NO_STORE = "none"
+
+
+def optional_store(name: str | None, default: str) -> tuple[Path | None, bool]:
+    """The store an option such as train --test names: none for no store, a name or path, else data/`default`.h5
+    when that exists (else None); and whether it is that default, not named (the caller applies it only where it
+    fits)."""
+    if name == NO_STORE:
+        return None, False
     if name:
-        return store_path(name)
+        return store_path(name), False
     path = store_path(default)
-    return path if path.exists() else None
+    return (path, True) if path.exists() else (None, False)
 
 
 def _beside(out: str | Path, ending: str, keep_suffix: bool = True) -> Path:

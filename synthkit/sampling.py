@@ -35,8 +35,9 @@ from .diffusion import (
     sample_seed,
 )
 from .errors import UserError
-from .inversion import load_embeddings
+from .inversion import embeddings_record, load_embeddings
 from .jobs import (
+    Asked,
     check_destination,
     check_fits,
     check_output,
@@ -49,7 +50,7 @@ from .meta import Kind, provenance
 from .outputs import locked_output
 from .paths import partial_path, store_path
 from .progress import console, progress
-from .store import Store, StoreWriter
+from .store import Store, StoreWriter, store_fingerprint, store_record
 
 
 def read_templates(templates: Sequence[str], prompt_file: Path | None) -> list[str]:
@@ -191,6 +192,13 @@ def run_sample(
                 prompt_from=prompt_from,
             )
 
+    def asked() -> Asked:  # the whole job's output (shard auto), as merged or written unsharded
+        if embeddings:
+            return di_asked("", list(embeddings), di, config, model, only)
+        return prompt_asked(
+            "", model or DEFAULT_MODEL, templates, names, per_class, config, negative, init, strength, prompt_from
+        )
+
     return run_sharded(
         job,
         Path(out),
@@ -201,6 +209,7 @@ def run_sample(
         resume=resume,
         say=say,
         inputs=inputs,
+        asked=asked,
     )
 
 
@@ -285,6 +294,62 @@ def _open_generator(model: str, config: SamplingConfig, device: str | None) -> t
     return diffusion, resolution
 
 
+def prompt_config(config: SamplingConfig) -> SamplingConfig:
+    """Prompt sampling's settings with what was left None filled in: PromptConfig's steps and guidance."""
+    return replace(
+        config,
+        steps=config.steps or PROMPT.steps,
+        guidance=PROMPT.guidance if config.guidance is None else config.guidance,
+    )
+
+
+def prompt_params(
+    config: SamplingConfig,
+    model: str,
+    templates: Sequence[str],
+    classes: Sequence[str],
+    per_class: int,
+    negative: str,
+    init: Path | None,
+    strength: float,
+    prompt_from: str | None,
+) -> dict:
+    """The params a prompt-sampling store records: its settings (prompt_config) and what it was asked; the resolution
+    is the one asked (None until the model's own is known)."""
+    return asdict(prompt_config(config)) | {
+        "model": model,
+        "templates": list(templates),
+        "prompt_from": prompt_from,
+        "classes": list(classes),
+        "per_class": per_class,
+        "negative": negative,
+        "init": str(init) if init else None,
+        "strength": strength if init else None,
+    }
+
+
+def prompt_asked(
+    shard: str,
+    model: str,
+    templates: Sequence[str],
+    classes: Sequence[str],
+    per_class: int,
+    config: SamplingConfig,
+    negative: str,
+    init: Path | None,
+    strength: float,
+    prompt_from: str | None,
+) -> Asked:
+    """What a prompt-sampling job asks for, as its finished store records how it was made (jobs.Asked): its params
+    (without the resolution when the model's own is asked: it is known once the model is loaded), its shard, and
+    the init store's fingerprint."""
+    params = prompt_params(config, model, templates, classes, per_class, negative, init, strength, prompt_from)
+    if params["resolution"] is None:
+        del params["resolution"]
+    inputs = [(str(init), store_fingerprint(init))] if init is not None else []
+    return Asked(params | {"shard": shard}, inputs, store_record)
+
+
 @locked_output("out")
 def sample_prompts(
     out: Path,
@@ -307,16 +372,17 @@ def sample_prompts(
     its init image's own text, and sample k of a class takes the class's (k mod n)-th image, so that every image
     is used as evenly as the counts allow (the original study made one Stable Diffusion image per real image)."""
     out = Path(out)
-    if check_output(out, [partial_path(out)], overwrite, resume, inputs=[init, model]):
+
+    def asked() -> Asked:
+        return prompt_asked(shard, model, templates, classes, per_class, config, negative, init, strength, prompt_from)
+
+    if check_output(out, [partial_path(out)], overwrite, resume, inputs=[init, model], asked=asked):
         return out
     check_sizes(config, device, shard)
     if prompt_from is not None and (init is None or templates):
         raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init, and no --prompt")
-    config = replace(
-        config,
-        steps=config.steps or PROMPT.steps,
-        guidance=PROMPT.guidance if config.guidance is None else config.guidance,
-    )
+    params = prompt_params(config, model, templates, classes, per_class, negative, init, strength, prompt_from)
+    config = prompt_config(config)
     prompts, labels = prompt_plan(templates if prompt_from is None else ["{class}"], classes, per_class)
     if init is not None and not 0 < strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {strength}")
@@ -343,17 +409,7 @@ def sample_prompts(
                 text = init_store.column(prompt_from)
                 prompts = [str(text[row]) for row in chosen]
         diffusion, resolution = _open_generator(model, config, device)
-        params = asdict(config) | {
-            "model": model,
-            "templates": list(templates),
-            "prompt_from": prompt_from,
-            "classes": list(classes),
-            "per_class": per_class,
-            "negative": negative,
-            "init": str(init) if init else None,
-            "strength": strength if init else None,
-            "resolution": resolution,
-        }
+        params["resolution"] = resolution
         sources = [{"path": str(init), "fingerprint": init_store.fingerprint}] if init_store else []
         meta = provenance(Kind.SD, params, sources) | {
             "model": model,
@@ -586,6 +642,55 @@ def restrict_to(tensors: dict[str, torch.Tensor], emb_meta: dict, only: Path) ->
     return restricted, record | {"embeddings": emb_meta["sources"]}
 
 
+def di_settings(di: DIConfig, config: SamplingConfig, model: str | None, emb_meta: dict) -> tuple[SamplingConfig, str]:
+    """DI sampling's settings with what was left None filled in: DIConfig's steps, guidance and save size (else the
+    size of the images inverted), and the inversion's resolution and model (its record `emb_meta`)."""
+    config = replace(
+        config,
+        steps=config.steps or di.steps,
+        guidance=di.guidance if config.guidance is None else config.guidance,
+        save_size=config.save_size or di.save_size or emb_meta["image_size"],
+        resolution=config.resolution or emb_meta["resolution"],
+    )
+    return config, model or emb_meta["model"]
+
+
+def di_params(
+    di: DIConfig, config: SamplingConfig, model: str, embedding_files: Sequence[Path], only: Path | None
+) -> dict:
+    """The params a DI store records: the sampling settings (di_settings's) and what it was asked."""
+    return (
+        asdict(di)
+        | asdict(config)
+        | {
+            "model": model,
+            "embeddings": [str(p) for p in embedding_files],
+            "resolution": config.resolution,
+            "only": str(only) if only else None,
+        }
+    )
+
+
+def di_asked(
+    shard: str,
+    embedding_files: Sequence[Path],
+    di: DIConfig,
+    config: SamplingConfig,
+    model: str | None,
+    only: Path | None,
+) -> Asked:
+    """What a DI sampling job asks for, as its finished store records how it was made (jobs.Asked): its params, its
+    shard, and the fingerprint of the store sampled: `only`, else the one each embeddings file inverted (the
+    embeddings files have none of their own)."""
+    records = [embeddings_record(p) for p in embedding_files]
+    config, model = di_settings(di, config, model, records[0])
+    if only is not None:
+        inputs = [(str(only), store_fingerprint(only))]
+    else:
+        inputs = [(str(p), r["sources"][0].get("fingerprint")) for p, r in zip(embedding_files, records)]
+    return Asked(di_params(di, config, model, embedding_files, only) | {"shard": shard}, inputs, store_record)
+
+
 @locked_output("out")
 def sample_embeddings(
     out: Path,
@@ -603,7 +708,12 @@ def sample_embeddings(
     those of that store's images alone (see restrict_to). What `config` leaves None takes DI's defaults: DIConfig's
     steps, guidance and save size (the training images' size)."""
     di, config = di or DIConfig(), config or SamplingConfig()
-    if check_output(Path(out), [partial_path(Path(out))], overwrite, resume, inputs=[*embedding_files, model, only]):
+
+    def asked() -> Asked:
+        return di_asked(shard, embedding_files, di, config, model, only)
+
+    inputs = [*embedding_files, model, only]
+    if check_output(Path(out), [partial_path(Path(out))], overwrite, resume, inputs=inputs, asked=asked):
         return Path(out)
     check_sizes(config, device, shard)
     check_choice(di.uncond, UNCONDS, "--uncond")
@@ -618,14 +728,7 @@ def sample_embeddings(
         out,
         f"--per-image {di.per_image:,} of {len(tensors['embeddings']):,} embeddings",
     )
-    model = model or emb_meta["model"]
-    config = replace(
-        config,
-        steps=config.steps or di.steps,
-        guidance=di.guidance if config.guidance is None else config.guidance,
-        save_size=config.save_size or di.save_size or emb_meta["image_size"],
-        resolution=config.resolution or emb_meta["resolution"],
-    )
+    config, model = di_settings(di, config, model, emb_meta)
     diffusion, resolution = _open_generator(model, config, device)
     if diffusion.hidden_size != emb_meta["hidden"]:
         raise UserError(
@@ -641,16 +744,7 @@ def sample_embeddings(
             highlight=False,
         )
     members = group_members(groups)
-    params = (
-        asdict(di)
-        | asdict(config)
-        | {
-            "model": model,
-            "embeddings": [str(p) for p in embedding_files],
-            "resolution": resolution,
-            "only": str(only) if only else None,
-        }
-    )
+    params = di_params(di, config, model, embedding_files, only)
     meta = provenance(Kind.INV, params, sources) | {
         "model": model,
         "embeddings_model": emb_meta["model"],

@@ -209,6 +209,25 @@ class Store:
         return "float" if np.issubdtype(dtype, np.floating) else "int"
 
 
+def store_fingerprint(path: str | Path) -> str:
+    """The content fingerprint of the store at `path` (read from its attributes, no image is read)."""
+    with Store(path) as store:
+        return store.fingerprint
+
+
+def store_record(path: str | Path) -> dict[str, Any]:
+    """A finished store's record as --resume compares it with a request (jobs.Asked): its params with the shard it
+    holds (sample records it beside them), and the sources of the job it holds; a store merged from shards names
+    the shards as its sources, so their own sources are the job's."""
+    with Store(path) as store:
+        meta, shard = store.meta, store.shard
+    params = meta.get("params")
+    sources = meta.get("sources") or []
+    if sources and isinstance(sources[0], dict) and sources[0].get("shard") and "sources" in sources[0]:
+        sources = sources[0]["sources"]
+    return {"params": {"shard": shard, **params} if isinstance(params, dict) else {}, "sources": sources}
+
+
 _BLOCK_BYTES = 64 << 20
 # a block is read whole when it holds at least 1 wanted row in 64: HDF5 point reads cost ~80x a row of a block read
 _DENSE = 64

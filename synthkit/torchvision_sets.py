@@ -148,4 +148,5 @@ def import_torchvision_set(
         resume=resume,
         inputs=[source],
         budget=ram_budget(memory_limit),
+        source=source,
     )

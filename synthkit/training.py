@@ -15,6 +15,7 @@ uninterrupted one, and several classifiers trained in one job (`train_many`) eac
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -35,7 +36,7 @@ from .config import INITS, MIXES, SEED, TrainConfig, check_choice, lookup, recor
 from .device import autocast, device_memory, image_bytes, job_device, memory_budget, memory_format
 from .errors import UserError
 from .evaluation import TestImages
-from .jobs import check_destination, check_fits, check_output, check_range, check_same_options
+from .jobs import Asked, check_destination, check_fits, check_output, check_range, check_same_options
 from .launch import ItemShard, shard_items
 from .locks import writer_lock
 from .memory import human
@@ -44,7 +45,7 @@ from .model import Classifier, build_classifier, class_mapping, kaiming_normal_i
 from .outputs import written_whole
 from .paths import train_log_path, train_state_path
 from .progress import console, progress
-from .store import Store, balanced_subset
+from .store import Store, balanced_subset, store_fingerprint
 
 CHECKPOINT_EVERY = 1000  # steps between saved states, besides every evaluation
 MAX_STEPS = 2**32 - 1  # a step's draws are seeded by seed * 2**32 + step: a longer run would reuse the next seed's
@@ -384,6 +385,37 @@ def settle(config: TrainConfig, testing: bool, given: Collection[str] = ()) -> t
             flag = "--" + option.replace("_", "-")
             notes.append(f"{flag} is not used: recipe {config.recipe}'s schedule is {config.schedule}")
     return (replace(config, **changes) if changes else config), notes
+
+
+NO_TEST = "no test store given (--test): nothing is scored during training, evals 0"
+
+
+def settle_test(
+    test: Path | None, default: bool, data: Sequence[Sequence[Path]], config: TrainConfig
+) -> tuple[Path | None, list[str], str | None]:
+    """The test store a job scores, a note for a store it leaves unused, and the line said when nothing is scored
+    (None: nothing to say). With evals 0 no test store is read; the default one (`default`: data/test.h5, not named
+    by --test) applies only when its classes are those of every classifier's stores, else a note says that nothing
+    is scored; a named store of other classes is refused (train_many), before any training."""
+    if not config.evals:
+        return None, [f"--test {test} is not used: evals 0 scores nothing"] if test and not default else [], None
+    if test is None or not default:
+        return test, [], NO_TEST
+    with Store(test) as store:
+        classes = store.classes
+    for row in data:
+        with Store(row[0]) as store:
+            mine = store.classes
+        if sorted(mine) != sorted(classes):
+            return (
+                None,
+                [
+                    f"the default test store {test} has classes {', '.join(classes)}, not {', '.join(mine)}: it is not "
+                    "used and nothing is scored during training, evals 0 (--test STORE scores another)"
+                ],
+                None,
+            )
+    return test, [], NO_TEST
 
 
 def eval_steps_after(config: TrainConfig, step: int) -> int | None:
@@ -728,12 +760,13 @@ def train_many(
     memory_limit: str | None = None,
     notes: Sequence[str] = (),
     say: Callable[[str], None] | None = None,
+    untested: str | None = NO_TEST,
 ) -> list[dict[str, Any]]:
     """Train several classifiers in one process, each with its own data order, augmentation draws, optimiser,
     state file and checkpoint, and each equal to its run alone. They advance a step each in turn (on CUDA, each on
     its own stream, so their kernels can overlap). A classifier whose loss diverges stops alone; the others finish,
-    and the job then fails naming it. Without a `test` store nothing is scored and each records evals 0. Returns
-    each classifier's metadata."""
+    and the job then fails naming it. Without a `test` store nothing is scored, each records evals 0, and the line
+    `untested` says so (None: nothing said). Returns each classifier's metadata."""
     if test is None:
         jobs = [TrainJob(job.data, job.out, replace(job.config, evals=0)) for job in jobs]
     inputs = [*(p for job in jobs for p in job.data), test]
@@ -746,11 +779,15 @@ def train_many(
         todo = [
             job
             for job in jobs
-            if not check_output(job.out, [train_state_path(job.out)], overwrite, resume, inputs=inputs)
+            if not check_output(
+                job.out,
+                [train_state_path(job.out)],
+                overwrite,
+                resume,
+                inputs=inputs,
+                asked=functools.partial(_asked, job, test),
+            )
         ]
-        for job in jobs:
-            if job not in todo:  # finished: kept by --resume only if it was made as asked now
-                _check_finished(job)
         if not todo:
             return [read_meta(job.out) for job in jobs]
         dev = job_device(device)
@@ -803,8 +840,8 @@ def train_many(
         for job in todo:
             job.out.parent.mkdir(parents=True, exist_ok=True)
         runs = [Run(job, sets[keys[job.out]], dev, test_images, resume) for job in todo]
-        if test_images is None:  # said once every check has passed, before the first step
-            console.print("no test store given (--test): nothing is scored during training, evals 0", highlight=False)
+        if test_images is None and untested:  # said once every check has passed, before the first step
+            console.print(untested, highlight=False)
         if dev.type == "cuda":
             for run in runs:  # the training sets were written on the default stream
                 run.stream.wait_stream(torch.cuda.current_stream(dev))
@@ -834,11 +871,15 @@ def train_sharded(
     resume: bool = False,
     memory_limit: str | None = None,
     say: Callable[[str], None] = print,
+    test_default: bool = False,
 ) -> tuple[ItemShard, list[dict[str, Any]]]:
-    """`synthkit train` once its options are parsed: the recipe settled (a note for each value changed or unused;
-    `given`: the options the user set), a classifier per stores and seed, and this process's shard of them
+    """`synthkit train` once its options are parsed: the test store settled (settle_test; `test_default`: `test` is
+    the default store, not named by --test), the recipe settled (a note for each value changed or unused; `given`:
+    the options the user set), a classifier per stores and seed, and this process's shard of them
     (launch.shard_items) trained in one job. Returns the shard and each of its classifiers' metadata."""
+    test, test_notes, untested = settle_test(test, test_default, data, config)
     config, notes = settle(config, testing=test is not None, given=given)
+    notes = test_notes + notes
     jobs = expand_jobs(data, out, seeds, config, say=notes.append)
     mine = shard_items(jobs, shard, device)
     if mine.shard and not mine.items:
@@ -853,24 +894,26 @@ def train_sharded(
         memory_limit=memory_limit,
         notes=notes,
         say=say,
+        untested=untested,
     )
     return mine, metas
 
 
-def _check_finished(job: TrainJob) -> None:
-    meta = read_meta(job.out)
-    made = (recorded_params(meta.get("params")), [s.get("fingerprint") for s in meta.get("sources", [])])
-    asked = (asdict(job.config), [_fingerprint(p) for p in job.data])
-    if made != asked:
-        raise UserError(
-            f"{job.out} was trained with other settings or data than asked now: pass --overwrite to train it "
-            "again, or give the settings it was made with (synthkit info shows them)"
-        )
+def _asked(job: TrainJob, test: Path | None) -> Asked:
+    """What `job` asks for, as a finished classifier's record holds how it was made (jobs.Asked): every value of its
+    recipe, its stores' fingerprints, and the test store's when it scores one."""
+    inputs = [(str(p), store_fingerprint(p)) for p in job.data]
+    if test is not None and job.config.evals:
+        inputs.append((str(test), store_fingerprint(test)))
+    return Asked(asdict(job.config), inputs, _classifier_made)
 
 
-def _fingerprint(path: Path) -> str:
-    with Store(path) as store:
-        return store.fingerprint
+def _classifier_made(path: Path) -> dict[str, Any]:
+    """A classifier's record as jobs.Asked compares it: its params as TrainConfig names them now, its stores and the
+    test store it was scored on."""
+    meta = read_meta(path)
+    test = [meta["test"]] if isinstance(meta.get("test"), dict) else []
+    return {"params": recorded_params(meta.get("params")), "sources": [*(meta.get("sources") or []), *test]}
 
 
 def _store_size(path: Path) -> int:

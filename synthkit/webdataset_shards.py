@@ -21,6 +21,7 @@ from .datasets import (
     _decode_image,
     _natural_key,
     decode_rows,
+    finished_import,
     resize_budget,
     source_columns,
     write_source,
@@ -35,9 +36,8 @@ from .export import (
     record_classes,
     record_columns,
 )
-from .jobs import check_distinct, check_output, check_outside
+from .jobs import check_distinct, check_outside
 from .outputs import locked_output
-from .paths import partial_path
 
 IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "tif", "tiff")  # in order of preference
 CLASS_FIELDS = ("cls", "class")  # the class index as text, as WebDataset's own decoders read it
@@ -164,7 +164,8 @@ def import_webdataset(
     budget = resize_budget(size, memory_limit)
     sources = [source] if isinstance(source, str | Path) else list(source)
     shards, folders = shard_paths(sources)
-    if check_output(out, [partial_path(out)], overwrite, resume, inputs=shards):
+    params = {"source": [str(s) for s in sources], "size": size, "per_class": per_class, "seed": seed}
+    if finished_import(out, params, None, overwrite, resume, shards):
         return out
     for folder in folders:
         check_outside(out, folder)
@@ -212,7 +213,6 @@ def import_webdataset(
         columns if export else source_columns(names) | columns,
         export["store"] if export else None,
     )
-    params = {"source": [str(s) for s in sources], "size": size, "per_class": per_class, "seed": seed}
     described = {"shards": [str(shard) for shard in shards]} | exported_from(export)
     return write_source(
         out,

@@ -78,7 +78,7 @@ REFUSED = {
     "--resume keeps only an output made the same way": {
         "caption, an output without captions": (
             ["caption", "--data", "real.h5", "--model", "no-blip", "--out", "test.h5", "--resume"],
-            "test.h5 was not captioned from real.h5",
+            "test.h5 was made with model (not recorded), not no-blip",
         ),
     },
     "a warm-up the run never finishes": {

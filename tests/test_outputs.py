@@ -567,7 +567,7 @@ ODD = {
             "99",
             "--resume",
         ],
-        "trained with other settings",
+        "was made with steps 6, not 99",
     ),
 }
 

@@ -138,7 +138,7 @@ def test_a_classifier_recorded_before_arch_existed_is_kept_by_resume(tmp_path, r
     before = out.stat().st_mtime_ns
     assert train([real_store], out, config, device="cpu", resume=True)["params"] == old_params
     assert out.stat().st_mtime_ns == before  # kept, not trained again
-    with pytest.raises(UserError, match="trained with other settings"):
+    with pytest.raises(UserError, match="was made with arch resnet18, not mobilenet_v3_small: pass --overwrite"):
         train([real_store], out, quick(steps=2, batch_size=10, arch="mobilenet_v3_small"), device="cpu", resume=True)
 
 
@@ -864,3 +864,73 @@ def test_confusion_figures_stay_readable_for_a_hundred_classes(tmp_path):
         path = save_confusion_figure(counts, [f"class{i}" for i in range(n)], tmp_path / f"{n}.png", "t")
         width, height = Image.open(path).size
         assert height == 600 if n == 3 else height >= 20 * n  # 20 px a row at 100 dpi: room for its 6 pt label
+
+
+# ---- issue 37: which test store a job scores. The default (data/test.h5) applies only where its classes are the
+# training stores'; --test none scores nothing; --evals 0 reads no test store; a named one of other classes is refused.
+@pytest.fixture
+def two_class_folder(tmp_path, real_store, test_store, monkeypatch):
+    """A folder whose data/test.h5 has CIFAR-10's 10 classes, and a training store of 3 of them (two.h5)."""
+    from conftest import cut_store
+
+    (tmp_path / "data").mkdir()
+    shutil.copy(test_store, tmp_path / "data" / "test.h5")
+    cut_store(real_store, tmp_path / "two.h5", 32)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+TEST_STORES = {
+    "the default store of other classes": (
+        ("two.h5",),
+        "note: the default test store data/test.h5 has classes airplane, automobile, bird, cat, deer, dog, frog, "
+        "horse, ship, truck, not airplane, cat, ship: it is not used and nothing is scored during training, evals 0",
+    ),
+    "--test none": (("data/test.h5", "--test", "none"), "no test store given (--test): nothing is scored"),
+    "--evals 0 and the default store": (("two.h5", "--evals", 0), None),
+    "--evals 0 and a named store": (
+        ("two.h5", "--evals", 0, "--test", "data/test.h5"),
+        "note: --test data/test.h5 is not used: evals 0 scores nothing",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TEST_STORES))
+def test_a_job_scores_a_test_store_only_where_it_applies(case, two_class_folder):
+    (data, *options), said = TEST_STORES[case]
+    result = train_cli(data, "m.safetensors", "--steps", 2, "--batch-size", 10, *options)
+    assert result.exit_code == 0 and "Traceback" not in result.output, f"{case}: {result.output}"
+    assert said is None or said in result.stderr, f"{case}: {result.stderr}"
+    meta = read_meta(two_class_folder / "m.safetensors")
+    assert meta["params"]["evals"] == 0 and "test" not in meta and "evals" not in meta, case
+
+
+def test_evals_0_never_reads_the_test_store(two_class_folder):
+    """A default test store that cannot be read is not opened with --evals 0 (nor a named one); with evals it is."""
+    broken = two_class_folder / "data" / "test.h5"
+    broken.write_bytes(b"not a store")
+    before = broken.stat().st_mtime_ns
+    for options in (("--evals", 0), ("--evals", 0, "--test", broken)):
+        result = train_cli("two.h5", "m.safetensors", "--steps", 1, "--batch-size", 10, *options, "--overwrite")
+        assert result.exit_code == 0, f"{options}: {result.output}"
+    assert broken.read_bytes() == b"not a store" and broken.stat().st_mtime_ns == before
+    result = train_cli("two.h5", "n.safetensors", "--steps", 1, "--batch-size", 10)
+    assert result.exit_code == 2 and "data/test.h5 is not an HDF5 file" in result.stderr, result.output
+    assert not (two_class_folder / "n.safetensors").exists()
+
+
+def test_a_named_test_store_of_other_classes_is_still_refused(two_class_folder):
+    result = train_cli("two.h5", "m.safetensors", "--steps", 1, "--test", "data/test.h5")
+    message = result.stderr.strip()
+    assert result.exit_code == 2 and len(message.splitlines()) == 1, result.output
+    assert (
+        message.startswith("error: test store data/test.h5 has classes airplane, automobile")
+        and "Traceback" not in result.output
+    )
+    assert not (two_class_folder / "m.safetensors").exists()
+
+
+def test_the_default_store_of_the_same_classes_is_scored(two_class_folder, real_store):
+    result = train_cli(real_store, "m.safetensors", "--steps", 2, "--batch-size", 10, "--evals", 1)
+    assert result.exit_code == 0 and "nothing is scored" not in result.output, result.output
+    assert read_meta(two_class_folder / "m.safetensors")["test"]["path"] == "data/test.h5"

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import CACHE, cifar_store, machine
 from mini_quality import once
+
+from common import CACHE, cifar_store, machine
 
 OUT = CACHE / "mini-steps"
 

@@ -226,13 +226,13 @@ def spy_denoise(monkeypatch, fast: bool = False) -> list:
     seen = []
     original = sampling.denoise
 
-    def spy(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step=0, eta=0.0, seeds=None):
+    def spy(diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step=0, eta=0.0, seeds=None, **more):
         seen.append((cond.clone(), uncond.clone(), steps, guidance))
         return (
             latents
             if fast
             else original(
-                diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step, eta=eta, seeds=seeds
+                diffusion, scheduler, latents, cond, uncond, steps, guidance, start_step, eta=eta, seeds=seeds, **more
             )
         )
 

@@ -212,3 +212,20 @@ def test_the_miniatures_report_says_what_differs_from_the_study(tmp_path, small_
     assert "Its images are 32 px" in note
     (data / "real.h5").unlink()
     assert "among them" not in " ".join(generator_warning(data)) and "What differs" in " ".join(generator_warning(data))
+
+
+def test_fidelity_ranks_stores_by_one_architectures_mean_accuracy():
+    """A store's accuracy beside its fidelity is the mean over seeds of ResNet-18's rows, not the last row read (a
+    MobileNet's, or one seed's)."""
+    from synthkit.report import store_accuracy
+
+    rows = [
+        {"training_data": "inv", "classifier": "resnet18 (cifar stem)", "accuracy": "0.30"},
+        {"training_data": "inv", "classifier": "resnet18 (cifar stem)", "accuracy": "0.40"},
+        {"training_data": "sd", "classifier": "resnet18 (cifar stem)", "accuracy": "0.20"},
+        {"training_data": "inv", "classifier": "mobilenet_v3_small (cifar stem)", "accuracy": "0.10"},
+    ]
+    accuracy, arch = store_accuracy(rows)
+    assert arch == "resnet18" and accuracy == pytest.approx({"inv": 0.35, "sd": 0.20})
+    accuracy, arch = store_accuracy(rows[3:])
+    assert arch == "mobilenet_v3_small" and accuracy == pytest.approx({"inv": 0.10})

@@ -499,7 +499,6 @@ def sweep_section(results: Path) -> list[str]:
     return lines + ["", f"![sample complexity]({SWEEP_DIR}/{figure.name})", ""]
 
 
-@from_summary(FIDELITY_DIR, SUMMARY_JSON)
 def store_accuracy(rows: list[dict[str, Any]]) -> tuple[dict[str, float], str]:
     """Each training store's mean test accuracy over the classifiers of one architecture, and its name: ResNet-18
     where there are any (the study's), else the first row's, so that other architectures never mix into a row."""
@@ -514,6 +513,7 @@ def store_accuracy(rows: list[dict[str, Any]]) -> tuple[dict[str, float], str]:
     return {name: sum(values) / len(values) for name, values in scores.items()}, arch
 
 
+@from_summary(FIDELITY_DIR, SUMMARY_JSON)
 def fidelity_section(results: Path, summary: dict[str, Any]) -> list[str]:
     """The fidelity table, and whether it orders the synthetic stores as their classifiers' accuracy does."""
     from .evaluation import read_rows

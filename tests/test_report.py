@@ -4,6 +4,7 @@ evaluation CSV (the figures are drawn from the same numbers)."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from synthkit.checkpoint import save_checkpoint

@@ -138,7 +138,8 @@ def test_inversion_samples_show_their_sources_class(mini, inverted, real_store):
 def test_the_inversion_loss_falls(inverted):
     """Over the same fixed draws, the 48 images' loss falls to 0.80 of its start within the demo's 60 updates (the
     model's instance codes give inversion somewhere to land; the codes its encoder makes reach 0.72). Caught: the
-    inversion's learning rate a hundredth of what was asked."""
+    inversion's learning rate a hundredth of what was asked; each embedding inverted against its neighbour's latents
+    (both measured on a throw-away copy, 2026-12-07)."""
     from synthkit.checkpoint import read_meta
 
     meta = read_meta(inverted / "inv.safetensors")
@@ -162,7 +163,9 @@ def test_a_di_sample_retrieves_its_source(real_store, inverted):
 def test_two_sources_embeddings_ask_for_different_noise(mini, inverted):
     """The UNet's noise prediction for one noisy latent differs between two images' inverted embeddings by 33% of its
     size on average: the embeddings steer it (the first shipped model, whose conditioning learned eleven prompts:
-    13%). Caught: the first shipped model; each embedding inverted against its neighbour's latents."""
+    13%). Caught: the first shipped model; the inversion's learning rate a hundredth of what was asked. Not caught
+    (measured 2026-12-07): each embedding inverted against its neighbour's latents, whose embeddings differ as much;
+    test_a_di_sample_retrieves_its_source catches that one."""
     from synthkit.checkpoint import load_checkpoint
 
     tensors, _ = load_checkpoint(inverted / "inv.safetensors")

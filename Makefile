@@ -88,14 +88,16 @@ GEO_N        ?=
 
 # The study in miniature (make mini-study, mini-sweep; see there): its folder, and its protocol's two numbers.
 MINI_DIR     ?= mini-study
-# DI's gradient updates per image: 300 for now; the DI measurement on the miniature (bench/mini_quality.py, issue 38)
-# decides it, as the update count at which its samples carry their class.
-MINI_UPDATES ?= 300
+# DI's gradient updates per image, at the official lr: 1,000, where the DI measurement on the miniature
+# (bench/mini_quality.py, 2026-12-07) found retrieval saturated (99.5% of 200 sources; 85% at 300) and the loss at
+# 0.61x its start; 3,000 gain 0.05x the sources' judged share more for three times the 30 CPU minutes.
+MINI_UPDATES ?= 1000
 # Its inversion's learning rate: empty is the official 0.03 (300 updates at 0.03 retrieve 85% of their sources on the
 # shipped miniature, 60 at 0.3 92%: bench/README.md, 2026-12-06).
 MINI_INV_LR  ?=
-# Every row's training steps under MINI_RECIPE: a placeholder (quick's own 300), to be chosen by measurement as the
-# budget at which the rows' spread over seeds can order them.
+# Every row's training steps under MINI_RECIPE, measured by bench/mini_steps.py (real at 50 per class, 3 seeds,
+# 2,000 test images; 2026-12-07): 150 steps 33.92 +- 0.51%, 300 38.40 +- 0.40%, 600 40.03 +- 1.47%. At 300 the seeds'
+# spread is smallest, and doubling gains 1.6 points, about its own spread then.
 MINI_STEPS   ?= 300
 MINI_RECIPE  ?= quick
 

@@ -597,7 +597,7 @@ def test_make_n_mini_study_plans_the_studys_graph_on_the_miniature_and_changes_n
         "synthkit data cifar10 --source {cifar} --split train --per-class 50 --seed 0 --out data/real.h5",
         "synthkit data cifar10 --source {cifar} --split test --per-class 200 --seed 0 --out data/test.h5",
         "synthkit invert --class all --data data/real.h5 --model mini",
-        "--updates 300",
+        "--updates 1000",
         "synthkit sample --embeddings models/inv/all.safetensors --model mini --per-image 5",
         "synthkit sample --prompt 'a photo of a {{class}}' --classes data/real.h5 --per-class 250 --model mini",
         "synthkit train --data real --data inv --data sd --data real,inv --data real,sd --out "

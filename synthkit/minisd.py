@@ -262,9 +262,9 @@ def train_mini(
 
     config = config or MiniConfig()
     out = Path(out)
-    start = resolve_model(config.start_from) if config.start_from else None
-    check_destination(out, [start], folder=True)  # the model it starts from is an input too (the store: the lock's)
-    for given in (data, start):  # --overwrite replaces the folder whole
+    start_folder = resolve_model(config.start_from) if config.start_from else None
+    check_destination(out, [start_folder], folder=True)  # an input too (the store: the lock's)
+    for given in (data, start_folder):  # --overwrite replaces the folder whole
         if given is not None:
             check_input_outside(given, out)
     state_file = state_path(out)

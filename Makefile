@@ -483,7 +483,7 @@ MINI_VARS = MODEL=mini SD_MODEL=mini JUDGE_MODEL=mini SD_PROMPTS=template SD_INI
 MINI_SIZES = CIFAR=$(abspath $(CIFAR)) PER_CLASS=$(MINI_PER_CLASS) PER_IMAGE=$(MINI_PER_IMAGE) \
   TEST_PER_CLASS=$(call or_given,TEST_PER_CLASS,200) SEEDS="$(call or_given,SEEDS,0 1 2)" \
   SIZES="$(call or_given,SIZES,10 50 100)" SWEEP_SEEDS="$(call or_given,SWEEP_SEEDS,0 1)"
-mini-study: $(SK)  ## the study in miniature (2½ h on a 2-core CPU), in mini-study/, on the miniature generator: the rows over 3 seeds, and whether the study's claims held
+mini-study: $(SK)  ## the study in miniature (1 h 24 min measured on a 2-core CPU, budget 2½ h), in mini-study/, on the miniature generator: the rows over 3 seeds, and whether the study's claims held
 	$(call in_folder,mini-study,$(MINI_DIR),reproduce,$(MINI_VARS),$(MINI_SIZES))
 
 mini-sweep: $(SK)  ## the sample-complexity sweep in miniature, in mini-study/: real, inv and real+inv at SIZES="10 50 100", 2 seeds

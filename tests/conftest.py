@@ -96,7 +96,7 @@ def cifar_small_archive() -> Path:
 @pytest.fixture(scope="session")
 def real_store(tmp_path_factory, cifar_small_archive) -> Path:
     """A store of 12 real CIFAR-10 training images per class."""
-    from synthkit.datasets import import_cifar10
+    from synthkit.io.datasets import import_cifar10
 
     return import_cifar10(tmp_path_factory.mktemp("stores") / "real.h5", source=cifar_small_archive, split="train")
 
@@ -104,7 +104,7 @@ def real_store(tmp_path_factory, cifar_small_archive) -> Path:
 @pytest.fixture(scope="session")
 def test_store(tmp_path_factory, cifar_small_archive) -> Path:
     """A store of 6 real CIFAR-10 test images per class."""
-    from synthkit.datasets import import_cifar10
+    from synthkit.io.datasets import import_cifar10
 
     return import_cifar10(tmp_path_factory.mktemp("stores") / "test.h5", source=cifar_small_archive, split="test")
 
@@ -135,7 +135,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory, real_store) -> Path:
     """A ResNet-18 trained for a handful of steps on the small real store."""
-    from synthkit.training import TrainConfig, train
+    from synthkit.classify.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "resnet18-real.safetensors"
     train(
@@ -149,8 +149,8 @@ def tiny_classifier(tmp_path_factory, real_store) -> Path:
 
 def copy_store_as(src: Path, out: Path, kind: str, classes=None) -> Path:
     """A copy of a store relabelled with another kind (and optionally other class names)."""
-    from synthkit.meta import provenance
-    from synthkit.store import Store, StoreWriter
+    from synthkit.core.meta import provenance
+    from synthkit.io.store import Store, StoreWriter
 
     with (
         Store(src) as s,
@@ -178,8 +178,8 @@ def tiny_sd(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_real(tmp_path_factory, real_store) -> Path:
     """4 real images of each class (a seeded subset of real_store): enough for inversion tests."""
-    from synthkit.meta import provenance
-    from synthkit.store import Store, StoreWriter, balanced_subset
+    from synthkit.core.meta import provenance
+    from synthkit.io.store import Store, StoreWriter, balanced_subset
 
     out = tmp_path_factory.mktemp("stores") / "real4.h5"
     with Store(real_store) as s:
@@ -195,9 +195,9 @@ def cut_store(src: Path, out: Path, size: int, classes=("airplane", "cat", "ship
     """A store of some of src's classes, resized to size x size: a stand-in for a user's own data set."""
     import torch
 
-    from synthkit.meta import provenance
-    from synthkit.model import resize_images
-    from synthkit.store import Store, StoreWriter
+    from synthkit.classify.model import resize_images
+    from synthkit.core.meta import provenance
+    from synthkit.io.store import Store, StoreWriter
 
     with Store(src) as s:
         rows = np.flatnonzero(np.isin(np.array(s.classes)[s.labels], classes))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import warnings
@@ -177,13 +178,52 @@ def fidelity(
     """Score each store against the real store, over all images and per class; write fidelity.csv, fidelity.md,
     fidelity.png and summary.json to `out`. Returns the rows."""
     check_destination(out, [real, *stores, classifier, inception], folder=True)
+    _check_options(stores, metric, k, per_class)
+    meta = classifier_meta(classifier)
+    weights = inception_weights(inception)
+    classes, n = _classes_and_size(real, stores, meta["classes"], per_class)
+    dev = job_device(device)
+    model, _ = load_classifier(classifier, dev)
+    sources = _feature_sources(model, dev, classifier, weights)
+    outputs = functools.partial(
+        _store_outputs,
+        n=n,
+        seed=seed,
+        classes=classes,
+        model_classes=meta["classes"],
+        model=model,
+        device=dev,
+        batch_size=batch_size,
+        weights=weights,
+    )
+    rows: list[dict[str, Any]] = []
+    with progress() as bar:
+        task = bar.add_task("fidelity", total=len(stores) + 1)
+        real_f, real_labels, *_ = outputs(real)
+        bar.advance(task)
+        for path in stores:
+            rows += _store_rows(path.stem, outputs(path), real_f, real_labels, classes, sources, k)
+            bar.advance(task)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(rows, out, real, classifier, sources, n, k, seed, metric)
+    return rows
+
+
+def _check_options(stores: Sequence[Path], metric: str, k: int, per_class: int) -> None:
+    """Refuse a call without stores or with an unknown metric, k below 1 or fewer than 3 images per class, before
+    anything is read."""
     if not stores:
         raise UserError("no stores given: pass --data NAME (repeatable)")
     check_choice(metric, FIDELITY_METRICS, "--metric")
     if k < 1 or per_class < 3:
         raise UserError("--k must be at least 1 and --per-class at least 3")
-    meta = classifier_meta(classifier)
-    weights = inception_weights(inception)
+
+
+def _classes_and_size(
+    real: Path, stores: Sequence[Path], model_classes: list[str], per_class: int
+) -> tuple[list[str], int]:
+    """The real store's classes, checked against every store's and the classifier's, and the images per class each
+    store is scored on: `per_class`, or fewer where a store's smallest class has fewer (at least 3)."""
     with Store(real) as r:
         classes = r.classes
         counts = [r.counts()]
@@ -191,63 +231,84 @@ def fidelity(
         with Store(path) as s:
             class_mapping(s.classes, classes, f"store {path}")
             counts.append(np.array([s.counts()[s.classes.index(c)] for c in classes]))
-    class_mapping(classes, meta["classes"], f"the real store {real}")
+    class_mapping(classes, model_classes, f"the real store {real}")
     n = min(per_class, int(np.min(counts)))
     if n < 3:
         raise UserError(
             f"every store must have at least 3 images of every class (the smallest has {n}): give larger stores"
         )
-    dev = job_device(device)
-    model, _ = load_classifier(classifier, dev)
+    return classes, n
+
+
+def _feature_sources(model: nn.Module, device: torch.device, classifier: Path, weights: Path | None) -> dict[str, str]:
+    """Each kind of features scored and its description for fidelity.md: the classifier's always, Inception's when
+    its weights are at hand."""
     with torch.no_grad():
-        dims = model.features(torch.zeros(1, 3, model.image_size, model.image_size, device=dev)).shape[1]
-    sources = {"classifier": f"the pooled features its head sees ({dims} dimensions) of {classifier}"} | (
+        dims = model.features(torch.zeros(1, 3, model.image_size, model.image_size, device=device)).shape[1]
+    return {"classifier": f"the pooled features its head sees ({dims} dimensions) of {classifier}"} | (
         {"inception": f"torch-fidelity Inception-v3 ({weights})"} if weights else {}
     )
 
-    def outputs(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Features per source, labels (real store's order), confidence in the own label, own label and prediction."""
-        with Store(path) as s:
-            pick = balanced_subset(s.labels, n, seed, s.classes)
-            images = s.images(pick)
-            labels = class_mapping(s.classes, classes, str(path))[s.labels[pick]]
-        feats, probs = _classifier_outputs(model, images, dev, batch_size)
-        features = {"classifier": feats.astype(np.float64)}
-        if weights:
-            features["inception"] = _inception_outputs(weights, images, dev, batch_size)
-        own = class_mapping(classes, meta["classes"], str(path))[labels]
-        return features, labels, probs[np.arange(len(own)), own], own, probs.argmax(1)
 
-    rows: list[dict[str, Any]] = []
-    with progress() as bar:
-        task = bar.add_task("fidelity", total=len(stores) + 1)
-        real_f, real_labels, *_ = outputs(real)
-        bar.advance(task)
-        for path in stores:
-            fake_f, fake_labels, confidence, own, predicted = outputs(path)
-            for cls in ["all", *classes]:
-                rows_real = real_labels >= 0 if cls == "all" else real_labels == classes.index(cls)
-                rows_fake = fake_labels >= 0 if cls == "all" else fake_labels == classes.index(cls)
-                kk = min(k, int(rows_real.sum()) - 2, int(rows_fake.sum()) - 2)  # prdc needs more than k + 1 of each
-                for source in sources:
-                    row = {
-                        "store": path.stem,
-                        "class": cls,
-                        "features": source,
-                        "n_real": int(rows_real.sum()),
-                        "n_fake": int(rows_fake.sum()),
-                        "k": kk,
-                    }
-                    row |= set_scores(real_f[source][rows_real], fake_f[source][rows_fake], kk)
-                    if source == "classifier":
-                        row |= {
-                            "agreement": float((predicted[rows_fake] == own[rows_fake]).mean()),
-                            "confidence": float(confidence[rows_fake].mean()),
-                        }
-                    rows.append(row)
-            bar.advance(task)
-    out.mkdir(parents=True, exist_ok=True)
-    _write(rows, out, real, classifier, sources, n, k, seed, metric)
+def _store_outputs(
+    path: Path,
+    *,
+    n: int,
+    seed: int,
+    classes: list[str],
+    model_classes: list[str],
+    model: nn.Module,
+    device: torch.device,
+    batch_size: int,
+    weights: Path | None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features per source, labels (real store's order), confidence in the own label, own label and prediction of a
+    store's seeded pick of `n` images per class: all that its scores need, computed once per store."""
+    with Store(path) as s:
+        pick = balanced_subset(s.labels, n, seed, s.classes)
+        images = s.images(pick)
+        labels = class_mapping(s.classes, classes, str(path))[s.labels[pick]]
+    feats, probs = _classifier_outputs(model, images, device, batch_size)
+    features = {"classifier": feats.astype(np.float64)}
+    if weights:
+        features["inception"] = _inception_outputs(weights, images, device, batch_size)
+    own = class_mapping(classes, model_classes, str(path))[labels]
+    return features, labels, probs[np.arange(len(own)), own], own, probs.argmax(1)
+
+
+def _store_rows(
+    store: str,
+    outputs: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    real_f: dict[str, np.ndarray],
+    real_labels: np.ndarray,
+    classes: list[str],
+    sources: dict[str, str],
+    k: int,
+) -> list[dict[str, Any]]:
+    """One store's rows (its `_store_outputs`) against the real store's features: over all classes, then per class,
+    a row for each kind of features (the label metrics with the classifier's)."""
+    fake_f, fake_labels, confidence, own, predicted = outputs
+    rows = []
+    for cls in ["all", *classes]:
+        rows_real = real_labels >= 0 if cls == "all" else real_labels == classes.index(cls)
+        rows_fake = fake_labels >= 0 if cls == "all" else fake_labels == classes.index(cls)
+        kk = min(k, int(rows_real.sum()) - 2, int(rows_fake.sum()) - 2)  # prdc needs more than k + 1 of each
+        for source in sources:
+            row = {
+                "store": store,
+                "class": cls,
+                "features": source,
+                "n_real": int(rows_real.sum()),
+                "n_fake": int(rows_fake.sum()),
+                "k": kk,
+            }
+            row |= set_scores(real_f[source][rows_real], fake_f[source][rows_fake], kk)
+            if source == "classifier":
+                row |= {
+                    "agreement": float((predicted[rows_fake] == own[rows_fake]).mean()),
+                    "confidence": float(confidence[rows_fake].mean()),
+                }
+            rows.append(row)
     return rows
 
 

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -113,64 +113,123 @@ def explain(
         raise UserError("no models given: pass --model PATH (repeatable)")
     check_choice(target, GRADCAM_TARGETS, "--target")
     metas = [classifier_meta(m) for m in models]
-    layers = [layer or CLASSIFIERS[m["arch"]].cam_layers[0] for m in metas]  # None: each architecture's own
-    for path, meta, name in zip(models, metas, layers):
-        check_choice(name, CLASSIFIERS[meta["arch"]].cam_layers, f"--layer for {path} ({meta['arch']})")
+    layers = _model_layers(models, metas, layer)
     dev = job_device(device)
-    with Store(data) as store:
-        store.require_images()
-        pick = np.sort(np.random.default_rng(seed).choice(len(store), min(n, len(store)), replace=False))
-        images_np = store.images(pick)
-        labels_np, store_classes = store.labels[pick], store.classes
+    picked = _pick_images(data, n, seed)
     names = distinct_names(metas, models)
     cams: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     with progress() as bar:
-        task = bar.add_task("gradcam", total=len(models) * len(pick))
+        task = bar.add_task("gradcam", total=len(models) * len(picked.store_rows))
         for path, name, meta, model_layer in zip(models, names, metas, layers):
             model, _ = load_classifier(path, dev)
             model = model.to(memory_format=torch.contiguous_format)
-            images = resize_images(torch.from_numpy(images_np).permute(0, 3, 1, 2), meta["image_size"]).float() / 255
-            truth = class_mapping(store_classes, meta["classes"], f"store {data}")[labels_np]
-            with torch.no_grad():
-                probs = torch.cat(
-                    [
-                        model(images[s : s + batch_size].to(dev)).softmax(1).cpu()
-                        for s in range(0, len(images), batch_size)
-                    ]
-                )
+            images = (
+                resize_images(torch.from_numpy(picked.images).permute(0, 3, 1, 2), meta["image_size"]).float() / 255
+            )
+            truth = class_mapping(picked.classes, meta["classes"], f"store {data}")[picked.labels]
+            probs = _probabilities(model, images, batch_size, dev)
             predicted = probs.argmax(1).numpy()
             chosen = truth if target == "true" else predicted
             maps, change, faith = maps_and_measures(
                 model, model_layer, images, chosen, batch_size, dev, seed, lambda k: bar.advance(task, k)
             )
-            cams[name] = same_size(maps, images_np.shape[1])  # models of other input sizes compare
-            for k, index in enumerate(pick):
-                row = {
-                    "model": name,
-                    "image": int(index),
-                    "label": store_classes[labels_np[k]],
-                    "target": meta["classes"][chosen[k]],
-                    "predicted": meta["classes"][predicted[k]],
-                    "confidence": float(probs[k, chosen[k]]),
-                }
-                row |= concentration(cams[name][k]) | {"confidence_change": float(change[k]), "road": float(faith[k])}
-                rows.append(row)
-    summary = summarise(rows, cams, names, models, ", ".join(dict.fromkeys(layers)), target, data, len(pick))
+            cams[name] = same_size(maps, picked.images.shape[1])  # models of other input sizes compare
+            rows += _image_rows(name, picked, meta["classes"], chosen, predicted, probs, cams[name], change, faith)
+    summary = summarise(
+        rows, cams, names, models, ", ".join(dict.fromkeys(layers)), target, data, len(picked.store_rows)
+    )
     out.mkdir(parents=True, exist_ok=True)
+    _write_outputs(out, rows, summary, picked, cams, figure_rows)
+    return summary
+
+
+class _Picked(NamedTuple):
+    """The real images every model is explained on: their rows in the store, pixels (N, H, W, 3), labels and the
+    store's classes."""
+
+    store_rows: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+
+def _model_layers(models: Sequence[Path], metas: list[dict[str, Any]], layer: str | None) -> list[str]:
+    """The layer explained in each model: `layer`, else its architecture's own, checked against the layers that
+    architecture offers."""
+    layers = [layer or CLASSIFIERS[m["arch"]].cam_layers[0] for m in metas]  # None: each architecture's own
+    for path, meta, name in zip(models, metas, layers):
+        check_choice(name, CLASSIFIERS[meta["arch"]].cam_layers, f"--layer for {path} ({meta['arch']})")
+    return layers
+
+
+def _pick_images(data: Path, n: int, seed: int) -> _Picked:
+    """A seeded pick of `n` images of the store (all where it has fewer), in store order, read once for every model."""
+    with Store(data) as store:
+        store.require_images()
+        pick = np.sort(np.random.default_rng(seed).choice(len(store), min(n, len(store)), replace=False))
+        return _Picked(pick, store.images(pick), store.labels[pick], store.classes)
+
+
+def _probabilities(model: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The model's class probabilities of images (N, 3, S, S in [0, 1]), a batch at a time, on the CPU."""
+    with torch.no_grad():
+        return torch.cat(
+            [model(images[s : s + batch_size].to(device)).softmax(1).cpu() for s in range(0, len(images), batch_size)]
+        )
+
+
+def _image_rows(
+    name: str,
+    picked: _Picked,
+    model_classes: list[str],
+    chosen: np.ndarray,
+    predicted: np.ndarray,
+    probs: torch.Tensor,
+    cams: np.ndarray,
+    change: np.ndarray,
+    faith: np.ndarray,
+) -> list[dict[str, Any]]:
+    """A model's row per image for per_image.csv: label, explained class, prediction, confidence in the explained
+    class, and the map's concentration, confidence change and ROAD."""
+    rows = []
+    for k, index in enumerate(picked.store_rows):
+        row = {
+            "model": name,
+            "image": int(index),
+            "label": picked.classes[picked.labels[k]],
+            "target": model_classes[chosen[k]],
+            "predicted": model_classes[predicted[k]],
+            "confidence": float(probs[k, chosen[k]]),
+        }
+        row |= concentration(cams[k]) | {"confidence_change": float(change[k]), "road": float(faith[k])}
+        rows.append(row)
+    return rows
+
+
+def _write_outputs(
+    out: Path,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    picked: _Picked,
+    cams: dict[str, np.ndarray],
+    figure_rows: int,
+) -> None:
+    """Write per_image.csv, summary.json and the grid of up to `figure_rows` images spread over the pick (so across
+    classes), each beside every model's map."""
     with open(out / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
-    shown = np.unique(np.linspace(0, len(pick) - 1, min(figure_rows, len(pick))).round().astype(int))  # across classes
+    count = len(picked.store_rows)
+    shown = np.unique(np.linspace(0, count - 1, min(figure_rows, count)).round().astype(int))  # across classes
     save_grid(
-        images_np[shown],
-        [store_classes[c] for c in labels_np[shown]],
-        {name: cams[name][shown] for name in names},
+        picked.images[shown],
+        [picked.classes[c] for c in picked.labels[shown]],
+        {name: maps[shown] for name, maps in cams.items()},
         out / GRID_FILE,
     )
-    return summary
 
 
 def maps_and_measures(

@@ -537,8 +537,19 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
     """Score the detector on a York-Urban-style folder; write predictions. Entries with a camera and vanishing
     points are scored calibrated and uncalibrated; horizon-only entries (Eurasian Cities, Horizon Lines in the
     Wild) uncalibrated, horizon only."""
-    from PIL import Image
+    entries = _ground_truth_entries(folder, out, limit)
+    _check_ground_truth_images(folder, entries)
+    out.mkdir(parents=True, exist_ok=True)
+    errors, seconds, overlay = _detect_ground_truth(folder, out, entries, seed)
+    scores = _ground_truth_scores(errors, seconds, len(entries), folder)
+    (out / GT_SCORES_JSON).write_text(json.dumps(scores, indent=2))
+    save_overlays(overlay, 1, out / "overlay_gt.png", f"{folder.name}: detections")
+    return scores
 
+
+def _ground_truth_entries(folder: Path, out: Path, limit: int | None) -> list[dict[str, Any]]:
+    """The first `limit` (else all) entries of the folder's gt.json, each checked by ground_truth_entry; the folder,
+    its gt.json and the output folder are checked first."""
     if not Path(folder).is_dir():
         raise UserError(f"--gt {folder} is not a folder")
     check_destination(out, [folder], folder=True)
@@ -551,8 +562,14 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
         raise UserError(f"{gt_file} is not a ground-truth file like York Urban's (no 'images' list)") from None
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{gt_file} lists no images")
-    entries = [ground_truth_entry(e, k) for k, e in enumerate(entries[:limit] if limit else entries)]
-    for entry in entries:  # every image checked before anything is written
+    return [ground_truth_entry(e, k) for k, e in enumerate(entries[:limit] if limit else entries)]
+
+
+def _check_ground_truth_images(folder: Path, entries: list[dict[str, Any]]) -> None:
+    """Refuse entries whose image is missing or unreadable: every image is checked before anything is written."""
+    from PIL import Image
+
+    for entry in entries:
         path = folder / entry["file"]
         if not path.is_file():
             raise UserError(f"{path} (listed in gt.json for {entry['name']}) does not exist")
@@ -561,7 +578,15 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
                 image.verify()
         except (OSError, ValueError, SyntaxError):
             raise UserError(f"{path} (listed in gt.json for {entry['name']}) is not a readable image") from None
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _detect_ground_truth(
+    folder: Path, out: Path, entries: list[dict[str, Any]], seed: int
+) -> tuple[dict[str, Any], dict[str, list[float]], list[tuple[np.ndarray, VPResult]]]:
+    """Detect on every entry's image, calibrated (where it has a camera) then uncalibrated, writing each mode's
+    predictions; returns each mode's horizon and VP errors, its seconds per image, and the first few detections."""
+    from PIL import Image
+
     errors: dict[str, Any] = {"calibrated": {"horizon": [], "vp": []}, "uncalibrated": {"horizon": [], "vp": []}}
     seconds: dict[str, list[float]] = {"calibrated": [], "uncalibrated": []}
     overlay = []
@@ -572,12 +597,8 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
             for entry in entries:
                 image = np.asarray(Image.open(folder / entry["file"]).convert("RGB"))
                 for mode in ("calibrated", "uncalibrated") if entry["calibrated"] else ("uncalibrated",):
-                    start = time.perf_counter()
-                    if mode == "calibrated":
-                        result = analyse_image(image, 1, entry["focal_px"], (entry["cx"], entry["cy"]), seed=seed)
-                    else:
-                        result = analyse_image(image, 1, None, seed=seed)
-                    seconds[mode].append(time.perf_counter() - start)
+                    result, took = _timed_detection(image, entry, mode, seed)
+                    seconds[mode].append(took)
                     errors[mode]["horizon"].append(
                         horizon_error(result.horizon(), entry["abc"], entry["width"], entry["height"])
                     )
@@ -591,7 +612,26 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
     finally:
         for f in files.values():
             f.close()
-    scores: dict[str, Any] = {"images": len(entries), "folder": str(folder)}
+    return errors, seconds, overlay
+
+
+def _timed_detection(image: np.ndarray, entry: dict[str, Any], mode: str, seed: int) -> tuple[VPResult, float]:
+    """The detection of one ground-truth image in `mode` (calibrated with the entry's camera) and the seconds it
+    took, the speed vanish-score reports."""
+    start = time.perf_counter()
+    if mode == "calibrated":
+        result = analyse_image(image, 1, entry["focal_px"], (entry["cx"], entry["cy"]), seed=seed)
+    else:
+        result = analyse_image(image, 1, None, seed=seed)
+    return result, time.perf_counter() - start
+
+
+def _ground_truth_scores(
+    errors: dict[str, Any], seconds: dict[str, list[float]], images: int, folder: Path
+) -> dict[str, Any]:
+    """vanish-score's scores from each mode's errors: horizon and VP AUCs (in %) and median seconds per image, or a
+    note where no entry could be scored in that mode."""
+    scores: dict[str, Any] = {"images": images, "folder": str(folder)}
     for mode, errs in errors.items():
         if not errs["horizon"]:
             scores[mode] = {
@@ -610,8 +650,6 @@ def evaluate_ground_truth(folder: Path, out: Path, limit: int | None = None, see
         "principal point at the image centre; focal length chosen by a grid search (0.45-2.5 x the larger side) "
         "maximising Manhattan support"
     )
-    (out / GT_SCORES_JSON).write_text(json.dumps(scores, indent=2))
-    save_overlays(overlay, 1, out / "overlay_gt.png", f"{folder.name}: detections")
     return scores
 
 

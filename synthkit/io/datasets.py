@@ -327,6 +327,28 @@ def _metadata_entries(
     where every label has one name); else each image's class name (class_name, or a label that is text); else its
     folder. Every image under the metadata's folder must be listed, and every file listed must be there."""
     paths = {"/".join(_parts(name)): name for name in members.names}
+    metadata = _metadata_file(paths, source, split)
+    if metadata is None:
+        return None
+    base, where = metadata[: -len(METADATA_FILE)], f"{source}: {metadata}"
+    records = _json_lines(members.read_one(paths[metadata]), where)
+    beside = paths.get(base + PROVENANCE_FILE)
+    export = read_export_record(Path(beside), members.read_one(beside)) if beside else None
+    names, files = _listed_images(records, paths, base, where, source)
+    _check_all_listed(paths, base, names, source, metadata)
+    if not records:
+        raise UserError(f"{where} lists no image")
+    if class_name is None and (export is not None or all(_is_label(r.get(LABEL)) for r in records)):
+        labels, classes = _indexed_labels(records, export, where)
+    else:
+        labels, classes = _named_labels(records, files, class_name, where, source)
+    columns = record_columns(records, export and export["columns"], where)
+    return names, labels, classes, columns if export else source_columns(names) | columns, export
+
+
+def _metadata_file(paths: dict[str, str], source: Path, split: str | None) -> str | None:
+    """The path of the source's one metadata.jsonl (in a folder named `split`, when given), or None where it has
+    none; several are refused, since which one is meant is not known."""
     found = sorted(
         p for p in paths if p.split("/")[-1] == METADATA_FILE and (split is None or p.split("/")[-2:-1] == [split])
     )
@@ -336,10 +358,14 @@ def _metadata_entries(
         raise UserError(
             f"{source}: {len(found)} {METADATA_FILE} files ({', '.join(found[:3])}): give --split to take one"
         )
-    base, where = found[0][: -len(METADATA_FILE)], f"{source}: {found[0]}"
-    records = _json_lines(members.read_one(paths[found[0]]), where)
-    beside = paths.get(base + PROVENANCE_FILE)
-    export = read_export_record(Path(beside), members.read_one(beside)) if beside else None
+    return found[0]
+
+
+def _listed_images(
+    records: list[dict], paths: dict[str, str], base: str, where: str, source: Path
+) -> tuple[list[str], list[list[str]]]:
+    """The member names of the images the metadata lists, in its order, and each one's path parts below `base`;
+    a line without a file name, one pointing outside the folder or at a file not there, or a repeat, is refused."""
     names, files = [], []
     for line, record in enumerate(records, 1):
         file = record.get(FILE_NAME)
@@ -354,6 +380,12 @@ def _metadata_entries(
         files.append(_parts(file))
     if len(set(names)) < len(names):
         raise UserError(f"{where}: an image is listed twice")
+    return names, files
+
+
+def _check_all_listed(paths: dict[str, str], base: str, names: list[str], source: Path, metadata: str) -> None:
+    """Refuse an image under the metadata's folder that it does not list (hidden files aside): importing fewer
+    images than the folder holds, without a word, would import a different data set."""
     listed = set(names)
     unlisted = [
         name
@@ -364,31 +396,37 @@ def _metadata_entries(
         and not any(part.startswith(".") for part in p.split("/"))
     ]
     if unlisted:
-        raise UserError(f"{source}: {unlisted[0]} is not listed in {found[0]}: list every image there, or remove it")
-    if not records:
-        raise UserError(f"{where} lists no image")
-    if class_name is None and (export is not None or all(_is_label(r.get(LABEL)) for r in records)):
-        bad = next((line for line, r in enumerate(records, 1) if not _is_label(r.get(LABEL))), None)
-        if bad is not None:
-            raise UserError(f"{where}: line {bad}'s {LABEL} is not a class index (an integer from 0)")
-        labels = np.array([r[LABEL] for r in records], dtype=np.int64)
-        classes = record_classes(labels, [r.get(CLASS_NAME) for r in records], export and export["classes"], where)
-    else:
-        named = [r.get(CLASS_NAME, r.get(LABEL)) for r in records]
-        if class_name is not None:
-            named = [class_name] * len(records)
-        elif not all(isinstance(n, str) and n for n in named):
-            flat = next((file for file in files if len(file) < 2), None)
-            if flat is not None:
-                raise UserError(
-                    f"{source}: {'/'.join(flat)} is not inside a class folder and {where} gives it no class: lay "
-                    "images out as <class>/<image>, give each a label, or give --class-name"
-                )
-            named = [file[-2] for file in files]
-        classes = sorted(set(named), key=_natural_key)
-        labels = np.array([classes.index(n) for n in named], dtype=np.int64)
-    columns = record_columns(records, export and export["columns"], where)
-    return names, labels, classes, columns if export else source_columns(names) | columns, export
+        raise UserError(f"{source}: {unlisted[0]} is not listed in {metadata}: list every image there, or remove it")
+
+
+def _indexed_labels(records: list[dict], export: dict | None, where: str) -> tuple[np.ndarray, list[str]]:
+    """The labels of records that give each a class index (every one must), and the classes: the export's, else
+    named by the records' class names (see record_classes)."""
+    bad = next((line for line, r in enumerate(records, 1) if not _is_label(r.get(LABEL))), None)
+    if bad is not None:
+        raise UserError(f"{where}: line {bad}'s {LABEL} is not a class index (an integer from 0)")
+    labels = np.array([r[LABEL] for r in records], dtype=np.int64)
+    return labels, record_classes(labels, [r.get(CLASS_NAME) for r in records], export and export["classes"], where)
+
+
+def _named_labels(
+    records: list[dict], files: list[list[str]], class_name: str | None, where: str, source: Path
+) -> tuple[np.ndarray, list[str]]:
+    """The labels and classes (sorted naturally) of records named by `class_name`, else by each record's class name
+    or text label, else by each image's folder (an image outside a class folder is refused)."""
+    named = [r.get(CLASS_NAME, r.get(LABEL)) for r in records]
+    if class_name is not None:
+        named = [class_name] * len(records)
+    elif not all(isinstance(n, str) and n for n in named):
+        flat = next((file for file in files if len(file) < 2), None)
+        if flat is not None:
+            raise UserError(
+                f"{source}: {'/'.join(flat)} is not inside a class folder and {where} gives it no class: lay "
+                "images out as <class>/<image>, give each a label, or give --class-name"
+            )
+        named = [file[-2] for file in files]
+    classes = sorted(set(named), key=_natural_key)
+    return np.array([classes.index(n) for n in named], dtype=np.int64), classes
 
 
 def _is_label(value: object) -> bool:

@@ -170,9 +170,35 @@ def import_webdataset(
     for folder in folders:
         check_outside(out, folder)
     members = [Members(shard, budget) for shard in shards]
+    samples = _indexed_samples(members, shards, sources[0])
+    labels, records = _read_fields(members, shards, samples)
+    export = _shards_export(shards)
+    where = str(sources[0]) if len(sources) == 1 else f"{sources[0]} and the other shards"
+    classes = record_classes(labels, [r.get(CLASS_NAME) for r in records], export and export["classes"], where)
+    columns = record_columns(records, export and export["columns"], where)
+    src = _shards_source(members, shards, samples, labels, columns, export, size, budget)
+    described = {"shards": [str(shard) for shard in shards]} | exported_from(export)
+    return write_source(
+        out,
+        lambda: (src, classes, described),
+        params,
+        "shards",
+        per_class,
+        seed,
+        batch_size,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=shards,
+        budget=budget,
+    )
+
+
+def _indexed_samples(members: list[Members], shards: list[Path], first_source: str | Path) -> list[Sample]:
+    """Every shard's samples in shard order, each checked to have a class field and an image before any member's
+    bytes are read, so that a shard without the convention's fields is one error naming the sample."""
     samples = [sample for k, m in enumerate(members) for sample in index_shard(m, k)]
     if not samples:
-        raise UserError(f"{sources[0]}: no samples in the shards (members named KEY.png, KEY.cls, ...)")
+        raise UserError(f"{first_source}: no samples in the shards (members named KEY.png, KEY.cls, ...)")
     for sample in samples:
         where = f"{shards[sample.shard]}: sample '{sample.key}'"
         if sample.label is None:
@@ -181,13 +207,29 @@ def import_webdataset(
             )
         if sample.image is None:
             raise UserError(f"{where} has no image ({', '.join('.' + f for f in IMAGE_FIELDS)})")
-    labels, records = _read_fields(members, shards, samples)
+    return samples
+
+
+def _shards_export(shards: list[Path]) -> dict | None:
+    """The record of synthkit export's WebDataset layout (its provenance.json) when all shards lie in one folder
+    beside one, else None: it gives the classes and columns of the store the shards were exported from."""
     beside = {shard.parent for shard in shards}
     export = read_export_record(next(iter(beside)) / PROVENANCE_FILE) if len(beside) == 1 else None
-    export = export if export and export.get("layout") == "webdataset" else None
-    where = str(sources[0]) if len(sources) == 1 else f"{sources[0]} and the other shards"
-    classes = record_classes(labels, [r.get(CLASS_NAME) for r in records], export and export["classes"], where)
-    columns = record_columns(records, export and export["columns"], where)
+    return export if export and export.get("layout") == "webdataset" else None
+
+
+def _shards_source(
+    members: list[Members],
+    shards: list[Path],
+    samples: list[Sample],
+    labels: np.ndarray,
+    columns: dict[str, tuple[str, np.ndarray]],
+    export: dict | None,
+    size: int | None,
+    budget: int,
+) -> Source:
+    """The samples as a Source named shard/key, decoded a shard at a time (resized to `size`, else all the size of
+    the first image); the export's columns and record, or each sample's index and name besides the JSON columns."""
     names = [f"{shards[s.shard].name}/{s.key}" for s in samples]
     first = samples[0]
     shape = (
@@ -205,27 +247,13 @@ def import_webdataset(
             pixels[at] = decode_rows(members[shard], [samples[rows[i]].image for i in at], shape, size, hint)
         return pixels
 
-    src = Source(
+    return Source(
         labels,
         names,
         decode,
         shape,
         columns if export else source_columns(names) | columns,
         export["store"] if export else None,
-    )
-    described = {"shards": [str(shard) for shard in shards]} | exported_from(export)
-    return write_source(
-        out,
-        lambda: (src, classes, described),
-        params,
-        "shards",
-        per_class,
-        seed,
-        batch_size,
-        overwrite=overwrite,
-        resume=resume,
-        inputs=shards,
-        budget=budget,
     )
 
 

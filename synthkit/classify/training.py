@@ -776,62 +776,16 @@ def train_many(
     with contextlib.ExitStack() as locks:
         for job in jobs:
             locks.enter_context(writer_lock(job.out))
-        todo = [
-            job
-            for job in jobs
-            if not check_output(
-                job.out,
-                [train_state_path(job.out)],
-                overwrite,
-                resume,
-                inputs=inputs,
-                asked=functools.partial(_asked, job, test),
-            )
-        ]
+        todo = _unfinished(jobs, inputs, test, overwrite, resume)
         if not todo:
             return [read_meta(job.out) for job in jobs]
         dev = job_device(device)
         budget = memory_budget(dev, memory_limit)
-        for job in todo:  # a batch and the network's activations for it must fit, whatever streams
-            size = job.config.image_size or _store_size(job.data[0])
-            cifar, imagenet = arch_spec(job.config.arch).activations
-            per_image = 4 * image_bytes(1, size) * (cifar if stem_for(size) == "cifar" else imagenet)
-            check_fits(
-                job.config.batch_size * per_image,
-                device_memory(dev),
-                f"a batch of {job.config.batch_size} images at --image-size {size} with {job.config.arch}'s "
-                f"activations (about {human(per_image)} an image)",
-            )
+        _check_batches_fit(todo, dev)
         test_images = TestImages(test, dev, budget // 4) if test is not None else None
-        keys = {
-            job.out: (
-                tuple(job.data),
-                job.config.per_class,
-                job.config.seed if job.config.per_class else None,
-                job.config.image_size,
-            )
-            for job in todo
-        }
+        keys = _set_keys(todo)
         share = (budget - (budget // 4 if test is not None else 0)) // max(1, len(set(keys.values())))
-        sets: dict[tuple, TrainingSet] = {}
-        for job in todo:
-            if keys[job.out] not in sets:
-                sets[keys[job.out]] = load_stores(
-                    job.data,
-                    dev,
-                    job.config.per_class,
-                    job.config.seed,
-                    image_size=job.config.image_size,
-                    memory_limit=share,
-                )
-                data = sets[keys[job.out]]
-                if data.streamed:
-                    console.print(
-                        f"streaming: {len(data)} images at {data.image_size} px take "
-                        f"{image_bytes(len(data), data.image_size) / 2**20:.2f} MiB, over the memory limit of "
-                        f"{share / 2**20:.2f} MiB; reading them from the stores in windows",
-                        highlight=False,
-                    )
+        sets = _load_sets(todo, keys, dev, share)
         if test_images is not None:  # a test store of other classes is refused before any training
             for data in sets.values():
                 class_mapping(test_images.classes, data.classes, f"test store {test}")
@@ -842,20 +796,105 @@ def train_many(
         runs = [Run(job, sets[keys[job.out]], dev, test_images, resume) for job in todo]
         if test_images is None and untested:  # said once every check has passed, before the first step
             console.print(untested, highlight=False)
-        if dev.type == "cuda":
-            for run in runs:  # the training sets were written on the default stream
-                run.stream.wait_stream(torch.cuda.current_stream(dev))
-        _advance_all(runs)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        failed = [run for run in runs if run.failed]
-        if failed:
-            finished = [str(run.job.out) for run in runs if not run.failed]
-            raise TrainingDiverged(
-                "; ".join(f"{run.job.name}: {run.failed}" for run in failed)
-                + (f" (finished: {', '.join(finished)})" if finished and len(runs) > 1 else "")
-            )
+        _train_runs(runs, dev)
+        _check_diverged(runs)
         return [read_meta(job.out) for job in jobs]
+
+
+def _unfinished(
+    jobs: Sequence[TrainJob], inputs: Sequence[Path | None], test: Path | None, overwrite: bool, resume: bool
+) -> list[TrainJob]:
+    """The jobs still to train: a finished classifier made as its job asks is kept by --resume (jobs.check_output)."""
+    return [
+        job
+        for job in jobs
+        if not check_output(
+            job.out,
+            [train_state_path(job.out)],
+            overwrite,
+            resume,
+            inputs=inputs,
+            asked=functools.partial(_asked, job, test),
+        )
+    ]
+
+
+def _check_batches_fit(todo: Sequence[TrainJob], dev: torch.device) -> None:
+    """Refuse, before any work, a job whose batch and the network's activations for it exceed the device's memory,
+    whatever streams."""
+    for job in todo:
+        size = job.config.image_size or _store_size(job.data[0])
+        cifar, imagenet = arch_spec(job.config.arch).activations
+        per_image = 4 * image_bytes(1, size) * (cifar if stem_for(size) == "cifar" else imagenet)
+        check_fits(
+            job.config.batch_size * per_image,
+            device_memory(dev),
+            f"a batch of {job.config.batch_size} images at --image-size {size} with {job.config.arch}'s "
+            f"activations (about {human(per_image)} an image)",
+        )
+
+
+def _set_keys(todo: Sequence[TrainJob]) -> dict[Path, tuple]:
+    """Each classifier's training set, named by what it is made of (stores, per-class draw, image size), so that
+    classifiers of one set share it on the device."""
+    return {
+        job.out: (
+            tuple(job.data),
+            job.config.per_class,
+            job.config.seed if job.config.per_class else None,
+            job.config.image_size,
+        )
+        for job in todo
+    }
+
+
+def _load_sets(
+    todo: Sequence[TrainJob], keys: dict[Path, tuple], dev: torch.device, share: int
+) -> dict[tuple, TrainingSet]:
+    """Load every distinct training set once, within its `share` of the memory budget; one over it is streamed
+    from its stores, and said so."""
+    sets: dict[tuple, TrainingSet] = {}
+    for job in todo:
+        if keys[job.out] not in sets:
+            sets[keys[job.out]] = load_stores(
+                job.data,
+                dev,
+                job.config.per_class,
+                job.config.seed,
+                image_size=job.config.image_size,
+                memory_limit=share,
+            )
+            data = sets[keys[job.out]]
+            if data.streamed:
+                console.print(
+                    f"streaming: {len(data)} images at {data.image_size} px take "
+                    f"{image_bytes(len(data), data.image_size) / 2**20:.2f} MiB, over the memory limit of "
+                    f"{share / 2**20:.2f} MiB; reading them from the stores in windows",
+                    highlight=False,
+                )
+    return sets
+
+
+def _train_runs(runs: list[Run], dev: torch.device) -> None:
+    """Step every run to its end; on CUDA each run's stream first waits for the training sets (written on the
+    default stream), and the device is synchronised at the end."""
+    if dev.type == "cuda":
+        for run in runs:  # the training sets were written on the default stream
+            run.stream.wait_stream(torch.cuda.current_stream(dev))
+    _advance_all(runs)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _check_diverged(runs: list[Run]) -> None:
+    """Fail the job naming every run whose loss diverged (and those that finished), once all have stopped."""
+    failed = [run for run in runs if run.failed]
+    if failed:
+        finished = [str(run.job.out) for run in runs if not run.failed]
+        raise TrainingDiverged(
+            "; ".join(f"{run.job.name}: {run.failed}" for run in failed)
+            + (f" (finished: {', '.join(finished)})" if finished and len(runs) > 1 else "")
+        )
 
 
 def train_sharded(

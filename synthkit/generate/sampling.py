@@ -9,8 +9,9 @@ equals an uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,6 +52,17 @@ from .diffusion import (
     sample_seed,
 )
 from .inversion import embeddings_record, load_embeddings
+
+# the columns a sampled store holds beside its images and labels: a prompt store's, and a DI store's
+_PROMPT_COLUMNS = {"prompt": "str", "seed": "int", "source_index": "int"}
+_DI_COLUMNS = {
+    "source_index": "int",
+    "partner": "int",
+    "alpha": "float",
+    "noise": "float",
+    "seed": "int",
+    "group": "int",
+}
 
 
 def read_templates(templates: Sequence[str], prompt_file: Path | None) -> list[str]:
@@ -115,7 +127,6 @@ def run_sample(
 ) -> Path:
     """`synthkit sample`: the output, the mode and the sizes checked before any work, then DI sampling (with
     `embeddings`) or prompt sampling, sharded as asked (launch.run_sharded). Returns the store written."""
-    from ..core.config import DEFAULT_MODEL
     from ..core.launch import run_sharded
     from ..io.store import merge_stores
 
@@ -123,6 +134,48 @@ def run_sample(
     inputs = [prompt_file, init, only, model, *embeddings, classes_store(classes)]  # --classes may name a store
     check_destination(out, inputs)
     templates = read_templates(templates, prompt_file)
+    _check_mode(embeddings, templates, prompt_from, only, init)
+    di = di or DIConfig()
+    _check_ranges(di, strength)
+    check_sizes(config, None if device == "auto" else device, shard)
+    names = None if embeddings else class_list(classes if classes is not None else (str(init) if init else None))
+    if names is not None:
+        _check_prompt_job(templates, names, per_class, config, out, prompt_from)
+    request = _SampleRequest(
+        embeddings=embeddings,
+        only=only,
+        di=di,
+        templates=templates,
+        names=names,
+        per_class=per_class,
+        negative=negative,
+        init=init,
+        strength=strength,
+        prompt_from=prompt_from,
+        config=config,
+        model=model,
+        overwrite=overwrite,
+        resume=resume,
+    )
+    return run_sharded(
+        request.job,
+        Path(out),
+        shard,
+        device,
+        lambda parts, o: merge_stores(parts, o, overwrite=True),
+        overwrite=overwrite,
+        resume=resume,
+        say=say,
+        inputs=inputs,
+        asked=request.asked,
+    )
+
+
+def _check_mode(
+    embeddings: Sequence[Path], templates: Sequence[str], prompt_from: str | None, only: Path | None, init: Path | None
+) -> None:
+    """Exactly one way of sampling (DI, prompt templates or each init image's text), with the options it needs:
+    refused before any work."""
     modes = [
         name
         for name, given in (
@@ -145,7 +198,10 @@ def run_sample(
         raise UserError("--only picks the embeddings to sample (DI mode): give --embeddings, or drop --only")
     if prompt_from is not None and init is None:
         raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init STORE")
-    di = di or DIConfig()
+
+
+def _check_ranges(di: DIConfig, strength: float) -> None:
+    """DI's interpolation, noise and eta, and img2img's strength, each within its range: refused before any work."""
     for value, option, low in (
         (di.interp, "--interp", None),
         (di.noise, "--noise", 0),
@@ -153,64 +209,98 @@ def run_sample(
         (strength, "--strength", 0),
     ):
         check_range(value, option, low)
-    check_sizes(config, None if device == "auto" else device, shard)
-    names = None if embeddings else class_list(classes if classes is not None else (str(init) if init else None))
-    if names is not None:
-        smallest = config.save_size or config.resolution or 8  # the model's own size is not known before loading it
-        check_store_fits(per_class * len(names), smallest, out, f"--per-class {per_class:,} of {len(names)} classes")
-        prompt_plan(templates if prompt_from is None else ["{class}"], names, per_class)  # its checks, before any work
 
-    def job(path: Path, part: str, dev: str) -> None:
-        if embeddings:
+
+def _check_prompt_job(
+    templates: Sequence[str],
+    names: Sequence[str],
+    per_class: int,
+    config: SamplingConfig,
+    out: Path,
+    prompt_from: str | None,
+) -> None:
+    """A prompt-sampling job's store fits on disk and its prompts can be planned: refused before the model loads."""
+    smallest = config.save_size or config.resolution or 8  # the model's own size is not known before loading it
+    check_store_fits(per_class * len(names), smallest, out, f"--per-class {per_class:,} of {len(names)} classes")
+    prompt_plan(templates if prompt_from is None else ["{class}"], names, per_class)  # its checks, before any work
+
+
+@dataclass(frozen=True)
+class _SampleRequest:
+    """A checked `synthkit sample` request: what each shard's job samples (`job`, DI sampling with embeddings, else
+    prompt sampling), and what the whole job asks for (`asked`), for launch.run_sharded."""
+
+    embeddings: Sequence[Path]
+    only: Path | None
+    di: DIConfig
+    templates: list[str]
+    names: list[str] | None
+    per_class: int
+    negative: str
+    init: Path | None
+    strength: float
+    prompt_from: str | None
+    config: SamplingConfig
+    model: str | None
+    overwrite: bool
+    resume: bool
+
+    @property
+    def prompt_model(self) -> str:
+        """The model prompt sampling loads: the one asked, else synthkit's default."""
+        from ..core.config import DEFAULT_MODEL
+
+        return self.model or DEFAULT_MODEL
+
+    def job(self, path: Path, part: str, dev: str) -> None:
+        """Sample shard `part` of the job into `path` on device `dev`."""
+        if self.embeddings:
             sample_embeddings(
                 path,
-                list(embeddings),
-                di,
-                config,
-                model=model,
+                list(self.embeddings),
+                self.di,
+                self.config,
+                model=self.model,
                 device=dev,
                 shard=part,
-                overwrite=overwrite,
-                resume=resume,
-                only=only,
+                overwrite=self.overwrite,
+                resume=self.resume,
+                only=self.only,
             )
         else:
             sample_prompts(
                 path,
-                model or DEFAULT_MODEL,
-                templates,
-                names,
-                per_class,
-                config,
-                negative=negative,
-                init=init,
-                strength=strength,
+                self.prompt_model,
+                self.templates,
+                self.names,
+                self.per_class,
+                self.config,
+                negative=self.negative,
+                init=self.init,
+                strength=self.strength,
                 device=dev,
                 shard=part,
-                overwrite=overwrite,
-                resume=resume,
-                prompt_from=prompt_from,
+                overwrite=self.overwrite,
+                resume=self.resume,
+                prompt_from=self.prompt_from,
             )
 
-    def asked() -> Asked:  # the whole job's output (shard auto), as merged or written unsharded
-        if embeddings:
-            return di_asked("", list(embeddings), di, config, model, only)
+    def asked(self) -> Asked:
+        """The whole job's output (shard auto), as merged or written unsharded."""
+        if self.embeddings:
+            return di_asked("", list(self.embeddings), self.di, self.config, self.model, self.only)
         return prompt_asked(
-            "", model or DEFAULT_MODEL, templates, names, per_class, config, negative, init, strength, prompt_from
+            "",
+            self.prompt_model,
+            self.templates,
+            self.names,
+            self.per_class,
+            self.config,
+            self.negative,
+            self.init,
+            self.strength,
+            self.prompt_from,
         )
-
-    return run_sharded(
-        job,
-        Path(out),
-        shard,
-        device,
-        lambda parts, o: merge_stores(parts, o, overwrite=True),
-        overwrite=overwrite,
-        resume=resume,
-        say=say,
-        inputs=inputs,
-        asked=asked,
-    )
 
 
 def batch_slices(total: int, batch: int, shard: str) -> list[slice]:
@@ -376,9 +466,8 @@ def sample_prompts(
     def asked() -> Asked:
         return prompt_asked(shard, model, templates, classes, per_class, config, negative, init, strength, prompt_from)
 
-    if check_output(out, [partial_path(out)], overwrite, resume, inputs=[init, model], asked=asked):
+    if _already_sampled(out, [init, model], asked, config, device, shard, overwrite, resume):
         return out
-    check_sizes(config, device, shard)
     if prompt_from is not None and (init is None or templates):
         raise UserError("--prompt-from takes each --init image's own text as its prompt: give --init, and no --prompt")
     params = prompt_params(config, model, templates, classes, per_class, negative, init, strength, prompt_from)
@@ -390,24 +479,7 @@ def sample_prompts(
         img2img_start(config.steps, strength)  # its check, before any work
     init_store = Store(init) if init is not None else None
     try:
-        init_members, chosen = None, None
-        if init_store is not None:
-            missing = [c for c in classes if c not in init_store.classes]
-            if missing:
-                raise UserError(f"init store {init} has no class {', '.join(missing)}")
-            init_labels = init_store.labels
-            init_members = [np.flatnonzero(init_labels == init_store.classes.index(c)) for c in classes]
-            if prompt_from is not None:
-                if prompt_from not in init_store.column_names or init_store.column_kind(prompt_from) != "str":
-                    raise UserError(
-                        f"--prompt-from {prompt_from}: init store {init} has no text column of that name "
-                        f"(it has: {', '.join(init_store.column_names) or 'none'}); make captions with synthkit caption"
-                    )
-                chosen = np.array(
-                    [init_members[c][k % len(init_members[c])] for c in range(len(classes)) for k in range(per_class)]
-                )
-                text = init_store.column(prompt_from)
-                prompts = [str(text[row]) for row in chosen]
+        init_members, chosen, prompts = _init_plan(init_store, init, classes, per_class, prompt_from, prompts)
         diffusion, resolution = _open_generator(model, config, device)
         params["resolution"] = resolution
         sources = [{"path": str(init), "fingerprint": init_store.fingerprint}] if init_store else []
@@ -417,78 +489,196 @@ def sample_prompts(
             "shard": shard,
             "prompts": f"each init image's {prompt_from}" if prompt_from else "templates: " + "; ".join(templates),
         }
+        sampler = _PromptSampler(
+            diffusion, resolution, config, prompts, labels, negative, strength, init_store, init_members, chosen
+        )
         size = config.save_size or resolution
-        slices = batch_slices(len(prompts), config.batch_size, shard)
-        total = sum(s.stop - s.start for s in slices)
-        with (
-            StoreWriter(
-                out,
-                classes=classes,
-                image_shape=(size, size),
-                meta=meta,
-                total=total,
-                shard=shard,
-                columns={"prompt": "str", "seed": "int", "source_index": "int"},
-                overwrite=overwrite,
-                resume=resume,
-            ) as writer,
-            progress() as bar,
-        ):
-            if writer.complete:
-                return out
-            task = bar.add_task("sample", total=total, completed=writer.done)
-            uncond_one = encode_text(diffusion, [negative])
-            for part in pending(slices, writer.done):
-                count = part.stop - part.start
-                moved = images_advance(bar, task, count)
-                index = np.arange(part.start, part.stop)
-                seeds = [sample_seed(config.seed, i) for i in index]
-                cond = encode_text(diffusion, [prompts[i] for i in index])
-                uncond = uncond_one.expand(count, -1, -1)
-                scheduler = make_scheduler(diffusion, config.scheduler)
-                source_index = np.full(count, -1, dtype=np.int64)
-                if init_members is None:
-                    noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
-                    latents = denoise(
-                        diffusion, scheduler, noise, cond, uncond, config.steps, config.guidance, advance=moved
-                    )
-                else:
-                    for k, (i, s) in enumerate(zip(index, seeds)):
-                        members = init_members[labels[i]]
-                        source_index[k] = (
-                            chosen[i]
-                            if chosen is not None
-                            else members[np.random.default_rng(s).integers(len(members))]
-                        )
-                    start = img2img_start(config.steps, strength) * scheduler.order
-                    scheduler.set_timesteps(config.steps, device=diffusion.device)
-                    mean, std = encode_images(diffusion, init_store.images(source_index), resolution)
-                    posterior, noise = img2img_noise(seeds, tuple(mean.shape[1:]), diffusion.device, diffusion.dtype)
-                    t0 = scheduler.timesteps[start].repeat(count)
-                    latents = scheduler.add_noise(mean + std * posterior, noise, t0)
-                    latents = denoise(
-                        diffusion,
-                        scheduler,
-                        latents,
-                        cond,
-                        uncond,
-                        config.steps,
-                        config.guidance,
-                        start_step=start,
-                        advance=moved,
-                    )
-                writer.append(
-                    decode(diffusion, latents, config.save_size),
-                    labels[index],
-                    prompt=[prompts[i] for i in index],
-                    seed=seeds,
-                    source_index=source_index,
-                )
-                bar.update(task, completed=writer.done)
+        _write_samples(
+            out,
+            sampler,
+            len(prompts),
+            config.batch_size,
+            shard,
+            classes=classes,
+            image_shape=(size, size),
+            meta=meta,
+            columns=_PROMPT_COLUMNS,
+            overwrite=overwrite,
+            resume=resume,
+        )
     finally:
         if init_store is not None:
             init_store.close()
     return out
+
+
+def _already_sampled(
+    out: Path,
+    inputs: Sequence[str | Path | None],
+    asked: Callable[[], Asked],
+    config: SamplingConfig,
+    device: str | None,
+    shard: str,
+    overwrite: bool,
+    resume: bool,
+) -> bool:
+    """Whether `out` is already sampled as asked (jobs.check_output); if not, the sizes are checked before any work."""
+    if check_output(out, [partial_path(out)], overwrite, resume, inputs=inputs, asked=asked):
+        return True
+    check_sizes(config, device, shard)
+    return False
+
+
+def _init_plan(
+    init_store: Store | None,
+    init: Path | None,
+    classes: Sequence[str],
+    per_class: int,
+    prompt_from: str | None,
+    prompts: list[str],
+) -> tuple[list[np.ndarray] | None, np.ndarray | None, list[str]]:
+    """The init store's rows of each class, the row each sample takes with `prompt_from` (else None), and the
+    prompts: each chosen image's own text with `prompt_from`, else `prompts` as planned. Without an init store, no
+    rows."""
+    if init_store is None:
+        return None, None, prompts
+    missing = [c for c in classes if c not in init_store.classes]
+    if missing:
+        raise UserError(f"init store {init} has no class {', '.join(missing)}")
+    init_labels = init_store.labels
+    init_members = [np.flatnonzero(init_labels == init_store.classes.index(c)) for c in classes]
+    if prompt_from is None:
+        return init_members, None, prompts
+    if prompt_from not in init_store.column_names or init_store.column_kind(prompt_from) != "str":
+        raise UserError(
+            f"--prompt-from {prompt_from}: init store {init} has no text column of that name "
+            f"(it has: {', '.join(init_store.column_names) or 'none'}); make captions with synthkit caption"
+        )
+    chosen = np.array(
+        [init_members[c][k % len(init_members[c])] for c in range(len(classes)) for k in range(per_class)]
+    )
+    text = init_store.column(prompt_from)
+    return init_members, chosen, [str(text[row]) for row in chosen]
+
+
+_Batch = tuple[np.ndarray, np.ndarray, dict[str, Any]]  # a batch's images, labels and columns, as StoreWriter.append
+
+
+class _Sampler(Protocol):
+    """A sampling job's batches, as _write_samples draws them."""
+
+    def start(self) -> None:
+        """Prepare what every batch shares, once the store is open and not yet complete."""
+
+    def batch(self, part: slice, advance: Callable[[float], None]) -> _Batch:
+        """Sample the job's samples `part`, advancing the progress bar as denoising goes."""
+
+
+def _write_samples(
+    out: Path,
+    sampler: _Sampler,
+    n_samples: int,
+    batch_size: int,
+    shard: str,
+    **store: Any,
+) -> None:
+    """Write this shard's batches of the job's `n_samples` into `out` (StoreWriter with the `store` options),
+    skipping those a resumed store holds, under a progress bar counting images."""
+    slices = batch_slices(n_samples, batch_size, shard)
+    total = sum(s.stop - s.start for s in slices)
+    with StoreWriter(out, total=total, shard=shard, **store) as writer, progress() as bar:
+        if writer.complete:
+            return
+        task = bar.add_task("sample", total=total, completed=writer.done)
+        sampler.start()
+        for part in pending(slices, writer.done):
+            images, labels, columns = sampler.batch(part, images_advance(bar, task, part.stop - part.start))
+            writer.append(images, labels, **columns)
+            bar.update(task, completed=writer.done)
+
+
+@dataclass
+class _PromptSampler:
+    """Prompt sampling's batches: each sample from its own seed, from noise or (img2img) from an init image."""
+
+    diffusion: Diffusion
+    resolution: int
+    config: SamplingConfig
+    prompts: list[str]
+    labels: np.ndarray
+    negative: str
+    strength: float
+    init_store: Store | None
+    init_members: list[np.ndarray] | None
+    chosen: np.ndarray | None
+    uncond_one: torch.Tensor | None = None
+
+    def start(self) -> None:
+        """Encode the negative prompt once: every sample's unconditional input."""
+        self.uncond_one = encode_text(self.diffusion, [self.negative])
+
+    def batch(self, part: slice, advance: Callable[[float], None]) -> _Batch:
+        """Sample the job's samples `part`: their prompts encoded, then denoised from noise or from init images."""
+        count = part.stop - part.start
+        index = np.arange(part.start, part.stop)
+        seeds = [sample_seed(self.config.seed, i) for i in index]
+        cond = encode_text(self.diffusion, [self.prompts[i] for i in index])
+        uncond = self.uncond_one.expand(count, -1, -1)
+        scheduler = make_scheduler(self.diffusion, self.config.scheduler)
+        source_index = self._init_rows(index, seeds)
+        if self.init_members is None:
+            shape = self.diffusion.latent_shape(self.resolution)
+            noise = initial_noise(seeds, shape, self.diffusion.device, self.diffusion.dtype)
+            latents = denoise(
+                self.diffusion, scheduler, noise, cond, uncond, self.config.steps, self.config.guidance, advance=advance
+            )
+        else:
+            latents = self._img2img(scheduler, source_index, seeds, cond, uncond, advance)
+        columns = {"prompt": [self.prompts[i] for i in index], "seed": seeds, "source_index": source_index}
+        return decode(self.diffusion, latents, self.config.save_size), self.labels[index], columns
+
+    def _init_rows(self, index: np.ndarray, seeds: list[int]) -> np.ndarray:
+        """Each sample's init image (its init store row; -1 without one): the one chosen for it with prompt_from,
+        else one of its class drawn by its own seed."""
+        source_index = np.full(len(index), -1, dtype=np.int64)
+        if self.init_members is None:
+            return source_index
+        for k, (i, s) in enumerate(zip(index, seeds)):
+            members = self.init_members[self.labels[i]]
+            source_index[k] = (
+                self.chosen[i] if self.chosen is not None else members[np.random.default_rng(s).integers(len(members))]
+            )
+        return source_index
+
+    def _img2img(
+        self,
+        scheduler: Any,
+        source_index: np.ndarray,
+        seeds: list[int],
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        advance: Callable[[float], None],
+    ) -> torch.Tensor:
+        """The latents of the init images, drawn from the VAE's posterior and noised to `strength`, then denoised
+        from there (img2img)."""
+        config, diffusion = self.config, self.diffusion
+        start = img2img_start(config.steps, self.strength) * scheduler.order
+        scheduler.set_timesteps(config.steps, device=diffusion.device)
+        mean, std = encode_images(diffusion, self.init_store.images(source_index), self.resolution)
+        posterior, noise = img2img_noise(seeds, tuple(mean.shape[1:]), diffusion.device, diffusion.dtype)
+        t0 = scheduler.timesteps[start].repeat(len(seeds))
+        latents = scheduler.add_noise(mean + std * posterior, noise, t0)
+        return denoise(
+            diffusion,
+            scheduler,
+            latents,
+            cond,
+            uncond,
+            config.steps,
+            config.guidance,
+            start_step=start,
+            advance=advance,
+        )
 
 
 def group_members(groups: torch.Tensor) -> dict[int, np.ndarray]:
@@ -713,15 +903,10 @@ def sample_embeddings(
         return di_asked(shard, embedding_files, di, config, model, only)
 
     inputs = [*embedding_files, model, only]
-    if check_output(Path(out), [partial_path(Path(out))], overwrite, resume, inputs=inputs, asked=asked):
+    if _already_sampled(Path(out), inputs, asked, config, device, shard, overwrite, resume):
         return Path(out)
-    check_sizes(config, device, shard)
     check_choice(di.uncond, UNCONDS, "--uncond")
-    tensors, emb_meta = load_embeddings(embedding_files)
-    sources = emb_meta["sources"]
-    if only is not None:
-        tensors, record = restrict_to(tensors, emb_meta, Path(only))
-        sources = [record]
+    tensors, emb_meta, sources = _embeddings_to_sample(embedding_files, only)
     check_store_fits(
         len(tensors["embeddings"]) * di.per_image,
         config.save_size or di.save_size or emb_meta["image_size"],
@@ -736,14 +921,7 @@ def sample_embeddings(
             "sample with the model they were inverted with"
         )
     embeddings, groups, labels = tensors["embeddings"].float(), tensors["group"], tensors["label"]
-    uncond_of, uncond_note = unconditional(di.uncond, diffusion, embeddings, groups, labels)
-    if di.uncond == "mixed" and len(torch.unique(labels)) == 1:
-        console.print(
-            "note: the embeddings hold one class, so the mixed unconditional input is that class's mean; "
-            "give every class's file for the official class-mixed mean",
-            highlight=False,
-        )
-    members = group_members(groups)
+    uncond_of, uncond_note = _di_unconditional(di.uncond, diffusion, embeddings, groups, labels)
     params = di_params(di, config, model, embedding_files, only)
     meta = provenance(Kind.INV, params, sources) | {
         "model": model,
@@ -753,67 +931,104 @@ def sample_embeddings(
         "shard": shard,
         "real_images": len(embeddings),
     }
-    total_samples = len(embeddings) * di.per_image
-    slices = batch_slices(total_samples, config.batch_size, shard)
-    total = sum(s.stop - s.start for s in slices)
-    columns = {
-        "source_index": "int",
-        "partner": "int",
-        "alpha": "float",
-        "noise": "float",
-        "seed": "int",
-        "group": "int",
-    }
     source = tensors["source_index"].numpy()
-    with (
-        StoreWriter(
-            out,
-            classes=emb_meta["classes"],
-            image_shape=(config.save_size, config.save_size),
-            meta=meta,
-            columns=columns,
-            total=total,
-            shard=shard,
-            overwrite=overwrite,
-            resume=resume,
-        ) as writer,
-        progress() as bar,
-    ):
-        if writer.complete:
-            return Path(out)
-        task = bar.add_task("sample", total=total, completed=writer.done)
-        for part in pending(slices, writer.done):
-            count = part.stop - part.start
-            moved = images_advance(bar, task, count)
-            sample_index = np.arange(part.start, part.stop)
-            rows = sample_index // di.per_image
-            nth = sample_index % di.per_image
-            images, image_of_sample = np.unique(rows, return_inverse=True)  # each image's partners drawn once
-            partners = choose_partners(groups, members, images, di.per_image, config.seed, source)[image_of_sample, nth]
-            seeds = [derive_seed(config.seed, source[r], k) for r, k in zip(rows, nth)]
-            cond = perturb(embeddings, rows, partners, seeds, di.interp, di.noise)
-            noise = initial_noise(seeds, diffusion.latent_shape(resolution), diffusion.device, diffusion.dtype)
-            latents = denoise(
-                diffusion,
-                make_scheduler(diffusion, config.scheduler),
-                noise,
-                cond.to(diffusion.device, diffusion.dtype),
-                uncond_of(rows).to(diffusion.device, diffusion.dtype),
-                config.steps,
-                config.guidance,
-                eta=di.eta,
-                seeds=seeds,
-                advance=moved,
-            )
-            writer.append(
-                decode(diffusion, latents, config.save_size),
-                labels.numpy()[rows],
-                source_index=source[rows],
-                partner=source[partners],
-                alpha=np.full(count, di.interp),
-                noise=np.full(count, di.noise),
-                seed=seeds,
-                group=groups.numpy()[rows],
-            )
-            bar.update(task, completed=writer.done)
+    sampler = _DISampler(
+        di, config, diffusion, resolution, embeddings, groups, labels, source, group_members(groups), uncond_of
+    )
+    _write_samples(
+        out,
+        sampler,
+        len(embeddings) * di.per_image,
+        config.batch_size,
+        shard,
+        classes=emb_meta["classes"],
+        image_shape=(config.save_size, config.save_size),
+        meta=meta,
+        columns=_DI_COLUMNS,
+        overwrite=overwrite,
+        resume=resume,
+    )
     return Path(out)
+
+
+def _embeddings_to_sample(
+    embedding_files: Sequence[Path], only: Path | None
+) -> tuple[dict[str, torch.Tensor], dict, list[dict]]:
+    """The embeddings files' tensors and record, with the sources the store will record; with `only`, those of its
+    images alone (restrict_to), with it as the source."""
+    tensors, emb_meta = load_embeddings(embedding_files)
+    sources = emb_meta["sources"]
+    if only is not None:
+        tensors, record = restrict_to(tensors, emb_meta, Path(only))
+        sources = [record]
+    return tensors, emb_meta, sources
+
+
+def _di_unconditional(
+    mode: str, diffusion: Diffusion, embeddings: torch.Tensor, groups: torch.Tensor, labels: torch.Tensor
+) -> tuple[Callable[[np.ndarray], torch.Tensor], str]:
+    """The unconditional input of guidance and its line (see unconditional), with a note when a mixed mean is
+    taken over one class only, unlike the official code's."""
+    uncond_of, uncond_note = unconditional(mode, diffusion, embeddings, groups, labels)
+    if mode == "mixed" and len(torch.unique(labels)) == 1:
+        console.print(
+            "note: the embeddings hold one class, so the mixed unconditional input is that class's mean; "
+            "give every class's file for the official class-mixed mean",
+            highlight=False,
+        )
+    return uncond_of, uncond_note
+
+
+@dataclass
+class _DISampler:
+    """DI sampling's batches: each sample an embedding interpolated towards a partner of its group and perturbed,
+    from its own seed (job seed, source row, k-th sample of the image)."""
+
+    di: DIConfig
+    config: SamplingConfig
+    diffusion: Diffusion
+    resolution: int
+    embeddings: torch.Tensor
+    groups: torch.Tensor
+    labels: torch.Tensor
+    source: np.ndarray
+    members: dict[int, np.ndarray]
+    uncond_of: Callable[[np.ndarray], torch.Tensor]
+
+    def start(self) -> None:
+        """Nothing to prepare: the unconditional input is per row (uncond_of)."""
+
+    def batch(self, part: slice, advance: Callable[[float], None]) -> _Batch:
+        """Sample the job's samples `part`: sample i is the (i mod per_image)-th of embedding i // per_image."""
+        di, config, diffusion, source = self.di, self.config, self.diffusion, self.source
+        count = part.stop - part.start
+        sample_index = np.arange(part.start, part.stop)
+        rows = sample_index // di.per_image
+        nth = sample_index % di.per_image
+        images, image_of_sample = np.unique(rows, return_inverse=True)  # each image's partners drawn once
+        partners = choose_partners(self.groups, self.members, images, di.per_image, config.seed, source)
+        partners = partners[image_of_sample, nth]
+        seeds = [derive_seed(config.seed, source[r], k) for r, k in zip(rows, nth)]
+        cond = perturb(self.embeddings, rows, partners, seeds, di.interp, di.noise)
+        noise = initial_noise(seeds, diffusion.latent_shape(self.resolution), diffusion.device, diffusion.dtype)
+        latents = denoise(
+            diffusion,
+            make_scheduler(diffusion, config.scheduler),
+            noise,
+            cond.to(diffusion.device, diffusion.dtype),
+            self.uncond_of(rows).to(diffusion.device, diffusion.dtype),
+            config.steps,
+            config.guidance,
+            eta=di.eta,
+            seeds=seeds,
+            advance=advance,
+        )
+        columns = {
+            "source_index": source[rows],
+            "partner": source[partners],
+            "alpha": np.full(count, di.interp),
+            "noise": np.full(count, di.noise),
+            "seed": seeds,
+            "group": self.groups.numpy()[rows],
+        }
+        return decode(diffusion, latents, config.save_size), self.labels.numpy()[rows], columns

@@ -7,8 +7,10 @@ Urban scenes, which may not be redistributed. They skip without it, and only the
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import pickle
 import tarfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthkit import CIFAR10_CLASSES
+from synthkit.core.config import MiniConfig
 
 os.environ["SYNTHKIT_QUIET"] = "1"  # progress bars would interleave with the messages the tests read
 # SYNTHKIT_THREADS=1 pytest runs the suite on one torch thread (every job's configure_threads honours it too): a
@@ -228,3 +231,51 @@ def usage_error(result, option: str, *expected: str) -> str:
         lines[-1]
     )
     return lines[-1]
+
+
+# ---- helpers that tests in several folders share
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every path under `folder` (folders, links and files) and what it holds."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        key = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[key] = "link -> " + os.readlink(p)
+        elif p.is_dir():
+            out[key] = "folder"
+        else:
+            out[key] = hashlib.sha256(p.read_bytes()).hexdigest() + f" {p.stat().st_mtime_ns}"
+    return out
+
+
+def write_cifar100(root, images, labels, names):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        batch = {
+            b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+            b"fine_labels": list(map(int, labels)),
+            b"coarse_labels": [0] * len(labels),
+            b"filenames": [f"{i}.png".encode() for i in range(len(labels))],
+        }
+        (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [n.encode() for n in names]}, protocol=2))
+    return folder
+
+
+def write_stl10(root, images96, labels, names):
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        (folder / f"{split}_X.bin").write_bytes(images96.transpose(0, 3, 2, 1).tobytes())  # column-major, as STL-10
+        (folder / f"{split}_y.bin").write_bytes((np.asarray(labels) + 1).astype(np.uint8).tobytes())
+    (folder / "class_names.txt").write_text("\n".join(names) + "\n")
+    return folder
+
+
+SMALL = MiniConfig(
+    vae_steps=3, vae_batch_size=8, steps=4, batch_size=8, warmup_steps=1, unet_channels=(32, 32, 32),
+    vae_channels=(16, 16, 16), text_hidden=32, preview_every=0, checkpoint_every=0,
+)  # fmt: skip

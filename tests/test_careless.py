@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_outputs import tree
 
-from conftest import run
+from conftest import run, tree
 
 ROOT = Path(__file__).resolve().parent.parent
 HUGE = 10**12

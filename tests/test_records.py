@@ -11,9 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_minisd import SMALL
 
-from conftest import copy_store_as, run
+from conftest import SMALL, copy_store_as, run
 
 TEMPLATE = "a blurry {class}"
 

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_outputs import tree
-from test_torchvision_sets import write_cifar100, write_stl10
 
-from conftest import run
+from conftest import run, tree, write_cifar100, write_stl10
 
 
 @pytest.fixture(scope="module")

@@ -54,14 +54,14 @@ _tiny_command(
     MODELS_DIR / "tiny-sd",
     "Stable Diffusion pipeline",
     "it makes noise, not pictures",
-    ".diffusion.build_tiny_pipeline",
+    "..generate.diffusion.build_tiny_pipeline",
 )
 _tiny_command(
     "tiny-blip",
     MODELS_DIR / "tiny-blip",
     "BLIP captioner",
     "its captions are random words",
-    ".captions.build_tiny_captioner",
+    "..generate.captions.build_tiny_captioner",
 )
 
 

@@ -6,7 +6,6 @@ output as the flags say. And the modules that write outputs import each other in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,21 +22,7 @@ from synthkit.core.errors import UserError
 from synthkit.core.outputs import resumable_output
 from synthkit.core.paths import lock_path, partial_path
 
-from conftest import copy_store_as, run
-
-
-def tree(folder: Path) -> dict[str, str]:
-    """Every path under `folder` (folders, links and files) and what it holds."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        key = str(p.relative_to(folder))
-        if p.is_symlink():
-            out[key] = "link -> " + os.readlink(p)
-        elif p.is_dir():
-            out[key] = "folder"
-        else:
-            out[key] = hashlib.sha256(p.read_bytes()).hexdigest() + f" {p.stat().st_mtime_ns}"
-    return out
+from conftest import copy_store_as, run, tree
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import synthkit
-from synthkit.core.config import MiniConfig
 
-from conftest import run
-
-SMALL = MiniConfig(
-    vae_steps=3, vae_batch_size=8, steps=4, batch_size=8, warmup_steps=1, unet_channels=(32, 32, 32),
-    vae_channels=(16, 16, 16), text_hidden=32, preview_every=0, checkpoint_every=0,
-)  # fmt: skip
+from conftest import SMALL, run
 
 
 def weights(folder) -> dict[str, torch.Tensor]:

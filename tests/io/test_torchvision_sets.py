@@ -9,38 +9,13 @@ import pytest
 
 from synthkit.io.store import Store
 
-from conftest import run
+from conftest import run, write_cifar100, write_stl10
 
 
 @pytest.fixture(scope="module")
 def pixels(real_store):
     with Store(real_store) as s:
         return s.images(), s.labels
-
-
-def write_cifar100(root, images, labels, names):
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    for split in ("train", "test"):
-        batch = {
-            b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
-            b"fine_labels": list(map(int, labels)),
-            b"coarse_labels": [0] * len(labels),
-            b"filenames": [f"{i}.png".encode() for i in range(len(labels))],
-        }
-        (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
-    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [n.encode() for n in names]}, protocol=2))
-    return folder
-
-
-def write_stl10(root, images96, labels, names):
-    folder = root / "stl10_binary"
-    folder.mkdir(parents=True)
-    for split in ("train", "test"):
-        (folder / f"{split}_X.bin").write_bytes(images96.transpose(0, 3, 2, 1).tobytes())  # column-major, as STL-10
-        (folder / f"{split}_y.bin").write_bytes((np.asarray(labels) + 1).astype(np.uint8).tobytes())
-    (folder / "class_names.txt").write_text("\n".join(names) + "\n")
-    return folder
 
 
 def test_cifar100_pickles_become_a_store_with_their_fine_classes(tmp_path, pixels):

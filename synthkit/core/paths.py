@@ -12,7 +12,7 @@ DATA_DIR = Path("data")
 MODELS_DIR = Path("models")
 RESULTS_DIR = Path("results")
 MINI = "mini"  # the name --model takes for the shipped miniature generator
-MINI_ASSET = Path(__file__).resolve().parent.parent / "assets" / "mini-sd"  # synthkit/assets, beside core/
+MINI_ASSET = Path(__file__).parent.parent / "assets" / "mini-sd"  # synthkit/assets, beside core/
 PARTIAL_SUFFIX = ".partial"
 
 # Names inside a results folder, written by one module and read by the report (the Makefile spells the same names).

@@ -6,7 +6,7 @@ SK     := $(VENV)/bin/synthkit
 HERE   := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
 
 # ---- the study's variables (override on the command line: make reproduce MODEL=/path/to/sd PER_CLASS=100).
-# Those set here are the study's choices; those left empty take synthkit's own defaults (synthkit/config.py,
+# Those set here are the study's choices; those left empty take synthkit's own defaults (synthkit/core/config.py,
 # shown by `synthkit COMMAND --help`), so that a default lives in one place.
 MODEL        ?= CompVis/stable-diffusion-v1-4
 CIFAR        ?= ../shared/data/cifar10-jpeg.tar.gz
@@ -35,7 +35,7 @@ MIX          ?=
 SEED         ?= 0
 # Every classifier of the table is trained once per seed of SEEDS (one job), and the report gives mean ± std.
 SEEDS        ?= $(SEED)
-# The training recipe (synthkit/config.py): di, the official evaluation (50,000 steps at batch 128, every row the
+# The training recipe (synthkit/core/config.py): di, the official evaluation (50,000 steps at batch 128, every row the
 # same); study, the original study's; quick, for CPUs. TRAIN_STEPS, BATCH, LR, WARMUP_STEPS, EVALS override it.
 RECIPE       ?= di
 DEVICE       ?= auto
@@ -173,7 +173,7 @@ digits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(sub
 not_count = $(strip $(foreach w,$(1),$(if $(call digits,$(w)),$(w))))
 check_list = $(if $(strip $($(1))),,$(error $(1) is empty: give one or more non-negative integers))$(if $(call not_count,$($(1))),$(error $(1)=$($(1)): '$(firstword $(call not_count,$($(1))))' is not a non-negative integer))$(if $(filter-out $(words $($(1))),$(words $(sort $($(1))))),$(error $(1)=$($(1)) repeats a value))
 check_number = $(if $(strip $($(1))),$(if $(or $(word 2,$($(1))),$(call not_count,$($(1)))),$(error $(1)=$($(1)) is not a non-negative integer),$(if $(2),$(if $(subst 0,,$($(1))),,$(error $(1)=$($(1)) must be at least 1)))))
-RECIPE_NAMES := $(shell sed -n 's/^    "\([a-z0-9-]*\)": {  # .*/\1/p' $(dir $(firstword $(MAKEFILE_LIST)))synthkit/config.py)
+RECIPE_NAMES := $(shell sed -n 's/^    "\([a-z0-9-]*\)": {  # .*/\1/p' $(dir $(firstword $(MAKEFILE_LIST)))synthkit/core/config.py)
 ifeq ($(filter help,$(MAKECMDGOALS)),)
 $(foreach v,SIZES SEEDS SWEEP_SEEDS,$(call check_list,$(v)))
 $(foreach v,SHARDS PER_CLASS TEST_PER_CLASS SD_PER_CLASS PROMPTS_PER_CLASS SD_RESOLUTION SD_SAVE_SIZE PER_IMAGE SD_STEPS RESOLUTION UPDATES INV_BATCH DI_STEPS GEN_BATCH IMAGE_SIZE TRAIN_STEPS BATCH GRADCAM_N VANISH_N FIDELITY_N JUDGE_N GEO_SIZE GEO_PER_CLASS GEO_UPDATES GEO_SD_PER_CLASS GEO_N MINI_UPDATES MINI_STEPS,$(call check_number,$(v),1))
@@ -231,9 +231,10 @@ install:  ## create .venv and install synthkit with its test tools
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e '.[dev]'
 
-test: $(SK)  ## lint and format check (ruff), then the test suite (installing first if needed)
+test: $(SK)  ## lint and format check (ruff), the layers (import-linter), then the test suite (installing first if needed)
 	$(VENV)/bin/ruff check synthkit tests bench
 	$(VENV)/bin/ruff format --check synthkit tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 # ---- the study
@@ -311,7 +312,7 @@ train_size = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE),$(if $(filter $(RECIP
 TRAIN_ARGS = --recipe $(RECIPE) $(call opt,--steps,$(TRAIN_STEPS)) \
   $(call opt,--batch-size,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--warmup-steps,$(WARMUP_STEPS)) \
   $(call opt,--evals,$(EVALS)) $(call opt,--mix,$(MIX)) --test data/test.h5 --device $(DEVICE) --resume
-STORE_SIZE = $(VENV)/bin/python -c 'import sys; from synthkit.store import Store; print(Store(sys.argv[1]).image_shape[0])'
+STORE_SIZE = $(VENV)/bin/python -c 'import sys; from synthkit.io.store import Store; print(Store(sys.argv[1]).image_shape[0])'
 # A job's finished classifiers are kept (--resume skips them) unless one of their own inputs is newer: then they,
 # their state and their .partial are removed first, so a changed store retrains only the rows that read it.
 stale = for f in $(1); do for d in $(or $(2),$^); do if [ -e "$$f" ] && [ "$$f" -ot "$$d" ]; then rm -rf "$$f"; fi; done; done

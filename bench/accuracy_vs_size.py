@@ -11,8 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
-from synthkit.evaluation import evaluate
-from synthkit.training import TrainConfig, train
+from synthkit.classify.evaluation import evaluate
+from synthkit.classify.training import TrainConfig, train
 
 from common import CACHE, cifar_store, machine
 
@@ -20,7 +20,7 @@ from common import CACHE, cifar_store, machine
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,250,500,1000,5000", help="images per class, comma-separated")
-    parser.add_argument("--recipe", default="di", help="training recipe (synthkit/config.py)")
+    parser.add_argument("--recipe", default="di", help="training recipe (synthkit/core/config.py)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument(

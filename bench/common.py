@@ -14,7 +14,7 @@ ARCHIVE = SHARED / "data" / "cifar10-jpeg.tar.gz"
 
 def cifar_store(split: str, per_class: int | None = None, seed: int = 0) -> Path:
     """A store of the shared CIFAR-10 archive (or a download when it is absent), cached."""
-    from synthkit.datasets import import_cifar10
+    from synthkit.io.datasets import import_cifar10
 
     name = f"{split}-{per_class or 'all'}-{seed}.h5"
     source = ARCHIVE if ARCHIVE.exists() else None

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from synthkit.fidelity import fidelity
-from synthkit.training import TrainConfig, train
+from synthkit.analyse.fidelity import fidelity
+from synthkit.classify.training import TrainConfig, train
 
 from common import CACHE, cifar_store, machine
 

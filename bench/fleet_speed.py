@@ -1,9 +1,9 @@
 """Several classifiers in one job against the same classifiers trained one after another, in the same run.
 
 Each classifier is a ResNet-18 under the `di` recipe's batch (128 by default) on the same real store, with its own
-seed. One job trains all N with `synthkit.training.train_many` (they advance a step each in turn; on CUDA each on
-its own stream); the baseline trains the same N one after another with `train`. Both include loading the store and
-building the models, as a user's job would. Windows alternate, so that drift in the machine's speed hits both alike;
+seed. One job trains all N with `synthkit.classify.training.train_many` (they advance a step each in turn; on CUDA
+each on its own stream); the baseline trains the same N one after another with `train`. Both include loading the store
+and building the models, as a user's job would. Windows alternate, so that drift in the machine's speed hits both alike;
 prints images/s summed over the classifiers (median over windows) and the ratio.
 Usage: python bench/fleet_speed.py [--classifiers 8] [--steps 50] [--batch-size 128] [--windows 3] [--per-class N]
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from synthkit.config import TrainConfig
-from synthkit.training import TrainJob, train, train_many
+from synthkit.classify.training import TrainJob, train, train_many
+from synthkit.core.config import TrainConfig
 
 from common import cifar_store, machine
 

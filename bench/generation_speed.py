@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from synthkit.config import InversionConfig
-from synthkit.device import configure_threads, inversion_dtype, pick_device
-from synthkit.diffusion import (
+from synthkit.core.config import InversionConfig
+from synthkit.core.device import configure_threads, inversion_dtype, pick_device
+from synthkit.generate.diffusion import (
     Diffusion,
     build_tiny_pipeline,
     decode,
@@ -37,7 +37,7 @@ from synthkit.diffusion import (
     random_pipeline,
     training_scheduler,
 )
-from synthkit.inversion import GroupTables, draw, initial_table, inversion_loss
+from synthkit.generate.inversion import GroupTables, draw, initial_table, inversion_loss
 
 from common import machine
 

@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from synthkit.classifiers import CLASSIFIERS
-from synthkit.gradcam import explain
-from synthkit.training import TrainConfig, train
+from synthkit.analyse.gradcam import explain
+from synthkit.classify.classifiers import CLASSIFIERS
+from synthkit.classify.training import TrainConfig, train
 
 from common import CACHE, cifar_store, machine
 

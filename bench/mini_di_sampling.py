@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=300, help="the inversion whose embeddings are sampled")
     parser.add_argument("--judge-steps", type=int, default=1000, help="the judge mini_quality.py trained")
     args = parser.parse_args()
-    from synthkit.store import Store
+    from synthkit.io.store import Store
 
     embeddings = OUT / f"mini-inv-{args.updates}.safetensors"
     judge = OUT / f"judge-{args.judge_steps}.safetensors"

@@ -49,8 +49,8 @@ def vae_psnr(model: str, store: Path, per_class: int = 100) -> float:
     compared at the store's size."""
     import torch
 
-    from synthkit.diffusion import decode, encode_images, load_diffusion
-    from synthkit.store import Store, balanced_subset
+    from synthkit.generate.diffusion import decode, encode_images, load_diffusion
+    from synthkit.io.store import Store, balanced_subset
 
     diffusion = load_diffusion(model, torch.device("cpu"), torch.float32)
     with Store(store) as s:
@@ -70,7 +70,7 @@ def reconstructions(model: str, images: np.ndarray) -> np.ndarray:
     """Images through the model's VAE (encoder mean, decoder) at the model's size, back at the images' size."""
     import torch
 
-    from synthkit.diffusion import decode, encode_images, load_diffusion
+    from synthkit.generate.diffusion import decode, encode_images, load_diffusion
 
     diffusion = load_diffusion(model, torch.device("cpu"), torch.float32)
     out = []
@@ -84,8 +84,8 @@ def judge_share(judge: Path, images: np.ndarray, labels: np.ndarray) -> float:
     """The share of images the judge puts in their given class."""
     import torch
 
-    from synthkit.evaluation import predict
-    from synthkit.model import load_classifier, resize_images
+    from synthkit.classify.evaluation import predict
+    from synthkit.classify.model import load_classifier, resize_images
 
     model, meta = load_classifier(judge, torch.device("cpu"))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
@@ -108,8 +108,8 @@ def retrieval(samples: np.ndarray, own: np.ndarray, sources: np.ndarray) -> floa
 def di_measures(model: str, tag: str, sources: Path, judge: Path, updates: int, lr: float | None = None) -> dict:
     """Invert the sources at `updates`, sample them with the DI defaults and at noise 0 and interpolation 0, and
     measure: the loss curve, the judge's share of the samples, and how often a sample retrieves its own source."""
-    from synthkit.checkpoint import read_meta
-    from synthkit.store import Store
+    from synthkit.io.checkpoint import read_meta
+    from synthkit.io.store import Store
 
     name = f"{tag}-inv-{updates}" + (f"-lr{lr:g}" if lr else "")
     embeddings = once(
@@ -157,7 +157,7 @@ def curve_points(history: list[float]) -> str:
 def judge_scores(judge: Path, test: Path, stores: dict[str, Path], folder: Path, per_class: int) -> dict[str, dict]:
     """`synthkit fidelity` of the stores against the real test set in the judge's features: Fréchet distance and
     agreement (the share the judge puts in each image's own class)."""
-    from synthkit.fidelity import fidelity
+    from synthkit.analyse.fidelity import fidelity
 
     args = ["fidelity", "--real", test, "--classifier", judge, "--per-class", per_class, "--out", folder]
     for path in stores.values():
@@ -170,7 +170,7 @@ def judge_scores(judge: Path, test: Path, stores: dict[str, Path], folder: Path,
 
 def judge_accuracy(judge: Path) -> tuple[float, str]:
     """The judge's own final test accuracy and how it was trained, from its file."""
-    from synthkit.checkpoint import read_meta
+    from synthkit.io.checkpoint import read_meta
 
     meta = read_meta(judge)
     how = f"{meta['command']} ({meta['steps']} steps of {meta['params'].get('batch_size')}, {meta['seconds']:.0f} s)"
@@ -221,7 +221,7 @@ def main() -> None:
     scores = judge_scores(judge, test, stores, OUT / f"fidelity-{tag}", args.per_class)
     psnr = {"mini": vae_psnr(args.model, test), "tiny": vae_psnr(str(tiny), test)}
     accuracy, how = judge_accuracy(judge)
-    from synthkit.store import Store
+    from synthkit.io.store import Store
 
     with Store(sources) as s:
         source_images, source_labels = s.images(), s.labels

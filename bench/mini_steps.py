@@ -29,7 +29,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     train, test = cifar_store("train", args.per_class), cifar_store("test", args.test_per_class)
     print(f"machine: {machine()}")
-    from synthkit.checkpoint import read_meta
+    from synthkit.io.checkpoint import read_meta
 
     rows = []
     for steps in args.steps:

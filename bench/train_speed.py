@@ -16,10 +16,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from synthkit.device import autocast, configure_threads, memory_format, pick_device
-from synthkit.model import build_classifier, resize_images, stem_for
-from synthkit.store import Store
-from synthkit.training import TrainConfig, load_stores, step_rows, training_batch
+from synthkit.classify.model import build_classifier, resize_images, stem_for
+from synthkit.classify.training import TrainConfig, load_stores, step_rows, training_batch
+from synthkit.core.device import autocast, configure_threads, memory_format, pick_device
+from synthkit.io.store import Store
 
 from common import cifar_store, machine
 
@@ -55,7 +55,7 @@ def fresh_model(device, size):
 
 
 def synthkit_loop(path, device, batch, size):
-    """Data and augmentation on the device, as synthkit.training does: a next-batch function."""
+    """Data and augmentation on the device, as synthkit.classify.training does: a next-batch function."""
     data = load_stores([path], device, image_size=size)
     config = TrainConfig(batch_size=batch)
     generator = torch.Generator(device=device).manual_seed(0)

@@ -7,8 +7,10 @@ Urban scenes, which may not be redistributed. They skip without it, and only the
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import pickle
 import tarfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthkit import CIFAR10_CLASSES
+from synthkit.core.config import MiniConfig
 
 os.environ["SYNTHKIT_QUIET"] = "1"  # progress bars would interleave with the messages the tests read
 # SYNTHKIT_THREADS=1 pytest runs the suite on one torch thread (every job's configure_threads honours it too): a
@@ -96,7 +99,7 @@ def cifar_small_archive() -> Path:
 @pytest.fixture(scope="session")
 def real_store(tmp_path_factory, cifar_small_archive) -> Path:
     """A store of 12 real CIFAR-10 training images per class."""
-    from synthkit.datasets import import_cifar10
+    from synthkit.io.datasets import import_cifar10
 
     return import_cifar10(tmp_path_factory.mktemp("stores") / "real.h5", source=cifar_small_archive, split="train")
 
@@ -104,7 +107,7 @@ def real_store(tmp_path_factory, cifar_small_archive) -> Path:
 @pytest.fixture(scope="session")
 def test_store(tmp_path_factory, cifar_small_archive) -> Path:
     """A store of 6 real CIFAR-10 test images per class."""
-    from synthkit.datasets import import_cifar10
+    from synthkit.io.datasets import import_cifar10
 
     return import_cifar10(tmp_path_factory.mktemp("stores") / "test.h5", source=cifar_small_archive, split="test")
 
@@ -135,7 +138,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory, real_store) -> Path:
     """A ResNet-18 trained for a handful of steps on the small real store."""
-    from synthkit.training import TrainConfig, train
+    from synthkit.classify.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "resnet18-real.safetensors"
     train(
@@ -149,8 +152,8 @@ def tiny_classifier(tmp_path_factory, real_store) -> Path:
 
 def copy_store_as(src: Path, out: Path, kind: str, classes=None) -> Path:
     """A copy of a store relabelled with another kind (and optionally other class names)."""
-    from synthkit.meta import provenance
-    from synthkit.store import Store, StoreWriter
+    from synthkit.core.meta import provenance
+    from synthkit.io.store import Store, StoreWriter
 
     with (
         Store(src) as s,
@@ -178,8 +181,8 @@ def tiny_sd(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_real(tmp_path_factory, real_store) -> Path:
     """4 real images of each class (a seeded subset of real_store): enough for inversion tests."""
-    from synthkit.meta import provenance
-    from synthkit.store import Store, StoreWriter, balanced_subset
+    from synthkit.core.meta import provenance
+    from synthkit.io.store import Store, StoreWriter, balanced_subset
 
     out = tmp_path_factory.mktemp("stores") / "real4.h5"
     with Store(real_store) as s:
@@ -195,9 +198,9 @@ def cut_store(src: Path, out: Path, size: int, classes=("airplane", "cat", "ship
     """A store of some of src's classes, resized to size x size: a stand-in for a user's own data set."""
     import torch
 
-    from synthkit.meta import provenance
-    from synthkit.model import resize_images
-    from synthkit.store import Store, StoreWriter
+    from synthkit.classify.model import resize_images
+    from synthkit.core.meta import provenance
+    from synthkit.io.store import Store, StoreWriter
 
     with Store(src) as s:
         rows = np.flatnonzero(np.isin(np.array(s.classes)[s.labels], classes))
@@ -228,3 +231,51 @@ def usage_error(result, option: str, *expected: str) -> str:
         lines[-1]
     )
     return lines[-1]
+
+
+# ---- helpers that tests in several folders share
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every path under `folder` (folders, links and files) and what it holds."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        key = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[key] = "link -> " + os.readlink(p)
+        elif p.is_dir():
+            out[key] = "folder"
+        else:
+            out[key] = hashlib.sha256(p.read_bytes()).hexdigest() + f" {p.stat().st_mtime_ns}"
+    return out
+
+
+def write_cifar100(root, images, labels, names):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        batch = {
+            b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+            b"fine_labels": list(map(int, labels)),
+            b"coarse_labels": [0] * len(labels),
+            b"filenames": [f"{i}.png".encode() for i in range(len(labels))],
+        }
+        (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [n.encode() for n in names]}, protocol=2))
+    return folder
+
+
+def write_stl10(root, images96, labels, names):
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        (folder / f"{split}_X.bin").write_bytes(images96.transpose(0, 3, 2, 1).tobytes())  # column-major, as STL-10
+        (folder / f"{split}_y.bin").write_bytes((np.asarray(labels) + 1).astype(np.uint8).tobytes())
+    (folder / "class_names.txt").write_text("\n".join(names) + "\n")
+    return folder
+
+
+SMALL = MiniConfig(
+    vae_steps=3, vae_batch_size=8, steps=4, batch_size=8, warmup_steps=1, unet_channels=(32, 32, 32),
+    vae_channels=(16, 16, 16), text_hidden=32, preview_every=0, checkpoint_every=0,
+)  # fmt: skip

@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_outputs import tree
 
-from conftest import run
+from conftest import run, tree
 
 ROOT = Path(__file__).resolve().parent.parent
 HUGE = 10**12
@@ -124,7 +123,7 @@ NOTED = {
 
 @pytest.mark.parametrize("case", list(NOTED))
 def test_odd_but_valid_input_runs_with_a_note(case, workspace, monkeypatch):
-    from synthkit.checkpoint import read_meta
+    from synthkit.io.checkpoint import read_meta
 
     monkeypatch.chdir(workspace)
     args, expected = NOTED[case]
@@ -266,8 +265,8 @@ def test_demo_dir_is_never_the_project_or_a_folder_above_it(clone, tmp_path, dem
 @pytest.fixture(scope="module")
 def inverted(tmp_path_factory, small_real, tiny_sd) -> Path:
     """data/two.h5 (two classes) inverted into two.safetensors, and data/pair.h5 cut from it from the root folder."""
-    from synthkit.config import InversionConfig
-    from synthkit.inversion import invert
+    from synthkit.core.config import InversionConfig
+    from synthkit.generate.inversion import invert
 
     from conftest import cut_store
 
@@ -336,8 +335,8 @@ def test_a_di_count_past_the_disk_is_refused_before_it_is_built(inverted, monkey
 
 
 def test_only_finds_a_subsets_parent_from_another_folder(inverted, monkeypatch):
-    from synthkit.sampling import inverted_rows
-    from synthkit.store import Store
+    from synthkit.generate.sampling import inverted_rows
+    from synthkit.io.store import Store
 
     monkeypatch.chdir(inverted / "elsewhere")
     with Store(Path("../data/two.h5")) as two, Store(Path("../data/pair.h5")) as pair:
@@ -439,7 +438,7 @@ def test_messages_and_help_name_the_real_cause(case, named, monkeypatch):
 
 
 def test_a_local_folder_named_mini_is_not_the_shipped_model_and_a_note_says_which_is_used(tmp_path, monkeypatch):
-    from synthkit.paths import MINI_ASSET, resolve_model, shadowed_mini
+    from synthkit.core.paths import MINI_ASSET, resolve_model, shadowed_mini
 
     monkeypatch.chdir(tmp_path)
     assert shadowed_mini("mini") is None

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from synthkit import CIFAR10_CLASSES
-from synthkit.errors import UserError
-from synthkit.meta import provenance
-from synthkit.paths import invert_state_dir, lock_path, partial_path, train_state_path
-from synthkit.store import FORMAT, Store, StoreWriter
+from synthkit.core.errors import UserError
+from synthkit.core.meta import provenance
+from synthkit.core.paths import invert_state_dir, lock_path, partial_path, train_state_path
+from synthkit.io.store import FORMAT, Store, StoreWriter
 
 from conftest import make_image_folder, png_bytes, run
 
@@ -371,7 +371,7 @@ def test_a_crafted_safetensors_header_is_refused(case, command, tmp_path, monkey
 def test_load_errors_of_the_safetensors_library_become_one_line(tmp_path, monkeypatch):
     import safetensors.torch
 
-    from synthkit.checkpoint import load_checkpoint
+    from synthkit.io.checkpoint import load_checkpoint
 
     class SafetensorError(Exception):
         pass
@@ -399,8 +399,8 @@ def test_a_diffusers_folder_given_as_a_classifier(command, tmp_path, monkeypatch
     test = crafted_store(tmp_path / "test.h5")
     before = snapshot(tmp_path)
     if command == "info-classifier":
-        from synthkit.errors import UserError
-        from synthkit.model import classifier_meta
+        from synthkit.classify.model import classifier_meta
+        from synthkit.core.errors import UserError
 
         with pytest.raises(UserError, match="diffusers model folder"):
             classifier_meta(folder)

@@ -304,7 +304,7 @@ def test_every_classifier_trains_at_the_real_store_size_or_image_size(tmp_path):
     commands = re.findall(r"synthkit train (.*?)--resume", plan)
     assert len(commands) == 2  # the rows that need no filtered store, then the filtered ones
     size_of_real = (
-        "--image-size $(venv/bin/python -c 'import sys; from synthkit.store import Store; "
+        "--image-size $(venv/bin/python -c 'import sys; from synthkit.io.store import Store; "
         "print(Store(sys.argv[1]).image_shape[0])' data/real.h5)"
     )
     assert all(size_of_real in c for c in commands)
@@ -343,7 +343,7 @@ def planned(cwd, *variables):
 def test_a_recipes_own_image_size_wins_unless_image_size_is_given(tmp_path):
     """`make reproduce RECIPE=study` trains at the recipe's 224 px (no --image-size from the real store's 32 px);
     IMAGE_SIZE overrides it; recipes without a size of their own train at the real store's."""
-    from synthkit.config import RECIPES
+    from synthkit.core.config import RECIPES
 
     def sizes(*variables: str) -> set[str]:
         jobs = re.findall(r"synthkit train (.*?)--resume", " ".join(planned(tmp_path, *variables).split()))

@@ -11,9 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_minisd import SMALL
 
-from conftest import copy_store_as, run
+from conftest import SMALL, copy_store_as, run
 
 TEMPLATE = "a blurry {class}"
 
@@ -30,9 +29,9 @@ def shown(*args) -> dict[str, tuple[str, str]]:
 def made(tmp_path_factory, real_store, tiny_classifier) -> SimpleNamespace:
     """One run of each command whose record is read: judge (--per-class 20 on a store of one image per class, with
     a miniature trained on another --template), the report of its results, filter, and train --show."""
-    from synthkit import judge as judge_module
-    from synthkit.minisd import train_mini
-    from synthkit.report import write_report
+    from synthkit.analyse import judge as judge_module
+    from synthkit.generate.minisd import train_mini
+    from synthkit.report.results import write_report
 
     root = tmp_path_factory.mktemp("records")
     for folder in ("data", "models", "results"):
@@ -53,7 +52,7 @@ def made(tmp_path_factory, real_store, tiny_classifier) -> SimpleNamespace:
     kept = root / "data" / "kept.h5"
     filtered = run("filter", "--data", inv, "--classifier", tiny_classifier, "--out", kept, "--device", "cpu")
     assert filtered.exit_code == 0, filtered.output
-    from synthkit.store import Store
+    from synthkit.io.store import Store
 
     with Store(kept) as store:
         filter_sources = store.meta["sources"]
@@ -70,7 +69,7 @@ def made(tmp_path_factory, real_store, tiny_classifier) -> SimpleNamespace:
 
 
 def fingerprint(path: Path) -> str:
-    from synthkit.checkpoint import weights_fingerprint
+    from synthkit.io.checkpoint import weights_fingerprint
 
     return weights_fingerprint(path)
 
@@ -118,7 +117,7 @@ def test_a_classifier_fingerprint_is_its_weights(tmp_path):
     """Two files of the same weights share it whatever their records say; other weights do not."""
     import torch
 
-    from synthkit.checkpoint import save_checkpoint
+    from synthkit.io.checkpoint import save_checkpoint
 
     def saved(name: str, weight: float, note: str) -> str:
         path = tmp_path / f"{name}.safetensors"

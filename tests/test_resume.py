@@ -12,16 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_outputs import tree
-from test_torchvision_sets import write_cifar100, write_stl10
 
-from conftest import run
+from conftest import run, tree, write_cifar100, write_stl10
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, real_store, test_store, tiny_sd, tiny_blip, cifar_small_archive) -> Path:
     """Stores, models and every import's source; the outputs are made by the tests, each once."""
-    from synthkit.store import Store
+    from synthkit.io.store import Store
 
     root = tmp_path_factory.mktemp("resume")
     (root / "data").mkdir()
@@ -247,7 +245,7 @@ def test_every_command_that_takes_resume_is_in_the_table():
 
 
 def test_overwrite_redoes_an_output_that_resume_refuses(workspace, monkeypatch):
-    from synthkit.store import Store
+    from synthkit.io.store import Store
 
     monkeypatch.chdir(workspace)
     args = ["data", "cifar10", "--source", "src/cifar10.tar.gz", "--out", "redo.h5"]

@@ -18,9 +18,9 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from ..core.progress import progress
 from ..io.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from ..io.store import Store, store_fingerprint
 from .diffusion import Diffusion, check_resolution, derive_seed, encode_images, load_diffusion, training_scheduler
+
+if TYPE_CHECKING:
+    from .preview import InversionPreview
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -216,6 +219,46 @@ def resolve_classes(names: str, classes: Sequence[str]) -> list[int]:
     return sorted(set(ids))
 
 
+@dataclass
+class _InvertJob:
+    """What the steps of one invert run share: what it was asked, its device and frozen model (the config's
+    resolution settled by it), the params its files record, its state folder and its preview."""
+
+    data: Path
+    model: str
+    shard: str
+    dev: torch.device
+    config: InversionConfig
+    diffusion: Diffusion
+    params: dict[str, Any]
+    state: Path
+    checkpoint_every: int
+    preview: InversionPreview
+    preview_every: int
+
+
+@dataclass
+class _Inverted:
+    """The finished chunks of a run as they are read back, in order: their tensors, each group's loss, and each
+    chunk's curves with its number of images (mean_history's weights)."""
+
+    parts: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    group_loss: dict[str, list[float]] = field(default_factory=dict)
+    histories: list[tuple[int, list[float]]] = field(default_factory=list)
+    fixed: list[tuple[int, list[float]]] = field(default_factory=list)
+
+    def add(self, tensors: dict[str, torch.Tensor], chunk_meta: dict[str, Any]) -> None:
+        """Take in one finished chunk's file (its tensors and its record)."""
+        self.parts.append(tensors)
+        self.group_loss |= chunk_meta["group_loss"]
+        self.histories.append((len(tensors["label"]), chunk_meta.get("history", [])))
+        self.fixed.append((len(tensors["label"]), chunk_meta.get("fixed_loss", [])))
+
+    def images(self) -> int:
+        """How many images the chunks taken in so far hold."""
+        return sum(len(p["label"]) for p in self.parts)
+
+
 @locked_output("out")  # one writer per output: its state, preview and file
 def invert(
     data: Path,
@@ -240,6 +283,39 @@ def invert(
     asked = functools.partial(invert_asked, data, class_names, model, config, shard)
     if check_output(out, [invert_state_dir(out)], overwrite, resume, inputs=[data, model], asked=asked):
         return read_meta(out)
+    dev = _checked_device(config, preview_every, device)
+    with Store(data) as store:
+        chunks, first_chunk, stop_chunk = _plan_chunks(store, data, class_names, config, shard)
+        diffusion, config = _load_model(model, dev, config)
+        params = invert_params(data, class_names, model, config, shard)
+        state = _state_folder(out, resume)
+        preview = InversionPreview(out, diffusion, config.resolution, preview_every, config.updates)
+        job = _InvertJob(
+            data=data,
+            model=model,
+            shard=shard,
+            dev=dev,
+            config=config,
+            diffusion=diffusion,
+            params=params,
+            state=state,
+            checkpoint_every=checkpoint_every,
+            preview=preview,
+            preview_every=preview_every,
+        )
+        n_images = sum(len(rows) for chunk in chunks[first_chunk:stop_chunk] for _, rows in chunk)
+        started = time.perf_counter()
+        inverted = _invert_chunks(job, store, chunks, range(first_chunk, stop_chunk), n_images)
+        classes, fingerprint, image_size = store.classes, store.fingerprint, store.image_shape[0]
+    tensors = _joined(inverted.parts)
+    meta = _embeddings_meta(job, classes, fingerprint, image_size, inverted, n_images, started)
+    save_checkpoint(out, tensors, meta)
+    shutil.rmtree(state)
+    return meta
+
+
+def _checked_device(config: InversionConfig, preview_every: int, device: str | None) -> torch.device:
+    """The device to invert on; one error line first for options out of range or a batch that does not fit it."""
     if min(config.tokens, config.group_size, config.batch_size, config.updates) < 1 or preview_every < 0:
         raise UserError(
             "--tokens, --group-size, --batch-size and --updates must be at least 1, --preview-every at least 0"
@@ -254,101 +330,149 @@ def invert(
         memory_budget(dev),
         f"a batch of {config.batch_size} images at --resolution {biggest}",
     )
-    with Store(data) as store:
-        class_ids = resolve_classes(class_names, store.classes)
-        groups = plan_groups(store.labels, class_ids, config.group_size)
-        if not groups:
-            raise UserError(f"store {data} has no images of class {class_names}")
-        chunks = [groups[k : k + config.chunk_groups] for k in range(0, len(groups), config.chunk_groups)]
-        first_chunk, stop_chunk = shard_range(len(chunks), shard)
-        if first_chunk == stop_chunk:
-            raise UserError(f"nothing to invert: shard {shard} of {len(chunks)} chunk(s) is empty; use fewer shards")
-        diffusion = load_diffusion(model, dev, inversion_dtype(dev, config.precision))
-        if config.resolution is None:  # never above the model's own size (a 32 px miniature inverts at 32)
-            config = replace(config, resolution=min(OFFICIAL_RESOLUTION, diffusion.native_resolution))
-        check_resolution(config.resolution, diffusion)
-        params = invert_params(data, class_names, model, config, shard)
-        state = invert_state_dir(out)
-        if state.exists() and not resume:
-            shutil.rmtree(state)
-        state.mkdir(parents=True, exist_ok=True)
-        preview = InversionPreview(out, diffusion, config.resolution, preview_every, config.updates)
-        n_images = sum(len(rows) for chunk in chunks[first_chunk:stop_chunk] for _, rows in chunk)
-        started = time.perf_counter()
-        parts, group_loss, histories, fixed = [], {}, [], []
-        with progress("loss") as bar:
-            task = bar.add_task("invert", total=n_images * config.updates, loss="")
-            for chunk_index in range(first_chunk, stop_chunk):
-                chunk = chunks[chunk_index]
-                rows = np.concatenate([r for _, r in chunk])
-                finished = state / f"chunk-{chunk_index:05d}.safetensors"
-                if not finished.exists():
-                    images = store.images(rows)
-                    preview.start_chunk(images, f"chunk {chunk_index + 1} of {len(chunks)}")
-                    chunk_tensors, chunk_loss, curves = invert_chunk(
-                        diffusion,
-                        images,
-                        [r for _, r in chunk],
-                        config,
-                        chunk_index,
-                        state,
-                        params,
-                        checkpoint_every,
-                        preview,
-                        lambda n, loss: bar.update(task, advance=n, loss=loss),
-                    )
-                    chunk_tensors |= {
-                        "source_index": torch.from_numpy(rows),
-                        "label": torch.from_numpy(store.labels[rows]),
-                    }
-                    save_checkpoint(
-                        finished,
-                        chunk_tensors,
-                        {
-                            "kind": Kind.INVERT_CHUNK,
-                            "params": params,
-                            "group_loss": chunk_loss,
-                            "history": curves["history"],
-                            "fixed_loss": curves["fixed"],
-                        },
-                    )
-                    (state / "current.safetensors").unlink(missing_ok=True)
-                tensors, chunk_meta = load_checkpoint(finished)
-                check_same_options(chunk_meta.get("params"), params, state)
-                parts.append(tensors)
-                group_loss |= chunk_meta["group_loss"]
-                histories.append((len(tensors["label"]), chunk_meta.get("history", [])))
-                fixed.append((len(tensors["label"]), chunk_meta.get("fixed_loss", [])))
-                bar.update(task, completed=sum(len(p["label"]) for p in parts) * config.updates)
-        classes, fingerprint, image_size = store.classes, store.fingerprint, store.image_shape[0]
-    tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
-    meta = provenance(Kind.EMBEDDINGS, params, [{"path": str(data), "fingerprint": fingerprint}])
+    return dev
+
+
+def _plan_chunks(
+    store: Store, data: Path, class_names: str, config: InversionConfig, shard: str
+) -> tuple[list[list[tuple[int, np.ndarray]]], int, int]:
+    """The chosen classes' groups in chunks of `chunk_groups`, and the first and stop chunk of this shard; one error
+    line when there is nothing to invert."""
+    class_ids = resolve_classes(class_names, store.classes)
+    groups = plan_groups(store.labels, class_ids, config.group_size)
+    if not groups:
+        raise UserError(f"store {data} has no images of class {class_names}")
+    chunks = [groups[k : k + config.chunk_groups] for k in range(0, len(groups), config.chunk_groups)]
+    first_chunk, stop_chunk = shard_range(len(chunks), shard)
+    if first_chunk == stop_chunk:
+        raise UserError(f"nothing to invert: shard {shard} of {len(chunks)} chunk(s) is empty; use fewer shards")
+    return chunks, first_chunk, stop_chunk
+
+
+def _load_model(model: str, dev: torch.device, config: InversionConfig) -> tuple[Diffusion, InversionConfig]:
+    """The frozen model, and the config with its resolution settled: when none is asked, the official one but never
+    above the model's own size (a 32 px miniature inverts at 32)."""
+    diffusion = load_diffusion(model, dev, inversion_dtype(dev, config.precision))
+    if config.resolution is None:
+        config = replace(config, resolution=min(OFFICIAL_RESOLUTION, diffusion.native_resolution))
+    check_resolution(config.resolution, diffusion)
+    return diffusion, config
+
+
+def _state_folder(out: Path, resume: bool) -> Path:
+    """The folder of the finished chunks and the current chunk's state, emptied first unless the run resumes."""
+    state = invert_state_dir(out)
+    if state.exists() and not resume:
+        shutil.rmtree(state)
+    state.mkdir(parents=True, exist_ok=True)
+    return state
+
+
+def _invert_chunks(
+    job: _InvertJob, store: Store, chunks: list[list[tuple[int, np.ndarray]]], span: range, n_images: int
+) -> _Inverted:
+    """Invert the chunks in `span` that no earlier run finished, under one progress bar, and read every chunk's file
+    back (checked to be made with this run's params)."""
+    inverted = _Inverted()
+    with progress("loss") as bar:
+        task = bar.add_task("invert", total=n_images * job.config.updates, loss="")
+        for chunk_index in span:
+            finished = _finished_chunk(
+                job, store, chunks, chunk_index, lambda n, loss: bar.update(task, advance=n, loss=loss)
+            )
+            tensors, chunk_meta = load_checkpoint(finished)
+            check_same_options(chunk_meta.get("params"), job.params, job.state)
+            inverted.add(tensors, chunk_meta)
+            bar.update(task, completed=inverted.images() * job.config.updates)
+    return inverted
+
+
+def _finished_chunk(
+    job: _InvertJob,
+    store: Store,
+    chunks: list[list[tuple[int, np.ndarray]]],
+    chunk_index: int,
+    advance: Callable[[int, str], None],
+) -> Path:
+    """The file of a finished chunk: inverted and written first (tensors, store rows, labels, losses and curves)
+    unless an earlier run did it; the current chunk's state then goes."""
+    chunk = chunks[chunk_index]
+    rows = np.concatenate([r for _, r in chunk])
+    finished = job.state / f"chunk-{chunk_index:05d}.safetensors"
+    if finished.exists():
+        return finished
+    images = store.images(rows)
+    job.preview.start_chunk(images, f"chunk {chunk_index + 1} of {len(chunks)}")
+    chunk_tensors, chunk_loss, curves = invert_chunk(
+        job.diffusion,
+        images,
+        [r for _, r in chunk],
+        job.config,
+        chunk_index,
+        job.state,
+        job.params,
+        job.checkpoint_every,
+        job.preview,
+        advance,
+    )
+    chunk_tensors |= {"source_index": torch.from_numpy(rows), "label": torch.from_numpy(store.labels[rows])}
+    save_checkpoint(
+        finished,
+        chunk_tensors,
+        {
+            "kind": Kind.INVERT_CHUNK,
+            "params": job.params,
+            "group_loss": chunk_loss,
+            "history": curves["history"],
+            "fixed_loss": curves["fixed"],
+        },
+    )
+    (job.state / "current.safetensors").unlink(missing_ok=True)
+    return finished
+
+
+def _joined(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The tensors of embedding files or chunks, concatenated in order."""
+    return {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
+
+
+def _embeddings_meta(
+    job: _InvertJob,
+    classes: Sequence[str],
+    fingerprint: str,
+    image_size: int,
+    inverted: _Inverted,
+    n_images: int,
+    started: float,
+) -> dict[str, Any]:
+    """The embeddings file's record: its provenance, the setup it was inverted with, and the losses and curves of
+    every group (the time it took measured from `started`)."""
+    config, diffusion = job.config, job.diffusion
+    meta = provenance(Kind.EMBEDDINGS, job.params, [{"path": str(job.data), "fingerprint": fingerprint}])
     meta.update(
         {
-            "model": model,
+            "model": job.model,
             "classes": list(classes),
             "tokens": config.tokens,
             "hidden": diffusion.hidden_size,
             "resolution": config.resolution,
             "image_size": image_size,
-            "shard": shard,
-            "device": str(dev),
+            "shard": job.shard,
+            "device": str(job.dev),
             "group_ids": GROUP_IDS,
             "optimizer": "AdamW over each group (official)",
             "init": "nn.Linear default (official)",
             "adamw_steps_per_group": config.updates * config.steps_per_update(),
-            "group_loss": group_loss,
+            "group_loss": inverted.group_loss,
             "group_loss_fields": ["first_epoch", "final_ema"],
-            "loss_history": mean_history(histories),
-            "fixed_loss": mean_history(fixed),  # [start, end] over the same fixed draws (fixed_loss)
+            "loss_history": mean_history(inverted.histories),
+            "fixed_loss": mean_history(inverted.fixed),  # [start, end] over the same fixed draws (fixed_loss)
             "prediction_type": training_scheduler(diffusion).config.prediction_type,
-            "preview": str(preview.path) if preview_every else "",
+            "preview": str(job.preview.path) if job.preview_every else "",
             "seconds": round(time.perf_counter() - started, 1),
             "image_steps": int(n_images * config.updates),
         }
     )
-    save_checkpoint(out, tensors, meta)
-    shutil.rmtree(state)
     return meta
 
 
@@ -443,7 +567,85 @@ def invert_chunk(
     mean, std = _encode_all(diffusion, images, config.resolution)
     group_ids = [int(rows[0]) for rows in groups]
     sizes = [len(rows) for rows in groups]
-    tables = GroupTables(
+    tables = _initial_tables(diffusion, group_ids, sizes, config)
+    initial = tables.embeddings().clone()
+    n = len(images)
+    chunk = _ChunkProgress(tables, torch.zeros(n, device=dev), torch.zeros(n, device=dev))
+    current = state / "current.safetensors"
+    _resume_chunk(chunk, current, state, params, chunk_index, dev, advance)
+    steps = epoch_steps(sizes, config.batch_size)
+    if chunk.done == 0:
+        preview.update(0, tables.embeddings(), chunk.history)
+    since_save = 0
+    for epoch in range(chunk.done, config.updates):
+        chunk.record(epoch, _epoch_loss(diffusion, schedule, tables, steps, mean, std, group_ids, config.seed, epoch))
+        since_save += len(steps)
+        advance(n, f"loss {chunk.ema.mean().item():.4f}")
+        if epoch + 1 < config.updates:
+            preview.update(epoch + 1, tables.embeddings(), chunk.history)
+            if since_save >= checkpoint_every:
+                since_save = 0
+                chunk.save(current, params, chunk_index)
+    preview.update(config.updates, tables.embeddings(), chunk.history, final=True)
+    group_loss = chunk.group_loss(group_ids, sizes)
+    group = torch.from_numpy(np.repeat(group_ids, sizes).astype(np.int64))
+    final = tables.embeddings()
+    fixed = [fixed_loss(diffusion, e, mean, std, seed=config.seed).mean().item() for e in (initial, final)]
+    curves = {"history": chunk.history, "fixed": fixed}
+    return {"embeddings": tables.embeddings().cpu(), "group": group}, group_loss, curves
+
+
+@dataclass
+class _ChunkProgress:
+    """Where the inversion of a chunk stands: its tables, each image's moving-average and first-epoch loss, the mean
+    loss of every epoch done, and how many are done (what current.safetensors saves to resume from)."""
+
+    tables: GroupTables
+    ema: torch.Tensor
+    first_loss: torch.Tensor
+    history: list[float] = field(default_factory=list)
+    done: int = 0
+
+    def record(self, epoch: int, epoch_loss: torch.Tensor) -> None:
+        """Take in the per-image losses of the epoch just done (the moving average starts at the first epoch's)."""
+        self.ema = epoch_loss if epoch == 0 else 0.9 * self.ema + 0.1 * epoch_loss
+        if epoch == 0:
+            self.first_loss = epoch_loss.clone()
+        self.history.append(round(epoch_loss.mean().item(), 6))
+        self.done = epoch + 1
+
+    def save(self, current: Path, params: dict, chunk_index: int) -> None:
+        """Write the resumable state of the chunk: its tables with their AdamW moments, losses and curve so far."""
+        save_checkpoint(
+            current,
+            self.tables.state() | {"ema": self.ema, "first_loss": self.first_loss},
+            {
+                "kind": Kind.INVERT_STATE,
+                "params": params,
+                "chunk": chunk_index,
+                "epoch": self.done,
+                "history": self.history,
+            },
+        )
+
+    def group_loss(self, group_ids: list[int], sizes: list[int]) -> dict[str, list[float]]:
+        """Each group's mean loss over its images, in the first epoch and in the moving average at the end."""
+        group_loss, start = {}, 0
+        for gid, size in zip(group_ids, sizes):
+            group_loss[str(gid)] = [
+                round(self.first_loss[start : start + size].mean().item(), 6),
+                round(self.ema[start : start + size].mean().item(), 6),
+            ]
+            start += size
+        return group_loss
+
+
+def _initial_tables(
+    diffusion: Diffusion, group_ids: list[int], sizes: list[int], config: InversionConfig
+) -> GroupTables:
+    """Every group's table at the official start, each from its own group's seed (the same whichever chunk or shard
+    inverts it), under one AdamW."""
+    return GroupTables(
         [
             initial_table(
                 n,
@@ -451,69 +653,57 @@ def invert_chunk(
                 diffusion.hidden_size,
                 config.group_size,  # the official nn.Linear(num_emb) of every group, a short last one's too
                 torch.Generator().manual_seed(_seed(config.seed, gid, -1)),
-            ).to(dev)
+            ).to(diffusion.device)
             for gid, n in zip(group_ids, sizes)
         ],
         config,
     )
-    initial = tables.embeddings().clone()
-    n = len(images)
-    ema, first_loss = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
-    history: list[float] = []
-    epoch0 = 0
-    current = state / "current.safetensors"
-    if current.exists():
-        saved, saved_meta = load_checkpoint(current, dev)
-        check_same_options(saved_meta.get("params"), params, state)
-        if saved_meta["chunk"] == chunk_index:
-            tables.load_state(saved)
-            ema, first_loss = saved["ema"], saved["first_loss"]
-            epoch0, history = saved_meta["epoch"], saved_meta["history"]
-            advance(n * epoch0, "")
-    steps = epoch_steps(sizes, config.batch_size)
-    if epoch0 == 0:
-        preview.update(0, tables.embeddings(), history)
-    since_save = 0
-    for epoch in range(epoch0, config.updates):
-        generators = [torch.Generator(device=dev).manual_seed(_seed(config.seed, gid, epoch)) for gid in group_ids]
-        epoch_loss = torch.zeros(n, device=dev)
-        for batches in steps:
-            rows, losses = tables.step(diffusion, schedule, batches, mean, std, generators)
-            index = torch.from_numpy(rows).to(dev)
-            epoch_loss[index] = losses
-            since_save += 1
-        ema = epoch_loss if epoch == 0 else 0.9 * ema + 0.1 * epoch_loss
-        if epoch == 0:
-            first_loss = epoch_loss.clone()
-        history.append(round(epoch_loss.mean().item(), 6))
-        advance(n, f"loss {ema.mean().item():.4f}")
-        if epoch + 1 < config.updates:
-            preview.update(epoch + 1, tables.embeddings(), history)
-            if since_save >= checkpoint_every:
-                since_save = 0
-                save_checkpoint(
-                    current,
-                    tables.state() | {"ema": ema, "first_loss": first_loss},
-                    {
-                        "kind": Kind.INVERT_STATE,
-                        "params": params,
-                        "chunk": chunk_index,
-                        "epoch": epoch + 1,
-                        "history": history,
-                    },
-                )
-    preview.update(config.updates, tables.embeddings(), history, final=True)
-    group_loss, start = {}, 0
-    for gid, size in zip(group_ids, sizes):
-        group_loss[str(gid)] = [
-            round(first_loss[start : start + size].mean().item(), 6),
-            round(ema[start : start + size].mean().item(), 6),
-        ]
-        start += size
-    group = torch.from_numpy(np.repeat(group_ids, sizes).astype(np.int64))
-    final = tables.embeddings()
-    fixed = [fixed_loss(diffusion, e, mean, std, seed=config.seed).mean().item() for e in (initial, final)]
-    return {"embeddings": tables.embeddings().cpu(), "group": group}, group_loss, {"history": history, "fixed": fixed}
+
+
+def _resume_chunk(
+    chunk: _ChunkProgress,
+    current: Path,
+    state: Path,
+    params: dict,
+    chunk_index: int,
+    dev: torch.device,
+    advance: Callable[[int, str], None],
+) -> None:
+    """Continue from `current` when it holds this chunk's state (one error line if it was made with other params), and
+    move the progress bar past the epochs it did."""
+    if not current.exists():
+        return
+    n = len(chunk.ema)
+    saved, saved_meta = load_checkpoint(current, dev)
+    check_same_options(saved_meta.get("params"), params, state)
+    if saved_meta["chunk"] == chunk_index:
+        chunk.tables.load_state(saved)
+        chunk.ema, chunk.first_loss = saved["ema"], saved["first_loss"]
+        chunk.done, chunk.history = saved_meta["epoch"], saved_meta["history"]
+        advance(n * chunk.done, "")
+
+
+def _epoch_loss(
+    diffusion: Diffusion,
+    schedule,
+    tables: GroupTables,
+    steps: list[list[tuple[int, slice]]],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    group_ids: list[int],
+    seed: int,
+    epoch: int,
+) -> torch.Tensor:
+    """One epoch of a chunk: its AdamW steps, each group drawing from its own stream of this epoch. Returns each
+    image's loss at its step."""
+    dev = diffusion.device
+    generators = [torch.Generator(device=dev).manual_seed(_seed(seed, gid, epoch)) for gid in group_ids]
+    epoch_loss = torch.zeros(len(mean), device=dev)
+    for batches in steps:
+        rows, losses = tables.step(diffusion, schedule, batches, mean, std, generators)
+        index = torch.from_numpy(rows).to(dev)
+        epoch_loss[index] = losses
+    return epoch_loss
 
 
 def mean_history(histories: list[tuple[int, list[float]]]) -> list[float]:
@@ -586,7 +776,7 @@ def load_embeddings(paths: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dic
                 raise UserError(
                     f"{paths[k]} and {paths[owner[row]]} both hold store row {row}: give each image's embeddings once"
                 )
-    tensors = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "source_index", "label", "group")}
+    tensors = _joined(parts)
     pairs = torch.unique(torch.stack([tensors["group"], tensors["label"]]), dim=1)
     if len(torch.unique(pairs[0])) != pairs.shape[1]:
         raise UserError(

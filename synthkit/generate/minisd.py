@@ -23,7 +23,8 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,17 @@ class Stage:
         for key, module in self.modules.items():
             torch._foreach_lerp_(self.ema[key], [p.detach() for p in module.parameters()], 1 - decay)
 
+    def optimise(self, loss: torch.Tensor, step: int, clip: float | None = None) -> None:
+        """One step's update on `loss` (its gradient norm clipped to `clip` when given): the optimiser, the schedule
+        and the moving average, in the order both stages step them."""
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for m in self.modules.values() for p in m.parameters()], clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        self.update_ema(step)
+
     @torch.no_grad()
     def swap_in_ema(self) -> None:
         """Put the moving average into the modules (what ships)."""
@@ -244,6 +256,71 @@ def _machine(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {cores} cores"
 
 
+@dataclass
+class _Training:
+    """What the steps of one train_mini run share: the store's images and classes on the device, the parts being
+    trained, the state resumed, and the run's clock and log (which the resumable state saves with the weights)."""
+
+    data: Path
+    out: Path
+    config: MiniConfig
+    dev: torch.device
+    size: int
+    classes: list[str]
+    fingerprint: str
+    settings: dict[str, Any]
+    saved: dict[str, Any]
+    parts: dict[str, Any]
+    encoder: InstanceEncoder | None
+    images: torch.Tensor
+    labels: torch.Tensor
+    autocast: Any
+    say: Callable[[str], None]
+    started: float = 0.0
+    log: list[dict[str, Any]] = field(default_factory=list)
+    last_save: float = 0.0
+    last_preview: float = 0.0
+
+    def open_log(self) -> None:
+        """Start the clock and the log where the state resumed left them (at zero when new), and write that log out:
+        the log file then grows row by row."""
+        elapsed = float(self.saved.get("seconds", 0.0))
+        self.started = time.perf_counter() - elapsed
+        self.log = list(self.saved.get("log", []))
+        with written_whole(log_path(self.out)) as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in self.log))
+        self.last_save = self.last_preview = time.perf_counter()
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        """Add a row to the log, in memory (saved with the state) and at the end of the log file."""
+        self.log.append(row)
+        with log_path(self.out).open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def checkpoint_if_due(self, stage_name: str, step: int, stage: Stage) -> None:
+        """Save the resumable state when `checkpoint_every` seconds have passed since the last save, so that a killed
+        run loses at most that much."""
+        if time.perf_counter() - self.last_save > self.config.checkpoint_every:
+            self.save_state(stage_name, step, stage)
+            self.last_save = time.perf_counter()
+
+    def save_state(self, stage_name: str, step: int, stage: Stage) -> None:
+        """Write the resumable state: the settings, the stage and its next step, the time and log so far, the stage's
+        trainer, and in the UNet stage the finished VAE."""
+        payload = {
+            "settings": self.settings,
+            "stage": stage_name,
+            "step": step,
+            "seconds": time.perf_counter() - self.started,
+            "log": self.log,
+            "trainer": stage.state(),
+        }
+        if stage_name == "unet":
+            payload["vae"] = self.parts["vae"].state_dict()
+        with written_whole(state_path(self.out)) as tmp:
+            torch.save(payload, tmp)
+
+
 @locked_output("out", folder=True, inputs=["data"])
 def train_mini(
     data: Path,
@@ -257,11 +334,54 @@ def train_mini(
     """Train a miniature SD pipeline on the store `data` and save it as a diffusers folder at `out` (fp16 weights,
     synthkit.json saying how it was made). Returns that record."""
     from ..core.device import job_device
-    from ..core.progress import progress
     from ..io.store import Store
 
     config = config or MiniConfig()
     out = Path(out)
+    kept = _check_destination_or_keep(data, out, config, overwrite, resume, say)
+    if kept is not None:
+        return kept
+    with Store(data) as store:
+        store.require_images(" to train a model on")
+        size = store.image_shape[0]
+        check_mini(config, size)
+        images_np, labels_np, classes = store.images(), store.labels, list(store.classes)
+        fingerprint = store.fingerprint
+    dev = job_device(device)
+    quiet_libraries()
+    settings = {"config": jsonable(asdict(config)), "data": fingerprint, "image_size": size}
+    saved = _resumed_state(out, resume, settings)
+    parts, encoder = _build_parts(config, size, dev)
+    run = _Training(
+        data=data,
+        out=out,
+        config=config,
+        dev=dev,
+        size=size,
+        classes=classes,
+        fingerprint=fingerprint,
+        settings=settings,
+        saved=saved,
+        parts=parts,
+        encoder=encoder,
+        images=torch.from_numpy(images_np).to(dev),
+        labels=torch.from_numpy(labels_np).to(dev),
+        autocast=torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null(),
+        say=say,
+    )
+    run.open_log()
+    _train_vae(run)
+    scale = _latent_scale(parts["vae"], run.images, dev, run.autocast)
+    parts["vae"].register_to_config(scaling_factor=scale)
+    _train_unet(run, scale)
+    return _finish(run)
+
+
+def _check_destination_or_keep(
+    data: Path, out: Path, config: MiniConfig, overwrite: bool, resume: bool, say: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """The record of a finished model that --resume keeps (made the same way), else None once `out` may be written;
+    one error line for an output or an interrupted run's state that the options do not let this run replace."""
     start_folder = resolve_model(config.start_from) if config.start_from else None
     check_destination(out, [start_folder], folder=True)  # an input too (the store: the lock's)
     for given in (data, start_folder):  # --overwrite replaces the folder whole
@@ -281,15 +401,13 @@ def train_mini(
             f"an interrupted run of {out} left {state_file}: pass --resume to continue it, or --overwrite to start "
             "again"
         )
-    with Store(data) as store:
-        store.require_images(" to train a model on")
-        size = store.image_shape[0]
-        check_mini(config, size)
-        images_np, labels_np, classes = store.images(), store.labels, list(store.classes)
-        fingerprint = store.fingerprint
-    dev = job_device(device)
-    quiet_libraries()
-    settings = {"config": jsonable(asdict(config)), "data": fingerprint, "image_size": size}
+    return None
+
+
+def _resumed_state(out: Path, resume: bool, settings: dict[str, Any]) -> dict[str, Any]:
+    """The state an interrupted run left, when resuming (one error line if it was made with other settings); else
+    empty, and any such state and its log are removed so that the run starts afresh."""
+    state_file = state_path(out)
     saved: dict[str, Any] = {}
     if resume and state_file.exists():
         saved = torch.load(state_file, map_location="cpu", weights_only=False)
@@ -297,46 +415,33 @@ def train_mini(
     elif state_file.exists():
         state_file.unlink()
         log_path(out).unlink(missing_ok=True)
+    return saved
+
+
+def _build_parts(config: MiniConfig, size: int, dev: torch.device) -> tuple[dict[str, Any], InstanceEncoder | None]:
+    """SD's components at the miniature's sizes (--start-from's weights in them when given) and the instance encoder
+    (None without instance rows), on the device and in training mode."""
     parts = build_components(mini_spec(config, size), config.seed)
     if config.start_from:
         load_start(parts, config.start_from)
-    vae, unet, text, tokenizer = parts["vae"], parts["unet"], parts["text_encoder"], parts["tokenizer"]
     encoder = instance_encoder(config, size).to(dev).train() if config.instance_share else None
-    for module in (vae, unet, text):
+    for module in (parts["vae"], parts["unet"], parts["text_encoder"]):
         module.to(dev).train()
-    unet.to(memory_format=torch.channels_last)
-    images = torch.from_numpy(images_np).to(dev)
-    labels = torch.from_numpy(labels_np).to(dev)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
-    elapsed = float(saved.get("seconds", 0.0))
-    started = time.perf_counter() - elapsed
-    log = list(saved.get("log", []))
-    with written_whole(log_path(out)) as tmp:  # the log as of the state resumed (empty when new), then row by row
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in log))
+    parts["unet"].to(memory_format=torch.channels_last)
+    return parts, encoder
 
-    def log_row(row: dict[str, Any]) -> None:
-        log.append(row)
-        with log_path(out).open("a") as f:
-            f.write(json.dumps(row) + "\n")
 
-    last_save = last_preview = time.perf_counter()
+def _log_due(step: int, steps: int) -> bool:
+    """Whether a stage's step is logged: every 50th, and its last."""
+    return step % 50 == 0 or step == steps - 1
 
-    def save_state(stage_name: str, step: int, stage: Stage, extra: dict[str, Any]) -> None:
-        payload = {
-            "settings": settings,
-            "stage": stage_name,
-            "step": step,
-            "seconds": time.perf_counter() - started,
-            "log": log,
-            "trainer": stage.state(),
-            **extra,
-        }
-        if stage_name == "unet":
-            payload["vae"] = vae.state_dict()
-        with written_whole(state_file) as tmp:
-            torch.save(payload, tmp)
 
-    # ---- stage 1: the VAE
+def _train_vae(run: _Training) -> None:
+    """Stage 1: the VAE learns to reconstruct the store's images (from the state resumed; skipped when that state is
+    past it or the run starts from a trained model), then is frozen for stage 2."""
+    from ..core.progress import progress
+
+    config, saved, vae = run.config, run.saved, run.parts["vae"]
     vae_stage = Stage({"vae": vae}, config.vae_lr, config.vae_steps, config.warmup_steps, None)
     vae_done = saved.get("stage") == "unet" or bool(config.start_from)
     first = 0
@@ -349,125 +454,179 @@ def train_mini(
         with progress("loss") as bar:
             task = bar.add_task("VAE", total=config.vae_steps, completed=first, loss="")
             for step in range(first, config.vae_steps):
-                rows_gen, noise_gen = _step_generators(config.seed, 1, step, dev)
-                rows = torch.randint(len(images), (config.vae_batch_size,), generator=rows_gen).to(dev)
-                x = _flip(_to_unit(images[rows]), rows_gen)
-                with autocast:
-                    dist = vae.encode(x).latent_dist
-                    z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise_gen, device=dev)
-                    recon = vae.decode(z).sample
-                mse = torch.nn.functional.mse_loss(recon.float(), x)
-                loss = mse + config.kl_weight * dist.kl().float().mean()
-                loss.backward()
-                vae_stage.optimizer.step()
-                vae_stage.optimizer.zero_grad(set_to_none=True)
-                vae_stage.schedule.step()
-                if step % 50 == 0 or step == config.vae_steps - 1:
+                mse = _vae_step(run, vae_stage, step)
+                if _log_due(step, config.vae_steps):
                     psnr = 10 * math.log10(4 / max(mse.item(), 1e-12))
-                    log_row({"stage": "vae", "step": step, "mse": mse.item(), "psnr": psnr})
+                    run.log_row({"stage": "vae", "step": step, "mse": mse.item(), "psnr": psnr})
                     bar.update(task, completed=step + 1, loss=f"PSNR {psnr:.1f} dB")
-                if time.perf_counter() - last_save > config.checkpoint_every:
-                    save_state("vae", step + 1, vae_stage, {})
-                    last_save = time.perf_counter()
-        say(f"VAE: {config.vae_steps} steps, training PSNR {log[-1]['psnr']:.2f} dB")
+                run.checkpoint_if_due("vae", step + 1, vae_stage)
+        run.say(f"VAE: {config.vae_steps} steps, training PSNR {run.log[-1]['psnr']:.2f} dB")
     elif config.start_from:
-        say(f"VAE: kept from {config.start_from}")
+        run.say(f"VAE: kept from {config.start_from}")
     vae.eval().requires_grad_(False)
-    scale = _latent_scale(vae, images, dev, autocast)
-    vae.register_to_config(scaling_factor=scale)
 
-    # ---- stage 2: UNet and text encoder on the latents, class prompts with the empty prompt dropped in
-    mean, std = _encode_all(vae, images, dev, autocast)
-    prompts = [config.template.format(**{"class": name}) for name in classes] + [""]
-    ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    ids = ids.to(dev)
+
+def _vae_step(run: _Training, stage: Stage, step: int) -> torch.Tensor:
+    """One VAE step on a batch of store images, half of them flipped: reconstruction MSE plus SD's small KL weight.
+    Returns the MSE (what the log reports as PSNR)."""
+    config, dev, vae = run.config, run.dev, run.parts["vae"]
+    rows_gen, noise_gen = _step_generators(config.seed, 1, step, dev)
+    rows = torch.randint(len(run.images), (config.vae_batch_size,), generator=rows_gen).to(dev)
+    x = _flip(_to_unit(run.images[rows]), rows_gen)
+    with run.autocast:
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise_gen, device=dev)
+        recon = vae.decode(z).sample
+    mse = torch.nn.functional.mse_loss(recon.float(), x)
+    stage.optimise(mse + config.kl_weight * dist.kl().float().mean(), step)
+    return mse
+
+
+@dataclass
+class _UnetInputs:
+    """What every UNet step draws its batch from: each image's latent distribution and their scale, the tokens of the
+    class prompts (the empty prompt last), SD's noise schedule, and how many rows of a batch take instance codes."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    scale: float
+    ids: torch.Tensor
+    alphas: torch.Tensor
+    timesteps: int
+    n_codes: int
+
+
+def _unet_inputs(run: _Training, scale: float) -> _UnetInputs:
+    """Encode every image once with the frozen VAE, tokenise the prompts and set up SD's schedule for stage 2."""
     from diffusers import DDPMScheduler
 
+    config, tokenizer = run.config, run.parts["tokenizer"]
+    mean, std = _encode_all(run.parts["vae"], run.images, run.dev, run.autocast)
+    prompts = [config.template.format(**{"class": name}) for name in run.classes] + [""]
+    ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = ids.to(run.dev)
     schedule = DDPMScheduler.from_config(SD_SCHEDULE)
-    alphas = schedule.alphas_cumprod.to(dev)
-    trained = {"unet": unet, "text_encoder": text, **({"instance_encoder": encoder} if encoder else {})}
-    unet_stage = Stage(trained, config.lr, config.steps, config.warmup_steps, config.ema)
+    alphas = schedule.alphas_cumprod.to(run.dev)
     n_codes = round(config.batch_size * config.instance_share)
-    first = 0
-    if saved.get("stage") == "unet":
-        unet_stage.load(saved["trainer"])
-        unet_stage.ema = {k: [t.to(dev) for t in v] for k, v in unet_stage.ema.items()}
-        first = int(saved["step"])
-    preview = preview_path(out)
+    return _UnetInputs(mean, std, scale, ids, alphas, schedule.config.num_train_timesteps, n_codes)
+
+
+def _unet_stage(run: _Training) -> tuple[Stage, int]:
+    """Stage 2's trainer over the UNet, the text encoder and the instance encoder, and the step it starts at: the
+    state resumed's when that state is in stage 2, else 0."""
+    config, encoder = run.config, run.encoder
+    trained = {
+        "unet": run.parts["unet"],
+        "text_encoder": run.parts["text_encoder"],
+        **({"instance_encoder": encoder} if encoder else {}),
+    }
+    unet_stage = Stage(trained, config.lr, config.steps, config.warmup_steps, config.ema)
+    if run.saved.get("stage") != "unet":
+        return unet_stage, 0
+    unet_stage.load(run.saved["trainer"])
+    unet_stage.ema = {k: [t.to(run.dev) for t in v] for k, v in unet_stage.ema.items()}
+    return unet_stage, int(run.saved["step"])
+
+
+def _train_unet(run: _Training, scale: float) -> None:
+    """Stage 2: the UNet and the text encoder (and the instance encoder) learn to predict noise on the latents, with
+    previews as it goes; what ships is their moving average, put into them at the end."""
+    from ..core.progress import progress
+
+    config = run.config
+    inputs = _unet_inputs(run, scale)
+    unet_stage, first = _unet_stage(run)
+    preview = preview_path(run.out)
     with progress("loss") as bar:
         task = bar.add_task("UNet", total=config.steps, completed=first, loss="")
         for step in range(first, config.steps):
-            rows_gen, noise_gen = _step_generators(config.seed, 2, step, dev)
-            rows = torch.randint(len(images), (config.batch_size,), generator=rows_gen).to(dev)
-            flip = torch.rand(config.batch_size, generator=rows_gen).to(dev) < 0.5
-            drop = torch.rand(config.batch_size, generator=rows_gen).to(dev) < config.uncond_prob
-            t = torch.randint(0, schedule.config.num_train_timesteps, (config.batch_size,), generator=rows_gen).to(dev)
-            m = torch.where(flip[:, None, None, None], mean[rows].flip(-1), mean[rows])
-            s = torch.where(flip[:, None, None, None], std[rows].flip(-1), std[rows])
-            eps = torch.randn(m.shape, generator=noise_gen, device=dev)
-            z = (m + s * torch.randn(m.shape, generator=noise_gen, device=dev)) * scale
-            a = alphas[t].view(-1, 1, 1, 1)
-            noisy = a.sqrt() * z + (1 - a).sqrt() * eps
-            prompt = torch.where(drop, len(classes), labels[rows])
-            noisy = noisy.contiguous(memory_format=torch.channels_last)
-            k = config.batch_size - n_codes  # rows 0..k-1 take prompts, the rest instance codes
-            with autocast:
-                cond = text(ids[prompt[:k]])[0]
-                pred = unet(noisy[:k], t[:k], encoder_hidden_states=cond).sample
-                if n_codes:
-                    codes = _instance_codes(encoder, m[k:] * scale, config, rows_gen, noise_gen)
-                    pred = torch.cat([pred, unet(noisy[k:], t[k:], encoder_hidden_states=codes).sample])
-            loss = torch.nn.functional.mse_loss(pred.float(), eps)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for mod in unet_stage.modules.values() for p in mod.parameters()], 1.0)
-            unet_stage.optimizer.step()
-            unet_stage.optimizer.zero_grad(set_to_none=True)
-            unet_stage.schedule.step()
-            unet_stage.update_ema(step)
-            if step % 50 == 0 or step == config.steps - 1:
+            loss = _unet_step(run, unet_stage, inputs, step)
+            if _log_due(step, config.steps):
                 value = loss.item()
                 if not math.isfinite(value):
                     raise UserError(f"training diverged at UNet step {step} (loss {value}): try a lower --lr")
-                log_row({"stage": "unet", "step": step, "loss": value})
+                run.log_row({"stage": "unet", "step": step, "loss": value})
                 bar.update(task, completed=step + 1, loss=f"loss {value:.4f}")
-            if time.perf_counter() - last_save > config.checkpoint_every:
-                save_state("unet", step + 1, unet_stage, {})
-                last_save = time.perf_counter()
-            if config.preview_every and time.perf_counter() - last_preview > config.preview_every:
-                _preview(parts, unet_stage, classes, config, dev, preview, f"step {step + 1} of {config.steps}")
-                last_preview = time.perf_counter()
+            run.checkpoint_if_due("unet", step + 1, unet_stage)
+            if config.preview_every and time.perf_counter() - run.last_preview > config.preview_every:
+                _preview(
+                    run.parts, unet_stage, run.classes, config, run.dev, preview, f"step {step + 1} of {config.steps}"
+                )
+                run.last_preview = time.perf_counter()
     unet_stage.swap_in_ema()
+
+
+def _unet_step(run: _Training, stage: Stage, inputs: _UnetInputs, step: int) -> torch.Tensor:
+    """One UNet step on a batch of noised latents, half of them flipped: its first rows conditioned on class prompts
+    (on the empty prompt at `uncond_prob`), the rest on instance codes. Returns the noise-prediction loss."""
+    config, dev = run.config, run.dev
+    unet, text = run.parts["unet"], run.parts["text_encoder"]
+    rows_gen, noise_gen = _step_generators(config.seed, 2, step, dev)
+    rows = torch.randint(len(run.images), (config.batch_size,), generator=rows_gen).to(dev)
+    flip = torch.rand(config.batch_size, generator=rows_gen).to(dev) < 0.5
+    drop = torch.rand(config.batch_size, generator=rows_gen).to(dev) < config.uncond_prob
+    t = torch.randint(0, inputs.timesteps, (config.batch_size,), generator=rows_gen).to(dev)
+    m = torch.where(flip[:, None, None, None], inputs.mean[rows].flip(-1), inputs.mean[rows])
+    s = torch.where(flip[:, None, None, None], inputs.std[rows].flip(-1), inputs.std[rows])
+    eps = torch.randn(m.shape, generator=noise_gen, device=dev)
+    z = (m + s * torch.randn(m.shape, generator=noise_gen, device=dev)) * inputs.scale
+    a = inputs.alphas[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * z + (1 - a).sqrt() * eps
+    prompt = torch.where(drop, len(run.classes), run.labels[rows])
+    noisy = noisy.contiguous(memory_format=torch.channels_last)
+    k = config.batch_size - inputs.n_codes  # rows 0..k-1 take prompts, the rest instance codes
+    with run.autocast:
+        cond = text(inputs.ids[prompt[:k]])[0]
+        pred = unet(noisy[:k], t[:k], encoder_hidden_states=cond).sample
+        if inputs.n_codes:
+            codes = _instance_codes(run.encoder, m[k:] * inputs.scale, config, rows_gen, noise_gen)
+            pred = torch.cat([pred, unet(noisy[k:], t[k:], encoder_hidden_states=codes).sample])
+    loss = torch.nn.functional.mse_loss(pred.float(), eps)
+    stage.optimise(loss, step, clip=1.0)
+    return loss
+
+
+def _finish(run: _Training) -> dict[str, Any]:
+    """Draw the final preview, then log the final figures, save the pipeline with its record and drop the resumable
+    state (the run is done). Returns the record."""
+    config = run.config
     if config.preview_every:  # 0: no previews, the final one included
-        _preview(parts, None, classes, config, dev, preview, f"final, {config.steps} steps")
-    seconds = time.perf_counter() - started  # the final preview included
-    start = _start_record(config.start_from)
-    record = {
+        _preview(run.parts, None, run.classes, config, run.dev, preview_path(run.out), f"final, {config.steps} steps")
+    seconds = time.perf_counter() - run.started  # the final preview included
+    record = _record(run, seconds)
+    run.log_row({"stage": "done", **{k: record[k] for k in ("final_vae_psnr", "final_loss", "seconds")}})
+    _save(run.parts, run.out, record, run.encoder)
+    state_path(run.out).unlink(missing_ok=True)
+    run.say(f"UNet: {config.steps} steps, final loss {record['final_loss']:.4f}")
+    return record
+
+
+def _record(run: _Training, seconds: float) -> dict[str, Any]:
+    """The finished model's synthkit.json: what it learnt from, how long and where, its final figures (the VAE's from
+    the model it started from when it kept that one's) and its settings."""
+    start = _start_record(run.config.start_from)
+    return {
         "kind": "mini",
         "synthkit_version": __version__,
         "command": command_line(),
-        "data": str(data),
-        "data_fingerprint": fingerprint,
-        "images": len(images_np),
-        "classes": classes,
-        "image_size": size,
-        "vae_steps": config.vae_steps,
-        "unet_steps": config.steps,
+        "data": str(run.data),
+        "data_fingerprint": run.fingerprint,
+        "images": len(run.images),
+        "classes": run.classes,
+        "image_size": run.size,
+        "vae_steps": run.config.vae_steps,
+        "unet_steps": run.config.steps,
         "seconds": round(seconds, 1),
-        "machine": _machine(dev),
-        "device": str(dev),
+        "machine": _machine(run.dev),
+        "device": str(run.dev),
         "torch": torch.__version__,
-        "final_vae_psnr": next((r["psnr"] for r in reversed(log) if r["stage"] == "vae"), None)
+        "final_vae_psnr": next((r["psnr"] for r in reversed(run.log) if r["stage"] == "vae"), None)
         or start.get("final_vae_psnr"),
         "start_from": start,
-        "final_loss": next((r["loss"] for r in reversed(log) if r["stage"] == "unet"), None),
-        "config": jsonable(asdict(config)),
+        "final_loss": next((r["loss"] for r in reversed(run.log) if r["stage"] == "unet"), None),
+        "config": jsonable(asdict(run.config)),
         "note": "trained by synthkit model train; what its pictures are worth is measured by bench/mini_quality.py",
     }
-    log_row({"stage": "done", **{k: record[k] for k in ("final_vae_psnr", "final_loss", "seconds")}})
-    _save(parts, out, record, encoder)
-    state_file.unlink(missing_ok=True)
-    say(f"UNet: {config.steps} steps, final loss {record['final_loss']:.4f}")
-    return record
 
 
 def _asked(data: Path, config: MiniConfig) -> Asked:

@@ -198,7 +198,7 @@ def test_a_second_writer_is_refused_before_it_touches_anything(command, tmp_path
 def test_an_interrupted_model_build_never_looks_like_a_model(tmp_path, monkeypatch):
     import diffusers
 
-    from synthkit import diffusion
+    from synthkit.generate import diffusion
 
     def dying(self, folder, *a, **k):
         Path(folder).mkdir(parents=True)

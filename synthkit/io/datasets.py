@@ -218,8 +218,7 @@ def import_folder(
         columns, export = None, None
     else:
         names, labels, classes, columns, export = listed
-    shape = (size, size) if size else _decode_image(members.read_one(names[0]), names[0], budget).shape[:2]
-    hint = "" if size else ": give --size to resize and centre-crop them all"
+    shape, hint = import_shape(members, names[0], size, budget)
     source_of = Source(
         labels,
         names,
@@ -651,6 +650,15 @@ def note_skipped(skipped: Sequence[str]) -> None:
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         console.print(f"note: skipped {len(skipped)} file(s) that are not images: {shown}", highlight=False)
+
+
+def import_shape(members: Members, first: str, size: int | None, budget: int | None) -> tuple[tuple[int, int], str]:
+    """The shape every imported image gets: `size` square when given, else the first image's, which all must then
+    share; and the hint an image of another size is refused with."""
+    if size:
+        return (size, size), ""
+    shape = _decode_image(members.read_one(first), first, budget).shape[:2]
+    return shape, ": give --size to resize and centre-crop them all"
 
 
 def decode_rows(

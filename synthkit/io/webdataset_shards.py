@@ -21,10 +21,10 @@ from ..core.outputs import locked_output
 from .datasets import (
     Members,
     Source,
-    _decode_image,
     _natural_key,
     decode_rows,
     finished_import,
+    import_shape,
     resize_budget,
     source_columns,
     write_source,
@@ -231,13 +231,7 @@ def _shards_source(
     """The samples as a Source named shard/key, decoded a shard at a time (resized to `size`, else all the size of
     the first image); the export's columns and record, or each sample's index and name besides the JSON columns."""
     names = [f"{shards[s.shard].name}/{s.key}" for s in samples]
-    first = samples[0]
-    shape = (
-        (size, size)
-        if size
-        else _decode_image(members[first.shard].read_one(first.image), first.image, budget).shape[:2]
-    )
-    hint = "" if size else ": give --size to resize and centre-crop them all"
+    shape, hint = import_shape(members[samples[0].shard], samples[0].image, size, budget)
     shard_of = np.array([s.shard for s in samples])
 
     def decode(rows: np.ndarray) -> np.ndarray:

@@ -13,9 +13,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from ..core.config import (
-    SEED_MAX,
-)
+from ..core.config import SEED_MAX
 from ..core.errors import UserError
 
 HELP = """Make synthetic training images useful: Diffusion Inversion and the study around it.
